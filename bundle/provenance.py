@@ -1,0 +1,91 @@
+"""The provenance record written beside every synthetic volume, and atomic file writing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+import bundle
+
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def sha256_of_path(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, or of a folder (its files' relative names and contents, in sorted order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_version() -> dict[str, str]:
+    """The bundle's version and, when run from a git checkout, its commit."""
+    version = {"bundle": bundle.__version__}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(bundle.__file__).parent, check=True,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        version["git_commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        version["git_commit"] = "unknown"
+    return version
+
+
+def provenance_record(source: str | os.PathLike, source_format: str, output: str | os.PathLike,
+                      details: Mapping[str, object]) -> dict[str, object]:
+    """The JSON-safe provenance of one synthetic output: input path and hash, code version, time, details.
+
+    ``details`` carries what produced the output: case id, mask source, text, seed, slices, model.
+    """
+    return {
+        "synthetic": True,
+        "output": str(output),
+        "input": {"path": str(Path(source).resolve()), "format": source_format, "sha256": sha256_of_path(source)},
+        "code_version": code_version(),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **details,
+    }
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path: str | os.PathLike) -> None:
+    """Give a temporary file or folder (created private by ``tempfile``) the usual permissions."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_current_umask())
+
+
+def write_atomically(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        make_readable(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomically(path: str | os.PathLike, record: Mapping[str, object]) -> Path:
+    """Atomic JSON write (sorted keys, indented)."""
+    return write_atomically(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())

@@ -1,0 +1,296 @@
+"""The soft mask M_b of MedSoft-Diffusion (paper eq. 1-2) and the masked image I_m = x0 * (1 - M_b).
+
+A binary mask M comes from one of three sources, all on the image's voxel grid ``(1, X, Y, Z)``:
+
+- a segmentation and a set of label values (e.g. a vertebra: ``mask_labels=[30]`` is L2 in TotalSegmentator
+  numbering);
+- a box given by two corners, in voxel indices of the loaded volume or in world RAS millimetres;
+- a point plus a box size in millimetres (the RSNA style: a lesion coordinate with a box around it).
+
+``M_b = G_sigma * M`` is a Gaussian blur whose sigma is given in millimetres and converted per axis with the
+voxel spacing, so the same sigma gives the same physical profile at any resolution. Values lie in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import GaussianSmooth, MapTransform, Transform
+
+from bundle.errors import InputError
+from bundle.loading import voxel_spacing_mm
+
+CoordinateSpace = Literal["voxel", "world"]
+
+
+def _source_name(volume: MetaTensor) -> str:
+    return str(volume.meta.get("filename_or_obj", "<volume>"))
+
+
+def _as_mask(reference: MetaTensor, inside: torch.Tensor) -> MetaTensor:
+    """A float32 0/1 ``MetaTensor`` with ``reference``'s affine and metadata."""
+    meta = {k: v for k, v in reference.meta.items() if k != "affine"}
+    return MetaTensor(inside.to(torch.float32), affine=reference.affine.clone(), meta=meta)
+
+
+class LabelMask(Transform):
+    """Binary mask of the voxels of ``segmentation`` whose value is one of ``labels``.
+
+    Args:
+        labels: label values to include (segmentations stored as float are compared after rounding).
+
+    Input ``(1, X, Y, Z)`` segmentation; output ``(1, X, Y, Z)`` float32 in {0, 1}.
+    """
+
+    def __init__(self, labels: Sequence[int]) -> None:
+        if len(labels) == 0:
+            raise ValueError("LabelMask needs at least one label value")
+        self.labels = [int(v) for v in labels]
+
+    def __call__(self, segmentation: MetaTensor) -> MetaTensor:
+        values = torch.round(torch.as_tensor(segmentation)).to(torch.int64)
+        inside = torch.isin(values, torch.tensor(self.labels))
+        if not inside.any():
+            present = sorted(int(v) for v in torch.unique(values).tolist() if v != 0)[:20]
+            raise InputError(_source_name(segmentation),
+                             f"empty mask: none of the labels {self.labels} is present (labels found: {present})")
+        return _as_mask(segmentation, inside)
+
+
+def voxel_centres_world(shape: Sequence[int], affine: np.ndarray) -> torch.Tensor:
+    """World (RAS mm) coordinates of every voxel centre: tensor ``(X, Y, Z, 3)``."""
+    grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij")
+    voxels = torch.stack(grids, dim=-1)
+    matrix = torch.as_tensor(np.asarray(affine, float))
+    return voxels @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def box_mask(reference: MetaTensor, lower: Sequence[float], upper: Sequence[float],
+             space: CoordinateSpace = "voxel") -> MetaTensor:
+    """Mask of the voxels whose centre lies in the box ``[lower, upper]`` (inclusive, per axis).
+
+    Args:
+        reference: volume ``(1, X, Y, Z)`` defining the grid.
+        lower, upper: opposite corners; voxel indices of ``reference`` (``space="voxel"``) or RAS mm
+            (``space="world"``; the box is axis-aligned in world space, so on an oblique grid it is not a
+            voxel-aligned block).
+    """
+    lower_t = torch.as_tensor(np.minimum(lower, upper), dtype=torch.float64)
+    upper_t = torch.as_tensor(np.maximum(lower, upper), dtype=torch.float64)
+    if lower_t.numel() != 3:
+        raise InputError(_source_name(reference), f"a box needs two 3-D corners, got {list(lower)} and {list(upper)}")
+    shape = tuple(reference.shape[1:])
+    if space == "voxel":
+        coordinates = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape],
+                                                 indexing="ij"), dim=-1)
+    elif space == "world":
+        coordinates = voxel_centres_world(shape, np.asarray(reference.affine, float))
+    else:
+        raise ValueError(f"coordinate space must be 'voxel' or 'world', got {space!r}")
+    inside = ((coordinates >= lower_t) & (coordinates <= upper_t)).all(dim=-1)[None]
+    if not inside.any():
+        raise InputError(_source_name(reference),
+                         f"empty mask: the {space} box {lower_t.tolist()} .. {upper_t.tolist()} "
+                         f"contains no voxel of the {shape} grid")
+    return _as_mask(reference, inside)
+
+
+class BoxMask(Transform):
+    """Binary mask of a box given by two corners (see :func:`box_mask`); output ``(1, X, Y, Z)`` float32."""
+
+    def __init__(self, space: CoordinateSpace = "voxel") -> None:
+        self.space = space
+
+    def __call__(self, reference: MetaTensor, box: Sequence[Sequence[float]]) -> MetaTensor:
+        lower, upper = box
+        return box_mask(reference, lower, upper, self.space)
+
+
+class PointBoxMask(Transform):
+    """Binary mask of a box of ``size_mm`` centred on a point (the RSNA style).
+
+    Args:
+        size_mm: box edge lengths in mm, one per axis (or one number for a cube). In voxel space the axes
+            are the volume's voxel axes; in world space they are the R, A, S axes.
+        space: whether points are voxel indices of the loaded volume or RAS mm.
+    """
+
+    def __init__(self, size_mm: Sequence[float] | float, space: CoordinateSpace = "voxel") -> None:
+        self.size_mm = np.broadcast_to(np.asarray(size_mm, dtype=float), (3,)).copy()
+        if (self.size_mm <= 0).any():
+            raise ValueError(f"box size must be positive in mm, got {self.size_mm.tolist()}")
+        self.space = space
+
+    def __call__(self, reference: MetaTensor, point: Sequence[float]) -> MetaTensor:
+        point = np.asarray(point, dtype=float)
+        if point.shape != (3,):
+            raise InputError(_source_name(reference), f"a point needs 3 coordinates, got {point.tolist()}")
+        half = self.size_mm / 2.0
+        if self.space == "voxel":
+            half = half / voxel_spacing_mm(reference.affine)
+        return box_mask(reference, point - half, point + half, self.space)
+
+
+class GaussianBlurMM(Transform):
+    """``M_b = G_sigma * M`` with sigma in millimetres, converted to voxels per axis from the affine.
+
+    Input and output ``(1, X, Y, Z)``; output float32 clipped to [0, 1]. Uses MONAI's separable
+    ``GaussianSmooth`` (kernel truncated at 4 sigma, zero outside the volume). ``sigma_mm=0`` is no blur.
+    """
+
+    def __init__(self, sigma_mm: Sequence[float] | float) -> None:
+        self.sigma_mm = np.broadcast_to(np.asarray(sigma_mm, dtype=float), (3,)).copy()
+        if (self.sigma_mm < 0).any():
+            raise ValueError(f"sigma must be >= 0 mm, got {self.sigma_mm.tolist()}")
+
+    def __call__(self, mask: MetaTensor) -> MetaTensor:
+        sigma_voxels = self.sigma_mm / voxel_spacing_mm(mask.affine)
+        blurred = GaussianSmooth(sigma=sigma_voxels.tolist())(mask.to(torch.float32))
+        return blurred.clamp_(0.0, 1.0)
+
+
+class MaskImage(Transform):
+    """The masked image ``I_m = x0 * (1 - M_b)`` (paper eq. 2); shapes as the inputs, which must match."""
+
+    def __call__(self, image: torch.Tensor, soft_mask: torch.Tensor) -> torch.Tensor:
+        return image * (1.0 - soft_mask)
+
+
+class LabelMaskd(MapTransform):
+    """Dictionary twin of :class:`LabelMask`: ``d[output_key] = LabelMask(labels)(d[key])``."""
+
+    def __init__(self, keys: KeysCollection, labels: Sequence[int], output_key: str = "mask",
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.transform = LabelMask(labels)
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.output_key] = self.transform(d[key])
+        return d
+
+
+class BoxMaskd(MapTransform):
+    """Dictionary twin of :class:`BoxMask`: the box is read from ``d[box_key]`` on the grid of ``d[key]``."""
+
+    def __init__(self, keys: KeysCollection, box_key: str = "box", output_key: str = "mask",
+                 space: CoordinateSpace = "voxel", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.transform = BoxMask(space)
+        self.box_key = box_key
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.output_key] = self.transform(d[key], d[self.box_key])
+        return d
+
+
+class PointBoxMaskd(MapTransform):
+    """Dictionary twin of :class:`PointBoxMask`: the point is read from ``d[point_key]``."""
+
+    def __init__(self, keys: KeysCollection, size_mm: Sequence[float] | float, point_key: str = "point",
+                 output_key: str = "mask", space: CoordinateSpace = "voxel", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.transform = PointBoxMask(size_mm, space)
+        self.point_key = point_key
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.output_key] = self.transform(d[key], d[self.point_key])
+        return d
+
+
+class GaussianBlurMMd(MapTransform):
+    """Dictionary twin of :class:`GaussianBlurMM`: ``d[output_key] = blur(d[key])``."""
+
+    def __init__(self, keys: KeysCollection, sigma_mm: Sequence[float] | float, output_key: str = "soft_mask",
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.transform = GaussianBlurMM(sigma_mm)
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.output_key] = self.transform(d[key])
+        return d
+
+
+class MaskImaged(MapTransform):
+    """Dictionary twin of :class:`MaskImage`: ``d[output_key] = d[key] * (1 - d[soft_mask_key])``."""
+
+    def __init__(self, keys: KeysCollection, soft_mask_key: str = "soft_mask", output_key: str = "masked_image",
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.transform = MaskImage()
+        self.soft_mask_key = soft_mask_key
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.output_key] = self.transform(d[key], d[self.soft_mask_key])
+        return d
+
+
+class SoftMaskFromSourced(MapTransform):
+    """Make ``d["mask"]`` and ``d["soft_mask"]`` from whichever mask source a datalist entry gives.
+
+    The entry names its source with one of (checked in this order):
+
+    - ``"box": [[x0, y0, z0], [x1, y1, z1]]``;
+    - ``"point": [x, y, z]`` with optional ``"box_size_mm"`` (default ``default_box_size_mm``);
+    - ``seg_key`` (a loaded segmentation) with ``"mask_labels": [...]``.
+
+    ``"coordinate_space"`` (``"voxel"``, default, or ``"world"`` for RAS mm) says how box and point are given.
+    A JSON-safe description of the source is stored in ``d["mask_source"]`` for the provenance record.
+    """
+
+    def __init__(self, image_key: str = "image", seg_key: str = "vertebra_seg", sigma_mm: float = 3.0,
+                 default_box_size_mm: Sequence[float] | float = 30.0, mask_key: str = "mask",
+                 soft_mask_key: str = "soft_mask"):
+        super().__init__([image_key], allow_missing_keys=False)
+        self.image_key = image_key
+        self.seg_key = seg_key
+        self.sigma_mm = sigma_mm
+        self.default_box_size_mm = default_box_size_mm
+        self.mask_key = mask_key
+        self.soft_mask_key = soft_mask_key
+        self.blur = GaussianBlurMM(sigma_mm)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        image = d[self.image_key]
+        space = d.get("coordinate_space", "voxel")
+        if d.get("box") is not None:
+            mask = BoxMask(space)(image, d["box"])
+            source = {"type": "box", "box": np.asarray(d["box"], float).tolist(), "space": space}
+        elif d.get("point") is not None:
+            size = d.get("box_size_mm", self.default_box_size_mm)
+            mask = PointBoxMask(size, space)(image, d["point"])
+            source = {"type": "point", "point": np.asarray(d["point"], float).tolist(),
+                      "box_size_mm": np.broadcast_to(np.asarray(size, float), (3,)).tolist(), "space": space}
+        elif d.get(self.seg_key) is not None and d.get("mask_labels"):
+            segmentation = d[self.seg_key]
+            mask = LabelMask(d["mask_labels"])(segmentation)
+            source = {"type": "segmentation", "file": str(segmentation.meta.get("filename_or_obj")),
+                      "labels": [int(v) for v in d["mask_labels"]]}
+        else:
+            raise InputError(d.get("case_id", image.meta.get("filename_or_obj")),
+                             f"no soft-mask source: give 'box', 'point', or '{self.seg_key}' with 'mask_labels'")
+        source["sigma_mm"] = float(self.sigma_mm)
+        d[self.mask_key] = mask
+        d[self.soft_mask_key] = self.blur(mask)
+        d["mask_source"] = source
+        return d
