@@ -16,6 +16,7 @@ from bundle.errors import InputError
 from bundle.loading import voxel_spacing_mm
 
 SliceMode = Literal["all", "largest"]
+MIN_SLICE_SIDE = 8
 
 
 def mask_slice_indices(mask: torch.Tensor, slice_axis: int = 0, mode: SliceMode = "all",
@@ -61,7 +62,8 @@ class SelectMaskSlicesd(MapTransform):
     grid (shape and affine), which the writer needs to put results back.
 
     Raises:
-        InputError: when the mask under ``mask_key`` is empty.
+        InputError: when the mask under ``mask_key`` is empty, or the slices are degenerate (fewer than
+            ``MIN_SLICE_SIDE`` pixels on a side, e.g. one axial image cut into sagittal lines).
     """
 
     def __init__(self, keys: KeysCollection, mask_key: str = "mask", slice_axis: int = 0, mode: SliceMode = "all",
@@ -80,6 +82,11 @@ class SelectMaskSlicesd(MapTransform):
         if not indices:
             raise InputError(mask.meta.get("filename_or_obj"), "empty mask: no slice contains mask voxels")
         reference = d[self.first_key(d)]
+        in_plane = [int(n) for a, n in enumerate(reference.shape[1:]) if a != self.slice_axis]
+        if min(in_plane) < MIN_SLICE_SIDE:
+            raise InputError(reference.meta.get("filename_or_obj"),
+                             f"slices across axis {self.slice_axis} of the canonical grid are only {in_plane} pixels: "
+                             "the volume does not cover the sagittal plane (is it a single axial slice?)")
         common = {k: v for k, v in d.items() if k not in self.keys and k not in self.drop_keys
                   and not isinstance(v, torch.Tensor)}
         grid = {"canonical_shape": [int(n) for n in reference.shape[1:]],
