@@ -115,10 +115,13 @@ def match_image_grid(image: MetaTensor, other: MetaTensor, atol_mm: float = 1e-3
     """
     name = other.meta.get("filename_or_obj")
     image_axcodes = "".join(nib.aff2axcodes(np.asarray(image.affine, float)))
-    if "".join(nib.aff2axcodes(np.asarray(other.affine, float))) != image_axcodes:
+    other_axcodes = "".join(nib.aff2axcodes(np.asarray(other.affine, float)))
+    stored_shape = tuple(other.shape[1:])
+    if other_axcodes != image_axcodes:
         other = Orientation(axcodes=image_axcodes, labels=None)(other)
     if tuple(image.shape[1:]) != tuple(other.shape[1:]):
-        raise InputError(name, f"grid {tuple(other.shape[1:])} does not match the image grid {tuple(image.shape[1:])}")
+        raise InputError(name, f"grid {stored_shape} ({other_axcodes}) does not match the image grid "
+                               f"{tuple(image.shape[1:])} ({image_axcodes})")
     difference = float(np.abs(np.asarray(image.affine, float) - np.asarray(other.affine, float)).max())
     if difference > atol_mm:
         raise InputError(name, f"affine differs from the image's by up to {difference:.3g} mm; resample it first")
