@@ -73,7 +73,7 @@ class SynthesisJob:
             started = time.perf_counter()
             try:
                 outputs = self.run_case(case)
-            except Exception as error:  # report the case and go on with the others
+            except Exception as error:  # noqa: BLE001 - report the case and go on with the others
                 input_error = find_input_error(error)
                 problem = str(input_error) if input_error else f"{type(error).__name__}: {error}"
                 failed.append({"case_id": case_id, "error": problem, "bad_input": input_error is not None})

@@ -8,7 +8,7 @@ model's canonical orientation happens later, after the soft mask has been made f
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 import nibabel as nib

@@ -9,10 +9,10 @@ import textwrap
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from bundle.provenance import write_atomically  # noqa: E402
+from bundle.provenance import write_atomically
 
 
 def render_preview(path: str | os.PathLike, image: np.ndarray, soft_mask: np.ndarray, output: np.ndarray,

@@ -115,7 +115,7 @@ def write_dicom_series(source: Path, output: Path, delta: np.ndarray, source_aff
             if source.is_dir():
                 position_ras = np.asarray(dataset.ImagePositionPatient, float) * [-1.0, -1.0, 1.0]
                 voxel = to_voxel @ np.append(position_ras, 1.0)
-                index = int(round(voxel[2]))
+                index = round(voxel[2])
                 if (np.abs(voxel[:2]).max() > POSITION_TOLERANCE_VOXELS
                         or abs(voxel[2] - index) > POSITION_TOLERANCE_VOXELS or not 0 <= index < delta.shape[2]):
                     continue  # an instance of another series or geometry in the same folder

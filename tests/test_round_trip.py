@@ -4,6 +4,7 @@ a real change lands only inside the soft mask; DICOM output is a new, valid, syn
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import itk
 import nibabel as nib
@@ -12,8 +13,18 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-from tests.conftest import (CT_DICOM, CT_DICOM_SEG, MR_VERTEBRAE_LABEL, SCT_LEVELS, SCT_T2, T12_LABEL, TOTALSEG_MR,
-                            TOTALSEG_MR_SEG, run_job, write_datalist)
+from tests.conftest import (
+    CT_DICOM,
+    CT_DICOM_SEG,
+    MR_VERTEBRAE_LABEL,
+    SCT_LEVELS,
+    SCT_T2,
+    T12_LABEL,
+    TOTALSEG_MR,
+    TOTALSEG_MR_SEG,
+    run_job,
+    write_datalist,
+)
 
 IDENTITY = {"predictor#key": "image"}
 
@@ -42,10 +53,10 @@ def test_identity_round_trip_nifti_is_exact(shared_data, tmp_path):
     for entry, written in zip(entries, report["written"]):
         assert written["volume"].endswith(".nii.gz")
         assert_same_nifti(entry["image"], written["volume"])
-        provenance = json.loads(open(written["provenance"]).read())
+        provenance = json.loads(Path(written["provenance"]).read_text())
         assert provenance["synthetic"] is True and provenance["text"] == entry["text"]
         assert provenance["input"]["sha256"] and provenance["mask_source"]["sigma_mm"] == 3.0
-        assert open(written["preview"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert Path(written["preview"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def changed_voxels_only_near_mask(original, written, mask, spacing_mm, radius_mm):

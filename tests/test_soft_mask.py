@@ -11,8 +11,16 @@ from monai.data import MetaTensor
 from bundle.errors import InputError
 from bundle.loading import LoadVolume, match_image_grid
 from bundle.soft_mask import BoxMask, GaussianBlurMM, LabelMask, MaskImage, PointBoxMask, SoftMaskFromSourced
-from tests.conftest import (CT_DICOM, CT_DICOM_SEG, MR_VERTEBRAE_LABEL, SCT_LEVELS, SCT_T2, T12_LABEL, TOTALSEG_MR,
-                            TOTALSEG_MR_SEG)
+from tests.conftest import (
+    CT_DICOM,
+    CT_DICOM_SEG,
+    MR_VERTEBRAE_LABEL,
+    SCT_LEVELS,
+    SCT_T2,
+    T12_LABEL,
+    TOTALSEG_MR,
+    TOTALSEG_MR_SEG,
+)
 
 
 def world_points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -1,0 +1,38 @@
+"""metadata.json validates offline against MONAI's schema, and configs/metadata.json is the same file."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from tests.conftest import CONFIGS, REPO, SHARED_DATA
+
+SCHEMA = SHARED_DATA.parent / "schemas" / "meta_schema_20240725.json"
+
+
+def test_configs_metadata_is_the_top_level_file():
+    assert (CONFIGS / "metadata.json").resolve() == (REPO / "metadata.json").resolve()
+
+
+def test_metadata_validates_against_the_bundle_schema():
+    if not SCHEMA.exists():
+        pytest.skip(f"schema not found at {SCHEMA} (the shared/ folder beside the checkout)")
+    schema = json.loads(SCHEMA.read_text())
+    metadata = json.loads((REPO / "metadata.json").read_text())
+    jsonschema.validate(metadata, schema)
+    broken = {k: v for k, v in metadata.items() if k != "network_data_format"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_metadata_versions_match_the_pinned_requirements():
+    pins = dict(line.strip().split("==") for line in (REPO / "requirements.txt").read_text().splitlines()
+                if "==" in line)
+    metadata = json.loads((REPO / "metadata.json").read_text())
+    assert metadata["monai_version"] == pins["monai"]
+    assert metadata["pytorch_version"] == pins["torch"]
+    assert metadata["numpy_version"] == pins["numpy"]
+    for package, version in metadata["required_packages_version"].items():
+        assert pins[package] == version, package
