@@ -161,87 +161,61 @@ class MaskImage(Transform):
         return image * (1.0 - soft_mask)
 
 
-class LabelMaskd(MapTransform):
+class _Twind(MapTransform):
+    """The shared body of the dictionary twins: ``d[output_key] = transform(d[key], *(d[k] for k in inputs))``."""
+
+    def __init__(self, keys: KeysCollection, transform: Transform, output_key: str, inputs: Sequence[str] = (),
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.transform = transform
+        self.output_key = output_key
+        self.inputs = list(inputs)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.output_key] = self.transform(d[key], *(d[k] for k in self.inputs))
+        return d
+
+
+class LabelMaskd(_Twind):
     """Dictionary twin of :class:`LabelMask`: ``d[output_key] = LabelMask(labels)(d[key])``."""
 
     def __init__(self, keys: KeysCollection, labels: Sequence[int], output_key: str = "mask",
                  allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.transform = LabelMask(labels)
-        self.output_key = output_key
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.output_key] = self.transform(d[key])
-        return d
+        super().__init__(keys, LabelMask(labels), output_key, (), allow_missing_keys)
 
 
-class BoxMaskd(MapTransform):
+class BoxMaskd(_Twind):
     """Dictionary twin of :class:`BoxMask`: the box is read from ``d[box_key]`` on the grid of ``d[key]``."""
 
     def __init__(self, keys: KeysCollection, box_key: str = "box", output_key: str = "mask",
                  space: CoordinateSpace = "voxel", allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.transform = BoxMask(space)
-        self.box_key = box_key
-        self.output_key = output_key
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.output_key] = self.transform(d[key], d[self.box_key])
-        return d
+        super().__init__(keys, BoxMask(space), output_key, (box_key,), allow_missing_keys)
 
 
-class PointBoxMaskd(MapTransform):
+class PointBoxMaskd(_Twind):
     """Dictionary twin of :class:`PointBoxMask`: the point is read from ``d[point_key]``."""
 
     def __init__(self, keys: KeysCollection, size_mm: Sequence[float] | float, point_key: str = "point",
                  output_key: str = "mask", space: CoordinateSpace = "voxel", allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.transform = PointBoxMask(size_mm, space)
-        self.point_key = point_key
-        self.output_key = output_key
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.output_key] = self.transform(d[key], d[self.point_key])
-        return d
+        super().__init__(keys, PointBoxMask(size_mm, space), output_key, (point_key,), allow_missing_keys)
 
 
-class GaussianBlurMMd(MapTransform):
+class GaussianBlurMMd(_Twind):
     """Dictionary twin of :class:`GaussianBlurMM`: ``d[output_key] = blur(d[key])``."""
 
     def __init__(self, keys: KeysCollection, sigma_mm: Sequence[float] | float, output_key: str = "soft_mask",
                  allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.transform = GaussianBlurMM(sigma_mm)
-        self.output_key = output_key
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.output_key] = self.transform(d[key])
-        return d
+        super().__init__(keys, GaussianBlurMM(sigma_mm), output_key, (), allow_missing_keys)
 
 
-class MaskImaged(MapTransform):
+class MaskImaged(_Twind):
     """Dictionary twin of :class:`MaskImage`: ``d[output_key] = d[key] * (1 - d[soft_mask_key])``."""
 
     def __init__(self, keys: KeysCollection, soft_mask_key: str = "soft_mask", output_key: str = "masked_image",
                  allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.transform = MaskImage()
-        self.soft_mask_key = soft_mask_key
-        self.output_key = output_key
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.output_key] = self.transform(d[key], d[self.soft_mask_key])
-        return d
+        super().__init__(keys, MaskImage(), output_key, (soft_mask_key,), allow_missing_keys)
 
 
 class SoftMaskFromSourced(MapTransform):

@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import itk
@@ -63,10 +63,18 @@ def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
-def _temporary_path_beside(path: Path, suffix: str) -> Path:
-    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+def _save_via_temporary(output: Path, save: Callable[[str], None]) -> None:
+    """Call ``save`` on a temporary path beside ``output`` (same extension), then rename it into place."""
+    descriptor, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".partial{''.join(output.suffixes)}",
+                                        dir=output.parent)
     os.close(descriptor)
-    return Path(name)
+    temporary = Path(name)
+    try:
+        save(str(temporary))
+        make_readable(temporary)
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def write_nifti(source: Path, output: Path, delta: np.ndarray) -> None:
@@ -82,13 +90,7 @@ def write_nifti(source: Path, output: Path, delta: np.ndarray) -> None:
     else:  # scaled integers: nibabel chooses the scaling, exact to within one stored unit
         data = values
     image = type(original)(data, None, header=header)
-    temporary = _temporary_path_beside(output, "".join(output.suffixes))
-    try:
-        nib.save(image, str(temporary))
-        make_readable(temporary)
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
+    _save_via_temporary(output, image.to_filename)
 
 
 def _dicom_files(source: Path) -> list[Path]:
@@ -160,13 +162,7 @@ def write_itk_image(source: Path, output: Path, delta: np.ndarray) -> None:
     new = _cast_like(values.astype(np.float64) + delta.T, values.dtype)
     image = itk.image_from_array(new)
     image.CopyInformation(original)
-    temporary = _temporary_path_beside(output, "".join(output.suffixes))
-    try:
-        itk.imwrite(image, str(temporary))
-        make_readable(temporary)
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
+    _save_via_temporary(output, lambda path: itk.imwrite(image, path))
 
 
 def _output_name(source: Path, source_format: str, case_name: str, suffix: str) -> str:

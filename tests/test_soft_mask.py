@@ -10,7 +10,19 @@ from monai.data import MetaTensor
 
 from bundle.errors import InputError
 from bundle.loading import LoadVolume, match_image_grid
-from bundle.soft_mask import BoxMask, GaussianBlurMM, LabelMask, MaskImage, PointBoxMask, SoftMaskFromSourced
+from bundle.soft_mask import (
+    BoxMask,
+    BoxMaskd,
+    GaussianBlurMM,
+    GaussianBlurMMd,
+    LabelMask,
+    LabelMaskd,
+    MaskImage,
+    MaskImaged,
+    PointBoxMask,
+    PointBoxMaskd,
+    SoftMaskFromSourced,
+)
 from tests.conftest import (
     CT_DICOM,
     CT_DICOM_SEG,
@@ -136,3 +148,17 @@ def test_soft_mask_from_source_and_masked_image(shared_data):
     assert float(soft[centre]) > 0.95 and float(masked[centre]) < 0.05 * float(image[centre])
     with pytest.raises(InputError, match="no soft-mask source"):
         SoftMaskFromSourced()({"image": image, "case_id": "c1"})
+
+
+def test_dictionary_twins_match_the_array_transforms(shared_data):
+    image, segmentation = LoadVolume()(SCT_T2), LoadVolume()(SCT_LEVELS)
+    d = LabelMaskd("seg", labels=[4])({"seg": segmentation})
+    assert torch.equal(d["mask"], LabelMask([4])(segmentation))
+    d = BoxMaskd("image")({"image": image, "box": [[20, 20, 20], [30, 30, 30]]})
+    assert int(d["mask"].sum()) == 11**3
+    d = PointBoxMaskd("image", size_mm=4)({"image": image, "point": [30, 30, 30]})
+    assert int(d["mask"].sum()) == 5**3
+    d = GaussianBlurMMd("mask", sigma_mm=1.5)(d)
+    assert torch.equal(d["soft_mask"], GaussianBlurMM(1.5)(d["mask"]))
+    d = MaskImaged("image")({**d, "image": image})
+    assert torch.equal(d["masked_image"], image * (1 - d["soft_mask"]))
