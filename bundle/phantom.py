@@ -39,7 +39,6 @@ number of cases, and a normal and a lesion case with the same seed and index sha
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import tempfile
 import textwrap
@@ -56,6 +55,7 @@ from scipy.spatial import cKDTree
 from scipy.special import expit
 
 from bundle.lesion_text import describe_case
+from bundle.provenance import write_atomically, write_json_atomically
 
 VERTEBRA_LABELS: dict[str, int] = {"L1": 31, "L2": 30, "L3": 29, "L4": 28, "L5": 27, "S1": 26}
 """Label values of the vertebra map (TotalSegmentator v2 numbering, as in the real CT fixture)."""
@@ -958,19 +958,6 @@ def stratified_split(classes: Sequence[str], seed: int, test_fraction: float) ->
     return is_test
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` under a temporary name in the same folder, then rename it to ``path``."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray, description: str, is_label: bool) -> bytes:
     """Reproducible .nii.gz bytes: qform and sform = ``affine`` (code 1, scanner), mm units, slice axis 2,
     gzip without a timestamp."""
@@ -1049,7 +1036,7 @@ def generate_dataset(out_dir: str | os.PathLike, num_cases: int, seed: int, diff
                 ("image", case.image, "SYNTHETIC spine MRI phantom, T1w sagittal", False),
                 ("vertebra_seg", case.vertebrae, "SYNTHETIC vertebra labels (TotalSegmentator v2)", True),
                 ("lesion_seg", case.lesion, "SYNTHETIC lesion mask", True)):
-            _write_atomically(out_dir / paths[key], _nifti_gz_bytes(array, case.affine, description, is_label))
+            write_atomically(out_dir / paths[key], _nifti_gz_bytes(array, case.affine, description, is_label))
         attributes = case.attributes
         split = "test" if is_test[index] else "training"
         splits[split].append({
@@ -1075,7 +1062,7 @@ def generate_dataset(out_dir: str | os.PathLike, num_cases: int, seed: int, diff
         "neighbour_bone_labels": dict(NEIGHBOUR_BONE_LABELS),
         **splits,
     }
-    _write_atomically(out_dir / "datalist.json", (json.dumps(datalist, indent=2, sort_keys=True) + "\n").encode())
+    write_json_atomically(out_dir / "datalist.json", datalist)
     return datalist
 
 
@@ -1147,5 +1134,5 @@ def write_overview_figure(data_dir: str | os.PathLike, datalist: Mapping[str, An
     buffer = BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     figure_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(figure_path, buffer.getvalue())
+    write_atomically(figure_path, buffer.getvalue())
     return figure_path
