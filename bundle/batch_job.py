@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from monai.engines import Evaluator
 from monai.transforms import Compose
 
 from bundle.datalist import load_datalist
@@ -33,6 +35,39 @@ class KeyPredictor:
 
     def __call__(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
         return [torch.as_tensor(item[self.key]) for item in items]
+
+
+def case_seed(base_seed: int, case_id: str) -> int:
+    """A case's own seed: the same case gets the same noise whatever else runs with it."""
+    return (int(base_seed) + zlib.crc32(str(case_id).encode())) % 2**31
+
+
+class DiffusionPredictor:
+    """Samples each slice item with the trained model and the soft-mask inferer, in batches.
+
+    Slice ``i`` of a case uses seed ``case_seed(seed, case_id) + i``; the case seed is recorded on the items
+    (``"seed"``) for the provenance record.
+    """
+
+    def __init__(self, network: torch.nn.Module, inferer: Callable, seed: int = 0, batch_size: int = 8,
+                 device: torch.device | str = "cpu") -> None:
+        self.network, self.inferer, self.seed = network, inferer, seed
+        self.batch_size, self.device = batch_size, torch.device(device)
+
+    def __call__(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
+        results = []
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start:start + self.batch_size]
+            seeds = []
+            for offset, item in enumerate(batch, start=start):
+                item["seed"] = case_seed(self.seed, item.get("case_id", ""))
+                seeds.append(item["seed"] + offset)
+            stack = {k: torch.stack([torch.as_tensor(i[k]).float() for i in batch]).to(self.device)
+                     for k in ("masked_image", "soft_mask")}
+            synthesised = self.inferer(stack["masked_image"], self.network, stack["soft_mask"],
+                                       [str(i["text"]) for i in batch], seeds)
+            results.extend(synthesised.cpu())
+        return results
 
 
 class SynthesisJob:
@@ -64,26 +99,59 @@ class SynthesisJob:
             predictions = self.predictor(items)
         return self.writer(items, predictions, self.details)
 
+    def start(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.written: list[dict[str, str]] = []
+        self.failed: list[dict[str, object]] = []
+
+    def process(self, number: int, case: Mapping) -> None:
+        """Run case ``number`` (1-based) and record its outputs, or its failure without raising."""
+        case_id = str(case.get("case_id", case.get("image")))
+        started = time.perf_counter()
+        try:
+            outputs = self.run_case(case)
+        except Exception as error:  # noqa: BLE001 - report the case and go on with the others
+            input_error = find_input_error(error)
+            problem = str(input_error) if input_error else f"{type(error).__name__}: {error}"
+            self.failed.append({"case_id": case_id, "error": problem, "bad_input": input_error is not None})
+            logger.error("[%d/%d] %s failed: %s", number, len(self.cases), case_id, problem)
+            return
+        self.written.append({"case_id": case_id, **outputs})
+        logger.info("[%d/%d] %s -> %s (%.1f s)", number, len(self.cases), case_id, outputs["volume"],
+                    time.perf_counter() - started)
+
+    def finish(self) -> dict[str, object]:
+        """Write and return the report of written outputs and failures."""
+        report = {"written": self.written, "failed": self.failed, "num_cases": len(self.cases)}
+        write_json_atomically(self.output_dir / "report.json", report)
+        logger.info("%d of %d cases written, %d failed; report: %s", len(self.written), len(self.cases),
+                    len(self.failed), self.output_dir / "report.json")
+        return report
+
     def run(self) -> dict[str, object]:
         """Run every case; returns (and writes) the report of written outputs and failures."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        written, failed = [], []
+        self.start()
         for number, case in enumerate(self.cases, start=1):
-            case_id = str(case.get("case_id", case.get("image")))
-            started = time.perf_counter()
-            try:
-                outputs = self.run_case(case)
-            except Exception as error:  # noqa: BLE001 - report the case and go on with the others
-                input_error = find_input_error(error)
-                problem = str(input_error) if input_error else f"{type(error).__name__}: {error}"
-                failed.append({"case_id": case_id, "error": problem, "bad_input": input_error is not None})
-                logger.error("[%d/%d] %s failed: %s", number, len(self.cases), case_id, problem)
-                continue
-            written.append({"case_id": case_id, **outputs})
-            logger.info("[%d/%d] %s -> %s (%.1f s)", number, len(self.cases), case_id, outputs["volume"],
-                        time.perf_counter() - started)
-        report = {"written": written, "failed": failed, "num_cases": len(self.cases)}
-        write_json_atomically(self.output_dir / "report.json", report)
-        logger.info("%d of %d cases written, %d failed; report: %s", len(written), len(self.cases), len(failed),
-                    self.output_dir / "report.json")
-        return report
+            self.process(number, case)
+        return self.finish()
+
+
+class CaseByCaseEvaluator(Evaluator):
+    """A MONAI evaluator over a :class:`SynthesisJob`'s cases, so MONAI's workflow tools (the property
+    checker, MONAI Label / Deploy, handlers) drive the job: each iteration is one case; the report is written
+    when the run completes."""
+
+    def __init__(self, job: SynthesisJob, device: torch.device | str = "cpu", val_handlers: Sequence | None = None
+                 ) -> None:
+        self.job = job
+        super().__init__(device=torch.device(device), val_data_loader=[[case] for case in job.cases],
+                         epoch_length=len(job.cases), val_handlers=val_handlers, decollate=False)
+
+    def run(self, global_epoch: int = 1) -> None:
+        self.job.start()
+        super().run(global_epoch)
+        self.report = self.job.finish()
+
+    def _iteration(self, engine: CaseByCaseEvaluator, batchdata: list[Mapping]) -> dict[str, object]:
+        self.job.process(engine.state.iteration, batchdata[0])
+        return {"written": len(self.job.written), "failed": len(self.job.failed)}

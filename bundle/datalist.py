@@ -40,6 +40,30 @@ def load_datalist(path: str | os.PathLike, split: str = "test", base_dir: str | 
     return entries
 
 
+def holdout_split(entries: Sequence[Mapping], part: str, fraction: float = 0.15, seed: int = 0,
+                  label_key: str = "label") -> list[dict]:
+    """A deterministic, label-stratified split of ``entries`` into ``"training"`` and ``"validation"`` parts.
+
+    Within each label, ``round(fraction * n)`` entries (at least one when a label has two or more) go to
+    validation, chosen by a seeded shuffle of their case ids, so the split does not depend on list order.
+    """
+    if part not in ("training", "validation"):
+        raise ValueError(f"part must be 'training' or 'validation', got {part!r}")
+    import random
+
+    by_label: dict[str, list[dict]] = {}
+    for entry in sorted(entries, key=lambda e: str(e.get("case_id"))):
+        by_label.setdefault(str(entry.get(label_key, "")), []).append(dict(entry))
+    held_out = set()
+    for label, group in sorted(by_label.items()):
+        count = min(len(group) - 1, max(1 if len(group) > 1 else 0, round(fraction * len(group))))
+        ids = [str(e.get("case_id")) for e in group]
+        random.Random(f"{seed}:{label}").shuffle(ids)
+        held_out.update(ids[:count])
+    keep_validation = part == "validation"
+    return [dict(e) for e in entries if (str(e.get("case_id")) in held_out) == keep_validation]
+
+
 class ValidateEntryd(Transform):
     """Check a datalist entry before loading: its files exist, it has a lesion text and a soft-mask source.
 
@@ -73,3 +97,29 @@ class ValidateEntryd(Transform):
         d["input_files"] = [str(Path(str(d[k])).resolve()) for k in self.file_keys if d.get(k) is not None]
         return d
 
+
+
+def inference_cases(datalist: str | os.PathLike | None = None, split: str = "test", image: str | None = None,
+                    mask: str | None = None, mask_labels: Sequence[int] | None = None,
+                    box: Sequence[Sequence[float]] | None = None, point: Sequence[float] | None = None,
+                    box_size_mm: Sequence[float] | float | None = None, text: str | None = None,
+                    coordinate_space: str = "voxel", case_id: str | None = None) -> list[dict]:
+    """The cases to synthesise: one built from command-line values when ``image`` is given, else ``split`` of
+    ``datalist``. The one case's soft-mask source is ``mask`` + ``mask_labels``, a ``box``, or a ``point``
+    (with ``box_size_mm``), in ``coordinate_space`` (``"voxel"`` or ``"world"``)."""
+    if image is None:
+        if datalist is None:
+            raise ValueError("give either --image (with --text and a mask source) or --datalist")
+        return load_datalist(datalist, split)
+    image = str(Path(image).absolute())
+    entry: dict[str, object] = {"case_id": case_id or Path(image).name.split(".")[0], "image": image,
+                                "text": text, "coordinate_space": coordinate_space}
+    if mask is not None:
+        entry.update(vertebra_seg=str(Path(mask).absolute()), mask_labels=list(mask_labels or []))
+    if box is not None:
+        entry["box"] = [list(corner) for corner in box]
+    if point is not None:
+        entry["point"] = list(point)
+        if box_size_mm is not None:
+            entry["box_size_mm"] = box_size_mm
+    return [entry]

@@ -101,3 +101,28 @@ class SelectMaskSlicesd(MapTransform):
             item["placement"] = {**grid, "slice_index": int(index), "slice_position": position}
             items.append(item)
         return items
+
+
+class LesionSliceGuided(MapTransform):
+    """``d[output_key]``: the lesion segmentation inside the mask where the case has one, else the mask.
+
+    Training slices are chosen from it, so a lesion case trains on the slices that show its lesion (its text
+    describes them) while a normal case trains on its mask's central slices.
+    """
+
+    def __init__(self, mask_key: str = "mask", lesion_key: str = "lesion_seg", output_key: str = "slice_guide"):
+        super().__init__([mask_key], allow_missing_keys=False)
+        self.mask_key, self.lesion_key, self.output_key = mask_key, lesion_key, output_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        mask = d[self.mask_key]
+        guide = mask
+        lesion = d.get(self.lesion_key)
+        if isinstance(lesion, torch.Tensor) and lesion.shape == mask.shape:
+            inside = (torch.as_tensor(lesion) > 0) & (torch.as_tensor(mask) > 0)
+            if inside.any():
+                guide = mask.clone()
+                guide.copy_(inside.to(mask.dtype))
+        d[self.output_key] = guide
+        return d

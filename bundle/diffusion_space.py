@@ -1,0 +1,71 @@
+"""Where the diffusion runs: on the pixels themselves (the ``tiny`` profile) or in a VAE's latent space (SD 1.5).
+
+Both map a model-grid image ``(B, 1, H, W)`` in [0, 1] to the diffusion variable z and back, and bring the
+soft mask to z's grid (the paper's m_b, "the downsampled version of M_b").
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from torch import nn
+
+from bundle.errors import InputError
+
+
+class PixelSpace(nn.Module):
+    """z = 2 x - 1 on the model grid; the mask is used as it is."""
+
+    channels = 1
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images * 2.0 - 1.0
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def mask(self, soft_mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        return soft_mask
+
+
+class LatentSpace(nn.Module):
+    """A frozen ``AutoencoderKL``: grey images are repeated to RGB in [-1, 1]; z is the scaled posterior mean.
+
+    The mask is area-averaged to the latent grid (8x smaller for SD 1.5's VAE).
+    """
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        self.channels = vae.config.latent_channels
+        self.scaling_factor = vae.config.scaling_factor
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike) -> LatentSpace:
+        """The VAE of a local SD 1.5 folder in diffusers format (``<folder>/vae``)."""
+        vae_folder = Path(folder) / "vae"
+        for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+            if not (vae_folder / name).is_file():
+                raise InputError(vae_folder, f"{name} is missing; expected the 'vae' folder of a local "
+                                             "stable-diffusion-v1-5 copy in diffusers format")
+        return cls(AutoencoderKL.from_pretrained(vae_folder, local_files_only=True, use_safetensors=True))
+
+    def train(self, mode: bool = True) -> LatentSpace:
+        return super().train(False)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        rgb = images.repeat(1, 3, 1, 1) * 2.0 - 1.0
+        return self.vae.encode(rgb).latent_dist.mean * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        rgb = self.vae.decode(latents / self.scaling_factor).sample
+        return ((rgb.mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def mask(self, soft_mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(soft_mask, size=latents.shape[-2:], mode="area")

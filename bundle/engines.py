@@ -1,0 +1,150 @@
+"""MONAI trainers and evaluators for the two training stages.
+
+Stage 1 (:class:`SemanticControllerTrainer`) fits the MSC to ``||e_MSC - e_r||^2``; stage 2
+(:class:`GuidedDiffusionTrainer`) fits the guided UNet with the soft-mask-weighted noise loss and the paper's
+condition dropout. The evaluators measure e_MSC's cosine similarity to e_r, and the sampler's in-mask quality.
+Batches are the dictionaries of :class:`bundle.pipelines.SliceDataset` collated by the data loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from bundle.clip_encoders import MedicalClipEncoder
+from bundle.inferer import SoftMaskInpaintingInferer
+from bundle.semantic_controller import alignment_loss
+from bundle.synthesis_model import MedSoftDiffusion
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (or the module itself)."""
+    return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+
+
+def _to(batch: Mapping, device: torch.device) -> dict[str, object]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def clip_features(clip_encoder: MedicalClipEncoder, batch: Mapping) -> tuple[torch.Tensor, ...]:
+    """The frozen features of a slice batch: e_t (text), e_v (masked image), e_r (original image)."""
+    return (clip_encoder.encode_text(list(batch["text"])), clip_encoder.encode_image(batch["masked_image"]),
+            clip_encoder.encode_image(batch["image"]))
+
+
+class SemanticControllerTrainer(SupervisedTrainer):
+    """Stage 1: the MSC (``network``) learns to predict e_r from ``[e_t ; e_v]`` of the frozen ``clip_encoder``."""
+
+    def __init__(self, clip_encoder: MedicalClipEncoder, **kwargs) -> None:
+        kwargs.setdefault("loss_function", alignment_loss)
+        super().__init__(decollate=False, **kwargs)
+        self.clip_encoder = clip_encoder
+
+    def _iteration(self, engine: SemanticControllerTrainer, batchdata: Mapping) -> dict[str, torch.Tensor]:
+        batch = _to(batchdata, engine.state.device)
+        text_feature, masked_feature, original_feature = clip_features(self.clip_encoder, batch)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        _, pooled = engine.network(text_feature, masked_feature)
+        loss = engine.loss_function(pooled, original_feature)
+        loss.backward()
+        engine.optimizer.step()
+        return {"loss": loss.detach(), "pred": pooled.detach(), "label": original_feature}
+
+
+class SemanticControllerEvaluator(SupervisedEvaluator):
+    """Stage 1 validation: e_MSC and e_r of held-out slices, for :class:`bundle.metrics.MeanCosineSimilarity`."""
+
+    def __init__(self, clip_encoder: MedicalClipEncoder, **kwargs) -> None:
+        super().__init__(decollate=False, **kwargs)
+        self.clip_encoder = clip_encoder
+
+    def _iteration(self, engine: SemanticControllerEvaluator, batchdata: Mapping) -> dict[str, torch.Tensor]:
+        batch = _to(batchdata, engine.state.device)
+        text_feature, masked_feature, original_feature = clip_features(self.clip_encoder, batch)
+        engine.network.eval()
+        with torch.no_grad():
+            _, pooled = engine.network(text_feature, masked_feature)
+        return {"pred": pooled, "label": original_feature}
+
+
+def condition_dropout(batch_size: int, text_only: float = 0.05, msc_only: float = 0.05, both: float = 0.05,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which items drop the text and which drop e_MSC: each alone with its probability, both together with
+    ``both`` (the paper: 0.05 each), so the sampler can use classifier-free guidance."""
+    draw = torch.rand(batch_size, generator=generator)
+    drop_text = draw < text_only
+    drop_msc = (draw >= text_only) & (draw < text_only + msc_only)
+    drop_both = (draw >= text_only + msc_only) & (draw < text_only + msc_only + both)
+    return drop_text | drop_both, drop_msc | drop_both
+
+
+class GuidedDiffusionTrainer(SupervisedTrainer):
+    """Stage 2: ``eps_theta(z_t, t, C, e_MSC)`` against the added noise, weighted by the soft mask m_b.
+
+    Args:
+        noise_scheduler: the diffusers training scheduler (its ``add_noise`` and ``num_train_timesteps``).
+        condition_dropout_probabilities: text alone, e_MSC alone, both (the paper: 0.05, 0.05, 0.05).
+        ema_decay: keep an exponential moving average of the UNet (``ema``) when given.
+        network: a :class:`MedSoftDiffusion` (possibly wrapped in ``DistributedDataParallel``).
+        loss_function: :class:`bundle.losses.SoftMaskedNoiseLoss`.
+    """
+
+    def __init__(self, noise_scheduler, condition_dropout_probabilities: Sequence[float] = (0.05, 0.05, 0.05),
+                 ema_decay: float | None = None, **kwargs) -> None:
+        super().__init__(decollate=False, **kwargs)
+        self.noise_scheduler = noise_scheduler
+        self.condition_dropout_probabilities = tuple(condition_dropout_probabilities)
+        model = unwrap(self.network)
+        self.ema = None if ema_decay is None else AveragedModel(
+            model.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+
+    def _iteration(self, engine: GuidedDiffusionTrainer, batchdata: Mapping) -> dict[str, torch.Tensor]:
+        batch = _to(batchdata, engine.state.device)
+        model: MedSoftDiffusion = unwrap(engine.network)
+        images, soft_mask = batch["image"], batch["soft_mask"]
+        size = images.shape[0]
+        text_states, msc_tokens = model.conditions(list(batch["text"]), batch["masked_image"])
+        null_text, null_tokens = model.null_conditions(size)
+        drop_text, drop_msc = condition_dropout(size, *self.condition_dropout_probabilities)
+        text_states = torch.where(drop_text.to(images.device)[:, None, None], null_text, text_states)
+        msc_tokens = torch.where(drop_msc.to(images.device)[:, None, None], null_tokens, msc_tokens)
+        latents = model.space.encode(images)
+        mask = model.space.mask(soft_mask, latents)
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (size,), device=images.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        predicted = engine.network(noisy, timesteps, text_states, msc_tokens)
+        loss = engine.loss_function(predicted, noise, mask)
+        loss.backward()
+        engine.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(model.unet)
+        return {"loss": loss.detach()}
+
+
+class SynthesisEvaluator(SupervisedEvaluator):
+    """Samples each validation slice with its own text and returns ``pred`` (synthesised), ``label`` (the
+    original x0), ``mask`` (M_b) and ``masked`` (I_m) for the in-mask metrics and the sample grid.
+
+    ``inferer`` is a :class:`SoftMaskInpaintingInferer`; item ``i`` of the epoch's data gets seed ``seed + i``.
+    """
+
+    def __init__(self, inferer: SoftMaskInpaintingInferer, **kwargs) -> None:
+        super().__init__(inferer=inferer, decollate=False, **kwargs)
+
+    def _iteration(self, engine: SynthesisEvaluator, batchdata: Mapping) -> dict[str, torch.Tensor]:
+        batch = _to(batchdata, engine.state.device)
+        model = unwrap(engine.network).eval()
+        size = batch["image"].shape[0]
+        first = (engine.state.iteration - 1) * size
+        seeds = [engine.inferer.seed + first + i for i in range(size)]
+        prediction = engine.inferer(batch["masked_image"], model, batch["soft_mask"], list(batch["text"]), seeds)
+        return {"pred": prediction, "label": batch["image"], "mask": batch["soft_mask"],
+                "masked": batch["masked_image"]}

@@ -1,0 +1,195 @@
+"""The Stable-Diffusion UNet with a decoupled cross-attention for the Medical Semantic Controller's feature.
+
+Every cross-attention layer computes ``softmax(Q K^T / sqrt(d)) V + gamma * softmax(Q K'^T / sqrt(d)) V'`` with
+``K' = e_MSC W'_k`` and ``V' = e_MSC W'_v`` (the paper's Eq. 5). That is exactly diffusers' IP-Adapter
+attention, so this module only installs diffusers' pieces: ``IPAdapterAttnProcessor2_0`` in each cross-attention
+layer (its ``to_k_ip`` / ``to_v_ip`` are W'_k / W'_v) and ``MultiIPAdapterImageProjection`` as the projection of
+the MSC tokens to the UNet's cross-attention width. diffusers' ``save_pretrained`` does not describe these
+additions, so they are saved and loaded explicitly (:meth:`GuidedUNet.save_adapter`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
+from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
+from safetensors.torch import load_file, save_file
+
+from bundle.errors import InputError
+
+Trainable = Literal["adapter", "adapter+projection", "lora", "full"]
+TRAINABLE_CHOICES = ("adapter", "adapter+projection", "lora", "full")
+ADAPTER_MARKERS = (".processor.", "encoder_hid_proj.", "lora_")
+BASE_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def tiny_unet(sample_size: int = 48, in_channels: int = 1, block_out_channels: Sequence[int] = (32, 64, 64),
+              cross_attention_dim: int = 64, attention_head_dim: int = 8, layers_per_block: int = 1,
+              norm_num_groups: int = 8, seed: int = 0) -> UNet2DConditionModel:
+    """A small random-initialised ``UNet2DConditionModel`` of SD 1.5's block layout (the ``tiny`` profile).
+
+    The full-resolution level has no attention (as SD 1.5's would be too slow on a CPU at 64 px); every lower
+    level and the middle block have cross-attention. Initialisation is deterministic given ``seed``.
+    """
+    levels = len(block_out_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DConditionModel(
+            sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+            block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+            up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+            cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim,
+            norm_num_groups=norm_num_groups)
+
+
+def load_unet(folder: str | os.PathLike) -> UNet2DConditionModel:
+    """A diffusers UNet from a local folder (``config.json`` + weights), e.g. ``<SD 1.5>/unet`` or ``models/unet``."""
+    folder = Path(folder)
+    for name in ("config.json", BASE_WEIGHTS):
+        if not (folder / name).is_file():
+            raise InputError(folder, f"{name} is missing; expected a diffusers UNet folder (for SD 1.5: the 'unet' "
+                                     "folder of a local copy of stable-diffusion-v1-5 in diffusers format)")
+    return UNet2DConditionModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+
+
+def cross_attention_layers(unet: UNet2DConditionModel) -> list[tuple[str, Attention]]:
+    """The UNet's cross-attention layers by module name (16 in SD 1.5)."""
+    return [(name, module) for name, module in unet.named_modules()
+            if isinstance(module, Attention) and module.is_cross_attention]
+
+
+class GuidedUNet(torch.nn.Module):
+    """A ``UNet2DConditionModel`` whose cross-attention layers also attend to the MSC tokens with weight ``scale``.
+
+    Args:
+        unet: the base UNet (SD 1.5's, or :func:`tiny_unet`); modified in place.
+        msc_dim: width E of the MSC tokens.
+        scale: gamma, the weight of the MSC attention term (0 gives the base UNet exactly).
+        trainable: which parameters train: ``"adapter"`` (W'_k, W'_v only: the paper), ``"adapter+projection"``,
+            ``"lora"`` (adapter and projection plus LoRA of rank ``lora_rank`` on the base attention; needs peft),
+            ``"full"`` (everything; the ``tiny`` profile, whose base UNet starts from random weights).
+        lora_rank: rank of the LoRA update for ``trainable="lora"``.
+    """
+
+    def __init__(self, unet: UNet2DConditionModel, msc_dim: int, scale: float = 1.0,
+                 trainable: Trainable = "adapter", lora_rank: int = 4) -> None:
+        super().__init__()
+        if trainable not in TRAINABLE_CHOICES:
+            raise ValueError(f"trainable must be one of {TRAINABLE_CHOICES}, got {trainable!r}")
+        self.base_config = dict(unet.config)
+        self.msc_dim = int(msc_dim)
+        self.trainable = trainable
+        self.lora_rank = int(lora_rank)
+        cross_dim = unet.config.cross_attention_dim
+        unet.encoder_hid_proj = MultiIPAdapterImageProjection(
+            [ImageProjection(image_embed_dim=self.msc_dim, cross_attention_dim=cross_dim, num_image_text_embeds=1)])
+        unet.register_to_config(encoder_hid_dim_type="ip_image_proj", encoder_hid_dim=self.msc_dim)
+        for _, attention in cross_attention_layers(unet):
+            processor = IPAdapterAttnProcessor2_0(hidden_size=attention.to_k.out_features,
+                                                  cross_attention_dim=attention.to_k.in_features, scale=scale)
+            with torch.no_grad():
+                for extra, base in ((processor.to_k_ip[0], attention.to_k), (processor.to_v_ip[0], attention.to_v)):
+                    if extra.weight.shape == base.weight.shape:
+                        extra.weight.copy_(base.weight)
+            attention.set_processor(processor)
+        self.unet = unet
+        if trainable == "lora":
+            from peft import LoraConfig
+
+            unet.add_adapter(LoraConfig(r=self.lora_rank, lora_alpha=self.lora_rank, init_lora_weights="gaussian",
+                                        target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        self.set_trainable(trainable)
+        self.scale = scale
+
+    @property
+    def adapter_processors(self) -> list[IPAdapterAttnProcessor2_0]:
+        return [attention.processor for _, attention in cross_attention_layers(self.unet)]
+
+    @property
+    def scale(self) -> float:
+        return float(self.adapter_processors[0].scale[0])
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        for processor in self.adapter_processors:
+            processor.scale = [float(value)]
+
+    def set_trainable(self, trainable: Trainable) -> None:
+        """Freeze everything, then unfreeze the parameter group that ``trainable`` names."""
+        for name, parameter in self.unet.named_parameters():
+            parameter.requires_grad_(trainable == "full" or self._is_trained_part(name, trainable))
+
+    @staticmethod
+    def _is_trained_part(name: str, trainable: str) -> bool:
+        if ".processor.to_k_ip." in name or ".processor.to_v_ip." in name:
+            return True
+        if name.startswith("encoder_hid_proj."):
+            return trainable in ("adapter+projection", "lora")
+        return trainable == "lora" and "lora_" in name
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, text_states: torch.Tensor,
+                msc_tokens: torch.Tensor) -> torch.Tensor:
+        """Predicted noise ``(B, C, H, W)`` for ``sample`` ``(B, C, H, W)`` at ``timestep``.
+
+        Args:
+            text_states: the text condition C, ``(B, L, cross_attention_dim)``.
+            msc_tokens: the MSC feature e_MSC as tokens ``(B, N, msc_dim)`` (zeros: no MSC condition).
+        """
+        return self.unet(sample, timestep, encoder_hidden_states=text_states,
+                         added_cond_kwargs={"image_embeds": [msc_tokens]}).sample
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors this module adds to the base UNet: W'_k, W'_v, the MSC projection and any LoRA weights."""
+        return {name: tensor.detach().cpu().contiguous() for name, tensor in self.unet.state_dict().items()
+                if any(marker in name for marker in ADAPTER_MARKERS)}
+
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """The base UNet's own tensors, under diffusers' names (loadable by ``UNet2DConditionModel``)."""
+        if self.trainable == "lora":
+            raise ValueError("with LoRA the base UNet is the pretrained one; save the adapter only")
+        return {name: tensor.detach().cpu().contiguous() for name, tensor in self.unet.state_dict().items()
+                if not any(marker in name for marker in ADAPTER_MARKERS)}
+
+    def save_adapter(self, path: str | os.PathLike) -> None:
+        """Write the adapter tensors and their settings (E, gamma, trainable, LoRA rank) to a safetensors file."""
+        settings = {"msc_dim": self.msc_dim, "scale": self.scale, "trainable": self.trainable,
+                    "lora_rank": self.lora_rank}
+        save_file(self.adapter_state_dict(), str(path), metadata={"guided_unet": json.dumps(settings)})
+
+    def load_adapter(self, path: str | os.PathLike) -> None:
+        """Load tensors written by :meth:`save_adapter`; a file for another layout is refused by name."""
+        tensors = load_file(str(path))
+        expected = set(self.adapter_state_dict())
+        if set(tensors) != expected:
+            missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+            raise InputError(path, f"adapter weights do not fit this UNet (missing {missing[:3]}, "
+                                   f"unexpected {unexpected[:3]})")
+        self.unet.load_state_dict(tensors, strict=False)
+
+    def save_base(self, folder: str | os.PathLike) -> None:
+        """Write the base UNet as a diffusers folder (``config.json`` + safetensors), without the adapter."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(self.base_state_dict(), str(folder / BASE_WEIGHTS))
+        config = {key: value for key, value in self.base_config.items() if not key.startswith("_")}
+        config["_class_name"] = UNet2DConditionModel.__name__
+        (folder / "config.json").write_text(json.dumps(config, indent=2, default=list))
+
+    @staticmethod
+    def adapter_settings(path: str | os.PathLike) -> dict[str, object]:
+        """The settings stored in an adapter file by :meth:`save_adapter`."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if "guided_unet" not in metadata:
+            raise InputError(path, "not a guided-UNet adapter file (no 'guided_unet' settings in its metadata)")
+        return json.loads(metadata["guided_unet"])

@@ -1,0 +1,100 @@
+"""Sampling a lesion into the soft-masked region (the paper's Eqs. 7-8) as a MONAI ``Inferer``.
+
+Each step denoises with classifier-free guidance over both conditions (text and MSC), lets the diffusers
+scheduler take the step (DDIM by default, with ``eta`` for the sigma_t noise term), then blends:
+``z_{t-1} = p_{t-1} * m_b + z_{m,t-1} * (1 - m_b)``, where ``z_{m,t-1}`` is the masked image's latent noised to
+the same step. Noise comes from one generator per image, seeded per case, so a case's result does not depend
+on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from diffusers import DDIMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from monai.inferers import Inferer
+
+from bundle.synthesis_model import MedSoftDiffusion
+
+
+def _noise_like(latents: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    shape = latents.shape[1:]
+    return torch.stack([torch.randn(shape, generator=g, dtype=latents.dtype) for g in generators]).to(latents.device)
+
+
+class SoftMaskInpaintingInferer(Inferer):
+    """Synthesise inside the soft mask with guidance; outside it the result follows the (masked) input.
+
+    Args:
+        scheduler: a diffusers scheduler configured like the training one (DDIM, DPM-Solver++, ...).
+        num_inference_steps: sampling steps (50 in the paper).
+        guidance_scale: classifier-free guidance w: ``eps_u + w (eps_c - eps_u)`` (7.5 in the paper).
+        eta: DDIM's eta, the weight of the sigma_t noise term (ignored by schedulers without it).
+        seed: the default seed when the caller gives none.
+    """
+
+    def __init__(self, scheduler: SchedulerMixin, num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                 eta: float = 0.0, seed: int = 0) -> None:
+        super().__init__()
+        self.scheduler = scheduler
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.eta = eta
+        self.seed = seed
+        self._step_takes_eta = "eta" in inspect.signature(scheduler.step).parameters
+
+    @classmethod
+    def ddim(cls, training_scheduler: SchedulerMixin, **kwargs) -> SoftMaskInpaintingInferer:
+        """DDIM with the training scheduler's noise schedule."""
+        return cls(DDIMScheduler.from_config(training_scheduler.config), **kwargs)
+
+    def guided_noise(self, network: MedSoftDiffusion, latents: torch.Tensor, timestep: torch.Tensor,
+                     conditions: tuple[torch.Tensor, torch.Tensor],
+                     null_conditions: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``eps_u + w (eps_c - eps_u)``, the two branches in one batch."""
+        batch = latents.shape[0]
+        text_states = torch.cat([null_conditions[0], conditions[0]])
+        msc_tokens = torch.cat([null_conditions[1], conditions[1]])
+        noise = network(torch.cat([latents, latents]), timestep.expand(2 * batch), text_states, msc_tokens)
+        unconditional, conditional = noise.chunk(2)
+        return unconditional + self.guidance_scale * (conditional - unconditional)
+
+    @torch.no_grad()
+    def __call__(self, inputs: torch.Tensor, network: MedSoftDiffusion, soft_mask: torch.Tensor,
+                 texts: Sequence[str], seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """Synthesised images ``(B, 1, H, W)`` in [0, 1].
+
+        Args:
+            inputs: the masked images I_m ``(B, 1, H, W)`` in [0, 1] on the model grid.
+            network: the trained :class:`MedSoftDiffusion`.
+            soft_mask: M_b ``(B, 1, H, W)`` in [0, 1].
+            texts: one lesion description per image.
+            seeds: one seed per image (default: ``seed`` for all).
+        """
+        batch = inputs.shape[0]
+        if len(texts) != batch:
+            raise ValueError(f"{len(texts)} texts for {batch} images")
+        seeds = [self.seed] * batch if seeds is None else list(seeds)
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        conditions = network.conditions(texts, inputs)
+        null_conditions = network.null_conditions(batch)
+        known = network.space.encode(inputs)
+        mask = network.space.mask(soft_mask, known)
+        self.scheduler.set_timesteps(self.num_inference_steps, device=inputs.device)
+        timesteps = self.scheduler.timesteps
+        latents = _noise_like(known, generators) * self.scheduler.init_noise_sigma
+        for index, timestep in enumerate(timesteps):
+            model_input = self.scheduler.scale_model_input(latents, timestep)
+            noise = self.guided_noise(network, model_input, timestep, conditions, null_conditions)
+            options = {"eta": self.eta, "variance_noise": _noise_like(known, generators)} if self._step_takes_eta \
+                else {}
+            latents = self.scheduler.step(noise, timestep, latents, **options).prev_sample
+            if index + 1 < len(timesteps):
+                known_now = self.scheduler.add_noise(known, _noise_like(known, generators), timesteps[index + 1:index + 2])
+            else:
+                known_now = known
+            latents = latents * mask + known_now * (1.0 - mask)
+        return network.space.decode(latents)

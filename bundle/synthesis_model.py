@@ -1,0 +1,142 @@
+"""MedSoft-Diffusion's networks together: frozen medical CLIP, MSC, text condition, guided UNet, diffusion space.
+
+The model answers two questions for the trainer and the sampler: which conditions does a batch give
+(:meth:`MedSoftDiffusion.conditions`, with :meth:`MedSoftDiffusion.null_conditions` for classifier-free
+guidance and condition dropout) and what noise does the UNet predict (:meth:`MedSoftDiffusion.forward`).
+Trained weights live in one folder (``models/``): see :func:`save_trained` and :func:`load_trained`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bundle.clip_encoders import MedicalClipEncoder
+from bundle.diffusion_space import LatentSpace, PixelSpace
+from bundle.errors import InputError
+from bundle.guided_unet import GuidedUNet, load_unet
+from bundle.semantic_controller import MedicalSemanticController
+from bundle.text_conditioning import ClipTowerTextStates
+
+CLIP_FOLDER = "clip"
+CONTROLLER_FILE = "msc.safetensors"
+UNET_FOLDER = "unet"
+ADAPTER_FILE = "msc_adapter.safetensors"
+
+
+class MedSoftDiffusion(nn.Module):
+    """The guided UNet and everything that conditions it; only the UNet's chosen parameters can train.
+
+    Args:
+        clip_encoder: frozen medical CLIP (e_t of the text, e_v of the masked image).
+        controller: the pretrained MSC (frozen here: it is trained in stage 1).
+        unet: the guided UNet.
+        text_states: texts -> the UNet's text condition C ``(B, L, D)``.
+        space: :class:`PixelSpace` or :class:`LatentSpace`.
+    """
+
+    def __init__(self, clip_encoder: MedicalClipEncoder, controller: MedicalSemanticController, unet: GuidedUNet,
+                 text_states: nn.Module, space: PixelSpace | LatentSpace) -> None:
+        super().__init__()
+        self.clip_encoder = clip_encoder
+        self.controller = controller.eval().requires_grad_(False)
+        self.unet = unet
+        self.text_states = text_states
+        self.space = space
+
+    def train(self, mode: bool = True) -> MedSoftDiffusion:
+        super().train(mode)
+        self.controller.eval()
+        return self
+
+    @torch.no_grad()
+    def conditions(self, texts: Sequence[str], masked_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text condition C ``(B, L, D)`` and the MSC tokens e_MSC ``(B, N, E)`` for a batch."""
+        missing = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+        if missing:
+            raise ValueError(f"every item needs a lesion text; items {missing} have none")
+        text_feature = self.clip_encoder.encode_text(texts)
+        masked_feature = self.clip_encoder.encode_image(masked_images)
+        tokens, _ = self.controller(text_feature, masked_feature)
+        return self.text_states(texts), tokens
+
+    @torch.no_grad()
+    def null_conditions(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dropped conditions: the empty text's C and all-zero MSC tokens."""
+        empty = self.text_states([""]).expand(batch_size, -1, -1)
+        tokens = torch.zeros(batch_size, self.controller.num_tokens, self.controller.embed_dim, device=empty.device)
+        return empty, tokens
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor,
+                msc_tokens: torch.Tensor) -> torch.Tensor:
+        """Predicted noise epsilon for ``latents`` ``(B, C, h, w)``."""
+        return self.unet(latents, timesteps, text_states, msc_tokens)
+
+
+def tiny_model(spatial_size: int = 48, clip_encoder: MedicalClipEncoder | None = None,
+               controller: MedicalSemanticController | None = None, unet_channels: Sequence[int] = (32, 64, 64),
+               scale: float = 1.0, trainable: str = "full", seed: int = 0) -> MedSoftDiffusion:
+    """The ``tiny`` profile: pixel space, a small random UNet trained in full, C from the small CLIP's text tower."""
+    from bundle.guided_unet import tiny_unet
+
+    clip_encoder = clip_encoder or MedicalClipEncoder.tiny(seed=seed)
+    controller = controller or MedicalSemanticController(clip_encoder.embed_dim)
+    base = tiny_unet(sample_size=spatial_size, in_channels=PixelSpace.channels, block_out_channels=unet_channels,
+                     cross_attention_dim=clip_encoder.text_state_dim, seed=seed)
+    unet = GuidedUNet(base, msc_dim=controller.embed_dim, scale=scale, trainable=trainable)
+    return MedSoftDiffusion(clip_encoder, controller, unet, ClipTowerTextStates(clip_encoder), PixelSpace())
+
+
+def require_folder(folder: str | os.PathLike, names: Sequence[str], how: str) -> Path:
+    """``folder`` as a Path, after checking that each of ``names`` exists in it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, f"folder not found; {how}")
+    for name in names:
+        if not (folder / name).exists():
+            raise InputError(folder / name, f"missing; {how}")
+    return folder
+
+
+def save_trained(model: MedSoftDiffusion, models_dir: str | os.PathLike, save_base_unet: bool = True,
+                 unet: GuidedUNet | None = None) -> None:
+    """Write the trained parts: the base UNet (unless it is a pretrained one left frozen) and the adapter.
+
+    ``unet`` replaces the model's own (e.g. its moving average).
+    """
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    unet = unet or model.unet
+    if save_base_unet:
+        unet.save_base(models_dir / UNET_FOLDER)
+    unet.save_adapter(models_dir / ADAPTER_FILE)
+
+
+def load_trained(models_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder | None = None,
+                 text_states: nn.Module | None = None, space: PixelSpace | LatentSpace | None = None,
+                 base_unet_dir: str | os.PathLike | None = None, scale: float | None = None) -> MedSoftDiffusion:
+    """The model stages 1 and 2 left in ``models_dir``, ready to sample.
+
+    Args:
+        clip_encoder: defaults to the one stage 1 saved in ``models_dir/clip`` (the ``tiny`` profile).
+        text_states: defaults to the clip encoder's text tower.
+        space: defaults to pixel space.
+        base_unet_dir: the base UNet folder; defaults to ``models_dir/unet`` (for SD 1.5: ``<sd15>/unet``).
+        scale: overrides the stored gamma (e.g. 0 for the no-MSC ablation).
+    """
+    how = "train stage 1 (configs/train_msc.json) and stage 2 (configs/train.json) first, or run `make demo`"
+    models_dir = require_folder(models_dir, (CONTROLLER_FILE, ADAPTER_FILE), how)
+    clip_encoder = clip_encoder or MedicalClipEncoder.from_local_dir(models_dir / CLIP_FOLDER)
+    controller = MedicalSemanticController.load(models_dir / CONTROLLER_FILE)
+    settings = GuidedUNet.adapter_settings(models_dir / ADAPTER_FILE)
+    unet = GuidedUNet(load_unet(base_unet_dir or models_dir / UNET_FOLDER), msc_dim=int(settings["msc_dim"]),
+                      scale=float(settings["scale"] if scale is None else scale),
+                      trainable=str(settings["trainable"]), lora_rank=int(settings["lora_rank"]))
+    unet.load_adapter(models_dir / ADAPTER_FILE)
+    model = MedSoftDiffusion(clip_encoder, controller, unet, text_states or ClipTowerTextStates(clip_encoder),
+                             space or PixelSpace())
+    return model.eval().requires_grad_(False)

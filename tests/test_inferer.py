@@ -1,0 +1,93 @@
+"""The soft-mask sampler: the background follows the input, the mask changes, seeds repeat, guidance 1 is the
+conditional prediction; and the trainer's condition dropout rates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+from bundle.clip_encoders import MedicalClipEncoder
+from bundle.engines import condition_dropout
+from bundle.inferer import SoftMaskInpaintingInferer
+from bundle.synthesis_model import tiny_model
+
+SIZE = 32
+TEXTS = ["a 9 mm hyperintense lesion in the L2 vertebral body", "an ill-defined hypointense lesion in L4"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    clip = MedicalClipEncoder.tiny(embed_dim=32, image_size=32, vision_width=32, text_width=32, heads=2)
+    return tiny_model(spatial_size=SIZE, clip_encoder=clip, unet_channels=(16, 32), seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(2, 1, SIZE, SIZE, generator=generator)
+    soft_mask = torch.zeros(2, 1, SIZE, SIZE)
+    soft_mask[:, :, 10:22, 8:24] = 1.0
+    soft_mask[:, :, 9, 8:24] = 0.5
+    return image * (1 - soft_mask), soft_mask
+
+
+def scheduler():
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+
+
+def test_outside_the_soft_mask_the_result_is_the_input_and_inside_it_changes(model, batch):
+    masked, soft_mask = batch
+    inferer = SoftMaskInpaintingInferer.ddim(scheduler(), num_inference_steps=8, guidance_scale=3.0, eta=0.5)
+    result = inferer(masked, model, soft_mask, TEXTS, seeds=[1, 2])
+    outside, inside = soft_mask == 0, soft_mask == 1
+    assert result.shape == masked.shape
+    assert torch.allclose(result[outside], masked[outside], atol=1e-6)
+    assert (result[inside] - masked[inside]).abs().mean() > 0.05
+
+
+def test_the_same_seed_gives_the_same_result_and_another_seed_does_not(model, batch):
+    masked, soft_mask = batch
+    inferer = SoftMaskInpaintingInferer.ddim(scheduler(), num_inference_steps=5, eta=1.0)
+    first = inferer(masked, model, soft_mask, TEXTS, seeds=[7, 8])
+    assert torch.equal(inferer(masked, model, soft_mask, TEXTS, seeds=[7, 8]), first)
+    assert not torch.allclose(inferer(masked, model, soft_mask, TEXTS, seeds=[9, 8])[0], first[0])
+    alone = inferer(masked[1:], model, soft_mask[1:], TEXTS[1:], seeds=[8])  # independent of the batch
+    assert torch.allclose(alone[0], first[1], atol=1e-5)
+
+
+def test_guidance_scale_one_is_the_conditional_prediction(model, batch):
+    masked, _ = batch
+    latents = torch.randn(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    timestep = torch.tensor(400)
+    conditions = model.conditions(TEXTS, masked)
+    null = model.null_conditions(2)
+    with torch.no_grad():
+        conditional = model(latents, timestep.expand(2), *conditions)
+        unconditional = model(latents, timestep.expand(2), *null)
+        guided = SoftMaskInpaintingInferer(scheduler(), guidance_scale=1.0).guided_noise(
+            model, latents, timestep, conditions, null)
+        assert torch.allclose(guided, conditional, atol=1e-5)
+        strong = SoftMaskInpaintingInferer(scheduler(), guidance_scale=7.5).guided_noise(
+            model, latents, timestep, conditions, null)
+        assert torch.allclose(strong, unconditional + 7.5 * (conditional - unconditional), atol=1e-4)
+
+
+def test_another_diffusers_scheduler_runs_by_config(model, batch):
+    masked, soft_mask = batch
+    solver = DPMSolverMultistepScheduler.from_config(scheduler().config)
+    result = SoftMaskInpaintingInferer(solver, num_inference_steps=4)(masked, model, soft_mask, TEXTS)
+    assert torch.allclose(result[soft_mask == 0], masked[soft_mask == 0], atol=1e-6)
+
+
+def test_missing_text_is_refused(model, batch):
+    masked, soft_mask = batch
+    with pytest.raises(ValueError, match="lesion text"):
+        SoftMaskInpaintingInferer(scheduler(), num_inference_steps=2)(masked, model, soft_mask, ["ok", " "])
+
+
+def test_condition_dropout_rates_match_the_paper():
+    drop_text, drop_msc = condition_dropout(200_000, generator=torch.Generator().manual_seed(0))
+    assert float((drop_text & ~drop_msc).float().mean()) == pytest.approx(0.05, abs=0.003)
+    assert float((drop_msc & ~drop_text).float().mean()) == pytest.approx(0.05, abs=0.003)
+    assert float((drop_text & drop_msc).float().mean()) == pytest.approx(0.05, abs=0.003)

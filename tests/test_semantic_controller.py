@@ -1,0 +1,79 @@
+"""The Medical Semantic Controller and the soft-mask-weighted noise loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bundle.errors import InputError
+from bundle.losses import SoftMaskedNoiseLoss
+from bundle.semantic_controller import MedicalSemanticController, alignment_loss
+
+
+def test_controller_gives_tokens_and_their_mean_from_both_features():
+    controller = MedicalSemanticController(embed_dim=16, num_tokens=3, width=32, layers=1, heads=4)
+    e_t, e_v = torch.randn(5, 16), torch.randn(5, 16)
+    tokens, pooled = controller(e_t, e_v)
+    assert tokens.shape == (5, 3, 16) and pooled.shape == (5, 16)
+    assert torch.allclose(pooled, tokens.mean(dim=1))
+    assert not torch.allclose(controller(e_t, torch.randn(5, 16))[1], pooled)  # e_v matters
+    assert not torch.allclose(controller(torch.randn(5, 16), e_v)[1], pooled)  # e_t matters
+    with pytest.raises(ValueError, match="must both be"):
+        controller(e_t, torch.randn(5, 8))
+
+
+def test_controller_learns_to_predict_the_original_feature():
+    torch.manual_seed(0)
+    controller = MedicalSemanticController(embed_dim=8, num_tokens=2, width=32, layers=1, heads=2)
+    e_t, e_v = torch.randn(32, 8), torch.randn(32, 8)
+    e_r = torch.tanh(e_t + 0.5 * e_v)
+    optimizer = torch.optim.AdamW(controller.parameters(), lr=3e-3)
+    start = float(alignment_loss(controller(e_t, e_v)[1], e_r))
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = alignment_loss(controller(e_t, e_v)[1], e_r)
+        loss.backward()
+        optimizer.step()
+    assert float(loss.detach()) < 0.2 * start
+
+
+def test_alignment_loss_is_the_squared_distance():
+    pooled, target = torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+    assert float(alignment_loss(pooled, target)) == pytest.approx((4.0 + 25.0) / 2)
+
+
+def test_controller_save_and_load(tmp_path):
+    controller = MedicalSemanticController(embed_dim=16, num_tokens=3, width=32, layers=1, heads=4)
+    controller.save(tmp_path / "msc.safetensors")
+    loaded = MedicalSemanticController.load(tmp_path / "msc.safetensors")
+    e_t, e_v = torch.randn(2, 16), torch.randn(2, 16)
+    assert torch.equal(loaded(e_t, e_v)[0], controller(e_t, e_v)[0])
+    with pytest.raises(InputError, match="missing.*train_msc"):
+        MedicalSemanticController.load(tmp_path / "absent.safetensors")
+
+
+def test_masked_loss_ignores_everything_outside_the_mask():
+    generator = torch.Generator().manual_seed(0)
+    prediction, target = torch.randn(2, 1, 16, 16, generator=generator), torch.randn(2, 1, 16, 16, generator=generator)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:10, 5:12] = 1.0
+    mask[:, :, 3, 5:12] = 0.3  # a soft edge
+    loss = SoftMaskedNoiseLoss()
+    reference = loss(prediction, target, mask)
+    perturbed = target + 100.0 * torch.randn(2, 1, 16, 16, generator=generator) * (mask == 0)
+    assert torch.equal(loss(prediction, perturbed, mask), reference)
+    inside = target + (mask > 0) * 1.0
+    assert not torch.allclose(loss(prediction, inside, mask), reference)
+    unmasked = SoftMaskedNoiseLoss(mask_weighted=False)
+    assert not torch.allclose(unmasked(prediction, perturbed, mask), unmasked(prediction, target, mask))
+
+
+def test_masked_loss_is_normalised_by_mask_mass_and_refuses_an_empty_mask():
+    prediction, target = torch.ones(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
+    small, large = torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)
+    small[..., 2:4, 2:4] = 1.0
+    loss = SoftMaskedNoiseLoss()
+    assert float(loss(prediction, target, small)) == pytest.approx(1.0)
+    assert float(loss(prediction, target, large)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="empty"):
+        loss(prediction, target, torch.zeros(1, 1, 8, 8))
