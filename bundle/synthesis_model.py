@@ -116,22 +116,25 @@ def save_trained(model: MedSoftDiffusion, models_dir: str | os.PathLike, save_ba
     unet.save_adapter(models_dir / ADAPTER_FILE)
 
 
-def load_trained(models_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder | None = None,
+def load_trained(models_dir: str | os.PathLike, stage1_dir: str | os.PathLike | None = None,
+                 clip_encoder: MedicalClipEncoder | None = None,
                  text_states: nn.Module | None = None, space: PixelSpace | LatentSpace | None = None,
                  base_unet_dir: str | os.PathLike | None = None, scale: float | None = None) -> MedSoftDiffusion:
     """The model stages 1 and 2 left in ``models_dir``, ready to sample.
 
     Args:
-        clip_encoder: defaults to the one stage 1 saved in ``models_dir/clip`` (the ``tiny`` profile).
+        stage1_dir: where stage 1 left the MSC (and the ``tiny`` CLIP); defaults to ``models_dir``.
+        clip_encoder: defaults to the one stage 1 saved in ``stage1_dir/clip`` (the ``tiny`` profile).
         text_states: defaults to the clip encoder's text tower.
         space: defaults to pixel space.
         base_unet_dir: the base UNet folder; defaults to ``models_dir/unet`` (for SD 1.5: ``<sd15>/unet``).
         scale: overrides the stored gamma (e.g. 0 for the no-MSC ablation).
     """
     how = "train stage 1 (configs/train_msc.json) and stage 2 (configs/train.json) first, or run `make demo`"
-    models_dir = require_folder(models_dir, (CONTROLLER_FILE, ADAPTER_FILE), how)
-    clip_encoder = clip_encoder or MedicalClipEncoder.from_local_dir(models_dir / CLIP_FOLDER)
-    controller = MedicalSemanticController.load(models_dir / CONTROLLER_FILE)
+    models_dir = require_folder(models_dir, (ADAPTER_FILE,), how)
+    stage1_dir = require_folder(stage1_dir or models_dir, (CONTROLLER_FILE,), how)
+    clip_encoder = clip_encoder or MedicalClipEncoder.from_local_dir(stage1_dir / CLIP_FOLDER)
+    controller = MedicalSemanticController.load(stage1_dir / CONTROLLER_FILE)
     settings = GuidedUNet.adapter_settings(models_dir / ADAPTER_FILE)
     unet = GuidedUNet(load_unet(base_unet_dir or models_dir / UNET_FOLDER), msc_dim=int(settings["msc_dim"]),
                       scale=float(settings["scale"] if scale is None else scale),
