@@ -1,9 +1,11 @@
 # Two set-up commands on a fresh machine: `make demo` (main job end to end) and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR := demo
-DEMO_CASES ?= 24
+DEMO_CASES ?= 60
 DEMO_SEED ?= 0
 
 .PHONY: install demo test lint clean-demo
@@ -17,12 +19,21 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
+# Demo data -> stage 1 (MSC) -> stage 2 (guided UNet) -> lesion synthesis into the normal test cases.
 demo: install
+	rm -rf $(DEMO_DIR)/runs $(DEMO_DIR)/outputs
 	$(PY) scripts/demo_data.py --out_dir $(DEMO_DIR)/data --num_cases $(DEMO_CASES) --seed $(DEMO_SEED)
-	$(PY) -m monai.bundle run --config_file configs/mask_preview.json \
-		--datalist $(DEMO_DIR)/data/datalist.json --output_dir $(DEMO_DIR)/outputs/mask_preview \
-		2>&1 | tee $(DEMO_DIR)/mask_preview.log
-	@echo "demo outputs: $(DEMO_DIR)/data (phantom volumes + datalist), $(DEMO_DIR)/outputs/mask_preview (volumes, provenance, PNG previews, report.json)"
+	$(PY) -m monai.bundle run --config_file configs/train_msc.json --dataset_dir $(DEMO_DIR)/data \
+		--output_dir $(DEMO_DIR)/runs/train_msc 2>&1 | tee $(DEMO_DIR)/train_msc.log
+	$(PY) -m monai.bundle run --config_file configs/train.json --dataset_dir $(DEMO_DIR)/data \
+		--output_dir $(DEMO_DIR)/runs/train 2>&1 | tee $(DEMO_DIR)/train.log
+	$(PY) scripts/synthesis_requests.py --datalist $(DEMO_DIR)/data/datalist.json --output $(DEMO_DIR)/data/requests.json
+	$(PY) -m monai.bundle run --config_file configs/inference.json --datalist $(DEMO_DIR)/data/requests.json \
+		--output_dir $(DEMO_DIR)/outputs/synthesis 2>&1 | tee $(DEMO_DIR)/inference.log
+	$(PY) scripts/class_effect.py --requests $(DEMO_DIR)/data/requests.json \
+		--synthesis_dir $(DEMO_DIR)/outputs/synthesis --output $(DEMO_DIR)/outputs/class_effect.json \
+		--figure $(DEMO_DIR)/outputs/class_effect.png | tee $(DEMO_DIR)/class_effect.log
+	@echo "demo outputs: models/ (trained weights), $(DEMO_DIR)/runs (logs, TensorBoard, validation samples), $(DEMO_DIR)/outputs/synthesis (volumes, provenance, PNG previews, report.json), $(DEMO_DIR)/outputs/class_effect.png"
 
 test: install
 	$(PY) -m pytest -q tests

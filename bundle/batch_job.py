@@ -63,8 +63,8 @@ class DiffusionPredictor:
                 item["seed"] = case_seed(self.seed, item.get("case_id", ""))
                 seeds.append(item["seed"] + offset)
             stack = {k: torch.stack([torch.as_tensor(i[k]).float() for i in batch]).to(self.device)
-                     for k in ("masked_image", "soft_mask")}
-            synthesised = self.inferer(stack["masked_image"], self.network, stack["soft_mask"],
+                     for k in ("image", "soft_mask")}
+            synthesised = self.inferer(stack["image"], self.network, stack["soft_mask"],
                                        [str(i["text"]) for i in batch], seeds)
             results.extend(synthesised.cpu())
         return results

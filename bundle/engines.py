@@ -145,6 +145,6 @@ class SynthesisEvaluator(SupervisedEvaluator):
         size = batch["image"].shape[0]
         first = (engine.state.iteration - 1) * size
         seeds = [engine.inferer.seed + first + i for i in range(size)]
-        prediction = engine.inferer(batch["masked_image"], model, batch["soft_mask"], list(batch["text"]), seeds)
+        prediction = engine.inferer(batch["image"], model, batch["soft_mask"], list(batch["text"]), seeds)
         return {"pred": prediction, "label": batch["image"], "mask": batch["soft_mask"],
                 "masked": batch["masked_image"]}

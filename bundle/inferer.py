@@ -2,9 +2,14 @@
 
 Each step denoises with classifier-free guidance over both conditions (text and MSC), lets the diffusers
 scheduler take the step (DDIM by default, with ``eta`` for the sigma_t noise term), then blends:
-``z_{t-1} = p_{t-1} * m_b + z_{m,t-1} * (1 - m_b)``, where ``z_{m,t-1}`` is the masked image's latent noised to
-the same step. Noise comes from one generator per image, seeded per case, so a case's result does not depend
-on what else is in the batch.
+``z_{t-1} = p_{t-1} * m_b + z_{m,t-1} * (1 - m_b)``, the known background noised to the same step. Noise comes
+from one generator per image, seeded per case, so a case's result does not depend on what else is in the batch.
+
+The paper names the background ``z_m``, the latent of ``I_m = x0 * (1 - M_b)``. Blending that with ``(1 - m_b)``
+would apply the background weight twice, ``x0 * (1 - m_b)^2``, and darken the whole blend band; on the demo
+validation slices the tiny model's in-mask mean fell to 0.24 against 0.56 in the originals. The (1 - M_b)
+factor of ``I_m`` *is* the blend weight, so the background here is x0's own latent, weighted once. ``I_m`` is
+still what the MSC sees (e_v).
 """
 
 from __future__ import annotations
@@ -65,10 +70,10 @@ class SoftMaskInpaintingInferer(Inferer):
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, network: MedSoftDiffusion, soft_mask: torch.Tensor,
                  texts: Sequence[str], seeds: Sequence[int] | None = None) -> torch.Tensor:
-        """Synthesised images ``(B, 1, H, W)`` in [0, 1].
+        """Synthesised images ``(B, 1, H, W)`` in [0, 1]: the lesion inside M_b, the input outside it.
 
         Args:
-            inputs: the masked images I_m ``(B, 1, H, W)`` in [0, 1] on the model grid.
+            inputs: the images x0 ``(B, 1, H, W)`` in [0, 1] on the model grid.
             network: the trained :class:`MedSoftDiffusion`.
             soft_mask: M_b ``(B, 1, H, W)`` in [0, 1].
             texts: one lesion description per image.
@@ -79,7 +84,7 @@ class SoftMaskInpaintingInferer(Inferer):
             raise ValueError(f"{len(texts)} texts for {batch} images")
         seeds = [self.seed] * batch if seeds is None else list(seeds)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        conditions = network.conditions(texts, inputs)
+        conditions = network.conditions(texts, inputs * (1.0 - soft_mask))
         null_conditions = network.null_conditions(batch)
         known = network.space.encode(inputs)
         mask = network.space.mask(soft_mask, known)

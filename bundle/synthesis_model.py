@@ -91,6 +91,75 @@ def tiny_model(spatial_size: int = 48, clip_encoder: MedicalClipEncoder | None =
     return MedSoftDiffusion(clip_encoder, controller, unet, ClipTowerTextStates(clip_encoder), PixelSpace())
 
 
+
+def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, controller: MedicalSemanticController,
+               scale: float = 1.0, trainable: str = "adapter", latent: bool = True) -> MedSoftDiffusion:
+    """The ``sd15`` profile: Stable Diffusion 1.5's UNet guided by the MSC, its CLIP text encoder for C, its VAE.
+
+    Everything comes from ``sd15_dir``, a local copy of stable-diffusion-v1-5 in diffusers format; the folder
+    layout and the sizes are checked from the config files before any weights are read.
+
+    Args:
+        sd15_dir: the SD 1.5 folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``).
+        clip_encoder: the frozen medical CLIP (BiomedCLIP).
+        controller: the stage-1 MSC; its width is the MSC token width of the adapter.
+        scale: gamma, the weight of the MSC attention term.
+        trainable: see :class:`GuidedUNet` (``"adapter"``: W'_k, W'_v only, the paper's setting).
+        latent: diffuse in the VAE's latent space (SD 1.5). ``False`` diffuses on the pixels (no ``vae/``
+            needed), which only fits a custom UNet of 1 input channel saved in SD 1.5's layout; SD 1.5's own
+            UNet has 4 and is refused.
+
+    Raises:
+        InputError: a file of the layout is missing (the first one is named) or a config cannot be read.
+        ValueError: the UNet's cross-attention width is not the text encoder's hidden size, its input channels
+            are not the diffusion space's, or the controller does not fit the medical CLIP.
+    """
+    import json
+
+    from bundle.text_conditioning import StableDiffusionTextStates
+
+    how = ("expected a local copy of stable-diffusion-v1-5 in diffusers format, e.g. `huggingface-cli download "
+           "stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir <folder> --include '*.json' '*.txt' "
+           "'unet/diffusion_pytorch_model.safetensors' 'vae/diffusion_pytorch_model.safetensors' "
+           "'text_encoder/model.safetensors'`")
+
+    def read_config(path: Path) -> dict:
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(path, f"cannot read the config ({error}); {how}") from error
+        if not isinstance(config, dict):
+            raise InputError(path, f"not a config (a JSON object); {how}")
+        return config
+
+    files = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+             "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors",
+             "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json",
+             "scheduler/scheduler_config.json")
+    names = [name for name in files if latent or not name.startswith("vae/")]
+    sd15_dir = require_folder(sd15_dir, names, how)
+    unet_config = read_config(sd15_dir / "unet/config.json")
+    text_config = read_config(sd15_dir / "text_encoder/config.json")
+    cross_dims = unet_config.get("cross_attention_dim")
+    cross_dims = set(cross_dims) if isinstance(cross_dims, (list, tuple)) else {cross_dims}
+    text_width = text_config.get("hidden_size")
+    if cross_dims != {text_width}:
+        raise ValueError(f"{sd15_dir}: the UNet's cross_attention_dim {sorted(cross_dims, key=str)} is not the text "
+                         f"encoder's hidden_size {text_width}; unet/ and text_encoder/ must come from one model")
+    channels = read_config(sd15_dir / "vae/config.json").get("latent_channels") if latent \
+        else PixelSpace.channels
+    if unet_config.get("in_channels") != channels or unet_config.get("out_channels") != channels:
+        space = f"the VAE's {channels} latent channels" if latent else f"pixel space ({channels} channel)"
+        raise ValueError(f"{sd15_dir}: the UNet has {unet_config.get('in_channels')} input and "
+                         f"{unet_config.get('out_channels')} output channels; {space} need {channels}")
+    if controller.embed_dim != clip_encoder.embed_dim:
+        raise ValueError(f"the controller's width {controller.embed_dim} is not the medical CLIP's feature size "
+                         f"{clip_encoder.embed_dim}; train stage 1 with this CLIP")
+    unet = GuidedUNet(load_unet(sd15_dir / "unet"), msc_dim=controller.embed_dim, scale=scale, trainable=trainable)
+    space = LatentSpace.from_folder(sd15_dir) if latent else PixelSpace()
+    return MedSoftDiffusion(clip_encoder, controller, unet, StableDiffusionTextStates(sd15_dir), space)
+
+
 def require_folder(folder: str | os.PathLike, names: Sequence[str], how: str) -> Path:
     """``folder`` as a Path, after checking that each of ``names`` exists in it."""
     folder = Path(folder)

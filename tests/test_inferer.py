@@ -29,7 +29,7 @@ def batch():
     soft_mask = torch.zeros(2, 1, SIZE, SIZE)
     soft_mask[:, :, 10:22, 8:24] = 1.0
     soft_mask[:, :, 9, 8:24] = 0.5
-    return image * (1 - soft_mask), soft_mask
+    return image, soft_mask
 
 
 def scheduler():
@@ -37,27 +37,30 @@ def scheduler():
 
 
 def test_outside_the_soft_mask_the_result_is_the_input_and_inside_it_changes(model, batch):
-    masked, soft_mask = batch
+    image, soft_mask = batch
     inferer = SoftMaskInpaintingInferer.ddim(scheduler(), num_inference_steps=8, guidance_scale=3.0, eta=0.5)
-    result = inferer(masked, model, soft_mask, TEXTS, seeds=[1, 2])
-    outside, inside = soft_mask == 0, soft_mask == 1
-    assert result.shape == masked.shape
-    assert torch.allclose(result[outside], masked[outside], atol=1e-6)
-    assert (result[inside] - masked[inside]).abs().mean() > 0.05
+    result = inferer(image, model, soft_mask, TEXTS, seeds=[1, 2])
+    outside, inside, band = soft_mask == 0, soft_mask == 1, soft_mask == 0.5
+    assert result.shape == image.shape
+    assert torch.allclose(result[outside], image[outside], atol=1e-6)
+    assert (result[inside] - image[inside]).abs().mean() > 0.05
+    # in the blend band the background counts once: result = 0.5 * synthesis + 0.5 * x0
+    assert (result[band] - 0.5 * image[band]).min() >= -1e-6
 
 
 def test_the_same_seed_gives_the_same_result_and_another_seed_does_not(model, batch):
-    masked, soft_mask = batch
+    image, soft_mask = batch
     inferer = SoftMaskInpaintingInferer.ddim(scheduler(), num_inference_steps=5, eta=1.0)
-    first = inferer(masked, model, soft_mask, TEXTS, seeds=[7, 8])
-    assert torch.equal(inferer(masked, model, soft_mask, TEXTS, seeds=[7, 8]), first)
-    assert not torch.allclose(inferer(masked, model, soft_mask, TEXTS, seeds=[9, 8])[0], first[0])
-    alone = inferer(masked[1:], model, soft_mask[1:], TEXTS[1:], seeds=[8])  # independent of the batch
-    assert torch.allclose(alone[0], first[1], atol=1e-5)
+    first = inferer(image, model, soft_mask, TEXTS, seeds=[7, 8])
+    assert torch.equal(inferer(image, model, soft_mask, TEXTS, seeds=[7, 8]), first)
+    assert not torch.allclose(inferer(image, model, soft_mask, TEXTS, seeds=[9, 8])[0], first[0])
+    alone = inferer(image[1:], model, soft_mask[1:], TEXTS[1:], seeds=[8])  # independent of the batch
+    assert torch.allclose(alone[0], first[1], atol=1e-3)  # batched vs alone: float rounding only
 
 
 def test_guidance_scale_one_is_the_conditional_prediction(model, batch):
-    masked, _ = batch
+    image, soft_mask = batch
+    masked = image * (1 - soft_mask)
     latents = torch.randn(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     timestep = torch.tensor(400)
     conditions = model.conditions(TEXTS, masked)
@@ -74,16 +77,16 @@ def test_guidance_scale_one_is_the_conditional_prediction(model, batch):
 
 
 def test_another_diffusers_scheduler_runs_by_config(model, batch):
-    masked, soft_mask = batch
+    image, soft_mask = batch
     solver = DPMSolverMultistepScheduler.from_config(scheduler().config)
-    result = SoftMaskInpaintingInferer(solver, num_inference_steps=4)(masked, model, soft_mask, TEXTS)
-    assert torch.allclose(result[soft_mask == 0], masked[soft_mask == 0], atol=1e-6)
+    result = SoftMaskInpaintingInferer(solver, num_inference_steps=4)(image, model, soft_mask, TEXTS)
+    assert torch.allclose(result[soft_mask == 0], image[soft_mask == 0], atol=1e-6)
 
 
 def test_missing_text_is_refused(model, batch):
-    masked, soft_mask = batch
+    image, soft_mask = batch
     with pytest.raises(ValueError, match="lesion text"):
-        SoftMaskInpaintingInferer(scheduler(), num_inference_steps=2)(masked, model, soft_mask, ["ok", " "])
+        SoftMaskInpaintingInferer(scheduler(), num_inference_steps=2)(image, model, soft_mask, ["ok", " "])
 
 
 def test_condition_dropout_rates_match_the_paper():

@@ -36,3 +36,13 @@ def test_metadata_versions_match_the_pinned_requirements():
     assert metadata["numpy_version"] == pins["numpy"]
     for package, version in metadata["required_packages_version"].items():
         assert pins[package] == version, package
+
+
+def test_network_data_format_matches_the_configs_model_size():
+    metadata = json.loads((REPO / "metadata.json").read_text())
+    shapes = {tuple(v["spatial_shape"]) for part in ("inputs", "outputs")
+              for v in metadata["network_data_format"][part].values() if v["type"] == "image"}
+    for name in ("train.json", "inference.json"):
+        size = json.loads((CONFIGS / name).read_text())["spatial_size"]
+        assert shapes == {(size, size)}, name
+    assert set(metadata["network_data_format"]["inputs"]) == {"image", "soft_mask", "text"}

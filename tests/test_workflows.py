@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ignite.distributed.utils as ignite_distributed
 import nibabel as nib
 import numpy as np
-import ignite.distributed.utils as ignite_distributed
 import pytest
 from ignite.distributed.comp_models.base import _SerialModel
 from monai.bundle import ConfigWorkflow
