@@ -7,7 +7,6 @@ vertebra), a *hypointense* one should lower it. Changes are relative to the sour
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -16,12 +15,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
 
-from bundle.datalist import load_datalist  # noqa: E402
-from bundle.writer import safe_case_name  # noqa: E402
+from bundle.datalist import load_datalist
+from bundle.writer import safe_case_name
 
 SIGNAL_WORDS = ("hyperintense", "hypointense")
 
