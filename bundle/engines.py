@@ -36,6 +36,15 @@ def clip_features(clip_encoder: MedicalClipEncoder, batch: Mapping) -> tuple[tor
             clip_encoder.encode_image(batch["image"]))
 
 
+def _controller_outputs(engine, clip_encoder: MedicalClipEncoder, batchdata: Mapping
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooled e_MSC of the engine's controller and the target e_r for a slice batch."""
+    batch = _to(batchdata, engine.state.device)
+    text_feature, masked_feature, original_feature = clip_features(clip_encoder, batch)
+    _, pooled = engine.network(text_feature, masked_feature)
+    return pooled, original_feature
+
+
 class SemanticControllerTrainer(SupervisedTrainer):
     """Stage 1: the MSC (``network``) learns to predict e_r from ``[e_t ; e_v]`` of the frozen ``clip_encoder``."""
 
@@ -45,11 +54,9 @@ class SemanticControllerTrainer(SupervisedTrainer):
         self.clip_encoder = clip_encoder
 
     def _iteration(self, engine: SemanticControllerTrainer, batchdata: Mapping) -> dict[str, torch.Tensor]:
-        batch = _to(batchdata, engine.state.device)
-        text_feature, masked_feature, original_feature = clip_features(self.clip_encoder, batch)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
-        _, pooled = engine.network(text_feature, masked_feature)
+        pooled, original_feature = _controller_outputs(engine, self.clip_encoder, batchdata)
         loss = engine.loss_function(pooled, original_feature)
         loss.backward()
         engine.optimizer.step()
@@ -64,11 +71,9 @@ class SemanticControllerEvaluator(SupervisedEvaluator):
         self.clip_encoder = clip_encoder
 
     def _iteration(self, engine: SemanticControllerEvaluator, batchdata: Mapping) -> dict[str, torch.Tensor]:
-        batch = _to(batchdata, engine.state.device)
-        text_feature, masked_feature, original_feature = clip_features(self.clip_encoder, batch)
         engine.network.eval()
         with torch.no_grad():
-            _, pooled = engine.network(text_feature, masked_feature)
+            pooled, original_feature = _controller_outputs(engine, self.clip_encoder, batchdata)
         return {"pred": pooled, "label": original_feature}
 
 

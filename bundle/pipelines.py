@@ -94,6 +94,14 @@ class SliceDataset(torch.utils.data.Dataset):
         if not self.items:
             raise ValueError(f"no usable slices in {len(self.data)} entries: {self.failures[:3]}")
 
+    def balanced_weights(self) -> torch.Tensor:
+        """One sampling weight per slice, ``1 / (slices of its label)``: every label is drawn equally often
+        (with ``WeightedRandomSampler``), so rare lesion classes are not drowned by normal slices."""
+        counts: dict[str, int] = {}
+        for item in self.items:
+            counts[item["label"]] = counts.get(item["label"], 0) + 1
+        return torch.tensor([1.0 / counts[item["label"]] for item in self.items], dtype=torch.double)
+
     def __len__(self) -> int:
         return len(self.items)
 

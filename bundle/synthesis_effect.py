@@ -36,12 +36,17 @@ def _canonical(path: str | os.PathLike) -> np.ndarray:
 
 
 def in_mask_change(request: Mapping, synthetic: str | os.PathLike) -> dict[str, object]:
-    """Mean intensity inside the request's vertebra labels, before and after synthesis."""
-    original = _canonical(request["image"])
+    """Mean intensity inside the request's vertebra labels, before and after synthesis, over the sagittal
+    slices the synthesis changed (the others are unchanged and would only dilute the measure)."""
+    original, after = _canonical(request["image"]), _canonical(synthetic)
     mask = np.isin(_canonical(request["vertebra_seg"]), list(request["mask_labels"]))
-    before, after = float(original[mask].mean()), float(_canonical(synthetic)[mask].mean())
+    changed_slices = np.any(after != original, axis=(1, 2))  # RAS: axis 0 is the sagittal slice index
+    if changed_slices.any():
+        mask &= changed_slices[:, None, None]
+    before, now = float(original[mask].mean()), float(after[mask].mean())
     return {"case_id": request["case_id"], "label": request.get("label"), "signal": requested_signal(request["text"]),
-            "mean_before": before, "mean_after": after, "relative_change": (after - before) / max(abs(before), 1e-6)}
+            "mean_before": before, "mean_after": now, "relative_change": (now - before) / max(abs(before), 1e-6),
+            "changed_slices": int(changed_slices.sum())}
 
 
 def class_effect(requests_path: str | os.PathLike, synthesis_dir: str | os.PathLike, split: str = "test",
