@@ -17,7 +17,7 @@ from tests.conftest import CT_DICOM, SCT_LEVELS, SCT_T2, TOTALSEG_MR_SEG, run_jo
 
 
 @pytest.fixture()
-def bad_files(tmp_path):
+def bad_files(tmp_path, shared_data):
     original = nib.load(str(SCT_T2))
     data = np.asanyarray(original.dataobj)
     files = {}
