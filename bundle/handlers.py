@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def replace_outputs(target_dir: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-class _ExportEachEpoch:
+class _ExportEachEpoch(ABC):
     """Calls :meth:`export` after every epoch, so an interrupted run still leaves usable weights."""
 
     def __init__(self, models_dir: str | os.PathLike) -> None:
@@ -60,8 +61,9 @@ class _ExportEachEpoch:
             replace_outputs(self.models_dir, self.export)
             logger.info("epoch %d: weights exported to %s", engine.state.epoch, self.models_dir)
 
+    @abstractmethod
     def export(self, folder: Path) -> None:
-        raise NotImplementedError
+        """Write this exporter's files into ``folder``."""
 
 
 class ExportSemanticController(_ExportEachEpoch):
@@ -137,7 +139,7 @@ class ResumableCheckpoints:
 
 class SampleGridWriter:
     """After each evaluation, a PNG of masked input / synthesis / original for the first ``max_rows`` items
-    (``samples_epoch_XXXX.png`` in ``output_dir``), and the same grid in TensorBoard when a writer is given."""
+    (``samples_epoch_<epoch>.png`` in ``output_dir``), and the same grid in TensorBoard when a writer is given."""
 
     def __init__(self, output_dir: str | os.PathLike, max_rows: int = 4, summary_writer=None,
                  tag: str = "validation_samples") -> None:

@@ -47,6 +47,7 @@ class MedSoftDiffusion(nn.Module):
         self.unet = unet
         self.text_states = text_states
         self.space = space
+        self._empty_text: dict[torch.device, torch.Tensor] = {}
 
     def train(self, mode: bool = True) -> MedSoftDiffusion:
         super().train(mode)
@@ -66,8 +67,11 @@ class MedSoftDiffusion(nn.Module):
 
     @torch.no_grad()
     def null_conditions(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dropped conditions: the empty text's C and all-zero MSC tokens."""
-        empty = self.text_states([""]).expand(batch_size, -1, -1)
+        """The dropped conditions: the empty text's C (computed once per device) and all-zero MSC tokens."""
+        device = next(self.unet.parameters()).device
+        if device not in self._empty_text:
+            self._empty_text[device] = self.text_states([""])
+        empty = self._empty_text[device].expand(batch_size, -1, -1)
         tokens = torch.zeros(batch_size, self.controller.num_tokens, self.controller.embed_dim, device=empty.device)
         return empty, tokens
 
