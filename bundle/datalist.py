@@ -12,6 +12,7 @@ from monai.transforms import Transform
 from bundle.errors import InputError
 
 FILE_KEYS = ("image", "vertebra_seg", "lesion_seg")
+MAX_TEXT_LENGTH = 1000  # characters; far beyond what CLIP's 77 or BiomedCLIP's 256 tokens hold
 
 
 def load_datalist(path: str | os.PathLike, split: str = "test", base_dir: str | os.PathLike | None = None,
@@ -64,17 +65,39 @@ def holdout_split(entries: Sequence[Mapping], part: str, fraction: float = 0.15,
     return [dict(e) for e in entries if (str(e.get("case_id")) in held_out) == keep_validation]
 
 
+def training_split(datalist: str | os.PathLike, part: str, fraction: float = 0.15, seed: int = 0) -> list[dict]:
+    """The ``part`` (``"training"`` or ``"validation"``) of a datalist for training.
+
+    A datalist with its own non-empty ``validation`` list (``scripts/prepare.py`` writes one, split by patient) is
+    used as given; otherwise validation is held out of ``training`` with :func:`holdout_split`.
+    """
+    if part not in ("training", "validation"):
+        raise ValueError(f"part must be 'training' or 'validation', got {part!r}")
+    try:
+        validation = load_datalist(datalist, "validation")
+    except InputError:
+        validation = []
+    if validation:
+        return validation if part == "validation" else load_datalist(datalist, "training")
+    return holdout_split(load_datalist(datalist, "training"), part, fraction, seed)
+
+
 class ValidateEntryd(Transform):
     """Check a datalist entry before loading: its files exist, it has a lesion text and a soft-mask source.
 
     Records every input file under ``"input_files"`` so writers can refuse to overwrite any of them.
 
+    A text longer than ``max_text_length`` characters (``None``: no limit) is refused: the text encoders read
+    only its first 77 (CLIP) or 256 (BiomedCLIP) tokens, so the rest would be dropped without a word.
+
     Raises:
-        InputError: naming the case and the missing file, text or mask source.
+        InputError: naming the case and the missing file, text or mask source, or the over-long text.
     """
 
     def __init__(self, file_keys: Sequence[str] = ("image", "vertebra_seg"), text_key: str = "text",
-                 require_text: bool = True, seg_key: str = "vertebra_seg") -> None:
+                 require_text: bool = True, seg_key: str = "vertebra_seg",
+                 max_text_length: int | None = MAX_TEXT_LENGTH) -> None:
+        self.max_text_length = max_text_length
         self.file_keys = list(file_keys)
         self.text_key = text_key
         self.require_text = require_text
@@ -90,6 +113,11 @@ class ValidateEntryd(Transform):
                 raise InputError(d[key], f"file not found (case {case}, key '{key}')")
         if self.require_text and not str(d.get(self.text_key) or "").strip():
             raise InputError(case, f"missing lesion text ('{self.text_key}' is absent or empty)")
+        text = d.get(self.text_key)
+        if self.max_text_length is not None and isinstance(text, str) and len(text) > self.max_text_length:
+            raise InputError(case, f"lesion text of {len(text):,} characters is longer than the limit of "
+                                   f"{self.max_text_length:,} (max_text_length); the text encoders read only its "
+                                   "first 77 to 256 tokens, so describe the lesion in one or two sentences")
         has_source = d.get("box") is not None or d.get("point") is not None or (
             d.get(self.seg_key) is not None and bool(d.get("mask_labels")))
         if not has_source:
