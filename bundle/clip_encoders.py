@@ -18,6 +18,8 @@ import contextlib
 import copy
 import json
 import os
+import pickle
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,21 +36,23 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from bundle.errors import InputError
-
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
-# The weight files open_clip looks for in a local-dir folder, in its order of preference.
-WEIGHT_NAMES = (
-    "open_clip_model.safetensors",
-    "open_clip_pytorch_model.safetensors",
-    "open_clip_pytorch_model.bin",
-    "open_clip_pytorch_model.pth",
-    "model.safetensors",
-    "pytorch_model.bin",
-    "pytorch_model.pth",
-    "model.pth",
+from bundle.lesion_text import warn_truncated_text
+from bundle.weight_folders import (
+    BIOMEDCLIP_REPO,
+    OPEN_CLIP_CONFIG,
+    OPEN_CLIP_WEIGHT_NAMES,
+    OPEN_CLIP_WEIGHTS,
+    TEXT_MODEL_CONFIG,
+    TEXT_MODEL_VOCABS,
+    open_clip_weights,
 )
-BIOMEDCLIP_HUB_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+
+# The folder layout is defined once, in bundle.weight_folders (scripts/check_weights.py checks the same names).
+CONFIG_NAME = OPEN_CLIP_CONFIG
+WEIGHTS_NAME = OPEN_CLIP_WEIGHTS
+# The weight files open_clip looks for in a local-dir folder, in its order of preference.
+WEIGHT_NAMES = OPEN_CLIP_WEIGHT_NAMES
+BIOMEDCLIP_HUB_ID = f"hf-hub:{BIOMEDCLIP_REPO}"
 _GET_BIOMEDCLIP = f"download BiomedCLIP ({BIOMEDCLIP_HUB_ID}) into this folder"
 _SIMPLE_TOKENIZER_VOCAB = 49408  # open_clip's bundled BPE vocabulary (SimpleTokenizer)
 
@@ -178,7 +182,13 @@ class MedicalClipEncoder(torch.nn.Module):
             # open_clip reads .safetensors with safetensors and everything else with
             # torch.load(weights_only=True); its TypeError fallback calls torch.load without the argument,
             # which defaults to weights_only=True since torch 2.6, so no pickled code is ever run.
-            open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True, device="cpu")
+            try:
+                open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True, device="cpu")
+            except pickle.UnpicklingError as error:  # the weights-only unpickler met code: refuse by name
+                found = re.findall(r"GLOBAL ([\w.]+)", str(error))
+                raise InputError(weights, f"refused: these pickled weights would call {', '.join(found) or 'code'}"
+                                          " when unpickled, not just read tensors; use the .safetensors weights"
+                                 ) from error
             context_length = int(text_cfg.get("context_length", 77))
             tokenizer_kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
             if hf_name:
@@ -284,6 +294,9 @@ class MedicalClipEncoder(torch.nn.Module):
         if not texts:
             raise ValueError("texts is empty")
         ids = self.tokenizer(list(texts)).to(self._device())
+        for text, full in zip(texts, (ids[:, -1] != 0).tolist()):  # no padding left: the text may be cut
+            if full:
+                warn_truncated_text(text, int(ids.shape[1]), "medical CLIP text encoder")
         return self.model.text(ids)
 
     def _device(self) -> torch.device:
@@ -309,7 +322,7 @@ def _check_local_dir(folder: Path) -> tuple[dict[str, Any], Path]:
         raise InputError(config_path, f"cannot read the config ({error}); {_GET_BIOMEDCLIP} again") from error
     if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):
         raise InputError(config_path, "no 'model_cfg' section: not an open_clip config")
-    weights = next((folder / name for name in WEIGHT_NAMES if (folder / name).is_file()), None)
+    weights = open_clip_weights(folder)
     if weights is None:
         raise InputError(
             folder, f"no weight file ({' / '.join(WEIGHT_NAMES[:3])} / ...) in the folder; {_GET_BIOMEDCLIP}"
@@ -329,9 +342,9 @@ def _check_text_model_dir(config_path: Path, hf_name: str, text_model_dir: str |
     text_model_dir = Path(text_model_dir)
     if not text_model_dir.is_dir():
         raise InputError(text_model_dir, f"text_model_dir not found; it should be {how}")
-    if not (text_model_dir / "config.json").is_file():
-        raise InputError(text_model_dir / "config.json", f"config.json is missing; text_model_dir should be {how}")
-    if not any((text_model_dir / name).is_file() for name in ("vocab.txt", "tokenizer.json")):
+    if not (text_model_dir / TEXT_MODEL_CONFIG).is_file():
+        raise InputError(text_model_dir / TEXT_MODEL_CONFIG, f"config.json is missing; text_model_dir should be {how}")
+    if not any((text_model_dir / name).is_file() for name in TEXT_MODEL_VOCABS):
         raise InputError(
             text_model_dir, f"no tokenizer vocabulary (vocab.txt or tokenizer.json); text_model_dir should be {how}"
         )

@@ -114,18 +114,17 @@ def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, co
             UNet has 4 and is refused.
 
     Raises:
-        InputError: a file of the layout is missing (the first one is named) or a config cannot be read.
+        InputError: a file of the layout is missing (the first one is named; ``scripts/check_weights.py``
+            names them all) or a config cannot be read.
         ValueError: the UNet's cross-attention width is not the text encoder's hidden size, its input channels
             are not the diffusion space's, or the controller does not fit the medical CLIP.
     """
     import json
 
     from bundle.text_conditioning import StableDiffusionTextStates
+    from bundle.weight_folders import SD15_HOW, sd15_files
 
-    how = ("expected a local copy of stable-diffusion-v1-5 in diffusers format, e.g. `huggingface-cli download "
-           "stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir <folder> --include '*.json' '*.txt' "
-           "'unet/diffusion_pytorch_model.safetensors' 'vae/diffusion_pytorch_model.safetensors' "
-           "'text_encoder/model.safetensors'`")
+    how = SD15_HOW  # the layout is defined once, in bundle.weight_folders (scripts/check_weights.py checks it)
 
     def read_config(path: Path) -> dict:
         try:
@@ -136,12 +135,7 @@ def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, co
             raise InputError(path, f"not a config (a JSON object); {how}")
         return config
 
-    files = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
-             "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors",
-             "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json",
-             "scheduler/scheduler_config.json")
-    names = [name for name in files if latent or not name.startswith("vae/")]
-    sd15_dir = require_folder(sd15_dir, names, how)
+    sd15_dir = require_folder(sd15_dir, sd15_files(latent), how)
     unet_config = read_config(sd15_dir / "unet/config.json")
     text_config = read_config(sd15_dir / "text_encoder/config.json")
     cross_dims = unet_config.get("cross_attention_dim")
@@ -208,11 +202,26 @@ def load_trained(models_dir: str | os.PathLike, stage1_dir: str | os.PathLike | 
     stage1_dir = require_folder(stage1_dir or models_dir, (CONTROLLER_FILE,), how)
     clip_encoder = clip_encoder or MedicalClipEncoder.from_local_dir(stage1_dir / CLIP_FOLDER)
     controller = MedicalSemanticController.load(stage1_dir / CONTROLLER_FILE)
+    if controller.embed_dim != clip_encoder.embed_dim:  # a file of another architecture: refuse by name
+        raise InputError(stage1_dir / CONTROLLER_FILE, f"a controller for {controller.embed_dim}-wide CLIP features, "
+                                                       f"but the medical CLIP gives {clip_encoder.embed_dim}")
     settings = GuidedUNet.adapter_settings(models_dir / ADAPTER_FILE)
-    unet = GuidedUNet(load_unet(base_unet_dir or models_dir / UNET_FOLDER), msc_dim=int(settings["msc_dim"]),
+    if int(settings["msc_dim"]) != controller.embed_dim:
+        raise InputError(models_dir / ADAPTER_FILE, f"an adapter for {settings['msc_dim']}-wide MSC tokens, but "
+                                                    f"{stage1_dir / CONTROLLER_FILE} makes {controller.embed_dim}")
+    base_dir = Path(base_unet_dir or models_dir / UNET_FOLDER)
+    base = load_unet(base_dir)
+    text_states = text_states or ClipTowerTextStates(clip_encoder)
+    space = space or PixelSpace()
+    for name, needed, have in (("cross_attention_dim", getattr(text_states, "width", None), "the text condition"),
+                               ("in_channels", getattr(space, "channels", None), "the diffusion space")):
+        value = base.config.get(name)
+        if needed is not None and (set(value) if isinstance(value, (list, tuple)) else {value}) != {needed}:
+            raise InputError(base_dir / "config.json", f"a UNet of {name} {value}, but {have} "
+                                                       f"needs {needed}: a UNet of another architecture")
+    unet = GuidedUNet(base, msc_dim=int(settings["msc_dim"]),
                       scale=float(settings["scale"] if scale is None else scale),
                       trainable=str(settings["trainable"]), lora_rank=int(settings["lora_rank"]))
     unet.load_adapter(models_dir / ADAPTER_FILE)
-    model = MedSoftDiffusion(clip_encoder, controller, unet, text_states or ClipTowerTextStates(clip_encoder),
-                             space or PixelSpace())
+    model = MedSoftDiffusion(clip_encoder, controller, unet, text_states, space)
     return model.eval().requires_grad_(False)

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from transformers import BertConfig
 
 from bundle.clip_encoders import CONFIG_NAME, WEIGHTS_NAME, MedicalClipEncoder
 from bundle.errors import InputError
+from tests.tiny_weights import write_tiny_bert
 
 TEXTS = [
     "T1-weighted sagittal lumbar spine MRI: a well-defined 12 mm hyperintense lesion in the L3 vertebral body.",
@@ -150,27 +150,11 @@ def test_missing_folder_config_or_weights(saved_tiny: Path, tmp_path: Path) -> N
 
 
 # ---------------------------------------------------------------------- Hugging Face text tower (BiomedCLIP)
-def _tiny_bert_dir(folder: Path, context_length: int) -> Path:
-    """A tiny BERT config + hand-written WordPiece vocabulary, standing in for BiomedBERT (no download)."""
-    folder.mkdir(parents=True)
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "lesion", "in", "the", "l3", "l4", "vertebral",
-             "body", "hyper", "##intense", "hypo", "metastasis", ",", ".", ":", "mm", "12"]
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True})
-    )
-    BertConfig(
-        vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=context_length, pad_token_id=0,
-    ).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def hf_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, open_clip.CustomTextCLIP]:
     """A BiomedCLIP-shaped local-dir (text tower named after BiomedBERT) + the tiny BERT folder + its model."""
     root = tmp_path_factory.mktemp("hf_clip")
-    bert_dir = _tiny_bert_dir(root / "bert", context_length=24)
+    bert_dir = write_tiny_bert(root / "bert", context_length=24)
     text_cfg = {"hf_model_name": BIOMED_BERT, "hf_tokenizer_name": BIOMED_BERT, "hf_proj_type": "mlp",
                 "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 24}
     model_cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
