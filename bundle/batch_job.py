@@ -80,17 +80,21 @@ class SynthesisJob:
         writer: puts the results back into the volume.
         output_dir: where ``report.json`` goes (the writer's outputs go to its own folder).
         details: extra provenance fields for every output (e.g. the model used).
+        skip_completed: resume an interrupted run: a case whose outputs an earlier run finished (same image,
+            text and ``details``; see :meth:`SyntheticVolumeWriter.completed`) is not redone but listed under
+            ``"skipped"``. ``False`` redoes (and overwrites) every case.
     """
 
     def __init__(self, cases: Sequence[Mapping] | str | os.PathLike, preprocessing: Compose, predictor: Predictor,
                  writer: SyntheticVolumeWriter, output_dir: str | os.PathLike, split: str = "test",
-                 details: Mapping[str, object] | None = None) -> None:
+                 details: Mapping[str, object] | None = None, skip_completed: bool = True) -> None:
         self.cases = load_datalist(cases, split) if isinstance(cases, (str, os.PathLike)) else list(cases)
         self.preprocessing = preprocessing
         self.predictor = predictor
         self.writer = writer
         self.output_dir = Path(output_dir)
         self.details = dict(details or {})
+        self.skip_completed = skip_completed
 
     def run_case(self, case: Mapping) -> dict[str, str]:
         items = self.preprocessing(dict(case))
@@ -101,12 +105,21 @@ class SynthesisJob:
 
     def start(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        for path in self.writer.remove_partial_outputs():
+            logger.warning("removed %s, left half-written by an interrupted run", path)
         self.written: list[dict[str, str]] = []
+        self.skipped: list[dict[str, str]] = []
         self.failed: list[dict[str, object]] = []
 
     def process(self, number: int, case: Mapping) -> None:
         """Run case ``number`` (1-based) and record its outputs, or its failure without raising."""
         case_id = str(case.get("case_id", case.get("image")))
+        earlier = self.writer.completed(case, self.details) if self.skip_completed else None
+        if earlier is not None:
+            self.skipped.append({"case_id": case_id, **earlier})
+            logger.info("[%d/%d] %s already written by an earlier run (%s): skipped", number, len(self.cases),
+                        case_id, earlier["provenance"])
+            return
         started = time.perf_counter()
         try:
             outputs = self.run_case(case)
@@ -121,11 +134,12 @@ class SynthesisJob:
                     time.perf_counter() - started)
 
     def finish(self) -> dict[str, object]:
-        """Write and return the report of written outputs and failures."""
-        report = {"written": self.written, "failed": self.failed, "num_cases": len(self.cases)}
+        """Write and return the report: outputs written now, outputs kept from an earlier run, failures."""
+        report = {"written": self.written, "skipped": self.skipped, "failed": self.failed,
+                  "num_cases": len(self.cases)}
         write_json_atomically(self.output_dir / "report.json", report)
-        logger.info("%d of %d cases written, %d failed; report: %s", len(self.written), len(self.cases),
-                    len(self.failed), self.output_dir / "report.json")
+        logger.info("%d of %d cases written, %d already written earlier, %d failed; report: %s", len(self.written),
+                    len(self.cases), len(self.skipped), len(self.failed), self.output_dir / "report.json")
         return report
 
     def run(self) -> dict[str, object]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -22,7 +23,7 @@ from diffusers.models.attention_processor import Attention, IPAdapterAttnProcess
 from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
 from safetensors.torch import load_file, save_file
 
-from bundle.errors import InputError
+from bundle.errors import InputError, check_state_dict
 
 Trainable = Literal["adapter", "adapter+projection", "lora", "full"]
 TRAINABLE_CHOICES = ("adapter", "adapter+projection", "lora", "full")
@@ -57,7 +58,12 @@ def load_unet(folder: str | os.PathLike) -> UNet2DConditionModel:
         if not (folder / name).is_file():
             raise InputError(folder, f"{name} is missing; expected a diffusers UNet folder (for SD 1.5: the 'unet' "
                                      "folder of a local copy of stable-diffusion-v1-5 in diffusers format)")
-    return UNet2DConditionModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    try:
+        return UNet2DConditionModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:  # weights of another config
+        first = re.split(r"\.\s", str(error).strip(), maxsplit=1)[0] or type(error).__name__  # its first sentence
+        raise InputError(folder / BASE_WEIGHTS, f"does not fit {folder / 'config.json'}: weights of another "
+                                                f"architecture or a damaged file ({first[:300]})") from error
 
 
 def cross_attention_layers(unet: UNet2DConditionModel) -> list[tuple[str, Attention]]:
@@ -166,12 +172,11 @@ class GuidedUNet(torch.nn.Module):
 
     def load_adapter(self, path: str | os.PathLike) -> None:
         """Load tensors written by :meth:`save_adapter`; a file for another layout is refused by name."""
-        tensors = load_file(str(path))
-        expected = set(self.adapter_state_dict())
-        if set(tensors) != expected:
-            missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-            raise InputError(path, f"adapter weights do not fit this UNet (missing {missing[:3]}, "
-                                   f"unexpected {unexpected[:3]})")
+        try:
+            tensors = load_file(str(path))
+        except Exception as error:  # a pickle, a truncated or another kind of file
+            raise InputError(path, f"not a safetensors file ({type(error).__name__}: {error})") from error
+        check_state_dict(path, tensors, self.adapter_state_dict(), "guided UNet's adapter")
         self.unet.load_state_dict(tensors, strict=False)
 
     def save_base(self, folder: str | os.PathLike) -> None:
@@ -188,8 +193,11 @@ class GuidedUNet(torch.nn.Module):
         """The settings stored in an adapter file by :meth:`save_adapter`."""
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except Exception as error:  # a pickle, a truncated or another kind of file
+            raise InputError(path, f"not a safetensors file ({type(error).__name__}: {error})") from error
         if "guided_unet" not in metadata:
             raise InputError(path, "not a guided-UNet adapter file (no 'guided_unet' settings in its metadata)")
         return json.loads(metadata["guided_unet"])

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import pickletools
 import re
 import shutil
 import tempfile
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,14 +21,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointLoader, CheckpointSaver
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointLoader
 
 from bundle.clip_encoders import MedicalClipEncoder
-from bundle.provenance import make_readable
+from bundle.errors import InputError
+from bundle.provenance import make_readable, remove_leftovers
 from bundle.semantic_controller import MedicalSemanticController
 from bundle.synthesis_model import CLIP_FOLDER, CONTROLLER_FILE, MedSoftDiffusion, save_trained
 
 logger = logging.getLogger(__name__)
+
+
+EXPORT_STAGING_PREFIX = ".export."
+# ignite's DiskSaver writes each checkpoint to tempfile.NamedTemporaryFile(dir=...) first, then renames it
+IGNITE_TEMPORARY_NAME = r"tmp[A-Za-z0-9_]{8}"
 
 
 def replace_outputs(target_dir: Path, write: Callable[[Path], None]) -> None:
@@ -34,7 +44,7 @@ def replace_outputs(target_dir: Path, write: Callable[[Path], None]) -> None:
     A crash while writing leaves the previous export untouched, never a half-written file.
     """
     target_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export.", dir=target_dir))
+    staging = Path(tempfile.mkdtemp(prefix=EXPORT_STAGING_PREFIX, dir=target_dir))
     try:
         write(staging)
         for path in sorted(staging.rglob("*")):
@@ -54,6 +64,8 @@ class _ExportEachEpoch(ABC):
         self.models_dir = Path(models_dir)
 
     def attach(self, engine: Engine) -> None:
+        for path in remove_leftovers(self.models_dir, re.escape(EXPORT_STAGING_PREFIX) + ".*"):
+            logger.warning("removed %s, left half-written by an interrupted export", path)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
@@ -104,10 +116,62 @@ class ExportGuidedUNet(_ExportEachEpoch):
 
 
 CHECKPOINT_PATTERN = re.compile(r"epoch=(\d+)\.pt$")
+_UNSUPPORTED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The ``module.name`` globals the first pickle in ``path`` imports, read from its opcodes (never executed)."""
+    strings: list[object] = []
+    memo: dict[object, object] = {}
+    found: list[str] = []
+    try:
+        with open(path, "rb") as handle:
+            for opcode, argument, _ in pickletools.genops(handle):
+                if opcode.name in ("GLOBAL", "INST"):
+                    found.append(str(argument).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif "UNICODE" in opcode.name or "STRING" in opcode.name:
+                    strings.append(argument)
+                elif opcode.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and strings:
+                    memo[argument] = strings[-1]
+                elif opcode.name in ("GET", "BINGET", "LONG_BINGET") and argument in memo:
+                    strings.append(memo[argument])
+    except (ValueError, EOFError, OSError, UnicodeDecodeError) as error:  # damaged: report what was read
+        logger.debug("%s: pickle opcodes unreadable after %d globals (%s)", path, len(found), error)
+    return list(dict.fromkeys(found))
+
+
+def refuse_pickled_code(path: str | os.PathLike) -> None:
+    """Raise :class:`InputError` naming ``path`` when unpickling the torch checkpoint would import or call anything
+    beyond tensors and plain containers (e.g. ``os.system``), without unpickling it: a checkpoint can carry code.
+
+    Zip checkpoints (``torch.save`` since 1.6) are scanned with ``get_unsafe_globals_in_checkpoint``; older or
+    plain pickles are read with torch's weights-only unpickler, which refuses such globals instead of calling
+    them.
+    """
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        else:
+            torch.load(path, map_location="cpu", weights_only=True)
+            unsafe = []
+    except pickle.UnpicklingError as error:  # name the globals from the opcodes: torch's message may not
+        unsafe = ([name for name in _pickle_globals(path) if not name.startswith(("torch.", "collections."))]
+                  or _UNSUPPORTED_GLOBAL.findall(str(error)) or ["objects a weights-only load does not allow"])
+    except Exception as error:  # truncated, or not a checkpoint at all
+        raise InputError(path, f"not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
+    if unsafe:
+        raise InputError(path, f"refused: loading this checkpoint would call {', '.join(unsafe[:5])}, i.e. run code "
+                               "rather than read weights; this bundle's training never writes that, so delete it "
+                               "(or move it out of the checkpoint folder) unless you know where it comes from")
 
 
 def newest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
-    """The ``*epoch=N.pt`` file with the largest N written by MONAI's ``CheckpointSaver``, if any."""
+    """The ``*epoch=N.pt`` file with the largest N written by :class:`ResumableCheckpoints`, if any."""
     folder = Path(checkpoint_dir)
     found = [(int(m.group(1)), p) for p in folder.glob("*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))]
     return max(found)[1] if found else None
@@ -117,8 +181,10 @@ class ResumableCheckpoints:
     """Makes training resumable: loads the newest epoch checkpoint of ``checkpoint_dir`` (if any) before the run,
     and saves one after every epoch, keeping the newest only.
 
-    Uses MONAI's ``CheckpointLoader`` (which loads with ``weights_only=True``) and ``CheckpointSaver``; the trainer
-    itself is added to ``objects`` at attach time, so its epoch and iteration are restored too.
+    Uses MONAI's ``CheckpointLoader`` (which loads with ``weights_only=True``) and ignite's atomic ``Checkpoint``;
+    the trainer itself is added to ``objects`` at attach time, so its epoch and iteration are restored too. A
+    checkpoint that would run code when unpickled is refused before anything is loaded
+    (:func:`refuse_pickled_code`), and one of another architecture with an :class:`InputError` naming it.
     """
 
     def __init__(self, checkpoint_dir: str | os.PathLike, objects: Mapping[str, object],
@@ -127,14 +193,33 @@ class ResumableCheckpoints:
 
     def attach(self, engine: Engine) -> None:
         objects = {**self.objects, "trainer": engine}
+        for path in remove_leftovers(self.checkpoint_dir, IGNITE_TEMPORARY_NAME):
+            logger.warning("removed %s, a checkpoint left half-written by an interrupted run", path)
         path = newest_checkpoint(self.checkpoint_dir)
         if path is None:
             logger.info("no checkpoint in %s: training from the start", self.checkpoint_dir)
         else:
             logger.info("resuming from %s", path)
-            CheckpointLoader(load_path=str(path), load_dict=objects, map_location=self.map_location).attach(engine)
-        CheckpointSaver(save_dir=str(self.checkpoint_dir), save_dict=objects, save_interval=1, n_saved=1,
-                        epoch_level=True).attach(engine)
+            refuse_pickled_code(path)
+            loader = CheckpointLoader(load_path=str(path), load_dict=objects, map_location=self.map_location)
+            engine.add_event_handler(Events.STARTED, self._resume, loader, path)
+        # ignite's own Checkpoint with an atomic DiskSaver: MONAI's CheckpointSaver writes in place (atomic=False),
+        # so a run killed while saving would leave a truncated newest checkpoint that the next run cannot load
+        saver = Checkpoint(objects, DiskSaver(str(self.checkpoint_dir), require_empty=False, atomic=True),
+                           n_saved=1, filename_pattern="checkpoint_epoch={global_step}.{ext}",
+                           global_step_transform=lambda trainer, _: trainer.state.epoch)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, saver)
+
+    @staticmethod
+    def _resume(engine: Engine, loader: CheckpointLoader, path: Path) -> None:
+        """Run MONAI's loader; a checkpoint of another model or trainer is refused by name, not by a traceback."""
+        try:
+            loader(engine)
+        except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            first = " ".join(lines[:2])[:300] or type(error).__name__  # e.g. "... for Linear: size mismatch for ..."
+            raise InputError(path, f"does not fit this model or trainer ({first}); it belongs to another "
+                                   "architecture or configuration: move it away to train from the start") from error
 
 
 class SampleGridWriter:

@@ -8,20 +8,37 @@ model's canonical orientation happens later, after the soft mask has been made f
 from __future__ import annotations
 
 import os
+import warnings
+from collections import Counter
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import torch
 from monai.config import KeysCollection
 from monai.data import ITKReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform, Orientation, Transform
+from pydicom.dataelem import RawDataElement
+from pydicom.errors import InvalidDicomError
 
 from bundle.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_MAGIC_OFFSET = 128
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+# Volumes larger than this are refused from their header, before any voxel is read: the preprocessing holds several
+# float copies of the volume (image, masks, masked image, the writer's change), so this bounds the memory a case
+# needs. 2**29 voxels is 512 x 512 x 2048 (2 GiB as float32); raise it with LoadVolume(max_voxels=...).
+DEFAULT_MAX_VOXELS = 2**29
+# Slice gaps of a DICOM series may differ from their median by this much (the larger of the two) before the
+# series is refused as non-uniform: ITK would stack it on one spacing and silently distort the geometry.
+SLICE_GAP_TOLERANCE_MM = 0.01
+SLICE_GAP_TOLERANCE_RELATIVE = 0.01
+_PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -46,6 +63,141 @@ def volume_format(path: str | os.PathLike) -> str:
     return "itk"
 
 
+def _too_large(path: str | os.PathLike, shape: tuple[int, ...], max_voxels: int | None) -> None:
+    """Raise :class:`InputError` when a volume of ``shape`` (read from a header) has more than ``max_voxels``."""
+    count = int(np.prod([int(n) for n in shape], dtype=object)) if shape else 0
+    if max_voxels is not None and count > max_voxels:
+        raise InputError(path, f"too large: {' x '.join(str(int(n)) for n in shape)} = {count:,} voxels "
+                               f"({count * 4 / 2**30:,.1f} GiB as float32) is more than the limit of {max_voxels:,} "
+                               "voxels (max_voxels); crop the volume, or raise max_voxels where memory allows")
+
+
+def read_dicom_header(path: str | os.PathLike, required: bool = True) -> pydicom.Dataset | None:
+    """The header of one DICOM image file, after checking that its pixel data is complete; pixels are not read.
+
+    Args:
+        required: the file must be DICOM (it has a DICOM name or the ``DICM`` marker). Otherwise a file that is
+            not DICOM gives ``None`` (e.g. a README beside a series), as does a DICOMDIR.
+
+    Raises:
+        InputError: naming the file, when it is not DICOM (and ``required``), cannot be parsed, has no pixel
+            data (truncated before it, or not an image instance) or its pixel data is cut short.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # pydicom warns on early end of file; the checks below say it clearly
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(path, defer_size=1024, force=False)
+    except InvalidDicomError as error:
+        if not required:
+            return None
+        raise InputError(path, "not a DICOM file (no 'DICM' marker at byte 128 and no DICOM meta header)") from error
+    except Exception as error:
+        raise InputError(path, f"corrupt DICOM file ({type(error).__name__}: {error})") from error
+    if str(dataset.get("SOPClassUID", "")) == _MEDIA_STORAGE_DIRECTORY:
+        return None
+    element = next((dataset.get_item(tag, keep_deferred=True) for tag in _PIXEL_DATA_TAGS if tag in dataset), None)
+    if element is None:
+        raise InputError(path, "no pixel data: the file is truncated, or is not an image (e.g. a report or a "
+                               "presentation state; a series folder must hold only the images of one series)")
+    deferred = isinstance(element, RawDataElement) and element.value is None and element.value_tell is not None
+    if deferred and element.length != _UNDEFINED_LENGTH:  # encapsulated (compressed) data is checked by parsing
+        size = path.stat().st_size
+        if element.value_tell + element.length > size:
+            raise InputError(path, f"truncated: its pixel data needs {element.length:,} bytes from byte "
+                                   f"{element.value_tell:,} but the file ends at byte {size:,}")
+    return dataset
+
+
+def _counts(values: list, unit: str = "", noun: str = "file") -> str:
+    """``"3 mm (10 files), 5 mm (1 file)"``: each distinct value with how often it occurs."""
+    return ", ".join(f"{f'{value:g}' if isinstance(value, float) else value}{unit} ({count} {noun}"
+                     f"{'' if count == 1 else 's'})" for value, count in sorted(Counter(values).items()))
+
+
+def check_dicom_series(folder: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOXELS) -> int:
+    """Check a DICOM series folder from its headers before ITK reads it; returns the number of image files.
+
+    ITK would silently read the first of several series, skip a truncated file, or stack slices of uneven
+    spacing on one spacing; each of these is refused here instead, naming the folder or the file.
+
+    Raises:
+        InputError: a file is not DICOM (by name or marker) or is corrupt or truncated; the folder holds no
+            image or more than one series (their UIDs, file counts and descriptions are listed); the
+            instances differ in size, orientation or slice thickness; two share a position; the slice spacing
+            is not uniform; or the volume is larger than ``max_voxels``.
+    """
+    folder = Path(folder)
+    headers: list[tuple[Path, pydicom.Dataset]] = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        required = path.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(path)
+        dataset = read_dicom_header(path, required=required)
+        if dataset is not None:
+            headers.append((path, dataset))
+    if not headers:
+        raise InputError(folder, "no DICOM image files in the folder")
+    series: dict[str, list[pydicom.Dataset]] = {}
+    for _, dataset in headers:
+        series.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append(dataset)
+    if len(series) > 1:
+        listed = "; ".join(f"{uid or '<no SeriesInstanceUID>'} ({len(items)} files, "
+                           f"{str(items[0].get('SeriesDescription', '')) or 'no description'!r})"
+                           for uid, items in sorted(series.items()))
+        raise InputError(folder, f"{len(series)} DICOM series in one folder: {listed}; move each series into its "
+                                 "own folder and point the entry at one of them")
+    datasets = [dataset for _, dataset in headers]
+    sizes = [f"{int(d.get('Rows', 0))}x{int(d.get('Columns', 0))}" for d in datasets]
+    if len(set(sizes)) > 1:
+        raise InputError(folder, f"instances of different sizes (rows x columns): {_counts(sizes)}")
+    frames = sum(int(d.get("NumberOfFrames") or 1) for d in datasets)
+    _too_large(folder, (int(datasets[0].get("Columns", 0)), int(datasets[0].get("Rows", 0)), frames), max_voxels)
+    thickness = [round(float(d.SliceThickness), 3) for d in datasets if d.get("SliceThickness") not in (None, "")]
+    if len(set(thickness)) > 1:
+        raise InputError(folder, f"mixed slice thickness: {_counts(thickness, ' mm')}; one series should have "
+                                 "one thickness (a reconstruction or a localizer mixed in?)")
+    geometry = [d for d in datasets if "ImagePositionPatient" in d and "ImageOrientationPatient" in d]
+    if len(datasets) < 2 or frames != len(datasets) or len(geometry) != len(datasets):
+        return len(datasets)  # one slice, multi-frame files or no geometry: ITK's own reading applies
+    orientations = [tuple(np.round(np.asarray(d.ImageOrientationPatient, float), 4)) for d in geometry]
+    if len(set(orientations)) > 1:
+        raise InputError(folder, f"instances of different orientations: {_counts([str(o) for o in orientations])}")
+    row, column = np.asarray(orientations[0][:3]), np.asarray(orientations[0][3:])
+    normal = np.cross(row, column)
+    positions = np.sort([float(np.dot(np.asarray(d.ImagePositionPatient, float), normal)) for d in geometry])
+    gaps = np.diff(positions)
+    if gaps.min() < SLICE_GAP_TOLERANCE_MM:
+        repeated = int((gaps < SLICE_GAP_TOLERANCE_MM).sum())
+        where = positions[np.argmin(gaps)]
+        raise InputError(folder, f"{repeated} slice positions occur more than once (e.g. at {where:.2f} mm along the "
+                                 "slice normal): repeated acquisitions, echoes or phases in one series")
+    median = float(np.median(gaps))
+    tolerance = max(SLICE_GAP_TOLERANCE_MM, SLICE_GAP_TOLERANCE_RELATIVE * median)
+    if float(np.abs(gaps - median).max()) > tolerance:
+        found = [round(float(g), 2) for g in gaps]
+        raise InputError(folder, f"non-uniform slice spacing: {_counts(found, ' mm', 'gap')} between "
+                                 f"{len(positions)} slice positions (tolerance {tolerance:.3g} mm); a missing or "
+                                 "extra slice? Resampling would distort the geometry, so it is not done")
+    return len(datasets)
+
+
+def _header_shape(path: Path, kind: str) -> tuple[int, ...] | None:
+    """The voxel shape a file's header declares, read without its voxel data (``None`` when unknown)."""
+    if kind == "nifti":
+        return tuple(int(n) for n in nib.load(str(path)).shape)
+    if kind == "dicom_file":
+        dataset = read_dicom_header(path)
+        return int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0)), int(dataset.get("NumberOfFrames") or 1)
+    import itk
+
+    io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+    if io is None:
+        return None
+    io.SetFileName(str(path))
+    io.ReadImageInformation()
+    return tuple(int(io.GetDimensions(axis)) for axis in range(io.GetNumberOfDimensions())) + (
+        (int(io.GetNumberOfComponents()),) if io.GetNumberOfComponents() > 1 else ())
+
+
 class LoadVolume(Transform):
     """Load one 3-D scalar volume and check that it is usable.
 
@@ -53,19 +205,36 @@ class LoadVolume(Transform):
     and ``meta["source_affine"]`` keeps that affine for the writer. A single 2-D DICOM file is a one-slice
     volume (ITK reads DICOM with its full 3-D geometry).
 
+    Before any voxel is read, the header is checked: a volume of more than ``max_voxels`` voxels (``None``: no
+    limit) is refused, and a DICOM series folder must hold exactly one complete series of uniform slice spacing
+    (:func:`check_dicom_series`); a single DICOM file must be complete (:func:`read_dicom_header`).
+
     Raises:
-        InputError: naming the file, when it is missing or unreadable, is not 3-D (2-D or 4-D input),
-            has more than one channel, or contains NaN / infinite voxels.
+        InputError: naming the file, when it is missing, unreadable, corrupt or truncated, too large, is not
+            3-D (2-D or 4-D input), has more than one channel, or contains NaN / infinite voxels; for a DICOM
+            folder, see :func:`check_dicom_series`.
     """
 
-    def __init__(self, dtype: np.dtype | type = np.float32) -> None:
+    def __init__(self, dtype: np.dtype | type = np.float32, max_voxels: int | None = DEFAULT_MAX_VOXELS) -> None:
         self.dtype = dtype
+        self.max_voxels = max_voxels
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
         path = Path(path)
         if not path.exists():
             raise InputError(path, "file not found")
         kind = volume_format(path)
+        if kind == "dicom_series":
+            check_dicom_series(path, self.max_voxels)
+        else:
+            try:
+                shape = _header_shape(path, kind)
+            except InputError:
+                raise
+            except Exception as error:
+                raise InputError(path, f"cannot be read as an image ({type(error).__name__}: {error})") from error
+            if shape is not None:
+                _too_large(path, shape, self.max_voxels)
         reader = NibabelReader() if kind == "nifti" else ITKReader()
         try:
             volume = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=self.dtype)(str(path))
@@ -95,14 +264,16 @@ class LoadVolumed(MapTransform):
     when the soft mask comes from a box).
     """
 
-    def __init__(self, keys: KeysCollection, dtype: np.dtype | type = np.float32, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, dtype: np.dtype | type = np.float32, allow_missing_keys: bool = False,
+                 max_voxels: int | None = DEFAULT_MAX_VOXELS):
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadVolume(dtype)
+        self.loader = LoadVolume(dtype, max_voxels)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.loader(d[key])
+            if d[key] is not None:  # a datalist's ``null`` is an absent file, as ValidateEntryd treats it
+                d[key] = self.loader(d[key])
         return d
 
 
@@ -140,7 +311,8 @@ class MatchImageGridd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = match_image_grid(d[self.ref_key], d[key], self.atol_mm)
+            if d[key] is not None:
+                d[key] = match_image_grid(d[self.ref_key], d[key], self.atol_mm)
         return d
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -89,3 +91,15 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> Path:
 def write_json_atomically(path: str | os.PathLike, record: Mapping[str, object]) -> Path:
     """Atomic JSON write (sorted keys, indented)."""
     return write_atomically(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+
+
+def remove_leftovers(folder: str | os.PathLike, name_pattern: str) -> list[Path]:
+    """Delete the files and folders in ``folder`` whose whole name matches ``name_pattern`` (a regular
+    expression): the temporary outputs a killed run left behind. Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if re.fullmatch(name_pattern, path.name):
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

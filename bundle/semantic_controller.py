@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bundle.errors import InputError
+from bundle.errors import InputError, check_state_dict
 
 
 class MedicalSemanticController(nn.Module):
@@ -67,12 +67,20 @@ class MedicalSemanticController(nn.Module):
 
         if not os.path.isfile(path):
             raise InputError(path, "semantic controller weights are missing; run stage 1 (configs/train_msc.json)")
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except Exception as error:  # a pickle, a truncated or another kind of file
+            raise InputError(path, f"not a safetensors file ({type(error).__name__}: {error})") from error
         if "semantic_controller" not in metadata:
             raise InputError(path, "not a semantic controller file (no 'semantic_controller' settings)")
-        controller = cls(**json.loads(metadata["semantic_controller"]))
-        controller.load_state_dict(load_file(str(path)))
+        try:
+            controller = cls(**json.loads(metadata["semantic_controller"]))
+        except (TypeError, ValueError, AssertionError) as error:
+            raise InputError(path, f"unusable 'semantic_controller' settings ({error})") from error
+        tensors = load_file(str(path))
+        check_state_dict(path, tensors, controller.state_dict(), "semantic controller")
+        controller.load_state_dict(tensors)
         return controller
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from bundle.clip_encoders import MedicalClipEncoder
 from bundle.errors import InputError
+from bundle.lesion_text import warn_truncated_text
 
 
 class ClipTowerTextStates(nn.Module):
@@ -52,6 +53,10 @@ class StableDiffusionTextStates(nn.Module):
     @torch.no_grad()
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         device = next(self.text_encoder.parameters()).device
-        tokens = self.tokenizer(list(texts), padding="max_length", max_length=self.tokenizer.model_max_length,
+        limit = self.tokenizer.model_max_length
+        for text, ids in zip(texts, self.tokenizer(list(texts), truncation=False).input_ids):
+            if len(ids) > limit:
+                warn_truncated_text(text, limit, "SD 1.5 text encoder")
+        tokens = self.tokenizer(list(texts), padding="max_length", max_length=limit,
                                 truncation=True, return_tensors="pt").input_ids.to(device)
         return self.text_encoder(tokens).last_hidden_state

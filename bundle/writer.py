@@ -15,6 +15,8 @@ temporary name and renamed, and is never an input path. Beside it: a provenance 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -36,7 +38,7 @@ from bundle.intensity import invert_intensity
 from bundle.loading import is_dicom_file
 from bundle.model_grid import invert_to_slice
 from bundle.preview import render_preview
-from bundle.provenance import make_readable, provenance_record, write_json_atomically
+from bundle.provenance import make_readable, provenance_record, remove_leftovers, write_json_atomically
 
 SYNTHETIC_DESCRIPTION = "SYNTHETIC lesion (MedSoft-Diffusion)"
 DICOM_SERIES_DESCRIPTION_LENGTH = 64
@@ -49,9 +51,15 @@ def safe_case_name(name: str) -> str:
     """A file-name-safe version of a case id: letters, digits, ``. _ -`` only, no leading dot, bounded length.
 
     Case ids can come from DICOM tags (non-ASCII, slashes, ``..``); they must never steer the output path.
+    An id that had to be changed (or shortened) gets ``_`` and 8 hex digits of its SHA-1, so two ids that clean
+    to the same text (``a/b`` and ``a\\b``) never share an output; an already-safe id is kept as it is.
     """
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "case"
-    return cleaned[:SAFE_NAME_LENGTH]
+    name = str(name)
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
+    if cleaned == name and len(cleaned) <= SAFE_NAME_LENGTH:
+        return cleaned
+    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{cleaned[:SAFE_NAME_LENGTH - len(digest) - 1]}_{digest}"
 
 
 def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -227,7 +235,7 @@ class SyntheticVolumeWriter:
         placement = items[0]["placement"]
         source = Path(placement["source"])
         source_format = str(items[0][self.image_key].meta.get("volume_format") or "nifti")
-        case_name = safe_case_name(items[0].get("case_id") or source.name.split(".")[0])
+        case_name = self.case_name({"case_id": items[0].get("case_id"), "image": source})
         self.output_dir.mkdir(parents=True, exist_ok=True)
         output = self.output_dir / _output_name(source, source_format, case_name, self.suffix)
         _check_not_input(output, [source, *[Path(p) for p in items[0].get("input_files", [])]])
@@ -262,10 +270,45 @@ class SyntheticVolumeWriter:
                        "indices": [int(i["placement"]["slice_index"]) for i in items]},
             **(details or {}),
         })
-        provenance = write_json_atomically(self.output_dir / f"{case_name}{self.suffix}.json", record)
         preview = self.output_dir / f"{case_name}{self.suffix}.png"
         shown = max(range(len(items)), key=lambda i: float(torch.as_tensor(items[i][self.native_soft_mask_key]).sum()))
         native_image = torch.as_tensor(items[shown][self.native_image_key])[0].numpy()
         render_preview(preview, native_image, torch.as_tensor(items[shown][self.native_soft_mask_key])[0].numpy(),
                        native_image + changes[shown][0].numpy(), title=text)
+        # the provenance record goes last: its presence marks the case as complete (see ``completed``)
+        provenance = write_json_atomically(self.output_dir / f"{case_name}{self.suffix}.json", record)
         return {"volume": str(output), "provenance": str(provenance), "preview": str(preview)}
+
+    def case_name(self, case: Mapping) -> str:
+        """The file-name stem of a case's outputs (before ``suffix``): its safe ``case_id``, else the image's name."""
+        return safe_case_name(case.get("case_id") or Path(str(case["image"])).name.split(".")[0])
+
+    def provenance_path(self, case: Mapping) -> Path:
+        return self.output_dir / f"{self.case_name(case)}{self.suffix}.json"
+
+    def completed(self, case: Mapping, details: Mapping[str, object] | None = None) -> dict[str, str] | None:
+        """The outputs of an earlier run for this datalist entry, when that run finished it, else ``None``.
+
+        Finished means: the provenance record (written last) exists, names this entry's input image and text
+        and the same ``details`` (model, sampler settings), and the volume it records exists. Anything else (no
+        record, another text or model, a missing volume) is redone.
+        """
+        record_path = self.provenance_path(case)
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            return None
+        same_input = record.get("input", {}).get("path") == str(Path(str(case.get("image"))).resolve())
+        volume = Path(str(record.get("output", "")))
+        same_details = all(record.get(key) == value for key, value in (details or {}).items())
+        if not (same_input and same_details and record.get("text") == case.get("text") and volume.exists()):
+            return None
+        preview = record_path.with_suffix(".png")
+        return {"volume": str(volume), "provenance": str(record_path), "preview": str(preview)}
+
+    def remove_partial_outputs(self) -> list[Path]:
+        """Delete the temporary files and folders a killed run left in ``output_dir``; returns what was removed.
+
+        Only this writer's own temporary names are touched: ``.<output name>.<random>.partial[...]``.
+        """
+        return remove_leftovers(self.output_dir, r"\..+\.partial.*")

@@ -1,12 +1,20 @@
-"""Shared fixtures: the real scans in ../shared/data and the bundle's configs."""
+"""Shared fixtures: the real scans in ../shared/data, the bundle's configs, and a tiny trained model on a small
+generated dataset (session-wide, since training it is the slow part)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from monai.bundle import ConfigParser
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from bundle.phantom import generate_dataset
+from bundle.synthesis_requests import write_demo_requests
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -46,3 +54,63 @@ def run_job(datalist: Path, output_dir: Path, **overrides) -> dict:
     """Run the mask-preview job of the config on ``datalist``; returns its report."""
     parser = preview_parser(datalist=str(datalist), output_dir=str(output_dir), **overrides)
     return parser.get_parsed_content("job").run()
+
+
+TINY = {"spatial_size": 32, "batch_size": 4, "val_max_items": 2, "val_inference_steps": 2, "slices_per_case": 2}
+LOGGING = str(CONFIGS / "logging.conf")
+META = str(CONFIGS / "metadata.json")
+
+
+def workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflow:
+    files = [str(CONFIGS / name) for name in config_files]
+    return ConfigWorkflow(config_file=files if len(files) > 1 else files[0], meta_file=META, logging_file=LOGGING,
+                          workflow_type=workflow_type, bundle_root=str(REPO), **overrides)
+
+
+def run_workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflow:
+    flow = workflow(config_files, workflow_type, **overrides)
+    flow.initialize()
+    flow.run()
+    flow.finalize()
+    return flow
+
+
+def bundle_run(*arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "run", *arguments]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    out_dir = tmp_path_factory.mktemp("workflows") / "data"
+    generate_dataset(out_dir, num_cases=10, seed=5)
+    write_demo_requests(out_dir / "datalist.json", out_dir / "requests.json")
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def trained(demo_data, tmp_path_factory) -> Path:
+    """Stage 1 then stage 2 for two epochs each; returns the models folder."""
+    root = tmp_path_factory.mktemp("trained")
+    models, runs = root / "models", root / "runs"
+    run_workflow(["train_msc.json"], "train", dataset_dir=str(demo_data), models_dir=str(models),
+                 output_dir=str(runs / "msc"), max_epochs=2, val_interval=1, **TINY)
+    assert (models / "msc.safetensors").is_file() and (models / "clip" / "open_clip_config.json").is_file()
+    flow = run_workflow(["train.json"], "train", dataset_dir=str(demo_data), models_dir=str(models),
+                        output_dir=str(runs / "train"), max_epochs=2, val_interval=2, **TINY)
+    trainer = flow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2
+    assert flow.parser.get_parsed_content("validate#evaluator").state.metrics["val_in_mask_psnr"] > 0
+    return models
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared machine: one intra-op thread is far faster than several contending for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

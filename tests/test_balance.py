@@ -14,7 +14,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from bundle.balancing import (
     balance_datalist,
@@ -196,16 +195,11 @@ def test_the_balanced_datalist_loads_in_the_training_pipeline(balanced):
     assert (np.asarray(written.dataobj) != np.asarray(original.dataobj)).any()
 
 
-def test_running_again_after_it_finished_redoes_nothing(balanced):
+def test_running_again_after_it_finished_redoes_nothing(balanced, one_torch_thread):
     output = balanced["output"]
     before = json.loads((output / "datalist.json").read_text())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        summary = balance_datalist(balanced["data"] / "datalist.json", output, models_dir=balanced["models"],
-                                   overrides=FAST)
-    finally:
-        torch.set_num_threads(threads)
+    summary = balance_datalist(balanced["data"] / "datalist.json", output, models_dir=balanced["models"],
+                               overrides=FAST)
     report = json.loads((output / "synthetic" / "report.json").read_text())
     assert summary["complete"] and not report["written"] and len(report["skipped"]) == report["num_cases"]
     after = json.loads((output / "datalist.json").read_text())

@@ -39,16 +39,8 @@ from tests.tiny_bundle import TINY_SPATIAL_SIZE, make_tiny_models
 
 SIZE = 32
 # MONAI's FID calls scipy.linalg.sqrtm(..., disp=False), deprecated in SciPy 1.17
-pytestmark = pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Test machines are shared: one intra-op thread avoids oversubscribing the cores (20x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 def features(n: int, d: int = 16, seed: int = 0) -> torch.Tensor:

@@ -12,66 +12,24 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, PNDMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 from monai.bundle import ConfigParser
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from bundle.clip_encoders import MedicalClipEncoder
 from bundle.diffusion_space import LatentSpace
 from bundle.errors import InputError
-from bundle.guided_unet import tiny_unet
 from bundle.handlers import ExportGuidedUNet, ExportSemanticController
 from bundle.inferer import SoftMaskInpaintingInferer
 from bundle.semantic_controller import MedicalSemanticController
 from bundle.synthesis_model import CONTROLLER_FILE, MedSoftDiffusion, sd15_model
 from bundle.text_conditioning import StableDiffusionTextStates
+from tests.tiny_weights import MAX_LENGTH, SIZE, TEXT_WIDTH, write_tiny_sd15
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TEXT_WIDTH = 32
-MAX_LENGTH = 77
-SIZE = 16  # image side; the tiny VAE's latent is 2x smaller (SD 1.5's is 8x)
 TEXTS = ["a hyperintense lesion", "lesion on t2"]
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-SPECIAL = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-           "pad_token": "<|endoftext|>"}
 
 
-def write_tiny_sd15(folder: Path) -> Path:
-    """A random-weight folder in SD 1.5's diffusers layout: unet/, vae/, text_encoder/, tokenizer/, scheduler/."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        tiny_unet(sample_size=SIZE // 2, in_channels=4, block_out_channels=(16, 32), cross_attention_dim=TEXT_WIDTH,
-                  norm_num_groups=8).save_pretrained(folder / "unet")
-        AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                      up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
-                      latent_channels=4, norm_num_groups=8, sample_size=SIZE).save_pretrained(folder / "vae")
-        # CLIP's BPE files as SD 1.5 ships them (vocab.json + merges.txt, no tokenizer.json)
-        tokens = ["<|startoftext|>", "<|endoftext|>", *LETTERS, *(c + "</w>" for c in LETTERS), "le", "si", "on</w>"]
-        tokenizer = folder / "tokenizer"
-        tokenizer.mkdir(parents=True)
-        (tokenizer / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
-        (tokenizer / "merges.txt").write_text("#version: 0.2\nl e\ns i\no n</w>\n")
-        (tokenizer / "tokenizer_config.json").write_text(json.dumps(
-            {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, **SPECIAL}))
-        CLIPTextModel(CLIPTextConfig(vocab_size=len(tokens), hidden_size=TEXT_WIDTH, intermediate_size=64,
-                                     num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
-                                     bos_token_id=0, eos_token_id=1, pad_token_id=1)
-                      ).save_pretrained(folder / "text_encoder")
-    # SD 1.5's own scheduler file: a PNDMScheduler config with the scaled-linear betas
-    PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-                  set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
-    config_path = folder / "scheduler" / "scheduler_config.json"
-    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "clip_sample": False}))
-    return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: one thread is far faster than several contending for a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -242,12 +200,19 @@ def test_the_overrides_replace_ids_of_the_base_config(name):
     assert parser_for(name)["spatial_size"] == 512
 
 
+def handler_of_type(parser: ConfigParser, kind: type):
+    """The one training handler of ``kind`` in a parsed config."""
+    found = [h for h in parser.get_parsed_content("train#handlers") if isinstance(h, kind)]
+    assert len(found) == 1, found
+    return found[0]
+
+
 def test_sd15_train_msc_loads_biomedclip_and_does_not_copy_it(tmp_path, biomedclip_dir):
     parser = parser_for("train_msc", biomedclip_dir=str(biomedclip_dir), biomedbert_dir=str(tmp_path / "bert"),
                         models_dir=str(tmp_path / "models"))
     assert isinstance(parser.get_parsed_content("clip_encoder"), MedicalClipEncoder)
-    handler = parser.get_parsed_content("train#handlers#1")
-    assert isinstance(handler, ExportSemanticController) and handler.save_clip is False
+    handler = handler_of_type(parser, ExportSemanticController)
+    assert handler.save_clip is False
     (tmp_path / "export").mkdir()
     handler.export(tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [CONTROLLER_FILE]
@@ -267,8 +232,8 @@ def test_sd15_train_and_inference_configs_resolve_and_round_trip(tmp_path, sd15_
     assert optimizer.defaults["lr"] == pytest.approx(1e-4) and train["batch_size"] == 4
     trained = [p for group in optimizer.param_groups for p in group["params"]]
     assert len(trained) == len([n for n, p in network.named_parameters() if p.requires_grad]) > 0
-    exporter = train.get_parsed_content("train#handlers#2")
-    assert isinstance(exporter, ExportGuidedUNet) and exporter.save_base_unet is False
+    exporter = handler_of_type(train, ExportGuidedUNet)
+    assert exporter.save_base_unet is False
 
     # stage 2's export, with stage 1's controller beside it, is what the inference config loads
     with torch.no_grad():

@@ -1,0 +1,463 @@
+"""The rest of the bad-input matrix (docs/bad_inputs.md): bad DICOM series, huge volumes, masks in the air,
+NaN / Inf, negative 16-bit images, unsafe patient ids, over-long texts, checkpoints of another architecture and
+checkpoints that carry code. Each refusal names the file or case and the problem; in a batch the other cases
+still complete and nothing half-written is left."""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import logging
+import os
+import pickle
+import re
+import shutil
+import time
+import tracemalloc
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from ignite.engine import Engine
+from safetensors.torch import save_file
+from scipy import ndimage
+
+from bundle.errors import InputError
+from bundle.loading import LoadVolume
+from bundle.writer import safe_case_name
+from tests.conftest import (
+    CT_DICOM,
+    CT_DICOM_SEG,
+    REPO,
+    SCT_LEVELS,
+    SCT_T2,
+    T12_LABEL,
+    TOTALSEG_MR,
+    run_job,
+    write_datalist,
+)
+
+GOOD_CT = {"image": str(CT_DICOM), "vertebra_seg": str(CT_DICOM_SEG), "mask_labels": [T12_LABEL],
+           "text": "lytic lesion in T12"}
+GOOD_SCT = {"image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [3], "text": "lesion"}
+NIFTI_OUTPUTS = ("_synthetic.json", "_synthetic.nii.gz", "_synthetic.png")
+
+
+def failures_of(report: dict) -> dict[str, str]:
+    return {failure["case_id"]: failure["error"] for failure in report["failed"]}
+
+
+def assert_refused(report: dict, expected: dict[str, str]) -> None:
+    """Every case in ``expected`` failed as a bad input with a message matching its pattern."""
+    failures = failures_of(report)
+    assert set(failures) == set(expected), failures
+    assert all(failure["bad_input"] for failure in report["failed"]), report["failed"]
+    for case, pattern in expected.items():
+        assert re.search(pattern, failures[case]), (case, failures[case])
+
+
+def copy_series(tmp_path: Path, name: str) -> tuple[Path, list[Path]]:
+    folder = tmp_path / name
+    shutil.copytree(CT_DICOM, folder)
+    return folder, sorted(folder.iterdir())
+
+
+def set_tags(path: Path, target: Path | None = None, **tags) -> None:
+    dataset = pydicom.dcmread(path)
+    for keyword, value in tags.items():
+        setattr(dataset, keyword, value)
+    dataset.save_as(target or path)
+
+
+# ------------------------------------------------------------------ DICOM series
+@pytest.fixture()
+def bad_series(tmp_path, shared_data):
+    series = {}
+    folder, files = copy_series(tmp_path, "truncated")
+    files[5].write_bytes(files[5].read_bytes()[:60000])  # cut inside the compressed pixel data
+    series["truncated"] = (folder, files[5].name)
+    folder, files = copy_series(tmp_path, "corrupt")
+    (folder / "IM_0099.dcm").write_bytes(b"this is not DICOM " * 500)
+    series["corrupt"] = (folder, "IM_0099.dcm")
+    folder, files = copy_series(tmp_path, "two_series")
+    for path in files:
+        set_tags(path, SeriesInstanceUID="1.2.826.0.1.3680043.8.498.1")
+    for path in files[:5]:
+        set_tags(path, folder / f"bone_{path.name}", SeriesInstanceUID="1.2.826.0.1.3680043.8.498.2",
+                 SeriesDescription="CT Bone 1.0", SOPInstanceUID=pydicom.uid.generate_uid())
+    series["two_series"] = (folder, None)
+    folder, files = copy_series(tmp_path, "mixed_thickness")
+    for path in files[:10]:
+        set_tags(path, SliceThickness="5")
+    series["mixed_thickness"] = (folder, None)
+    folder, files = copy_series(tmp_path, "missing_slice")
+    files[10].unlink()
+    series["missing_slice"] = (folder, None)
+    return series
+
+
+def test_bad_dicom_series_are_refused_and_the_good_series_is_written(shared_data, tmp_path, bad_series):
+    expected = {
+        "truncated": rf"truncated/{re.escape(bad_series['truncated'][1])}: no pixel data: the file is truncated",
+        "corrupt": r"corrupt/IM_0099\.dcm: not a DICOM file",
+        "two_series": r"two_series: 2 DICOM series in one folder: 1\.2\.826\.0\.1\.3680043\.8\.498\.1 \(20 files, "
+                      r"'CT Body 3\.0'\); 1\.2\.826\.0\.1\.3680043\.8\.498\.2 \(5 files, 'CT Bone 1\.0'\); move each "
+                      r"series into its own folder",
+        "mixed_thickness": r"mixed_thickness: mixed slice thickness: 3 mm \(10 files\), 5 mm \(10 files\)",
+        "missing_slice": r"missing_slice: non-uniform slice spacing: 2 mm \(17 gaps\), 4 mm \(1 gap\) between 19 "
+                         r"slice positions",
+    }
+    entries = [{**GOOD_CT, "image": str(folder), "case_id": name} for name, (folder, _) in bad_series.items()]
+    entries.append({**GOOD_CT, "case_id": "ct_good"})
+    output_dir = tmp_path / "out"
+    report = run_job(write_datalist(tmp_path / "list.json", entries), output_dir)
+    assert_refused(report, expected)
+    assert [w["case_id"] for w in report["written"]] == ["ct_good"]
+    assert sorted(p.name for p in output_dir.iterdir()) == [
+        "ct_good_synthetic", "ct_good_synthetic.json", "ct_good_synthetic.png", "report.json"]
+    assert len(list((output_dir / "ct_good_synthetic").iterdir())) == 20
+
+
+def test_dicom_checks_name_the_file_in_direct_loading(shared_data, tmp_path, bad_series):
+    folder, name = bad_series["truncated"]
+    with pytest.raises(InputError) as raised:
+        LoadVolume()(folder / name)  # the one file on its own
+    assert raised.value.source == str(folder / name) and "truncated" in raised.value.problem
+    single = tmp_path / "single.dcm"
+    dataset = pydicom.dcmread(min(CT_DICOM.iterdir()))
+    dataset.decompress()  # uncompressed pixel data has a length to check against the file size
+    dataset.save_as(single, enforce_file_format=True)
+    assert LoadVolume()(single).shape == (1, 512, 512, 1)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(single.read_bytes()[:300_000])
+    with pytest.raises(InputError, match=r"cut\.dcm: truncated: its pixel data needs 524,288 bytes from byte "
+                                         r"[\d,]+ but the file ends at byte 300,000"):
+        LoadVolume()(cut)
+
+
+# ------------------------------------------------------------------ NIfTI and mask inputs
+def write_huge_header(path: Path) -> None:
+    """A NIfTI whose header claims 30000^3 int16 voxels (54 TB) but holds none: only the header is written."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((30000, 30000, 30000))
+    header.set_data_dtype(np.int16)
+    header["vox_offset"] = 352
+    block = header.binaryblock + b"\0" * 4
+    path.write_bytes(gzip.compress(block) if path.name.endswith(".gz") else block)
+
+
+@pytest.fixture()
+def bad_niftis(tmp_path, shared_data):
+    original = nib.load(str(SCT_T2))
+    data = np.asanyarray(original.dataobj)
+    files = {}
+    with_inf = data.astype(np.float32)
+    with_inf[30, 27, 26], with_inf[1, 2, 3] = np.inf, -np.inf
+    files["inf"] = tmp_path / "inf.nii.gz"
+    nib.save(nib.Nifti1Image(with_inf, original.affine), str(files["inf"]))
+    files["huge"] = tmp_path / "huge.nii.gz"
+    write_huge_header(files["huge"])
+    files["negative"] = tmp_path / "negative_int16.nii.gz"
+    shifted = (data.astype(np.int32) - 300).astype(np.int16)
+    nib.save(nib.Nifti1Image(shifted, original.affine, header=original.header), str(files["negative"]))
+    return files
+
+
+def test_more_bad_inputs_in_one_batch_and_negative_int16_is_processed(shared_data, tmp_path, bad_niftis):
+    cases = {
+        "inf": ({**GOOD_SCT, "image": str(bad_niftis["inf"]), "vertebra_seg": None, "point": [30, 27, 26]},
+                r"inf\.nii\.gz: 2 voxels are NaN or infinite"),
+        "huge": ({**GOOD_SCT, "image": str(bad_niftis["huge"]), "vertebra_seg": None, "point": [5, 5, 5]},
+                 (r"huge\.nii\.gz: too large: 30000 x 30000 x 30000 = 27,000,000,000,000 voxels \([\d,.]+ GiB as "
+                 r"float32\) is more than the limit of 536,870,912 voxels \(max_voxels\)")),
+        "mask_in_air": ({**GOOD_SCT, "image": str(TOTALSEG_MR), "vertebra_seg": None, "point": [3, 3, 10],
+                         "box_size_mm": 10},
+                        (r"mask_in_air: the soft mask lies outside the body: 0\.0% of its weight is on body voxels "
+                        r"\(brighter than [\d.]+ in .*example_mr_sm\.nii\.gz\), at least 10% is needed; check the "
+                        r"point coordinates and 'coordinate_space' \(voxel\)")),
+        "long_text": ({**GOOD_SCT, "text": ("a hyperintense lesion " * 500)[:10_000]},
+                      (r"long_text: lesion text of 10,000 characters is longer than the limit of 1,000 "
+                      r"\(max_text_length\)")),
+        "empty_text": ({**GOOD_SCT, "text": ""}, r"empty_text: missing lesion text"),
+        "sct": (GOOD_SCT, None),
+        "negative_int16": ({**GOOD_SCT, "image": str(bad_niftis["negative"])}, None),
+    }
+    entries = [{**entry, "case_id": name} for name, (entry, _) in cases.items()]
+    output_dir = tmp_path / "out"
+    report = run_job(write_datalist(tmp_path / "list.json", entries), output_dir)
+    assert_refused(report, {name: pattern for name, (_, pattern) in cases.items() if pattern})
+    assert [w["case_id"] for w in report["written"]] == ["sct", "negative_int16"]
+    assert sorted(p.name for p in output_dir.iterdir()) == sorted(
+        [f"{case}{suffix}" for case in ("sct", "negative_int16") for suffix in NIFTI_OUTPUTS] + ["report.json"])
+
+    # the 16-bit image with negative values: same dtype, negative voxels away from the mask untouched
+    original = np.asanyarray(nib.load(str(bad_niftis["negative"])).dataobj)
+    written_image = nib.load(str(output_dir / "negative_int16_synthetic.nii.gz"))
+    written = np.asanyarray(written_image.dataobj)
+    assert written_image.get_data_dtype() == np.int16 and written.dtype == np.int16
+    vertebra = np.rint(nib.load(str(SCT_LEVELS)).get_fdata()) == 3
+    far = ndimage.distance_transform_edt(~vertebra) > 4 * 3.0 + 1  # beyond the 3 mm blur's 4-sigma kernel
+    assert (original[far] < 0).sum() > 10_000
+    np.testing.assert_array_equal(written[far], original[far])
+    assert (written[vertebra] != original[vertebra]).mean() > 0.5  # the masked image changed the vertebra
+
+
+@pytest.mark.parametrize("name", ["huge.nii", "huge.nii.gz"])
+def test_huge_volume_is_refused_from_its_header_without_reading_voxels(tmp_path, name):
+    path = tmp_path / name
+    write_huge_header(path)
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(InputError, match=r"too large: 30000 x 30000 x 30000 = 27,000,000,000,000 voxels"):
+            LoadVolume()(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20 and time.perf_counter() - started < 10
+
+
+def test_huge_dicom_is_refused_from_its_header(shared_data, tmp_path):
+    claimed = tmp_path / "claims_huge.dcm"
+    set_tags(min(CT_DICOM.iterdir()), claimed, Rows=60000, Columns=60000, NumberOfFrames="1000")
+    with pytest.raises(InputError, match=r"claims_huge\.dcm: too large: 60000 x 60000 x 1000 = 3,600,000,000,000 "
+                                         r"voxels"):
+        LoadVolume()(claimed)
+    with pytest.raises(InputError, match=r"ct_dicom: too large: 512 x 512 x 20 = 5,242,880 voxels .* limit of "
+                                         r"2,621,440 voxels"):
+        LoadVolume(max_voxels=512 * 512 * 10)(CT_DICOM)  # the limit is configurable; a series counts its files
+
+
+# ------------------------------------------------------------------ case ids from DICOM tags
+EVIL_ID = "../../ëvil/..\\x"
+
+
+def test_unsafe_patient_ids_never_steer_or_collide_outputs(shared_data, tmp_path):
+    folder, files = copy_series(tmp_path / "inputs", "patient")
+    for path in files:
+        set_tags(path, SpecificCharacterSet="ISO_IR 192", PatientID=EVIL_ID)
+    tag = pydicom.dcmread(files[0]).PatientID  # a backslash makes DICOM read two values
+    case_id = "\\".join(tag) if isinstance(tag, pydicom.multival.MultiValue) else str(tag)
+    assert case_id == EVIL_ID
+    entries = [
+        {**GOOD_CT, "image": str(folder), "case_id": case_id},
+        {**GOOD_SCT, "case_id": "a/b"},
+        {**GOOD_SCT, "case_id": "a\\b"},
+        {**GOOD_SCT, "case_id": "ëë/.."},
+        {**GOOD_SCT, "case_id": "a_b"},
+    ]
+    before = {p for p in tmp_path.rglob("*")}
+    output_dir = tmp_path / "run" / "out"
+    report = run_job(write_datalist(tmp_path / "list.json", entries), output_dir)
+    assert not report["failed"] and [w["case_id"] for w in report["written"]] == [e["case_id"] for e in entries]
+    volumes = [Path(w["volume"]) for w in report["written"]]
+    assert len(set(volumes)) == len(entries)  # none overwrote another
+    for written in report["written"]:
+        for key in ("volume", "provenance", "preview"):
+            assert Path(written[key]).resolve().parent == output_dir.resolve(), written[key]
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert all(output_dir in p.parents or p in (output_dir, output_dir.parent, tmp_path / "list.json")
+               for p in created), sorted(created)
+    names = [v.name for v in volumes]
+    assert names[0] == f"{safe_case_name(EVIL_ID)}_synthetic" and re.fullmatch(r"vil_\.\._x_[0-9a-f]{8}_synthetic",
+                                                                              names[0])
+    assert re.fullmatch(r"a_b_[0-9a-f]{8}_synthetic\.nii\.gz", names[1]) and names[1] != names[2]
+    assert re.fullmatch(r"case_[0-9a-f]{8}_synthetic\.nii\.gz", names[3])
+    assert names[4] == "a_b_synthetic.nii.gz"  # an id that is already safe keeps its name
+    assert pydicom.dcmread(next((output_dir / names[0]).iterdir())).PatientID == tag  # the tag itself is kept
+
+
+# ------------------------------------------------------------------ texts
+def test_text_filling_the_token_limit_is_processed_with_a_warning(caplog):
+    from bundle.clip_encoders import MedicalClipEncoder
+
+    encoder = MedicalClipEncoder.tiny()
+    long_text = "hyperintense lesion with sclerotic rim " * 20  # 780 characters: under the limit, over 77 tokens
+    with caplog.at_level(logging.WARNING, logger="bundle.lesion_text"):
+        features = encoder.encode_text(["small lesion", long_text])
+    assert features.shape[0] == 2
+    warnings = [r.getMessage() for r in caplog.records if r.name == "bundle.lesion_text"]
+    assert len(warnings) == 1 and "780 characters fills all 77 tokens" in warnings[0]
+
+
+# ------------------------------------------------------------------ checkpoints of another architecture
+@pytest.fixture(scope="module")
+def models_dirs(tmp_path_factory):
+    from bundle.semantic_controller import MedicalSemanticController
+    from bundle.synthesis_model import CLIP_FOLDER, CONTROLLER_FILE, save_trained, tiny_model
+
+    made = {}
+    for name, channels in (("mine", (16, 32, 32)), ("other", (24, 48, 48))):
+        folder = tmp_path_factory.mktemp(name)
+        model = tiny_model(spatial_size=32, unet_channels=channels)
+        save_trained(model, folder)
+        model.controller.save(folder / CONTROLLER_FILE)
+        model.clip_encoder.save_local_dir(folder / CLIP_FOLDER)
+        made[name] = folder
+    wide = tmp_path_factory.mktemp("wide")
+    MedicalSemanticController(embed_dim=96).save(wide / CONTROLLER_FILE)
+    MedicalSemanticController(embed_dim=64, width=64).save(wide / "narrow.safetensors")
+    made["wide"] = wide
+    return made
+
+
+def swapped(tmp_path: Path, mine: Path, replacement: Path, name: str) -> Path:
+    """A copy of the models folder ``mine`` whose file ``name`` is ``replacement``."""
+    folder = tmp_path / "models"
+    shutil.copytree(mine, folder)
+    shutil.copyfile(replacement, folder / name)
+    return folder
+
+
+def test_the_good_models_folder_loads(models_dirs):
+    from bundle.synthesis_model import load_trained
+
+    assert load_trained(models_dirs["mine"]).unet.msc_dim == 64
+
+
+@pytest.mark.parametrize("name, source, pattern", [
+    ("msc_adapter.safetensors", ("other", "msc_adapter.safetensors"),
+     (r"msc_adapter\.safetensors: weights of another architecture: \d+ tensors have other shapes than this guided "
+     r"UNet's adapter needs, e\.g\. .* is \(\d+, 64\) in the file, \(\d+, 64\) here")),
+    ("unet/diffusion_pytorch_model.safetensors", ("other", "unet/diffusion_pytorch_model.safetensors"),
+     (r"unet/diffusion_pytorch_model\.safetensors: does not fit .*unet/config\.json: weights of another "
+     r"architecture or a damaged file")),
+    ("msc.safetensors", ("wide", "msc.safetensors"),
+     r"msc\.safetensors: a controller for 96-wide CLIP features, but the medical CLIP gives 64"),
+    ("msc_adapter.safetensors", ("mine", "msc.safetensors"),
+     r"msc_adapter\.safetensors: not a guided-UNet adapter file"),
+])
+def test_checkpoint_of_another_architecture_is_refused_by_name(models_dirs, tmp_path, name, source, pattern):
+    from bundle.synthesis_model import load_trained
+
+    folder = swapped(tmp_path, models_dirs["mine"], models_dirs[source[0]] / source[1], name)
+    with pytest.raises(InputError, match=pattern) as raised:
+        load_trained(folder)
+    assert raised.value.source == str(folder / name)
+
+
+def test_weights_whose_settings_lie_about_their_shapes_are_refused(models_dirs, tmp_path):
+    """A controller file claiming the default width (128) while holding a 64-wide controller's tensors."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from bundle.semantic_controller import MedicalSemanticController
+
+    with safe_open(str(models_dirs["mine"] / "msc.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    lying = tmp_path / "msc.safetensors"
+    save_file(load_file(str(models_dirs["wide"] / "narrow.safetensors")), str(lying), metadata=metadata)
+    with pytest.raises(InputError, match=r"msc\.safetensors: weights of another architecture: \d+ tensors have "
+                                         r"other shapes than this semantic controller needs"):
+        MedicalSemanticController.load(lying)
+
+
+# ------------------------------------------------------------------ checkpoints that carry code
+class RunsCode:
+    """Unpickling this calls ``os.system``: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def tiny_trainer() -> tuple[Engine, torch.nn.Module]:
+    network = torch.nn.Linear(2, 2)
+    return Engine(lambda engine, batch: None), network
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("kind", ["zip", "legacy_pickle"])
+def test_resume_checkpoint_with_code_is_refused_and_never_run(tmp_path, kind):
+    from bundle.handlers import ResumableCheckpoints
+
+    marker = tmp_path / "MARKER"
+    checkpoint_dir = tmp_path / "checkpoints"
+    checkpoint_dir.mkdir()
+    path = checkpoint_dir / "checkpoint_epoch=3.pt"
+    payload = {"network": RunsCode(marker), "trainer": {"epoch": 3}}
+    if kind == "zip":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    trainer, network = tiny_trainer()
+    with pytest.raises(InputError) as raised:
+        ResumableCheckpoints(checkpoint_dir, {"network": network}).attach(trainer)
+    assert raised.value.source == str(path)
+    assert re.match(r"refused: loading this checkpoint would call (posix|os|nt)\.system, i\.e\. run code",
+                    raised.value.problem), raised.value.problem
+    assert not marker.exists()
+
+
+def test_resume_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
+    from bundle.handlers import ResumableCheckpoints
+
+    checkpoint_dir = tmp_path / "checkpoints"
+    checkpoint_dir.mkdir()
+    previous, _ = tiny_trainer()
+    previous.run([0, 1], max_epochs=1)
+    path = checkpoint_dir / "checkpoint_epoch=1.pt"
+    torch.save({"network": torch.nn.Linear(3, 3).state_dict(), "trainer": previous.state_dict()}, path)
+    trainer, network = tiny_trainer()
+    ResumableCheckpoints(checkpoint_dir, {"network": network}).attach(trainer)
+    with pytest.raises(InputError) as raised:
+        trainer.run([0, 1], max_epochs=2)
+    assert raised.value.source == str(path)
+    assert raised.value.problem.startswith("does not fit this model or trainer (Error(s) in loading state_dict")
+    assert "size mismatch for weight" in raised.value.problem
+
+
+def test_pickled_clip_weights_with_code_are_refused(tmp_path):
+    from bundle.clip_encoders import MedicalClipEncoder
+
+    folder = tmp_path / "clip"
+    MedicalClipEncoder.tiny().save_local_dir(folder)
+    (folder / "open_clip_model.safetensors").unlink()
+    marker = tmp_path / "MARKER"
+    torch.save({"visual.proj": RunsCode(marker)}, folder / "open_clip_pytorch_model.bin")
+    with pytest.raises(InputError) as raised:
+        MedicalClipEncoder.from_local_dir(folder)
+    assert raised.value.source.startswith(str(folder)) and "pickle" in raised.value.problem
+    assert raised.value.source.endswith(".bin")
+    assert not marker.exists()
+
+
+def test_feature_extractor_weights_with_code_are_refused(tmp_path):
+    from bundle.distribution_metrics import TorchvisionFeatures
+
+    marker = tmp_path / "MARKER"
+    weights = tmp_path / "resnet50.pt"
+    torch.save({"fc.weight": RunsCode(marker)}, weights)
+    with pytest.raises(InputError, match=r"resnet50\.pt: cannot read the weights as tensors only"):
+        TorchvisionFeatures("resnet50", weights)
+    assert not marker.exists()
+
+
+def test_no_code_in_the_bundle_unpickles_without_weights_only():
+    """Every ``torch.load`` passes ``weights_only=True``; nothing calls ``pickle.load(s)`` or
+    ``numpy.load(allow_pickle=True)``."""
+    offending = []
+    sources = sorted((REPO / "bundle").glob("*.py")) + sorted((REPO / "scripts").glob("*.py"))
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+            keywords = {k.arg: k.value for k in node.keywords}
+            where = f"{source.name}:{node.lineno}"
+            if owner == "torch" and node.func.attr == "load":
+                flag = keywords.get("weights_only")
+                if not (isinstance(flag, ast.Constant) and flag.value is True):
+                    offending.append(where)
+            elif owner in ("pickle", "dill", "joblib") and node.func.attr in ("load", "loads", "Unpickler"):
+                offending.append(where)
+            elif owner in ("np", "numpy") and node.func.attr == "load":
+                flag = keywords.get("allow_pickle")
+                if isinstance(flag, ast.Constant) and flag.value is True:
+                    offending.append(where)
+    assert len(sources) > 20 and not offending, offending
