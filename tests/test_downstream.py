@@ -1,0 +1,352 @@
+"""The downstream experiment: metric functions against hand-computed values, the classifier dataset and
+sampler, configs/classify.json on a plain and on a balanced datalist, the report writer, and
+scripts/downstream.py end to end with its smallest preset (and resuming it)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from bundle.classification import (
+    METRIC_NAMES,
+    ClassificationSlices,
+    SliceBagClassifier,
+    classification_metrics,
+    confusion_matrix,
+    input_channel,
+    load_test,
+    roc_auc_one_vs_rest,
+    scores_from_confusion,
+    slice_transform,
+    training_sampler,
+)
+from bundle.datalist import load_datalist
+from bundle.downstream import ARMS, ExperimentError, mean_std, settings_for, verdicts, write_report
+from tests.conftest import CONFIGS, REPO, bundle_run, run_workflow
+
+CLASSES = ["normal", "benign", "malignant"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+TINY_CLASSIFIER = {"max_epochs": 1, "batch_size": 4, "spatial_size": 32, "slices_per_case": 2,
+                   "resnet": "resnet10", "samples_per_epoch": 8}
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def test_confusion_matrix_and_macro_scores_match_a_hand_computed_case():
+    labels = [0, 0, 0, 1, 1, 2]
+    predictions = [0, 0, 1, 1, 2, 2]
+    matrix = confusion_matrix(labels, predictions, 3)
+    assert matrix.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    scores = scores_from_confusion(matrix)
+    # precision 2/2, 1/2, 1/2; recall 2/3, 1/2, 1/1; F1 0.8, 0.5, 2/3
+    assert scores["accuracy"] == pytest.approx(4 / 6)
+    assert scores["precision"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert scores["recall"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)
+    assert scores["f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert [c["support"] for c in scores["per_class"]] == [3, 2, 1]
+
+
+def test_a_class_never_predicted_scores_zero_and_an_absent_class_is_left_out():
+    never = scores_from_confusion(confusion_matrix([0, 1, 2, 2], [0, 1, 1, 1], 3))
+    assert never["per_class"][2] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
+    # class 1: precision 1/3, recall 1 -> F1 1/2; class 0 perfect
+    assert never["f1"] == pytest.approx((1 + 0.5 + 0) / 3) and never["precision"] == pytest.approx((1 + 1 / 3) / 3)
+    absent = scores_from_confusion(confusion_matrix([0, 0, 1], [0, 0, 1], 3))  # no class-2 test case
+    assert absent["recall"] == 1.0 and absent["f1"] == 1.0 and absent["per_class"][2]["support"] == 0
+
+
+def test_macro_one_vs_rest_auc_matches_hand_counted_pairs():
+    labels = [0, 0, 1, 1, 2, 2]
+    probabilities = np.array([
+        # class 0 scores: positives 0.9, 0.2; negatives 0.3, 0.1, 0.15, 0.05 -> 7 of 8 pairs ordered: 0.875
+        # class 1 scores: positives 0.6, 0.5; negatives 0.05, 0.5, 0.1, 0.2 -> 7.5 of 8 (one tie): 0.9375
+        # class 2 scores: 1 - the others; positives 0.75, 0.75; negatives 0.05, 0.3, 0.6, 0.2 -> 8 of 8: 1.0
+        [0.90, 0.05, 0.05], [0.20, 0.50, 0.30], [0.30, 0.60, 0.10],
+        [0.10, 0.50, 0.40], [0.15, 0.10, 0.75], [0.05, 0.20, 0.75]])
+    macro, per_class = roc_auc_one_vs_rest(labels, probabilities)
+    assert per_class == pytest.approx([0.875, 0.9375, 1.0])
+    assert macro == pytest.approx((0.875 + 0.9375 + 1.0) / 3)
+    # a class without test cases has no AUC and is left out of the mean
+    macro, per_class = roc_auc_one_vs_rest([0, 0, 1, 1], probabilities[:4])
+    assert math.isnan(per_class[2]) and macro == pytest.approx(np.mean(per_class[:2]))
+
+
+def test_classification_metrics_predict_the_most_probable_class():
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.1, 0.3, 0.6], [0.5, 0.1, 0.4]])
+    metrics = classification_metrics([0, 1, 2, 2], probabilities, CLASSES)
+    assert metrics["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+    assert metrics["accuracy"] == 0.75 and set(METRIC_NAMES) <= set(metrics)
+    assert metrics["per_class"]["malignant"]["recall"] == 0.5 and metrics["per_class"]["normal"]["precision"] == 0.5
+
+
+# ------------------------------------------------------------------------------------------------ data
+def fake_dataset(labels: list[int]) -> SimpleNamespace:
+    items = [{"label": torch.tensor(label)} for label in labels]
+    dataset = SimpleNamespace(items=items, classes=CLASSES)
+    dataset.balanced_weights = lambda: ClassificationSlices.balanced_weights(dataset)
+    dataset.__len__ = lambda: len(items)
+    return dataset
+
+
+class _Sized(torch.utils.data.Dataset):
+    def __init__(self, labels):
+        self.inner = fake_dataset(labels)
+
+    def __len__(self):
+        return len(self.inner.items)
+
+    def balanced_weights(self):
+        return self.inner.balanced_weights()
+
+
+def test_oversampling_draws_every_class_equally_often_and_natural_sampling_keeps_the_data():
+    labels = [0] * 60 + [1] * 25 + [2] * 15
+    dataset = _Sized(labels)
+    weights = dataset.balanced_weights()
+    assert [float(weights[labels.index(k)]) for k in range(3)] == pytest.approx([1 / 60, 1 / 25, 1 / 15])
+    drawn = Counter(labels[i] for i in training_sampler(dataset, "balanced", num_samples=30000, seed=1))
+    assert sum(drawn.values()) == 30000
+    assert all(abs(drawn[k] / 30000 - 1 / 3) < 0.02 for k in range(3)), drawn
+    natural = list(training_sampler(dataset, "natural", num_samples=200, seed=1))
+    assert Counter(labels[i] for i in natural) == {0: 120, 1: 50, 2: 30}  # two full passes, no replacement
+    assert natural == list(training_sampler(dataset, "natural", num_samples=200, seed=1))
+    assert natural != list(training_sampler(dataset, "natural", num_samples=200, seed=2))
+    with pytest.raises(ValueError, match="natural' or 'balanced"):
+        training_sampler(dataset, "smote")
+
+
+def test_bag_classifier_averages_the_slice_logits():
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 3))
+    model = SliceBagClassifier(backbone)
+    bags = torch.randn(5, 4, 2, 8, 8)
+    expected = torch.stack([backbone(bag).mean(dim=0) for bag in bags])
+    assert torch.allclose(model(bags), expected, atol=1e-6)
+    assert model(bags[0]).shape == (4, 3)  # plain slices pass straight through
+
+
+def test_input_channels_are_slice_keys_or_products():
+    item = {"image": torch.full((1, 4, 4), 0.5), "soft_mask": torch.zeros(1, 4, 4)}
+    item["soft_mask"][0, :2] = 1.0
+    product = input_channel(item, "image*soft_mask")
+    assert product[0, 0, 0] == 0.5 and product[0, 3, 3] == 0
+    with pytest.raises(ValueError, match="input key"):
+        input_channel(item, "lesion")
+
+
+def test_case_bags_the_slice_cache_and_a_case_that_cannot_be_read(demo_data, tmp_path):
+    entries = load_datalist(demo_data / "datalist.json", "training")[:4]
+    transform = slice_transform(spatial_size=32, slices_per_case=2)
+    cache = tmp_path / "cache"
+    bags = ClassificationSlices(entries, transform, CLASSES, cache_dir=cache, cache_tag="a", bag_size=3)
+    assert len(bags) == 4 and bags[0]["image"].shape == (3, 2, 32, 32)
+    assert torch.equal(bags[0]["image"][2], bags[0]["image"][0])  # 2 slices, repeated to fill the bag
+    assert [int(item["label"]) for item in bags.items] == [CLASSES.index(e["label"]) for e in entries]
+    assert len(list(cache.glob("*.pt"))) == 4
+
+    def broken(_):
+        raise RuntimeError("must not be called: every case is cached")
+
+    slices = ClassificationSlices(entries, broken, CLASSES, cache_dir=cache, cache_tag="a")
+    assert len(slices) == 8 and slices[0]["image"].shape == (2, 32, 32)
+    assert torch.equal(slices[0]["image"], bags[0]["image"][0])
+    with pytest.raises(ValueError, match="could not be read"):  # another tag: not cached, transform runs
+        ClassificationSlices(entries, broken, CLASSES, cache_dir=cache, cache_tag="b")
+    missing = [*entries[:2], {**entries[2], "image": str(tmp_path / "nowhere.nii.gz")}]
+    with pytest.raises(ValueError, match="1 of 3 cases could not be read"):
+        ClassificationSlices(missing, transform, CLASSES)
+    kept = ClassificationSlices(missing, transform, CLASSES, allow_failures=True)
+    assert {item["case_id"] for item in kept.items} == {e["case_id"] for e in entries[:2]}
+    assert kept.counts()[entries[2]["label"]]["real"] == sum(e["label"] == entries[2]["label"] for e in entries[:2])
+
+
+def test_the_test_list_must_be_real_cases(demo_data, tmp_path):
+    content = json.loads((demo_data / "datalist.json").read_text())
+    content["test"][0]["synthetic"] = True
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({**content, "test": [{**e, "image": str(demo_data / e["image"]),
+                                                      "vertebra_seg": str(demo_data / e["vertebra_seg"])}
+                                                     for e in content["test"]]}))
+    with pytest.raises(ValueError, match="synthetic cases"):
+        load_test(path)
+
+
+# ------------------------------------------------------------------------------------------------ the workflow
+def check_metrics(path: Path, datalist: Path) -> dict:
+    metrics = json.loads(path.read_text())
+    test = load_datalist(datalist, "test")
+    training = load_datalist(datalist, "training")
+    for name in METRIC_NAMES:
+        assert metrics[name] is None or 0.0 <= metrics[name] <= 1.0, name
+    assert metrics["test_cases"] == len(test) == len(metrics["predictions"])
+    assert metrics["test_counts"] == dict(Counter(e["label"] for e in test)) | {
+        c: 0 for c in CLASSES if c not in {e["label"] for e in test}}
+    for label in CLASSES:
+        counts = metrics["training_counts"][label]
+        assert counts["real"] == sum(e["label"] == label and not e.get("synthetic") for e in training)
+        assert counts["synthetic"] == sum(e["label"] == label and bool(e.get("synthetic")) for e in training)
+    assert sum(map(sum, metrics["confusion_matrix"])) == len(test)
+    assert metrics["details"]["datalist_sha256"] and metrics["epoch"] == 1
+    return metrics
+
+
+def test_classify_config_on_a_plain_demo_datalist(demo_data, tmp_path):
+    flow = run_workflow(["classify.json"], "train", dataset_dir=str(demo_data), output_dir=str(tmp_path),
+                        **TINY_CLASSIFIER)
+    assert flow.check_properties() in (None, [])
+    trainer = flow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 1 and trainer.state.iteration == 2  # 8 cases a epoch, 4 a batch
+    metrics = check_metrics(tmp_path / "metrics.json", demo_data / "datalist.json")
+    assert metrics["training_counts"]["normal"]["synthetic"] == 0
+    evaluator = flow.parser.get_parsed_content("validate#evaluator")
+    assert evaluator.state.metrics["test_f1"] == pytest.approx(metrics["f1"])
+
+
+# ------------------------------------------------------------------------------------------------ report
+def fake_results(f1: dict[str, list[float]]) -> dict:
+    results = {}
+    for arm, values in f1.items():
+        for seed, value in enumerate(values):
+            results.setdefault(arm, {})[seed] = {
+                "auc": 0.7, "accuracy": 0.6, "precision": 0.5, "recall": 0.55, "f1": value, "test_cases": 9,
+                "test_counts": {"normal": 3, "benign": 3, "malignant": 3},
+                "training_counts": {"normal": {"real": 6, "synthetic": 0},
+                                    "benign": {"real": 2, "synthetic": 4 if arm.startswith("synthetic") else 0},
+                                    "malignant": {"real": 1, "synthetic": 5 if arm.startswith("synthetic") else 0}}}
+    return results
+
+
+def test_report_lists_every_arm_and_seed_with_mean_and_std(tmp_path):
+    f1 = {"real": [0.40, 0.42, 0.44], "oversampling": [0.45, 0.46, 0.47], "synthetic": [0.5, 0.6, 0.7],
+          "synthetic_no_msc": [0.50, 0.52, 0.54], "synthetic_no_smis": [0.48, 0.50, 0.52]}
+    context = {"command": "python scripts/downstream.py --preset default", "machine": "test machine",
+               "seconds": {"data": 60.0, "stage2_full": 120.0, "classify_real_seed0": 30.0}, "settings": {"x": 1}}
+    markdown, figure = write_report(fake_results(f1), tmp_path, context)
+    text = markdown.read_text()
+    assert figure.is_file() and figure.stat().st_size > 1000
+    for arm, values in f1.items():
+        title = ARMS[arm]["title"]
+        assert sum(line.startswith(f"| {title} | ") for line in text.splitlines()) == 1 + len(values)
+        for seed, value in enumerate(values):
+            assert f"| {title} | {seed} | 0.700 | 0.600 | 0.500 | 0.550 | {value:.3f} |" in text
+    assert "| real + synthetic (full method) | normal 6, benign 2 + 4, malignant 1 + 5 |" in text
+    assert "0.600 ± 0.100" in text  # the full method's F1 over its three seeds
+    assert "python scripts/downstream.py --preset default" in text and "test machine" in text
+    assert "| **total** | **3.5** |" in text
+    # 0.6 - 0.42 = 0.18 > 0.1; 0.6 - 0.46 = 0.14 > 0.1; both ablations below
+    assert "**show** the paper's result" in text and "**no**" not in text
+
+
+def test_verdict_says_plainly_when_the_claim_fails():
+    summary = {"real": {"f1": (0.50, 0.05)}, "oversampling": {"f1": (0.55, 0.02)},
+               "synthetic": {"f1": (0.58, 0.04)}, "synthetic_no_msc": {"f1": (0.60, 0.01)},
+               "synthetic_no_smis": {"f1": (0.40, 0.01)}}
+    lines = verdicts(summary)
+    assert lines[0].startswith("- Full method clearly above real only: **yes**")
+    assert lines[1].startswith("- Full method clearly above real + class-balanced oversampling: **no**")  # 0.03 < 0.04
+    assert lines[2].startswith("- Real + synthetic, without MSC below the full method: **no**")
+    assert lines[3].startswith("- Real + synthetic, without SMIS below the full method: **yes**")
+    assert "**do not show**" in lines[-1]
+
+
+def test_mean_and_sample_std():
+    assert mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert mean_std([None, 0.4, float("nan")]) == (0.4, 0.0)
+    assert all(math.isnan(v) for v in mean_std([]))
+
+
+def test_presets_and_overrides():
+    settings = settings_for("default", difficulty=0.4, seeds=[3, 4, 5, 6])
+    assert settings["difficulty"] == 0.4 and settings["seeds"] == [3, 4, 5, 6] and len(settings["seeds"]) >= 3
+    assert len(settings_for("default")["seeds"]) >= 3
+    with pytest.raises(ExperimentError, match="unknown settings"):
+        settings_for("default", difficulty_level=0.4)
+    with pytest.raises(ExperimentError, match="preset must be"):
+        settings_for("huge")
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def downstream(*arguments: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "downstream.py"), *arguments], cwd=REPO,
+                            env=ENV, capture_output=True, text=True, timeout=600, check=False)
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> dict:
+    """scripts/downstream.py --preset quick: data, three synthesis models, balancing, five arms, the report."""
+    root = tmp_path_factory.mktemp("downstream")
+    arguments = ["--preset", "quick", "--work_dir", str(root / "work"), "--docs_dir", str(root / "docs"),
+                 "--threads", "1", "--seeds", "[0,1]"]
+    first = downstream(*arguments)
+    return {"root": root, "work": root / "work", "docs": root / "docs", "arguments": arguments, "first": first}
+
+
+def test_downstream_runs_every_step_and_reports_every_arm_and_seed(experiment):
+    work, docs = experiment["work"], experiment["docs"]
+    steps = {path.stem for path in (work / "done").glob("*.json")}
+    assert {"data", "stage1", "stage2_full", "stage2_no_msc", "stage2_no_smis", "balance_full",
+            "balance_no_msc", "balance_no_smis"} <= steps
+    datalist = work / "data" / "datalist.json"
+    test_ids = {e["case_id"] for e in load_datalist(datalist, "test")}
+    for arm, spec in ARMS.items():
+        for seed in (0, 1):
+            assert f"classify_{arm}_seed{seed}" in steps
+            metrics = json.loads((work / "classify" / arm / f"seed_{seed}" / "metrics.json").read_text())
+            assert {p["case_id"] for p in metrics["predictions"]} == test_ids  # the same real test cases
+            synthetic = sum(c["synthetic"] for c in metrics["training_counts"].values())
+            assert (synthetic > 0) == (spec["model"] is not None)
+            assert metrics["details"]["sampling"] == spec["sampling"]
+    text = (docs / "downstream.md").read_text()
+    for spec in ARMS.values():
+        assert sum(line.startswith(f"| {spec['title']} | ") for line in text.splitlines()) == 3  # mean + 2 seeds
+    assert shlex.join(experiment["arguments"]) in text and (docs / "downstream.png").is_file()
+    # each model samples as it was trained: no MSC with gamma 0, no SMIS with a hard mask
+    records = {}
+    for model in ("full", "no_msc", "no_smis"):
+        folder = work / "balanced" / model
+        case = json.loads((folder / "synthesis_requests.json").read_text())["test"][0]["case_id"]
+        records[model] = json.loads((folder / "synthetic" / f"{case}_synthetic.json").read_text())
+        assert records[model]["models_dir"] == str(work / ("models" if model == "full" else f"models_{model}"))
+    assert [records[m]["msc_scale"] for m in ("full", "no_msc", "no_smis")] == [1.0, 0.0, 1.0]
+    assert [records[m]["mask_source"]["sigma_mm"] for m in ("full", "no_msc", "no_smis")] == [3.0, 3.0, 0.0]
+
+
+def test_balance_output_datalist_loads_in_classify_unchanged(experiment, tmp_path):
+    balanced = experiment["work"] / "balanced" / "full" / "datalist.json"
+    content = json.loads(balanced.read_text())
+    assert any(e.get("synthetic") for e in content["training"])
+    bundle_run("--config_file", str(CONFIGS / "classify.json"), "--datalist", str(balanced),
+               "--output_dir", str(tmp_path), *[f"--{k}={v}" for k, v in TINY_CLASSIFIER.items()])
+    metrics = check_metrics(tmp_path / "metrics.json", balanced)
+    after = content["balancing"]["counts_after"]
+    assert {c: n["real"] + n["synthetic"] for c, n in metrics["training_counts"].items()} == after
+    assert metrics["training_counts"]["normal"]["synthetic"] == 0
+    assert metrics["training_counts"]["malignant"]["synthetic"] > 0
+
+
+def test_downstream_resumes_without_redoing_and_refuses_other_settings(experiment):
+    work = experiment["work"]
+    before = {path.name: path.stat().st_mtime_ns for path in (work / "done").glob("*.json")}
+    metrics = work / "classify" / "real" / "seed_1" / "metrics.json"
+    metrics.unlink()  # as if the run had been killed before its test
+    again = downstream(*experiment["arguments"])
+    after = {path.name: path.stat().st_mtime_ns for path in (work / "done").glob("*.json")}
+    assert metrics.is_file()
+    assert {name for name in before if after[name] != before[name]} == {"classify_real_seed1.json"}
+    assert "already done" in again.stderr
+    refused = downstream(*experiment["arguments"], "--difficulty", "0.9", check=False)
+    assert refused.returncode != 0 and "holds a run with other settings" in refused.stderr
