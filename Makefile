@@ -8,7 +8,7 @@ DEMO_DIR := demo
 DEMO_CASES ?= 60
 DEMO_SEED ?= 0
 
-.PHONY: install demo test lint clean-demo
+.PHONY: install demo test lint clean-demo bench bench-quick
 
 install: $(VENV)/.installed
 
@@ -39,7 +39,14 @@ test: install
 	$(PY) -m pytest -q tests
 
 lint: install
-	$(PY) -m ruff check bundle scripts tests
+	$(PY) -m ruff check bundle scripts tests benchmarks
+
+# Speed and scale figures against reference implementations; the full run regenerates docs/performance.md.
+bench: install
+	$(PY) -m benchmarks --out runs/benchmarks
+
+bench-quick: install
+	$(PY) -m benchmarks --quick --out runs/benchmarks_quick
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -16,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from bundle.clip_encoders import MedicalClipEncoder
 from bundle.inferer import SoftMaskInpaintingInferer
+from bundle.performance import autocast, autocast_dtype, optimise_unet
 from bundle.semantic_controller import alignment_loss
 from bundle.synthesis_model import MedSoftDiffusion
 
@@ -97,14 +98,25 @@ class GuidedDiffusionTrainer(SupervisedTrainer):
         ema_decay: keep an exponential moving average of the UNet (``ema``) when given.
         network: a :class:`MedSoftDiffusion` (possibly wrapped in ``DistributedDataParallel``).
         loss_function: :class:`bundle.losses.SoftMaskedNoiseLoss`.
+        precision: autocast of the UNet's forward pass and the loss (:mod:`bundle.performance`): ``"auto"``
+            (bf16 on a GPU that has it, else float32), ``"bf16"``, ``"fp16"`` (with loss scaling) or ``"fp32"``.
+        gradient_checkpointing: recompute the UNet's activations in the backward pass (SD 1.5 at 512 px).
     """
 
     def __init__(self, noise_scheduler, condition_dropout_probabilities: Sequence[float] = (0.05, 0.05, 0.05),
-                 ema_decay: float | None = None, **kwargs) -> None:
+                 ema_decay: float | None = None, precision: str | None = "fp32",
+                 gradient_checkpointing: bool = False, **kwargs) -> None:
         super().__init__(decollate=False, **kwargs)
         self.noise_scheduler = noise_scheduler
         self.condition_dropout_probabilities = tuple(condition_dropout_probabilities)
+        self.precision = precision
+        device = self.state.device or torch.device("cpu")
+        self.autocast_dtype = autocast_dtype(precision, device)
+        self.grad_scaler = torch.amp.GradScaler(device.type) \
+            if self.autocast_dtype == torch.float16 else None
         model = unwrap(self.network)
+        if gradient_checkpointing:
+            optimise_unet(model, gradient_checkpointing=True)
         self.ema = None if ema_decay is None else AveragedModel(
             model.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
 
@@ -125,10 +137,16 @@ class GuidedDiffusionTrainer(SupervisedTrainer):
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
-        predicted = engine.network(noisy, timesteps, text_states, msc_tokens)
-        loss = engine.loss_function(predicted, noise, mask)
-        loss.backward()
-        engine.optimizer.step()
+        with autocast(self.autocast_dtype, images.device):
+            predicted = engine.network(noisy, timesteps, text_states, msc_tokens)
+            loss = engine.loss_function(predicted, noise, mask)
+        if self.grad_scaler is None:
+            loss.backward()
+            engine.optimizer.step()
+        else:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.step(engine.optimizer)
+            self.grad_scaler.update()
         if self.ema is not None:
             self.ema.update_parameters(model.unet)
         return {"loss": loss.detach()}

@@ -22,6 +22,7 @@ from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from monai.inferers import Inferer
 
+from bundle.performance import autocast, autocast_dtype
 from bundle.synthesis_model import MedSoftDiffusion
 
 
@@ -39,16 +40,21 @@ class SoftMaskInpaintingInferer(Inferer):
         guidance_scale: classifier-free guidance w: ``eps_u + w (eps_c - eps_u)`` (7.5 in the paper).
         eta: DDIM's eta, the weight of the sigma_t noise term (ignored by schedulers without it).
         seed: the default seed when the caller gives none.
+        precision: autocast of the UNet's forward pass (:mod:`bundle.performance`): ``"fp32"`` (default),
+            ``"auto"`` (bf16 on a GPU that has it, else float32), ``"bf16"`` or ``"fp16"``. The scheduler's
+            step and the blend stay in float32.
     """
 
     def __init__(self, scheduler: SchedulerMixin, num_inference_steps: int = 50, guidance_scale: float = 7.5,
-                 eta: float = 0.0, seed: int = 0) -> None:
+                 eta: float = 0.0, seed: int = 0, precision: str | None = "fp32") -> None:
         super().__init__()
         self.scheduler = scheduler
         self.num_inference_steps = num_inference_steps
         self.guidance_scale = guidance_scale
         self.eta = eta
         self.seed = seed
+        autocast_dtype(precision, "cpu")  # refuses an unknown name here, not at the first step
+        self.precision = precision
         self._step_takes_eta = "eta" in inspect.signature(scheduler.step).parameters
 
     @classmethod
@@ -63,7 +69,9 @@ class SoftMaskInpaintingInferer(Inferer):
         batch = latents.shape[0]
         text_states = torch.cat([null_conditions[0], conditions[0]])
         msc_tokens = torch.cat([null_conditions[1], conditions[1]])
-        noise = network(torch.cat([latents, latents]), timestep.expand(2 * batch), text_states, msc_tokens)
+        with autocast(self.precision, latents.device):
+            noise = network(torch.cat([latents, latents]), timestep.expand(2 * batch), text_states, msc_tokens)
+        noise = noise.to(latents.dtype)
         unconditional, conditional = noise.chunk(2)
         return unconditional + self.guidance_scale * (conditional - unconditional)
 
