@@ -201,10 +201,12 @@ def test_the_overrides_replace_ids_of_the_base_config(name):
 
 
 def handler_of_type(parser: ConfigParser, kind: type):
-    """The one training handler of ``kind`` in a parsed config."""
-    found = [h for h in parser.get_parsed_content("train#handlers") if isinstance(h, kind)]
-    assert len(found) == 1, found
-    return found[0]
+    """The one training handler of ``kind`` in a config, instantiated alone (the others need the dataset)."""
+    indices = [i for i, h in enumerate(parser["train"]["handlers"]) if str(h.get("_target_", "")).endswith(kind.__name__)]
+    assert len(indices) == 1, indices
+    handler = parser.get_parsed_content(f"train#handlers#{indices[0]}")
+    assert isinstance(handler, kind)
+    return handler
 
 
 def test_sd15_train_msc_loads_biomedclip_and_does_not_copy_it(tmp_path, biomedclip_dir):
