@@ -38,7 +38,7 @@ from monai.utils import CommonKeys
 
 from bundle.datalist import load_datalist
 from bundle.model_grid import model_grid
-from bundle.pipelines import SLICE_KEYS, SliceDataset, case_to_slices
+from bundle.pipelines import SLICE_KEYS, SliceDataset, case_to_slices, inverse_frequency_weights
 from bundle.provenance import code_version, sha256_of_path, write_json_atomically
 
 logger = logging.getLogger(__name__)
@@ -156,21 +156,21 @@ class ClassificationSlices(torch.utils.data.Dataset):
         """Each case's slices ``{key: (1, S, S)}``, from the cache where present."""
         cache = Path(cache_dir) if cache_dir else None
         found: dict[str, list] = {}
-        todo = []
+        uncached = []
         for entry in self.entries:
             path = cache / f"{slice_cache_key(entry, tag)}.pt" if cache else None
             if path is not None and path.is_file():
                 found[str(entry["case_id"])] = torch.load(path, weights_only=True)
             else:
-                todo.append((entry, path))
+                uncached.append((entry, path))
         self.failures: list[dict[str, str]] = []
-        if todo:
+        if uncached:
             try:
-                dataset = SliceDataset([entry for entry, _ in todo], transform)
+                dataset = SliceDataset([entry for entry, _ in uncached], transform)
                 items, self.failures = dataset.items, dataset.failures
             except ValueError as error:  # not one entry could be read
-                items, self.failures = [], [{"case_id": str(e["case_id"]), "error": str(error)} for e, _ in todo]
-            for entry, path in todo:
+                items, self.failures = [], [{"case_id": str(e["case_id"]), "error": str(error)} for e, _ in uncached]
+            for entry, path in uncached:
                 case_id = str(entry["case_id"])
                 slices = [{k: _plain(item[k]) for k in SLICE_KEYS} for item in items if item["case_id"] == case_id]
                 if not slices:
@@ -195,9 +195,7 @@ class ClassificationSlices(torch.utils.data.Dataset):
     def balanced_weights(self) -> torch.Tensor:
         """One sampling weight per item, ``1 / (items of its class)``: with ``WeightedRandomSampler`` every
         class is drawn equally often (class-balanced oversampling)."""
-        labels = torch.stack([item["label"] for item in self.items])
-        per_class = torch.bincount(labels, minlength=len(self.classes)).double()
-        return 1.0 / per_class[labels]
+        return inverse_frequency_weights([int(item["label"]) for item in self.items])
 
     def __len__(self) -> int:
         return len(self.items)

@@ -8,7 +8,8 @@ One entry becomes one item per selected sagittal slice: ``image`` (x0), ``soft_m
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.transforms import Compose, CopyItemsd, Orientationd
@@ -57,6 +58,13 @@ def case_to_slices(grid: Compose, canonical_axcodes: str = "RIP", sigma_mm: floa
     ])
 
 
+def inverse_frequency_weights(labels: Sequence[Hashable]) -> torch.Tensor:
+    """``1 / (count of its label)`` for each label, as float64: the weights with which ``WeightedRandomSampler``
+    draws every label equally often (class-balanced oversampling)."""
+    counts = Counter(labels)
+    return torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.double)
+
+
 class SliceDataset(torch.utils.data.Dataset):
     """Model-grid slices of every entry, preprocessed once (deterministic) and held in memory.
 
@@ -97,10 +105,7 @@ class SliceDataset(torch.utils.data.Dataset):
     def balanced_weights(self) -> torch.Tensor:
         """One sampling weight per slice, ``1 / (slices of its label)``: every label is drawn equally often
         (with ``WeightedRandomSampler``), so rare lesion classes are not drowned by normal slices."""
-        counts: dict[str, int] = {}
-        for item in self.items:
-            counts[item["label"]] = counts.get(item["label"], 0) + 1
-        return torch.tensor([1.0 / counts[item["label"]] for item in self.items], dtype=torch.double)
+        return inverse_frequency_weights([item["label"] for item in self.items])
 
     def __len__(self) -> int:
         return len(self.items)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -90,28 +89,22 @@ def test_classification_metrics_predict_the_most_probable_class():
 
 
 # ------------------------------------------------------------------------------------------------ data
-def fake_dataset(labels: list[int]) -> SimpleNamespace:
-    items = [{"label": torch.tensor(label)} for label in labels]
-    dataset = SimpleNamespace(items=items, classes=CLASSES)
-    dataset.balanced_weights = lambda: ClassificationSlices.balanced_weights(dataset)
-    dataset.__len__ = lambda: len(items)
-    return dataset
+class LabelledItems(torch.utils.data.Dataset):
+    """Just the labels of a classification dataset: what the training sampler reads."""
 
+    def __init__(self, labels: list[int]) -> None:
+        self.items = [{"label": torch.tensor(label)} for label in labels]
+        self.classes = CLASSES
 
-class _Sized(torch.utils.data.Dataset):
-    def __init__(self, labels):
-        self.inner = fake_dataset(labels)
+    def __len__(self) -> int:
+        return len(self.items)
 
-    def __len__(self):
-        return len(self.inner.items)
-
-    def balanced_weights(self):
-        return self.inner.balanced_weights()
+    balanced_weights = ClassificationSlices.balanced_weights
 
 
 def test_oversampling_draws_every_class_equally_often_and_natural_sampling_keeps_the_data():
     labels = [0] * 60 + [1] * 25 + [2] * 15
-    dataset = _Sized(labels)
+    dataset = LabelledItems(labels)
     weights = dataset.balanced_weights()
     assert [float(weights[labels.index(k)]) for k in range(3)] == pytest.approx([1 / 60, 1 / 25, 1 / 15])
     drawn = Counter(labels[i] for i in training_sampler(dataset, "balanced", num_samples=30000, seed=1))
