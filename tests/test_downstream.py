@@ -249,7 +249,14 @@ def test_verdict_says_plainly_when_the_claim_fails():
     assert lines[1].startswith("- Full method clearly above real + class-balanced oversampling: **no**")  # 0.03 < 0.04
     assert lines[2].startswith("- Real + synthetic, without MSC below the full method: **no**")
     assert lines[3].startswith("- Real + synthetic, without SMIS below the full method: **yes**")
+    assert lines[2].endswith("within the seed spread).")  # |0.58 - 0.60| <= 0.04
+    assert "spread" not in lines[3] and "spread" not in lines[0]  # 0.18 > 0.04; a "clearly" claim has its own test
     assert "**do not show**" in lines[-1]
+
+
+def test_verdict_without_a_second_arm_claims_nothing():
+    assert verdicts({"synthetic": {"f1": (0.6, 0.04)}}) == ["Only the full method was run; no comparison."]
+    assert verdicts({"real": {"f1": (0.6, 0.04)}}) == ["The full method was not run; no comparison."]
 
 
 def test_mean_and_sample_std():
@@ -341,5 +348,17 @@ def test_downstream_resumes_without_redoing_and_refuses_other_settings(experimen
     assert metrics.is_file()
     assert {name for name in before if after[name] != before[name]} == {"classify_real_seed1.json"}
     assert "already done" in again.stderr
+    subset = downstream(*experiment["arguments"], "--arms", "[real,synthetic]", "--report_name", "two_arms")
+    assert "running" not in subset.stderr  # fewer arms reuse every finished step
+    report = (experiment["docs"] / "two_arms.md").read_text()
+    assert "| real only | 0 |" in report and "without MSC" not in report
+    downstream(*experiment["arguments"], "--report_only", "--report_name", "rewritten")
+    rewritten, original = (experiment["docs"] / name for name in ("rewritten.md", "downstream.md"))
+    assert "--report_only" not in rewritten.read_text()
+
+    def results(path):
+        return path.read_text().split("## Results")[1].split("## Machine")[0].replace("rewritten.png", "downstream.png")
+
+    assert results(rewritten) == results(original)
     refused = downstream(*experiment["arguments"], "--difficulty", "0.9", check=False)
     assert refused.returncode != 0 and "holds a run with other settings" in refused.stderr
