@@ -206,7 +206,7 @@ def test_classify_config_on_a_plain_demo_datalist(demo_data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ report
-def fake_results(f1: dict[str, list[float]]) -> dict:
+def results_with_f1(f1: dict[str, list[float]]) -> dict:
     results = {}
     for arm, values in f1.items():
         for seed, value in enumerate(values):
@@ -224,7 +224,7 @@ def test_report_lists_every_arm_and_seed_with_mean_and_std(tmp_path):
           "synthetic_no_msc": [0.50, 0.52, 0.54], "synthetic_no_smis": [0.48, 0.50, 0.52]}
     context = {"command": "python scripts/downstream.py --preset default", "machine": "test machine",
                "seconds": {"data": 60.0, "stage2_full": 120.0, "classify_real_seed0": 30.0}, "settings": {"x": 1}}
-    markdown, figure = write_report(fake_results(f1), tmp_path, context)
+    markdown, figure = write_report(results_with_f1(f1), tmp_path, context)
     text = markdown.read_text()
     assert figure.is_file() and figure.stat().st_size > 1000
     for arm, values in f1.items():
