@@ -261,7 +261,7 @@ def run_experiment(work_dir: str | os.PathLike, settings: Mapping, datalist: str
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         raise ExperimentError(f"unknown arms {unknown}; known: {list(ARMS)}")
-    given = {k: str(Path(v).absolute()) for k, v in (models_dirs or {}).items() if v}
+    given, folders = model_folders(work_dir, models_dirs)
     record = {"settings": dict(settings), "datalist": str(Path(datalist).absolute()) if datalist else None,
               "models_dirs": given, "stage1_dir": str(Path(stage1_dir).absolute()) if stage1_dir else None}
     record_path = work_dir / "experiment.json"
@@ -280,7 +280,6 @@ def run_experiment(work_dir: str | os.PathLike, settings: Mapping, datalist: str
     datalist = Path(datalist).absolute()
 
     needed = {ARMS[arm]["model"] for arm in arms} - {None}
-    folders = {m: Path(given[m]) if m in given else work_dir / str(MODELS[m]["folder"]) for m in MODELS}
     stage1 = Path(stage1_dir).absolute() if stage1_dir else folders["full"]
     runs = work_dir / "runs"
     if needed - set(given) and not stage1_dir and "full" not in given:
@@ -310,7 +309,29 @@ def run_experiment(work_dir: str | os.PathLike, settings: Mapping, datalist: str
     return results
 
 
+def model_folders(work_dir: Path, models_dirs: Mapping[str, str | os.PathLike | None] | None
+                  ) -> tuple[dict[str, str], dict[str, Path]]:
+    """The given models folders (absolute) and every model's folder: given, or the one trained in ``work_dir``."""
+    given = {k: str(Path(v).absolute()) for k, v in (models_dirs or {}).items() if v}
+    return given, {m: Path(given[m]) if m in given else work_dir / str(MODELS[m]["folder"]) for m in MODELS}
+
+
 # ------------------------------------------------------------------------------------------------ report
+def rewrite_report(work_dir: str | os.PathLike, settings: Mapping, docs_dir: str | os.PathLike,
+                   datalist: str | os.PathLike | None = None,
+                   models_dirs: Mapping[str, str | os.PathLike | None] | None = None, command: str = "",
+                   arms: Sequence[str] = tuple(ARMS), report_name: str = "downstream") -> tuple[Path, Path]:
+    """The report of the classifier runs ``work_dir`` finished (what :func:`run_experiment` writes at its end)."""
+    work_dir = Path(work_dir).absolute()
+    results = collect_results(work_dir, arms, settings["seeds"])
+    if not results:
+        raise ExperimentError(f"no finished classifier runs under {work_dir / 'classify'}")
+    given, folders = model_folders(work_dir, models_dirs)
+    context = report_context(work_dir, settings, Path(datalist or work_dir / "data" / "datalist.json").absolute(),
+                             folders, given, command, Steps(work_dir).seconds())
+    return write_report(results, Path(docs_dir), context, report_name)
+
+
 def collect_results(work_dir: str | os.PathLike, arms: Sequence[str], seeds: Sequence[int]) -> dict:
     """``{arm: {seed: metrics.json content}}`` of finished runs under ``work_dir/classify``."""
     results: dict[str, dict[int, dict]] = {}

@@ -3,7 +3,8 @@ several seeds, and the report ``docs/downstream.md`` + ``docs/downstream.png``.
 
     python scripts/downstream.py [--preset default|quick|gpu] [--work_dir runs/downstream] [--docs_dir docs]
         [--datalist LIST] [--models_dir M --models_no_msc_dir M2 --models_no_smis_dir M3 [--stage1_dir S]]
-        [--arms "[real,synthetic]"] [--report_name downstream] [--seeds "[0,1,2]"] [--difficulty 0.5] [--train_cases 60] [--test_cases 90] ... (any preset setting)
+        [--arms "[real,synthetic]"] [--report_name downstream] [--seeds "[0,1,2]"] [--difficulty 0.5]
+        [--train_cases 60] [--test_cases 90] ... (any preset setting)
 
 Arms: real only; real + class-balanced oversampling; real + synthetic (full method); real + synthetic without
 MSC; real + synthetic without SMIS. Every step is skipped when an earlier run with the same settings finished
@@ -22,15 +23,11 @@ import fire
 from bundle.downstream import (
     ARMS,
     BUNDLE_ROOT,
-    MODELS,
     ExperimentError,
-    Steps,
-    collect_results,
     command_line,
-    report_context,
+    rewrite_report,
     run_experiment,
     settings_for,
-    write_report,
 )
 
 
@@ -63,24 +60,16 @@ def main(preset: str = "default", work_dir: str = "runs/downstream", docs_dir: s
     docs = None if docs_dir is None else (Path(docs_dir) if Path(docs_dir).is_absolute() else BUNDLE_ROOT / docs_dir)
     # a rewritten report names the command that ran the experiment, not the rewrite
     command = command_line([a for a in sys.argv[1:] if a.split("=")[0] != "--report_only"])
-    if report_only:
-        if docs is None:
-            raise SystemExit("downstream.py: error: --report_only needs --docs_dir")
-        results = collect_results(work, arms, settings["seeds"])
-        if not results:
-            raise SystemExit(f"downstream.py: error: no finished classifier runs under {work / 'classify'}")
-        given = {m: d for m, d in (("full", models_dir), ("no_msc", models_no_msc_dir),
-                                   ("no_smis", models_no_smis_dir)) if d}
-        folders = {m: Path(given[m]) if m in given else work / str(MODELS[m]["folder"]) for m in MODELS}
-        context = report_context(work, settings, Path(datalist or work / "data" / "datalist.json"), folders, given,
-                                 command, Steps(work).seconds())
-        print("\n".join(str(p) for p in write_report(results, docs, context, report_name)))
-        return
+    models_dirs = {"full": models_dir, "no_msc": models_no_msc_dir, "no_smis": models_no_smis_dir}
     try:
-        run_experiment(work, settings, datalist=datalist,
-                       models_dirs={"full": models_dir, "no_msc": models_no_msc_dir, "no_smis": models_no_smis_dir},
-                       stage1_dir=stage1_dir, docs_dir=docs, command=command, arms=list(arms),
-                       report_name=report_name)
+        if report_only:
+            if docs is None:
+                raise ExperimentError("--report_only needs --docs_dir")
+            print("\n".join(str(p) for p in rewrite_report(work, settings, docs, datalist, models_dirs, command,
+                                                              list(arms), report_name)))
+            return
+        run_experiment(work, settings, datalist=datalist, models_dirs=models_dirs, stage1_dir=stage1_dir,
+                       docs_dir=docs, command=command, arms=list(arms), report_name=report_name)
     except ExperimentError as error:
         raise SystemExit(f"downstream.py: error: {error}") from None
     if docs is not None:
