@@ -52,13 +52,15 @@ def _is_dicomdir(dataset: pydicom.Dataset) -> bool:
                                         str(meta.get("MediaStorageSOPClassUID", "")) if meta else "")
 
 
-def read_dicom_header(path: str | os.PathLike, required: bool = True) -> pydicom.Dataset | None:
+def read_dicom_header(path: str | os.PathLike, required: bool = True, in_folder: bool = False
+                      ) -> pydicom.Dataset | None:
     """The header of one DICOM image file, after checking that its pixel data is complete; pixels are not read.
 
     Args:
         required: the file must be a DICOM image (it has a DICOM name or the ``DICM`` marker, or it is the
             entry itself). Otherwise a file that is not DICOM gives ``None`` (e.g. a README beside a series), as
             does a DICOMDIR.
+        in_folder: the file is one of a series folder's, where a DICOMDIR is skipped (``None``) even when required.
 
     Raises:
         InputError: naming the file, when it is not DICOM (and ``required``), is a DICOMDIR (and ``required``),
@@ -77,7 +79,7 @@ def read_dicom_header(path: str | os.PathLike, required: bool = True) -> pydicom
     except Exception as error:
         raise InputError(path, f"corrupt DICOM file ({type(error).__name__}: {error})") from error
     if _is_dicomdir(dataset):
-        if not required:
+        if in_folder or not required:
             return None
         raise InputError(path, "a DICOMDIR (the index of a DICOM medium), not an image: point the entry at the "
                                "folder of the series it lists")
@@ -122,7 +124,7 @@ def series_instances(folder: str | os.PathLike) -> list[tuple[Path, pydicom.Data
     for path in sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")):
         named = path.suffix.lower() in DICOM_SUFFIXES
         marked = is_dicom_file(path)
-        dataset = read_dicom_header(path, required=named or marked)
+        dataset = read_dicom_header(path, required=named or marked, in_folder=True)
         if dataset is None and not marked and _dicom_without_file_header(path):
             raise InputError(path, "DICOM image data without the DICOM file header (no 'DICM' marker at byte 128): "
                                    "save it again as a DICOM file (with the file meta information) or move it out "
@@ -136,15 +138,20 @@ def check_writable_instance(path: str | os.PathLike, dataset: pydicom.Dataset) -
     """Refuse, before any voxel is read, an instance the writer could not write back exactly.
 
     Raises:
-        InputError: naming the file, when it has several frames (the writer writes one slice per instance), its
-            transfer syntax has no pixel decoder in this installation, or its rescale cannot be inverted (a
-            slope of 0 maps every stored value to the intercept; a non-finite slope or intercept).
+        InputError: naming the file, when it has several frames (the writer writes one slice per instance), it
+            does not say its transfer syntax (no file meta information), its transfer syntax has no pixel decoder
+            in this installation, or its rescale cannot be inverted (a slope of 0 maps every stored value to the
+            intercept; a non-finite slope or intercept).
     """
     frames = int(dataset.get("NumberOfFrames") or 1)
     if frames > 1:
         raise InputError(path, f"multi-frame DICOM ({frames} frames in one file) is not supported: the writer "
                                "writes one slice per instance; convert the series to single-frame instances")
-    syntax = pydicom.uid.UID(str(dataset.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian)))
+    if "TransferSyntaxUID" not in getattr(dataset, "file_meta", {}):
+        raise InputError(path, "no transfer syntax: the file has no DICOM file meta information, so how its pixels "
+                               "are encoded is a guess; save it again as a DICOM file (with the file meta "
+                               "information)")
+    syntax = pydicom.uid.UID(str(dataset.file_meta.TransferSyntaxUID))
     try:
         decodable = get_decoder(syntax).is_available
     except NotImplementedError:

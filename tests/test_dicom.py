@@ -4,14 +4,18 @@ the derived series is de-identified by default and marked synthetic (checked wit
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import gdcm
 import numpy as np
 import pydicom
 import pytest
+from dicomanonymizer.simpledicomanonymizer import dictionary as uid_map
 from pydicom.fileset import FileSet
 
 from bundle.errors import InputError
@@ -165,13 +169,18 @@ def test_inputs_that_cannot_be_written_back_are_refused_by_file(shared_data, tmp
     dataset.save_as(files[0])
     cases["multi_frame"] = (folder, (rf"{re.escape(files[0].name)}: multi-frame DICOM \(2 frames in one file\) is "
                                     r"not supported"))
-    folder, files = copy_series(inputs, "no_file_header")
-    dataset = pydicom.dcmread(files[0])
-    dataset.decompress()
-    del dataset.file_meta
-    dataset.save_as(folder / "RAW0001", enforce_file_format=False, implicit_vr=True, little_endian=True)
-    files[0].unlink()
-    cases["no_file_header"] = (folder, r"no_file_header/RAW0001: DICOM image data without the DICOM file header")
+    for name, preamble in (("no_file_meta", b"\0" * 128), ("no_file_header", None)):
+        folder, files = copy_series(inputs, name)
+        dataset = pydicom.dcmread(files[0])
+        dataset.decompress()
+        del dataset.file_meta
+        dataset.preamble = preamble  # without it, no 'DICM' marker either
+        dataset.save_as(folder / "RAW0001", enforce_file_format=False, implicit_vr=True, little_endian=True)
+        files[0].unlink()
+    cases["no_file_meta"] = (inputs / "no_file_meta", (r"no_file_meta/RAW0001: no transfer syntax: the file has no "
+                                                      r"DICOM file meta information"))
+    cases["no_file_header"] = (inputs / "no_file_header", (r"no_file_header/RAW0001: DICOM image data without the "
+                                                          r"DICOM file header"))
     write_dicomdir(files[1:2], inputs / "media")
     cases["dicomdir_entry"] = (inputs / "media" / "DICOMDIR", (r"media/DICOMDIR: a DICOMDIR \(the index of a DICOM "
                                                               r"medium\), not an image"))
@@ -205,3 +214,102 @@ def test_write_back_check_names_the_instance_whose_values_differ(shared_data):
     shifted[2, 3] += 1.0  # the instances no longer sit on the loaded slices
     with pytest.raises(InputError, match=r"matches none of the 20 loaded slices"):
         check_write_back(CT_DICOM, instances, values, shifted)
+
+
+# ------------------------------------------------------------------ identity and marking of the derived series
+IDENTIFYING = {"PatientName": "Doe^Jane", "PatientBirthDate": "19610412", "AccessionNumber": "ACC-99812",
+               "InstitutionName": "St Example Hospital", "ReferringPhysicianName": "Who^Doctor",
+               "StudyDescription": "Spine of Jane Doe", "StudyDate": "20221208", "SeriesNumber": 4}
+
+
+def identified_series(root: Path, name: str, patient_id: str) -> tuple[Path, dict[str, str]]:
+    """A copy of the shared series with a patient's identity and real UIDs; returns it and its UIDs."""
+    folder, files = copy_series(root, name)
+    uids = {"study": pydicom.uid.generate_uid(), "series": pydicom.uid.generate_uid()}
+    for path in files:
+        instance = pydicom.dcmread(path).file_meta.MediaStorageSOPInstanceUID
+        set_tags(path, **IDENTIFYING, PatientID=patient_id, StudyInstanceUID=uids["study"],
+                 SeriesInstanceUID=uids["series"], SOPInstanceUID=instance,
+                 SOPClassUID=pydicom.uid.CTImageStorage)
+        uids[path.name] = instance
+    return folder, uids
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    return {line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")}
+
+
+def test_derived_series_is_deidentified_pseudonymous_marked_and_valid(shared_data, tmp_path):
+    inputs = tmp_path / "inputs"
+    sources = {"jane_a": identified_series(inputs, "jane_a", "MRN-4711"),
+               "jane_b": identified_series(inputs, "jane_b", "MRN-4711"),  # another series of the same patient
+               "other": identified_series(inputs, "other", "MRN-0815")}
+    entries = [{**GOOD_CT, "image": str(folder), "case_id": name} for name, (folder, _) in sources.items()]
+    datalist = write_datalist(tmp_path / "list.json", entries)
+    report = run_job(datalist, tmp_path / "out")
+    assert not report["failed"] and len(report["written"]) == 3
+    pseudonyms = {}
+    for written in report["written"]:
+        name, output = written["case_id"], Path(written["volume"])
+        uids = sources[name][1]
+        record = json.loads(Path(written["provenance"]).read_text())["deidentification"]
+        files = sorted(output.iterdir())
+        assert len(files) == 20
+        for path in files:  # nothing of the identity or the real UIDs, anywhere in the file
+            raw = path.read_bytes()
+            for secret in [*map(str, IDENTIFYING.values()), "Doe", "MRN-", *uids.values()]:
+                if secret not in ("4", "20221208"):
+                    assert secret.encode() not in raw, (name, secret)
+        instances = [pydicom.dcmread(path) for path in files]
+        first = instances[0]
+        pseudonyms[name] = first.PatientID
+        assert {d.PatientID for d in instances} == {first.PatientID} and first.PatientID.startswith("SYN")
+        assert record["patient_id"] == {"real": "MRN-4711" if name.startswith("jane") else "MRN-0815",
+                                        "pseudonym": first.PatientID}
+        assert first.PatientIdentityRemoved == "YES" and first.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+        assert not first.get("StudyDate") and not first.get("AccessionNumber") and not first.get("PatientBirthDate")
+        references = set()
+        for dataset in instances:
+            assert list(dataset.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+            assert dataset.SeriesDescription.startswith("SYNTHETIC") and dataset.ImageComments.startswith("SYNTHETIC")
+            assert dataset.BurnedInAnnotation == "NO" and dataset.SeriesNumber == 1004
+            code = dataset.DerivationCodeSequence[0]
+            assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("113077", "DCM", "Volume editing")
+            assert dataset.ContentDate == dataset.SeriesDate and len(dataset.ContentTime) >= 6
+            source = dataset.SourceImageSequence[0]
+            assert source.ReferencedSOPClassUID == pydicom.uid.CTImageStorage
+            assert source.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+            study = dataset.StudiesContainingOtherReferencedInstancesSequence[0]
+            assert study.StudyInstanceUID == record["source_study_uid"]["pseudonym"] != uids["study"]
+            series = study.ReferencedSeriesSequence[0]
+            assert series.SeriesInstanceUID == record["source_series_uid"]["pseudonym"] != uids["series"]
+            assert series.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.ReferencedSOPInstanceUID
+            references.add(source.ReferencedSOPInstanceUID)
+        real = {uid for key, uid in uids.items() if key not in ("study", "series")}
+        assert references == {uid_map[uid] for uid in real}  # each derived instance points at its source instance
+    assert pseudonyms["jane_a"] == pseudonyms["jane_b"] != pseudonyms["other"]  # patient-level splits still work
+
+    if shutil.which("dciodvfy") is None:  # Debian's dicom3tools: .ci/run installs it
+        assert not os.environ.get("CI"), "dciodvfy (apt-get install dicom3tools) is needed in CI"
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
+    source = min(sources["jane_a"][0].iterdir())
+    derived = sorted((tmp_path / "out" / "jane_a_synthetic").iterdir())
+    assert dciodvfy_errors(derived[0]) <= dciodvfy_errors(source)  # no DICOM error the source did not have
+
+
+def test_keep_patient_identity_keeps_patient_and_study_tags(shared_data, tmp_path):
+    folder, uids = identified_series(tmp_path / "inputs", "jane", "MRN-4711")
+    entries = [{**GOOD_CT, "image": str(folder), "case_id": "jane"}]
+    report = run_job(write_datalist(tmp_path / "list.json", entries), tmp_path / "out", keep_patient_identity=True)
+    written = report["written"][0]
+    assert json.loads(Path(written["provenance"]).read_text())["deidentification"] == {"keep_patient_identity": True}
+    for path in Path(written["volume"]).iterdir():
+        dataset = pydicom.dcmread(path)
+        assert (dataset.PatientID, str(dataset.PatientName), dataset.AccessionNumber) == ("MRN-4711", "Doe^Jane",
+                                                                                         "ACC-99812")
+        assert dataset.StudyInstanceUID != uids["study"]  # a new study all the same, marked synthetic
+        assert dataset.SeriesDescription == "SYNTHETIC CT Body 3.0"
+        series = dataset.StudiesContainingOtherReferencedInstancesSequence[0].ReferencedSeriesSequence[0]
+        assert series.SeriesInstanceUID == uids["series"]
+        assert dataset.SourceImageSequence[0].ReferencedSOPInstanceUID in uids.values()
