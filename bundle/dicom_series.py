@@ -134,6 +134,12 @@ def series_instances(folder: str | os.PathLike) -> list[tuple[Path, pydicom.Data
     return instances
 
 
+def source_instances(source: str | os.PathLike) -> list[tuple[Path, pydicom.Dataset]]:
+    """The instances of a DICOM input: a series folder's (:func:`series_instances`) or the one file."""
+    source = Path(source)
+    return series_instances(source) if source.is_dir() else [(source, read_dicom_header(source))]
+
+
 def check_writable_instance(path: str | os.PathLike, dataset: pydicom.Dataset) -> None:
     """Refuse, before any voxel is read, an instance the writer could not write back exactly.
 

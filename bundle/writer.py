@@ -35,7 +35,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Orientation
 from pydicom.uid import generate_uid
 
-from bundle.dicom_series import match_instances, read_dicom_header, series_instances
+from bundle.dicom_series import match_instances, source_instances
 from bundle.errors import InputError
 from bundle.intensity import invert_intensity
 from bundle.model_grid import invert_to_slice
@@ -112,6 +112,13 @@ def write_nifti(source: Path, output: Path, delta: np.ndarray) -> None:
     _save_via_temporary(output, image.to_filename)
 
 
+def check_dicom_identity(source: Path, deidentifier: Deidentifier | None) -> None:
+    """Refuse, before predicting, a DICOM input the writer would refuse to de-identify (burned-in annotation)."""
+    if deidentifier is not None:
+        for path, dataset in source_instances(source):
+            check_deidentifiable(str(path), dataset)
+
+
 def write_dicom_series(source: Path, output: Path, delta: np.ndarray, source_affine: np.ndarray,
                        description: str, deidentifier: Deidentifier | None = None) -> dict[str, object]:
     """Write a new DICOM series into the folder ``output``: each source instance with ``delta`` added.
@@ -127,7 +134,7 @@ def write_dicom_series(source: Path, output: Path, delta: np.ndarray, source_aff
         The de-identification record for the provenance (``{}`` when identity is kept): the method and the real
         -> pseudonym mapping of the patient ID and the source series and study UIDs.
     """
-    instances = series_instances(source) if source.is_dir() else [(source, read_dicom_header(source))]
+    instances = source_instances(source)
     indices = match_instances(source, instances, source_affine, delta.shape[2])
     study_uid, series_uid = generate_uid(), generate_uid()
     created = datetime.now()

@@ -20,6 +20,8 @@ from pydicom.fileset import FileSet
 
 from bundle.errors import InputError
 from bundle.loading import LoadVolume
+from bundle.synthetic_dicom import Deidentifier
+from bundle.writer import check_dicom_identity
 from tests.conftest import CT_DICOM, run_job, write_datalist
 from tests.test_bad_input_matrix import GOOD_CT, assert_refused, copy_series, set_tags
 
@@ -188,9 +190,21 @@ def test_inputs_that_cannot_be_written_back_are_refused_by_file(shared_data, tmp
     only_index.mkdir()
     shutil.copy(inputs / "media" / "DICOMDIR", only_index / "DICOMDIR")
     cases["dicomdir_folder"] = (only_index, r"only_dicomdir: no DICOM image files in the folder \(only a DICOMDIR")
+    folder, files = copy_series(inputs, "no_position")
+    dataset = pydicom.dcmread(files[3])
+    del dataset.ImagePositionPatient
+    dataset.save_as(files[3])
+    cases["no_position"] = (folder, r"no_position: 1 of 20 instances have no ImagePositionPatient")
     for (path, pattern) in cases.values():
         with pytest.raises(InputError, match=pattern):
             LoadVolume()(path)  # the first step of preprocessing: nothing is predicted for these
+    folder, files = copy_series(inputs, "burned_in")
+    for path in files:
+        set_tags(path, BurnedInAnnotation="YES")
+    cases["burned_in"] = (folder, (rf"{re.escape(files[0].name)}: BurnedInAnnotation is YES: text burned into the "
+                                  r"pixels may identify the patient"))
+    with pytest.raises(InputError, match=cases["burned_in"][1]):
+        check_dicom_identity(folder, Deidentifier())  # the writer's check, for the job to call before predicting
     entries = [{**GOOD_CT, "image": str(path), "case_id": name} for name, (path, _) in cases.items()]
     output_dir = tmp_path / "out"
     report = run_job(write_datalist(tmp_path / "list.json", entries + [{**GOOD_CT, "case_id": "good"}]), output_dir)
