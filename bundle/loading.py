@@ -8,7 +8,6 @@ model's canonical orientation happens later, after the soft mask has been made f
 from __future__ import annotations
 
 import os
-import warnings
 from collections import Counter
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -20,14 +19,19 @@ import torch
 from monai.config import KeysCollection
 from monai.data import ITKReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform, Orientation, Transform
-from pydicom.dataelem import RawDataElement
-from pydicom.errors import InvalidDicomError
 
+from bundle.dicom_series import (
+    DicomSeriesReader,
+    check_writable_instance,
+    check_write_back,
+    in_slice_order,
+    is_dicom_file,
+    read_dicom_header,
+    series_instances,
+)
 from bundle.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-DICOM_MAGIC_OFFSET = 128
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 # Volumes larger than this are refused from their header, before any voxel is read: the preprocessing holds several
 # float copies of the volume (image, masks, masked image, the writer's change), so this bounds the memory a case
 # needs. 2**29 voxels is 512 x 512 x 2048 (2 GiB as float32); raise it with LoadVolume(max_voxels=...).
@@ -36,19 +40,6 @@ DEFAULT_MAX_VOXELS = 2**29
 # series is refused as non-uniform: ITK would stack it on one spacing and silently distort the geometry.
 SLICE_GAP_TOLERANCE_MM = 0.01
 SLICE_GAP_TOLERANCE_RELATIVE = 0.01
-_PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
-_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-
-
-def is_dicom_file(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a file with the DICOM preamble (``DICM`` at byte 128)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(DICOM_MAGIC_OFFSET)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def volume_format(path: str | os.PathLike) -> str:
@@ -72,70 +63,35 @@ def _too_large(path: str | os.PathLike, shape: tuple[int, ...], max_voxels: int 
                                "voxels (max_voxels); crop the volume, or raise max_voxels where memory allows")
 
 
-def read_dicom_header(path: str | os.PathLike, required: bool = True) -> pydicom.Dataset | None:
-    """The header of one DICOM image file, after checking that its pixel data is complete; pixels are not read.
-
-    Args:
-        required: the file must be DICOM (it has a DICOM name or the ``DICM`` marker). Otherwise a file that is
-            not DICOM gives ``None`` (e.g. a README beside a series), as does a DICOMDIR.
-
-    Raises:
-        InputError: naming the file, when it is not DICOM (and ``required``), cannot be parsed, has no pixel
-            data (truncated before it, or not an image instance) or its pixel data is cut short.
-    """
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():  # pydicom warns on early end of file; the checks below say it clearly
-            warnings.simplefilter("ignore")
-            dataset = pydicom.dcmread(path, defer_size=1024, force=False)
-    except InvalidDicomError as error:
-        if not required:
-            return None
-        raise InputError(path, "not a DICOM file (no 'DICM' marker at byte 128 and no DICOM meta header)") from error
-    except Exception as error:
-        raise InputError(path, f"corrupt DICOM file ({type(error).__name__}: {error})") from error
-    if str(dataset.get("SOPClassUID", "")) == _MEDIA_STORAGE_DIRECTORY:
-        return None
-    element = next((dataset.get_item(tag, keep_deferred=True) for tag in _PIXEL_DATA_TAGS if tag in dataset), None)
-    if element is None:
-        raise InputError(path, "no pixel data: the file is truncated, or is not an image (e.g. a report or a "
-                               "presentation state; a series folder must hold only the images of one series)")
-    deferred = isinstance(element, RawDataElement) and element.value is None and element.value_tell is not None
-    if deferred and element.length != _UNDEFINED_LENGTH:  # encapsulated (compressed) data is checked by parsing
-        size = path.stat().st_size
-        if element.value_tell + element.length > size:
-            raise InputError(path, f"truncated: its pixel data needs {element.length:,} bytes from byte "
-                                   f"{element.value_tell:,} but the file ends at byte {size:,}")
-    return dataset
-
-
 def _counts(values: list, unit: str = "", noun: str = "file") -> str:
     """``"3 mm (10 files), 5 mm (1 file)"``: each distinct value with how often it occurs."""
     return ", ".join(f"{f'{value:g}' if isinstance(value, float) else value}{unit} ({count} {noun}"
                      f"{'' if count == 1 else 's'})" for value, count in sorted(Counter(values).items()))
 
 
-def check_dicom_series(folder: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOXELS) -> int:
-    """Check a DICOM series folder from its headers before ITK reads it; returns the number of image files.
+def check_dicom_series(folder: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOXELS
+                       ) -> list[tuple[Path, pydicom.Dataset]]:
+    """Check a DICOM series folder from its headers before ITK reads it; returns its instances (file, header).
 
-    ITK would silently read the first of several series, skip a truncated file, or stack slices of uneven
-    spacing on one spacing; each of these is refused here instead, naming the folder or the file.
+    ITK would silently read the first of several series (or of the groups it splits one series into by other
+    tags), skip a truncated file, or stack slices of uneven spacing on one spacing; each of these is refused here
+    instead, naming the folder or the file. The instances are those of :func:`bundle.dicom_series.series_instances`,
+    the files the writer writes back.
 
     Raises:
         InputError: a file is not DICOM (by name or marker) or is corrupt or truncated; the folder holds no
-            image or more than one series (their UIDs, file counts and descriptions are listed); the
-            instances differ in size, orientation or slice thickness; two share a position; the slice spacing
-            is not uniform; or the volume is larger than ``max_voxels``.
+            image or more than one series (their UIDs, file counts and descriptions are listed); an instance
+            cannot be written back (:func:`bundle.dicom_series.check_writable_instance`: multi-frame, a transfer
+            syntax without decoder, a rescale that cannot be inverted); the instances differ in size,
+            orientation or slice thickness, or lack position tags; two share a position; the slice spacing is
+            not uniform; or the volume is larger than ``max_voxels``.
     """
     folder = Path(folder)
-    headers: list[tuple[Path, pydicom.Dataset]] = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        required = path.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(path)
-        dataset = read_dicom_header(path, required=required)
-        if dataset is not None:
-            headers.append((path, dataset))
+    headers = series_instances(folder)
     if not headers:
-        raise InputError(folder, "no DICOM image files in the folder")
+        dicomdir = any(p.name.upper() == "DICOMDIR" for p in folder.iterdir())
+        raise InputError(folder, "no DICOM image files in the folder" + (
+            " (only a DICOMDIR: point the entry at the folder of the series it lists)" if dicomdir else ""))
     series: dict[str, list[pydicom.Dataset]] = {}
     for _, dataset in headers:
         series.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append(dataset)
@@ -151,13 +107,18 @@ def check_dicom_series(folder: str | os.PathLike, max_voxels: int | None = DEFAU
         raise InputError(folder, f"instances of different sizes (rows x columns): {_counts(sizes)}")
     frames = sum(int(d.get("NumberOfFrames") or 1) for d in datasets)
     _too_large(folder, (int(datasets[0].get("Columns", 0)), int(datasets[0].get("Rows", 0)), frames), max_voxels)
+    for path, dataset in headers:
+        check_writable_instance(path, dataset)
     thickness = [round(float(d.SliceThickness), 3) for d in datasets if d.get("SliceThickness") not in (None, "")]
     if len(set(thickness)) > 1:
         raise InputError(folder, f"mixed slice thickness: {_counts(thickness, ' mm')}; one series should have "
                                  "one thickness (a reconstruction or a localizer mixed in?)")
     geometry = [d for d in datasets if "ImagePositionPatient" in d and "ImageOrientationPatient" in d]
-    if len(datasets) < 2 or frames != len(datasets) or len(geometry) != len(datasets):
-        return len(datasets)  # one slice, multi-frame files or no geometry: ITK's own reading applies
+    if len(datasets) < 2:
+        return headers
+    if len(geometry) != len(datasets):
+        raise InputError(folder, f"{len(datasets) - len(geometry)} of {len(datasets)} instances have no "
+                                 "ImagePositionPatient / ImageOrientationPatient: their place in the volume is unknown")
     orientations = [tuple(np.round(np.asarray(d.ImageOrientationPatient, float), 4)) for d in geometry]
     if len(set(orientations)) > 1:
         raise InputError(folder, f"instances of different orientations: {_counts([str(o) for o in orientations])}")
@@ -177,7 +138,7 @@ def check_dicom_series(folder: str | os.PathLike, max_voxels: int | None = DEFAU
         raise InputError(folder, f"non-uniform slice spacing: {_counts(found, ' mm', 'gap')} between "
                                  f"{len(positions)} slice positions (tolerance {tolerance:.3g} mm); a missing or "
                                  "extra slice? Resampling would distort the geometry, so it is not done")
-    return len(datasets)
+    return headers
 
 
 def _header_shape(path: Path, kind: str) -> tuple[int, ...] | None:
@@ -207,7 +168,11 @@ class LoadVolume(Transform):
 
     Before any voxel is read, the header is checked: a volume of more than ``max_voxels`` voxels (``None``: no
     limit) is refused, and a DICOM series folder must hold exactly one complete series of uniform slice spacing
-    (:func:`check_dicom_series`); a single DICOM file must be complete (:func:`read_dicom_header`).
+    (:func:`check_dicom_series`); a single DICOM file must be complete (:func:`read_dicom_header`). DICOM is
+    read from exactly the checked instances (every one of them, each with its own rescale), and afterwards
+    checked to be writable back (:func:`bundle.dicom_series.check_write_back`: each instance matches one loaded
+    slice and pydicom, the writer's decoder, reads the values ITK loaded), so nothing about the input fails only
+    after the model ran.
 
     Raises:
         InputError: naming the file, when it is missing, unreadable, corrupt or truncated, too large, is not
@@ -224,8 +189,9 @@ class LoadVolume(Transform):
         if not path.exists():
             raise InputError(path, "file not found")
         kind = volume_format(path)
+        instances = None
         if kind == "dicom_series":
-            check_dicom_series(path, self.max_voxels)
+            instances = check_dicom_series(path, self.max_voxels)
         else:
             try:
                 shape = _header_shape(path, kind)
@@ -235,7 +201,13 @@ class LoadVolume(Transform):
                 raise InputError(path, f"cannot be read as an image ({type(error).__name__}: {error})") from error
             if shape is not None:
                 _too_large(path, shape, self.max_voxels)
-        reader = NibabelReader() if kind == "nifti" else ITKReader()
+            if kind == "dicom_file":
+                instances = [(path, read_dicom_header(path))]
+                check_writable_instance(*instances[0])
+        if kind == "nifti":
+            reader = NibabelReader()
+        else:  # DICOM: exactly the instances checked above, the ones the writer writes back
+            reader = DicomSeriesReader(in_slice_order(instances)) if instances else ITKReader()
         try:
             volume = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=self.dtype)(str(path))
         except Exception as error:  # any reader failure: corrupt, truncated or unsupported file
@@ -251,6 +223,11 @@ class LoadVolume(Transform):
         if not torch.isfinite(volume).all():
             bad = int((~torch.isfinite(volume)).sum())
             raise InputError(path, f"{bad} voxels are NaN or infinite")
+        if instances:
+            if spatial_shape[2] != len(instances):
+                raise InputError(path, f"ITK read {spatial_shape[2]} slices from the {len(instances)} DICOM instances "
+                                       "of the series")
+            check_write_back(path, instances, volume[0].numpy(), np.asarray(volume.affine, float))
         volume.meta["filename_or_obj"] = str(path)
         volume.meta["volume_format"] = kind
         volume.meta["source_affine"] = np.asarray(volume.affine, float).tolist()

@@ -7,10 +7,11 @@ resolution and exact values: with a model that returns its input, the written vo
 (NIfTI: bit for bit; DICOM: within one stored unit).
 
 Formats: NIfTI in, NIfTI out (same dtype, affine, qform/sform, header; ``descrip`` says synthetic); DICOM in
-(a series folder or one file), a new DICOM series out (new Study/Series/SOP Instance UIDs, ``ImageType``
-DERIVED\\SECONDARY, a ``SeriesDescription`` saying synthetic, every geometry and patient/study tag kept);
-any other ITK format out in the same format with the same geometry. Each output is written under a
-temporary name and renamed, and is never an input path. Beside it: a provenance JSON and a PNG preview.
+(a series folder or one file), a new DICOM series out, uncompressed (new Study/Series/SOP Instance UIDs,
+every geometry tag kept, marked synthetic and referencing its source instances, de-identified unless
+``keep_patient_identity``: :mod:`bundle.synthetic_dicom`); any other ITK format out in the same format with
+the same geometry. Each output is written under a temporary name and renamed, and is never an input path.
+Beside it: a provenance JSON and a PNG preview.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import itk
@@ -33,18 +35,27 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Orientation
 from pydicom.uid import generate_uid
 
+from bundle.dicom_series import match_instances, source_instances
 from bundle.errors import InputError
 from bundle.intensity import invert_intensity
-from bundle.loading import is_dicom_file
 from bundle.model_grid import invert_to_slice
 from bundle.preview import render_preview
 from bundle.provenance import make_readable, provenance_record, remove_leftovers, write_json_atomically
+from bundle.synthetic_dicom import (
+    DEIDENTIFICATION_METHOD,
+    SYNTHETIC_DESCRIPTION,
+    Deidentifier,
+    check_deidentifiable,
+    derived_series_number,
+    mark_synthetic,
+    new_instance_uids,
+    patient_key,
+    reference_source,
+    source_reference,
+)
 
-SYNTHETIC_DESCRIPTION = "SYNTHETIC lesion (MedSoft-Diffusion)"
-DICOM_SERIES_DESCRIPTION_LENGTH = 64
 NIFTI_DESCRIP_LENGTH = 80
 SAFE_NAME_LENGTH = 100
-POSITION_TOLERANCE_VOXELS = 0.05
 
 
 def safe_case_name(name: str) -> str:
@@ -101,66 +112,72 @@ def write_nifti(source: Path, output: Path, delta: np.ndarray) -> None:
     _save_via_temporary(output, image.to_filename)
 
 
-def _dicom_files(source: Path) -> list[Path]:
-    if source.is_dir():
-        return sorted(p for p in source.iterdir() if p.is_file() and is_dicom_file(p))
-    return [source]
+def check_dicom_identity(source: Path, deidentifier: Deidentifier | None) -> None:
+    """Refuse, before predicting, a DICOM input the writer would refuse to de-identify (burned-in annotation)."""
+    if deidentifier is not None:
+        for path, dataset in source_instances(source):
+            check_deidentifiable(str(path), dataset)
 
 
 def write_dicom_series(source: Path, output: Path, delta: np.ndarray, source_affine: np.ndarray,
-                       description: str) -> None:
+                       description: str, deidentifier: Deidentifier | None = None) -> dict[str, object]:
     """Write a new DICOM series into the folder ``output``: each source instance with ``delta`` added.
 
-    ``delta`` is in the loaded volume's voxel order ``(column, row, slice)``; each source file is matched to
-    its slice through its ``ImagePositionPatient`` and the loaded affine (RAS), so the ordering ITK used is
-    never guessed.
+    ``delta`` is in the loaded volume's voxel order ``(column, row, slice)``; the instances are those the loader
+    read (:func:`bundle.dicom_series.series_instances`), each matched to its slice through its
+    ``ImagePositionPatient`` and the loaded affine (RAS), so the ordering ITK used is never guessed. Every
+    instance is written uncompressed (Explicit VR Little Endian), marked synthetic and pointing at its source
+    (:mod:`bundle.synthetic_dicom`), in a new study and series; with a ``deidentifier`` it is de-identified first
+    (PS3.15 basic profile, pseudonymous patient ID), otherwise the patient and study tags are kept.
+
+    Returns:
+        The de-identification record for the provenance (``{}`` when identity is kept): the method and the real
+        -> pseudonym mapping of the patient ID and the source series and study UIDs.
     """
-    to_voxel = np.linalg.inv(np.asarray(source_affine, float))
+    instances = source_instances(source)
+    indices = match_instances(source, instances, source_affine, delta.shape[2])
     study_uid, series_uid = generate_uid(), generate_uid()
+    created = datetime.now()
+    identity: dict[str, object] = {}
     temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     try:
-        written = 0
-        for path in _dicom_files(source):
+        for number, ((path, _), index) in enumerate(zip(instances, indices)):
             dataset = pydicom.dcmread(path)
-            if source.is_dir():
-                position_ras = np.asarray(dataset.ImagePositionPatient, float) * [-1.0, -1.0, 1.0]
-                voxel = to_voxel @ np.append(position_ras, 1.0)
-                index = round(voxel[2])
-                if (np.abs(voxel[:2]).max() > POSITION_TOLERANCE_VOXELS
-                        or abs(voxel[2] - index) > POSITION_TOLERANCE_VOXELS or not 0 <= index < delta.shape[2]):
-                    continue  # an instance of another series or geometry in the same folder
-            else:
-                index = 0
+            source_uids = source_reference(dataset)
             stored = dataset.pixel_array
-            slope = float(getattr(dataset, "RescaleSlope", 1.0))
-            intercept = float(getattr(dataset, "RescaleIntercept", 0.0))
-            values = stored.astype(np.float64) * slope + intercept + delta[:, :, index].T
-            new_stored = (values - intercept) / slope
+            slope = float(dataset.get("RescaleSlope") or 1.0)
+            new_stored = stored.astype(np.float64) + delta[:, :, index].T / slope
             bits_stored = int(dataset.BitsStored)
             if dataset.PixelRepresentation == 1:
                 low, high = -(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1
             else:
                 low, high = 0, 2**bits_stored - 1
             pixels = np.clip(np.rint(new_stored), low, high).astype(stored.dtype)
-            dataset.set_pixel_data(pixels, dataset.PhotometricInterpretation, bits_stored)
-            dataset.StudyInstanceUID = study_uid
-            dataset.SeriesInstanceUID = series_uid
-            dataset.SOPInstanceUID = generate_uid()
-            dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-            dataset.ImageType = ["DERIVED", "SECONDARY", *list(getattr(dataset, "ImageType", []))[2:]]
-            series = f"SYNTHETIC {getattr(dataset, 'SeriesDescription', '')}".strip()
-            dataset.SeriesDescription = series[:DICOM_SERIES_DESCRIPTION_LENGTH]
-            dataset.DerivationDescription = f"{SYNTHETIC_DESCRIPTION}: {description}"[:1024]
-            dataset.save_as(temporary / f"IM_{written:05d}.dcm", enforce_file_format=True)
-            written += 1
-        if written != delta.shape[2]:
-            raise InputError(source, f"matched {written} DICOM instances to the {delta.shape[2]} slices loaded")
+            dataset.set_pixel_data(pixels, dataset.PhotometricInterpretation, bits_stored, generate_instance_uid=False)
+            dataset.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+            series_description = str(dataset.get("SeriesDescription", ""))
+            series_number = derived_series_number(dataset)
+            if deidentifier is not None:
+                check_deidentifiable(str(path), dataset)
+                real = patient_key(dataset, str(source.resolve()))
+                pseudonym = deidentifier.pseudonym(real)
+                deidentifier(dataset, pseudonym)
+                mapped = {key: deidentifier.uid(uid) for key, uid in source_uids.items() if key != "sop_class"}
+                identity = {"method": DEIDENTIFICATION_METHOD, "patient_id": {"real": real, "pseudonym": pseudonym},
+                            "source_series_uid": {"real": source_uids["series"], "pseudonym": mapped["series"]},
+                            "source_study_uid": {"real": source_uids["study"], "pseudonym": mapped["study"]}}
+                source_uids, series_description = {**source_uids, **mapped}, ""
+            reference_source(dataset, source_uids)
+            new_instance_uids(dataset, study_uid, series_uid)
+            mark_synthetic(dataset, description, series_description, series_number, created)
+            dataset.save_as(temporary / f"IM_{number:05d}.dcm", enforce_file_format=True)
         make_readable(temporary)
         if output.exists():
             shutil.rmtree(output)
         os.replace(temporary, output)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+    return identity
 
 
 def write_itk_image(source: Path, output: Path, delta: np.ndarray) -> None:
@@ -203,11 +220,16 @@ class SyntheticVolumeWriter:
             native pixels, kept before resampling.
         weight_by_soft_mask: multiply the change by the soft mask, so nothing outside the mask changes.
         suffix: appended to the case name for every output file.
+        keep_patient_identity: write DICOM output with the source's patient and study tags. By default (``False``)
+            it is de-identified (:class:`bundle.synthetic_dicom.Deidentifier`: PS3.15 basic profile, a
+            pseudonymous patient ID that is the same for a patient's cases within the run; the mapping is only in
+            the provenance record).
     """
 
     def __init__(self, output_dir: str | os.PathLike, grid: Compose, image_key: str = "image",
                  native_image_key: str = "native_image", native_soft_mask_key: str = "native_soft_mask",
-                 weight_by_soft_mask: bool = True, suffix: str = "_synthetic") -> None:
+                 weight_by_soft_mask: bool = True, suffix: str = "_synthetic", keep_patient_identity: bool = False
+                 ) -> None:
         self.output_dir = Path(output_dir)
         self.grid = grid
         self.image_key = image_key
@@ -215,6 +237,7 @@ class SyntheticVolumeWriter:
         self.native_soft_mask_key = native_soft_mask_key
         self.weight_by_soft_mask = weight_by_soft_mask
         self.suffix = suffix
+        self.deidentifier = None if keep_patient_identity else Deidentifier()
 
     def slice_change(self, item: Mapping, prediction: torch.Tensor) -> torch.Tensor:
         """The model's change on the slice's native pixels, in model intensity units: ``(1, H, W)``."""
@@ -256,10 +279,12 @@ class SyntheticVolumeWriter:
         delta_source = in_source_order[0].numpy()
 
         text = str(items[0].get("text", ""))
+        identity: dict[str, object] = {}
         if source_format == "nifti":
             write_nifti(source, output, delta_source)
         elif source_format in ("dicom_series", "dicom_file"):
-            write_dicom_series(source, output, delta_source, source_affine, text)
+            identity = write_dicom_series(source, output, delta_source, source_affine, text, self.deidentifier)
+            identity = {"deidentification": identity or {"keep_patient_identity": True}}
         else:
             write_itk_image(source, output, delta_source)
 
@@ -268,7 +293,7 @@ class SyntheticVolumeWriter:
             "mask_source": items[0].get("mask_source"), "seed": items[0].get("seed"),
             "slices": {"canonical_axcodes": placement.get("canonical_axcodes"), "slice_axis": axis,
                        "indices": [int(i["placement"]["slice_index"]) for i in items]},
-            **(details or {}),
+            **identity, **(details or {}),
         })
         preview = self.output_dir / f"{case_name}{self.suffix}.png"
         shown = max(range(len(items)), key=lambda i: float(torch.as_tensor(items[i][self.native_soft_mask_key]).sum()))

@@ -82,7 +82,7 @@ def test_dicom_series_round_trip_and_new_synthetic_series(shared_data, tmp_path)
     entries = [{"case_id": "ct", "image": str(CT_DICOM), "vertebra_seg": str(CT_DICOM_SEG),
                 "mask_labels": [T12_LABEL], "text": "lytic lesion in T12"}]
     datalist = write_datalist(tmp_path / "list.json", entries)
-    report = run_job(datalist, tmp_path / "identity", **IDENTITY)
+    report = run_job(datalist, tmp_path / "identity", **IDENTITY, keep_patient_identity=True)
     assert not report["failed"]
     output = tmp_path / "identity" / "ct_synthetic"
     assert report["written"][0]["volume"] == str(output) and output.is_dir()
