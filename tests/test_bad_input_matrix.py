@@ -266,6 +266,10 @@ def odd_niftis(tmp_path, shared_data):
     singular = affine.copy()
     singular[:3, 2] = 0.0  # the third voxel axis has no length
     files["singular_affine"] = with_sform(plain, tmp_path / "singular_affine.nii", singular)
+    files["slope_zero"] = tmp_path / "slope_zero.nii"  # scl_slope 0 (with an intercept): "not scaled" in NIfTI
+    raw = bytearray(plain.read_bytes())
+    raw[112:120] = np.array([0.0, 5.0], "<f4").tobytes()  # scl_slope, scl_inter
+    files["slope_zero"].write_bytes(bytes(raw))
     not_finite = affine.copy()
     not_finite[0, 3] = np.nan
     files["nan_affine"] = with_sform(plain, tmp_path / "nan_affine.nii", not_finite)
@@ -306,7 +310,7 @@ def test_niftis_that_cannot_be_read_as_one_real_volume_are_refused(shared_data, 
 def test_scaled_and_singleton_niftis_are_written_back_exactly(shared_data, tmp_path, odd_niftis):
     """With a model that returns its input, every stored value comes back bit for bit, with the file's own
     scaling and shape; the masked image then changes the vertebra, on the same scaling."""
-    names = ["scaled", "singleton", "singleton_cube"]
+    names = ["scaled", "slope_zero", "singleton", "singleton_cube"]
     entries = [{**GOOD_SCT, "vertebra_seg": None, "point": [30, 27, 26], "box_size_mm": 12,
                 "image": str(odd_niftis[name]), "case_id": name} for name in names]
     datalist = write_datalist(tmp_path / "list.json", entries)
@@ -325,6 +329,8 @@ def test_scaled_and_singleton_niftis_are_written_back_exactly(shared_data, tmp_p
                 assert 0 < changed.sum() < 0.05 * changed.size, (name, changed.sum())
     scaled = nib.load(str(odd_niftis["scaled"]))
     assert scaled.dataobj.slope != 1.0 and scaled.dataobj.inter != 0.0  # the fixture is really scaled
+    assert (nib.load(str(odd_niftis["slope_zero"])).dataobj.slope, nib.load(str(odd_niftis["slope_zero"])).dataobj.inter
+            ) == (1.0, 0.0)  # slope 0 reads as unscaled, its intercept ignored, as the NIfTI standard says
 
 
 @pytest.mark.parametrize("extension, data_file", [(".mhd", ".raw"), (".hdr", ".img")])
