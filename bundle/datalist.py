@@ -40,9 +40,10 @@ def load_datalist(path: str | os.PathLike, split: str = "test", base_dir: str | 
     not_objects = [(index, entry) for index, entry in enumerate(content[split]) if not isinstance(entry, dict)]
     if not_objects:
         index, entry = not_objects[0]
-        raise InputError(path, f"{len(not_objects)} of the {len(content[split])} entries of {split!r} are not JSON "
-                               f"objects, e.g. entry {index} is a {_json_kind(entry)} ({json.dumps(entry)[:80]}); each "
-                               "entry must be an object such as {\"image\": ..., \"text\": ...}")
+        raise InputError(path, f"{len(not_objects)} of the {len(content[split])} entries of {split!r} "
+                               f"{'is' if len(not_objects) == 1 else 'are'} not a JSON object, e.g. entry {index} is a "
+                               f"{_json_kind(entry)} ({json.dumps(entry)[:80]}); each entry must be an object such as "
+                               '{"image": ..., "text": ...}')
     base = Path(base_dir) if base_dir is not None else path.parent
     entries = []
     for index, entry in enumerate(content[split]):

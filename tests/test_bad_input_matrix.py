@@ -359,7 +359,7 @@ def test_header_and_data_file_formats_are_written_whole(shared_data, tmp_path, e
     ([{"image": "a.nii.gz"}], (r"the datalist is a JSON list, not an object of lists: expected e\.g\. "
                               r'\{"test": \[\{"image": \.\.\., "text": \.\.\., "point": \[x, y, z\]\}, \.\.\.\]\}')),
     ({"test": ["a.nii.gz", {"image": "b.nii.gz"}, 3]},
-     (r"2 of the 3 entries of 'test' are not JSON objects, e\.g\. entry 0 is a string \(\"a\.nii\.gz\"\); each entry "
+     (r"2 of the 3 entries of 'test' are not a JSON object, e\.g\. entry 0 is a string \(\"a\.nii\.gz\"\); each entry "
      r'must be an object such as \{"image": \.\.\., "text": \.\.\.\}')),
     ({"test": {"image": "a.nii.gz"}}, r"a JSON object, not a list, named 'test' \(lists found: \[\]\)"),
     ({"training": []}, r"no list named 'test' \(lists found: \['training'\]\)"),
