@@ -14,8 +14,8 @@ from monai.engines import Evaluator
 from monai.transforms import Compose
 
 from bundle.datalist import load_datalist
-from bundle.errors import find_input_error
-from bundle.provenance import write_json_atomically
+from bundle.errors import InputError, describe_failure, find_input_error
+from bundle.provenance import check_folder_writable, write_json_atomically
 from bundle.writer import SyntheticVolumeWriter
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,39 @@ class DiffusionPredictor:
         return results
 
 
+def output_name_clashes(cases: Sequence[Mapping], output_stem: Callable[[Mapping], str]) -> dict[int, InputError]:
+    """The entries (by 1-based number) whose outputs would have the same names as another entry's, each with the
+    error that refuses it: equal case ids (or ids that differ only in letter case, which share a file on
+    case-insensitive file systems). ``output_stem`` gives an entry's output name stem. Entries whose stem cannot
+    be made (no ``case_id`` and no ``image``) are left to the entry checks."""
+    groups: dict[str, list[int]] = {}
+    for number, case in enumerate(cases, start=1):
+        try:
+            stem = output_stem(case)
+        except (KeyError, TypeError, AttributeError):
+            continue
+        groups.setdefault(stem.casefold(), []).append(number)
+    clashes = {}
+    for numbers in groups.values():
+        if len(numbers) < 2:
+            continue
+        ids = [cases[n - 1].get("case_id") for n in numbers]
+        images = ", ".join(str(cases[n - 1].get("image")) for n in numbers)
+        how = "the same case id" if len({str(i) for i in ids}) == 1 else "case ids that differ only in letter case"
+        for number, case_id in zip(numbers, ids):
+            clashes[number] = InputError(case_id, (
+                f"entries {', '.join(map(str, numbers))} of the datalist have {how} "
+                f"({', '.join(repr(i) for i in ids)}), so their outputs ({output_stem(cases[number - 1])}.*) would "
+                f"overwrite each other; none of them is written: give each entry its own case_id (images: {images})"))
+    return clashes
+
+
 class SynthesisJob:
-    """For each case: preprocess (one item per slice), predict, write; then a ``report.json``.
+    """For each case: preprocess (one item per slice), check the outputs can be written, predict, write; then a
+    ``report.json``.
+
+    Before any case runs, the output folders must be writable (else :class:`bundle.errors.OutputError`), and
+    entries whose outputs would share names (equal case ids) are refused (:func:`output_name_clashes`).
 
     Args:
         cases: datalist entries, or the path of a datalist JSON (with ``split``).
@@ -99,21 +130,41 @@ class SynthesisJob:
     def run_case(self, case: Mapping) -> dict[str, str]:
         items = self.preprocessing(dict(case))
         items = items if isinstance(items, list) else [items]
+        self.writer.check_writable(items)  # before the expensive prediction
         with torch.no_grad():
             predictions = self.predictor(items)
         return self.writer(items, predictions, self.details)
 
     def start(self) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        """Check the output folders can be written to, remove an interrupted run's temporary files, find clashing
+        output names.
+
+        Raises:
+            OutputError: naming the output folder that cannot be written to.
+        """
+        for folder in dict.fromkeys([self.output_dir, self.writer.output_dir]):
+            check_folder_writable(folder)
         for path in self.writer.remove_partial_outputs():
             logger.warning("removed %s, left half-written by an interrupted run", path)
+        self.clashes = output_name_clashes(self.cases, self.writer.output_stem)
         self.written: list[dict[str, str]] = []
         self.skipped: list[dict[str, str]] = []
         self.failed: list[dict[str, object]] = []
 
+    def fail(self, number: int, case: Mapping, error: BaseException) -> None:
+        """Record case ``number``'s failure: the bad input or the output it is about, else what failed and where,
+        after the case's image."""
+        case_id = str(case.get("case_id", case.get("image")))
+        problem = describe_failure(error, case.get("image"))
+        self.failed.append({"case_id": case_id, "error": problem, "bad_input": find_input_error(error) is not None})
+        logger.error("[%d/%d] %s failed: %s", number, len(self.cases), case_id, problem)
+
     def process(self, number: int, case: Mapping) -> None:
         """Run case ``number`` (1-based) and record its outputs, or its failure without raising."""
         case_id = str(case.get("case_id", case.get("image")))
+        if number in self.clashes:
+            self.fail(number, case, self.clashes[number])
+            return
         earlier = self.writer.completed(case, self.details) if self.skip_completed else None
         if earlier is not None:
             self.skipped.append({"case_id": case_id, **earlier})
@@ -124,10 +175,7 @@ class SynthesisJob:
         try:
             outputs = self.run_case(case)
         except Exception as error:  # noqa: BLE001 - report the case and go on with the others
-            input_error = find_input_error(error)
-            problem = str(input_error) if input_error else f"{type(error).__name__}: {error}"
-            self.failed.append({"case_id": case_id, "error": problem, "bad_input": input_error is not None})
-            logger.error("[%d/%d] %s failed: %s", number, len(self.cases), case_id, problem)
+            self.fail(number, case, error)
             return
         self.written.append({"case_id": case_id, **outputs})
         logger.info("[%d/%d] %s -> %s (%.1f s)", number, len(self.cases), case_id, outputs["volume"],

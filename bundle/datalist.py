@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import get_args
 
 from monai.transforms import Transform
 
 from bundle.errors import InputError
+from bundle.soft_mask import CoordinateSpace
 
 FILE_KEYS = ("image", "vertebra_seg", "lesion_seg")
 MAX_TEXT_LENGTH = 1000  # characters; far beyond what CLIP's 77 or BiomedCLIP's 256 tokens hold
@@ -27,8 +30,20 @@ def load_datalist(path: str | os.PathLike, split: str = "test", base_dir: str | 
         content = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise InputError(path, f"cannot read the datalist ({error})") from error
+    if not isinstance(content, dict):
+        raise InputError(path, f"the datalist is a JSON {_json_kind(content)}, not an object of lists: expected e.g. "
+                               f'{{"{split}": [{{"image": ..., "text": ..., "point": [x, y, z]}}, ...]}}')
     if split not in content or not isinstance(content[split], list):
-        raise InputError(path, f"no list named {split!r} (found: {sorted(k for k, v in content.items() if isinstance(v, list))})")
+        found = sorted(k for k, v in content.items() if isinstance(v, list))
+        what = "no list" if split not in content else f"a JSON {_json_kind(content[split])}, not a list,"
+        raise InputError(path, f"{what} named {split!r} (lists found: {found})")
+    not_objects = [(index, entry) for index, entry in enumerate(content[split]) if not isinstance(entry, dict)]
+    if not_objects:
+        index, entry = not_objects[0]
+        raise InputError(path, f"{len(not_objects)} of the {len(content[split])} entries of {split!r} "
+                               f"{'is' if len(not_objects) == 1 else 'are'} not a JSON object, e.g. entry {index} is a "
+                               f"{_json_kind(entry)} ({json.dumps(entry)[:80]}); each entry must be an object such as "
+                               '{"image": ..., "text": ...}')
     base = Path(base_dir) if base_dir is not None else path.parent
     entries = []
     for index, entry in enumerate(content[split]):
@@ -39,6 +54,12 @@ def load_datalist(path: str | os.PathLike, split: str = "test", base_dir: str | 
                 entry[key] = str(base / entry[key])
         entries.append(entry)
     return entries
+
+
+def _json_kind(value: object) -> str:
+    """The JSON name of ``value``'s type, for messages: object, list, string, number, boolean or null."""
+    kinds = ((dict, "object"), (list, "list"), (str, "string"), (bool, "boolean"), ((int, float), "number"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), "null")
 
 
 def holdout_split(entries: Sequence[Mapping], part: str, fraction: float = 0.15, seed: int = 0,
@@ -82,8 +103,51 @@ def training_split(datalist: str | os.PathLike, part: str, fraction: float = 0.1
     return holdout_split(load_datalist(datalist, "training"), part, fraction, seed)
 
 
+MASK_SOURCE_FIELDS = ("coordinate_space", "box", "point", "box_size_mm", "mask_labels")
+
+
+def _finite_numbers(value: object, count: int | None = None) -> bool:
+    """``value`` is a list of ``count`` (any number when ``None``) finite real numbers (booleans are not numbers)."""
+    return (isinstance(value, (list, tuple)) and (count is None or len(value) == count)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def entry_field_problem(key: str, value: object, file_keys: Sequence[str] = FILE_KEYS, text_key: str = "text"
+                        ) -> str | None:
+    """What is wrong with the form of a datalist entry's field ``key`` (``None``: nothing; an absent or ``null``
+    field is never wrong here). ``file_keys`` are paths, ``text_key`` the lesion text, and the mask-source fields
+    (:data:`MASK_SOURCE_FIELDS`) those :class:`bundle.soft_mask.SoftMaskFromSourced` reads."""
+    if value is None:
+        return None
+    got = f"got {json.dumps(value, default=str)[:120]}"
+    if key == "case_id":
+        ok = isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip() != ""
+        return None if ok else f"must be a non-empty string or an integer, {got}"
+    if key in file_keys:
+        return None if isinstance(value, str) and value.strip() else f"must be the path of a file or folder, {got}"
+    if key == text_key:
+        return None if isinstance(value, str) else f"must be a string (the lesion's description), {got}"
+    if key == "coordinate_space":
+        spaces = get_args(CoordinateSpace)
+        return None if value in spaces else f"must be one of {list(spaces)} (voxel indices or RAS mm), {got}"
+    if key == "box":
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_finite_numbers(c, 3) for c in value)
+        return None if ok else f"must be two corners of 3 finite numbers each, [[x0, y0, z0], [x1, y1, z1]], {got}"
+    if key == "point":
+        return None if _finite_numbers(value, 3) else f"must be 3 finite numbers [x, y, z], {got}"
+    if key == "box_size_mm":
+        sizes = value if isinstance(value, (list, tuple)) else [value]
+        ok = len(sizes) in (1, 3) and _finite_numbers(sizes) and all(v > 0 for v in sizes)
+        return None if ok else f"must be a positive size in mm, one number or one per axis [sx, sy, sz], {got}"
+    if key == "mask_labels":
+        ok = _finite_numbers(value) and all(float(v).is_integer() for v in value)
+        return None if ok else f"must be a list of integer label values, e.g. [30], {got}"
+    return None
+
+
 class ValidateEntryd(Transform):
-    """Check a datalist entry before loading: its files exist, it has a lesion text and a soft-mask source.
+    """Check a datalist entry before loading: its files exist, it has a lesion text and a soft-mask source, and
+    each field has the form it needs (:func:`entry_field_problem`).
 
     Records every input file under ``"input_files"`` so writers can refuse to overwrite any of them.
 
@@ -91,7 +155,8 @@ class ValidateEntryd(Transform):
     only its first 77 (CLIP) or 256 (BiomedCLIP) tokens, so the rest would be dropped without a word.
 
     Raises:
-        InputError: naming the case and the missing file, text or mask source, or the over-long text.
+        InputError: naming the case and the missing file, text or mask source, the over-long text, or the field
+            of the wrong form (with the image it is about).
     """
 
     def __init__(self, file_keys: Sequence[str] = ("image", "vertebra_seg"), text_key: str = "text",
@@ -108,6 +173,10 @@ class ValidateEntryd(Transform):
         case = d.get("case_id", d.get("image", "<entry>"))
         if not d.get("image"):
             raise InputError(case, "entry has no 'image'")
+        for key in ("case_id", *self.file_keys, self.text_key, *MASK_SOURCE_FIELDS):
+            problem = entry_field_problem(key, d.get(key), self.file_keys, self.text_key)
+            if problem:
+                raise InputError(case, f"'{key}' {problem}" + ("" if key == "image" else f" (image {d['image']})"))
         for key in self.file_keys:
             if d.get(key) is not None and not Path(str(d[key])).exists():
                 raise InputError(d[key], f"file not found (case {case}, key '{key}')")

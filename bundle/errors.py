@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 
@@ -19,20 +20,53 @@ class InputError(ValueError):
         super().__init__(f"{self.source}: {problem}")
 
 
+class OutputError(OSError):
+    """An output that cannot be written: the folder is not writable, the disk is full, too little space is left.
+
+    The message starts with the path it is about, e.g. ``"/out/case_synthetic.nii.gz: could not be written
+    (OSError: [Errno 28] No space left on device)"``.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions behind it (``__cause__``, else ``__context__``), outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def find_input_error(error: BaseException) -> InputError | None:
     """Return the :class:`InputError` behind ``error``.
 
     MONAI's ``Compose`` re-raises a transform's exception as ``RuntimeError("applying transform ...")``; the
     user should see the original message, so walk the ``__cause__`` / ``__context__`` chain.
     """
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, InputError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    return next((e for e in _chain(error) if isinstance(e, InputError)), None)
+
+
+_APPLYING = re.compile(r"applying transform <([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
+def describe_failure(error: BaseException, source: str | os.PathLike | None = None) -> str:
+    """The message a user sees for a failed case: the :class:`InputError` or :class:`OutputError` behind
+    ``error`` as it is (it starts with its file), else ``"<source>: <type>: <message> (in <transform class>)"``
+    for the original exception behind MONAI's ``"applying transform <... object at 0x...>"`` wrappers."""
+    chain = _chain(error)
+    named = next((e for e in chain if isinstance(e, (InputError, OutputError))), None)
+    if named is not None:
+        return str(named)
+    transforms = [m.group(1).rsplit(".", 1)[-1] for e in chain for m in [_APPLYING.search(str(e))] if m]
+    root = next((e for e in chain if not _APPLYING.search(str(e))), chain[-1])
+    where = f" (in {transforms[-1]})" if transforms else ""
+    return f"{'' if source is None else f'{source}: '}{type(root).__name__}: {root}{where}"
 
 
 def check_state_dict(source: str | os.PathLike, found: Mapping[str, object], expected: Mapping[str, object],

@@ -141,6 +141,46 @@ def check_dicom_series(folder: str | os.PathLike, max_voxels: int | None = DEFAU
     return headers
 
 
+def check_nifti_voxel_type(path: str | os.PathLike) -> None:
+    """Refuse a NIfTI whose voxels cannot be read as one real number each, from its header alone.
+
+    Complex voxels (their imaginary part would be dropped without a word) and RGB / structured voxels are refused.
+
+    Raises:
+        InputError: naming the file and the voxel type.
+    """
+    header = nib.load(str(path)).header
+    dtype = np.dtype(header.get_data_dtype())
+    if dtype.kind == "c":
+        raise InputError(path, f"complex-valued voxels ({dtype.name}): only real images are supported and the "
+                               "imaginary part would be lost; save the magnitude (or the real part) as its own "
+                               "image first")
+    if dtype.kind not in "iuf":
+        raise InputError(path, f"voxels of type {dtype} (e.g. RGB colour) are not one real number each; save one "
+                               "grey-value channel as a scalar image first")
+
+
+def check_affine(path: str | os.PathLike, affine: np.ndarray | torch.Tensor) -> None:
+    """Refuse a volume whose voxel-to-world affine has non-finite entries or cannot be inverted (a voxel axis of
+    zero length, or two axes along the same direction): its geometry is broken, and masks in world coordinates,
+    orientation and the writer's mapping back would all be wrong or fail late.
+
+    Raises:
+        InputError: naming the file, the affine's problem and its first three rows.
+    """
+    matrix = np.asarray(affine, dtype=float)
+    shown = np.round(matrix[:3], 3).tolist()
+    if not np.isfinite(matrix).all():
+        raise InputError(path, f"the voxel-to-world affine has NaN or infinite entries: {shown}; fix the header's "
+                               "orientation (NIfTI sform / qform, DICOM position and orientation)")
+    spacing = voxel_spacing_mm(matrix)
+    singular = np.linalg.cond(matrix[:3, :3]) > 1e8 if spacing.min() > 0 else True
+    if singular:
+        raise InputError(path, f"the voxel-to-world affine cannot be inverted (voxel spacing "
+                               f"{' x '.join(f'{s:.3g}' for s in spacing)} mm): {shown}; fix the header's orientation "
+                               "(NIfTI sform / qform, DICOM position and orientation)")
+
+
 def _header_shape(path: Path, kind: str) -> tuple[int, ...] | None:
     """The voxel shape a file's header declares, read without its voxel data (``None`` when unknown)."""
     if kind == "nifti":
@@ -176,8 +216,9 @@ class LoadVolume(Transform):
 
     Raises:
         InputError: naming the file, when it is missing, unreadable, corrupt or truncated, too large, is not
-            3-D (2-D or 4-D input), has more than one channel, or contains NaN / infinite voxels; for a DICOM
-            folder, see :func:`check_dicom_series`.
+            3-D (2-D or 4-D input), has more than one channel, has complex or RGB voxels
+            (:func:`check_nifti_voxel_type`), contains NaN / infinite voxels, or has a broken affine
+            (:func:`check_affine`); for a DICOM folder, see :func:`check_dicom_series`.
     """
 
     def __init__(self, dtype: np.dtype | type = np.float32, max_voxels: int | None = DEFAULT_MAX_VOXELS) -> None:
@@ -194,6 +235,8 @@ class LoadVolume(Transform):
             instances = check_dicom_series(path, self.max_voxels)
         else:
             try:
+                if kind == "nifti":
+                    check_nifti_voxel_type(path)
                 shape = _header_shape(path, kind)
             except InputError:
                 raise
@@ -205,7 +248,9 @@ class LoadVolume(Transform):
                 instances = [(path, read_dicom_header(path))]
                 check_writable_instance(*instances[0])
         if kind == "nifti":
-            reader = NibabelReader()
+            # a NIfTI of shape (X, Y, Z, 1[, 1 ...]) is one 3-D volume: its singleton dimensions are dropped here
+            # and restored by the writer
+            reader = NibabelReader(squeeze_non_spatial_dims=True)
         else:  # DICOM: exactly the instances checked above, the ones the writer writes back
             reader = DicomSeriesReader(in_slice_order(instances)) if instances else ITKReader()
         try:
@@ -223,6 +268,7 @@ class LoadVolume(Transform):
         if not torch.isfinite(volume).all():
             bad = int((~torch.isfinite(volume)).sum())
             raise InputError(path, f"{bad} voxels are NaN or infinite")
+        check_affine(path, volume.affine)
         if instances:
             if spatial_shape[2] != len(instances):
                 raise InputError(path, f"ITK read {spatial_shape[2]} slices from the {len(instances)} DICOM instances "

@@ -35,7 +35,8 @@ def render_preview(path: str | os.PathLike, image: np.ndarray, soft_mask: np.nda
         axis.axis("off")
         figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.02)
     if title:
-        figure.suptitle("\n".join(textwrap.wrap(title, 140)[:3]), fontsize=9)
+        # parse_math=False: the text is shown as written; "$...$" in it is not read as (possibly invalid) TeX
+        figure.suptitle("\n".join(textwrap.wrap(title, 140)[:3]), fontsize=9, parse_math=False)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

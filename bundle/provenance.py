@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import bundle
+from bundle.errors import OutputError
 
 HASH_CHUNK_BYTES = 1 << 20
 
@@ -31,6 +32,14 @@ def sha256_of_path(path: str | os.PathLike) -> str:
             for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def size_of_path(path: str | os.PathLike) -> int:
+    """Bytes of a file, or of all files in a folder (0 when it does not exist)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.is_file() else 0
 
 
 @lru_cache(maxsize=1)
@@ -93,6 +102,15 @@ def write_json_atomically(path: str | os.PathLike, record: Mapping[str, object])
     return write_atomically(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 
+def remove_path(path: str | os.PathLike) -> None:
+    """Delete a file or a folder with its contents (a link is removed, not followed); nothing if it is absent."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def remove_leftovers(folder: str | os.PathLike, name_pattern: str) -> list[Path]:
     """Delete the files and folders in ``folder`` whose whole name matches ``name_pattern`` (a regular
     expression): the temporary outputs a killed run left behind. Returns what was removed."""
@@ -100,6 +118,54 @@ def remove_leftovers(folder: str | os.PathLike, name_pattern: str) -> list[Path]
     removed = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         if re.fullmatch(name_pattern, path.name):
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            remove_path(path)
             removed.append(path)
     return removed
+
+
+def check_folder_writable(folder: str | os.PathLike, needed_bytes: int = 0) -> None:
+    """Create ``folder`` if needed and check that a file can be written in it and that about ``needed_bytes`` are
+    free there, so a job stops before its expensive steps rather than when it saves.
+
+    Raises:
+        OutputError: naming the folder, when it cannot be created or written to (permissions, a read-only file
+            system, a file in the way) or has less than ``needed_bytes`` free.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(prefix=".write_test.", suffix=".partial", dir=folder)
+        os.close(descriptor)
+        os.unlink(probe)
+        free = shutil.disk_usage(folder).free
+    except OSError as error:
+        raise OutputError(folder, f"cannot write to this folder ({type(error).__name__}: "
+                                  f"{error.strerror or error})") from error
+    if free < needed_bytes:
+        raise OutputError(folder, f"not enough free space: {free / 2**20:,.1f} MiB free, about "
+                                  f"{needed_bytes / 2**20:,.1f} MiB needed; free some space or choose another folder")
+
+
+def move_into_place(staging: str | os.PathLike, folder: str | os.PathLike, last: str) -> list[Path]:
+    """Move every entry of ``staging`` whose name does not start with ``.`` into ``folder``, replacing entries of the
+    same name, the one named ``last`` last; returns the moved paths.
+
+    With ``last`` a record that marks the set as complete, the set appears together or not at all: the earlier
+    ``last`` is removed first, and if a move fails the entries already moved are removed again.
+    """
+    staging, folder = Path(staging), Path(folder)
+    names = sorted(p.name for p in staging.iterdir() if not p.name.startswith(".") and p.name != last) + [last]
+    remove_path(folder / last)
+    moved: list[Path] = []
+    try:
+        for name in names:
+            target = folder / name
+            if target.is_dir() or (staging / name).is_dir():  # a rename cannot replace a folder, nor a file by one
+                remove_path(target)
+            os.replace(staging / name, target)
+            moved.append(target)
+    except BaseException:
+        for target in moved:
+            remove_path(target)
+        raise
+    return moved

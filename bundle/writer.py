@@ -10,8 +10,9 @@ Formats: NIfTI in, NIfTI out (same dtype, affine, qform/sform, header; ``descrip
 (a series folder or one file), a new DICOM series out, uncompressed (new Study/Series/SOP Instance UIDs,
 every geometry tag kept, marked synthetic and referencing its source instances, de-identified unless
 ``keep_patient_identity``: :mod:`bundle.synthetic_dicom`); any other ITK format out in the same format with
-the same geometry. Each output is written under a temporary name and renamed, and is never an input path.
-Beside it: a provenance JSON and a PNG preview.
+the same geometry. Beside it: a provenance JSON and a PNG preview. A case's outputs appear together or not at
+all: they are written into a temporary folder in the output folder and moved into place at the end, the
+provenance record last (it marks the case complete); no output is ever an input path.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -36,11 +37,19 @@ from monai.transforms import Compose, Orientation
 from pydicom.uid import generate_uid
 
 from bundle.dicom_series import match_instances, source_instances
-from bundle.errors import InputError
+from bundle.errors import InputError, OutputError
 from bundle.intensity import invert_intensity
 from bundle.model_grid import invert_to_slice
 from bundle.preview import render_preview
-from bundle.provenance import make_readable, provenance_record, remove_leftovers, write_json_atomically
+from bundle.provenance import (
+    check_folder_writable,
+    make_readable,
+    move_into_place,
+    provenance_record,
+    remove_leftovers,
+    size_of_path,
+    write_json_atomically,
+)
 from bundle.synthetic_dicom import (
     DEIDENTIFICATION_METHOD,
     SYNTHETIC_DESCRIPTION,
@@ -56,6 +65,7 @@ from bundle.synthetic_dicom import (
 
 NIFTI_DESCRIP_LENGTH = 80
 SAFE_NAME_LENGTH = 100
+OUTPUT_SIZE_MARGIN_BYTES = 2**20  # the preview and the provenance record, beside a volume about the input's size
 
 
 def safe_case_name(name: str) -> str:
@@ -82,34 +92,25 @@ def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
-def _save_via_temporary(output: Path, save: Callable[[str], None]) -> None:
-    """Call ``save`` on a temporary path beside ``output`` (same extension), then rename it into place."""
-    descriptor, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".partial{''.join(output.suffixes)}",
-                                        dir=output.parent)
-    os.close(descriptor)
-    temporary = Path(name)
-    try:
-        save(str(temporary))
-        make_readable(temporary)
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def write_nifti(source: Path, output: Path, delta: np.ndarray) -> None:
-    """Original NIfTI + ``delta`` (file voxel order, scanner units) -> ``output`` with the original header."""
+    """Original NIfTI + ``delta`` (file voxel order, scanner units) -> ``output`` with the original header.
+
+    ``delta`` is added in the file's stored units and the file's own scaling (``scl_slope`` / ``scl_inter``) is
+    kept, so every voxel ``delta`` leaves at zero is stored bit for bit (scaled integers included); a file of shape
+    ``(X, Y, Z, 1, ...)`` keeps its singleton dimensions.
+    """
     original = nib.load(str(source))
-    values = np.asanyarray(original.dataobj).astype(np.float64) + delta
+    stored = np.asanyarray(original.dataobj.get_unscaled())
+    if stored.shape[:3] != delta.shape or any(n != 1 for n in stored.shape[3:]):
+        raise ValueError(f"{source}: a change of shape {delta.shape} does not fit its voxels {stored.shape}")
+    slope, inter = float(original.dataobj.slope), float(original.dataobj.inter)
+    data = _cast_like(stored.astype(np.float64) + delta.reshape(stored.shape) / slope, original.get_data_dtype())
     header = original.header.copy()
     header["descrip"] = SYNTHETIC_DESCRIPTION.encode()[:NIFTI_DESCRIP_LENGTH]
-    slope, intercept = original.header.get_slope_inter()
-    on_disk = original.get_data_dtype()
-    if slope is None and intercept is None:
-        data = _cast_like(values, on_disk)
-    else:  # scaled integers: nibabel chooses the scaling, exact to within one stored unit
-        data = values
     image = type(original)(data, None, header=header)
-    _save_via_temporary(output, image.to_filename)
+    if (slope, inter) != (1.0, 0.0):
+        image.header.set_slope_inter(slope, inter)  # nibabel then stores ``data`` as it is, with this scaling
+    image.to_filename(str(output))
 
 
 def check_dicom_identity(source: Path, deidentifier: Deidentifier | None) -> None:
@@ -139,44 +140,38 @@ def write_dicom_series(source: Path, output: Path, delta: np.ndarray, source_aff
     study_uid, series_uid = generate_uid(), generate_uid()
     created = datetime.now()
     identity: dict[str, object] = {}
-    temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    try:
-        for number, ((path, _), index) in enumerate(zip(instances, indices)):
-            dataset = pydicom.dcmread(path)
-            source_uids = source_reference(dataset)
-            stored = dataset.pixel_array
-            slope = float(dataset.get("RescaleSlope") or 1.0)
-            new_stored = stored.astype(np.float64) + delta[:, :, index].T / slope
-            bits_stored = int(dataset.BitsStored)
-            if dataset.PixelRepresentation == 1:
-                low, high = -(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1
-            else:
-                low, high = 0, 2**bits_stored - 1
-            pixels = np.clip(np.rint(new_stored), low, high).astype(stored.dtype)
-            dataset.set_pixel_data(pixels, dataset.PhotometricInterpretation, bits_stored, generate_instance_uid=False)
-            dataset.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-            series_description = str(dataset.get("SeriesDescription", ""))
-            series_number = derived_series_number(dataset)
-            if deidentifier is not None:
-                check_deidentifiable(str(path), dataset)
-                real = patient_key(dataset, str(source.resolve()))
-                pseudonym = deidentifier.pseudonym(real)
-                deidentifier(dataset, pseudonym)
-                mapped = {key: deidentifier.uid(uid) for key, uid in source_uids.items() if key != "sop_class"}
-                identity = {"method": DEIDENTIFICATION_METHOD, "patient_id": {"real": real, "pseudonym": pseudonym},
-                            "source_series_uid": {"real": source_uids["series"], "pseudonym": mapped["series"]},
-                            "source_study_uid": {"real": source_uids["study"], "pseudonym": mapped["study"]}}
-                source_uids, series_description = {**source_uids, **mapped}, ""
-            reference_source(dataset, source_uids)
-            new_instance_uids(dataset, study_uid, series_uid)
-            mark_synthetic(dataset, description, series_description, series_number, created)
-            dataset.save_as(temporary / f"IM_{number:05d}.dcm", enforce_file_format=True)
-        make_readable(temporary)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(temporary, output)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+    output.mkdir()
+    for number, ((path, _), index) in enumerate(zip(instances, indices)):
+        dataset = pydicom.dcmread(path)
+        source_uids = source_reference(dataset)
+        stored = dataset.pixel_array
+        slope = float(dataset.get("RescaleSlope") or 1.0)
+        new_stored = stored.astype(np.float64) + delta[:, :, index].T / slope
+        bits_stored = int(dataset.BitsStored)
+        if dataset.PixelRepresentation == 1:
+            low, high = -(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1
+        else:
+            low, high = 0, 2**bits_stored - 1
+        pixels = np.clip(np.rint(new_stored), low, high).astype(stored.dtype)
+        dataset.set_pixel_data(pixels, dataset.PhotometricInterpretation, bits_stored, generate_instance_uid=False)
+        dataset.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        series_description = str(dataset.get("SeriesDescription", ""))
+        series_number = derived_series_number(dataset)
+        if deidentifier is not None:
+            check_deidentifiable(str(path), dataset)
+            real = patient_key(dataset, str(source.resolve()))
+            pseudonym = deidentifier.pseudonym(real)
+            deidentifier(dataset, pseudonym)
+            mapped = {key: deidentifier.uid(uid) for key, uid in source_uids.items() if key != "sop_class"}
+            identity = {"method": DEIDENTIFICATION_METHOD, "patient_id": {"real": real, "pseudonym": pseudonym},
+                        "source_series_uid": {"real": source_uids["series"], "pseudonym": mapped["series"]},
+                        "source_study_uid": {"real": source_uids["study"], "pseudonym": mapped["study"]}}
+            source_uids, series_description = {**source_uids, **mapped}, ""
+        reference_source(dataset, source_uids)
+        new_instance_uids(dataset, study_uid, series_uid)
+        mark_synthetic(dataset, description, series_description, series_number, created)
+        dataset.save_as(output / f"IM_{number:05d}.dcm", enforce_file_format=True)
+    make_readable(output)
     return identity
 
 
@@ -187,7 +182,7 @@ def write_itk_image(source: Path, output: Path, delta: np.ndarray) -> None:
     new = _cast_like(values.astype(np.float64) + delta.T, values.dtype)
     image = itk.image_from_array(new)
     image.CopyInformation(original)
-    _save_via_temporary(output, lambda path: itk.imwrite(image, path))
+    itk.imwrite(image, str(output))  # with its data file for header + data formats (.mhd + .raw, .hdr + .img)
 
 
 def _output_name(source: Path, source_format: str, case_name: str, suffix: str) -> str:
@@ -206,6 +201,11 @@ def _check_not_input(output: Path, inputs: Sequence[Path]) -> None:
         path = path.resolve()
         if resolved == path or (path.is_dir() and path in resolved.parents) or resolved in path.parents:
             raise InputError(path, f"refusing to write {output}: it would overwrite an input")
+
+
+def _entry_of(items: Sequence[Mapping]) -> dict[str, object]:
+    """The case id and image path of the case that slice items come from (what output names are made of)."""
+    return {"case_id": items[0].get("case_id"), "image": items[0]["placement"]["source"]}
 
 
 class SyntheticVolumeWriter:
@@ -251,17 +251,18 @@ class SyntheticVolumeWriter:
                  details: Mapping[str, object] | None = None) -> dict[str, str]:
         """Write the case made of ``items`` (one per slice, from ``SelectMaskSlicesd``) and their predictions.
 
-        Returns the paths written: ``{"volume", "provenance", "preview"}``.
+        Returns the paths written: ``{"volume", "provenance", "preview"}``. They appear together or not at all.
+
+        Raises:
+            InputError: an output would overwrite an input (see :meth:`check_writable`).
+            OutputError: naming the output, when it cannot be written (no permission, disk full).
         """
         if len(items) != len(predictions) or not items:
             raise ValueError(f"need one prediction per slice item, got {len(items)} items, {len(predictions)}")
+        output = self.check_writable(items)
         placement = items[0]["placement"]
         source = Path(placement["source"])
         source_format = str(items[0][self.image_key].meta.get("volume_format") or "nifti")
-        case_name = self.case_name({"case_id": items[0].get("case_id"), "image": source})
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        output = self.output_dir / _output_name(source, source_format, case_name, self.suffix)
-        _check_not_input(output, [source, *[Path(p) for p in items[0].get("input_files", [])]])
 
         axis = int(placement["slice_axis"])
         delta = torch.zeros(placement["canonical_shape"], dtype=torch.float64)
@@ -279,37 +280,79 @@ class SyntheticVolumeWriter:
         delta_source = in_source_order[0].numpy()
 
         text = str(items[0].get("text", ""))
-        identity: dict[str, object] = {}
-        if source_format == "nifti":
-            write_nifti(source, output, delta_source)
-        elif source_format in ("dicom_series", "dicom_file"):
-            identity = write_dicom_series(source, output, delta_source, source_affine, text, self.deidentifier)
-            identity = {"deidentification": identity or {"keep_patient_identity": True}}
-        else:
-            write_itk_image(source, output, delta_source)
-
-        record = provenance_record(source, source_format, output, {
-            "case_id": items[0].get("case_id"), "text": text, "label": items[0].get("label"),
-            "mask_source": items[0].get("mask_source"), "seed": items[0].get("seed"),
-            "slices": {"canonical_axcodes": placement.get("canonical_axcodes"), "slice_axis": axis,
-                       "indices": [int(i["placement"]["slice_index"]) for i in items]},
-            **identity, **(details or {}),
-        })
-        preview = self.output_dir / f"{case_name}{self.suffix}.png"
-        shown = max(range(len(items)), key=lambda i: float(torch.as_tensor(items[i][self.native_soft_mask_key]).sum()))
-        native_image = torch.as_tensor(items[shown][self.native_image_key])[0].numpy()
-        render_preview(preview, native_image, torch.as_tensor(items[shown][self.native_soft_mask_key])[0].numpy(),
-                       native_image + changes[shown][0].numpy(), title=text)
-        # the provenance record goes last: its presence marks the case as complete (see ``completed``)
-        provenance = write_json_atomically(self.output_dir / f"{case_name}{self.suffix}.json", record)
+        stem = self.output_stem(_entry_of(items))
+        preview, provenance = self.output_dir / f"{stem}.png", self.output_dir / f"{stem}.json"
+        staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".partial", dir=self.output_dir))
+        try:
+            identity: dict[str, object] = {}
+            if source_format == "nifti":
+                write_nifti(source, staging / output.name, delta_source)
+            elif source_format in ("dicom_series", "dicom_file"):
+                identity = write_dicom_series(source, staging / output.name, delta_source, source_affine, text,
+                                              self.deidentifier)
+                identity = {"deidentification": identity or {"keep_patient_identity": True}}
+            else:
+                write_itk_image(source, staging / output.name, delta_source)
+            record = provenance_record(source, source_format, output, {
+                "case_id": items[0].get("case_id"), "text": text, "label": items[0].get("label"),
+                "mask_source": items[0].get("mask_source"), "seed": items[0].get("seed"),
+                "slices": {"canonical_axcodes": placement.get("canonical_axcodes"), "slice_axis": axis,
+                           "indices": [int(i["placement"]["slice_index"]) for i in items]},
+                **identity, **(details or {}),
+            })
+            shown = max(range(len(items)),
+                        key=lambda i: float(torch.as_tensor(items[i][self.native_soft_mask_key]).sum()))
+            native_image = torch.as_tensor(items[shown][self.native_image_key])[0].numpy()
+            render_preview(staging / preview.name, native_image,
+                           torch.as_tensor(items[shown][self.native_soft_mask_key])[0].numpy(),
+                           native_image + changes[shown][0].numpy(), title=text)
+            write_json_atomically(staging / provenance.name, record)
+            # the provenance record goes last: its presence marks the case as complete (see ``completed``)
+            move_into_place(staging, self.output_dir, last=provenance.name)
+        except OSError as error:
+            problem = str(error).replace(str(staging), str(self.output_dir))
+            raise OutputError(output, f"could not be written ({type(error).__name__}: {problem}); nothing of "
+                                      "this case was kept") from error
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return {"volume": str(output), "provenance": str(provenance), "preview": str(preview)}
+
+    def check_writable(self, items: Sequence[Mapping]) -> Path:
+        """Check, before anything is predicted, that the case made of ``items`` (its slice items, as for
+        :meth:`__call__`) can be written; returns the path its volume will have.
+
+        Checked: the output folder can be written to and has room for about the input's size, and no output (the
+        volume, its preview, its provenance record) would overwrite an input. This is the place for checks a
+        format needs before its write-back: a DICOM input that could not be de-identified (the loader already
+        checked that its instances can be written back).
+
+        Raises:
+            InputError: naming the input an output would overwrite.
+            OutputError: naming the output folder, when it cannot be written to or is full.
+        """
+        source = Path(items[0]["placement"]["source"])
+        source_format = str(items[0][self.image_key].meta.get("volume_format") or "nifti")
+        entry = _entry_of(items)
+        stem = self.output_stem(entry)
+        output = self.output_dir / _output_name(source, source_format, self.case_name(entry), self.suffix)
+        inputs = [source, *[Path(p) for p in items[0].get("input_files", [])]]
+        for path in (output, self.output_dir / f"{stem}.png", self.output_dir / f"{stem}.json"):
+            _check_not_input(path, inputs)
+        check_folder_writable(self.output_dir, needed_bytes=size_of_path(source) + OUTPUT_SIZE_MARGIN_BYTES)
+        if source_format in ("dicom_series", "dicom_file"):
+            check_dicom_identity(source, self.deidentifier)
+        return output
 
     def case_name(self, case: Mapping) -> str:
         """The file-name stem of a case's outputs (before ``suffix``): its safe ``case_id``, else the image's name."""
         return safe_case_name(case.get("case_id") or Path(str(case["image"])).name.split(".")[0])
 
+    def output_stem(self, case: Mapping) -> str:
+        """The name every output of ``case`` starts with: :meth:`case_name` + ``suffix``."""
+        return f"{self.case_name(case)}{self.suffix}"
+
     def provenance_path(self, case: Mapping) -> Path:
-        return self.output_dir / f"{self.case_name(case)}{self.suffix}.json"
+        return self.output_dir / f"{self.output_stem(case)}.json"
 
     def completed(self, case: Mapping, details: Mapping[str, object] | None = None) -> dict[str, str] | None:
         """The outputs of an earlier run for this datalist entry, when that run finished it, else ``None``.

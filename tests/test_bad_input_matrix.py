@@ -1,5 +1,6 @@
 """The rest of the bad-input matrix (docs/bad_inputs.md): bad DICOM series, huge volumes, masks in the air,
-NaN / Inf, negative 16-bit images, unsafe patient ids, over-long texts, checkpoints of another architecture and
+NaN / Inf, negative 16-bit images, NIfTI files of other voxel types, scalings, shapes and broken affines, malformed
+datalists and entry fields, unsafe patient ids, over-long texts, checkpoints of another architecture and
 checkpoints that carry code. Each refusal names the file or case and the problem; in a batch the other cases
 still complete and nothing half-written is left."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import json
 import logging
 import os
 import pickle
@@ -25,6 +27,7 @@ from ignite.engine import Engine
 from safetensors.torch import save_file
 from scipy import ndimage
 
+from bundle.datalist import load_datalist
 from bundle.errors import InputError
 from bundle.loading import LoadVolume
 from bundle.writer import safe_case_name
@@ -39,6 +42,8 @@ from tests.conftest import (
     run_job,
     write_datalist,
 )
+
+IDENTITY = {"predictor#key": "image"}
 
 GOOD_CT = {"image": str(CT_DICOM), "vertebra_seg": str(CT_DICOM_SEG), "mask_labels": [T12_LABEL],
            "text": "lytic lesion in T12"}
@@ -229,6 +234,176 @@ def test_huge_dicom_is_refused_from_its_header(shared_data, tmp_path):
     with pytest.raises(InputError, match=r"ct_dicom: too large: 512 x 512 x 20 = 5,242,880 voxels .* limit of "
                                          r"2,621,440 voxels"):
         LoadVolume(max_voxels=512 * 512 * 10)(CT_DICOM)  # the limit is configurable; a series counts its files
+
+
+# ------------------------------------------------------------------ NIfTI voxel types, scalings, shapes and affines
+def with_sform(source: Path, target: Path, affine: np.ndarray) -> Path:
+    """A copy of the uncompressed NIfTI ``source`` whose header's sform (code 1, qform code 0) is ``affine``, written
+    into the header bytes: nibabel itself refuses to make an image of a broken affine."""
+    raw = bytearray(source.read_bytes())
+    raw[252:256] = np.array([0, 1], "<i2").tobytes()  # qform_code, sform_code
+    raw[280:328] = np.asarray(affine[:3], "<f4").tobytes()  # srow_x, srow_y, srow_z
+    target.write_bytes(bytes(raw))
+    return target
+
+
+@pytest.fixture()
+def odd_niftis(tmp_path, shared_data):
+    original = nib.load(str(SCT_T2))
+    data, affine = np.asanyarray(original.dataobj), original.affine
+    files = {}
+    files["complex"] = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image(data.astype(np.complex64) * (1 + 0.5j), affine), str(files["complex"]))
+    rgb = np.zeros(data.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"] = np.clip(data // 5, 0, 255)
+    files["rgb"] = tmp_path / "rgb.nii.gz"
+    nib.save(nib.Nifti1Image(rgb, affine), str(files["rgb"]))
+    files["vectors"] = tmp_path / "vectors.nii.gz"  # (X, Y, Z, 1, 3): a vector per voxel, NIfTI's intent layout
+    nib.save(nib.Nifti1Image(np.stack([data] * 3, -1)[:, :, :, None].astype(np.float32), affine),
+             str(files["vectors"]))
+    plain = tmp_path / "plain.nii"
+    nib.save(nib.Nifti1Image(data, affine), str(plain))
+    singular = affine.copy()
+    singular[:3, 2] = 0.0  # the third voxel axis has no length
+    files["singular_affine"] = with_sform(plain, tmp_path / "singular_affine.nii", singular)
+    files["slope_zero"] = tmp_path / "slope_zero.nii"  # scl_slope 0 (with an intercept): "not scaled" in NIfTI
+    raw = bytearray(plain.read_bytes())
+    raw[112:120] = np.array([0.0, 5.0], "<f4").tobytes()  # scl_slope, scl_inter
+    files["slope_zero"].write_bytes(bytes(raw))
+    not_finite = affine.copy()
+    not_finite[0, 3] = np.nan
+    files["nan_affine"] = with_sform(plain, tmp_path / "nan_affine.nii", not_finite)
+    scaled = nib.Nifti1Image(data.astype(np.float64) * 0.0071 + 243.6, affine)
+    scaled.set_data_dtype(np.int16)  # nibabel picks scl_slope / scl_inter to store these as int16
+    files["scaled"] = tmp_path / "scaled_int16.nii.gz"
+    nib.save(scaled, str(files["scaled"]))
+    files["singleton"] = tmp_path / "singleton.nii.gz"  # (X, Y, Z, 1): one volume with a 4th dimension of 1
+    nib.save(nib.Nifti1Image(data[..., None], affine), str(files["singleton"]))
+    cube = data[:52, :52, :52]  # a cube: (X, Y, Z, 1) + (X, Y, Z) used to broadcast to (52, 52, 52, 52)
+    files["singleton_cube"] = tmp_path / "singleton_cube.nii.gz"
+    nib.save(nib.Nifti1Image(cube[..., None, None], affine), str(files["singleton_cube"]))
+    return files
+
+
+def test_niftis_that_cannot_be_read_as_one_real_volume_are_refused(shared_data, tmp_path, odd_niftis):
+    point = {"vertebra_seg": None, "point": [30, 27, 26]}
+    affine_hint = r"; fix the header's orientation \(NIfTI sform / qform, DICOM position and orientation\)"
+    cases = {
+        "complex": r"complex\.nii\.gz: complex-valued voxels \(complex64\): only real images are supported and the "
+                   r"imaginary part would be lost",
+        "rgb": r"rgb\.nii\.gz: voxels of type \[\('R', 'u1'\), \('G', 'u1'\), \('B', 'u1'\)\] \(e\.g\. RGB colour\) are "
+               r"not one real number each",
+        "vectors": r"vectors\.nii\.gz: 4-D input: 3 volumes or channels of \(60, 55, 52\), expected a single 3-D volume",
+        "singular_affine": r"singular_affine\.nii: the voxel-to-world affine cannot be inverted \(voxel spacing 1 x 1 x 0 "
+                           r"mm\): \[\[" + r".*" + affine_hint,
+        "nan_affine": r"nan_affine\.nii: the voxel-to-world affine has NaN or infinite entries: \[\[.*nan.*" + affine_hint,
+    }
+    entries = [{**GOOD_SCT, **point, "image": str(odd_niftis[name]), "case_id": name} for name in cases]
+    entries.append({**GOOD_SCT, "case_id": "sct"})
+    output_dir = tmp_path / "out"
+    report = run_job(write_datalist(tmp_path / "list.json", entries), output_dir)
+    assert_refused(report, cases)
+    assert [w["case_id"] for w in report["written"]] == ["sct"]
+    assert sorted(p.name for p in output_dir.iterdir()) == sorted([f"sct{s}" for s in NIFTI_OUTPUTS] + ["report.json"])
+
+
+def test_scaled_and_singleton_niftis_are_written_back_exactly(shared_data, tmp_path, odd_niftis):
+    """With a model that returns its input, every stored value comes back bit for bit, with the file's own
+    scaling and shape; the masked image then changes the vertebra, on the same scaling."""
+    names = ["scaled", "slope_zero", "singleton", "singleton_cube"]
+    entries = [{**GOOD_SCT, "vertebra_seg": None, "point": [30, 27, 26], "box_size_mm": 12,
+                "image": str(odd_niftis[name]), "case_id": name} for name in names]
+    datalist = write_datalist(tmp_path / "list.json", entries)
+    for run, overrides in (("identity", IDENTITY), ("masked", {})):
+        report = run_job(datalist, tmp_path / run, **overrides)
+        assert not report["failed"] and [w["case_id"] for w in report["written"]] == names, report["failed"]
+        for name, written in zip(names, report["written"]):
+            original, output = nib.load(str(odd_niftis[name])), nib.load(written["volume"])
+            assert output.shape == original.shape and output.get_data_dtype() == original.get_data_dtype()
+            assert (output.dataobj.slope, output.dataobj.inter) == (original.dataobj.slope, original.dataobj.inter)
+            stored, stored_before = (np.asanyarray(image.dataobj.get_unscaled()) for image in (output, original))
+            if run == "identity":
+                np.testing.assert_array_equal(stored, stored_before)
+            else:
+                changed = stored != stored_before
+                assert 0 < changed.sum() < 0.05 * changed.size, (name, changed.sum())
+    scaled = nib.load(str(odd_niftis["scaled"]))
+    assert scaled.dataobj.slope != 1.0 and scaled.dataobj.inter != 0.0  # the fixture is really scaled
+    assert (nib.load(str(odd_niftis["slope_zero"])).dataobj.slope, nib.load(str(odd_niftis["slope_zero"])).dataobj.inter
+            ) == (1.0, 0.0)  # slope 0 reads as unscaled, its intercept ignored, as the NIfTI standard says
+
+
+@pytest.mark.parametrize("extension, data_file", [(".mhd", ".raw"), (".hdr", ".img")])
+def test_header_and_data_file_formats_are_written_whole(shared_data, tmp_path, extension, data_file):
+    """A format of two files (.mhd + .raw, .hdr + .img) is written as two files under the output's name."""
+    import itk
+
+    image = tmp_path / "inputs" / f"t2{extension}"
+    image.parent.mkdir()
+    itk.imwrite(itk.imread(str(SCT_T2)), str(image))
+    entries = [{**GOOD_SCT, "vertebra_seg": None, "point": [30, 27, 26], "image": str(image), "case_id": "two"}]
+    output_dir = tmp_path / "out"
+    report = run_job(write_datalist(tmp_path / "list.json", entries), output_dir, **IDENTITY)
+    assert not report["failed"]
+    assert sorted(p.name for p in output_dir.iterdir()) == sorted([
+        f"two_synthetic{data_file}", "two_synthetic.json", f"two_synthetic{extension}", "two_synthetic.png",
+        "report.json"])
+    if extension == ".mhd":
+        assert "ElementDataFile = two_synthetic.raw" in (output_dir / "two_synthetic.mhd").read_text()
+    np.testing.assert_array_equal(itk.array_from_image(itk.imread(report["written"][0]["volume"])),
+                                  itk.array_from_image(itk.imread(str(image))))
+
+
+# ------------------------------------------------------------------ datalists and entry fields
+@pytest.mark.parametrize("content, pattern", [
+    ([{"image": "a.nii.gz"}], (r"the datalist is a JSON list, not an object of lists: expected e\.g\. "
+                              r'\{"test": \[\{"image": \.\.\., "text": \.\.\., "point": \[x, y, z\]\}, \.\.\.\]\}')),
+    ({"test": ["a.nii.gz", {"image": "b.nii.gz"}, 3]},
+     (r"2 of the 3 entries of 'test' are not a JSON object, e\.g\. entry 0 is a string \(\"a\.nii\.gz\"\); each entry "
+     r'must be an object such as \{"image": \.\.\., "text": \.\.\.\}')),
+    ({"test": {"image": "a.nii.gz"}}, r"a JSON object, not a list, named 'test' \(lists found: \[\]\)"),
+    ({"training": []}, r"no list named 'test' \(lists found: \['training'\]\)"),
+])
+def test_malformed_datalists_are_refused_in_one_line(tmp_path, content, pattern):
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(InputError) as raised:
+        load_datalist(path, "test")
+    assert raised.value.source == str(path) and "\n" not in str(raised.value)
+    assert re.fullmatch(pattern, raised.value.problem), raised.value.problem
+
+
+def test_entry_fields_of_the_wrong_form_are_refused_by_case_field_and_image(shared_data, tmp_path):
+    image = re.escape(str(SCT_T2))
+    point = {**GOOD_SCT, "vertebra_seg": None, "point": [30, 27, 26]}
+    cases = {
+        "space": ({**point, "coordinate_space": "mm"},
+                  r"'coordinate_space' must be one of \['voxel', 'world'\] \(voxel indices or RAS mm\), got \"mm\""),
+        "box_2d": ({**point, "point": None, "box": [[1, 2], [30, 40]]},
+                   (r"'box' must be two corners of 3 finite numbers each, \[\[x0, y0, z0\], \[x1, y1, z1\]\], got "
+                   r"\[\[1, 2\], \[30, 40\]\]")),
+        "box_three_corners": ({**point, "point": None, "box": [[1, 2, 3], [30, 40, 40], [5, 5, 5]]}, r"'box' must be"),
+        "box_text": ({**point, "point": None, "box": "[[1, 2, 3], [30, 40, 40]]"}, r"'box' must be"),
+        "box_nan": ({**point, "point": None, "box": [[1, 2, 3], [30, 40, float("nan")]]},
+                    r"'box' must be .*, got \[\[1, 2, 3\], \[30, 40, NaN\]\]"),
+        "point_2d": ({**point, "point": [30, 27]}, r"'point' must be 3 finite numbers \[x, y, z\], got \[30, 27\]"),
+        "point_text": ({**point, "point": ["a", 27, 3]}, r"'point' must be 3 finite numbers"),
+        "size_zero": ({**point, "box_size_mm": 0}, (r"'box_size_mm' must be a positive size in mm, one number or one "
+                                                    r"per axis \[sx, sy, sz\], got 0")),
+        "size_2": ({**point, "box_size_mm": [10, 10]}, r"'box_size_mm' must be a positive size"),
+        "label_name": ({**GOOD_SCT, "mask_labels": ["L3"]},
+                       r"'mask_labels' must be a list of integer label values, e\.g\. \[30\], got \[\"L3\"\]"),
+        "label_fraction": ({**GOOD_SCT, "mask_labels": [3.7]}, r"'mask_labels' must be a list of integer label values"),
+        "label_number": ({**GOOD_SCT, "mask_labels": 3}, r"'mask_labels' must be a list of integer label values"),
+        "text_number": ({**GOOD_SCT, "text": 42}, r"'text' must be a string \(the lesion's description\), got 42"),
+    }
+    entries = [{**entry, "case_id": name} for name, (entry, _) in cases.items()]
+    entries.append({**GOOD_SCT, "mask_labels": [3.0], "case_id": "sct"})  # a whole number written as 3.0 is a label
+    output_dir = tmp_path / "out"
+    report = run_job(write_datalist(tmp_path / "list.json", entries), output_dir)
+    image_named = r" \(image " + image + r"\)"
+    assert_refused(report, {name: f"^{name}: {pattern}.*{image_named}$" for name, (_, pattern) in cases.items()})
+    assert [w["case_id"] for w in report["written"]] == ["sct"]
 
 
 # ------------------------------------------------------------------ case ids from DICOM tags
