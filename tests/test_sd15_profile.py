@@ -116,9 +116,14 @@ def test_the_inferer_samples_in_latent_space(model, sd15_dir):
     inferer = SoftMaskInpaintingInferer.ddim(training, num_inference_steps=3)
     assert inferer.scheduler.config.set_alpha_to_one is False  # SD 1.5's own setting carries over
     images, mask = batch()
-    result = inferer(images * (1 - mask), model, mask, TEXTS, seeds=[3, 4])
+    inputs = images * (1 - mask)
+    result = inferer(inputs, model, mask, TEXTS, seeds=[3, 4])
     assert result.shape == (2, 1, SIZE, SIZE)
     assert result.min() >= 0 and result.max() <= 1
+    # the VAE's reconstruction error is not part of the result: where M_b is 0 it is the input itself
+    assert (model.space.decode(model.space.encode(inputs)) - inputs)[mask == 0].abs().max() > 0.05
+    assert torch.equal(result[mask == 0], inputs[mask == 0])
+    assert (result - inputs)[mask > 0].abs().mean() > 0.05
     again = inferer(images[1:] * (1 - mask[1:]), model, mask[1:], TEXTS[1:], seeds=[4])
     torch.testing.assert_close(again, result[1:], atol=1e-5, rtol=0)  # per-image seeds: batch-independent
 
