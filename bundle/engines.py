@@ -39,11 +39,10 @@ def clip_features(clip_encoder: MedicalClipEncoder, batch: Mapping) -> tuple[tor
 
 def _controller_outputs(engine, clip_encoder: MedicalClipEncoder, batchdata: Mapping
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pooled e_MSC of the engine's controller and the target e_r for a slice batch."""
+    """The e_MSC of the engine's controller and the target e_r for a slice batch."""
     batch = _to(batchdata, engine.state.device)
     text_feature, masked_feature, original_feature = clip_features(clip_encoder, batch)
-    _, pooled = engine.network(text_feature, masked_feature)
-    return pooled, original_feature
+    return engine.network(text_feature, masked_feature), original_feature
 
 
 class SemanticControllerTrainer(SupervisedTrainer):
@@ -57,11 +56,11 @@ class SemanticControllerTrainer(SupervisedTrainer):
     def _iteration(self, engine: SemanticControllerTrainer, batchdata: Mapping) -> dict[str, torch.Tensor]:
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
-        pooled, original_feature = _controller_outputs(engine, self.clip_encoder, batchdata)
-        loss = engine.loss_function(pooled, original_feature)
+        semantic_feature, original_feature = _controller_outputs(engine, self.clip_encoder, batchdata)
+        loss = engine.loss_function(semantic_feature, original_feature)
         loss.backward()
         engine.optimizer.step()
-        return {"loss": loss.detach(), "pred": pooled.detach(), "label": original_feature}
+        return {"loss": loss.detach(), "pred": semantic_feature.detach(), "label": original_feature}
 
 
 class SemanticControllerEvaluator(SupervisedEvaluator):
@@ -74,8 +73,8 @@ class SemanticControllerEvaluator(SupervisedEvaluator):
     def _iteration(self, engine: SemanticControllerEvaluator, batchdata: Mapping) -> dict[str, torch.Tensor]:
         engine.network.eval()
         with torch.no_grad():
-            pooled, original_feature = _controller_outputs(engine, self.clip_encoder, batchdata)
-        return {"pred": pooled, "label": original_feature}
+            semantic_feature, original_feature = _controller_outputs(engine, self.clip_encoder, batchdata)
+        return {"pred": semantic_feature, "label": original_feature}
 
 
 def condition_dropout(batch_size: int, text_only: float = 0.05, msc_only: float = 0.05, both: float = 0.05,

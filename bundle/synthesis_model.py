@@ -56,23 +56,22 @@ class MedSoftDiffusion(nn.Module):
 
     @torch.no_grad()
     def conditions(self, texts: Sequence[str], masked_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The text condition C ``(B, L, D)`` and the MSC tokens e_MSC ``(B, N, E)`` for a batch."""
+        """The text condition C ``(B, L, D)`` and e_MSC as the UNet's one MSC token ``(B, 1, E)`` for a batch."""
         missing = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
         if missing:
             raise ValueError(f"every item needs a lesion text; items {missing} have none")
         text_feature = self.clip_encoder.encode_text(texts)
         masked_feature = self.clip_encoder.encode_image(masked_images)
-        tokens, _ = self.controller(text_feature, masked_feature)
-        return self.text_states(texts), tokens
+        return self.text_states(texts), self.controller(text_feature, masked_feature)[:, None]
 
     @torch.no_grad()
     def null_conditions(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dropped conditions: the empty text's C (computed once per device) and all-zero MSC tokens."""
+        """The dropped conditions: the empty text's C (computed once per device) and an all-zero MSC token."""
         device = next(self.unet.parameters()).device
         if device not in self._empty_text:
             self._empty_text[device] = self.text_states([""])
         empty = self._empty_text[device].expand(batch_size, -1, -1)
-        tokens = torch.zeros(batch_size, self.controller.num_tokens, self.controller.embed_dim, device=empty.device)
+        tokens = torch.zeros(batch_size, 1, self.controller.embed_dim, device=empty.device)
         return empty, tokens
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor,

@@ -1,5 +1,6 @@
-"""The guided UNet's decoupled cross-attention: gamma = 0 is the base UNet, the right parameters train,
-adapter weights survive saving, and the initialisation copies the layer's own keys and values."""
+"""The guided UNet's decoupled cross-attention: gamma = 0 is the base UNet, e_MSC goes straight into W'_k / W'_v,
+the right parameters train, adapter weights survive saving (an earlier version's file is refused), and the
+initialisation copies the layer's own keys and values where the widths agree."""
 
 from __future__ import annotations
 
@@ -8,20 +9,23 @@ import copy
 import pytest
 import torch
 
+from safetensors.torch import save_file
+
 from bundle.errors import InputError
 from bundle.guided_unet import GuidedUNet, cross_attention_layers, load_unet, tiny_unet
 
 MSC_DIM = 24
+TEXT_WIDTH = 64  # tiny_unet's cross_attention_dim
 
 
 def inputs(batch: int = 2, size: int = 32, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     return (torch.randn(batch, 1, size, size, generator=generator), torch.tensor([10, 500][:batch]),
-            torch.randn(batch, 7, 64, generator=generator), torch.randn(batch, 4, MSC_DIM, generator=generator))
+            torch.randn(batch, 7, TEXT_WIDTH, generator=generator), torch.randn(batch, 1, MSC_DIM, generator=generator))
 
 
 def test_every_cross_attention_layer_gets_the_msc_attention_initialised_from_its_own_keys():
-    guided = GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM)
+    guided = GuidedUNet(tiny_unet(sample_size=32), msc_dim=TEXT_WIDTH)  # e_MSC as wide as the text states
     layers = cross_attention_layers(guided.unet)
     assert len(layers) == 7  # 2 down levels + middle + 4 up attentions in the tiny layout
     for _, attention in layers:
@@ -29,6 +33,22 @@ def test_every_cross_attention_layer_gets_the_msc_attention_initialised_from_its
         assert type(processor).__name__ == "IPAdapterAttnProcessor2_0"
         assert torch.equal(processor.to_k_ip[0].weight, attention.to_k.weight)
         assert torch.equal(processor.to_v_ip[0].weight, attention.to_v.weight)
+
+
+def test_e_msc_goes_straight_into_the_msc_keys_and_values():
+    """K' = e_MSC W'_k, V' = e_MSC W'_v (the paper's Eq. 5): no layer, trained or not, sits in between."""
+    guided = GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM)
+    assert not list(guided.unet.encoder_hid_proj.parameters())
+    seen = []
+    for processor in guided.adapter_processors:
+        assert processor.to_k_ip[0].in_features == processor.to_v_ip[0].in_features == MSC_DIM
+        processor.to_v_ip[0].register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    sample, timestep, text, msc = inputs()
+    with torch.no_grad():
+        guided(sample, timestep, text, msc)
+    assert len(seen) == len(guided.adapter_processors)
+    for values in seen:
+        torch.testing.assert_close(values, msc, rtol=0, atol=0)
 
 
 def test_gamma_zero_equals_the_base_unet_and_gamma_one_does_not():
@@ -56,22 +76,22 @@ def _receiving_gradients(guided: GuidedUNet) -> set[str]:
     return {name for name, p in guided.unet.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
-@pytest.mark.parametrize("trainable", ["adapter", "adapter+projection", "lora", "full"])
+@pytest.mark.parametrize("trainable", ["adapter", "lora", "full"])
 def test_only_the_intended_parameters_receive_gradients(trainable):
     guided = GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM, trainable=trainable)
     names = _receiving_gradients(guided)
-    adapter = {n for n in names if ".processor.to_k_ip." in n or ".processor.to_v_ip." in n}
-    assert len(adapter) == 2 * len(cross_attention_layers(guided.unet))
-    projection = {n for n in names if n.startswith("encoder_hid_proj.")}
+    trained = {name for name, p in guided.unet.named_parameters() if p.requires_grad}
+    values = {n for n in trained if ".processor.to_v_ip." in n}
+    keys = {n for n in trained if ".processor.to_k_ip." in n}
+    assert len(values) == len(keys) == len(cross_attention_layers(guided.unet))
+    assert values <= names  # one e_MSC token: the softmax over its single key is 1, so W'_k gets no gradient
     lora = {n for n in names if "lora_" in n}
     if trainable == "adapter":
-        assert names == adapter
-    elif trainable == "adapter+projection":
-        assert projection and names == adapter | projection
+        assert trained == values | keys
     elif trainable == "lora":
-        assert lora and names == adapter | projection | lora
+        assert lora and names - keys == values | lora
     else:
-        assert len(names) > len(adapter | projection) and any(".conv_in." in n or "conv_in" in n for n in names)
+        assert len(names) > len(values) and any("conv_in" in n for n in names)
 
 
 def test_adapter_and_base_survive_save_and_load(tmp_path):
@@ -91,6 +111,16 @@ def test_adapter_and_base_survive_save_and_load(tmp_path):
         expected = guided(sample, timestep, text, msc)
         assert not torch.allclose(before_loading, expected, atol=1e-4)
         assert torch.allclose(loaded(sample, timestep, text, msc), expected, atol=1e-6)
+
+
+def test_an_adapter_file_of_the_version_with_a_projection_is_refused(tmp_path):
+    guided = GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM)
+    earlier = {**guided.adapter_state_dict(),  # what earlier versions saved beside W'_k / W'_v
+               "encoder_hid_proj.image_projection_layers.0.image_embeds.weight": torch.zeros(TEXT_WIDTH, MSC_DIM),
+               "encoder_hid_proj.image_projection_layers.0.norm.weight": torch.ones(TEXT_WIDTH)}
+    save_file(earlier, str(tmp_path / "old.safetensors"))
+    with pytest.raises(InputError, match="old.safetensors.*earlier version.*straight into W'_k"):
+        guided.load_adapter(tmp_path / "old.safetensors")
 
 
 def test_diffusers_save_pretrained_alone_loses_the_adapter(tmp_path):

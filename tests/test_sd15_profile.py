@@ -53,7 +53,7 @@ def biomedclip_dir(tmp_path_factory, clip_encoder) -> Path:
 def controller(clip_encoder) -> MedicalSemanticController:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
-        return MedicalSemanticController(clip_encoder.embed_dim, num_tokens=2, width=32, layers=1, heads=2)
+        return MedicalSemanticController(clip_encoder.embed_dim, width=32, layers=1, heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_sd15_model_builds_from_the_folder_and_predicts_latent_noise(model, cont
     images, mask = batch()
     text_states, msc_tokens = model.conditions(TEXTS, images * (1 - mask))
     assert text_states.shape == (2, MAX_LENGTH, TEXT_WIDTH)
-    assert msc_tokens.shape == (2, controller.num_tokens, controller.embed_dim)
+    assert msc_tokens.shape == (2, 1, controller.embed_dim)  # e_MSC, one token
     null_text, null_tokens = model.null_conditions(2)
     assert null_text.shape == text_states.shape and null_tokens.shape == msc_tokens.shape
     latents = model.space.encode(images)
