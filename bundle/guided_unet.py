@@ -28,8 +28,8 @@ from safetensors.torch import load_file, save_file
 
 from bundle.errors import InputError, check_state_dict
 
-Trainable = Literal["adapter", "lora", "full"]
-TRAINABLE_CHOICES = ("adapter", "lora", "full")
+Trainable = Literal["adapter", "lora", "text_lora", "full"]
+TRAINABLE_CHOICES = ("adapter", "lora", "text_lora", "full")
 ADAPTER_MARKERS = (".processor.", "lora_")
 PROJECTION_PREFIX = "encoder_hid_proj."  # adapter files of earlier versions held a projection before W'_k / W'_v
 BASE_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -53,6 +53,16 @@ def tiny_unet(sample_size: int = 48, in_channels: int = 1, block_out_channels: S
             up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
             cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim,
             norm_num_groups=norm_num_groups)
+
+
+def trainable_without_msc(trainable: Trainable) -> Trainable:
+    """The parameter group of the "without MSC" ablation (gamma = 0, text conditioning alone) that corresponds to
+    ``trainable`` in the full method: the adapter W'_k / W'_v becomes a LoRA on the text cross-attention's W_k /
+    W_v in the same layers (``"text_lora"``), so the ablation also adapts how the UNet reads its condition; the
+    other groups stay (their MSC part is frozen by gamma = 0)."""
+    if trainable not in TRAINABLE_CHOICES:
+        raise ValueError(f"trainable must be one of {TRAINABLE_CHOICES}, got {trainable!r}")
+    return "text_lora" if trainable == "adapter" else trainable
 
 
 def load_unet(folder: str | os.PathLike) -> UNet2DConditionModel:
@@ -82,11 +92,14 @@ class GuidedUNet(torch.nn.Module):
     Args:
         unet: the base UNet (SD 1.5's, or :func:`tiny_unet`); modified in place.
         msc_dim: width E of the MSC tokens.
-        scale: gamma, the weight of the MSC attention term (0 gives the base UNet exactly).
+        scale: gamma, the weight of the MSC attention term (0 gives the base UNet exactly: diffusers then skips
+            the term, so W'_k / W'_v take no part and are frozen whatever ``trainable`` says).
         trainable: which parameters train: ``"adapter"`` (W'_k, W'_v only: the paper), ``"lora"`` (the adapter
-            plus LoRA of rank ``lora_rank`` on the base attention; needs peft), ``"full"`` (everything; the ``tiny``
-            profile, whose base UNet starts from random weights).
-        lora_rank: rank of the LoRA update for ``trainable="lora"``.
+            plus LoRA of rank ``lora_rank`` on the base attention; needs peft), ``"text_lora"`` (LoRA of rank
+            ``lora_rank`` on the *text* cross-attention's keys and values, W_k / W_v of the same layers: the
+            "without MSC" ablation's counterpart of the adapter, see :func:`trainable_without_msc`), ``"full"``
+            (everything; the ``tiny`` profile, whose base UNet starts from random weights).
+        lora_rank: rank of the LoRA update for ``trainable="lora"`` and ``"text_lora"``.
     """
 
     def __init__(self, unet: UNet2DConditionModel, msc_dim: int, scale: float = 1.0,
@@ -109,13 +122,15 @@ class GuidedUNet(torch.nn.Module):
                         extra.weight.copy_(base.weight)
             attention.set_processor(processor)
         self.unet = unet
-        if trainable == "lora":
+        if trainable in ("lora", "text_lora"):
             from peft import LoraConfig
 
+            targets = ["to_q", "to_k", "to_v", "to_out.0"] if trainable == "lora" else [
+                f"{name}.{projection}" for name, _ in cross_attention_layers(unet) for projection in ("to_k", "to_v")]
             unet.add_adapter(LoraConfig(r=self.lora_rank, lora_alpha=self.lora_rank, init_lora_weights="gaussian",
-                                        target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-        self.set_trainable(trainable)
+                                        target_modules=targets))
         self.scale = scale
+        self.set_trainable(trainable)
 
     @property
     def adapter_processors(self) -> list[IPAdapterAttnProcessor2_0]:
@@ -131,15 +146,16 @@ class GuidedUNet(torch.nn.Module):
             processor.scale = [float(value)]
 
     def set_trainable(self, trainable: Trainable) -> None:
-        """Freeze everything, then unfreeze the parameter group that ``trainable`` names."""
+        """Freeze everything, then unfreeze the parameter group that ``trainable`` names (W'_k / W'_v only while
+        gamma is not 0: with gamma 0 the MSC attention is skipped, and a parameter that requires a gradient but
+        never gets one stops DistributedDataParallel)."""
+        msc_used = self.scale != 0
         for name, parameter in self.unet.named_parameters():
-            parameter.requires_grad_(trainable == "full" or self._is_trained_part(name, trainable))
-
-    @staticmethod
-    def _is_trained_part(name: str, trainable: str) -> bool:
-        if ".processor.to_k_ip." in name or ".processor.to_v_ip." in name:
-            return True
-        return trainable == "lora" and "lora_" in name
+            if ".processor.to_k_ip." in name or ".processor.to_v_ip." in name:
+                trains = msc_used and trainable != "text_lora"
+            else:
+                trains = trainable == "full" or (trainable in ("lora", "text_lora") and "lora_" in name)
+            parameter.requires_grad_(trains)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, text_states: torch.Tensor,
                 msc_tokens: torch.Tensor) -> torch.Tensor:
@@ -159,7 +175,7 @@ class GuidedUNet(torch.nn.Module):
 
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         """The base UNet's own tensors, under diffusers' names (loadable by ``UNet2DConditionModel``)."""
-        if self.trainable == "lora":
+        if self.trainable in ("lora", "text_lora"):
             raise ValueError("with LoRA the base UNet is the pretrained one; save the adapter only")
         return {name: tensor.detach().cpu().contiguous() for name, tensor in self.unet.state_dict().items()
                 if not any(marker in name for marker in ADAPTER_MARKERS)}

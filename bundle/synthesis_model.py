@@ -82,21 +82,24 @@ class MedSoftDiffusion(nn.Module):
 
 def tiny_model(spatial_size: int = 48, clip_encoder: MedicalClipEncoder | None = None,
                controller: MedicalSemanticController | None = None, unet_channels: Sequence[int] = (32, 64, 64),
-               scale: float = 1.0, trainable: str = "full", seed: int = 0) -> MedSoftDiffusion:
-    """The ``tiny`` profile: pixel space, a small random UNet trained in full, C from the small CLIP's text tower."""
+               scale: float = 1.0, trainable: str = "full", lora_rank: int = 4, seed: int = 0) -> MedSoftDiffusion:
+    """The ``tiny`` profile: pixel space, a small random UNet trained in full, C from the small CLIP's text tower.
+
+    ``scale``, ``trainable`` and ``lora_rank``: see :class:`GuidedUNet`."""
     from bundle.guided_unet import tiny_unet
 
     clip_encoder = clip_encoder or MedicalClipEncoder.tiny(seed=seed)
     controller = controller or MedicalSemanticController(clip_encoder.embed_dim)
     base = tiny_unet(sample_size=spatial_size, in_channels=PixelSpace.channels, block_out_channels=unet_channels,
                      cross_attention_dim=clip_encoder.text_state_dim, seed=seed)
-    unet = GuidedUNet(base, msc_dim=controller.embed_dim, scale=scale, trainable=trainable)
+    unet = GuidedUNet(base, msc_dim=controller.embed_dim, scale=scale, trainable=trainable, lora_rank=lora_rank)
     return MedSoftDiffusion(clip_encoder, controller, unet, ClipTowerTextStates(clip_encoder), PixelSpace())
 
 
 
 def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, controller: MedicalSemanticController,
-               scale: float = 1.0, trainable: str = "adapter", latent: bool = True) -> MedSoftDiffusion:
+               scale: float = 1.0, trainable: str = "adapter", lora_rank: int = 4, latent: bool = True
+               ) -> MedSoftDiffusion:
     """The ``sd15`` profile: Stable Diffusion 1.5's UNet guided by the MSC, its CLIP text encoder for C, its VAE.
 
     Everything comes from ``sd15_dir``, a local copy of stable-diffusion-v1-5 in diffusers format; the folder
@@ -107,7 +110,7 @@ def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, co
         clip_encoder: the frozen medical CLIP (BiomedCLIP).
         controller: the stage-1 MSC; its width is the MSC token width of the adapter.
         scale: gamma, the weight of the MSC attention term.
-        trainable: see :class:`GuidedUNet` (``"adapter"``: W'_k, W'_v only, the paper's setting).
+        trainable, lora_rank: see :class:`GuidedUNet` (``"adapter"``: W'_k, W'_v only, the paper's setting).
         latent: diffuse in the VAE's latent space (SD 1.5). ``False`` diffuses on the pixels (no ``vae/``
             needed), which only fits a custom UNet of 1 input channel saved in SD 1.5's layout; SD 1.5's own
             UNet has 4 and is refused.
@@ -152,7 +155,8 @@ def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, co
     if controller.embed_dim != clip_encoder.embed_dim:
         raise ValueError(f"the controller's width {controller.embed_dim} is not the medical CLIP's feature size "
                          f"{clip_encoder.embed_dim}; train stage 1 with this CLIP")
-    unet = GuidedUNet(load_unet(sd15_dir / "unet"), msc_dim=controller.embed_dim, scale=scale, trainable=trainable)
+    unet = GuidedUNet(load_unet(sd15_dir / "unet"), msc_dim=controller.embed_dim, scale=scale, trainable=trainable,
+                      lora_rank=lora_rank)
     space = LatentSpace.from_folder(sd15_dir) if latent else PixelSpace()
     return MedSoftDiffusion(clip_encoder, controller, unet, StableDiffusionTextStates(sd15_dir), space)
 

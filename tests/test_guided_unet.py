@@ -8,11 +8,11 @@ import copy
 
 import pytest
 import torch
-
 from safetensors.torch import save_file
 
+from bundle.engines import require_gradients, trainable_parameters
 from bundle.errors import InputError
-from bundle.guided_unet import GuidedUNet, cross_attention_layers, load_unet, tiny_unet
+from bundle.guided_unet import GuidedUNet, cross_attention_layers, load_unet, tiny_unet, trainable_without_msc
 
 MSC_DIM = 24
 TEXT_WIDTH = 64  # tiny_unet's cross_attention_dim
@@ -139,3 +139,47 @@ def test_wrong_adapter_file_and_missing_unet_folder_are_named(tmp_path):
         guided.load_adapter(tmp_path / "small.safetensors")
     with pytest.raises(InputError, match="config.json is missing"):
         load_unet(tmp_path / "no_such_unet")
+
+
+def test_gamma_zero_freezes_the_unused_msc_attention():
+    guided = GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM, scale=0.0, trainable="full")
+    trained = {name for name, p in guided.unet.named_parameters() if p.requires_grad}
+    assert not {n for n in trained if "_ip." in n}  # diffusers skips the term: W'_k / W'_v would get no gradient
+    names = _receiving_gradients(guided)
+    assert names and names == trained
+    require_gradients(guided)
+    assert not [p for p in trainable_parameters(guided.unet) if p.grad is None]
+    with pytest.raises(ValueError, match="nothing to train.*'adapter' with msc_scale 0.*ablation_no_msc.json"):
+        trainable_parameters(torch.nn.ModuleDict({"unet": GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM,
+                                                                        scale=0.0, trainable="adapter")}))
+
+
+def test_text_lora_adapts_only_the_text_keys_and_values_of_the_cross_attention():
+    """The "without MSC" arm's counterpart of W'_k / W'_v: a LoRA on W_k / W_v of the same layers."""
+    assert trainable_without_msc("adapter") == "text_lora" and trainable_without_msc("full") == "full"
+    guided = GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM, scale=0.0, trainable="text_lora", lora_rank=8)
+    trained = {name for name, p in guided.unet.named_parameters() if p.requires_grad}
+    layers = [name for name, _ in cross_attention_layers(guided.unet)]
+    expected = {f"{layer}.{projection}.lora_{part}.default.weight" for layer in layers
+                for projection in ("to_k", "to_v") for part in ("A", "B")}
+    assert trained == expected
+    sample, timestep, text, msc = inputs()
+    guided(sample, timestep, text, msc).pow(2).mean().backward()
+    require_gradients(guided)  # every one of them takes part in the loss
+    assert all(name in guided.adapter_state_dict() for name in expected)  # saved with the adapter
+
+
+def test_a_trainable_parameter_outside_the_loss_is_refused_after_the_first_backward():
+    """What the ablation did before: gamma 0 with W'_k / W'_v left trainable trains nothing (and stops DDP)."""
+    guided = GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM, scale=0.0, trainable="adapter")
+    for processor in guided.adapter_processors:
+        processor.requires_grad_(True)
+    sample, timestep, text, msc = inputs()
+    assert not guided(sample, timestep, text, msc).requires_grad  # backward would fail with a bare RuntimeError
+    with pytest.raises(ValueError, match="no trainable parameter takes part in the loss.*to_k_ip"):
+        require_gradients(guided)
+    guided = GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM, scale=0.0, trainable="full")
+    guided.adapter_processors[0].requires_grad_(True)
+    guided(sample, timestep, text, msc).pow(2).mean().backward()
+    with pytest.raises(ValueError, match="2 of .* trainable parameters take no part in the loss"):
+        require_gradients(guided)

@@ -11,14 +11,12 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
 from monai.transforms import Compose
 from scipy import ndimage
 
 from bundle.intensity import ScaleIntensityToModeld, invert_intensity
 from bundle.loading import LoadVolumed
 from bundle.soft_mask import SoftMaskFromSourced
-
 from tests.conftest import (
     CT_DICOM,
     CT_DICOM_SEG,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,18 +16,20 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from monai.bundle import ConfigParser
+from safetensors.torch import load_file
 
 from bundle.clip_encoders import MedicalClipEncoder
 from bundle.diffusion_space import LatentSpace
 from bundle.errors import InputError
+from bundle.guided_unet import GuidedUNet
 from bundle.handlers import ExportGuidedUNet, ExportSemanticController
 from bundle.inferer import SoftMaskInpaintingInferer
 from bundle.semantic_controller import MedicalSemanticController
-from bundle.synthesis_model import CONTROLLER_FILE, MedSoftDiffusion, sd15_model
+from bundle.synthesis_model import CONTROLLER_FILE, MedSoftDiffusion, load_trained, sd15_model
 from bundle.text_conditioning import StableDiffusionTextStates
+from tests.conftest import CONFIGS, REPO, run_workflow
 from tests.tiny_weights import MAX_LENGTH, SIZE, TEXT_WIDTH, write_tiny_sd15
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TEXTS = ["a hyperintense lesion", "lesion on t2"]
 
 
@@ -263,3 +267,53 @@ def test_sd15_train_and_inference_configs_resolve_and_round_trip(tmp_path, sd15_
     assert result.shape == (1, 1, SIZE, SIZE)
     details = inference.get_parsed_content("job#details")
     assert details["base_model"] == os.path.abspath(sd15_dir)
+
+
+# ------------------------------------------------------------------ the "without MSC" ablation
+
+ABLATION = ["train.json", "sd15_train.json", "ablation_no_msc.json"]
+SHORT_RUN = {"max_epochs": 1, "val_interval": 5, "spatial_size": SIZE, "batch_size": 4, "slices_per_case": 1}
+
+
+def test_the_without_msc_arm_trains_a_text_lora_and_leaves_the_msc_attention_alone(
+        tmp_path, demo_data, sd15_dir, biomedclip_dir, stage1_dir, clip_encoder, controller):
+    """gamma 0 with the profile's 'adapter' left nothing trainable in the loss; the arm trains a LoRA on the text
+    cross-attention's keys and values instead (rank 128: as many parameters as W'_v of SD 1.5), and infers with it."""
+    folders = {"sd15_dir": str(sd15_dir), "biomedclip_dir": str(biomedclip_dir),
+               "biomedbert_dir": str(tmp_path / "bert"), "stage1_dir": str(stage1_dir)}
+    models_dir = tmp_path / "models_no_msc"
+    flow = run_workflow(ABLATION, "train", dataset_dir=str(demo_data), models_dir=str(models_dir),
+                        output_dir=str(tmp_path / "runs"), **folders, **SHORT_RUN)
+    assert flow.parser.get_parsed_content("train#trainer").state.iteration > 0
+    settings = GuidedUNet.adapter_settings(models_dir / "msc_adapter.safetensors")
+    assert settings["trainable"] == "text_lora" and settings["scale"] == 0.0 and settings["lora_rank"] == 128
+    untrained = sd15_model(sd15_dir, clip_encoder, controller, scale=0.0, trainable="text_lora", lora_rank=128)
+    before = untrained.unet.adapter_state_dict()
+    after = load_file(str(models_dir / "msc_adapter.safetensors"))
+    assert after.keys() == before.keys()
+    for name in before:
+        if "_ip." in name:  # W'_k / W'_v: frozen by gamma 0
+            assert torch.equal(after[name], before[name]), name
+    lora_b = [name for name in before if "lora_B" in name]  # peft starts B at zero
+    assert lora_b and all(after[name].abs().max() > 0 for name in lora_b)
+    loaded = load_trained(models_dir, stage1_dir=stage1_dir, clip_encoder=clip_encoder,
+                          text_states=StableDiffusionTextStates(sd15_dir), space=LatentSpace.from_folder(sd15_dir),
+                          base_unet_dir=sd15_dir / "unet")
+    assert loaded.unet.scale == 0.0
+    for name, tensor in loaded.unet.adapter_state_dict().items():
+        torch.testing.assert_close(tensor, after[name], rtol=0, atol=0)
+
+
+def test_the_without_msc_arm_trains_under_torchrun(tmp_path, demo_data, sd15_dir, biomedclip_dir, stage1_dir):
+    """Two processes, gloo, DistributedDataParallel: nothing trainable may be left outside the loss."""
+    configs = [*ABLATION, "multi_gpu_train.json"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+               "-m", "monai.bundle", "run", "--config_file", str([str(CONFIGS / name) for name in configs]),
+               "--dataset_dir", str(demo_data), "--sd15_dir", str(sd15_dir), "--biomedclip_dir", str(biomedclip_dir),
+               "--biomedbert_dir", str(tmp_path / "bert"), "--stage1_dir", str(stage1_dir),
+               "--models_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs"),
+               *[f"--{k}={v}" for k, v in SHORT_RUN.items()]]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert GuidedUNet.adapter_settings(tmp_path / "models" / "msc_adapter.safetensors")["trainable"] == "text_lora"

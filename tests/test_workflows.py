@@ -118,3 +118,15 @@ def test_multi_gpu_override_trains_with_two_processes_on_cpu(trained, demo_data,
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert (tmp_path / "models" / "msc_adapter.safetensors").is_file()
     assert len(list((tmp_path / "runs" / "checkpoints").glob("*.pt"))) == 1  # saved by rank 0 only
+
+
+def test_the_without_msc_arm_of_the_tiny_profile_trains_everything_but_the_msc_attention(trained, demo_data, tmp_path):
+    flow = run_workflow(["train.json", "ablation_no_msc.json"], "train", dataset_dir=str(demo_data),
+                        stage1_dir=str(trained), models_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"),
+                        max_epochs=1, val_interval=5, **TINY)
+    unet = flow.parser.get_parsed_content("network_def").unet
+    assert unet.scale == 0.0 and unet.trainable == "full"
+    frozen = {name for name, p in unet.named_parameters() if not p.requires_grad}
+    assert frozen and all("_ip." in name for name in frozen)  # W'_k / W'_v: unused with gamma 0
+    trainer = flow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration > 0 and trainer._gradients_checked  # every trainable parameter got a gradient
