@@ -24,10 +24,11 @@ from bundle.errors import InputError
 from bundle.guided_unet import GuidedUNet
 from bundle.handlers import ExportGuidedUNet, ExportSemanticController
 from bundle.inferer import SoftMaskInpaintingInferer
+from bundle.model_grid import grid_geometry
 from bundle.semantic_controller import MedicalSemanticController
 from bundle.synthesis_model import CONTROLLER_FILE, MedSoftDiffusion, load_trained, sd15_model
 from bundle.text_conditioning import StableDiffusionTextStates
-from tests.conftest import CONFIGS, REPO, run_workflow
+from tests.conftest import CONFIGS, CT_DICOM, CT_DICOM_SEG, REPO, SHARED_DATA, T12_LABEL, run_workflow
 from tests.tiny_weights import MAX_LENGTH, SIZE, TEXT_WIDTH, write_tiny_sd15
 
 TEXTS = ["a hyperintense lesion", "lesion on t2"]
@@ -317,3 +318,26 @@ def test_the_without_msc_arm_trains_under_torchrun(tmp_path, demo_data, sd15_dir
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert GuidedUNet.adapter_settings(tmp_path / "models" / "msc_adapter.safetensors")["trainable"] == "text_lora"
+
+
+# ------------------------------------------------------------------ the sd15 model grid
+
+
+@pytest.mark.parametrize("name", ["train_msc", "train", "inference"])
+def test_sd15_sees_whole_slices_at_their_native_pixel_size(shared_data, name):
+    """SD 1.5 gets each slice whole at its native spacing (resized to 512 px only by the slice's own size), not a
+    1-mm crop around the mask upsampled 4-7x; every stage shares the grid."""
+    preprocessing = parser_for(name).get_parsed_content(
+        "validate#preprocessing" if name.startswith("train") else "preprocessing")
+    ct = {"case_id": "ct", "image": str(CT_DICOM), "vertebra_seg": str(CT_DICOM_SEG), "mask_labels": [T12_LABEL],
+          "text": "lesion"}  # sagittal slices of the axial series: 20 x 512 px of 2 x 0.977 mm
+    geometry = grid_geometry(preprocessing(dict(ct))[0])
+    assert geometry["model_pixel_mm"] == pytest.approx(0.977, abs=0.001)  # before: 0.267 (a 137-mm crop, 3.6x)
+    assert geometry["upsampling"] == pytest.approx(1.0, abs=0.01)
+    assert geometry["window_mm"] == pytest.approx([39.1, 500.0], abs=1.0)  # the whole slice
+    lesion = {"case_id": "lesion", "image": str(SHARED_DATA / "sct_t2/t2_fake_lesion.nii.gz"),
+              "vertebra_seg": str(SHARED_DATA / "sct_t2/t2_fake_lesion_lesion_seg.nii.gz"), "mask_labels": [1],
+              "text": "lesion"}  # 99 x 99 px of 0.8 mm: the scan itself is small
+    geometry = grid_geometry(preprocessing(dict(lesion))[0])
+    assert geometry["window_mm"] == pytest.approx([79.2, 79.2], abs=0.5)
+    assert geometry["upsampling"] == pytest.approx(512 / 99, abs=0.05)  # before: 8.5x of a 41 x 48 mm crop
