@@ -220,4 +220,9 @@ class GuidedUNet(torch.nn.Module):
             raise InputError(path, f"not a safetensors file ({type(error).__name__}: {error})") from error
         if "guided_unet" not in metadata:
             raise InputError(path, "not a guided-UNet adapter file (no 'guided_unet' settings in its metadata)")
-        return json.loads(metadata["guided_unet"])
+        settings = json.loads(metadata["guided_unet"])
+        if settings.get("trainable") not in TRAINABLE_CHOICES:  # e.g. 'adapter+projection' of earlier versions
+            raise InputError(path, f"an adapter trained with trainable {settings.get('trainable')!r}, which this "
+                                   f"version does not have ({', '.join(TRAINABLE_CHOICES)}; earlier versions put a "
+                                   "projection before W'_k / W'_v): train stage 2 again")
+        return settings

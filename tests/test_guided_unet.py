@@ -5,6 +5,7 @@ initialisation copies the layer's own keys and values where the widths agree."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -121,6 +122,10 @@ def test_an_adapter_file_of_the_version_with_a_projection_is_refused(tmp_path):
     save_file(earlier, str(tmp_path / "old.safetensors"))
     with pytest.raises(InputError, match="old.safetensors.*earlier version.*straight into W'_k"):
         guided.load_adapter(tmp_path / "old.safetensors")
+    settings = {"msc_dim": MSC_DIM, "scale": 1.0, "trainable": "adapter+projection", "lora_rank": 4}
+    save_file(earlier, str(tmp_path / "projection.safetensors"), metadata={"guided_unet": json.dumps(settings)})
+    with pytest.raises(InputError, match="projection.safetensors.*'adapter\\+projection'.*train stage 2 again"):
+        GuidedUNet.adapter_settings(tmp_path / "projection.safetensors")
 
 
 def test_diffusers_save_pretrained_alone_loses_the_adapter(tmp_path):
