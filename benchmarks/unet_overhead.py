@@ -21,7 +21,7 @@ SD15_CONFIG = {"cross_attention_dim": 768, "block_out_channels": (320, 640, 1280
                "sample_size": 64, "in_channels": 4, "out_channels": 4}
 SD15_MSC_DIM = 512  # BiomedCLIP's feature width, the MSC token width of the sd15 profile
 SD15_TEXT_LENGTH = 77
-MSC_TOKENS = 4
+MSC_TOKENS = 1  # e_MSC is one vector (the paper), one token of the MSC attention
 REFERENCE = "the same diffusers UNet2DConditionModel (same config and weights) without the MSC attention"
 
 

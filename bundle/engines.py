@@ -26,6 +26,41 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
 
 
+def _training_setting(network: torch.nn.Module) -> str:
+    unet = getattr(unwrap(network), "unet", None)
+    if unet is None or not hasattr(unet, "trainable"):
+        return ""
+    return f" (trainable {unet.trainable!r} with msc_scale {unet.scale:g})"
+
+
+def trainable_parameters(network: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters the optimiser gets: those that require a gradient; none is refused with a clear error."""
+    parameters = [p for p in network.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError(f"nothing to train: no parameter of the network is trainable{_training_setting(network)}. "
+                         "With msc_scale 0 the MSC adapter takes no part; the 'without MSC' ablation trains "
+                         "LoRA on the text cross-attention instead (configs/ablation_no_msc.json)")
+    return parameters
+
+
+def require_gradients(network: torch.nn.Module) -> None:
+    """After a backward pass: every trainable parameter must have received a gradient (taken part in the loss).
+
+    A configuration in which none does would train nothing; one in which some do not leaves them untrained and
+    stops DistributedDataParallel at the next step. Both are refused with the names of the parameters.
+    """
+    trainable = [(name, p) for name, p in unwrap(network).named_parameters() if p.requires_grad]
+    if not trainable:
+        trainable_parameters(network)  # raises
+    unused = [name for name, p in trainable if p.grad is None]
+    if not unused:
+        return
+    what = "no trainable parameter takes part" if len(unused) == len(trainable) else \
+        f"{len(unused)} of {len(trainable)} trainable parameters take no part"
+    raise ValueError(f"{what} in the loss{_training_setting(network)}, e.g. {', '.join(unused[:3])}; they would "
+                     "not train (and stop DistributedDataParallel): freeze them or choose another 'trainable'")
+
+
 def _to(batch: Mapping, device: torch.device) -> dict[str, object]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -39,11 +74,10 @@ def clip_features(clip_encoder: MedicalClipEncoder, batch: Mapping) -> tuple[tor
 
 def _controller_outputs(engine, clip_encoder: MedicalClipEncoder, batchdata: Mapping
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pooled e_MSC of the engine's controller and the target e_r for a slice batch."""
+    """The e_MSC of the engine's controller and the target e_r for a slice batch."""
     batch = _to(batchdata, engine.state.device)
     text_feature, masked_feature, original_feature = clip_features(clip_encoder, batch)
-    _, pooled = engine.network(text_feature, masked_feature)
-    return pooled, original_feature
+    return engine.network(text_feature, masked_feature), original_feature
 
 
 class SemanticControllerTrainer(SupervisedTrainer):
@@ -57,11 +91,11 @@ class SemanticControllerTrainer(SupervisedTrainer):
     def _iteration(self, engine: SemanticControllerTrainer, batchdata: Mapping) -> dict[str, torch.Tensor]:
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
-        pooled, original_feature = _controller_outputs(engine, self.clip_encoder, batchdata)
-        loss = engine.loss_function(pooled, original_feature)
+        semantic_feature, original_feature = _controller_outputs(engine, self.clip_encoder, batchdata)
+        loss = engine.loss_function(semantic_feature, original_feature)
         loss.backward()
         engine.optimizer.step()
-        return {"loss": loss.detach(), "pred": pooled.detach(), "label": original_feature}
+        return {"loss": loss.detach(), "pred": semantic_feature.detach(), "label": original_feature}
 
 
 class SemanticControllerEvaluator(SupervisedEvaluator):
@@ -74,8 +108,8 @@ class SemanticControllerEvaluator(SupervisedEvaluator):
     def _iteration(self, engine: SemanticControllerEvaluator, batchdata: Mapping) -> dict[str, torch.Tensor]:
         engine.network.eval()
         with torch.no_grad():
-            pooled, original_feature = _controller_outputs(engine, self.clip_encoder, batchdata)
-        return {"pred": pooled, "label": original_feature}
+            semantic_feature, original_feature = _controller_outputs(engine, self.clip_encoder, batchdata)
+        return {"pred": semantic_feature, "label": original_feature}
 
 
 def condition_dropout(batch_size: int, text_only: float = 0.05, msc_only: float = 0.05, both: float = 0.05,
@@ -115,6 +149,7 @@ class GuidedDiffusionTrainer(SupervisedTrainer):
         self.grad_scaler = torch.amp.GradScaler(device.type) \
             if self.autocast_dtype == torch.float16 else None
         model = unwrap(self.network)
+        self._gradients_checked = False
         if gradient_checkpointing:
             optimise_unet(model, gradient_checkpointing=True)
         self.ema = None if ema_decay is None else AveragedModel(
@@ -140,11 +175,16 @@ class GuidedDiffusionTrainer(SupervisedTrainer):
         with autocast(self.autocast_dtype, images.device):
             predicted = engine.network(noisy, timesteps, text_states, msc_tokens)
             loss = engine.loss_function(predicted, noise, mask)
+        first = not self._gradients_checked  # the first batch of this run (also after resuming)
+        if first and not loss.requires_grad:  # no trainable parameter in the graph: backward would fail obscurely
+            require_gradients(engine.network)
+        (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
+        if first:
+            require_gradients(engine.network)
+            self._gradients_checked = True
         if self.grad_scaler is None:
-            loss.backward()
             engine.optimizer.step()
         else:
-            self.grad_scaler.scale(loss).backward()
             self.grad_scaler.step(engine.optimizer)
             self.grad_scaler.update()
         if self.ema is not None:

@@ -3,9 +3,12 @@
 Every cross-attention layer computes ``softmax(Q K^T / sqrt(d)) V + gamma * softmax(Q K'^T / sqrt(d)) V'`` with
 ``K' = e_MSC W'_k`` and ``V' = e_MSC W'_v`` (the paper's Eq. 5). That is exactly diffusers' IP-Adapter
 attention, so this module only installs diffusers' pieces: ``IPAdapterAttnProcessor2_0`` in each cross-attention
-layer (its ``to_k_ip`` / ``to_v_ip`` are W'_k / W'_v) and ``MultiIPAdapterImageProjection`` as the projection of
-the MSC tokens to the UNet's cross-attention width. diffusers' ``save_pretrained`` does not describe these
-additions, so they are saved and loaded explicitly (:meth:`GuidedUNet.save_adapter`).
+layer, whose ``to_k_ip`` / ``to_v_ip`` are W'_k / W'_v and take e_MSC (width E) as it is. diffusers routes the
+MSC token through ``encoder_hid_proj``; here that is the identity (``MultiIPAdapterImageProjection([Identity])``),
+not IP-Adapter's image projection, so no untrained layer sits between e_MSC and W'_k / W'_v. e_MSC is one vector
+(one token), so the softmax over its single key is 1: the term adds ``gamma * e_MSC W'_v`` at every position, and
+W'_k, though trained as the paper says, receives no gradient. diffusers' ``save_pretrained`` does not describe
+these additions, so they are saved and loaded explicitly (:meth:`GuidedUNet.save_adapter`).
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ from typing import Literal
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
-from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
+from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from safetensors.torch import load_file, save_file
 
 from bundle.errors import InputError, check_state_dict
 
-Trainable = Literal["adapter", "adapter+projection", "lora", "full"]
-TRAINABLE_CHOICES = ("adapter", "adapter+projection", "lora", "full")
-ADAPTER_MARKERS = (".processor.", "encoder_hid_proj.", "lora_")
+Trainable = Literal["adapter", "lora", "text_lora", "full"]
+TRAINABLE_CHOICES = ("adapter", "lora", "text_lora", "full")
+ADAPTER_MARKERS = (".processor.", "lora_")
+PROJECTION_PREFIX = "encoder_hid_proj."  # adapter files of earlier versions held a projection before W'_k / W'_v
 BASE_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
@@ -49,6 +53,16 @@ def tiny_unet(sample_size: int = 48, in_channels: int = 1, block_out_channels: S
             up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
             cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim,
             norm_num_groups=norm_num_groups)
+
+
+def trainable_without_msc(trainable: Trainable) -> Trainable:
+    """The parameter group of the "without MSC" ablation (gamma = 0, text conditioning alone) that corresponds to
+    ``trainable`` in the full method: the adapter W'_k / W'_v becomes a LoRA on the text cross-attention's W_k /
+    W_v in the same layers (``"text_lora"``), so the ablation also adapts how the UNet reads its condition; the
+    other groups stay (their MSC part is frozen by gamma = 0)."""
+    if trainable not in TRAINABLE_CHOICES:
+        raise ValueError(f"trainable must be one of {TRAINABLE_CHOICES}, got {trainable!r}")
+    return "text_lora" if trainable == "adapter" else trainable
 
 
 def load_unet(folder: str | os.PathLike) -> UNet2DConditionModel:
@@ -78,11 +92,14 @@ class GuidedUNet(torch.nn.Module):
     Args:
         unet: the base UNet (SD 1.5's, or :func:`tiny_unet`); modified in place.
         msc_dim: width E of the MSC tokens.
-        scale: gamma, the weight of the MSC attention term (0 gives the base UNet exactly).
-        trainable: which parameters train: ``"adapter"`` (W'_k, W'_v only: the paper), ``"adapter+projection"``,
-            ``"lora"`` (adapter and projection plus LoRA of rank ``lora_rank`` on the base attention; needs peft),
-            ``"full"`` (everything; the ``tiny`` profile, whose base UNet starts from random weights).
-        lora_rank: rank of the LoRA update for ``trainable="lora"``.
+        scale: gamma, the weight of the MSC attention term (0 gives the base UNet exactly: diffusers then skips
+            the term, so W'_k / W'_v take no part and are frozen whatever ``trainable`` says).
+        trainable: which parameters train: ``"adapter"`` (W'_k, W'_v only: the paper), ``"lora"`` (the adapter
+            plus LoRA of rank ``lora_rank`` on the base attention; needs peft), ``"text_lora"`` (LoRA of rank
+            ``lora_rank`` on the *text* cross-attention's keys and values, W_k / W_v of the same layers: the
+            "without MSC" ablation's counterpart of the adapter, see :func:`trainable_without_msc`), ``"full"``
+            (everything; the ``tiny`` profile, whose base UNet starts from random weights).
+        lora_rank: rank of the LoRA update for ``trainable="lora"`` and ``"text_lora"``.
     """
 
     def __init__(self, unet: UNet2DConditionModel, msc_dim: int, scale: float = 1.0,
@@ -94,26 +111,26 @@ class GuidedUNet(torch.nn.Module):
         self.msc_dim = int(msc_dim)
         self.trainable = trainable
         self.lora_rank = int(lora_rank)
-        cross_dim = unet.config.cross_attention_dim
-        unet.encoder_hid_proj = MultiIPAdapterImageProjection(
-            [ImageProjection(image_embed_dim=self.msc_dim, cross_attention_dim=cross_dim, num_image_text_embeds=1)])
+        unet.encoder_hid_proj = MultiIPAdapterImageProjection([torch.nn.Identity()])  # e_MSC goes in as it is
         unet.register_to_config(encoder_hid_dim_type="ip_image_proj", encoder_hid_dim=self.msc_dim)
         for _, attention in cross_attention_layers(unet):
             processor = IPAdapterAttnProcessor2_0(hidden_size=attention.to_k.out_features,
-                                                  cross_attention_dim=attention.to_k.in_features, scale=scale)
+                                                  cross_attention_dim=self.msc_dim, num_tokens=(1,), scale=scale)
             with torch.no_grad():
                 for extra, base in ((processor.to_k_ip[0], attention.to_k), (processor.to_v_ip[0], attention.to_v)):
                     if extra.weight.shape == base.weight.shape:
                         extra.weight.copy_(base.weight)
             attention.set_processor(processor)
         self.unet = unet
-        if trainable == "lora":
+        if trainable in ("lora", "text_lora"):
             from peft import LoraConfig
 
+            targets = ["to_q", "to_k", "to_v", "to_out.0"] if trainable == "lora" else [
+                f"{name}.{projection}" for name, _ in cross_attention_layers(unet) for projection in ("to_k", "to_v")]
             unet.add_adapter(LoraConfig(r=self.lora_rank, lora_alpha=self.lora_rank, init_lora_weights="gaussian",
-                                        target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-        self.set_trainable(trainable)
+                                        target_modules=targets))
         self.scale = scale
+        self.set_trainable(trainable)
 
     @property
     def adapter_processors(self) -> list[IPAdapterAttnProcessor2_0]:
@@ -129,17 +146,16 @@ class GuidedUNet(torch.nn.Module):
             processor.scale = [float(value)]
 
     def set_trainable(self, trainable: Trainable) -> None:
-        """Freeze everything, then unfreeze the parameter group that ``trainable`` names."""
+        """Freeze everything, then unfreeze the parameter group that ``trainable`` names (W'_k / W'_v only while
+        gamma is not 0: with gamma 0 the MSC attention is skipped, and a parameter that requires a gradient but
+        never gets one stops DistributedDataParallel)."""
+        msc_used = self.scale != 0
         for name, parameter in self.unet.named_parameters():
-            parameter.requires_grad_(trainable == "full" or self._is_trained_part(name, trainable))
-
-    @staticmethod
-    def _is_trained_part(name: str, trainable: str) -> bool:
-        if ".processor.to_k_ip." in name or ".processor.to_v_ip." in name:
-            return True
-        if name.startswith("encoder_hid_proj."):
-            return trainable in ("adapter+projection", "lora")
-        return trainable == "lora" and "lora_" in name
+            if ".processor.to_k_ip." in name or ".processor.to_v_ip." in name:
+                trains = msc_used and trainable != "text_lora"
+            else:
+                trains = trainable == "full" or (trainable in ("lora", "text_lora") and "lora_" in name)
+            parameter.requires_grad_(trains)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, text_states: torch.Tensor,
                 msc_tokens: torch.Tensor) -> torch.Tensor:
@@ -147,19 +163,19 @@ class GuidedUNet(torch.nn.Module):
 
         Args:
             text_states: the text condition C, ``(B, L, cross_attention_dim)``.
-            msc_tokens: the MSC feature e_MSC as tokens ``(B, N, msc_dim)`` (zeros: no MSC condition).
+            msc_tokens: the MSC feature e_MSC as one token ``(B, 1, msc_dim)`` (zeros: no MSC condition).
         """
         return self.unet(sample, timestep, encoder_hidden_states=text_states,
                          added_cond_kwargs={"image_embeds": [msc_tokens]}).sample
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """The tensors this module adds to the base UNet: W'_k, W'_v, the MSC projection and any LoRA weights."""
+        """The tensors this module adds to the base UNet: W'_k, W'_v and any LoRA weights."""
         return {name: tensor.detach().cpu().contiguous() for name, tensor in self.unet.state_dict().items()
                 if any(marker in name for marker in ADAPTER_MARKERS)}
 
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         """The base UNet's own tensors, under diffusers' names (loadable by ``UNet2DConditionModel``)."""
-        if self.trainable == "lora":
+        if self.trainable in ("lora", "text_lora"):
             raise ValueError("with LoRA the base UNet is the pretrained one; save the adapter only")
         return {name: tensor.detach().cpu().contiguous() for name, tensor in self.unet.state_dict().items()
                 if not any(marker in name for marker in ADAPTER_MARKERS)}
@@ -176,6 +192,10 @@ class GuidedUNet(torch.nn.Module):
             tensors = load_file(str(path))
         except Exception as error:  # a pickle, a truncated or another kind of file
             raise InputError(path, f"not a safetensors file ({type(error).__name__}: {error})") from error
+        if any(name.startswith(PROJECTION_PREFIX) for name in tensors):
+            raise InputError(path, "an adapter of an earlier version, whose MSC tokens passed through a projection "
+                                   "before W'_k / W'_v; this version maps e_MSC straight into W'_k / W'_v (the paper's "
+                                   "K' = e_MSC W'_k) and has one e_MSC vector: train stage 1 and stage 2 again")
         check_state_dict(path, tensors, self.adapter_state_dict(), "guided UNet's adapter")
         self.unet.load_state_dict(tensors, strict=False)
 
@@ -200,4 +220,9 @@ class GuidedUNet(torch.nn.Module):
             raise InputError(path, f"not a safetensors file ({type(error).__name__}: {error})") from error
         if "guided_unet" not in metadata:
             raise InputError(path, "not a guided-UNet adapter file (no 'guided_unet' settings in its metadata)")
-        return json.loads(metadata["guided_unet"])
+        settings = json.loads(metadata["guided_unet"])
+        if settings.get("trainable") not in TRAINABLE_CHOICES:  # e.g. 'adapter+projection' of earlier versions
+            raise InputError(path, f"an adapter trained with trainable {settings.get('trainable')!r}, which this "
+                                   f"version does not have ({', '.join(TRAINABLE_CHOICES)}; earlier versions put a "
+                                   "projection before W'_k / W'_v): train stage 2 again")
+        return settings

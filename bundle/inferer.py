@@ -10,6 +10,13 @@ would apply the background weight twice, ``x0 * (1 - m_b)^2``, and darken the wh
 validation slices the tiny model's in-mask mean fell to 0.24 against 0.56 in the originals. The (1 - M_b)
 factor of ``I_m`` *is* the blend weight, so the background here is x0's own latent, weighted once. ``I_m`` is
 still what the MSC sees (e_v).
+
+The result is final: it is already weighted by the soft mask, so whoever writes it back must not weight it again
+(:class:`bundle.writer.SyntheticVolumeWriter`). Where M_b is 0 it *is* the input, exactly. On the pixels
+(``PixelSpace``) the blend gives that by itself. A VAE (``LatentSpace``) cannot: decoding x0's own latent gives x0
+plus the VAE's reconstruction error, everywhere. So the decoded result gets that error removed with the background
+weight, ``decode(z_0) + (x0 - decode(E(x0))) * (1 - M_b)``: the background stays x0 and the blend band meets it
+without a seam, while inside the mask the model's decoded content stands as it is.
 """
 
 from __future__ import annotations
@@ -78,7 +85,7 @@ class SoftMaskInpaintingInferer(Inferer):
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, network: MedSoftDiffusion, soft_mask: torch.Tensor,
                  texts: Sequence[str], seeds: Sequence[int] | None = None) -> torch.Tensor:
-        """Synthesised images ``(B, 1, H, W)`` in [0, 1]: the lesion inside M_b, the input outside it.
+        """Synthesised images ``(B, 1, H, W)`` in [0, 1]: the lesion inside M_b, the input (exactly) where M_b is 0.
 
         Args:
             inputs: the images x0 ``(B, 1, H, W)`` in [0, 1] on the model grid.
@@ -110,4 +117,6 @@ class SoftMaskInpaintingInferer(Inferer):
             else:
                 known_now = known
             latents = latents * mask + known_now * (1.0 - mask)
-        return network.space.decode(latents)
+        reconstruction_error = inputs - network.space.decode(known)  # 0 on the pixels, the VAE's error in latents
+        result = (network.space.decode(latents) + reconstruction_error * (1.0 - soft_mask)).clamp(0.0, 1.0)
+        return torch.where(soft_mask > 0, result, inputs)

@@ -1,9 +1,10 @@
 """The Medical Semantic Controller (MSC): predicts the lesion's image feature from its text and the masked image.
 
 ``e_MSC = MSC([e_t ; e_v])`` (the paper's Eq. 3) is a transformer encoder over the two frozen CLIP features and
-``num_tokens`` learned query tokens. Its outputs are the query positions, projected back to the CLIP width: the
-tokens the guided UNet attends to, and their mean, the pooled e_MSC that stage 1 aligns with the original
-image's feature e_r (Eq. 4).
+one learned query; the query's output, projected back to the CLIP width, is e_MSC: one vector, as in the paper.
+Stage 1 aligns exactly that vector with the original image's feature e_r (Eq. 4), and the guided UNet attends to
+exactly that vector (one token, ``K' = e_MSC W'_k``, ``V' = e_MSC W'_v``, Eq. 5), so everything the UNet sees of the
+MSC is supervised. (Earlier versions made 4 tokens and aligned only their mean; their files are refused.)
 """
 
 from __future__ import annotations
@@ -22,38 +23,33 @@ class MedicalSemanticController(nn.Module):
     """Transformer encoder ``[e_t ; e_v] -> e_MSC``.
 
     Args:
-        embed_dim: E, the width of the CLIP features in and of the e_MSC tokens out.
-        num_tokens: N, how many e_MSC tokens the UNet attends to.
+        embed_dim: E, the width of the CLIP features in and of e_MSC out.
         width: the transformer's internal width.
         layers, heads: transformer depth and attention heads.
     """
 
-    def __init__(self, embed_dim: int, num_tokens: int = 4, width: int = 128, layers: int = 2,
-                 heads: int = 4) -> None:
+    def __init__(self, embed_dim: int, width: int = 128, layers: int = 2, heads: int = 4) -> None:
         super().__init__()
-        self.settings = {"embed_dim": embed_dim, "num_tokens": num_tokens, "width": width, "layers": layers,
-                         "heads": heads}
-        self.embed_dim, self.num_tokens = embed_dim, num_tokens
+        self.settings = {"embed_dim": embed_dim, "width": width, "layers": layers, "heads": heads}
+        self.embed_dim = embed_dim
         self.input_projection = nn.Linear(embed_dim, width)
         self.input_type = nn.Parameter(torch.zeros(2, width))  # tells e_t from e_v
-        self.queries = nn.Parameter(torch.randn(num_tokens, width) * 0.02)
+        self.query = nn.Parameter(torch.randn(1, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.output_norm = nn.LayerNorm(width)
         self.output_projection = nn.Linear(width, embed_dim)
 
-    def forward(self, text_feature: torch.Tensor, masked_image_feature: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(e_t (B, E), e_v (B, E)) -> (tokens (B, N, E), pooled (B, E))``."""
+    def forward(self, text_feature: torch.Tensor, masked_image_feature: torch.Tensor) -> torch.Tensor:
+        """``(e_t (B, E), e_v (B, E)) -> e_MSC (B, E)``."""
         if text_feature.shape != masked_image_feature.shape or text_feature.shape[-1] != self.embed_dim:
             raise ValueError(f"e_t and e_v must both be (B, {self.embed_dim}), got {tuple(text_feature.shape)} "
                              f"and {tuple(masked_image_feature.shape)}")
         inputs = self.input_projection(torch.stack([text_feature, masked_image_feature], dim=1)) + self.input_type
-        queries = self.queries.expand(inputs.shape[0], -1, -1)
-        encoded = self.encoder(torch.cat([inputs, queries], dim=1))[:, 2:]
-        tokens = self.output_projection(self.output_norm(encoded))
-        return tokens, tokens.mean(dim=1)
+        query = self.query.expand(inputs.shape[0], -1, -1)
+        encoded = self.encoder(torch.cat([inputs, query], dim=1))[:, 2]
+        return self.output_projection(self.output_norm(encoded))
 
     def save(self, path: str | os.PathLike) -> None:
         """Weights and settings in one safetensors file."""
@@ -74,8 +70,15 @@ class MedicalSemanticController(nn.Module):
             raise InputError(path, f"not a safetensors file ({type(error).__name__}: {error})") from error
         if "semantic_controller" not in metadata:
             raise InputError(path, "not a semantic controller file (no 'semantic_controller' settings)")
+        settings = json.loads(metadata["semantic_controller"])
+        tokens = settings.pop("num_tokens", 1) if isinstance(settings, dict) else 1
+        if tokens != 1:
+            raise InputError(path, f"an MSC of an earlier version: it makes {tokens} e_MSC tokens of which stage 1 "
+                                   "aligned only their mean with e_r, while the UNet attended to each; this version "
+                                   "makes one e_MSC vector (the paper's), aligned and attended as it is. Run stage 1 "
+                                   "(configs/train_msc.json) again, then stage 2")
         try:
-            controller = cls(**json.loads(metadata["semantic_controller"]))
+            controller = cls(**settings)
         except (TypeError, ValueError, AssertionError) as error:
             raise InputError(path, f"unusable 'semantic_controller' settings ({error})") from error
         tensors = load_file(str(path))
@@ -84,6 +87,6 @@ class MedicalSemanticController(nn.Module):
         return controller
 
 
-def alignment_loss(pooled: torch.Tensor, original_feature: torch.Tensor) -> torch.Tensor:
+def alignment_loss(semantic_feature: torch.Tensor, original_feature: torch.Tensor) -> torch.Tensor:
     """``L_MSC = ||e_MSC - e_r||^2``: the squared Euclidean distance per sample, averaged over the batch."""
-    return (pooled - original_feature).pow(2).sum(dim=-1).mean()
+    return (semantic_feature - original_feature).pow(2).sum(dim=-1).mean()

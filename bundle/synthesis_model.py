@@ -56,23 +56,22 @@ class MedSoftDiffusion(nn.Module):
 
     @torch.no_grad()
     def conditions(self, texts: Sequence[str], masked_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The text condition C ``(B, L, D)`` and the MSC tokens e_MSC ``(B, N, E)`` for a batch."""
+        """The text condition C ``(B, L, D)`` and e_MSC as the UNet's one MSC token ``(B, 1, E)`` for a batch."""
         missing = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
         if missing:
             raise ValueError(f"every item needs a lesion text; items {missing} have none")
         text_feature = self.clip_encoder.encode_text(texts)
         masked_feature = self.clip_encoder.encode_image(masked_images)
-        tokens, _ = self.controller(text_feature, masked_feature)
-        return self.text_states(texts), tokens
+        return self.text_states(texts), self.controller(text_feature, masked_feature)[:, None]
 
     @torch.no_grad()
     def null_conditions(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dropped conditions: the empty text's C (computed once per device) and all-zero MSC tokens."""
+        """The dropped conditions: the empty text's C (computed once per device) and an all-zero MSC token."""
         device = next(self.unet.parameters()).device
         if device not in self._empty_text:
             self._empty_text[device] = self.text_states([""])
         empty = self._empty_text[device].expand(batch_size, -1, -1)
-        tokens = torch.zeros(batch_size, self.controller.num_tokens, self.controller.embed_dim, device=empty.device)
+        tokens = torch.zeros(batch_size, 1, self.controller.embed_dim, device=empty.device)
         return empty, tokens
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor,
@@ -83,21 +82,24 @@ class MedSoftDiffusion(nn.Module):
 
 def tiny_model(spatial_size: int = 48, clip_encoder: MedicalClipEncoder | None = None,
                controller: MedicalSemanticController | None = None, unet_channels: Sequence[int] = (32, 64, 64),
-               scale: float = 1.0, trainable: str = "full", seed: int = 0) -> MedSoftDiffusion:
-    """The ``tiny`` profile: pixel space, a small random UNet trained in full, C from the small CLIP's text tower."""
+               scale: float = 1.0, trainable: str = "full", lora_rank: int = 4, seed: int = 0) -> MedSoftDiffusion:
+    """The ``tiny`` profile: pixel space, a small random UNet trained in full, C from the small CLIP's text tower.
+
+    ``scale``, ``trainable`` and ``lora_rank``: see :class:`GuidedUNet`."""
     from bundle.guided_unet import tiny_unet
 
     clip_encoder = clip_encoder or MedicalClipEncoder.tiny(seed=seed)
     controller = controller or MedicalSemanticController(clip_encoder.embed_dim)
     base = tiny_unet(sample_size=spatial_size, in_channels=PixelSpace.channels, block_out_channels=unet_channels,
                      cross_attention_dim=clip_encoder.text_state_dim, seed=seed)
-    unet = GuidedUNet(base, msc_dim=controller.embed_dim, scale=scale, trainable=trainable)
+    unet = GuidedUNet(base, msc_dim=controller.embed_dim, scale=scale, trainable=trainable, lora_rank=lora_rank)
     return MedSoftDiffusion(clip_encoder, controller, unet, ClipTowerTextStates(clip_encoder), PixelSpace())
 
 
 
 def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, controller: MedicalSemanticController,
-               scale: float = 1.0, trainable: str = "adapter", latent: bool = True) -> MedSoftDiffusion:
+               scale: float = 1.0, trainable: str = "adapter", lora_rank: int = 4, latent: bool = True
+               ) -> MedSoftDiffusion:
     """The ``sd15`` profile: Stable Diffusion 1.5's UNet guided by the MSC, its CLIP text encoder for C, its VAE.
 
     Everything comes from ``sd15_dir``, a local copy of stable-diffusion-v1-5 in diffusers format; the folder
@@ -108,7 +110,7 @@ def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, co
         clip_encoder: the frozen medical CLIP (BiomedCLIP).
         controller: the stage-1 MSC; its width is the MSC token width of the adapter.
         scale: gamma, the weight of the MSC attention term.
-        trainable: see :class:`GuidedUNet` (``"adapter"``: W'_k, W'_v only, the paper's setting).
+        trainable, lora_rank: see :class:`GuidedUNet` (``"adapter"``: W'_k, W'_v only, the paper's setting).
         latent: diffuse in the VAE's latent space (SD 1.5). ``False`` diffuses on the pixels (no ``vae/``
             needed), which only fits a custom UNet of 1 input channel saved in SD 1.5's layout; SD 1.5's own
             UNet has 4 and is refused.
@@ -153,7 +155,8 @@ def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, co
     if controller.embed_dim != clip_encoder.embed_dim:
         raise ValueError(f"the controller's width {controller.embed_dim} is not the medical CLIP's feature size "
                          f"{clip_encoder.embed_dim}; train stage 1 with this CLIP")
-    unet = GuidedUNet(load_unet(sd15_dir / "unet"), msc_dim=controller.embed_dim, scale=scale, trainable=trainable)
+    unet = GuidedUNet(load_unet(sd15_dir / "unet"), msc_dim=controller.embed_dim, scale=scale, trainable=trainable,
+                      lora_rank=lora_rank)
     space = LatentSpace.from_folder(sd15_dir) if latent else PixelSpace()
     return MedSoftDiffusion(clip_encoder, controller, unet, StableDiffusionTextStates(sd15_dir), space)
 

@@ -1,10 +1,12 @@
 """Putting 2-D model results back into a copy of the original volume, marked as synthetic.
 
 What is inserted is the model's *change* to each slice, not the resampled slice: the change is mapped back
-from the model grid to the slice's native pixels (MONAI's recorded inverse), weighted by the soft mask,
-scaled back to scanner units and added to the original voxels. Untouched anatomy therefore keeps its native
-resolution and exact values: with a model that returns its input, the written volume equals the input
-(NIfTI: bit for bit; DICOM: within one stored unit).
+from the model grid to the slice's native pixels (MONAI's recorded inverse), scaled back to scanner units and
+added to the original voxels. The sampler's result is already blended with the soft mask (at every step), so the
+change is *not* weighted by the soft mask again; it is only confined to the soft mask's support (the pixels where
+the native soft mask is above 0), which removes what interpolation spreads beyond it. Untouched anatomy therefore
+keeps its native resolution and exact values: with a model that returns its input, the written volume equals the
+input (NIfTI: bit for bit; DICOM: within one stored unit).
 
 Formats: NIfTI in, NIfTI out (same dtype, affine, qform/sform, header; ``descrip`` says synthetic); DICOM in
 (a series folder or one file), a new DICOM series out, uncompressed (new Study/Series/SOP Instance UIDs,
@@ -218,7 +220,8 @@ class SyntheticVolumeWriter:
         image_key: the model-grid input image of each slice item (its ``applied_operations`` are used).
         native_image_key, native_soft_mask_key: the slice's image (model intensity range) and soft mask on
             native pixels, kept before resampling.
-        weight_by_soft_mask: multiply the change by the soft mask, so nothing outside the mask changes.
+        confine_to_soft_mask: set the change to 0 wherever the native soft mask is 0, so no voxel outside the
+            mask's support changes (the results are already weighted by the soft mask: see :meth:`slice_change`).
         suffix: appended to the case name for every output file.
         keep_patient_identity: write DICOM output with the source's patient and study tags. By default (``False``)
             it is de-identified (:class:`bundle.synthetic_dicom.Deidentifier`: PS3.15 basic profile, a
@@ -228,23 +231,30 @@ class SyntheticVolumeWriter:
 
     def __init__(self, output_dir: str | os.PathLike, grid: Compose, image_key: str = "image",
                  native_image_key: str = "native_image", native_soft_mask_key: str = "native_soft_mask",
-                 weight_by_soft_mask: bool = True, suffix: str = "_synthetic", keep_patient_identity: bool = False
+                 confine_to_soft_mask: bool = True, suffix: str = "_synthetic", keep_patient_identity: bool = False
                  ) -> None:
         self.output_dir = Path(output_dir)
         self.grid = grid
         self.image_key = image_key
         self.native_image_key = native_image_key
         self.native_soft_mask_key = native_soft_mask_key
-        self.weight_by_soft_mask = weight_by_soft_mask
+        self.confine_to_soft_mask = confine_to_soft_mask
         self.suffix = suffix
         self.deidentifier = None if keep_patient_identity else Deidentifier()
 
     def slice_change(self, item: Mapping, prediction: torch.Tensor) -> torch.Tensor:
-        """The model's change on the slice's native pixels, in model intensity units: ``(1, H, W)``."""
+        """The model's change on the slice's native pixels, in model intensity units: ``(1, H, W)``.
+
+        ``prediction`` is the sampler's result, already blended with the soft mask (``p * M_b + x0 * (1 - M_b)``
+        at every step, and equal to x0 where M_b is 0), so its change is mapped back as it is: weighting it by
+        M_b again would give the model's content M_b^2 in the blend band. Mapping back interpolates, which can
+        spread a change by up to one model pixel beyond the mask's edge; that spread is cut at the native soft
+        mask's support (``confine_to_soft_mask``).
+        """
         reference = item[self.image_key]
         change = invert_to_slice(torch.as_tensor(prediction) - torch.as_tensor(reference), reference, self.grid)
-        if self.weight_by_soft_mask:
-            change = change * torch.as_tensor(item[self.native_soft_mask_key])
+        if self.confine_to_soft_mask:
+            change = change * (torch.as_tensor(item[self.native_soft_mask_key]) > 0)
         return change
 
     def __call__(self, items: Sequence[Mapping], predictions: Sequence[torch.Tensor],

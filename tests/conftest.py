@@ -102,8 +102,7 @@ def trained(demo_data, tmp_path_factory) -> Path:
     flow = run_workflow(["train.json"], "train", dataset_dir=str(demo_data), models_dir=str(models),
                         output_dir=str(runs / "train"), max_epochs=2, val_interval=2, **TINY)
     trainer = flow.parser.get_parsed_content("train#trainer")
-    assert trainer.state.epoch == 2
-    assert flow.parser.get_parsed_content("validate#evaluator").state.metrics["val_in_mask_psnr"] > 0
+    assert trainer.state.epoch == 2  # that it learned: tests/test_learning.py
     return models
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from bundle.clip_encoders import MedicalClipEncoder
 from bundle.engines import condition_dropout
@@ -46,6 +46,34 @@ def test_outside_the_soft_mask_the_result_is_the_input_and_inside_it_changes(mod
     assert (result[inside] - image[inside]).abs().mean() > 0.05
     # in the blend band the background counts once: result = 0.5 * synthesis + 0.5 * x0
     assert (result[band] - 0.5 * image[band]).min() >= -1e-6
+
+
+class RecordingDDIM(DDIMScheduler):
+    """DDIM that keeps the latents each step starts from."""
+
+    def step(self, model_output, timestep, sample, *args, **kwargs):
+        self.started_from.append(sample.clone())
+        return super().step(model_output, timestep, sample, *args, **kwargs)
+
+
+def test_the_background_is_blended_in_at_every_step_not_pasted_at_the_end(model, batch):
+    """Per step, the latents outside M_b are the known image noised to that step: the same whatever the text (the
+    model's prediction), while inside they follow the text. A sampler that pastes the background in only at the
+    end would carry the model's own background through every intermediate step."""
+    image, soft_mask = batch
+    trajectories = []
+    for texts in (TEXTS, ["a large hypointense metastasis", "a small bright haemangioma"]):
+        recording = RecordingDDIM.from_config(scheduler().config)
+        recording.started_from = []
+        SoftMaskInpaintingInferer(recording, num_inference_steps=6, eta=0.5)(image, model, soft_mask, texts, [3, 4])
+        trajectories.append(recording.started_from)
+    outside, inside = (soft_mask == 0).expand_as(trajectories[0][0]), (soft_mask == 1).expand_as(trajectories[0][0])
+    for step, (first, second) in enumerate(zip(*trajectories)):
+        if step == 0:  # pure noise, the same seeds
+            assert torch.equal(first, second)
+            continue
+        assert torch.equal(first[outside], second[outside]), step
+        assert (first[inside] - second[inside]).abs().mean() > 1e-3, step
 
 
 def test_the_same_seed_gives_the_same_result_and_another_seed_does_not(model, batch):

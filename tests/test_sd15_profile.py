@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,18 +16,21 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from monai.bundle import ConfigParser
+from safetensors.torch import load_file
 
 from bundle.clip_encoders import MedicalClipEncoder
 from bundle.diffusion_space import LatentSpace
 from bundle.errors import InputError
+from bundle.guided_unet import GuidedUNet
 from bundle.handlers import ExportGuidedUNet, ExportSemanticController
 from bundle.inferer import SoftMaskInpaintingInferer
+from bundle.model_grid import grid_geometry
 from bundle.semantic_controller import MedicalSemanticController
-from bundle.synthesis_model import CONTROLLER_FILE, MedSoftDiffusion, sd15_model
+from bundle.synthesis_model import CONTROLLER_FILE, MedSoftDiffusion, load_trained, sd15_model
 from bundle.text_conditioning import StableDiffusionTextStates
+from tests.conftest import CONFIGS, CT_DICOM, CT_DICOM_SEG, REPO, SHARED_DATA, T12_LABEL, run_workflow
 from tests.tiny_weights import MAX_LENGTH, SIZE, TEXT_WIDTH, write_tiny_sd15
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TEXTS = ["a hyperintense lesion", "lesion on t2"]
 
 
@@ -53,7 +58,7 @@ def biomedclip_dir(tmp_path_factory, clip_encoder) -> Path:
 def controller(clip_encoder) -> MedicalSemanticController:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
-        return MedicalSemanticController(clip_encoder.embed_dim, num_tokens=2, width=32, layers=1, heads=2)
+        return MedicalSemanticController(clip_encoder.embed_dim, width=32, layers=1, heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +92,7 @@ def test_sd15_model_builds_from_the_folder_and_predicts_latent_noise(model, cont
     images, mask = batch()
     text_states, msc_tokens = model.conditions(TEXTS, images * (1 - mask))
     assert text_states.shape == (2, MAX_LENGTH, TEXT_WIDTH)
-    assert msc_tokens.shape == (2, controller.num_tokens, controller.embed_dim)
+    assert msc_tokens.shape == (2, 1, controller.embed_dim)  # e_MSC, one token
     null_text, null_tokens = model.null_conditions(2)
     assert null_text.shape == text_states.shape and null_tokens.shape == msc_tokens.shape
     latents = model.space.encode(images)
@@ -116,9 +121,14 @@ def test_the_inferer_samples_in_latent_space(model, sd15_dir):
     inferer = SoftMaskInpaintingInferer.ddim(training, num_inference_steps=3)
     assert inferer.scheduler.config.set_alpha_to_one is False  # SD 1.5's own setting carries over
     images, mask = batch()
-    result = inferer(images * (1 - mask), model, mask, TEXTS, seeds=[3, 4])
+    inputs = images * (1 - mask)
+    result = inferer(inputs, model, mask, TEXTS, seeds=[3, 4])
     assert result.shape == (2, 1, SIZE, SIZE)
     assert result.min() >= 0 and result.max() <= 1
+    # the VAE's reconstruction error is not part of the result: where M_b is 0 it is the input itself
+    assert (model.space.decode(model.space.encode(inputs)) - inputs)[mask == 0].abs().max() > 0.05
+    assert torch.equal(result[mask == 0], inputs[mask == 0])
+    assert (result - inputs)[mask > 0].abs().mean() > 0.05
     again = inferer(images[1:] * (1 - mask[1:]), model, mask[1:], TEXTS[1:], seeds=[4])
     torch.testing.assert_close(again, result[1:], atol=1e-5, rtol=0)  # per-image seeds: batch-independent
 
@@ -258,3 +268,76 @@ def test_sd15_train_and_inference_configs_resolve_and_round_trip(tmp_path, sd15_
     assert result.shape == (1, 1, SIZE, SIZE)
     details = inference.get_parsed_content("job#details")
     assert details["base_model"] == os.path.abspath(sd15_dir)
+
+
+# ------------------------------------------------------------------ the "without MSC" ablation
+
+ABLATION = ["train.json", "sd15_train.json", "ablation_no_msc.json"]
+SHORT_RUN = {"max_epochs": 1, "val_interval": 5, "spatial_size": SIZE, "batch_size": 4, "slices_per_case": 1}
+
+
+def test_the_without_msc_arm_trains_a_text_lora_and_leaves_the_msc_attention_alone(
+        tmp_path, demo_data, sd15_dir, biomedclip_dir, stage1_dir, clip_encoder, controller):
+    """gamma 0 with the profile's 'adapter' left nothing trainable in the loss; the arm trains a LoRA on the text
+    cross-attention's keys and values instead (rank 128: as many parameters as W'_v of SD 1.5), and infers with it."""
+    folders = {"sd15_dir": str(sd15_dir), "biomedclip_dir": str(biomedclip_dir),
+               "biomedbert_dir": str(tmp_path / "bert"), "stage1_dir": str(stage1_dir)}
+    models_dir = tmp_path / "models_no_msc"
+    flow = run_workflow(ABLATION, "train", dataset_dir=str(demo_data), models_dir=str(models_dir),
+                        output_dir=str(tmp_path / "runs"), **folders, **SHORT_RUN)
+    assert flow.parser.get_parsed_content("train#trainer").state.iteration > 0
+    settings = GuidedUNet.adapter_settings(models_dir / "msc_adapter.safetensors")
+    assert settings["trainable"] == "text_lora" and settings["scale"] == 0.0 and settings["lora_rank"] == 128
+    untrained = sd15_model(sd15_dir, clip_encoder, controller, scale=0.0, trainable="text_lora", lora_rank=128)
+    before = untrained.unet.adapter_state_dict()
+    after = load_file(str(models_dir / "msc_adapter.safetensors"))
+    assert after.keys() == before.keys()
+    for name in before:
+        if "_ip." in name:  # W'_k / W'_v: frozen by gamma 0
+            assert torch.equal(after[name], before[name]), name
+    lora_b = [name for name in before if "lora_B" in name]  # peft starts B at zero
+    assert lora_b and all(after[name].abs().max() > 0 for name in lora_b)
+    loaded = load_trained(models_dir, stage1_dir=stage1_dir, clip_encoder=clip_encoder,
+                          text_states=StableDiffusionTextStates(sd15_dir), space=LatentSpace.from_folder(sd15_dir),
+                          base_unet_dir=sd15_dir / "unet")
+    assert loaded.unet.scale == 0.0
+    for name, tensor in loaded.unet.adapter_state_dict().items():
+        torch.testing.assert_close(tensor, after[name], rtol=0, atol=0)
+
+
+def test_the_without_msc_arm_trains_under_torchrun(tmp_path, demo_data, sd15_dir, biomedclip_dir, stage1_dir):
+    """Two processes, gloo, DistributedDataParallel: nothing trainable may be left outside the loss."""
+    configs = [*ABLATION, "multi_gpu_train.json"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+               "-m", "monai.bundle", "run", "--config_file", str([str(CONFIGS / name) for name in configs]),
+               "--dataset_dir", str(demo_data), "--sd15_dir", str(sd15_dir), "--biomedclip_dir", str(biomedclip_dir),
+               "--biomedbert_dir", str(tmp_path / "bert"), "--stage1_dir", str(stage1_dir),
+               "--models_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs"),
+               *[f"--{k}={v}" for k, v in SHORT_RUN.items()]]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert GuidedUNet.adapter_settings(tmp_path / "models" / "msc_adapter.safetensors")["trainable"] == "text_lora"
+
+
+# ------------------------------------------------------------------ the sd15 model grid
+
+
+@pytest.mark.parametrize("name", ["train_msc", "train", "inference"])
+def test_sd15_sees_whole_slices_at_their_native_pixel_size(shared_data, name):
+    """SD 1.5 gets each slice whole at its native spacing (resized to 512 px only by the slice's own size), not a
+    1-mm crop around the mask upsampled 4-7x; every stage shares the grid."""
+    preprocessing = parser_for(name).get_parsed_content(
+        "validate#preprocessing" if name.startswith("train") else "preprocessing")
+    ct = {"case_id": "ct", "image": str(CT_DICOM), "vertebra_seg": str(CT_DICOM_SEG), "mask_labels": [T12_LABEL],
+          "text": "lesion"}  # sagittal slices of the axial series: 20 x 512 px of 2 x 0.977 mm
+    geometry = grid_geometry(preprocessing(dict(ct))[0])
+    assert geometry["model_pixel_mm"] == pytest.approx(0.977, abs=0.001)  # before: 0.267 (a 137-mm crop, 3.6x)
+    assert geometry["upsampling"] == pytest.approx(1.0, abs=0.01)
+    assert geometry["window_mm"] == pytest.approx([39.1, 500.0], abs=1.0)  # the whole slice
+    lesion = {"case_id": "lesion", "image": str(SHARED_DATA / "sct_t2/t2_fake_lesion.nii.gz"),
+              "vertebra_seg": str(SHARED_DATA / "sct_t2/t2_fake_lesion_lesion_seg.nii.gz"), "mask_labels": [1],
+              "text": "lesion"}  # 99 x 99 px of 0.8 mm: the scan itself is small
+    geometry = grid_geometry(preprocessing(dict(lesion))[0])
+    assert geometry["window_mm"] == pytest.approx([79.2, 79.2], abs=0.5)
+    assert geometry["upsampling"] == pytest.approx(512 / 99, abs=0.05)  # before: 8.5x of a 41 x 48 mm crop
