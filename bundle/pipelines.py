@@ -168,8 +168,8 @@ class SliceDataset(torch.utils.data.Dataset):
             entry = self.data[number]
             case_id = str(entry.get("case_id", entry.get("image")))
             path = self.cache.path(entry) if self.cache else None
-            record = self.cache.load(path) if path else None
-            if record is not None:
+            labels = self.cache.labels(path) if path else None
+            if labels is not None:
                 from_cache += 1
             else:
                 try:
@@ -184,12 +184,13 @@ class SliceDataset(torch.utils.data.Dataset):
                 if not slices:
                     continue
                 record = _stacked(slices)
+                labels = record["label"]
                 if path:
                     self.cache.save(path, record)
             self._records.append(path or record)
             self._case_ids.append(case_id)
-            self.labels += record["label"]
-            self._index += [(len(self._records) - 1, row) for row in range(len(record["label"]))]
+            self.labels += labels
+            self._index += [(len(self._records) - 1, row) for row in range(len(labels))]
             if max_items is not None and len(self._index) >= max_items:
                 del self._index[max_items:], self.labels[max_items:]
                 break
@@ -212,6 +213,6 @@ class SliceDataset(torch.utils.data.Dataset):
         number, row = self._index[index]
         record = self._records[number]
         if isinstance(record, Path):
-            record = torch.load(record, mmap=True, weights_only=True)
+            return {**SliceCache.item(record, row), "case_id": self._case_ids[number]}
         return {**{k: record[k][row].clone() for k in SLICE_KEYS}, "text": record["text"][row],
                 "case_id": self._case_ids[number], "label": record["label"][row]}

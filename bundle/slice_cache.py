@@ -1,8 +1,9 @@
 """A disk cache of preprocessed slices, so a training set's memory does not grow with its size.
 
-Layout: ``<cache_dir>/slices_<fingerprint>/<entry key>.pt``, one file per datalist entry holding its slices
-stacked (``{key: (n, 1, S, S) float32, "text": [n], "label": [n]}``, plain tensors and strings: it loads
-with ``weights_only=True``), and ``settings.json`` beside them saying what the fingerprint covers.
+Layout: ``<cache_dir>/slices_<fingerprint>/<entry key>.safetensors``, one file per datalist entry holding its
+slices stacked (``{key: (n, 1, S, S) float32}``, the texts and labels in the header), and ``settings.json``
+beside them saying what the fingerprint covers. safetensors reads one slice of a file without the others and
+executes nothing (0.5 ms per item here, against 3-13 ms for a memory-mapped ``torch.load``).
 
 - The **fingerprint** (:func:`preprocessing_fingerprint`) hashes the preprocessing chain: every transform's
   class and public settings, the source of the bundle modules that define them and the versions of the other
@@ -20,7 +21,6 @@ import enum
 import hashlib
 import importlib.metadata
 import inspect
-import io
 import json
 import logging
 import os
@@ -30,8 +30,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 from monai.transforms import Compose
+from safetensors import safe_open
 
 from bundle.provenance import write_atomically, write_json_atomically
 
@@ -150,26 +152,36 @@ class SliceCache:
         self._identities: dict[str, list] = {}
 
     def path(self, entry: Mapping) -> Path:
-        return self.folder / f"{entry_cache_key(entry, self._identities)}.pt"
+        return self.folder / f"{entry_cache_key(entry, self._identities)}.safetensors"
 
     @staticmethod
-    def load(path: Path) -> dict | None:
-        """The stacked slices in ``path`` (memory-mapped: only what is indexed is read), or ``None`` when there
-        is no usable file (absent, or unreadable: it is then preprocessed again)."""
+    def labels(path: Path) -> list[str] | None:
+        """The labels of the slices in ``path`` (one per slice; only the header is read), or ``None`` when there
+        is no usable file (absent, or unreadable: the entry is then preprocessed again)."""
         if not path.is_file():
             return None
         try:
-            return torch.load(path, mmap=True, weights_only=True)
+            with safe_open(path, "pt") as handle:
+                return json.loads(handle.metadata()["label"])
         except Exception as error:  # noqa: BLE001 - a damaged cache file is recomputed, not fatal
             logger.warning("slice cache file %s is unreadable (%s): preprocessing again", path, error)
             return None
 
     @staticmethod
-    def save(path: Path, stack: Mapping) -> None:
-        """Write ``stack`` to ``path`` atomically (no half-written file is ever read)."""
-        buffer = io.BytesIO()
-        torch.save(dict(stack), buffer)
+    def item(path: Path, row: int) -> dict[str, object]:
+        """Slice ``row`` of ``path``: ``{key: (1, S, S)}``, ``"text"``, ``"label"`` (only that slice is read)."""
+        with safe_open(path, "pt") as handle:
+            metadata, names = handle.metadata(), handle.keys()  # a safetensors handle is not iterable
+            item: dict[str, object] = {key: handle.get_slice(key)[row:row + 1][0] for key in names}
+        return {**item, "text": json.loads(metadata["text"])[row], "label": json.loads(metadata["label"])[row]}
+
+    @staticmethod
+    def save(path: Path, record: Mapping) -> None:
+        """Write an entry's ``record`` (``{key: (n, 1, S, S)}``, ``"text"`` and ``"label"`` lists) to ``path``
+        atomically (no half-written file is ever read)."""
+        tensors = {k: v.contiguous() for k, v in record.items() if isinstance(v, torch.Tensor)}
+        metadata = {"text": json.dumps(record["text"]), "label": json.dumps(record["label"])}
         try:
-            write_atomically(path, buffer.getvalue())
+            write_atomically(path, safetensors.torch.save(tensors, metadata=metadata))
         except OSError as error:
             raise OSError(error.errno, f"cannot write the slice cache: {error.strerror}", str(path)) from error

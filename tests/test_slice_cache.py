@@ -109,7 +109,7 @@ def test_cached_items_equal_fresh_ones_and_the_dataset_holds_no_slices(phantoms,
     assert tensor_bytes(in_memory) >= len(in_memory) * 3 * 16 * 16 * 4  # the walk finds slices where they are
     assert tensor_bytes(cached) == 0 and tensor_bytes(reread) == 0
     folders = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert len(folders) == 1 and len(list(folders[0].glob("*.pt"))) == len(phantoms)
+    assert len(folders) == 1 and len(list(folders[0].glob("*.safetensors"))) == len(phantoms)
     assert json.loads((folders[0] / SETTINGS_FILE).read_text())["chain"]["transforms"][3]["sigma_mm"] == 3.0
 
 
@@ -133,8 +133,8 @@ def test_a_changed_setting_or_file_is_preprocessed_again(phantoms, reads, tmp_pa
     assert any(not torch.equal(again[i]["image"], first[i]["image"]) for i in changed)
 
     # a damaged cache file is preprocessed again, not fatal and not served
-    damaged = next(next(p for p in tmp_path.iterdir() if p.is_dir()).glob("*.pt"))
-    damaged.write_bytes(b"not a torch file")
+    damaged = next(next(p for p in tmp_path.iterdir() if p.is_dir()).glob("*.safetensors"))
+    damaged.write_bytes(b"not a safetensors file")
     reads.clear()
     SliceDataset(phantoms, preprocessing(3.0), cache_dir=tmp_path)
     assert sum(reads.values()) > 0
