@@ -62,8 +62,11 @@ Fast paths in the bundle (each is an option where it is not free, with the measu
 - **channels-last** (`channels_last` in the configs), **gradient checkpointing** (`gradient_checkpointing` in
   `train.json`, for SD 1.5 at 512 px) and **torch.compile** (`compile` in `inference.json`): options, off by
   default; their measured effect is in items 5 and 8.
-- **Data**: `SliceDataset` preprocesses every slice once and keeps it in memory, so a training step waits only
-  for collation (item 5). The frozen CLIP / MSC conditions cost about 1% of a step and are not cached."""
+- **Data**: `SliceDataset` preprocesses every slice once into a disk cache (`cache_dir`, `<output_dir>/cache`:
+  a folder per preprocessing fingerprint, a file per entry) and reads one small file per item, so a training
+  step waits only for that read and collation (item 5) and memory does not grow with the data set (item 6);
+  a series with several labelled coordinates is read once. The frozen CLIP / MSC conditions cost about 1% of a
+  step and are not cached."""
 
 MULTI_NODE = """Launch: `configs/multi_gpu_train.json` overrides `train.json` for DDP (NCCL on GPUs, gloo on a CPU; each
 rank takes its slice of the data through `DistributedSampler`; rank 0 alone writes checkpoints and exports).

@@ -261,7 +261,8 @@ class Context:
             parser = self.parser(["train.json"], dataset_dir=str(data["dir"]), datalist=str(data["datalist"]),
                                  stage1_dir=str(self.models_dir()), models_dir=str(self.work_dir / "unused_models"),
                                  output_dir=str(self.work_dir / "unused_runs"), val_max_items=max_items)
-            self._cache[key] = list(parser.get_parsed_content("validate#dataset").items)
+            dataset = parser.get_parsed_content("validate#dataset")
+            self._cache[key] = [dataset[i] for i in range(len(dataset))]
         return self._cache[key]  # type: ignore[return-value]
 
 

@@ -6,8 +6,8 @@ same optimiser settings, loss, noise scheduler, data loader and batch; ours is
 StatsHandler and TensorBoard logging, as in the config), the reference is the loop of diffusers'
 ``train_text_to_image.py`` reduced to its core: next batch, encode the conditions, noise, UNet, loss,
 backward, step. The data-wait share is the time spent fetching batches (ignite's GET_BATCH events) over the
-run: the slices are preprocessed once and held in memory by :class:`bundle.pipelines.SliceDataset` (the
-cache), so only collation remains.
+run: the slices are preprocessed once into the disk cache of :class:`bundle.pipelines.SliceDataset`
+(``<output_dir>/cache``), so only reading an item's small file and collation remain.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def run(ctx: Context) -> list[Record]:
         name="data-wait share of a training step", item=5, ours_s=ours_stats["wait"], reference_s=ours_stats["total"],
         ratio=share, reference="the whole training run's time (ours_s: time spent fetching batches)",
         target="< 0.10", met=bool(share < 0.10), shape=shape,
-        notes="SliceDataset preprocesses every slice once and keeps it in memory (the cache); the CLIP "
+        notes="SliceDataset preprocesses every slice once into its disk cache and reads one file per item; the CLIP "
               "features of the conditions cost about 1% of a step on the CPU, so they are not cached",
         value=100 * share, unit="% of step time"))
 

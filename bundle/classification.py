@@ -38,8 +38,9 @@ from monai.utils import CommonKeys
 
 from bundle.datalist import load_datalist
 from bundle.model_grid import model_grid
-from bundle.pipelines import SLICE_KEYS, SliceDataset, case_to_slices, inverse_frequency_weights
+from bundle.pipelines import SLICE_KEYS, SliceDataset, case_to_slices, inverse_frequency_weights, plain_tensor
 from bundle.provenance import code_version, sha256_of_path, write_json_atomically
+from bundle.slice_cache import file_identity
 
 logger = logging.getLogger(__name__)
 
@@ -62,24 +63,11 @@ def slice_transform(spatial_size: int = 48, pixdim_mm: float = 1.0, window_margi
                           slice_mode="all", max_slices=slices_per_case, lesion_guided=False)
 
 
-def _file_identity(value: object) -> object:
-    """A file path as (resolved path, size, modification time); other values unchanged."""
-    if isinstance(value, str) and os.path.exists(value):
-        stat = os.stat(value)
-        return [str(Path(value).resolve()), stat.st_size, stat.st_mtime_ns]
-    return value
-
-
-def _plain(values: torch.Tensor) -> torch.Tensor:
-    """A plain tensor (no MONAI metadata), so the cache holds tensors only and loads with
-    ``weights_only=True``."""
-    return torch.as_tensor(values).as_subclass(torch.Tensor).detach().float().clone()
-
-
 def slice_cache_key(entry: Mapping, tag: str = "") -> str:
     """The cache name of an entry's slices: a hash of what decides them (:data:`SOURCE_KEYS`, the files' size
     and modification time) and ``tag`` (the preprocessing settings)."""
-    source = {key: _file_identity(entry.get(key)) for key in SOURCE_KEYS if entry.get(key) is not None}
+    source = {key: file_identity(value) if isinstance(value, str) and os.path.exists(value) else value
+              for key in SOURCE_KEYS if (value := entry.get(key)) is not None}
     text = json.dumps({"source": source, "tag": tag}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -167,12 +155,12 @@ class ClassificationSlices(torch.utils.data.Dataset):
         if uncached:
             try:
                 dataset = SliceDataset([entry for entry, _ in uncached], transform)
-                items, self.failures = dataset.items, dataset.failures
+                items, self.failures = [dataset[i] for i in range(len(dataset))], dataset.failures
             except ValueError as error:  # not one entry could be read
                 items, self.failures = [], [{"case_id": str(e["case_id"]), "error": str(error)} for e, _ in uncached]
             for entry, path in uncached:
                 case_id = str(entry["case_id"])
-                slices = [{k: _plain(item[k]) for k in SLICE_KEYS} for item in items if item["case_id"] == case_id]
+                slices = [{k: plain_tensor(item[k]) for k in SLICE_KEYS} for item in items if item["case_id"] == case_id]
                 if not slices:
                     continue
                 found[case_id] = slices

@@ -189,7 +189,7 @@ def test_the_balanced_datalist_loads_in_the_training_pipeline(balanced):
     grid = model_grid(keys=["image", "soft_mask", "masked_image"], spatial_size=TINY_SPATIAL_SIZE, pixdim_mm=1.0,
                       window_key="soft_mask", window_margin_mm=16.0)
     dataset = SliceDataset([source, synthetic], case_to_slices(grid, max_slices=1, lesion_guided=True))
-    assert not dataset.failures and [i["label"] for i in dataset.items] == ["normal", synthetic["label"]]
+    assert not dataset.failures and dataset.labels == ["normal", synthetic["label"]]
     written, original = nib.load(synthetic["image"]), nib.load(source["image"])
     assert np.allclose(written.affine, original.affine)  # the source's vertebra labels fit the synthetic volume
     assert (np.asarray(written.dataobj) != np.asarray(original.dataobj)).any()
