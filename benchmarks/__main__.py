@@ -46,13 +46,13 @@ OpenMP threads per process were measured up to 7x slower than one, which would s
 
 Fast paths in the bundle (each is an option where it is not free, with the measurement that motivates it):
 
-- **Soft-mask blur** (`bundle/soft_mask.py`, `GaussianBlurMM`): computed on the mask's support grown by the
+- **Soft-mask blur** (`bundle/transforms/soft_mask.py`, `GaussianBlurMM`): computed on the mask's support grown by the
   kernel's tail, one axis at a time as blocks of products with the banded (Toeplitz) matrix of MONAI's own
   kernel: the same result as MONAI's `GaussianSmooth` on the full volume up to float rounding (item 4),
   instead of torch conv passes over every voxel (kept in the table as "previous blur"). First tried: the same
   crop with `scipy.ndimage.correlate1d`, as fast on a vertebra-sized mask but 1.04x scipy on a mask spanning
   the whole volume.
-- **Mixed precision** (`bundle/performance.py`): `precision` in `train.json` / `inference.json` (`"auto"`: bf16
+- **Mixed precision** (`bundle/networks/speed_options.py`): `precision` in `train.json` / `inference.json` (`"auto"`: bf16
   autocast on a GPU that has it, float32 on a CPU; `"fp16"` trains with loss scaling); the trainer and the
   sampler (`SoftMaskInpaintingInferer(precision=...)`) wrap the UNet call in `torch.autocast`.
 - **SDPA**: every attention (self, text cross-attention and the MSC attention of `IPAdapterAttnProcessor2_0`)

@@ -1,4 +1,4 @@
-"""Item 4: the soft-mask blur (:class:`bundle.soft_mask.GaussianBlurMM`) on a 512 x 512 x 64 anisotropic volume
+"""Item 4: the soft-mask blur (:class:`bundle.transforms.soft_mask.GaussianBlurMM`) on a 512 x 512 x 64 anisotropic volume
 against ``scipy.ndimage.gaussian_filter`` at the same sigma (in voxels), zero outside the volume.
 
 Two masks: a vertebra-sized box (the masks the bundle makes: a vertebra, a box, a point's box) and a worst
@@ -19,8 +19,8 @@ from monai.transforms import GaussianSmooth
 from scipy import ndimage
 
 from benchmarks.common import Context, Record, compare, interleaved
-from bundle.loading import voxel_spacing_mm
-from bundle.soft_mask import GaussianBlurMM
+from bundle.transforms.loading import voxel_spacing_mm
+from bundle.transforms.soft_mask import GaussianBlurMM
 
 SHAPE = (512, 512, 64)
 SPACING_MM = (0.5, 0.5, 3.0)

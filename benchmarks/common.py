@@ -172,8 +172,8 @@ class Context:
         return self._cache["data"]  # type: ignore[return-value]
 
     def _make_data(self) -> dict[str, object]:
-        from bundle.phantom import generate_dataset
-        from bundle.synthesis_requests import write_demo_requests
+        from bundle.demo.phantom import generate_dataset
+        from bundle.balancing.synthesis_requests import write_demo_requests
 
         if self.demo_data_present:
             source_dir, source = REPO / "demo" / "data", "demo/data (from make demo)"
@@ -217,8 +217,8 @@ class Context:
     def _fresh_models(self) -> Path:
         from diffusers import DDPMScheduler
 
-        from bundle.clip_encoders import MedicalClipEncoder
-        from bundle.synthesis_model import CLIP_FOLDER, CONTROLLER_FILE, save_trained, tiny_model
+        from bundle.networks.medical_clip import MedicalClipEncoder
+        from bundle.networks.medsoft_diffusion import CLIP_FOLDER, CONTROLLER_FILE, save_trained, tiny_model
 
         folder = self.work_dir / "fresh_models"
         model = tiny_model(spatial_size=48, clip_encoder=MedicalClipEncoder.tiny(seed=0), seed=0)
@@ -235,7 +235,7 @@ class Context:
 
     def model(self):
         """The demo model (trained or fresh), in eval mode on the benchmark device."""
-        from bundle.synthesis_model import load_trained
+        from bundle.networks.medsoft_diffusion import load_trained
 
         return load_trained(self.models_dir()).to(self.device).eval()
 

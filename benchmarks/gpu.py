@@ -20,9 +20,9 @@ from torch import nn
 from benchmarks.common import NO_GPU, Context, Record, compare, interleaved, not_measured
 from benchmarks.sampling import diffusers_inpaint_loop
 from benchmarks.unet_overhead import MSC_TOKENS, SD15_CONFIG, SD15_MSC_DIM, SD15_TEXT_LENGTH, unet_pair
-from bundle.diffusion_space import LatentSpace
-from bundle.inferer import SoftMaskInpaintingInferer
-from bundle.performance import autocast, optimise_unet
+from bundle.networks.diffusion_space import LatentSpace
+from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+from bundle.networks.speed_options import autocast, optimise_unet
 
 VG_MEDGEN = {"seconds_per_image": 1.457, "parameters_m": 833.0,
              "source": "VG-MedGen (published: 1.457 s per image, 833 M parameters)"}
@@ -32,7 +32,7 @@ SD15_VAE_CONFIG = {"in_channels": 3, "out_channels": 3, "down_block_types": ["Do
 
 
 class FixedConditionsModel(nn.Module):
-    """A :class:`bundle.synthesis_model.MedSoftDiffusion` stand-in: the guided UNet and the latent space, with
+    """A :class:`bundle.networks.medsoft_diffusion.MedSoftDiffusion` stand-in: the guided UNet and the latent space, with
     fixed random conditions in place of the text encoder, medical CLIP and MSC."""
 
     def __init__(self, unet: nn.Module, space: nn.Module, text_length: int, cross_dim: int, msc_dim: int) -> None:

@@ -1,6 +1,6 @@
 """Items 2 and 3: our sampler against diffusers' own inpainting loop, and fewer steps with DPM-Solver++.
 
-Item 2 times :class:`bundle.inferer.SoftMaskInpaintingInferer` (one slice, 50 DDIM steps, classifier-free
+Item 2 times :class:`bundle.inferers.soft_mask_inpainting.SoftMaskInpaintingInferer` (one slice, 50 DDIM steps, classifier-free
 guidance over text and MSC in one batched UNet call, the per-step soft-mask blend) against
 :func:`diffusers_inpaint_loop`, the denoising loop of diffusers' ``StableDiffusionInpaintPipeline`` for a
 4-channel UNet, making the same 50 batched UNet calls on the same network and inputs.
@@ -21,9 +21,9 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from benchmarks.common import Context, Record, compare, interleaved, median, not_measured
-from bundle.inferer import SoftMaskInpaintingInferer
-from bundle.metrics import in_mask_psnr, in_mask_ssim
-from bundle.performance import autocast
+from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+from bundle.metrics.image_quality import in_mask_psnr, in_mask_ssim
+from bundle.networks.speed_options import autocast
 
 GUIDANCE = 7.5
 REFERENCE_LOOP = ("diffusers StableDiffusionInpaintPipeline's denoising loop (4-channel UNet, strength 1: "

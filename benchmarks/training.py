@@ -2,11 +2,11 @@
 
 Both train the same network (``configs/train.json``'s tiny model, freshly initialised, all weights) with the
 same optimiser settings, loss, noise scheduler, data loader and batch; ours is
-:class:`bundle.engines.GuidedDiffusionTrainer` (MONAI / ignite engine, condition dropout, per-iteration
+:class:`bundle.engines.guided_diffusion_trainer.GuidedDiffusionTrainer` (MONAI / ignite engine, condition dropout, per-iteration
 StatsHandler and TensorBoard logging, as in the config), the reference is the loop of diffusers'
 ``train_text_to_image.py`` reduced to its core: next batch, encode the conditions, noise, UNet, loss,
 backward, step. The data-wait share is the time spent fetching batches (ignite's GET_BATCH events) over the
-run: the slices are preprocessed once into the disk cache of :class:`bundle.pipelines.SliceDataset`
+run: the slices are preprocessed once into the disk cache of :class:`bundle.transforms.case_to_slices.SliceDataset`
 (``<output_dir>/cache``), so only reading an item's small file and collation remain.
 """
 
@@ -19,8 +19,8 @@ import torch
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
 from benchmarks.common import Context, Record, compare, interleaved
-from bundle.engines import GuidedDiffusionTrainer
-from bundle.performance import optimise_unet
+from bundle.engines.guided_diffusion_trainer import GuidedDiffusionTrainer
+from bundle.networks.speed_options import optimise_unet
 
 REFERENCE = ("a minimal plain-PyTorch diffusers training loop (train_text_to_image.py's core) on the same model, "
              "data loader, optimiser and loss")

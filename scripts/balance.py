@@ -20,7 +20,7 @@ from pathlib import Path
 
 import fire
 
-from bundle.balancing import balance_datalist
+from bundle.balancing.balanced_datalist import balance_datalist
 from bundle.errors import InputError
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]

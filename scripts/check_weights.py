@@ -18,7 +18,7 @@ from pathlib import Path
 
 import fire
 
-from bundle.weight_folders import (
+from bundle.weights.checker import (
     NOT_ACCEPTED,
     PROFILES,
     SD15_HOW,
@@ -46,7 +46,7 @@ def main(sd15: str | None = None, biomedclip: str | None = None, biomedbert: str
 
     Args:
         profile: ``sd15`` (the published sizes) or ``structure`` (layout and consistency only).
-        hashes: SHA-256 of each weight file against bundle/known_weight_hashes.json (``--nohashes`` skips it).
+        hashes: SHA-256 of each weight file against bundle/weights/known_weight_hashes.json (``--nohashes`` skips it).
         convert: rewrite refused pickled weights as safetensors first (``torch.load(weights_only=True)``).
         latent: the VAE is needed (``--nolatent`` for a pixel-space UNet).
     """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fire
 
-from bundle.synthesis_effect import format_summary, write_effect_report
+from bundle.experiments.class_effect import format_summary, write_effect_report
 
 
 def main(requests: str, synthesis_dir: str, output: str, figure: str | None = None, split: str = "test") -> None:

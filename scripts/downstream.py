@@ -20,7 +20,7 @@ from pathlib import Path
 
 import fire
 
-from bundle.downstream import (
+from bundle.experiments.downstream import (
     ARMS,
     BUNDLE_ROOT,
     ExperimentError,

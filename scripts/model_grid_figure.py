@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from monai.bundle import ConfigParser
 
-from bundle.model_grid import grid_geometry
+from bundle.transforms.model_grid import grid_geometry
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = {

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 import fire
 
-from bundle.dataset_preparation import DEFAULT_FRACTIONS, Prepared, format_summary, write_prepared
+from bundle.preparation.prepared import DEFAULT_FRACTIONS, Prepared, format_summary, write_prepared
 from bundle.errors import InputError
-from bundle.prepare_rsna import CONDITIONS, DEFAULT_BOX_SIZE_MM, collect_rsna
-from bundle.prepare_vertumor import collect_vertumor
+from bundle.preparation.rsna import CONDITIONS, DEFAULT_BOX_SIZE_MM, collect_rsna
+from bundle.preparation.vertumor import collect_vertumor
 
 
 def _write(prepared: Prepared, out_dir: str, fractions: Sequence[float], seed: int, relative_paths: bool) -> None:

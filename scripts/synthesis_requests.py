@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fire
 
-from bundle.synthesis_requests import write_demo_requests
+from bundle.balancing.synthesis_requests import write_demo_requests
 
 
 def main(datalist: str, output: str, split: str = "test", classes: tuple[str, ...] = ("benign", "malignant"),

@@ -13,8 +13,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from bundle.phantom import generate_dataset
-from bundle.synthesis_requests import write_demo_requests
+from bundle.demo.phantom import generate_dataset
+from bundle.balancing.synthesis_requests import write_demo_requests
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -13,8 +13,8 @@ import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from bundle.loading import LoadVolume
-from bundle.prepare_rsna import severity_columns
+from bundle.transforms.loading import LoadVolume
+from bundle.preparation.rsna import severity_columns
 
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)

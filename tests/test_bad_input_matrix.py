@@ -27,10 +27,10 @@ from ignite.engine import Engine
 from safetensors.torch import save_file
 from scipy import ndimage
 
-from bundle.datalist import load_datalist
+from bundle.data.datalist import load_datalist
 from bundle.errors import InputError
-from bundle.loading import LoadVolume
-from bundle.writer import safe_case_name
+from bundle.transforms.loading import LoadVolume
+from bundle.io.volume_writer import safe_case_name
 from tests.conftest import (
     CT_DICOM,
     CT_DICOM_SEG,
@@ -448,22 +448,22 @@ def test_unsafe_patient_ids_never_steer_or_collide_outputs(shared_data, tmp_path
 
 # ------------------------------------------------------------------ texts
 def test_text_filling_the_token_limit_is_processed_with_a_warning(caplog):
-    from bundle.clip_encoders import MedicalClipEncoder
+    from bundle.networks.medical_clip import MedicalClipEncoder
 
     encoder = MedicalClipEncoder.tiny()
     long_text = "hyperintense lesion with sclerotic rim " * 20  # 780 characters: under the limit, over 77 tokens
-    with caplog.at_level(logging.WARNING, logger="bundle.lesion_text"):
+    with caplog.at_level(logging.WARNING, logger="bundle.demo.lesion_text"):
         features = encoder.encode_text(["small lesion", long_text])
     assert features.shape[0] == 2
-    warnings = [r.getMessage() for r in caplog.records if r.name == "bundle.lesion_text"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "bundle.demo.lesion_text"]
     assert len(warnings) == 1 and "780 characters fills all 77 tokens" in warnings[0]
 
 
 # ------------------------------------------------------------------ checkpoints of another architecture
 @pytest.fixture(scope="module")
 def models_dirs(tmp_path_factory):
-    from bundle.semantic_controller import MedicalSemanticController
-    from bundle.synthesis_model import CLIP_FOLDER, CONTROLLER_FILE, save_trained, tiny_model
+    from bundle.networks.semantic_controller import MedicalSemanticController
+    from bundle.networks.medsoft_diffusion import CLIP_FOLDER, CONTROLLER_FILE, save_trained, tiny_model
 
     made = {}
     for name, channels in (("mine", (16, 32, 32)), ("other", (24, 48, 48))):
@@ -489,7 +489,7 @@ def swapped(tmp_path: Path, mine: Path, replacement: Path, name: str) -> Path:
 
 
 def test_the_good_models_folder_loads(models_dirs):
-    from bundle.synthesis_model import load_trained
+    from bundle.networks.medsoft_diffusion import load_trained
 
     assert load_trained(models_dirs["mine"]).unet.msc_dim == 64
 
@@ -507,7 +507,7 @@ def test_the_good_models_folder_loads(models_dirs):
      r"msc_adapter\.safetensors: not a guided-UNet adapter file"),
 ])
 def test_checkpoint_of_another_architecture_is_refused_by_name(models_dirs, tmp_path, name, source, pattern):
-    from bundle.synthesis_model import load_trained
+    from bundle.networks.medsoft_diffusion import load_trained
 
     folder = swapped(tmp_path, models_dirs["mine"], models_dirs[source[0]] / source[1], name)
     with pytest.raises(InputError, match=pattern) as raised:
@@ -520,7 +520,7 @@ def test_weights_whose_settings_lie_about_their_shapes_are_refused(models_dirs, 
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from bundle.semantic_controller import MedicalSemanticController
+    from bundle.networks.semantic_controller import MedicalSemanticController
 
     with safe_open(str(models_dirs["mine"] / "msc.safetensors"), framework="pt") as handle:
         metadata = handle.metadata()
@@ -550,7 +550,7 @@ def tiny_trainer() -> tuple[Engine, torch.nn.Module]:
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("kind", ["zip", "legacy_pickle"])
 def test_resume_checkpoint_with_code_is_refused_and_never_run(tmp_path, kind):
-    from bundle.handlers import ResumableCheckpoints
+    from bundle.handlers.checkpoints import ResumableCheckpoints
 
     marker = tmp_path / "MARKER"
     checkpoint_dir = tmp_path / "checkpoints"
@@ -571,7 +571,7 @@ def test_resume_checkpoint_with_code_is_refused_and_never_run(tmp_path, kind):
 
 
 def test_resume_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
-    from bundle.handlers import ResumableCheckpoints
+    from bundle.handlers.checkpoints import ResumableCheckpoints
 
     checkpoint_dir = tmp_path / "checkpoints"
     checkpoint_dir.mkdir()
@@ -589,7 +589,7 @@ def test_resume_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
 
 
 def test_pickled_clip_weights_with_code_are_refused(tmp_path):
-    from bundle.clip_encoders import MedicalClipEncoder
+    from bundle.networks.medical_clip import MedicalClipEncoder
 
     folder = tmp_path / "clip"
     MedicalClipEncoder.tiny().save_local_dir(folder)
@@ -604,7 +604,7 @@ def test_pickled_clip_weights_with_code_are_refused(tmp_path):
 
 
 def test_feature_extractor_weights_with_code_are_refused(tmp_path):
-    from bundle.distribution_metrics import TorchvisionFeatures
+    from bundle.metrics.distribution import TorchvisionFeatures
 
     marker = tmp_path / "MARKER"
     weights = tmp_path / "resnet50.pt"

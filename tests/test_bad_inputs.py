@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from bundle.errors import InputError
-from bundle.loading import LoadVolume
-from bundle.writer import write_dicom_series
+from bundle.transforms.loading import LoadVolume
+from bundle.io.volume_writer import write_dicom_series
 from tests.conftest import CT_DICOM, SCT_LEVELS, SCT_T2, TOTALSEG_MR_SEG, run_job, write_datalist
 
 

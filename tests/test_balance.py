@@ -15,17 +15,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bundle.balancing import (
+from bundle.balancing.balanced_datalist import (
     balance_datalist,
     balancing_requests,
     class_counts,
     run_synthesis,
     synthesis_counts,
 )
-from bundle.datalist import ValidateEntryd, load_datalist
-from bundle.model_grid import model_grid
-from bundle.phantom import generate_dataset
-from bundle.pipelines import SliceDataset, case_to_slices
+from bundle.data.datalist import ValidateEntryd, load_datalist
+from bundle.transforms.model_grid import model_grid
+from bundle.demo.phantom import generate_dataset
+from bundle.transforms.case_to_slices import SliceDataset, case_to_slices
 from tests.conftest import REPO
 from tests.tiny_bundle import TINY_SPATIAL_SIZE, make_tiny_models
 

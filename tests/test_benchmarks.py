@@ -10,9 +10,9 @@ import torch
 
 from benchmarks import blur, gpu, report, sampling, scale_out, unet_overhead
 from benchmarks.common import Context, Record, compare, interleaved, not_measured
-from bundle.clip_encoders import MedicalClipEncoder
-from bundle.inferer import SoftMaskInpaintingInferer
-from bundle.synthesis_model import tiny_model
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+from bundle.networks.medsoft_diffusion import tiny_model
 
 REQUIRED = {"name", "ours_s", "reference_s", "ratio", "reference", "target", "met"}
 

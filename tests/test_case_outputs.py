@@ -16,10 +16,10 @@ import nibabel as nib
 import pytest
 from monai.transforms import Compose, Lambda
 
-import bundle.provenance
-import bundle.writer
+import bundle.io.provenance
+import bundle.io.volume_writer
 from bundle.errors import OutputError, describe_failure
-from bundle.soft_mask import GaussianBlurMM
+from bundle.transforms.soft_mask import GaussianBlurMM
 from tests.conftest import SCT_LEVELS, SCT_T2, TOTALSEG_MR, TOTALSEG_MR_SEG, preview_parser, write_datalist
 
 GOOD = {"image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [3], "text": "lesion"}
@@ -87,14 +87,14 @@ def test_equal_case_ids_are_refused_and_the_others_written(shared_data, tmp_path
 @pytest.fixture()
 def unrenderable(monkeypatch):
     """The preview fails for texts containing "UNRENDERABLE": a failure after the volume is written."""
-    render = bundle.writer.render_preview
+    render = bundle.io.volume_writer.render_preview
 
     def render_or_fail(path, *args, title: str = "", **kwargs):
         if "UNRENDERABLE" in title:
             raise ValueError("cannot render this text")
         return render(path, *args, title=title, **kwargs)
 
-    monkeypatch.setattr(bundle.writer, "render_preview", render_or_fail)
+    monkeypatch.setattr(bundle.io.volume_writer, "render_preview", render_or_fail)
 
 
 def test_a_failure_after_the_volume_leaves_nothing_of_the_case(shared_data, tmp_path, unrenderable):
@@ -132,7 +132,7 @@ def test_a_failing_last_move_leaves_nothing_of_the_case(shared_data, tmp_path, m
             raise OSError(errno.EIO, "Input/output error")
         return replace(source, target)
 
-    monkeypatch.setattr(bundle.provenance.os, "replace", replace_or_fail)
+    monkeypatch.setattr(bundle.io.provenance.os, "replace", replace_or_fail)
     report = make_job([{**POINT, "case_id": "mv"}, {**GOOD, "case_id": "good"}], tmp_path / "l.json",
                       output_dir).run()
     assert report["failed"] == [{"case_id": "mv", "bad_input": False, "error": (
@@ -158,7 +158,7 @@ def test_a_full_disk_names_the_output_and_keeps_nothing(shared_data, tmp_path, m
 
 def test_too_little_free_space_is_refused_before_predicting(shared_data, tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(bundle.provenance.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
+    monkeypatch.setattr(bundle.io.provenance.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
     output_dir = tmp_path / "out"
     job = make_job([{**POINT, "case_id": "c"}], tmp_path / "l.json", output_dir)
     report = job.run()

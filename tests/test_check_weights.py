@@ -1,4 +1,4 @@
-"""scripts/check_weights.py and bundle.weight_folders on tiny stand-ins in the real layouts: complete folders
+"""scripts/check_weights.py and bundle.weights.checker on tiny stand-ins in the real layouts: complete folders
 pass, every deleted file is named, wrong sizes in configs or tensors are reported, pickles are refused (and
 converted on request), hashes are compared with the known list; the sd15 profile's published sizes are checked
 against the architectures diffusers / transformers / open_clip build from the published configs."""
@@ -20,10 +20,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, CLIPTextConfig, CLIPTextModel
 
-from bundle.clip_encoders import MedicalClipEncoder
+from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.errors import InputError
-from bundle.synthesis_model import require_folder
-from bundle.weight_folders import (
+from bundle.networks.medsoft_diffusion import require_folder
+from bundle.weights.checker import (
     KNOWN_HASHES_FILE,
     MISSING,
     NOT_ACCEPTED,

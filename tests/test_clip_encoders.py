@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from bundle.clip_encoders import CONFIG_NAME, WEIGHTS_NAME, MedicalClipEncoder
+from bundle.networks.medical_clip import CONFIG_NAME, WEIGHTS_NAME, MedicalClipEncoder
 from bundle.errors import InputError
 from tests.tiny_weights import write_tiny_bert
 

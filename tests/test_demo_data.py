@@ -1,4 +1,4 @@
-"""The procedural spine-MRI demo data: bundle.phantom, bundle.lesion_text and scripts/demo_data.py."""
+"""The procedural spine-MRI demo data: bundle.demo.phantom, bundle.demo.lesion_text and scripts/demo_data.py."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bundle.lesion_text import describe_case
-from bundle.phantom import (
+from bundle.demo.lesion_text import describe_case
+from bundle.demo.phantom import (
     LESION_CLASSES,
     NEIGHBOUR_BONE_LABELS,
     VERTEBRA_LABELS,

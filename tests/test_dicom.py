@@ -19,9 +19,9 @@ from dicomanonymizer.simpledicomanonymizer import dictionary as uid_map
 from pydicom.fileset import FileSet
 
 from bundle.errors import InputError
-from bundle.loading import LoadVolume
-from bundle.synthetic_dicom import Deidentifier
-from bundle.writer import check_dicom_identity
+from bundle.transforms.loading import LoadVolume
+from bundle.io.synthetic_dicom import Deidentifier
+from bundle.io.volume_writer import check_dicom_identity
 from tests.conftest import CT_DICOM, run_job, write_datalist
 from tests.test_bad_input_matrix import GOOD_CT, assert_refused, copy_series, set_tags
 
@@ -214,7 +214,7 @@ def test_inputs_that_cannot_be_written_back_are_refused_by_file(shared_data, tmp
 
 
 def test_write_back_check_names_the_instance_whose_values_differ(shared_data):
-    from bundle.dicom_series import check_write_back, series_instances
+    from bundle.data.dicom_series import check_write_back, series_instances
 
     instances = series_instances(CT_DICOM)
     volume = LoadVolume()(CT_DICOM)

@@ -13,8 +13,8 @@ from ignite.engine import Engine
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.metrics.fid import get_fid_score
 
-from bundle.clip_encoders import MedicalClipEncoder
-from bundle.distribution_metrics import (
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.metrics.distribution import (
     FrechetDistance,
     KernelInceptionDistance,
     TorchvisionFeatures,
@@ -24,7 +24,7 @@ from bundle.distribution_metrics import (
     polynomial_mmd,
 )
 from bundle.errors import InputError
-from bundle.metrics import (
+from bundle.metrics.image_quality import (
     BackgroundPSNR,
     HighFrequencyDistance,
     background_mae,
@@ -33,7 +33,7 @@ from bundle.metrics import (
     in_mask_psnr,
     in_mask_ssim,
 )
-from bundle.phantom import generate_dataset
+from bundle.demo.phantom import generate_dataset
 from tests.conftest import CONFIGS, REPO
 from tests.tiny_bundle import TINY_SPATIAL_SIZE, make_tiny_models
 

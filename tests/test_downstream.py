@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.classification import (
+from bundle.data.classification_slices import (
     METRIC_NAMES,
     ClassificationSlices,
     SliceBagClassifier,
@@ -30,8 +30,8 @@ from bundle.classification import (
     slice_transform,
     training_sampler,
 )
-from bundle.datalist import load_datalist
-from bundle.downstream import ARMS, ExperimentError, mean_std, settings_for, verdicts, write_report
+from bundle.data.datalist import load_datalist
+from bundle.experiments.downstream import ARMS, ExperimentError, mean_std, settings_for, verdicts, write_report
 from tests.conftest import CONFIGS, REPO, bundle_run, run_workflow
 
 CLASSES = ["normal", "benign", "malignant"]

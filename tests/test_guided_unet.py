@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bundle.engines import require_gradients, trainable_parameters
+from bundle.engines.guided_diffusion_trainer import require_gradients, trainable_parameters
 from bundle.errors import InputError
-from bundle.guided_unet import GuidedUNet, cross_attention_layers, load_unet, tiny_unet, trainable_without_msc
+from bundle.networks.guided_unet import GuidedUNet, cross_attention_layers, load_unet, tiny_unet, trainable_without_msc
 
 MSC_DIM = 24
 TEXT_WIDTH = 64  # tiny_unet's cross_attention_dim

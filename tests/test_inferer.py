@@ -7,10 +7,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from bundle.clip_encoders import MedicalClipEncoder
-from bundle.engines import condition_dropout
-from bundle.inferer import SoftMaskInpaintingInferer
-from bundle.synthesis_model import tiny_model
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.engines.guided_diffusion_trainer import condition_dropout
+from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+from bundle.networks.medsoft_diffusion import tiny_model
 
 SIZE = 32
 TEXTS = ["a 9 mm hyperintense lesion in the L2 vertebral body", "an ill-defined hypointense lesion in L4"]

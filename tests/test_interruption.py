@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bundle.handlers import newest_checkpoint
+from bundle.handlers.checkpoints import newest_checkpoint
 from tests.conftest import REPO, SCT_LEVELS, SCT_T2, TINY, bundle_run, run_job, write_datalist
 
 TINY_ARGUMENTS = [part for key, value in TINY.items() for part in (f"--{key}", str(value))]

@@ -15,15 +15,15 @@ import torch
 from diffusers import DDPMScheduler
 from monai.bundle import ConfigParser
 
-from bundle.clip_encoders import MedicalClipEncoder
-from bundle.datalist import load_datalist
-from bundle.engines import clip_features
-from bundle.inferer import SoftMaskInpaintingInferer
-from bundle.losses import SoftMaskedNoiseLoss
-from bundle.metrics import InMaskPSNR
-from bundle.pipelines import SliceDataset
-from bundle.semantic_controller import MedicalSemanticController, alignment_loss
-from bundle.synthesis_model import load_trained, tiny_model
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.data.datalist import load_datalist
+from bundle.engines.guided_diffusion_trainer import clip_features
+from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+from bundle.losses.soft_masked_noise import SoftMaskedNoiseLoss
+from bundle.metrics.image_quality import InMaskPSNR
+from bundle.transforms.case_to_slices import SliceDataset
+from bundle.networks.semantic_controller import MedicalSemanticController, alignment_loss
+from bundle.networks.medsoft_diffusion import load_trained, tiny_model
 from tests.conftest import CONFIGS, REPO, TINY
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

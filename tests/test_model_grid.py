@@ -7,11 +7,11 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from bundle.model_grid import grid_geometry, invert_to_slice, model_grid
+from bundle.transforms.model_grid import grid_geometry, invert_to_slice, model_grid
 
 
 def slice_item(shape=(20, 50), spacing=(2.0, 0.8)) -> dict:
-    """A smooth 2-D slice with rectangular pixels, as :func:`bundle.slices.take_slice` makes them."""
+    """A smooth 2-D slice with rectangular pixels, as :func:`bundle.transforms.slices.take_slice` makes them."""
     rows, columns = torch.meshgrid(torch.arange(shape[0]) * spacing[0], torch.arange(shape[1]) * spacing[1],
                                    indexing="ij")
     values = (0.5 + 0.4 * torch.sin(rows / 7.0) * torch.cos(columns / 9.0))[None].float()

@@ -13,14 +13,14 @@ from diffusers import DDPMScheduler
 from monai.data import MetaTensor
 from monai.transforms import GaussianSmooth
 
-from bundle.clip_encoders import MedicalClipEncoder
-from bundle.engines import GuidedDiffusionTrainer
-from bundle.inferer import SoftMaskInpaintingInferer
-from bundle.loading import voxel_spacing_mm
-from bundle.losses import SoftMaskedNoiseLoss
-from bundle.performance import autocast_dtype, diffusers_unet, optimise_unet
-from bundle.soft_mask import GaussianBlurMM
-from bundle.synthesis_model import tiny_model
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.engines.guided_diffusion_trainer import GuidedDiffusionTrainer
+from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+from bundle.transforms.loading import voxel_spacing_mm
+from bundle.losses.soft_masked_noise import SoftMaskedNoiseLoss
+from bundle.networks.speed_options import autocast_dtype, diffusers_unet, optimise_unet
+from bundle.transforms.soft_mask import GaussianBlurMM
+from bundle.networks.medsoft_diffusion import tiny_model
 
 SIZE = 32
 

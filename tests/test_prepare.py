@@ -17,12 +17,12 @@ import pydicom
 import pytest
 from monai.bundle import ConfigParser
 
-from bundle.datalist import load_datalist, training_split
-from bundle.dataset_preparation import SPLITS, patient_split, read_dicom_series, write_prepared
+from bundle.data.datalist import load_datalist, training_split
+from bundle.preparation.prepared import SPLITS, patient_split, read_dicom_series, write_prepared
 from bundle.errors import InputError
-from bundle.loading import LoadVolume
-from bundle.prepare_rsna import collect_rsna, lesion_text
-from bundle.prepare_vertumor import collect_vertumor, parse_mask_labels
+from bundle.transforms.loading import LoadVolume
+from bundle.preparation.rsna import collect_rsna, lesion_text
+from bundle.preparation.vertumor import collect_vertumor, parse_mask_labels
 from tests.conftest import CONFIGS, CT_DICOM, CT_DICOM_SEG, REPO, SCT_LEVELS, SCT_T2, T12_LABEL, run_job
 from tests.layouts import write_dicom_series, write_rsna_layout, write_vertumor_layout
 

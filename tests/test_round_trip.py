@@ -14,9 +14,9 @@ import pytest
 from monai.transforms import Compose
 from scipy import ndimage
 
-from bundle.intensity import ScaleIntensityToModeld, invert_intensity
-from bundle.loading import LoadVolumed
-from bundle.soft_mask import SoftMaskFromSourced
+from bundle.transforms.intensity import ScaleIntensityToModeld, invert_intensity
+from bundle.transforms.loading import LoadVolumed
+from bundle.transforms.soft_mask import SoftMaskFromSourced
 from tests.conftest import (
     CT_DICOM,
     CT_DICOM_SEG,

@@ -18,16 +18,16 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from monai.bundle import ConfigParser
 from safetensors.torch import load_file
 
-from bundle.clip_encoders import MedicalClipEncoder
-from bundle.diffusion_space import LatentSpace
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.networks.diffusion_space import LatentSpace
 from bundle.errors import InputError
-from bundle.guided_unet import GuidedUNet
-from bundle.handlers import ExportGuidedUNet, ExportSemanticController
-from bundle.inferer import SoftMaskInpaintingInferer
-from bundle.model_grid import grid_geometry
-from bundle.semantic_controller import MedicalSemanticController
-from bundle.synthesis_model import CONTROLLER_FILE, MedSoftDiffusion, load_trained, sd15_model
-from bundle.text_conditioning import StableDiffusionTextStates
+from bundle.networks.guided_unet import GuidedUNet
+from bundle.handlers.checkpoints import ExportGuidedUNet, ExportSemanticController
+from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+from bundle.transforms.model_grid import grid_geometry
+from bundle.networks.semantic_controller import MedicalSemanticController
+from bundle.networks.medsoft_diffusion import CONTROLLER_FILE, MedSoftDiffusion, load_trained, sd15_model
+from bundle.networks.text_states import StableDiffusionTextStates
 from tests.conftest import CONFIGS, CT_DICOM, CT_DICOM_SEG, REPO, SHARED_DATA, T12_LABEL, run_workflow
 from tests.tiny_weights import MAX_LENGTH, SIZE, TEXT_WIDTH, write_tiny_sd15
 

@@ -17,12 +17,12 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from bundle.datalist import load_datalist
-from bundle.loading import LoadVolume
-from bundle.model_grid import model_grid
-from bundle.phantom import VERTEBRA_LABELS, generate_dataset
-from bundle.pipelines import SLICE_KEYS, SliceDataset, case_to_slices
-from bundle.slice_cache import SETTINGS_FILE, preprocessing_fingerprint
+from bundle.data.datalist import load_datalist
+from bundle.transforms.loading import LoadVolume
+from bundle.transforms.model_grid import model_grid
+from bundle.demo.phantom import VERTEBRA_LABELS, generate_dataset
+from bundle.transforms.case_to_slices import SLICE_KEYS, SliceDataset, case_to_slices
+from bundle.data.slice_cache import SETTINGS_FILE, preprocessing_fingerprint
 from tests.conftest import CONFIGS, REPO
 
 LEVELS = ["L2", "L4"]
@@ -142,7 +142,7 @@ def test_a_changed_setting_or_file_is_preprocessed_again(phantoms, reads, tmp_pa
 
 def test_the_fingerprint_is_the_same_in_a_fresh_process():
     """The cache folder's name must not depend on the process (hash seeds, object addresses)."""
-    code = ("from tests.test_slice_cache import preprocessing; from bundle.slice_cache import "
+    code = ("from tests.test_slice_cache import preprocessing; from bundle.data.slice_cache import "
             "preprocessing_fingerprint; print(preprocessing_fingerprint(preprocessing())[0])")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONHASHSEED": "123"}, check=True)

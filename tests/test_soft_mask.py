@@ -9,8 +9,8 @@ import torch
 from monai.data import MetaTensor
 
 from bundle.errors import InputError
-from bundle.loading import LoadVolume, match_image_grid
-from bundle.soft_mask import (
+from bundle.transforms.loading import LoadVolume, match_image_grid
+from bundle.transforms.soft_mask import (
     BoxMask,
     BoxMaskd,
     GaussianBlurMM,

@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bundle.phantom import generate_dataset
-from bundle.synthesis_effect import class_effect, effect_figure, requested_signal
-from bundle.synthesis_requests import lesion_requests, write_demo_requests
+from bundle.demo.phantom import generate_dataset
+from bundle.experiments.class_effect import class_effect, effect_figure, requested_signal
+from bundle.balancing.synthesis_requests import lesion_requests, write_demo_requests
 
 
 def test_requests_take_a_class_text_and_the_normal_case_level():

@@ -16,8 +16,8 @@ import pytest
 from ignite.distributed.comp_models.base import _SerialModel
 from monai.transforms import Compose
 
-from bundle.loading import LoadVolumed
-from bundle.soft_mask import SoftMaskFromSourced
+from bundle.transforms.loading import LoadVolumed
+from bundle.transforms.soft_mask import SoftMaskFromSourced
 from tests.conftest import CONFIGS, REPO, TINY, bundle_run, run_workflow, workflow
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from diffusers import DDPMScheduler
 
-from bundle.clip_encoders import MedicalClipEncoder
-from bundle.synthesis_model import CLIP_FOLDER, CONTROLLER_FILE, save_trained, tiny_model
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.networks.medsoft_diffusion import CLIP_FOLDER, CONTROLLER_FILE, save_trained, tiny_model
 
 TINY_SPATIAL_SIZE = 32
 

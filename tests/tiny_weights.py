@@ -20,8 +20,8 @@ from diffusers import AutoencoderKL, PNDMScheduler
 from safetensors.torch import save_file
 from transformers import BertConfig, CLIPTextConfig, CLIPTextModel
 
-from bundle.clip_encoders import CONFIG_NAME, WEIGHTS_NAME
-from bundle.guided_unet import tiny_unet
+from bundle.networks.medical_clip import CONFIG_NAME, WEIGHTS_NAME
+from bundle.networks.guided_unet import tiny_unet
 
 TEXT_WIDTH = 32
 MAX_LENGTH = 77

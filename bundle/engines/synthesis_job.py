@@ -1,0 +1,219 @@
+"""Running a job over a datalist case by case: one bad case is reported and the others still complete."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from monai.engines import Evaluator
+from monai.transforms import Compose
+
+from bundle.data.datalist import load_datalist
+from bundle.errors import InputError, describe_failure, find_input_error
+from bundle.io.provenance import check_folder_writable, write_json_atomically
+from bundle.io.volume_writer import SyntheticVolumeWriter
+
+logger = logging.getLogger(__name__)
+
+Predictor = Callable[[Sequence[Mapping]], Sequence[torch.Tensor]]
+
+
+class KeyPredictor:
+    """Returns one entry of each slice item as its result, e.g. ``"masked_image"`` to write ``I_m`` back.
+
+    It is how the pipeline is run without a generative model (the soft-mask preview job), and with
+    ``key="image"`` it is the identity model of the round-trip tests.
+    """
+
+    def __init__(self, key: str = "masked_image") -> None:
+        self.key = key
+
+    def __call__(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
+        return [torch.as_tensor(item[self.key]) for item in items]
+
+
+def case_seed(base_seed: int, case_id: str) -> int:
+    """A case's own seed: the same case gets the same noise whatever else runs with it."""
+    return (int(base_seed) + zlib.crc32(str(case_id).encode())) % 2**31
+
+
+class DiffusionPredictor:
+    """Samples each slice item with the trained model and the soft-mask inferer, in batches.
+
+    Slice ``i`` of a case uses seed ``case_seed(seed, case_id) + i``; the case seed is recorded on the items
+    (``"seed"``) for the provenance record.
+    """
+
+    def __init__(self, network: torch.nn.Module, inferer: Callable, seed: int = 0, batch_size: int = 8,
+                 device: torch.device | str = "cpu") -> None:
+        self.network, self.inferer, self.seed = network, inferer, seed
+        self.batch_size, self.device = batch_size, torch.device(device)
+
+    def __call__(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
+        results = []
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start:start + self.batch_size]
+            seeds = []
+            for offset, item in enumerate(batch, start=start):
+                item["seed"] = case_seed(self.seed, item.get("case_id", ""))
+                seeds.append(item["seed"] + offset)
+            stack = {k: torch.stack([torch.as_tensor(i[k]).float() for i in batch]).to(self.device)
+                     for k in ("image", "soft_mask")}
+            synthesised = self.inferer(stack["image"], self.network, stack["soft_mask"],
+                                       [str(i["text"]) for i in batch], seeds)
+            results.extend(synthesised.cpu())
+        return results
+
+
+def output_name_clashes(cases: Sequence[Mapping], output_stem: Callable[[Mapping], str]) -> dict[int, InputError]:
+    """The entries (by 1-based number) whose outputs would have the same names as another entry's, each with the
+    error that refuses it: equal case ids (or ids that differ only in letter case, which share a file on
+    case-insensitive file systems). ``output_stem`` gives an entry's output name stem. Entries whose stem cannot
+    be made (no ``case_id`` and no ``image``) are left to the entry checks."""
+    groups: dict[str, list[int]] = {}
+    for number, case in enumerate(cases, start=1):
+        try:
+            stem = output_stem(case)
+        except (KeyError, TypeError, AttributeError):
+            continue
+        groups.setdefault(stem.casefold(), []).append(number)
+    clashes = {}
+    for numbers in groups.values():
+        if len(numbers) < 2:
+            continue
+        ids = [cases[n - 1].get("case_id") for n in numbers]
+        images = ", ".join(str(cases[n - 1].get("image")) for n in numbers)
+        how = "the same case id" if len({str(i) for i in ids}) == 1 else "case ids that differ only in letter case"
+        for number, case_id in zip(numbers, ids):
+            clashes[number] = InputError(case_id, (
+                f"entries {', '.join(map(str, numbers))} of the datalist have {how} "
+                f"({', '.join(repr(i) for i in ids)}), so their outputs ({output_stem(cases[number - 1])}.*) would "
+                f"overwrite each other; none of them is written: give each entry its own case_id (images: {images})"))
+    return clashes
+
+
+class SynthesisJob:
+    """For each case: preprocess (one item per slice), check the outputs can be written, predict, write; then a
+    ``report.json``.
+
+    Before any case runs, the output folders must be writable (else :class:`bundle.errors.OutputError`), and
+    entries whose outputs would share names (equal case ids) are refused (:func:`output_name_clashes`).
+
+    Args:
+        cases: datalist entries, or the path of a datalist JSON (with ``split``).
+        preprocessing: transforms from an entry to a list of slice items.
+        predictor: slice items -> one model-grid result per item.
+        writer: puts the results back into the volume.
+        output_dir: where ``report.json`` goes (the writer's outputs go to its own folder).
+        details: extra provenance fields for every output (e.g. the model used).
+        skip_completed: resume an interrupted run: a case whose outputs an earlier run finished (same image,
+            text and ``details``; see :meth:`SyntheticVolumeWriter.completed`) is not redone but listed under
+            ``"skipped"``. ``False`` redoes (and overwrites) every case.
+    """
+
+    def __init__(self, cases: Sequence[Mapping] | str | os.PathLike, preprocessing: Compose, predictor: Predictor,
+                 writer: SyntheticVolumeWriter, output_dir: str | os.PathLike, split: str = "test",
+                 details: Mapping[str, object] | None = None, skip_completed: bool = True) -> None:
+        self.cases = load_datalist(cases, split) if isinstance(cases, (str, os.PathLike)) else list(cases)
+        self.preprocessing = preprocessing
+        self.predictor = predictor
+        self.writer = writer
+        self.output_dir = Path(output_dir)
+        self.details = dict(details or {})
+        self.skip_completed = skip_completed
+
+    def run_case(self, case: Mapping) -> dict[str, str]:
+        items = self.preprocessing(dict(case))
+        items = items if isinstance(items, list) else [items]
+        self.writer.check_writable(items)  # before the expensive prediction
+        with torch.no_grad():
+            predictions = self.predictor(items)
+        return self.writer(items, predictions, self.details)
+
+    def start(self) -> None:
+        """Check the output folders can be written to, remove an interrupted run's temporary files, find clashing
+        output names.
+
+        Raises:
+            OutputError: naming the output folder that cannot be written to.
+        """
+        for folder in dict.fromkeys([self.output_dir, self.writer.output_dir]):
+            check_folder_writable(folder)
+        for path in self.writer.remove_partial_outputs():
+            logger.warning("removed %s, left half-written by an interrupted run", path)
+        self.clashes = output_name_clashes(self.cases, self.writer.output_stem)
+        self.written: list[dict[str, str]] = []
+        self.skipped: list[dict[str, str]] = []
+        self.failed: list[dict[str, object]] = []
+
+    def fail(self, number: int, case: Mapping, error: BaseException) -> None:
+        """Record case ``number``'s failure: the bad input or the output it is about, else what failed and where,
+        after the case's image."""
+        case_id = str(case.get("case_id", case.get("image")))
+        problem = describe_failure(error, case.get("image"))
+        self.failed.append({"case_id": case_id, "error": problem, "bad_input": find_input_error(error) is not None})
+        logger.error("[%d/%d] %s failed: %s", number, len(self.cases), case_id, problem)
+
+    def process(self, number: int, case: Mapping) -> None:
+        """Run case ``number`` (1-based) and record its outputs, or its failure without raising."""
+        case_id = str(case.get("case_id", case.get("image")))
+        if number in self.clashes:
+            self.fail(number, case, self.clashes[number])
+            return
+        earlier = self.writer.completed(case, self.details) if self.skip_completed else None
+        if earlier is not None:
+            self.skipped.append({"case_id": case_id, **earlier})
+            logger.info("[%d/%d] %s already written by an earlier run (%s): skipped", number, len(self.cases),
+                        case_id, earlier["provenance"])
+            return
+        started = time.perf_counter()
+        try:
+            outputs = self.run_case(case)
+        except Exception as error:  # noqa: BLE001 - report the case and go on with the others
+            self.fail(number, case, error)
+            return
+        self.written.append({"case_id": case_id, **outputs})
+        logger.info("[%d/%d] %s -> %s (%.1f s)", number, len(self.cases), case_id, outputs["volume"],
+                    time.perf_counter() - started)
+
+    def finish(self) -> dict[str, object]:
+        """Write and return the report: outputs written now, outputs kept from an earlier run, failures."""
+        report = {"written": self.written, "skipped": self.skipped, "failed": self.failed,
+                  "num_cases": len(self.cases)}
+        write_json_atomically(self.output_dir / "report.json", report)
+        logger.info("%d of %d cases written, %d already written earlier, %d failed; report: %s", len(self.written),
+                    len(self.cases), len(self.skipped), len(self.failed), self.output_dir / "report.json")
+        return report
+
+    def run(self) -> dict[str, object]:
+        """Run every case; returns (and writes) the report of written outputs and failures."""
+        self.start()
+        for number, case in enumerate(self.cases, start=1):
+            self.process(number, case)
+        return self.finish()
+
+
+class CaseByCaseEvaluator(Evaluator):
+    """A MONAI evaluator over a :class:`SynthesisJob`'s cases, so MONAI's workflow tools (the property
+    checker, MONAI Label / Deploy, handlers) drive the job: each iteration is one case; the report is written
+    when the run completes."""
+
+    def __init__(self, job: SynthesisJob, device: torch.device | str = "cpu", val_handlers: Sequence | None = None
+                 ) -> None:
+        self.job = job
+        super().__init__(device=torch.device(device), val_data_loader=[[case] for case in job.cases],
+                         epoch_length=len(job.cases), val_handlers=val_handlers, decollate=False)
+
+    def run(self, global_epoch: int = 1) -> None:
+        self.job.start()
+        super().run(global_epoch)
+        self.report = self.job.finish()
+
+    def _iteration(self, engine: CaseByCaseEvaluator, batchdata: list[Mapping]) -> dict[str, object]:
+        self.job.process(engine.state.iteration, batchdata[0])
+        return {"written": len(self.job.written), "failed": len(self.job.failed)}

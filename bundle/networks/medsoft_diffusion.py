@@ -1,0 +1,230 @@
+"""MedSoft-Diffusion's networks together: frozen medical CLIP, MSC, text condition, guided UNet, diffusion space.
+
+The model answers two questions for the trainer and the sampler: which conditions does a batch give
+(:meth:`MedSoftDiffusion.conditions`, with :meth:`MedSoftDiffusion.null_conditions` for classifier-free
+guidance and condition dropout) and what noise does the UNet predict (:meth:`MedSoftDiffusion.forward`).
+Trained weights live in one folder (``models/``): see :func:`save_trained` and :func:`load_trained`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.networks.diffusion_space import LatentSpace, PixelSpace
+from bundle.errors import InputError
+from bundle.networks.guided_unet import GuidedUNet, load_unet
+from bundle.networks.semantic_controller import MedicalSemanticController
+from bundle.networks.text_states import ClipTowerTextStates
+
+CLIP_FOLDER = "clip"
+CONTROLLER_FILE = "msc.safetensors"
+UNET_FOLDER = "unet"
+ADAPTER_FILE = "msc_adapter.safetensors"
+
+
+class MedSoftDiffusion(nn.Module):
+    """The guided UNet and everything that conditions it; only the UNet's chosen parameters can train.
+
+    Args:
+        clip_encoder: frozen medical CLIP (e_t of the text, e_v of the masked image).
+        controller: the pretrained MSC (frozen here: it is trained in stage 1).
+        unet: the guided UNet.
+        text_states: texts -> the UNet's text condition C ``(B, L, D)``.
+        space: :class:`PixelSpace` or :class:`LatentSpace`.
+    """
+
+    def __init__(self, clip_encoder: MedicalClipEncoder, controller: MedicalSemanticController, unet: GuidedUNet,
+                 text_states: nn.Module, space: PixelSpace | LatentSpace) -> None:
+        super().__init__()
+        self.clip_encoder = clip_encoder
+        self.controller = controller.eval().requires_grad_(False)
+        self.unet = unet
+        self.text_states = text_states
+        self.space = space
+        self._empty_text: dict[torch.device, torch.Tensor] = {}
+
+    def train(self, mode: bool = True) -> MedSoftDiffusion:
+        super().train(mode)
+        self.controller.eval()
+        return self
+
+    @torch.no_grad()
+    def conditions(self, texts: Sequence[str], masked_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text condition C ``(B, L, D)`` and e_MSC as the UNet's one MSC token ``(B, 1, E)`` for a batch."""
+        missing = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+        if missing:
+            raise ValueError(f"every item needs a lesion text; items {missing} have none")
+        text_feature = self.clip_encoder.encode_text(texts)
+        masked_feature = self.clip_encoder.encode_image(masked_images)
+        return self.text_states(texts), self.controller(text_feature, masked_feature)[:, None]
+
+    @torch.no_grad()
+    def null_conditions(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dropped conditions: the empty text's C (computed once per device) and an all-zero MSC token."""
+        device = next(self.unet.parameters()).device
+        if device not in self._empty_text:
+            self._empty_text[device] = self.text_states([""])
+        empty = self._empty_text[device].expand(batch_size, -1, -1)
+        tokens = torch.zeros(batch_size, 1, self.controller.embed_dim, device=empty.device)
+        return empty, tokens
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor,
+                msc_tokens: torch.Tensor) -> torch.Tensor:
+        """Predicted noise epsilon for ``latents`` ``(B, C, h, w)``."""
+        return self.unet(latents, timesteps, text_states, msc_tokens)
+
+
+def tiny_model(spatial_size: int = 48, clip_encoder: MedicalClipEncoder | None = None,
+               controller: MedicalSemanticController | None = None, unet_channels: Sequence[int] = (32, 64, 64),
+               scale: float = 1.0, trainable: str = "full", lora_rank: int = 4, seed: int = 0) -> MedSoftDiffusion:
+    """The ``tiny`` profile: pixel space, a small random UNet trained in full, C from the small CLIP's text tower.
+
+    ``scale``, ``trainable`` and ``lora_rank``: see :class:`GuidedUNet`."""
+    from bundle.networks.guided_unet import tiny_unet
+
+    clip_encoder = clip_encoder or MedicalClipEncoder.tiny(seed=seed)
+    controller = controller or MedicalSemanticController(clip_encoder.embed_dim)
+    base = tiny_unet(sample_size=spatial_size, in_channels=PixelSpace.channels, block_out_channels=unet_channels,
+                     cross_attention_dim=clip_encoder.text_state_dim, seed=seed)
+    unet = GuidedUNet(base, msc_dim=controller.embed_dim, scale=scale, trainable=trainable, lora_rank=lora_rank)
+    return MedSoftDiffusion(clip_encoder, controller, unet, ClipTowerTextStates(clip_encoder), PixelSpace())
+
+
+
+def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, controller: MedicalSemanticController,
+               scale: float = 1.0, trainable: str = "adapter", lora_rank: int = 4, latent: bool = True
+               ) -> MedSoftDiffusion:
+    """The ``sd15`` profile: Stable Diffusion 1.5's UNet guided by the MSC, its CLIP text encoder for C, its VAE.
+
+    Everything comes from ``sd15_dir``, a local copy of stable-diffusion-v1-5 in diffusers format; the folder
+    layout and the sizes are checked from the config files before any weights are read.
+
+    Args:
+        sd15_dir: the SD 1.5 folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``).
+        clip_encoder: the frozen medical CLIP (BiomedCLIP).
+        controller: the stage-1 MSC; its width is the MSC token width of the adapter.
+        scale: gamma, the weight of the MSC attention term.
+        trainable, lora_rank: see :class:`GuidedUNet` (``"adapter"``: W'_k, W'_v only, the paper's setting).
+        latent: diffuse in the VAE's latent space (SD 1.5). ``False`` diffuses on the pixels (no ``vae/``
+            needed), which only fits a custom UNet of 1 input channel saved in SD 1.5's layout; SD 1.5's own
+            UNet has 4 and is refused.
+
+    Raises:
+        InputError: a file of the layout is missing (the first one is named; ``scripts/check_weights.py``
+            names them all) or a config cannot be read.
+        ValueError: the UNet's cross-attention width is not the text encoder's hidden size, its input channels
+            are not the diffusion space's, or the controller does not fit the medical CLIP.
+    """
+    import json
+
+    from bundle.networks.text_states import StableDiffusionTextStates
+    from bundle.weights.checker import SD15_HOW, sd15_files
+
+    how = SD15_HOW  # the layout is defined once, in bundle.weights.checker (scripts/check_weights.py checks it)
+
+    def read_config(path: Path) -> dict:
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(path, f"cannot read the config ({error}); {how}") from error
+        if not isinstance(config, dict):
+            raise InputError(path, f"not a config (a JSON object); {how}")
+        return config
+
+    sd15_dir = require_folder(sd15_dir, sd15_files(latent), how)
+    unet_config = read_config(sd15_dir / "unet/config.json")
+    text_config = read_config(sd15_dir / "text_encoder/config.json")
+    cross_dims = unet_config.get("cross_attention_dim")
+    cross_dims = set(cross_dims) if isinstance(cross_dims, (list, tuple)) else {cross_dims}
+    text_width = text_config.get("hidden_size")
+    if cross_dims != {text_width}:
+        raise ValueError(f"{sd15_dir}: the UNet's cross_attention_dim {sorted(cross_dims, key=str)} is not the text "
+                         f"encoder's hidden_size {text_width}; unet/ and text_encoder/ must come from one model")
+    channels = read_config(sd15_dir / "vae/config.json").get("latent_channels") if latent \
+        else PixelSpace.channels
+    if unet_config.get("in_channels") != channels or unet_config.get("out_channels") != channels:
+        space = f"the VAE's {channels} latent channels" if latent else f"pixel space ({channels} channel)"
+        raise ValueError(f"{sd15_dir}: the UNet has {unet_config.get('in_channels')} input and "
+                         f"{unet_config.get('out_channels')} output channels; {space} need {channels}")
+    if controller.embed_dim != clip_encoder.embed_dim:
+        raise ValueError(f"the controller's width {controller.embed_dim} is not the medical CLIP's feature size "
+                         f"{clip_encoder.embed_dim}; train stage 1 with this CLIP")
+    unet = GuidedUNet(load_unet(sd15_dir / "unet"), msc_dim=controller.embed_dim, scale=scale, trainable=trainable,
+                      lora_rank=lora_rank)
+    space = LatentSpace.from_folder(sd15_dir) if latent else PixelSpace()
+    return MedSoftDiffusion(clip_encoder, controller, unet, StableDiffusionTextStates(sd15_dir), space)
+
+
+def require_folder(folder: str | os.PathLike, names: Sequence[str], how: str) -> Path:
+    """``folder`` as a Path, after checking that each of ``names`` exists in it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, f"folder not found; {how}")
+    for name in names:
+        if not (folder / name).exists():
+            raise InputError(folder / name, f"missing; {how}")
+    return folder
+
+
+def save_trained(model: MedSoftDiffusion, models_dir: str | os.PathLike, save_base_unet: bool = True,
+                 unet: GuidedUNet | None = None) -> None:
+    """Write the trained parts: the base UNet (unless it is a pretrained one left frozen) and the adapter.
+
+    ``unet`` replaces the model's own (e.g. its moving average).
+    """
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    unet = unet or model.unet
+    if save_base_unet:
+        unet.save_base(models_dir / UNET_FOLDER)
+    unet.save_adapter(models_dir / ADAPTER_FILE)
+
+
+def load_trained(models_dir: str | os.PathLike, stage1_dir: str | os.PathLike | None = None,
+                 clip_encoder: MedicalClipEncoder | None = None,
+                 text_states: nn.Module | None = None, space: PixelSpace | LatentSpace | None = None,
+                 base_unet_dir: str | os.PathLike | None = None, scale: float | None = None) -> MedSoftDiffusion:
+    """The model stages 1 and 2 left in ``models_dir``, ready to sample.
+
+    Args:
+        stage1_dir: where stage 1 left the MSC (and the ``tiny`` CLIP); defaults to ``models_dir``.
+        clip_encoder: defaults to the one stage 1 saved in ``stage1_dir/clip`` (the ``tiny`` profile).
+        text_states: defaults to the clip encoder's text tower.
+        space: defaults to pixel space.
+        base_unet_dir: the base UNet folder; defaults to ``models_dir/unet`` (for SD 1.5: ``<sd15>/unet``).
+        scale: overrides the stored gamma (e.g. 0 for the no-MSC ablation).
+    """
+    how = "train stage 1 (configs/train_msc.json) and stage 2 (configs/train.json) first, or run `make demo`"
+    models_dir = require_folder(models_dir, (ADAPTER_FILE,), how)
+    stage1_dir = require_folder(stage1_dir or models_dir, (CONTROLLER_FILE,), how)
+    clip_encoder = clip_encoder or MedicalClipEncoder.from_local_dir(stage1_dir / CLIP_FOLDER)
+    controller = MedicalSemanticController.load(stage1_dir / CONTROLLER_FILE)
+    if controller.embed_dim != clip_encoder.embed_dim:  # a file of another architecture: refuse by name
+        raise InputError(stage1_dir / CONTROLLER_FILE, f"a controller for {controller.embed_dim}-wide CLIP features, "
+                                                       f"but the medical CLIP gives {clip_encoder.embed_dim}")
+    settings = GuidedUNet.adapter_settings(models_dir / ADAPTER_FILE)
+    if int(settings["msc_dim"]) != controller.embed_dim:
+        raise InputError(models_dir / ADAPTER_FILE, f"an adapter for {settings['msc_dim']}-wide MSC tokens, but "
+                                                    f"{stage1_dir / CONTROLLER_FILE} makes {controller.embed_dim}")
+    base_dir = Path(base_unet_dir or models_dir / UNET_FOLDER)
+    base = load_unet(base_dir)
+    text_states = text_states or ClipTowerTextStates(clip_encoder)
+    space = space or PixelSpace()
+    for name, needed, have in (("cross_attention_dim", getattr(text_states, "width", None), "the text condition"),
+                               ("in_channels", getattr(space, "channels", None), "the diffusion space")):
+        value = base.config.get(name)
+        if needed is not None and (set(value) if isinstance(value, (list, tuple)) else {value}) != {needed}:
+            raise InputError(base_dir / "config.json", f"a UNet of {name} {value}, but {have} "
+                                                       f"needs {needed}: a UNet of another architecture")
+    unet = GuidedUNet(base, msc_dim=int(settings["msc_dim"]),
+                      scale=float(settings["scale"] if scale is None else scale),
+                      trainable=str(settings["trainable"]), lora_rank=int(settings["lora_rank"]))
+    unet.load_adapter(models_dir / ADAPTER_FILE)
+    model = MedSoftDiffusion(clip_encoder, controller, unet, text_states, space)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,847 @@
+"""What a usable Stable Diffusion 1.5 folder and BiomedCLIP folder contain, and a checker for them.
+
+This module is the one place that says which files the ``sd15`` profile reads from its pretrained folders:
+:func:`bundle.networks.medsoft_diffusion.sd15_model` and :meth:`bundle.networks.medical_clip.MedicalClipEncoder.from_local_dir` take
+their file lists from here, and :func:`check_weights` (``scripts/check_weights.py``) checks the same lists, so
+the loaders and the checker cannot disagree on what is required.
+
+The checker goes further than the loaders' first-missing-file errors: it names *every* missing file, refuses
+pickled weights (``.bin`` / ``.ckpt`` / ``.pt``: unpickling can run code, and their tensor shapes cannot be read
+without unpickling), and checks sizes without loading a tensor: config values against a :class:`WeightProfile`
+(the published SD 1.5 / BiomedCLIP figures, or :data:`STRUCTURE` for any sizes), and tensor shapes from the
+safetensors headers against what the configs imply. Optionally it hashes each weight file (SHA-256, streamed)
+and compares with the published hashes listed in ``bundle/weights/known_weight_hashes.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bundle.errors import InputError
+
+# ------------------------------------------------------------------ report words
+OK = "OK"
+MISSING = "MISSING"
+NOT_ACCEPTED = "NOT ACCEPTED"
+UNREADABLE = "UNREADABLE"
+WRONG_SHAPE = "WRONG SHAPE"
+UNKNOWN_HASH = "UNKNOWN HASH"
+NOTE = "NOTE"
+FAILURES = frozenset({MISSING, NOT_ACCEPTED, UNREADABLE, WRONG_SHAPE})
+
+# ------------------------------------------------------------------ Stable Diffusion 1.5 (diffusers layout)
+SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD15_HOW = ("expected a local copy of stable-diffusion-v1-5 in diffusers format, e.g. `huggingface-cli download "
+            f"{SD15_REPO} --local-dir <folder> --include '*.json' '*.txt' "
+            "'unet/diffusion_pytorch_model.safetensors' 'vae/diffusion_pytorch_model.safetensors' "
+            "'text_encoder/model.safetensors'`")
+
+
+@dataclass(frozen=True)
+class Sd15Part:
+    """One sub-folder of the SD 1.5 folder: its required files, its safetensors weight file (if any) and the
+    pickled files that would stand in for it in other copies (refused)."""
+
+    name: str
+    files: tuple[str, ...]
+    weights: str | None = None
+    pickles: tuple[str, ...] = ()
+    latent_only: bool = False
+
+
+SD15_PARTS = (
+    Sd15Part("unet", ("unet/config.json", "unet/diffusion_pytorch_model.safetensors"),
+             "unet/diffusion_pytorch_model.safetensors", ("unet/diffusion_pytorch_model.bin",)),
+    Sd15Part("vae", ("vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
+             "vae/diffusion_pytorch_model.safetensors", ("vae/diffusion_pytorch_model.bin",), latent_only=True),
+    Sd15Part("text_encoder", ("text_encoder/config.json", "text_encoder/model.safetensors"),
+             "text_encoder/model.safetensors", ("text_encoder/pytorch_model.bin",)),
+    Sd15Part("tokenizer", ("tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json")),
+    Sd15Part("scheduler", ("scheduler/scheduler_config.json",)),
+)
+
+
+def sd15_files(latent: bool = True) -> tuple[str, ...]:
+    """The files :func:`bundle.networks.medsoft_diffusion.sd15_model` needs, relative to the SD 1.5 folder (``vae/`` only
+    for latent diffusion)."""
+    return tuple(name for part in SD15_PARTS if latent or not part.latent_only for name in part.files)
+
+
+# ------------------------------------------------------------------ BiomedCLIP (open_clip local-dir) + BiomedBERT
+BIOMEDCLIP_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+BIOMEDBERT_REPO = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+# The weight files open_clip looks for in a local-dir folder, in its order of preference: the loader takes the
+# first one present, so the checker judges that one.
+OPEN_CLIP_WEIGHT_NAMES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+)
+TEXT_MODEL_CONFIG = "config.json"
+TEXT_MODEL_VOCABS = ("vocab.txt", "tokenizer.json")  # one of them
+TEXT_MODEL_OPTIONAL = ("tokenizer_config.json",)
+DEFAULT_BIOMEDBERT = "biomedbert"  # beside the BiomedCLIP folder, as in configs/sd15_*.json
+
+
+def open_clip_weights(folder: str | os.PathLike) -> Path | None:
+    """The weight file open_clip (and the loader) would read from ``folder``, or None."""
+    folder = Path(folder)
+    return next((folder / name for name in OPEN_CLIP_WEIGHT_NAMES if (folder / name).is_file()), None)
+
+
+def is_pickle_name(path: str | os.PathLike) -> bool:
+    """A weight file that is not safetensors: torch's pickle formats (``.bin``, ``.pt``, ``.pth``, ``.ckpt``)."""
+    return Path(path).suffix != ".safetensors"
+
+
+def convert_hint(pickle_path: Path, target: Path) -> str:
+    return (f"pickled weights are not accepted (unpickling can run code, and their shapes cannot be checked "
+            f"without unpickling); convert once with `python scripts/check_weights.py ... --convert`, which reads "
+            f"{pickle_path.name} with torch.load(weights_only=True) and writes {target.name}")
+
+
+# ------------------------------------------------------------------ profiles
+@dataclass(frozen=True)
+class WeightProfile:
+    """Expected figures: ``values[part][dotted.config.key]`` and ``shapes[part][tensor name]``.
+
+    Parts: ``unet``, ``vae``, ``text_encoder`` (SD 1.5), ``biomedclip`` (keys inside ``model_cfg`` of
+    open_clip_config.json), ``biomedbert`` (its config.json). The checks derived from the configs themselves
+    (e.g. ``conv_in.weight`` is ``(block_out_channels[0], in_channels, 3, 3)``) run whatever the profile.
+    """
+
+    name: str
+    values: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    shapes: Mapping[str, Mapping[str, tuple[int, ...]]] = field(default_factory=dict)
+
+
+SD15 = WeightProfile(
+    "sd15",
+    values={
+        "unet": {"in_channels": 4, "out_channels": 4, "cross_attention_dim": 768,
+                 "block_out_channels": [320, 640, 1280, 1280], "sample_size": 64},
+        "vae": {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [128, 256, 512, 512]},
+        "text_encoder": {"hidden_size": 768, "vocab_size": 49408, "max_position_embeddings": 77},
+        "biomedclip": {"embed_dim": 512, "vision_cfg.timm_model_name": "vit_base_patch16_224",
+                       "vision_cfg.image_size": 224, "text_cfg.hf_proj_type": "mlp", "text_cfg.context_length": 256},
+        "biomedbert": {"model_type": "bert", "hidden_size": 768, "vocab_size": 30522},
+    },
+    shapes={
+        "unet": {"conv_in.weight": (320, 4, 3, 3), "conv_out.weight": (4, 320, 3, 3),
+                 "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": (320, 768),
+                 "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight": (1280, 768)},
+        "vae": {"encoder.conv_in.weight": (128, 3, 3, 3), "decoder.conv_in.weight": (512, 4, 3, 3),
+                "quant_conv.weight": (8, 8, 1, 1), "post_quant_conv.weight": (4, 4, 1, 1)},
+        "text_encoder": {"text_model.embeddings.token_embedding.weight": (49408, 768),
+                         "text_model.embeddings.position_embedding.weight": (77, 768)},
+        "biomedclip": {"visual.trunk.patch_embed.proj.weight": (768, 3, 16, 16),
+                       "visual.trunk.pos_embed": (1, 197, 768), "visual.head.proj.weight": (512, 768),
+                       "text.transformer.embeddings.word_embeddings.weight": (30522, 768),
+                       "text.transformer.embeddings.position_embeddings.weight": (512, 768),
+                       "text.proj.0.weight": (640, 768), "text.proj.2.weight": (512, 640)},
+    },
+)
+STRUCTURE = WeightProfile("structure")
+PROFILES = {profile.name: profile for profile in (SD15, STRUCTURE)}
+
+# ------------------------------------------------------------------ known hashes
+KNOWN_HASHES_FILE = Path(__file__).with_name("known_weight_hashes.json")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def load_known_hashes(path: str | os.PathLike = KNOWN_HASHES_FILE) -> dict[str, dict]:
+    """``sha256 -> entry`` from the known-hash list (entries: model, file, sha256, status, sources)."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(path, f"cannot read the known-hash list ({error})") from error
+    known: dict[str, dict] = {}
+    for i, entry in enumerate(document.get("files", []) if isinstance(document, dict) else []):
+        sha = entry.get("sha256") if isinstance(entry, dict) else None
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise InputError(path, f"files[{i}]: 'sha256' must be 64 lower-case hex digits, got {sha!r}")
+        if not entry.get("file") or not entry.get("sources"):
+            raise InputError(path, f"files[{i}]: every entry names its 'file' and its 'sources'")
+        if sha in known:
+            raise InputError(path, f"files[{i}]: {sha} is listed twice")
+        known[sha] = entry
+    return known
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 8 << 20,
+                progress: Callable[[int, int], None] | None = None) -> str:
+    """SHA-256 of a file, read in chunks (never whole into memory); ``progress(done, total)`` after each."""
+    digest = hashlib.sha256()
+    total = os.path.getsize(path)
+    done = 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(chunk_size):
+            digest.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------ findings
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report: a status word, the file (or folder) it is about, and what was found."""
+
+    status: str
+    path: Path
+    message: str
+
+    def line(self) -> str:
+        return f"{self.status:<12}  {self.path}: {self.message}"
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return not self.failures()
+
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings if f.status in FAILURES]
+
+    def with_status(self, status: str) -> list[Finding]:
+        return [f for f in self.findings if f.status == status]
+
+    def lines(self) -> list[str]:
+        return [f.line() for f in self.findings]
+
+    def summary(self) -> str:
+        warnings = self.with_status(UNKNOWN_HASH)
+        if self.usable:
+            note = f"; {len(warnings)} hash(es) not in the known list (see above)" if warnings else ""
+            return f"usable: every check passed{note}"
+        parts = [f"NOT USABLE: {len(self.failures())} problem(s)"]
+        for status, title in ((MISSING, "missing"), (NOT_ACCEPTED, "not accepted (pickled weights)"),
+                              (WRONG_SHAPE, "wrong shape"), (UNREADABLE, "unreadable")):
+            found = self.with_status(status)
+            if found:
+                parts.append(f"{title}:")
+                parts.extend(f"  {f.path}" + ("" if status == MISSING and "folder not found" not in f.message
+                                              else f": {f.message}") for f in found)
+        return "\n".join(parts)
+
+
+class _Findings(list):
+    def add(self, status: str, path: Path, message: str) -> None:
+        self.append(Finding(status, Path(path), message))
+
+
+_ABSENT = object()
+
+
+def _dotted(config: Mapping[str, Any], key: str) -> Any:
+    value: Any = config
+    for name in key.split("."):
+        if not isinstance(value, Mapping) or name not in value:
+            return _ABSENT
+        value = value[name]
+    return value
+
+
+def _read_json(findings: _Findings, path: Path, what: str) -> dict | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        findings.add(UNREADABLE, path, f"cannot read {what} ({error})")
+        return None
+    if not isinstance(value, dict):
+        findings.add(UNREADABLE, path, f"not {what} (a JSON object)")
+        return None
+    return value
+
+
+def _sniff_pickle(path: Path) -> bool:
+    """A torch file (zip archive) or a raw pickle (protocol 2-5), whatever its name; a safetensors file (even a
+    truncated one) has its JSON header starting at byte 8."""
+    with open(path, "rb") as stream:
+        head = stream.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        return False
+    return head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _read_header(findings: _Findings, path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | None:
+    """Tensor shapes and metadata of a safetensors file, from its header only (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            names = handle.keys()  # a safe_open handle is not iterable
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in names}
+            metadata = dict(handle.metadata() or {})
+    except (SafetensorError, OSError) as error:
+        if _sniff_pickle(path):
+            findings.add(NOT_ACCEPTED, path, "a pickled torch file with a .safetensors name: rename it to .bin, "
+                                             "then convert it with --convert (pickles are not accepted)")
+        else:
+            findings.add(UNREADABLE, path, f"not a complete safetensors file ({error}); download it again")
+        return None
+    if not shapes:
+        findings.add(UNREADABLE, path, "a safetensors file without tensors")
+        return None
+    return shapes, metadata
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _ints(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_int(v) for v in value)
+
+
+class _Tensors:
+    """Shape checks against one safetensors header; names may carry one of ``prefixes`` in the file (SD 1.5's
+    text encoder was saved as ``text_model.*``, transformers 5 saves the same model without the prefix)."""
+
+    def __init__(self, findings: _Findings, path: Path, shapes: Mapping[str, tuple[int, ...]],
+                 prefixes: tuple[str, ...] = ("",)):
+        self.findings, self.path, self.shapes, self.prefixes = findings, path, shapes, prefixes
+
+    def get(self, name: str) -> tuple[int, ...] | None:
+        bare = next((name[len(p):] for p in self.prefixes if p and name.startswith(p)), name)
+        for prefix in self.prefixes:
+            if prefix + bare in self.shapes:
+                return self.shapes[prefix + bare]
+        return None
+
+    def expect(self, name: str, expected: tuple[int, ...], why: str) -> None:
+        actual = self.get(name)
+        if actual is None:
+            self.findings.add(WRONG_SHAPE, self.path, f"no tensor {name} ({why})")
+        elif tuple(actual) != tuple(expected):
+            self.findings.add(WRONG_SHAPE, self.path, f"{name} is {tuple(actual)}, expected {tuple(expected)} ({why})")
+        else:
+            self.findings.add(OK, self.path, f"{name} {tuple(actual)} ({why})")
+
+    def pins(self, profile: WeightProfile, part: str) -> None:
+        for name, shape in profile.shapes.get(part, {}).items():
+            self.expect(name, shape, f"{profile.name} profile")
+
+
+def _check_values(findings: _Findings, path: Path, config: Mapping[str, Any], profile: WeightProfile,
+                  part: str) -> None:
+    for key, expected in profile.values.get(part, {}).items():
+        actual = _dotted(config, key)
+        if actual is _ABSENT:
+            findings.add(WRONG_SHAPE, path, f"no {key}; the {profile.name} profile expects {expected!r}")
+        elif actual != expected:
+            findings.add(WRONG_SHAPE, path, f"{key} is {actual!r}, the {profile.name} profile expects {expected!r}")
+        else:
+            findings.add(OK, path, f"{key} = {actual!r} ({profile.name} profile)")
+
+
+def _need(findings: _Findings, path: Path, config: Mapping[str, Any], checks: Mapping[str, Callable[[Any], bool]],
+          ) -> bool:
+    """Whether ``config`` has each key with a usable value; reports the ones it lacks."""
+    good = True
+    for key, test in checks.items():
+        value = _dotted(config, key)
+        if value is _ABSENT or not test(value):
+            shown = "missing" if value is _ABSENT else repr(value)
+            findings.add(WRONG_SHAPE, path, f"{key} is {shown}; cannot check the weights against it")
+            good = False
+    return good
+
+
+# ------------------------------------------------------------------ hashing
+def _check_hash(findings: _Findings, path: Path, known: Mapping[str, dict], expected_file: str,
+                progress: Callable[[Path, int, int], None] | None, metadata: Mapping[str, str] | None = None,
+                ) -> str:
+    sha = sha256_file(path, progress=None if progress is None else lambda done, total: progress(path, done, total))
+    entry = known.get(sha)
+    if entry is not None:
+        where = entry["file"] if entry["file"] == expected_file else f"{entry['file']} (checked here as {expected_file})"
+        status = entry.get("status", "published")
+        findings.add(OK if status == "published" else NOTE, path,
+                     f"sha256 {sha} = {status} {entry.get('model', '')}/{where}; source: {entry['sources'][0]}")
+        return sha
+    message = (f"sha256 {sha} is not in bundle/weights/known_weight_hashes.json (another conversion or revision, a "
+               "fine-tune, or a damaged download; see docs/pretrained_weights.md)")
+    source = (metadata or {}).get("source_sha256")
+    if source:
+        origin = known.get(source)
+        told = (f"the published {origin.get('model', '')}/{origin['file']}" if origin
+                else "a file that is not in the known list either")
+        message += (f"; its metadata says it was converted from {metadata.get('converted_from', '?')} with sha256 "
+                    f"{source} = {told} (recorded by --convert, not re-verified)")
+    findings.add(UNKNOWN_HASH, path, message)
+    return sha
+
+
+# ------------------------------------------------------------------ SD 1.5
+def check_sd15(folder: str | os.PathLike, profile: WeightProfile = SD15, hashes: bool = True,
+               known: Mapping[str, dict] | None = None, progress: Callable[[Path, int, int], None] | None = None,
+               latent: bool = True) -> list[Finding]:
+    """Check a Stable Diffusion 1.5 folder in diffusers layout; every problem is reported, none raised."""
+    folder = Path(folder)
+    findings = _Findings()
+    known = load_known_hashes() if known is None and hashes else (known or {})
+    if not folder.is_dir():
+        findings.add(MISSING, folder, f"folder not found; it should hold {', '.join(sd15_files(latent))}")
+        return list(findings)
+    parts = [part for part in SD15_PARTS if latent or not part.latent_only]
+    for part in parts:
+        for name in part.files:
+            if (folder / name).is_file():
+                findings.add(OK, folder / name, "present")
+            else:
+                findings.add(MISSING, folder / name, f"required by the {part.name}")
+        for name in part.pickles:
+            if (folder / name).is_file():
+                if part.weights and (folder / part.weights).is_file():
+                    findings.add(NOTE, folder / name, f"ignored: the loader reads {part.weights}")
+                else:
+                    findings.add(NOT_ACCEPTED, folder / name, convert_hint(folder / name, folder / part.weights))
+
+    configs: dict[str, dict | None] = {}
+    for part, name, what in (("unet", "unet/config.json", "a UNet config"), ("vae", "vae/config.json", "a VAE config"),
+                             ("text_encoder", "text_encoder/config.json", "a CLIP text config"),
+                             ("scheduler", "scheduler/scheduler_config.json", "a scheduler config"),
+                             ("tokenizer", "tokenizer/tokenizer_config.json", "a tokenizer config")):
+        if (folder / name).is_file() and (latent or part != "vae"):
+            configs[part] = _read_json(findings, folder / name, what)
+    scheduler = configs.get("scheduler")
+    if scheduler is not None and "_class_name" not in scheduler:
+        findings.add(UNREADABLE, folder / "scheduler/scheduler_config.json", "no _class_name: not a diffusers "
+                                                                              "scheduler config")
+    headers: dict[str, tuple[dict, dict] | None] = {}
+    for part in parts:
+        if part.weights and (folder / part.weights).is_file():
+            headers[part.name] = _read_header(findings, folder / part.weights)
+
+    unet, vae, text = configs.get("unet"), configs.get("vae"), configs.get("text_encoder")
+    for part, config in (("unet", unet), ("vae", vae), ("text_encoder", text)):
+        if config is not None:
+            _check_values(findings, folder / f"{part}/config.json", config, profile, part)
+    _check_unet(findings, folder, unet, headers.get("unet"), profile)
+    if latent:
+        _check_vae(findings, folder, vae, headers.get("vae"), profile)
+    _check_text_encoder(findings, folder, text, headers.get("text_encoder"), configs.get("tokenizer"), profile)
+    _check_sd15_agreement(findings, folder, unet, vae if latent else None, text, latent)
+
+    if hashes:
+        for part in parts:
+            if part.weights and headers.get(part.name) is not None:
+                _check_hash(findings, folder / part.weights, known, part.weights, progress, headers[part.name][1])
+            for name in part.pickles:
+                if (folder / name).is_file() and not (part.weights and (folder / part.weights).is_file()):
+                    _check_hash(findings, folder / name, known, name, progress)
+    else:
+        findings.add(NOTE, folder, "hashes not computed (--nohashes)")
+    return list(findings)
+
+
+def _check_unet(findings: _Findings, folder: Path, config: dict | None, header: tuple | None,
+                profile: WeightProfile) -> None:
+    path = folder / "unet/config.json"
+    if header is None:
+        return
+    tensors = _Tensors(findings, folder / "unet/diffusion_pytorch_model.safetensors", header[0])
+    tensors.pins(profile, "unet")
+    if config is None:
+        return
+    if _need(findings, path, config, {"in_channels": _int, "out_channels": _int, "block_out_channels": _ints}):
+        width = config["block_out_channels"][0]
+        k_in, k_out = config.get("conv_in_kernel", 3), config.get("conv_out_kernel", 3)
+        tensors.expect("conv_in.weight", (width, config["in_channels"], k_in, k_in),
+                       "block_out_channels[0], in_channels, conv_in_kernel")
+        tensors.expect("conv_out.weight", (config["out_channels"], width, k_out, k_out),
+                       "out_channels, block_out_channels[0], conv_out_kernel")
+    cross = config.get("cross_attention_dim")
+    widths = set(cross) if isinstance(cross, list) else {cross}
+    if not all(_int(w) for w in widths):
+        findings.add(WRONG_SHAPE, path, f"cross_attention_dim is {cross!r}; cannot check the weights against it")
+    else:
+        keys = [name for name in header[0] if name.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]
+        wrong = [f"{name} {header[0][name]}" for name in keys if header[0][name][-1] not in widths]
+        if not keys:
+            findings.add(WRONG_SHAPE, tensors.path, "no cross-attention weights (attn2.to_k / to_v): not a "
+                                                    "text-conditioned UNet")
+        elif wrong:
+            findings.add(WRONG_SHAPE, tensors.path, f"{len(wrong)} of {len(keys)} cross-attention key/value weights "
+                                                    f"do not take {sorted(widths)}-wide text states "
+                                                    f"(cross_attention_dim), e.g. {wrong[0]}")
+        else:
+            findings.add(OK, tensors.path, f"{len(keys)} cross-attention key/value weights take "
+                                           f"{sorted(widths)}-wide text states (cross_attention_dim)")
+
+
+def _check_vae(findings: _Findings, folder: Path, config: dict | None, header: tuple | None,
+               profile: WeightProfile) -> None:
+    if header is None:
+        return
+    tensors = _Tensors(findings, folder / "vae/diffusion_pytorch_model.safetensors", header[0])
+    tensors.pins(profile, "vae")
+    if config is None:
+        return
+    if _need(findings, folder / "vae/config.json", config, {"in_channels": _int, "out_channels": _int,
+                                                            "latent_channels": _int, "block_out_channels": _ints}):
+        widths, latent = config["block_out_channels"], config["latent_channels"]
+        tensors.expect("encoder.conv_in.weight", (widths[0], config["in_channels"], 3, 3),
+                       "block_out_channels[0], in_channels")
+        tensors.expect("decoder.conv_in.weight", (widths[-1], latent, 3, 3), "block_out_channels[-1], latent_channels")
+        tensors.expect("decoder.conv_out.weight", (config["out_channels"], widths[0], 3, 3),
+                       "out_channels, block_out_channels[0]")
+        if config.get("use_quant_conv", True):
+            tensors.expect("quant_conv.weight", (2 * latent, 2 * latent, 1, 1), "2 x latent_channels")
+        if config.get("use_post_quant_conv", True):
+            tensors.expect("post_quant_conv.weight", (latent, latent, 1, 1), "latent_channels")
+
+
+def _check_text_encoder(findings: _Findings, folder: Path, config: dict | None, header: tuple | None,
+                        tokenizer_config: dict | None, profile: WeightProfile) -> None:
+    path = folder / "text_encoder/config.json"
+    tensors = None
+    if header is not None:
+        tensors = _Tensors(findings, folder / "text_encoder/model.safetensors", header[0], ("text_model.", ""))
+        tensors.pins(profile, "text_encoder")
+    if config is None:
+        return
+    if not _need(findings, path, config, {"hidden_size": _int, "vocab_size": _int, "max_position_embeddings": _int}):
+        return
+    width, vocab, positions = config["hidden_size"], config["vocab_size"], config["max_position_embeddings"]
+    if tensors is not None:
+        tensors.expect("text_model.embeddings.token_embedding.weight", (vocab, width), "vocab_size, hidden_size")
+        tensors.expect("text_model.embeddings.position_embedding.weight", (positions, width),
+                       "max_position_embeddings, hidden_size")
+        tensors.expect("text_model.final_layer_norm.weight", (width,), "hidden_size")
+    vocab_path = folder / "tokenizer/vocab.json"
+    if vocab_path.is_file():
+        tokens = _read_json(findings, vocab_path, "a BPE vocabulary")
+        if tokens is not None:
+            ids = [i for i in tokens.values() if _int(i)]
+            if len(ids) != len(tokens) or not ids:
+                findings.add(UNREADABLE, vocab_path, "not a token -> id map")
+            elif max(ids) >= vocab:
+                findings.add(WRONG_SHAPE, vocab_path, f"token ids go up to {max(ids)}, the text encoder embeds "
+                                                      f"vocab_size {vocab}")
+            else:
+                findings.add(OK, vocab_path, f"{len(ids)} tokens, ids fit vocab_size {vocab}")
+    merges = folder / "tokenizer/merges.txt"
+    if merges.is_file():
+        lines = [line for line in merges.read_text(encoding="utf-8", errors="replace").splitlines()
+                 if line.strip() and not line.startswith("#")]
+        if lines:
+            findings.add(OK, merges, f"{len(lines)} BPE merges")
+        else:
+            findings.add(UNREADABLE, merges, "no BPE merges")
+    length = (tokenizer_config or {}).get("model_max_length")
+    if _int(length) and length > positions:
+        findings.add(WRONG_SHAPE, folder / "tokenizer/tokenizer_config.json",
+                     f"model_max_length {length} is more than the text encoder's {positions} positions")
+
+
+def _check_sd15_agreement(findings: _Findings, folder: Path, unet: dict | None, vae: dict | None,
+                          text: dict | None, latent: bool = True) -> None:
+    """The checks :func:`bundle.networks.medsoft_diffusion.sd15_model` makes across sub-folders, reported instead of raised."""
+    path = folder / "unet/config.json"
+    if unet is not None and text is not None:
+        cross = unet.get("cross_attention_dim")
+        cross = set(cross) if isinstance(cross, list) else {cross}
+        if cross != {text.get("hidden_size")}:
+            findings.add(WRONG_SHAPE, path, f"the UNet's cross_attention_dim {sorted(cross, key=str)} is not the text "
+                                            f"encoder's hidden_size {text.get('hidden_size')}; unet/ and text_encoder/ "
+                                            "must come from one model")
+        else:
+            findings.add(OK, path, f"cross_attention_dim = text encoder hidden_size = {text.get('hidden_size')}")
+    if unet is not None and vae is not None:
+        channels = vae.get("latent_channels")
+        if unet.get("in_channels") != channels or unet.get("out_channels") != channels:
+            findings.add(WRONG_SHAPE, path, f"the UNet has {unet.get('in_channels')} input and "
+                                            f"{unet.get('out_channels')} output channels; the VAE's latents have "
+                                            f"{channels}")
+        else:
+            findings.add(OK, path, f"in/out channels = VAE latent_channels = {channels}")
+    if unet is not None and not latent and (unet.get("in_channels"), unet.get("out_channels")) != (1, 1):
+        findings.add(WRONG_SHAPE, path, f"the UNet has {unet.get('in_channels')} input and "
+                                        f"{unet.get('out_channels')} output channels; pixel space (--nolatent) needs 1")
+
+
+# ------------------------------------------------------------------ BiomedCLIP + BiomedBERT
+def check_biomedclip(folder: str | os.PathLike, text_model_dir: str | os.PathLike | None = None,
+                     profile: WeightProfile = SD15, hashes: bool = True, known: Mapping[str, dict] | None = None,
+                     progress: Callable[[Path, int, int], None] | None = None) -> list[Finding]:
+    """Check an open_clip ``local-dir:`` folder (BiomedCLIP) and, for a Hugging Face text tower, its text-model
+    folder (BiomedBERT's config.json + tokenizer files; default: ``biomedbert/`` beside ``folder``)."""
+    folder = Path(folder)
+    findings = _Findings()
+    known = load_known_hashes() if known is None and hashes else (known or {})
+    how = f"download {BIOMEDCLIP_REPO} into this folder"
+    if not folder.is_dir():
+        findings.add(MISSING, folder, f"folder not found; it should hold {OPEN_CLIP_CONFIG} and "
+                                      f"{OPEN_CLIP_WEIGHTS}; {how}")
+        return list(findings)
+    config_path = folder / OPEN_CLIP_CONFIG
+    model_cfg = None
+    if not config_path.is_file():
+        findings.add(MISSING, config_path, f"the open_clip config; {how}")
+    else:
+        config = _read_json(findings, config_path, "an open_clip config")
+        if config is not None:
+            model_cfg = config.get("model_cfg")
+            if not isinstance(model_cfg, dict):
+                findings.add(UNREADABLE, config_path, "no 'model_cfg' section: not an open_clip config")
+                model_cfg = None
+            else:
+                findings.add(OK, config_path, "an open_clip config")
+
+    weights = open_clip_weights(folder)
+    header = None
+    if weights is None:
+        others = " / ".join(n for n in OPEN_CLIP_WEIGHT_NAMES[1:] if not is_pickle_name(n))
+        findings.add(MISSING, folder / OPEN_CLIP_WEIGHTS, f"no weight file (or {others}); {how}, then convert its "
+                                                          "open_clip_pytorch_model.bin with --convert")
+    elif is_pickle_name(weights):
+        findings.add(NOT_ACCEPTED, weights, convert_hint(weights, folder / OPEN_CLIP_WEIGHTS)
+                     + " (it is the weight file the loader would read)")
+        findings.add(NOTE, weights, "tensor shapes not checked: they are read from a safetensors header")
+    else:
+        findings.add(OK, weights, "present (the loader reads this file)")
+        header = _read_header(findings, weights)
+    if weights is not None:
+        for name in OPEN_CLIP_WEIGHT_NAMES:
+            other = folder / name
+            if other.is_file() and other != weights:
+                findings.add(NOTE, other, f"ignored: the loader reads {weights.name}")
+
+    bert = None
+    if model_cfg is not None:
+        text_cfg = model_cfg.get("text_cfg") or {}
+        hf_name = text_cfg.get("hf_model_name")
+        if "multimodal_cfg" in model_cfg:
+            findings.add(WRONG_SHAPE, config_path, "CoCa models (multimodal_cfg) are not supported; use a CLIP")
+        if hf_name:
+            if text_model_dir is None:
+                text_model_dir = folder.parent / DEFAULT_BIOMEDBERT
+                findings.add(NOTE, text_model_dir, f"the text tower is {hf_name}; no --biomedbert given, so the "
+                                                   "folder beside the BiomedCLIP one is checked (the configs' layout)")
+            bert = _check_text_model(findings, Path(text_model_dir), hf_name, profile)
+        _check_values(findings, config_path, model_cfg, profile, "biomedclip")
+        _check_clip_sizes(findings, config_path, model_cfg, bert)
+        if header is not None:
+            _check_clip_tensors(findings, weights, header[0], model_cfg, bert, profile)
+
+    if hashes and weights is not None and (header is not None or is_pickle_name(weights)):
+        _check_hash(findings, weights, known, weights.name, progress, header[1] if header else None)
+    elif not hashes:
+        findings.add(NOTE, folder, "hashes not computed (--nohashes)")
+    return list(findings)
+
+
+def _check_text_model(findings: _Findings, folder: Path, hf_name: str, profile: WeightProfile) -> dict | None:
+    how = (f"a folder with {TEXT_MODEL_CONFIG} and the tokenizer files (vocab.txt, tokenizer_config.json) of "
+           f"{hf_name}, e.g. `huggingface-cli download {BIOMEDBERT_REPO} config.json vocab.txt "
+           f"tokenizer_config.json --local-dir <folder>`")
+    if not folder.is_dir():
+        findings.add(MISSING, folder, f"text-model folder not found; it should be {how}")
+        return None
+    config = None
+    if not (folder / TEXT_MODEL_CONFIG).is_file():
+        findings.add(MISSING, folder / TEXT_MODEL_CONFIG, f"the text model's config; {how}")
+    else:
+        config = _read_json(findings, folder / TEXT_MODEL_CONFIG, "a Hugging Face model config")
+    vocab = next((folder / name for name in TEXT_MODEL_VOCABS if (folder / name).is_file()), None)
+    if vocab is None:
+        findings.add(MISSING, folder / TEXT_MODEL_VOCABS[0], f"the tokenizer vocabulary (or "
+                                                             f"{' / '.join(TEXT_MODEL_VOCABS[1:])}); {how}")
+    else:
+        findings.add(OK, vocab, "tokenizer vocabulary present")
+    for name in TEXT_MODEL_OPTIONAL:
+        if not (folder / name).is_file():
+            findings.add(NOTE, folder / name, f"absent (optional: {BIOMEDBERT_REPO} publishes one with "
+                                              "do_lower_case true, which is also the default)")
+    if config is None:
+        return None
+    _check_values(findings, folder / TEXT_MODEL_CONFIG, config, profile, "biomedbert")
+    if not _need(findings, folder / TEXT_MODEL_CONFIG, config,
+                 {"hidden_size": _int, "vocab_size": _int, "max_position_embeddings": _int}):
+        return None
+    if vocab is not None and vocab.name == "vocab.txt":
+        words = sum(1 for line in vocab.read_text(encoding="utf-8", errors="replace").splitlines() if line)
+        if words > config["vocab_size"]:
+            findings.add(WRONG_SHAPE, vocab, f"{words} words, more than the model's vocab_size {config['vocab_size']}")
+        else:
+            findings.add(OK, vocab, f"{words} words fit vocab_size {config['vocab_size']}")
+    return config
+
+
+def _check_clip_sizes(findings: _Findings, path: Path, model_cfg: dict, bert: dict | None) -> None:
+    """What :meth:`MedicalClipEncoder.from_local_dir` needs of the config besides its files."""
+    size = _dotted(model_cfg, "vision_cfg.image_size")
+    if isinstance(size, list) and len(set(size)) != 1:
+        findings.add(WRONG_SHAPE, path, f"non-square image size {tuple(size)} is not supported")
+    context = _dotted(model_cfg, "text_cfg.context_length")
+    if bert is not None and _int(context):
+        if context > bert["max_position_embeddings"]:
+            findings.add(WRONG_SHAPE, path, f"text_cfg.context_length {context} is more than the text model's "
+                                            f"max_position_embeddings {bert['max_position_embeddings']}")
+        else:
+            findings.add(OK, path, f"text_cfg.context_length {context} fits the text model's "
+                                   f"{bert['max_position_embeddings']} positions")
+
+
+def _check_clip_tensors(findings: _Findings, path: Path, shapes: Mapping[str, tuple[int, ...]], model_cfg: dict,
+                        bert: dict | None, profile: WeightProfile) -> None:
+    tensors = _Tensors(findings, path, shapes)
+    config_path = path.with_name(OPEN_CLIP_CONFIG)
+    if not _need(findings, config_path, model_cfg, {"embed_dim": _int}):
+        return
+    embed = model_cfg["embed_dim"]
+    vision = model_cfg.get("vision_cfg") or {}
+    text = model_cfg.get("text_cfg") or {}
+    if vision.get("timm_model_name"):
+        patch = tensors.get("visual.trunk.patch_embed.proj.weight")
+        proj = vision.get("timm_proj", "linear")
+        if proj == "linear":
+            width = patch[0] if patch else (tensors.get("visual.head.proj.weight") or (None, None))[1]
+            tensors.expect("visual.head.proj.weight", (embed, width), "embed_dim, the image trunk's width")
+        if patch is not None:
+            if len(patch) != 4 or patch[1] != 3 or patch[2] != patch[3]:
+                findings.add(WRONG_SHAPE, path, f"visual.trunk.patch_embed.proj.weight is {patch}, expected "
+                                                "(width, 3, patch, patch): square patches of RGB images")
+            else:
+                findings.add(OK, path, f"visual.trunk.patch_embed.proj.weight {patch}: {patch[2]}-pixel RGB patches")
+                size = vision.get("image_size", 224)
+                size = size[0] if isinstance(size, list) and size else size
+                positions = tensors.get("visual.trunk.pos_embed")
+                if positions is not None and _int(size):
+                    grid = (size // patch[2]) ** 2
+                    if len(positions) != 3 or positions[1] - grid not in (0, 1) or positions[2] != patch[0]:
+                        findings.add(WRONG_SHAPE, path, f"visual.trunk.pos_embed is {positions}; image_size {size} "
+                                                        f"with {patch[2]}-pixel patches needs (1, {grid} or "
+                                                        f"{grid + 1}, {patch[0]})")
+                    else:
+                        findings.add(OK, path, f"visual.trunk.pos_embed {positions} fits image_size {size}")
+        else:
+            findings.add(NOTE, path, "the timm image trunk has no patch embedding (not a ViT); only its projection "
+                                     "is checked")
+    else:
+        width, patch, size = vision.get("width", 768), vision.get("patch_size", 16), vision.get("image_size", 224)
+        size = size[0] if isinstance(size, list) and size else size
+        if all(_int(v) for v in (width, patch, size)):
+            tensors.expect("visual.conv1.weight", (width, 3, patch, patch), "vision width, patch_size")
+            tensors.expect("visual.positional_embedding", ((size // patch) ** 2 + 1, width),
+                           "(image_size / patch_size)^2 + 1, vision width")
+            tensors.expect("visual.proj", (width, embed), "vision width, embed_dim")
+    if text.get("hf_model_name"):
+        if bert is not None:
+            width, vocab, positions = bert["hidden_size"], bert["vocab_size"], bert["max_position_embeddings"]
+            tensors.expect("text.transformer.embeddings.word_embeddings.weight", (vocab, width),
+                           "text model vocab_size, hidden_size")
+            tensors.expect("text.transformer.embeddings.position_embeddings.weight", (positions, width),
+                           "text model max_position_embeddings, hidden_size")
+            proj = text.get("hf_proj_type", "mlp")
+            if proj == "mlp":
+                hidden = (width + embed) // 2
+                tensors.expect("text.proj.0.weight", (hidden, width), "open_clip's MLP projection: hidden_size in")
+                tensors.expect("text.proj.2.weight", (embed, hidden), "open_clip's MLP projection: embed_dim out")
+            elif proj == "linear":
+                tensors.expect("text.proj.weight", (embed, width), "embed_dim, hidden_size")
+    else:
+        width, vocab, context = text.get("width", 512), text.get("vocab_size", 49408), text.get("context_length", 77)
+        if all(_int(v) for v in (width, vocab, context)):
+            tensors.expect("text.token_embedding.weight", (vocab, width), "text vocab_size, width")
+            tensors.expect("text.positional_embedding", (context, width), "context_length, text width")
+            tensors.expect("text.text_projection", (width, embed), "text width, embed_dim")
+    tensors.pins(profile, "biomedclip")
+
+
+# ------------------------------------------------------------------ both, and conversion
+def check_weights(sd15: str | os.PathLike | None = None, biomedclip: str | os.PathLike | None = None,
+                  biomedbert: str | os.PathLike | None = None, profile: str | WeightProfile = "sd15",
+                  hashes: bool = True, known: Mapping[str, dict] | None = None,
+                  progress: Callable[[Path, int, int], None] | None = None, latent: bool = True) -> Report:
+    """Check the folders given (either may be None) and return every finding."""
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; one of {sorted(PROFILES)}")
+        profile = PROFILES[profile]
+    if sd15 is None and biomedclip is None:
+        raise ValueError("nothing to check: give an SD 1.5 folder and/or a BiomedCLIP folder")
+    known = load_known_hashes() if known is None and hashes else (known or {})
+    report = Report()
+    if sd15 is not None:
+        report.findings += check_sd15(sd15, profile, hashes, known, progress, latent)
+    if biomedclip is not None:
+        report.findings += check_biomedclip(biomedclip, biomedbert, profile, hashes, known, progress)
+    return report
+
+
+def pickles_to_convert(sd15: str | os.PathLike | None = None,
+                       biomedclip: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
+    """(pickle, safetensors target) pairs the checker would report as NOT ACCEPTED."""
+    pairs = []
+    if sd15 is not None:
+        for part in SD15_PARTS:
+            target = Path(sd15) / part.weights if part.weights else None
+            if target is None or target.is_file():
+                continue
+            source = next((Path(sd15) / name for name in part.pickles if (Path(sd15) / name).is_file()), None)
+            if source is not None:
+                pairs.append((source, target))
+    if biomedclip is not None:
+        weights = open_clip_weights(biomedclip)
+        if weights is not None and is_pickle_name(weights):
+            pairs.append((weights, Path(biomedclip) / OPEN_CLIP_WEIGHTS))
+    return pairs
+
+
+def convert_to_safetensors(source: str | os.PathLike, target: str | os.PathLike,
+                           source_sha256: str | None = None) -> Path:
+    """Write the tensors of a pickled state dict (read with ``torch.load(weights_only=True)``, which refuses
+    anything but tensors and containers) to a safetensors file, recording where they came from in its metadata.
+
+    The pickle is left in place; for an open_clip folder the loader prefers ``open_clip_model.safetensors``,
+    for a diffusers folder ``use_safetensors=True`` ignores the ``.bin``.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    source, target = Path(source), Path(target)
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # an old (non-zip) torch file cannot be memory-mapped
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise InputError(source, "not a state dict of named tensors; cannot convert it")
+    tensors, storages = {}, set()
+    for name, tensor in state.items():
+        storage = tensor.untyped_storage().data_ptr()
+        shared = storage in storages  # tied weights: safetensors stores each tensor once
+        storages.add(storage)
+        tensors[name] = tensor.clone().contiguous() if shared else tensor.contiguous()
+    metadata = {"format": "pt", "converted_from": source.name}
+    if source_sha256:
+        metadata["source_sha256"] = source_sha256
+    partial = target.with_name(target.name + ".partial")
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, target)
+    return target
+
