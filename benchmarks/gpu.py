@@ -22,7 +22,8 @@ from benchmarks.sampling import diffusers_inpaint_loop
 from benchmarks.unet_overhead import MSC_TOKENS, SD15_CONFIG, SD15_MSC_DIM, SD15_TEXT_LENGTH, unet_pair
 from bundle.networks.diffusion_space import LatentSpace
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
-from bundle.networks.speed_options import autocast, optimise_unet
+from bundle.utils.precision import autocast
+from bundle.networks.speed_options import optimise_unet
 
 VG_MEDGEN = {"seconds_per_image": 1.457, "parameters_m": 833.0,
              "source": "VG-MedGen (published: 1.457 s per image, 833 M parameters)"}

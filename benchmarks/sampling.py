@@ -23,7 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from benchmarks.common import Context, Record, compare, interleaved, median, not_measured
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.metrics.image_quality import in_mask_psnr, in_mask_ssim
-from bundle.networks.speed_options import autocast
+from bundle.utils.precision import autocast
 
 GUIDANCE = 7.5
 REFERENCE_LOOP = ("diffusers StableDiffusionInpaintPipeline's denoising loop (4-channel UNet, strength 1: "

@@ -15,7 +15,7 @@ from diffusers import UNet2DConditionModel
 
 from benchmarks.common import Context, Record, compare, interleaved
 from bundle.networks.guided_unet import GuidedUNet
-from bundle.networks.speed_options import autocast
+from bundle.utils.precision import autocast
 
 SD15_CONFIG = {"cross_attention_dim": 768, "block_out_channels": (320, 640, 1280, 1280), "attention_head_dim": 8,
                "sample_size": 64, "in_channels": 4, "out_channels": 4}

@@ -18,16 +18,8 @@ from pathlib import Path
 
 import fire
 
-from bundle.weights.checker import (
-    NOT_ACCEPTED,
-    PROFILES,
-    SD15_HOW,
-    check_weights,
-    convert_to_safetensors,
-    load_known_hashes,
-    pickles_to_convert,
-    sha256_file,
-)
+from bundle.weights.checker import NOT_ACCEPTED, PROFILES, SD15_HOW, check_weights, convert_to_safetensors, load_known_hashes, pickles_to_convert
+from bundle.utils.hashing import sha256_file
 
 
 def _progress(path: Path, done: int, total: int) -> None:

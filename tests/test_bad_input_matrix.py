@@ -30,7 +30,7 @@ from scipy import ndimage
 from bundle.data.datalist import load_datalist
 from bundle.errors import InputError
 from bundle.transforms.loading import LoadVolume
-from bundle.io.volume_writer import safe_case_name
+from bundle.utils.files import safe_case_name
 from tests.conftest import (
     CT_DICOM,
     CT_DICOM_SEG,
@@ -618,7 +618,7 @@ def test_no_code_in_the_bundle_unpickles_without_weights_only():
     """Every ``torch.load`` passes ``weights_only=True``; nothing calls ``pickle.load(s)`` or
     ``numpy.load(allow_pickle=True)``."""
     offending = []
-    sources = sorted((REPO / "bundle").glob("*.py")) + sorted((REPO / "scripts").glob("*.py"))
+    sources = sorted((REPO / "bundle").rglob("*.py")) + sorted((REPO / "scripts").glob("*.py"))
     for source in sources:
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):

@@ -16,7 +16,7 @@ import nibabel as nib
 import pytest
 from monai.transforms import Compose, Lambda
 
-import bundle.io.provenance
+import bundle.utils.files
 import bundle.io.volume_writer
 from bundle.errors import OutputError, describe_failure
 from bundle.transforms.soft_mask import GaussianBlurMM
@@ -132,7 +132,7 @@ def test_a_failing_last_move_leaves_nothing_of_the_case(shared_data, tmp_path, m
             raise OSError(errno.EIO, "Input/output error")
         return replace(source, target)
 
-    monkeypatch.setattr(bundle.io.provenance.os, "replace", replace_or_fail)
+    monkeypatch.setattr(bundle.utils.files.os, "replace", replace_or_fail)
     report = make_job([{**POINT, "case_id": "mv"}, {**GOOD, "case_id": "good"}], tmp_path / "l.json",
                       output_dir).run()
     assert report["failed"] == [{"case_id": "mv", "bad_input": False, "error": (
@@ -158,7 +158,7 @@ def test_a_full_disk_names_the_output_and_keeps_nothing(shared_data, tmp_path, m
 
 def test_too_little_free_space_is_refused_before_predicting(shared_data, tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(bundle.io.provenance.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
+    monkeypatch.setattr(bundle.utils.files.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
     output_dir = tmp_path / "out"
     job = make_job([{**POINT, "case_id": "c"}], tmp_path / "l.json", output_dir)
     report = job.run()

@@ -18,7 +18,8 @@ from bundle.engines.guided_diffusion_trainer import GuidedDiffusionTrainer
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.transforms.loading import voxel_spacing_mm
 from bundle.losses.soft_masked_noise import SoftMaskedNoiseLoss
-from bundle.networks.speed_options import autocast_dtype, diffusers_unet, optimise_unet
+from bundle.utils.precision import autocast_dtype
+from bundle.networks.speed_options import diffusers_unet, optimise_unet
 from bundle.transforms.soft_mask import GaussianBlurMM
 from bundle.networks.medsoft_diffusion import tiny_model
 

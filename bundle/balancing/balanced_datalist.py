@@ -30,10 +30,11 @@ from pathlib import Path
 from monai.bundle import ConfigParser
 
 from bundle.data.datalist import FILE_KEYS, load_datalist
-from bundle.errors import InputError
-from bundle.io.provenance import remove_leftovers, sha256_of_path, write_json_atomically
+from bundle.utils.files import read_json_object, remove_leftovers, write_json_atomically
+from bundle.utils.bundle_files import BUNDLE_ROOT
+from bundle.utils.hashing import sha256_of_path
 from bundle.balancing.synthesis_requests import lesion_requests
-from bundle.io.volume_writer import safe_case_name
+from bundle.utils.files import safe_case_name
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +164,9 @@ def balance_datalist(datalist: str | os.PathLike, output_dir: str | os.PathLike,
         overrides: further inference-config settings, e.g. ``{"num_inference_steps": 20}``.
     """
     datalist, output_dir = Path(datalist), Path(output_dir).absolute()
-    bundle_root = Path(bundle_root) if bundle_root is not None else Path(__file__).resolve().parents[2]
+    bundle_root = Path(bundle_root) if bundle_root is not None else BUNDLE_ROOT
     training = load_datalist(datalist, "training")
-    content = _read_json(datalist)
+    content = read_json_object(datalist, "the datalist", expected=" of lists")
     requests = balancing_requests(training, target, normal_label, classes, seed)
     counts = class_counts(training)
     needed = synthesis_counts(counts, target, normal_label, classes)
@@ -215,15 +216,3 @@ def balance_datalist(datalist: str | os.PathLike, output_dir: str | os.PathLike,
     logger.info("balanced datalist: %s (%d real + %d synthetic training cases%s)", output_dir / DATALIST_NAME,
                 len(training), len(synthetic), "" if not missing else f"; {len(missing)} missing")
     return summary
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise InputError(path, f"cannot read the datalist ({error})") from error
-    if not isinstance(content, dict):
-        raise InputError(path, "a datalist is a JSON object of lists")
-    return content

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bundle.data.datalist import FILE_KEYS, load_datalist
-from bundle.io.provenance import write_json_atomically
+from bundle.utils.files import write_json_atomically
 
 LEVEL_PATTERN = re.compile(r"\b(?:[CTL]\d{1,2}|S1)\b(?!-weighted)")
 

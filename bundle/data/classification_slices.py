@@ -39,8 +39,10 @@ from monai.utils import CommonKeys
 from bundle.data.datalist import load_datalist
 from bundle.transforms.model_grid import model_grid
 from bundle.transforms.case_to_slices import SLICE_KEYS, SliceDataset, case_to_slices, inverse_frequency_weights, plain_tensor
-from bundle.io.provenance import code_version, sha256_of_path, write_json_atomically
-from bundle.data.slice_cache import file_identity
+from bundle.utils.bundle_files import code_version
+from bundle.utils.hashing import sha256_of_path
+from bundle.utils.files import write_json_atomically
+from bundle.utils.hashing import file_identity
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from typing import get_args
 from monai.transforms import Transform
 
 from bundle.errors import InputError
+from bundle.utils.files import json_kind, read_json_object
 from bundle.transforms.soft_mask import CoordinateSpace
 
 FILE_KEYS = ("image", "vertebra_seg", "lesion_seg")
@@ -26,23 +27,18 @@ def load_datalist(path: str | os.PathLike, split: str = "test", base_dir: str | 
     ``case_id`` get ``"<split>_<index>"``.
     """
     path = Path(path)
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise InputError(path, f"cannot read the datalist ({error})") from error
-    if not isinstance(content, dict):
-        raise InputError(path, f"the datalist is a JSON {_json_kind(content)}, not an object of lists: expected e.g. "
+    content = read_json_object(path, "the datalist", expected=" of lists: expected e.g. "
                                f'{{"{split}": [{{"image": ..., "text": ..., "point": [x, y, z]}}, ...]}}')
     if split not in content or not isinstance(content[split], list):
         found = sorted(k for k, v in content.items() if isinstance(v, list))
-        what = "no list" if split not in content else f"a JSON {_json_kind(content[split])}, not a list,"
+        what = "no list" if split not in content else f"a JSON {json_kind(content[split])}, not a list,"
         raise InputError(path, f"{what} named {split!r} (lists found: {found})")
     not_objects = [(index, entry) for index, entry in enumerate(content[split]) if not isinstance(entry, dict)]
     if not_objects:
         index, entry = not_objects[0]
         raise InputError(path, f"{len(not_objects)} of the {len(content[split])} entries of {split!r} "
                                f"{'is' if len(not_objects) == 1 else 'are'} not a JSON object, e.g. entry {index} is a "
-                               f"{_json_kind(entry)} ({json.dumps(entry)[:80]}); each entry must be an object such as "
+                               f"{json_kind(entry)} ({json.dumps(entry)[:80]}); each entry must be an object such as "
                                '{"image": ..., "text": ...}')
     base = Path(base_dir) if base_dir is not None else path.parent
     entries = []
@@ -54,12 +50,6 @@ def load_datalist(path: str | os.PathLike, split: str = "test", base_dir: str | 
                 entry[key] = str(base / entry[key])
         entries.append(entry)
     return entries
-
-
-def _json_kind(value: object) -> str:
-    """The JSON name of ``value``'s type, for messages: object, list, string, number, boolean or null."""
-    kinds = ((dict, "object"), (list, "list"), (str, "string"), (bool, "boolean"), ((int, float), "number"))
-    return next((name for kind, name in kinds if isinstance(value, kind)), "null")
 
 
 def holdout_split(entries: Sequence[Mapping], part: str, fraction: float = 0.15, seed: int = 0,

@@ -35,27 +35,12 @@ import torch
 from monai.transforms import Compose
 from safetensors import safe_open
 
-from bundle.io.provenance import write_atomically, write_json_atomically
+from bundle.utils.files import write_atomically, write_json_atomically
+from bundle.utils.hashing import file_identity
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "settings.json"
-
-
-def file_identity(path: str | os.PathLike) -> list:
-    """``[resolved path, size, modification time in ns]`` of a file; for a folder (a DICOM series) its
-    resolved path, file count and a hash of its files' relative names, sizes and modification times."""
-    path = Path(path).resolve()
-    if not path.is_dir():
-        stat = path.stat()
-        return [str(path), stat.st_size, stat.st_mtime_ns]
-    listing = hashlib.sha256()
-    count = 0
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        stat = file.stat()
-        listing.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        count += 1
-    return [str(path), count, listing.hexdigest()]
 
 
 def describe_settings(value: object, _seen: frozenset[int] = frozenset()) -> object:

@@ -55,7 +55,7 @@ from scipy.spatial import cKDTree
 from scipy.special import expit
 
 from bundle.demo.lesion_text import describe_case
-from bundle.io.provenance import write_atomically, write_json_atomically
+from bundle.utils.files import write_atomically, write_json_atomically
 
 VERTEBRA_LABELS: dict[str, int] = {"L1": 31, "L2": 30, "L3": 29, "L4": 28, "L5": 27, "S1": 26}
 """Label values of the vertebra map (TotalSegmentator v2 numbering, as in the real CT fixture)."""

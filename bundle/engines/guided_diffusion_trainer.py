@@ -16,7 +16,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
-from bundle.networks.speed_options import autocast, autocast_dtype, optimise_unet
+from bundle.utils.precision import autocast, autocast_dtype
+from bundle.networks.speed_options import optimise_unet
 from bundle.networks.semantic_controller import alignment_loss
 from bundle.networks.medsoft_diffusion import MedSoftDiffusion
 

@@ -15,7 +15,7 @@ from monai.transforms import Compose
 
 from bundle.data.datalist import load_datalist
 from bundle.errors import InputError, describe_failure, find_input_error
-from bundle.io.provenance import check_folder_writable, write_json_atomically
+from bundle.utils.files import check_folder_writable, write_json_atomically
 from bundle.io.volume_writer import SyntheticVolumeWriter
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from bundle.data.datalist import load_datalist
-from bundle.io.volume_writer import safe_case_name
+from bundle.utils.files import safe_case_name
 
 SIGNAL_WORDS = ("hyperintense", "hypointense")
 FOCAL_THRESHOLD = 0.15  # a voxel counts as focally brighter / darker beyond 15 % of the source's in-mask mean
@@ -122,7 +122,7 @@ def write_effect_report(requests_path: str | os.PathLike, synthesis_dir: str | o
                         output: str | os.PathLike, figure: str | os.PathLike | None = None,
                         split: str = "test") -> dict[str, object]:
     """:func:`class_effect` as JSON at ``output``, and optionally :func:`effect_figure`."""
-    from bundle.io.provenance import write_json_atomically
+    from bundle.utils.files import write_json_atomically
 
     report = class_effect(requests_path, synthesis_dir, split)
     write_json_atomically(Path(output), report)

@@ -32,11 +32,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bundle.data.classification_slices import METRIC_NAMES
-from bundle.io.provenance import write_json_atomically
+from bundle.utils.bundle_files import BUNDLE_ROOT
+from bundle.utils.files import write_json_atomically
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ExperimentError(ValueError):

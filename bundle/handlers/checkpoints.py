@@ -26,7 +26,7 @@ from monai.handlers import CheckpointLoader
 
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.errors import InputError
-from bundle.io.provenance import make_readable, remove_leftovers
+from bundle.utils.files import make_readable, remove_leftovers
 from bundle.networks.semantic_controller import MedicalSemanticController
 from bundle.networks.medsoft_diffusion import CLIP_FOLDER, CONTROLLER_FILE, MedSoftDiffusion, save_trained
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ignite.engine import Engine, Events
 
-from bundle.io.provenance import code_version, write_json_atomically
+from bundle.utils.bundle_files import code_version
+from bundle.utils.files import write_json_atomically
 
 
 def _json_value(value: object) -> object:

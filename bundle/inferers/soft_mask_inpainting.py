@@ -29,7 +29,7 @@ from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from monai.inferers import Inferer
 
-from bundle.networks.speed_options import autocast, autocast_dtype
+from bundle.utils.precision import autocast, autocast_dtype
 from bundle.networks.medsoft_diffusion import MedSoftDiffusion
 
 

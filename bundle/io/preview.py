@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bundle.io.provenance import write_atomically
+from bundle.utils.files import write_atomically
 
 
 def render_preview(path: str | os.PathLike, image: np.ndarray, soft_mask: np.ndarray, output: np.ndarray,

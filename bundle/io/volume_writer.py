@@ -19,10 +19,8 @@ provenance record last (it marks the case complete); no output is ever an input 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -43,15 +41,9 @@ from bundle.errors import InputError, OutputError
 from bundle.transforms.intensity import invert_intensity
 from bundle.transforms.model_grid import invert_to_slice
 from bundle.io.preview import render_preview
-from bundle.io.provenance import (
-    check_folder_writable,
-    make_readable,
-    move_into_place,
-    provenance_record,
-    remove_leftovers,
-    size_of_path,
-    write_json_atomically,
-)
+from bundle.utils.files import (check_folder_writable, make_readable, move_into_place, remove_leftovers,
+                                 safe_case_name, size_of_path, write_json_atomically)
+from bundle.io.provenance import provenance_record
 from bundle.io.synthetic_dicom import (
     DEIDENTIFICATION_METHOD,
     SYNTHETIC_DESCRIPTION,
@@ -66,23 +58,7 @@ from bundle.io.synthetic_dicom import (
 )
 
 NIFTI_DESCRIP_LENGTH = 80
-SAFE_NAME_LENGTH = 100
 OUTPUT_SIZE_MARGIN_BYTES = 2**20  # the preview and the provenance record, beside a volume about the input's size
-
-
-def safe_case_name(name: str) -> str:
-    """A file-name-safe version of a case id: letters, digits, ``. _ -`` only, no leading dot, bounded length.
-
-    Case ids can come from DICOM tags (non-ASCII, slashes, ``..``); they must never steer the output path.
-    An id that had to be changed (or shortened) gets ``_`` and 8 hex digits of its SHA-1, so two ids that clean
-    to the same text (``a/b`` and ``a\\b``) never share an output; an already-safe id is kept as it is.
-    """
-    name = str(name)
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
-    if cleaned == name and len(cleaned) <= SAFE_NAME_LENGTH:
-        return cleaned
-    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{cleaned[:SAFE_NAME_LENGTH - len(digest) - 1]}_{digest}"
 
 
 def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -36,16 +36,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from bundle.errors import InputError
+from bundle.utils.files import read_json_object
 from bundle.demo.lesion_text import warn_truncated_text
-from bundle.weights.checker import (
-    BIOMEDCLIP_REPO,
-    OPEN_CLIP_CONFIG,
-    OPEN_CLIP_WEIGHT_NAMES,
-    OPEN_CLIP_WEIGHTS,
-    TEXT_MODEL_CONFIG,
-    TEXT_MODEL_VOCABS,
-    open_clip_weights,
-)
+from bundle.weights.checker import BIOMEDCLIP_REPO, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHT_NAMES, OPEN_CLIP_WEIGHTS, TEXT_MODEL_CONFIG, TEXT_MODEL_VOCABS, open_clip_weights
 
 # The folder layout is defined once, in bundle.weights.checker (scripts/check_weights.py checks the same names).
 CONFIG_NAME = OPEN_CLIP_CONFIG
@@ -316,11 +309,8 @@ def _check_local_dir(folder: Path) -> tuple[dict[str, Any], Path]:
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise InputError(config_path, f"{CONFIG_NAME} is missing; {_GET_BIOMEDCLIP}")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(config_path, f"cannot read the config ({error}); {_GET_BIOMEDCLIP} again") from error
-    if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):
+    config = read_json_object(config_path, "the config", hint=f"{_GET_BIOMEDCLIP} again")
+    if not isinstance(config.get("model_cfg"), dict):
         raise InputError(config_path, "no 'model_cfg' section: not an open_clip config")
     weights = open_clip_weights(folder)
     if weights is None:

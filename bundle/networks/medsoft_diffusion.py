@@ -18,6 +18,7 @@ from torch import nn
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.errors import InputError
+from bundle.utils.files import read_json_object
 from bundle.networks.guided_unet import GuidedUNet, load_unet
 from bundle.networks.semantic_controller import MedicalSemanticController
 from bundle.networks.text_states import ClipTowerTextStates
@@ -121,21 +122,13 @@ def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, co
         ValueError: the UNet's cross-attention width is not the text encoder's hidden size, its input channels
             are not the diffusion space's, or the controller does not fit the medical CLIP.
     """
-    import json
-
     from bundle.networks.text_states import StableDiffusionTextStates
     from bundle.weights.checker import SD15_HOW, sd15_files
 
     how = SD15_HOW  # the layout is defined once, in bundle.weights.checker (scripts/check_weights.py checks it)
 
     def read_config(path: Path) -> dict:
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(path, f"cannot read the config ({error}); {how}") from error
-        if not isinstance(config, dict):
-            raise InputError(path, f"not a config (a JSON object); {how}")
-        return config
+        return read_json_object(path, "the config", hint=how)
 
     sd15_dir = require_folder(sd15_dir, sd15_files(latent), how)
     unet_config = read_config(sd15_dir / "unet/config.json")

@@ -25,7 +25,7 @@ import pydicom
 from bundle.data.datalist import FILE_KEYS
 from bundle.errors import InputError
 from bundle.transforms.loading import is_dicom_file
-from bundle.io.provenance import write_atomically, write_json_atomically
+from bundle.utils.files import write_atomically, write_json_atomically
 
 SPLITS = ("training", "validation", "test")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)

@@ -46,7 +46,7 @@ import numpy as np
 from bundle.preparation.prepared import Prepared, pick_column, read_dicom_header, read_dicom_series, read_table
 from bundle.errors import InputError
 from bundle.transforms.loading import volume_format
-from bundle.io.volume_writer import safe_case_name
+from bundle.utils.files import safe_case_name
 
 CLASSES = ("normal", "benign", "malignant")
 CLASS_ALIASES = {"0": "normal", "1": "benign", "2": "malignant", "healthy": "normal"}

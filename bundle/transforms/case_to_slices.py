@@ -26,7 +26,8 @@ from bundle.data.datalist import ValidateEntryd
 from bundle.errors import find_input_error
 from bundle.transforms.intensity import ScaleIntensityToModeld
 from bundle.transforms.loading import LoadVolumed, MatchImageGridd
-from bundle.data.slice_cache import SliceCache, file_identity
+from bundle.data.slice_cache import SliceCache
+from bundle.utils.hashing import file_identity
 from bundle.transforms.slices import LesionSliceGuided, SelectMaskSlicesd
 from bundle.transforms.soft_mask import MaskImaged, SoftMaskFromSourced
 
@@ -37,7 +38,7 @@ SLICE_KEYS = ("image", "soft_mask", "masked_image")
 
 class RecentVolumes:
     """A volume loader (path -> ``MetaTensor``) that keeps the last ``recent`` volumes it read, by
-    :func:`bundle.data.slice_cache.file_identity` (a changed file is read again), and hands out copies, so the
+    :func:`bundle.utils.hashing.file_identity` (a changed file is read again), and hands out copies, so the
     caller may change them.
 
     Args:

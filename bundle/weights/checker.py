@@ -15,8 +15,6 @@ and compares with the published hashes listed in ``bundle/weights/known_weight_h
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bundle.errors import InputError
+from bundle.utils.files import read_json_object
+from bundle.utils.hashing import sha256_file
 
 # ------------------------------------------------------------------ report words
 OK = "OK"
@@ -166,12 +166,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 def load_known_hashes(path: str | os.PathLike = KNOWN_HASHES_FILE) -> dict[str, dict]:
     """``sha256 -> entry`` from the known-hash list (entries: model, file, sha256, status, sources)."""
     path = Path(path)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(path, f"cannot read the known-hash list ({error})") from error
+    document = read_json_object(path, "the known-hash list", expected=' such as {"files": [...]}')
     known: dict[str, dict] = {}
-    for i, entry in enumerate(document.get("files", []) if isinstance(document, dict) else []):
+    for i, entry in enumerate(document.get("files", [])):
         sha = entry.get("sha256") if isinstance(entry, dict) else None
         if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
             raise InputError(path, f"files[{i}]: 'sha256' must be 64 lower-case hex digits, got {sha!r}")
@@ -181,21 +178,6 @@ def load_known_hashes(path: str | os.PathLike = KNOWN_HASHES_FILE) -> dict[str, 
             raise InputError(path, f"files[{i}]: {sha} is listed twice")
         known[sha] = entry
     return known
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 8 << 20,
-                progress: Callable[[int, int], None] | None = None) -> str:
-    """SHA-256 of a file, read in chunks (never whole into memory); ``progress(done, total)`` after each."""
-    digest = hashlib.sha256()
-    total = os.path.getsize(path)
-    done = 0
-    with open(path, "rb") as stream:
-        while chunk := stream.read(chunk_size):
-            digest.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------ findings
@@ -263,14 +245,10 @@ def _dotted(config: Mapping[str, Any], key: str) -> Any:
 
 def _read_json(findings: _Findings, path: Path, what: str) -> dict | None:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        findings.add(UNREADABLE, path, f"cannot read {what} ({error})")
+        return read_json_object(path, what)
+    except InputError as error:
+        findings.add(UNREADABLE, path, error.problem)
         return None
-    if not isinstance(value, dict):
-        findings.add(UNREADABLE, path, f"not {what} (a JSON object)")
-        return None
-    return value
 
 
 def _sniff_pickle(path: Path) -> bool:
