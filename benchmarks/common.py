@@ -172,7 +172,7 @@ class Context:
         return self._cache["data"]  # type: ignore[return-value]
 
     def _make_data(self) -> dict[str, object]:
-        from bundle.demo.phantom import generate_dataset
+        from bundle.demo.dataset import generate_dataset
         from bundle.balancing.synthesis_requests import write_demo_requests
 
         if self.demo_data_present:

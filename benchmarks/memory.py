@@ -73,7 +73,7 @@ def demo_case_count() -> int:
 def scale_datalists(ctx: Context, base: int) -> dict[int, dict]:
     """Phantom data of ``SCALE x base`` cases (the demo's generator, seed 0) and a datalist per factor (1 and
     ``SCALE``) whose training cases are the first ``factor x base`` cases'."""
-    from bundle.demo.phantom import generate_dataset
+    from bundle.demo.dataset import generate_dataset
 
     folder = ctx.work_dir / "memory_scale_data"
     if not (folder / "datalist.json").is_file():

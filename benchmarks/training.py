@@ -6,7 +6,7 @@ same optimiser settings, loss, noise scheduler, data loader and batch; ours is
 StatsHandler and TensorBoard logging, as in the config), the reference is the loop of diffusers'
 ``train_text_to_image.py`` reduced to its core: next batch, encode the conditions, noise, UNet, loss,
 backward, step. The data-wait share is the time spent fetching batches (ignite's GET_BATCH events) over the
-run: the slices are preprocessed once into the disk cache of :class:`bundle.transforms.case_to_slices.SliceDataset`
+run: the slices are preprocessed once into the disk cache of :class:`bundle.data.slice_dataset.SliceDataset`
 (``<output_dir>/cache``), so only reading an item's small file and collation remain.
 """
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import fire
 
-from bundle.weights.checker import NOT_ACCEPTED, PROFILES, SD15_HOW, check_weights, convert_to_safetensors, load_known_hashes, pickles_to_convert
+from bundle.weights.checker import NOT_ACCEPTED, PROFILES, check_weights, load_known_hashes
+from bundle.weights.layouts import SD15_HOW
+from bundle.weights.conversion import convert_to_safetensors, pickles_to_convert
 from bundle.utils.hashing import sha256_file
 
 

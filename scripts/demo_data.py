@@ -5,7 +5,7 @@ Usage (from the repository root)::
     python scripts/demo_data.py --out_dir demo --num_cases 24 --seed 0 [--difficulty 0.5]
         [--test_fraction 0.25] [--class_fractions "[0.6,0.25,0.15]"] [--figure docs/demo_cases.png]
 
-The same arguments always write byte-identical files. See ``bundle.demo.phantom`` for the geometry, anatomy,
+The same arguments always write byte-identical files. See ``bundle.demo`` for the geometry, anatomy,
 lesion classes and what ``difficulty`` changes.
 """
 
@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 
 import fire
 
-from bundle.demo.phantom import DEFAULT_CLASS_FRACTIONS, class_counts, generate_dataset, write_overview_figure
+from bundle.demo.dataset import DEFAULT_CLASS_FRACTIONS, class_counts, generate_dataset
+from bundle.demo.overview_figure import write_overview_figure
 
 
 def _summary(split: str, entries: Sequence[Mapping]) -> str:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import fire
 
-from bundle.preparation.prepared import DEFAULT_FRACTIONS, Prepared, format_summary, write_prepared
+from bundle.preparation.patient_split import DEFAULT_FRACTIONS
+from bundle.preparation.prepared import Prepared, format_summary, write_prepared
 from bundle.errors import InputError
 from bundle.preparation.rsna import CONDITIONS, DEFAULT_BOX_SIZE_MM, collect_rsna
 from bundle.preparation.vertumor import collect_vertumor

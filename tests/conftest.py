@@ -13,7 +13,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from bundle.demo.phantom import generate_dataset
+from bundle.demo.dataset import generate_dataset
 from bundle.balancing.synthesis_requests import write_demo_requests
 
 REPO = Path(__file__).resolve().parents[1]

@@ -452,10 +452,10 @@ def test_text_filling_the_token_limit_is_processed_with_a_warning(caplog):
 
     encoder = MedicalClipEncoder.tiny()
     long_text = "hyperintense lesion with sclerotic rim " * 20  # 780 characters: under the limit, over 77 tokens
-    with caplog.at_level(logging.WARNING, logger="bundle.demo.lesion_text"):
+    with caplog.at_level(logging.WARNING, logger="bundle.networks.text_truncation"):
         features = encoder.encode_text(["small lesion", long_text])
     assert features.shape[0] == 2
-    warnings = [r.getMessage() for r in caplog.records if r.name == "bundle.demo.lesion_text"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "bundle.networks.text_truncation"]
     assert len(warnings) == 1 and "780 characters fills all 77 tokens" in warnings[0]
 
 

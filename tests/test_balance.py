@@ -15,17 +15,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bundle.balancing.balanced_datalist import (
-    balance_datalist,
-    balancing_requests,
-    class_counts,
-    run_synthesis,
-    synthesis_counts,
-)
-from bundle.data.datalist import ValidateEntryd, load_datalist
+from bundle.balancing.balanced_datalist import balance_datalist, balancing_requests, run_synthesis, synthesis_counts
+from bundle.data.class_balance import class_counts
+from bundle.transforms.validate_entry import ValidateEntryd
+from bundle.data.datalist import load_datalist
 from bundle.transforms.model_grid import model_grid
-from bundle.demo.phantom import generate_dataset
-from bundle.transforms.case_to_slices import SliceDataset, case_to_slices
+from bundle.demo.dataset import generate_dataset
+from bundle.data.slice_dataset import SliceDataset
+from bundle.transforms.case_to_slices import case_to_slices
 from tests.conftest import REPO
 from tests.tiny_bundle import TINY_SPATIAL_SIZE, make_tiny_models
 

@@ -23,7 +23,9 @@ from transformers import BertConfig, CLIPTextConfig, CLIPTextModel
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.errors import InputError
 from bundle.networks.medsoft_diffusion import require_folder
-from bundle.weights.checker import KNOWN_HASHES_FILE, MISSING, NOT_ACCEPTED, NOTE, OK, OPEN_CLIP_WEIGHT_NAMES, SD15, SD15_PARTS, UNKNOWN_HASH, UNREADABLE, WRONG_SHAPE, WeightProfile, check_weights, convert_to_safetensors, load_known_hashes, pickles_to_convert, sd15_files
+from bundle.weights.checker import KNOWN_HASHES_FILE, MISSING, NOT_ACCEPTED, NOTE, OK, SD15, UNKNOWN_HASH, UNREADABLE, WRONG_SHAPE, WeightProfile, check_weights, load_known_hashes
+from bundle.weights.layouts import OPEN_CLIP_WEIGHT_NAMES, SD15_PARTS, sd15_files
+from bundle.weights.conversion import convert_to_safetensors, pickles_to_convert
 from bundle.utils.hashing import sha256_file
 from tests.tiny_weights import (
     MAX_LENGTH,

@@ -1,4 +1,4 @@
-"""The procedural spine-MRI demo data: bundle.demo.phantom, bundle.demo.lesion_text and scripts/demo_data.py."""
+"""The procedural spine-MRI demo data: bundle.demo (the phantom), bundle.demo.lesion_text and scripts/demo_data.py."""
 
 from __future__ import annotations
 
@@ -14,17 +14,9 @@ import pytest
 from scipy import ndimage
 
 from bundle.demo.lesion_text import describe_case
-from bundle.demo.phantom import (
-    LESION_CLASSES,
-    NEIGHBOUR_BONE_LABELS,
-    VERTEBRA_LABELS,
-    PhantomCase,
-    assign_classes,
-    class_counts,
-    generate_case,
-    generate_dataset,
-    stratified_split,
-)
+from bundle.demo.labels import LESION_CLASSES, NEIGHBOUR_BONE_LABELS, VERTEBRA_LABELS
+from bundle.demo.cases import PhantomCase, generate_case
+from bundle.demo.dataset import assign_classes, class_counts, generate_dataset, stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 7

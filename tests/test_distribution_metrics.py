@@ -24,16 +24,8 @@ from bundle.metrics.distribution import (
     polynomial_mmd,
 )
 from bundle.errors import InputError
-from bundle.metrics.image_quality import (
-    BackgroundPSNR,
-    HighFrequencyDistance,
-    background_mae,
-    background_psnr,
-    high_frequency_distance,
-    in_mask_psnr,
-    in_mask_ssim,
-)
-from bundle.demo.phantom import generate_dataset
+from bundle.metrics.image_quality import BackgroundPSNR, HighFrequencyDistance, background_mae, background_psnr, high_frequency_distance, in_mask_psnr, in_mask_ssim
+from bundle.demo.dataset import generate_dataset
 from tests.conftest import CONFIGS, REPO
 from tests.tiny_bundle import TINY_SPATIAL_SIZE, make_tiny_models
 

@@ -17,19 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.data.classification_slices import (
-    METRIC_NAMES,
-    ClassificationSlices,
-    SliceBagClassifier,
-    classification_metrics,
-    confusion_matrix,
-    input_channel,
-    load_test,
-    roc_auc_one_vs_rest,
-    scores_from_confusion,
-    slice_transform,
-    training_sampler,
-)
+from bundle.metrics.classification import METRIC_NAMES, classification_metrics, confusion_matrix, roc_auc_one_vs_rest, scores_from_confusion
+from bundle.data.classification_slices import ClassificationSlices, input_channel, load_test, training_sampler
+from bundle.networks.slice_classifier import SliceBagClassifier
+from bundle.transforms.case_to_slices import slice_transform
 from bundle.data.datalist import load_datalist
 from bundle.experiments.downstream import ARMS, ExperimentError, mean_std, settings_for, verdicts, write_report
 from tests.conftest import CONFIGS, REPO, bundle_run, run_workflow

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bundle.engines.guided_diffusion_trainer import require_gradients, trainable_parameters
+from bundle.engines.trainable import require_gradients, trainable_parameters
 from bundle.errors import InputError
 from bundle.networks.guided_unet import GuidedUNet, cross_attention_layers, load_unet, tiny_unet, trainable_without_msc
 

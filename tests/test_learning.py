@@ -17,12 +17,13 @@ from monai.bundle import ConfigParser
 
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.data.datalist import load_datalist
-from bundle.engines.guided_diffusion_trainer import clip_features
+from bundle.engines.semantic_controller_trainer import clip_features
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.losses.soft_masked_noise import SoftMaskedNoiseLoss
 from bundle.metrics.image_quality import InMaskPSNR
-from bundle.transforms.case_to_slices import SliceDataset
-from bundle.networks.semantic_controller import MedicalSemanticController, alignment_loss
+from bundle.data.slice_dataset import SliceDataset
+from bundle.networks.semantic_controller import MedicalSemanticController
+from bundle.losses.alignment import alignment_loss
 from bundle.networks.medsoft_diffusion import load_trained, tiny_model
 from tests.conftest import CONFIGS, REPO, TINY
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bundle.demo.phantom import generate_dataset
+from bundle.demo.dataset import generate_dataset
 from tests.conftest import CONFIGS, REPO, run_job, write_datalist
 
 

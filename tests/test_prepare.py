@@ -17,8 +17,11 @@ import pydicom
 import pytest
 from monai.bundle import ConfigParser
 
-from bundle.data.datalist import load_datalist, training_split
-from bundle.preparation.prepared import SPLITS, patient_split, read_dicom_series, write_prepared
+from bundle.data.datalist import load_datalist
+from bundle.data.splits import training_split
+from bundle.preparation.patient_split import SPLITS, patient_split
+from bundle.preparation.dicom_series_headers import read_dicom_series
+from bundle.preparation.prepared import write_prepared
 from bundle.errors import InputError
 from bundle.transforms.loading import LoadVolume
 from bundle.preparation.rsna import collect_rsna, lesion_text

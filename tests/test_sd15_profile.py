@@ -22,7 +22,7 @@ from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.diffusion_space import LatentSpace
 from bundle.errors import InputError
 from bundle.networks.guided_unet import GuidedUNet
-from bundle.handlers.checkpoints import ExportGuidedUNet, ExportSemanticController
+from bundle.handlers.export import ExportGuidedUNet, ExportSemanticController
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.transforms.model_grid import grid_geometry
 from bundle.networks.semantic_controller import MedicalSemanticController

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from bundle.errors import InputError
 from bundle.losses.soft_masked_noise import SoftMaskedNoiseLoss
-from bundle.networks.semantic_controller import MedicalSemanticController, alignment_loss
+from bundle.networks.semantic_controller import MedicalSemanticController
+from bundle.losses.alignment import alignment_loss
 
 
 def test_controller_gives_one_e_msc_vector_from_both_features():

@@ -20,8 +20,10 @@ from monai.bundle import ConfigParser
 from bundle.data.datalist import load_datalist
 from bundle.transforms.loading import LoadVolume
 from bundle.transforms.model_grid import model_grid
-from bundle.demo.phantom import VERTEBRA_LABELS, generate_dataset
-from bundle.transforms.case_to_slices import SLICE_KEYS, SliceDataset, case_to_slices
+from bundle.demo.labels import VERTEBRA_LABELS
+from bundle.demo.dataset import generate_dataset
+from bundle.transforms.case_to_slices import SLICE_KEYS, case_to_slices
+from bundle.data.slice_dataset import SliceDataset
 from bundle.data.slice_cache import SETTINGS_FILE, preprocessing_fingerprint
 from tests.conftest import CONFIGS, REPO
 
@@ -133,7 +135,7 @@ def test_a_changed_setting_or_file_is_preprocessed_again(phantoms, reads, tmp_pa
     assert any(not torch.equal(again[i]["image"], first[i]["image"]) for i in changed)
 
     # a damaged cache file is preprocessed again, not fatal and not served
-    damaged = next(next(p for p in tmp_path.iterdir() if p.is_dir()).glob("*.safetensors"))
+    damaged = next(first.cache.folder.glob("*.safetensors"))  # a file of the sigma-3 cache read below
     damaged.write_bytes(b"not a safetensors file")
     reads.clear()
     SliceDataset(phantoms, preprocessing(3.0), cache_dir=tmp_path)

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bundle.demo.phantom import generate_dataset
+from bundle.demo.dataset import generate_dataset
 from bundle.experiments.class_effect import class_effect, effect_figure, requested_signal
 from bundle.balancing.synthesis_requests import lesion_requests, write_demo_requests
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
+from bundle.data.class_balance import class_counts
 from bundle.data.datalist import FILE_KEYS, load_datalist
 from bundle.utils.files import read_json_object, remove_leftovers, write_json_atomically
 from bundle.utils.bundle_files import BUNDLE_ROOT
@@ -45,12 +46,6 @@ PATH_KEYS = (*FILE_KEYS, "provenance", "source_image")
 # Inference-config ids that balancing sets itself; an override of one of them would break the plan.
 RESERVED_OVERRIDES = ("datalist", "split", "output_dir", "image", "mask", "mask_labels", "box", "point", "text",
                       "cases", "dataset", "seed", "bundle_root", "models_dir")
-
-
-def class_counts(entries: Sequence[Mapping], label_key: str = "label") -> dict[str, int]:
-    """The number of entries of each label, labels in sorted order."""
-    counts = Counter(str(entry.get(label_key)) for entry in entries)
-    return dict(sorted(counts.items()))
 
 
 def synthesis_counts(counts: Mapping[str, int], target: str = "normal", normal_label: str = "normal",

@@ -5,7 +5,7 @@ random generator; every fact in the sentence — level, position, diameter in mm
 margin, striations, height loss, posterior cortical bulge, diagnosis — is read from the attributes, so two
 descriptions of the same attributes differ in wording only.
 
-The attributes are the JSON form written by :mod:`bundle.demo.phantom` (``LesionAttributes.to_json``)::
+The attributes are the JSON form written by :class:`bundle.demo.lesions.LesionAttributes` (``to_json``)::
 
     {"lesion_class": "benign" | "malignant" | "normal", "level": "L1".."L5",
      "position_ap": "anterior" | "central" | "posterior" | None,
@@ -18,7 +18,6 @@ The attributes are the JSON form written by :mod:`bundle.demo.phantom` (``Lesion
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -132,19 +131,3 @@ def describe_case(attributes: Mapping[str, Any], rng: np.random.Generator) -> st
         deformity=_deformity_phrase(attributes["height_loss_percent"], attributes["posterior_bulge"]),
         diagnosis=diagnoses[rng.integers(len(diagnoses))],
     )
-
-
-_logger = logging.getLogger(__name__)
-_WARNED_TEXTS: set[str] = set()
-
-
-def warn_truncated_text(text: str, limit: int, encoder: str) -> None:
-    """Log (once per text) that ``text`` fills all ``limit`` tokens of ``encoder``, so its tail is cut off."""
-    if text in _WARNED_TEXTS:
-        return
-    if len(_WARNED_TEXTS) > 10_000:
-        _WARNED_TEXTS.clear()
-    _WARNED_TEXTS.add(text)
-    shown = text if len(text) <= 80 else f"{text[:77]}..."
-    _logger.warning("lesion text of %d characters fills all %d tokens of the %s, the rest is ignored: %r",
-                    len(text), limit, encoder, shown)

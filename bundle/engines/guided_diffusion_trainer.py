@@ -3,7 +3,7 @@
 Stage 1 (:class:`SemanticControllerTrainer`) fits the MSC to ``||e_MSC - e_r||^2``; stage 2
 (:class:`GuidedDiffusionTrainer`) fits the guided UNet with the soft-mask-weighted noise loss and the paper's
 condition dropout. The evaluators measure e_MSC's cosine similarity to e_r, and the sampler's in-mask quality.
-Batches are the dictionaries of :class:`bundle.transforms.case_to_slices.SliceDataset` collated by the data loader.
+Batches are the dictionaries of :class:`bundle.data.slice_dataset.SliceDataset` collated by the data loader.
 """
 
 from __future__ import annotations
@@ -11,106 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines import SupervisedTrainer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from bundle.networks.medical_clip import MedicalClipEncoder
-from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.utils.precision import autocast, autocast_dtype
 from bundle.networks.speed_options import optimise_unet
-from bundle.networks.semantic_controller import alignment_loss
 from bundle.networks.medsoft_diffusion import MedSoftDiffusion
-
-
-def unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper (or the module itself)."""
-    return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
-
-
-def _training_setting(network: torch.nn.Module) -> str:
-    unet = getattr(unwrap(network), "unet", None)
-    if unet is None or not hasattr(unet, "trainable"):
-        return ""
-    return f" (trainable {unet.trainable!r} with msc_scale {unet.scale:g})"
-
-
-def trainable_parameters(network: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The parameters the optimiser gets: those that require a gradient; none is refused with a clear error."""
-    parameters = [p for p in network.parameters() if p.requires_grad]
-    if not parameters:
-        raise ValueError(f"nothing to train: no parameter of the network is trainable{_training_setting(network)}. "
-                         "With msc_scale 0 the MSC adapter takes no part; the 'without MSC' ablation trains "
-                         "LoRA on the text cross-attention instead (configs/ablation_no_msc.json)")
-    return parameters
-
-
-def require_gradients(network: torch.nn.Module) -> None:
-    """After a backward pass: every trainable parameter must have received a gradient (taken part in the loss).
-
-    A configuration in which none does would train nothing; one in which some do not leaves them untrained and
-    stops DistributedDataParallel at the next step. Both are refused with the names of the parameters.
-    """
-    trainable = [(name, p) for name, p in unwrap(network).named_parameters() if p.requires_grad]
-    if not trainable:
-        trainable_parameters(network)  # raises
-    unused = [name for name, p in trainable if p.grad is None]
-    if not unused:
-        return
-    what = "no trainable parameter takes part" if len(unused) == len(trainable) else \
-        f"{len(unused)} of {len(trainable)} trainable parameters take no part"
-    raise ValueError(f"{what} in the loss{_training_setting(network)}, e.g. {', '.join(unused[:3])}; they would "
-                     "not train (and stop DistributedDataParallel): freeze them or choose another 'trainable'")
-
-
-def _to(batch: Mapping, device: torch.device) -> dict[str, object]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-@torch.no_grad()
-def clip_features(clip_encoder: MedicalClipEncoder, batch: Mapping) -> tuple[torch.Tensor, ...]:
-    """The frozen features of a slice batch: e_t (text), e_v (masked image), e_r (original image)."""
-    return (clip_encoder.encode_text(list(batch["text"])), clip_encoder.encode_image(batch["masked_image"]),
-            clip_encoder.encode_image(batch["image"]))
-
-
-def _controller_outputs(engine, clip_encoder: MedicalClipEncoder, batchdata: Mapping
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The e_MSC of the engine's controller and the target e_r for a slice batch."""
-    batch = _to(batchdata, engine.state.device)
-    text_feature, masked_feature, original_feature = clip_features(clip_encoder, batch)
-    return engine.network(text_feature, masked_feature), original_feature
-
-
-class SemanticControllerTrainer(SupervisedTrainer):
-    """Stage 1: the MSC (``network``) learns to predict e_r from ``[e_t ; e_v]`` of the frozen ``clip_encoder``."""
-
-    def __init__(self, clip_encoder: MedicalClipEncoder, **kwargs) -> None:
-        kwargs.setdefault("loss_function", alignment_loss)
-        super().__init__(decollate=False, **kwargs)
-        self.clip_encoder = clip_encoder
-
-    def _iteration(self, engine: SemanticControllerTrainer, batchdata: Mapping) -> dict[str, torch.Tensor]:
-        engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=True)
-        semantic_feature, original_feature = _controller_outputs(engine, self.clip_encoder, batchdata)
-        loss = engine.loss_function(semantic_feature, original_feature)
-        loss.backward()
-        engine.optimizer.step()
-        return {"loss": loss.detach(), "pred": semantic_feature.detach(), "label": original_feature}
-
-
-class SemanticControllerEvaluator(SupervisedEvaluator):
-    """Stage 1 validation: e_MSC and e_r of held-out slices, for :class:`bundle.metrics.image_quality.MeanCosineSimilarity`."""
-
-    def __init__(self, clip_encoder: MedicalClipEncoder, **kwargs) -> None:
-        super().__init__(decollate=False, **kwargs)
-        self.clip_encoder = clip_encoder
-
-    def _iteration(self, engine: SemanticControllerEvaluator, batchdata: Mapping) -> dict[str, torch.Tensor]:
-        engine.network.eval()
-        with torch.no_grad():
-            semantic_feature, original_feature = _controller_outputs(engine, self.clip_encoder, batchdata)
-        return {"pred": semantic_feature, "label": original_feature}
+from bundle.engines.trainable import require_gradients
+from bundle.engines.utils import batch_to_device, unwrap
 
 
 def condition_dropout(batch_size: int, text_only: float = 0.05, msc_only: float = 0.05, both: float = 0.05,
@@ -157,7 +65,7 @@ class GuidedDiffusionTrainer(SupervisedTrainer):
             model.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
 
     def _iteration(self, engine: GuidedDiffusionTrainer, batchdata: Mapping) -> dict[str, torch.Tensor]:
-        batch = _to(batchdata, engine.state.device)
+        batch = batch_to_device(batchdata, engine.state.device)
         model: MedSoftDiffusion = unwrap(engine.network)
         images, soft_mask = batch["image"], batch["soft_mask"]
         size = images.shape[0]
@@ -191,24 +99,3 @@ class GuidedDiffusionTrainer(SupervisedTrainer):
         if self.ema is not None:
             self.ema.update_parameters(model.unet)
         return {"loss": loss.detach()}
-
-
-class SynthesisEvaluator(SupervisedEvaluator):
-    """Samples each validation slice with its own text and returns ``pred`` (synthesised), ``label`` (the
-    original x0), ``mask`` (M_b) and ``masked`` (I_m) for the in-mask metrics and the sample grid.
-
-    ``inferer`` is a :class:`SoftMaskInpaintingInferer`; item ``i`` of the epoch's data gets seed ``seed + i``.
-    """
-
-    def __init__(self, inferer: SoftMaskInpaintingInferer, **kwargs) -> None:
-        super().__init__(inferer=inferer, decollate=False, **kwargs)
-
-    def _iteration(self, engine: SynthesisEvaluator, batchdata: Mapping) -> dict[str, torch.Tensor]:
-        batch = _to(batchdata, engine.state.device)
-        model = unwrap(engine.network).eval()
-        size = batch["image"].shape[0]
-        first = (engine.state.iteration - 1) * size
-        seeds = [engine.inferer.seed + first + i for i in range(size)]
-        prediction = engine.inferer(batch["image"], model, batch["soft_mask"], list(batch["text"]), seeds)
-        return {"pred": prediction, "label": batch["image"], "mask": batch["soft_mask"],
-                "masked": batch["masked_image"]}

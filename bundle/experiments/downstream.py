@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bundle.data.classification_slices import METRIC_NAMES
+from bundle.metrics.classification import METRIC_NAMES
 from bundle.utils.bundle_files import BUNDLE_ROOT
 from bundle.utils.files import write_json_atomically
 
@@ -138,7 +138,7 @@ class Steps:
 def make_data(data_dir: Path, settings: Mapping) -> Path:
     """The imbalanced training set and a separate balanced test set, in one datalist (paths relative)."""
     from bundle.data.datalist import load_datalist
-    from bundle.demo.phantom import DEFAULT_CLASS_FRACTIONS, generate_dataset
+    from bundle.demo.dataset import DEFAULT_CLASS_FRACTIONS, generate_dataset
 
     seed, difficulty = int(settings["data_seed"]), float(settings["difficulty"])
     train = generate_dataset(data_dir / "train", int(settings["train_cases"]), seed, difficulty=difficulty,

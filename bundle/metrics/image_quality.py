@@ -85,24 +85,6 @@ class InMaskSSIM(_InMaskMean):
     measure = staticmethod(in_mask_ssim)
 
 
-class MeanCosineSimilarity(Metric):
-    """Mean cosine similarity of ``(pred, target)`` feature rows: how well e_MSC matches e_r in stage 1."""
-
-    def reset(self) -> None:
-        self._sum, self._count = 0.0, 0
-
-    def update(self, output) -> None:
-        prediction, target = output
-        similarity = torch.nn.functional.cosine_similarity(prediction.detach(), target.detach(), dim=-1)
-        self._sum += float(similarity.sum())
-        self._count += similarity.numel()
-
-    def compute(self) -> float:
-        if self._count == 0:
-            raise RuntimeError("MeanCosineSimilarity has no features to measure")
-        return self._sum / self._count
-
-
 # ---------------------------------------------------------------------------------------------- background
 def background_region(mask: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
     """The pixels "outside the mask": ``mask <= threshold`` (the soft mask's tail below 5 % counts as outside)."""

@@ -37,10 +37,10 @@ from torch import Tensor
 
 from bundle.errors import InputError
 from bundle.utils.files import read_json_object
-from bundle.demo.lesion_text import warn_truncated_text
-from bundle.weights.checker import BIOMEDCLIP_REPO, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHT_NAMES, OPEN_CLIP_WEIGHTS, TEXT_MODEL_CONFIG, TEXT_MODEL_VOCABS, open_clip_weights
+from bundle.networks.text_truncation import warn_truncated_text
+from bundle.weights.layouts import BIOMEDCLIP_REPO, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHT_NAMES, OPEN_CLIP_WEIGHTS, TEXT_MODEL_CONFIG, TEXT_MODEL_VOCABS, open_clip_weights
 
-# The folder layout is defined once, in bundle.weights.checker (scripts/check_weights.py checks the same names).
+# The folder layout is defined once, in bundle.weights.layouts (scripts/check_weights.py checks the same names).
 CONFIG_NAME = OPEN_CLIP_CONFIG
 WEIGHTS_NAME = OPEN_CLIP_WEIGHTS
 # The weight files open_clip looks for in a local-dir folder, in its order of preference.

@@ -123,9 +123,9 @@ def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, co
             are not the diffusion space's, or the controller does not fit the medical CLIP.
     """
     from bundle.networks.text_states import StableDiffusionTextStates
-    from bundle.weights.checker import SD15_HOW, sd15_files
+    from bundle.weights.layouts import SD15_HOW, sd15_files
 
-    how = SD15_HOW  # the layout is defined once, in bundle.weights.checker (scripts/check_weights.py checks it)
+    how = SD15_HOW  # the layout is defined once, in bundle.weights.layouts (scripts/check_weights.py checks it)
 
     def read_config(path: Path) -> dict:
         return read_json_object(path, "the config", hint=how)

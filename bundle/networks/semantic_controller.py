@@ -85,8 +85,3 @@ class MedicalSemanticController(nn.Module):
         check_state_dict(path, tensors, controller.state_dict(), "semantic controller")
         controller.load_state_dict(tensors)
         return controller
-
-
-def alignment_loss(semantic_feature: torch.Tensor, original_feature: torch.Tensor) -> torch.Tensor:
-    """``L_MSC = ||e_MSC - e_r||^2``: the squared Euclidean distance per sample, averaged over the batch."""
-    return (semantic_feature - original_feature).pow(2).sum(dim=-1).mean()

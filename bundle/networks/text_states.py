@@ -15,7 +15,7 @@ from torch import nn
 
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.errors import InputError
-from bundle.demo.lesion_text import warn_truncated_text
+from bundle.networks.text_truncation import warn_truncated_text
 
 
 class ClipTowerTextStates(nn.Module):

@@ -18,7 +18,7 @@ regular 3-D grid) is not prepared; its coordinates are counted under ``not_selec
 
 Each entry's ``point`` is ``[x, y, k]`` in the loaded series' voxel indices: x (column) and y (row) as given,
 k the index of the labelled instance among the series' files sorted the way ITK stacks them
-(:class:`bundle.preparation.prepared.DicomSeries`).
+(:class:`bundle.preparation.dicom_series_headers.DicomSeries`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundle.preparation.prepared import DicomSeries, Prepared, read_dicom_series, read_table
+from bundle.preparation.dicom_series_headers import DicomSeries, read_dicom_series
+from bundle.preparation.prepared import Prepared
+from bundle.preparation.tables import read_table
 from bundle.errors import InputError
 
 CLASSES = ("normal_mild", "moderate", "severe")

@@ -43,7 +43,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bundle.preparation.prepared import Prepared, pick_column, read_dicom_header, read_dicom_series, read_table
+from bundle.data.dicom_series import read_dicom_header
+from bundle.preparation.dicom_series_headers import read_dicom_series
+from bundle.preparation.prepared import Prepared
+from bundle.preparation.tables import pick_column, read_table
 from bundle.errors import InputError
 from bundle.transforms.loading import volume_format
 from bundle.utils.files import safe_case_name

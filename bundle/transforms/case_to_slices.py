@@ -1,76 +1,23 @@
-"""From datalist entries to model-grid slice items: the preprocessing every workflow shares, and a dataset of
-training slices.
+"""From a datalist entry to model-grid slice items: the one preprocessing chain every workflow shares.
 
 One entry becomes one item per selected sagittal slice: ``image`` (x0), ``soft_mask`` (M_b) and
 ``masked_image`` (I_m), each ``(1, S, S)`` in [0, 1] on the model grid, with the entry's text and labels.
-
-At real-data scale (tens of thousands of labelled coordinates, several per series) the preprocessing reads each
-series once (:class:`LoadVolumeOnced`, with :class:`SliceDataset` taking an image's entries in a row) and the
-slices live in a disk cache (:mod:`bundle.data.slice_cache`), so memory does not grow with the data set.
+A series with several labelled coordinates is read once (:class:`bundle.transforms.loading.LoadVolumeOnced`,
+with :class:`bundle.data.slice_dataset.SliceDataset` taking an image's entries in a row).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from pathlib import Path
-
-import torch
-from monai.config import KeysCollection
-from monai.data import MetaTensor
 from monai.transforms import Compose, CopyItemsd, Orientationd
 
-from bundle.data.datalist import ValidateEntryd
-from bundle.errors import find_input_error
+from bundle.transforms.validate_entry import ValidateEntryd
 from bundle.transforms.intensity import ScaleIntensityToModeld
-from bundle.transforms.loading import LoadVolumed, MatchImageGridd
-from bundle.data.slice_cache import SliceCache
-from bundle.utils.hashing import file_identity
+from bundle.transforms.loading import LoadVolumeOnced, MatchImageGridd
+from bundle.transforms.model_grid import model_grid
 from bundle.transforms.slices import LesionSliceGuided, SelectMaskSlicesd
 from bundle.transforms.soft_mask import MaskImaged, SoftMaskFromSourced
 
-logger = logging.getLogger(__name__)
-
 SLICE_KEYS = ("image", "soft_mask", "masked_image")
-
-
-class RecentVolumes:
-    """A volume loader (path -> ``MetaTensor``) that keeps the last ``recent`` volumes it read, by
-    :func:`bundle.utils.hashing.file_identity` (a changed file is read again), and hands out copies, so the
-    caller may change them.
-
-    Args:
-        loader: the loader that reads a path (:class:`bundle.transforms.loading.LoadVolume`).
-        recent: how many volumes are kept (memory: that many volumes).
-    """
-
-    def __init__(self, loader: Callable[[str | os.PathLike], MetaTensor], recent: int = 1) -> None:
-        self.loader = loader
-        self.recent = recent
-        self._volumes: OrderedDict[str, MetaTensor] = OrderedDict()
-
-    def __call__(self, path: str | os.PathLike) -> MetaTensor:
-        key = repr(file_identity(path)) if os.path.exists(path) else None
-        if key is None:  # the loader says what is wrong with the path
-            return self.loader(path)
-        if key not in self._volumes:
-            self._volumes[key] = self.loader(path)
-            while len(self._volumes) > self.recent:
-                self._volumes.popitem(last=False)
-        self._volumes.move_to_end(key)
-        return self._volumes[key].clone()
-
-
-class LoadVolumeOnced(LoadVolumed):
-    """:class:`bundle.transforms.loading.LoadVolumed` that reads a file again only when it is not among the last
-    ``recent`` files read for each key (:class:`RecentVolumes`): consecutive entries of one series (several
-    labelled coordinates in one study) read it and its segmentations once."""
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, recent: int = 1) -> None:
-        super().__init__(keys, allow_missing_keys=allow_missing_keys)
-        self.loader = RecentVolumes(self.loader, recent * len(self.keys))
 
 
 def case_to_slices(grid: Compose, canonical_axcodes: str = "RIP", sigma_mm: float = 3.0,
@@ -105,115 +52,13 @@ def case_to_slices(grid: Compose, canonical_axcodes: str = "RIP", sigma_mm: floa
     ])
 
 
-def inverse_frequency_weights(labels: Sequence[Hashable]) -> torch.Tensor:
-    """``1 / (count of its label)`` for each label, as float64: the weights with which ``WeightedRandomSampler``
-    draws every label equally often (class-balanced oversampling)."""
-    counts = Counter(labels)
-    return torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.double)
-
-
-def plain_tensor(values: object) -> torch.Tensor:
-    """A float32 tensor without MONAI metadata (what the caches hold: it loads with ``weights_only=True``)."""
-    return torch.as_tensor(values).as_subclass(torch.Tensor).detach().float().clone()
-
-
-def series_order(data: Sequence[Mapping]) -> list[int]:
-    """Entry indices with the entries of one ``image`` in a row (images in order of first appearance, entries
-    of an image in datalist order), so :class:`LoadVolumeOnced` reads each series once."""
-    first: dict[str, int] = {}
-    for number, entry in enumerate(data):
-        first.setdefault(str(entry.get("image")), number)
-    return sorted(range(len(data)), key=lambda number: (first[str(data[number].get("image"))], number))
-
-
-def _stacked(slices: Sequence[Mapping]) -> dict[str, object]:
-    """An entry's slice items as one record: ``{key: (n, 1, S, S)}``, ``"text"`` and ``"label"`` lists."""
-    return {**{k: torch.stack([plain_tensor(item[k]) for item in slices]) for k in SLICE_KEYS},
-            "text": [str(item.get("text", "")) for item in slices],
-            "label": [str(item.get("label", "")) for item in slices]}
-
-
-class SliceDataset(torch.utils.data.Dataset):
-    """Model-grid slices of every entry, preprocessed once (deterministic).
-
-    With ``cache_dir`` the slices are kept on disk (:class:`bundle.data.slice_cache.SliceCache`: a folder per
-    preprocessing setting, a file per entry) and read back per item, so memory holds only the index (a few
-    numbers and the label per slice) whatever the data set's size, and a later run (a resumed one, or another
-    stage with the same preprocessing) reads the cache instead of the images. Without it they are held in
-    memory (small sets: tests, a few validation slices).
-
-    Entries are taken one series after another (:func:`series_order`): a series with several labelled
-    coordinates is read once. Items are in that order, the same in every run. A bad entry is logged and left
-    out (listed in ``failures``); the others are kept. Items hold plain float32 tensors ``image``,
-    ``soft_mask``, ``masked_image`` ``(1, S, S)`` and ``text``, ``case_id``, ``label``.
-
-    Args:
-        data: datalist entries.
-        transform: entry -> list of slice items (:func:`case_to_slices`).
-        max_items: keep only the first this many slices (e.g. a small validation set).
-        cache_dir: where the slice cache lives (``None``: in memory).
-    """
-
-    def __init__(self, data: Sequence[Mapping], transform: Compose, max_items: int | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> None:
-        self.data = list(data)
-        self.cache = SliceCache(cache_dir, transform) if cache_dir is not None else None
-        self.failures: list[dict[str, str]] = []
-        self.labels: list[str] = []
-        self._records: list[Path | dict] = []  # per kept entry: its cache file, or its slices in memory
-        self._case_ids: list[str] = []
-        self._index: list[tuple[int, int]] = []  # per item: (record, row)
-        from_cache = 0
-        order = series_order(self.data)
-        for count, number in enumerate(order, start=1):
-            entry = self.data[number]
-            case_id = str(entry.get("case_id", entry.get("image")))
-            path = self.cache.path(entry) if self.cache else None
-            labels = self.cache.labels(path) if path else None
-            if labels is not None:
-                from_cache += 1
-            else:
-                try:
-                    slices = transform(dict(entry))
-                except Exception as error:  # noqa: BLE001 - one bad entry must not lose the others
-                    input_error = find_input_error(error)
-                    problem = str(input_error) if input_error else f"{type(error).__name__}: {error}"
-                    self.failures.append({"case_id": case_id, "error": problem})
-                    logger.error("[%d/%d] %s left out: %s", count, len(order), case_id, problem)
-                    continue
-                slices = slices if isinstance(slices, list) else [slices]
-                if not slices:
-                    continue
-                record = _stacked(slices)
-                labels = record["label"]
-                if path:
-                    self.cache.save(path, record)
-            self._records.append(path or record)
-            self._case_ids.append(case_id)
-            self.labels += labels
-            self._index += [(len(self._records) - 1, row) for row in range(len(labels))]
-            if max_items is not None and len(self._index) >= max_items:
-                del self._index[max_items:], self.labels[max_items:]
-                break
-            if count % max(1, len(order) // 10) == 0 and count < len(order):
-                logger.info("preprocessed %d/%d entries (%d from the cache)", count, len(order), from_cache)
-        logger.info("%d slices from %d entries (%d from the cache %s, %d left out)", len(self._index),
-                    len(self.data), from_cache, self.cache.folder if self.cache else "-", len(self.failures))
-        if not self._index:
-            raise ValueError(f"no usable slices in {len(self.data)} entries: {self.failures[:3]}")
-
-    def balanced_weights(self) -> torch.Tensor:
-        """One sampling weight per slice, ``1 / (slices of its label)``: every label is drawn equally often
-        (with ``WeightedRandomSampler``), so rare lesion classes are not drowned by normal slices."""
-        return inverse_frequency_weights(self.labels)
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __getitem__(self, index: int) -> dict[str, object]:
-        number, row = self._index[index]
-        record = self._records[number]
-        if isinstance(record, Path):
-            return {**SliceCache.item(record, row), "case_id": self._case_ids[number]}
-        return {**{k: record[k][row].clone() for k in SLICE_KEYS}, "text": record["text"][row],
-                "case_id": self._case_ids[number], "label": record["label"][row]}
+def slice_transform(spatial_size: int = 48, pixdim_mm: float = 1.0, window_margin_mm: float = 4.0,
+                    slices_per_case: int = 2, sigma_mm: float = 3.0, canonical_axcodes: str = "RIP",
+                    box_size_mm: float = 30.0) -> Compose:
+    """Entry -> the ``slices_per_case`` slices with the largest target-vertebra area, on a ``spatial_size``
+    square grid around the soft mask (:func:`bundle.transforms.case_to_slices.case_to_slices`, not lesion-guided: a test case
+    has no lesion segmentation to guide it)."""
+    grid = model_grid(list(SLICE_KEYS), spatial_size, pixdim_mm, window_key="soft_mask",
+                      window_margin_mm=window_margin_mm)
+    return case_to_slices(grid, canonical_axcodes=canonical_axcodes, sigma_mm=sigma_mm, box_size_mm=box_size_mm,
+                          slice_mode="all", max_slices=slices_per_case, lesion_guided=False)

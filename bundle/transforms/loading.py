@@ -8,8 +8,8 @@ model's canonical orientation happens later, after the soft mask has been made f
 from __future__ import annotations
 
 import os
-from collections import Counter
-from collections.abc import Hashable, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -30,6 +30,7 @@ from bundle.data.dicom_series import (
     series_instances,
 )
 from bundle.errors import InputError
+from bundle.utils.hashing import file_identity
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Volumes larger than this are refused from their header, before any voxel is read: the preprocessing holds several
@@ -344,3 +345,39 @@ def voxel_spacing_mm(affine: np.ndarray | torch.Tensor) -> np.ndarray:
     matrix = np.asarray(affine, dtype=float)[:3, :3]
     return np.linalg.norm(matrix, axis=0)
 
+
+class RecentVolumes:
+    """A volume loader (path -> ``MetaTensor``) that keeps the last ``recent`` volumes it read, by
+    :func:`bundle.utils.hashing.file_identity` (a changed file is read again), and hands out copies, so the
+    caller may change them.
+
+    Args:
+        loader: the loader that reads a path (:class:`bundle.transforms.loading.LoadVolume`).
+        recent: how many volumes are kept (memory: that many volumes).
+    """
+
+    def __init__(self, loader: Callable[[str | os.PathLike], MetaTensor], recent: int = 1) -> None:
+        self.loader = loader
+        self.recent = recent
+        self._volumes: OrderedDict[str, MetaTensor] = OrderedDict()
+
+    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        key = repr(file_identity(path)) if os.path.exists(path) else None
+        if key is None:  # the loader says what is wrong with the path
+            return self.loader(path)
+        if key not in self._volumes:
+            self._volumes[key] = self.loader(path)
+            while len(self._volumes) > self.recent:
+                self._volumes.popitem(last=False)
+        self._volumes.move_to_end(key)
+        return self._volumes[key].clone()
+
+
+class LoadVolumeOnced(LoadVolumed):
+    """:class:`bundle.transforms.loading.LoadVolumed` that reads a file again only when it is not among the last
+    ``recent`` files read for each key (:class:`RecentVolumes`): consecutive entries of one series (several
+    labelled coordinates in one study) read it and its segmentations once."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, recent: int = 1) -> None:
+        super().__init__(keys, allow_missing_keys=allow_missing_keys)
+        self.loader = RecentVolumes(self.loader, recent * len(self.keys))

@@ -1,16 +1,12 @@
-"""What a usable Stable Diffusion 1.5 folder and BiomedCLIP folder contain, and a checker for them.
+"""A checker for the pretrained folders of the ``sd15`` profile (``scripts/check_weights.py``).
 
-This module is the one place that says which files the ``sd15`` profile reads from its pretrained folders:
-:func:`bundle.networks.medsoft_diffusion.sd15_model` and :meth:`bundle.networks.medical_clip.MedicalClipEncoder.from_local_dir` take
-their file lists from here, and :func:`check_weights` (``scripts/check_weights.py``) checks the same lists, so
-the loaders and the checker cannot disagree on what is required.
-
-The checker goes further than the loaders' first-missing-file errors: it names *every* missing file, refuses
-pickled weights (``.bin`` / ``.ckpt`` / ``.pt``: unpickling can run code, and their tensor shapes cannot be read
-without unpickling), and checks sizes without loading a tensor: config values against a :class:`WeightProfile`
-(the published SD 1.5 / BiomedCLIP figures, or :data:`STRUCTURE` for any sizes), and tensor shapes from the
-safetensors headers against what the configs imply. Optionally it hashes each weight file (SHA-256, streamed)
-and compares with the published hashes listed in ``bundle/weights/known_weight_hashes.json``.
+It checks the file lists of :mod:`bundle.weights.layouts`, which the loaders read too, and goes further than the
+loaders' first-missing-file errors: it names *every* missing file, refuses pickled weights (``.bin`` / ``.ckpt``
+/ ``.pt``: unpickling can run code, and their tensor shapes cannot be read without unpickling), and checks sizes
+without loading a tensor: config values against a :class:`WeightProfile` (the published SD 1.5 / BiomedCLIP
+figures, or :data:`STRUCTURE` for any sizes), and tensor shapes from the safetensors headers against what the
+configs imply. Optionally it hashes each weight file (SHA-256, streamed) and compares with the published hashes
+listed in ``bundle/weights/known_weight_hashes.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +21,10 @@ from typing import Any
 from bundle.errors import InputError
 from bundle.utils.files import read_json_object
 from bundle.utils.hashing import sha256_file
+from bundle.weights.layouts import (BIOMEDBERT_REPO, BIOMEDCLIP_REPO, DEFAULT_BIOMEDBERT, OPEN_CLIP_CONFIG,
+                                    OPEN_CLIP_WEIGHT_NAMES, OPEN_CLIP_WEIGHTS, SD15_PARTS, TEXT_MODEL_CONFIG,
+                                    TEXT_MODEL_OPTIONAL, TEXT_MODEL_VOCABS, is_pickle_name, open_clip_weights,
+                                    sd15_files)
 
 # ------------------------------------------------------------------ report words
 OK = "OK"
@@ -35,78 +35,6 @@ WRONG_SHAPE = "WRONG SHAPE"
 UNKNOWN_HASH = "UNKNOWN HASH"
 NOTE = "NOTE"
 FAILURES = frozenset({MISSING, NOT_ACCEPTED, UNREADABLE, WRONG_SHAPE})
-
-# ------------------------------------------------------------------ Stable Diffusion 1.5 (diffusers layout)
-SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SD15_HOW = ("expected a local copy of stable-diffusion-v1-5 in diffusers format, e.g. `huggingface-cli download "
-            f"{SD15_REPO} --local-dir <folder> --include '*.json' '*.txt' "
-            "'unet/diffusion_pytorch_model.safetensors' 'vae/diffusion_pytorch_model.safetensors' "
-            "'text_encoder/model.safetensors'`")
-
-
-@dataclass(frozen=True)
-class Sd15Part:
-    """One sub-folder of the SD 1.5 folder: its required files, its safetensors weight file (if any) and the
-    pickled files that would stand in for it in other copies (refused)."""
-
-    name: str
-    files: tuple[str, ...]
-    weights: str | None = None
-    pickles: tuple[str, ...] = ()
-    latent_only: bool = False
-
-
-SD15_PARTS = (
-    Sd15Part("unet", ("unet/config.json", "unet/diffusion_pytorch_model.safetensors"),
-             "unet/diffusion_pytorch_model.safetensors", ("unet/diffusion_pytorch_model.bin",)),
-    Sd15Part("vae", ("vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
-             "vae/diffusion_pytorch_model.safetensors", ("vae/diffusion_pytorch_model.bin",), latent_only=True),
-    Sd15Part("text_encoder", ("text_encoder/config.json", "text_encoder/model.safetensors"),
-             "text_encoder/model.safetensors", ("text_encoder/pytorch_model.bin",)),
-    Sd15Part("tokenizer", ("tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json")),
-    Sd15Part("scheduler", ("scheduler/scheduler_config.json",)),
-)
-
-
-def sd15_files(latent: bool = True) -> tuple[str, ...]:
-    """The files :func:`bundle.networks.medsoft_diffusion.sd15_model` needs, relative to the SD 1.5 folder (``vae/`` only
-    for latent diffusion)."""
-    return tuple(name for part in SD15_PARTS if latent or not part.latent_only for name in part.files)
-
-
-# ------------------------------------------------------------------ BiomedCLIP (open_clip local-dir) + BiomedBERT
-BIOMEDCLIP_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-BIOMEDBERT_REPO = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
-OPEN_CLIP_CONFIG = "open_clip_config.json"
-OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
-# The weight files open_clip looks for in a local-dir folder, in its order of preference: the loader takes the
-# first one present, so the checker judges that one.
-OPEN_CLIP_WEIGHT_NAMES = (
-    "open_clip_model.safetensors",
-    "open_clip_pytorch_model.safetensors",
-    "open_clip_pytorch_model.bin",
-    "open_clip_pytorch_model.pth",
-    "model.safetensors",
-    "pytorch_model.bin",
-    "pytorch_model.pth",
-    "model.pth",
-)
-TEXT_MODEL_CONFIG = "config.json"
-TEXT_MODEL_VOCABS = ("vocab.txt", "tokenizer.json")  # one of them
-TEXT_MODEL_OPTIONAL = ("tokenizer_config.json",)
-DEFAULT_BIOMEDBERT = "biomedbert"  # beside the BiomedCLIP folder, as in configs/sd15_*.json
-
-
-def open_clip_weights(folder: str | os.PathLike) -> Path | None:
-    """The weight file open_clip (and the loader) would read from ``folder``, or None."""
-    folder = Path(folder)
-    return next((folder / name for name in OPEN_CLIP_WEIGHT_NAMES if (folder / name).is_file()), None)
-
-
-def is_pickle_name(path: str | os.PathLike) -> bool:
-    """A weight file that is not safetensors: torch's pickle formats (``.bin``, ``.pt``, ``.pth``, ``.ckpt``)."""
-    return Path(path).suffix != ".safetensors"
-
 
 def convert_hint(pickle_path: Path, target: Path) -> str:
     return (f"pickled weights are not accepted (unpickling can run code, and their shapes cannot be checked "
@@ -748,7 +676,7 @@ def _check_clip_tensors(findings: _Findings, path: Path, shapes: Mapping[str, tu
     tensors.pins(profile, "biomedclip")
 
 
-# ------------------------------------------------------------------ both, and conversion
+# ------------------------------------------------------------------ both
 def check_weights(sd15: str | os.PathLike | None = None, biomedclip: str | os.PathLike | None = None,
                   biomedbert: str | os.PathLike | None = None, profile: str | WeightProfile = "sd15",
                   hashes: bool = True, known: Mapping[str, dict] | None = None,
@@ -767,59 +695,3 @@ def check_weights(sd15: str | os.PathLike | None = None, biomedclip: str | os.Pa
     if biomedclip is not None:
         report.findings += check_biomedclip(biomedclip, biomedbert, profile, hashes, known, progress)
     return report
-
-
-def pickles_to_convert(sd15: str | os.PathLike | None = None,
-                       biomedclip: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
-    """(pickle, safetensors target) pairs the checker would report as NOT ACCEPTED."""
-    pairs = []
-    if sd15 is not None:
-        for part in SD15_PARTS:
-            target = Path(sd15) / part.weights if part.weights else None
-            if target is None or target.is_file():
-                continue
-            source = next((Path(sd15) / name for name in part.pickles if (Path(sd15) / name).is_file()), None)
-            if source is not None:
-                pairs.append((source, target))
-    if biomedclip is not None:
-        weights = open_clip_weights(biomedclip)
-        if weights is not None and is_pickle_name(weights):
-            pairs.append((weights, Path(biomedclip) / OPEN_CLIP_WEIGHTS))
-    return pairs
-
-
-def convert_to_safetensors(source: str | os.PathLike, target: str | os.PathLike,
-                           source_sha256: str | None = None) -> Path:
-    """Write the tensors of a pickled state dict (read with ``torch.load(weights_only=True)``, which refuses
-    anything but tensors and containers) to a safetensors file, recording where they came from in its metadata.
-
-    The pickle is left in place; for an open_clip folder the loader prefers ``open_clip_model.safetensors``,
-    for a diffusers folder ``use_safetensors=True`` ignores the ``.bin``.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    source, target = Path(source), Path(target)
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # an old (non-zip) torch file cannot be memory-mapped
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise InputError(source, "not a state dict of named tensors; cannot convert it")
-    tensors, storages = {}, set()
-    for name, tensor in state.items():
-        storage = tensor.untyped_storage().data_ptr()
-        shared = storage in storages  # tied weights: safetensors stores each tensor once
-        storages.add(storage)
-        tensors[name] = tensor.clone().contiguous() if shared else tensor.contiguous()
-    metadata = {"format": "pt", "converted_from": source.name}
-    if source_sha256:
-        metadata["source_sha256"] = source_sha256
-    partial = target.with_name(target.name + ".partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    os.replace(partial, target)
-    return target
-

@@ -1,0 +1,127 @@
+"""A dataset of model-grid training slices, preprocessed once by :func:`bundle.transforms.case_to_slices.case_to_slices`.
+
+At real-data scale (tens of thousands of labelled coordinates, several per series) the slices live in a disk
+cache (:mod:`bundle.data.slice_cache`) and each series is read once, so memory does not grow with the data set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+import torch
+from monai.transforms import Compose
+from bundle.data.class_balance import inverse_frequency_weights
+from bundle.transforms.case_to_slices import SLICE_KEYS
+from bundle.errors import find_input_error
+from bundle.data.slice_cache import SliceCache
+
+logger = logging.getLogger(__name__)
+
+
+def plain_tensor(values: object) -> torch.Tensor:
+    """A float32 tensor without MONAI metadata (what the caches hold: it loads with ``weights_only=True``)."""
+    return torch.as_tensor(values).as_subclass(torch.Tensor).detach().float().clone()
+
+
+def series_order(data: Sequence[Mapping]) -> list[int]:
+    """Entry indices with the entries of one ``image`` in a row (images in order of first appearance, entries
+    of an image in datalist order), so :class:`LoadVolumeOnced` reads each series once."""
+    first: dict[str, int] = {}
+    for number, entry in enumerate(data):
+        first.setdefault(str(entry.get("image")), number)
+    return sorted(range(len(data)), key=lambda number: (first[str(data[number].get("image"))], number))
+
+
+def _stacked(slices: Sequence[Mapping]) -> dict[str, object]:
+    """An entry's slice items as one record: ``{key: (n, 1, S, S)}``, ``"text"`` and ``"label"`` lists."""
+    return {**{k: torch.stack([plain_tensor(item[k]) for item in slices]) for k in SLICE_KEYS},
+            "text": [str(item.get("text", "")) for item in slices],
+            "label": [str(item.get("label", "")) for item in slices]}
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """Model-grid slices of every entry, preprocessed once (deterministic).
+
+    With ``cache_dir`` the slices are kept on disk (:class:`bundle.data.slice_cache.SliceCache`: a folder per
+    preprocessing setting, a file per entry) and read back per item, so memory holds only the index (a few
+    numbers and the label per slice) whatever the data set's size, and a later run (a resumed one, or another
+    stage with the same preprocessing) reads the cache instead of the images. Without it they are held in
+    memory (small sets: tests, a few validation slices).
+
+    Entries are taken one series after another (:func:`series_order`): a series with several labelled
+    coordinates is read once. Items are in that order, the same in every run. A bad entry is logged and left
+    out (listed in ``failures``); the others are kept. Items hold plain float32 tensors ``image``,
+    ``soft_mask``, ``masked_image`` ``(1, S, S)`` and ``text``, ``case_id``, ``label``.
+
+    Args:
+        data: datalist entries.
+        transform: entry -> list of slice items (:func:`case_to_slices`).
+        max_items: keep only the first this many slices (e.g. a small validation set).
+        cache_dir: where the slice cache lives (``None``: in memory).
+    """
+
+    def __init__(self, data: Sequence[Mapping], transform: Compose, max_items: int | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> None:
+        self.data = list(data)
+        self.cache = SliceCache(cache_dir, transform) if cache_dir is not None else None
+        self.failures: list[dict[str, str]] = []
+        self.labels: list[str] = []
+        self._records: list[Path | dict] = []  # per kept entry: its cache file, or its slices in memory
+        self._case_ids: list[str] = []
+        self._index: list[tuple[int, int]] = []  # per item: (record, row)
+        from_cache = 0
+        order = series_order(self.data)
+        for count, number in enumerate(order, start=1):
+            entry = self.data[number]
+            case_id = str(entry.get("case_id", entry.get("image")))
+            path = self.cache.path(entry) if self.cache else None
+            labels = self.cache.labels(path) if path else None
+            if labels is not None:
+                from_cache += 1
+            else:
+                try:
+                    slices = transform(dict(entry))
+                except Exception as error:  # noqa: BLE001 - one bad entry must not lose the others
+                    input_error = find_input_error(error)
+                    problem = str(input_error) if input_error else f"{type(error).__name__}: {error}"
+                    self.failures.append({"case_id": case_id, "error": problem})
+                    logger.error("[%d/%d] %s left out: %s", count, len(order), case_id, problem)
+                    continue
+                slices = slices if isinstance(slices, list) else [slices]
+                if not slices:
+                    continue
+                record = _stacked(slices)
+                labels = record["label"]
+                if path:
+                    self.cache.save(path, record)
+            self._records.append(path or record)
+            self._case_ids.append(case_id)
+            self.labels += labels
+            self._index += [(len(self._records) - 1, row) for row in range(len(labels))]
+            if max_items is not None and len(self._index) >= max_items:
+                del self._index[max_items:], self.labels[max_items:]
+                break
+            if count % max(1, len(order) // 10) == 0 and count < len(order):
+                logger.info("preprocessed %d/%d entries (%d from the cache)", count, len(order), from_cache)
+        logger.info("%d slices from %d entries (%d from the cache %s, %d left out)", len(self._index),
+                    len(self.data), from_cache, self.cache.folder if self.cache else "-", len(self.failures))
+        if not self._index:
+            raise ValueError(f"no usable slices in {len(self.data)} entries: {self.failures[:3]}")
+
+    def balanced_weights(self) -> torch.Tensor:
+        """One sampling weight per slice, ``1 / (slices of its label)``: every label is drawn equally often
+        (with ``WeightedRandomSampler``), so rare lesion classes are not drowned by normal slices."""
+        return inverse_frequency_weights(self.labels)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        number, row = self._index[index]
+        record = self._records[number]
+        if isinstance(record, Path):
+            return {**SliceCache.item(record, row), "case_id": self._case_ids[number]}
+        return {**{k: record[k][row].clone() for k in SLICE_KEYS}, "text": record["text"][row],
+                "case_id": self._case_ids[number], "label": record["label"][row]}
