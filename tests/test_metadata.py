@@ -46,3 +46,14 @@ def test_network_data_format_matches_the_configs_model_size():
         size = json.loads((CONFIGS / name).read_text())["spatial_size"]
         assert shapes == {(size, size)}, name
     assert set(metadata["network_data_format"]["inputs"]) == {"image", "soft_mask", "text"}
+
+
+def test_the_package_version_is_the_bundle_version():
+    """One version: metadata.json's is the package's, which provenance records and pyproject.toml reads."""
+    import bundle
+    from bundle.utils.bundle_files import code_version
+
+    metadata = json.loads((REPO / "metadata.json").read_text())
+    assert bundle.__version__ == metadata["version"] == code_version()["bundle"]
+    assert metadata["version"] in metadata["changelog"]
+    assert 'version = {attr = "bundle.__version__"}' in (REPO / "pyproject.toml").read_text()

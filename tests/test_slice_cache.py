@@ -22,7 +22,8 @@ from bundle.transforms.loading import LoadVolume
 from bundle.transforms.model_grid import model_grid
 from bundle.demo.labels import VERTEBRA_LABELS
 from bundle.demo.dataset import generate_dataset
-from bundle.transforms.case_to_slices import SLICE_KEYS, case_to_slices
+from bundle.data.slice_dataset import SLICE_KEYS
+from bundle.transforms.case_to_slices import case_to_slices
 from bundle.data.slice_dataset import SliceDataset
 from bundle.data.slice_cache import SETTINGS_FILE, preprocessing_fingerprint
 from tests.conftest import CONFIGS, REPO

@@ -26,8 +26,7 @@ import torch
 from monai.transforms import Compose
 
 from bundle.data.datalist import load_datalist
-from bundle.transforms.case_to_slices import SLICE_KEYS
-from bundle.data.slice_dataset import SliceDataset, plain_tensor
+from bundle.data.slice_dataset import SLICE_KEYS, SliceDataset, plain_tensor
 from bundle.data.class_balance import inverse_frequency_weights
 from bundle.utils.hashing import file_identity
 

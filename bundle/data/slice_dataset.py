@@ -13,11 +13,13 @@ from pathlib import Path
 import torch
 from monai.transforms import Compose
 from bundle.data.class_balance import inverse_frequency_weights
-from bundle.transforms.case_to_slices import SLICE_KEYS
 from bundle.errors import find_input_error
 from bundle.data.slice_cache import SliceCache
 
 logger = logging.getLogger(__name__)
+
+SLICE_KEYS = ("image", "soft_mask", "masked_image")
+"""The model-grid images of a slice item: x0, the soft mask M_b and the masked image I_m, each ``(1, S, S)``."""
 
 
 def plain_tensor(values: object) -> torch.Tensor:

@@ -35,3 +35,16 @@ Random streams: each case draws from ``np.random.SeedSequence([seed, case_index]
 streams (acquisition, anatomy, lesion, incidental findings, noise, text), so case k is the same whatever the
 number of cases, and a normal and a lesion case with the same seed and index share their anatomy.
 """
+
+from bundle.demo.cases import PhantomCase, generate_case
+from bundle.demo.dataset import DEFAULT_CLASS_FRACTIONS, assign_classes, class_counts, generate_dataset, stratified_split
+from bundle.demo.labels import LESION_CLASSES, NEIGHBOUR_BONE_LABELS, VERTEBRA_LABELS
+from bundle.demo.lesion_text import describe_case
+from bundle.demo.lesions import LesionAttributes
+from bundle.demo.overview_figure import write_overview_figure
+
+__all__ = [
+    "DEFAULT_CLASS_FRACTIONS", "LESION_CLASSES", "NEIGHBOUR_BONE_LABELS", "VERTEBRA_LABELS", "LesionAttributes",
+    "PhantomCase", "assign_classes", "class_counts", "describe_case", "generate_case", "generate_dataset",
+    "stratified_split", "write_overview_figure",
+]

@@ -1,1 +1,15 @@
-"""TODO"""
+"""MONAI trainers and evaluators: stage 1 (the MSC), stage 2 (the guided UNet), the synthesis evaluator, and the
+case-by-case synthesis job the inference config runs."""
+
+from bundle.engines.guided_diffusion_trainer import GuidedDiffusionTrainer, condition_dropout
+from bundle.engines.semantic_controller_trainer import SemanticControllerEvaluator, SemanticControllerTrainer
+from bundle.engines.synthesis_evaluator import SynthesisEvaluator
+from bundle.engines.synthesis_job import CaseByCaseEvaluator, DiffusionPredictor, KeyPredictor, SynthesisJob, case_seed
+from bundle.engines.trainable import require_gradients, trainable_parameters
+from bundle.engines.utils import batch_to_device, unwrap
+
+__all__ = [
+    "CaseByCaseEvaluator", "DiffusionPredictor", "GuidedDiffusionTrainer", "KeyPredictor", "SemanticControllerEvaluator",
+    "SemanticControllerTrainer", "SynthesisEvaluator", "SynthesisJob", "batch_to_device", "case_seed",
+    "condition_dropout", "require_gradients", "trainable_parameters", "unwrap",
+]

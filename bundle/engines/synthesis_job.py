@@ -8,6 +8,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from monai.engines import Evaluator
@@ -16,7 +17,9 @@ from monai.transforms import Compose
 from bundle.data.datalist import load_datalist
 from bundle.errors import InputError, describe_failure, find_input_error
 from bundle.utils.files import check_folder_writable, write_json_atomically
-from bundle.io.volume_writer import SyntheticVolumeWriter
+
+if TYPE_CHECKING:  # the writer is io, a layer above the engines: the job only calls it
+    from bundle.io.volume_writer import SyntheticVolumeWriter
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ class SynthesisJob:
         output_dir: where ``report.json`` goes (the writer's outputs go to its own folder).
         details: extra provenance fields for every output (e.g. the model used).
         skip_completed: resume an interrupted run: a case whose outputs an earlier run finished (same image,
-            text and ``details``; see :meth:`SyntheticVolumeWriter.completed`) is not redone but listed under
+            text and ``details``; see :meth:`bundle.io.volume_writer.SyntheticVolumeWriter.completed`) is not redone but listed under
             ``"skipped"``. ``False`` redoes (and overwrites) every case.
     """
 

@@ -1,1 +1,13 @@
-"""TODO"""
+"""Ignite handlers the workflows add to MONAI's: resumable checkpoints, exporting trained weights, a picture of
+validation samples, the evaluation report, the downstream classifier's report."""
+
+from bundle.handlers.checkpoints import ResumableCheckpoints, newest_checkpoint, refuse_pickled_code
+from bundle.handlers.classification_report import CaseClassificationReport, run_details
+from bundle.handlers.export import ExportGuidedUNet, ExportSemanticController
+from bundle.handlers.metrics_report import MetricsReport
+from bundle.handlers.sample_grid import SampleGridWriter
+
+__all__ = [
+    "CaseClassificationReport", "ExportGuidedUNet", "ExportSemanticController", "MetricsReport", "ResumableCheckpoints",
+    "SampleGridWriter", "newest_checkpoint", "refuse_pickled_code", "run_details",
+]

@@ -1,1 +1,9 @@
-"""TODO"""
+"""Writing results: synthetic volumes back into the input's format and geometry (NIfTI, a new DICOM series marked
+synthetic and de-identified, other ITK formats), their provenance records and PNG previews."""
+
+from bundle.io.preview import render_preview
+from bundle.io.provenance import provenance_record
+from bundle.io.synthetic_dicom import Deidentifier
+from bundle.io.volume_writer import SyntheticVolumeWriter
+
+__all__ = ["Deidentifier", "SyntheticVolumeWriter", "provenance_record", "render_preview"]

@@ -1,1 +1,6 @@
-"""TODO"""
+"""The training losses: stage 1's alignment of e_MSC with e_r, stage 2's soft-mask-weighted noise loss."""
+
+from bundle.losses.alignment import alignment_loss
+from bundle.losses.soft_masked_noise import SoftMaskedNoiseLoss
+
+__all__ = ["SoftMaskedNoiseLoss", "alignment_loss"]

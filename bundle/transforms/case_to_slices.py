@@ -11,13 +11,12 @@ from __future__ import annotations
 from monai.transforms import Compose, CopyItemsd, Orientationd
 
 from bundle.transforms.validate_entry import ValidateEntryd
+from bundle.data.slice_dataset import SLICE_KEYS
 from bundle.transforms.intensity import ScaleIntensityToModeld
 from bundle.transforms.loading import LoadVolumeOnced, MatchImageGridd
 from bundle.transforms.model_grid import model_grid
 from bundle.transforms.slices import LesionSliceGuided, SelectMaskSlicesd
 from bundle.transforms.soft_mask import MaskImaged, SoftMaskFromSourced
-
-SLICE_KEYS = ("image", "soft_mask", "masked_image")
 
 
 def case_to_slices(grid: Compose, canonical_axcodes: str = "RIP", sigma_mm: float = 3.0,
