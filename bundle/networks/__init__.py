@@ -5,16 +5,25 @@ saved form, the speed options, and the downstream experiment's slice classifier.
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.guided_unet import GuidedUNet, load_unet, tiny_unet, trainable_without_msc
 from bundle.networks.medical_clip import MedicalClipEncoder
-from bundle.networks.medsoft_diffusion import MedSoftDiffusion, load_trained, save_trained, sd15_model, tiny_model
+from bundle.networks.medsoft_diffusion import (
+    MedSoftDiffusion,
+    load_trained,
+    load_trained_weights,
+    save_trained,
+    sd15_model,
+    tiny_model,
+    trained_architecture,
+)
 from bundle.networks.semantic_controller import MedicalSemanticController
 from bundle.networks.slice_classifier import SliceBagClassifier
-from bundle.networks.speed_options import optimise_unet
+from bundle.networks.speed_options import SpeedOptions, optimise_unet
 from bundle.networks.text_states import ClipTowerTextStates, StableDiffusionTextStates
 from bundle.networks.text_truncation import warn_truncated_text
 
 __all__ = [
     "ClipTowerTextStates", "GuidedUNet", "LatentSpace", "MedSoftDiffusion", "MedicalClipEncoder",
-    "MedicalSemanticController", "PixelSpace", "SliceBagClassifier", "StableDiffusionTextStates", "load_trained",
+    "MedicalSemanticController", "PixelSpace", "SliceBagClassifier", "SpeedOptions", "StableDiffusionTextStates", "load_trained",
+    "load_trained_weights", "trained_architecture",
     "load_unet", "optimise_unet", "save_trained", "sd15_model", "tiny_model", "tiny_unet", "trainable_without_msc",
     "warn_truncated_text",
 ]

@@ -24,9 +24,10 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from bundle.errors import InputError, check_state_dict
+from bundle.networks.weight_files import read_safetensors, safetensors_metadata
 
 Trainable = Literal["adapter", "lora", "text_lora", "full"]
 TRAINABLE_CHOICES = ("adapter", "lora", "text_lora", "full")
@@ -68,16 +69,54 @@ def trainable_without_msc(trainable: Trainable) -> Trainable:
 def load_unet(folder: str | os.PathLike) -> UNet2DConditionModel:
     """A diffusers UNet from a local folder (``config.json`` + weights), e.g. ``<SD 1.5>/unet`` or ``models/unet``."""
     folder = Path(folder)
-    for name in ("config.json", BASE_WEIGHTS):
-        if not (folder / name).is_file():
-            raise InputError(folder, f"{name} is missing; expected a diffusers UNet folder (for SD 1.5: the 'unet' "
-                                     "folder of a local copy of stable-diffusion-v1-5 in diffusers format)")
+    _require_unet_files(folder)
     try:
         return UNet2DConditionModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:  # weights of another config
         first = re.split(r"\.\s", str(error).strip(), maxsplit=1)[0] or type(error).__name__  # its first sentence
         raise InputError(folder / BASE_WEIGHTS, f"does not fit {folder / 'config.json'}: weights of another "
                                                 f"architecture or a damaged file ({first[:300]})") from error
+
+
+def unet_architecture(folder: str | os.PathLike) -> UNet2DConditionModel:
+    """A diffusers UNet built from a folder's ``config.json`` alone (random weights; :func:`load_unet_weights`
+    reads its weights); the folder must hold both files, as for :func:`load_unet`."""
+    folder = Path(folder)
+    _require_unet_files(folder)
+    try:
+        return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder))
+    except (OSError, ValueError, TypeError, KeyError) as error:  # not a UNet config
+        raise InputError(folder / "config.json", f"not a diffusers UNet config ({type(error).__name__}: "
+                                                 f"{error})") from error
+
+
+def load_unet_weights(unet: GuidedUNet, folder: str | os.PathLike) -> None:
+    """Load the base UNet weights of ``folder`` (written by :meth:`GuidedUNet.save_base`) into ``unet``'s base.
+
+    Raises:
+        InputError: naming the weight file when it is not safetensors or its tensors do not fit the architecture
+            of ``folder``'s ``config.json``.
+    """
+    folder = Path(folder)
+    weights, config = folder / BASE_WEIGHTS, folder / "config.json"
+    problem = None
+    try:
+        tensors = read_safetensors(weights)
+        check_state_dict(weights, tensors, unet.base_state_dict(), "UNet")
+    except InputError as error:
+        problem = error.problem
+    if problem is not None:
+        first = re.split(r"\.\s", problem.strip(), maxsplit=1)[0]  # its first sentence
+        raise InputError(weights, f"does not fit {config}: weights of another architecture or a damaged file "
+                                  f"({first[:300]})")
+    unet.unet.load_state_dict(tensors, strict=False)
+
+
+def _require_unet_files(folder: Path) -> None:
+    for name in ("config.json", BASE_WEIGHTS):
+        if not (folder / name).is_file():
+            raise InputError(folder, f"{name} is missing; expected a diffusers UNet folder (for SD 1.5: the 'unet' "
+                                     "folder of a local copy of stable-diffusion-v1-5 in diffusers format)")
 
 
 def cross_attention_layers(unet: UNet2DConditionModel) -> list[tuple[str, Attention]]:
@@ -188,10 +227,7 @@ class GuidedUNet(torch.nn.Module):
 
     def load_adapter(self, path: str | os.PathLike) -> None:
         """Load tensors written by :meth:`save_adapter`; a file for another layout is refused by name."""
-        try:
-            tensors = load_file(str(path))
-        except Exception as error:  # a pickle, a truncated or another kind of file
-            raise InputError(path, f"not a safetensors file ({type(error).__name__}: {error})") from error
+        tensors = read_safetensors(path)
         if any(name.startswith(PROJECTION_PREFIX) for name in tensors):
             raise InputError(path, "an adapter of an earlier version, whose MSC tokens passed through a projection "
                                    "before W'_k / W'_v; this version maps e_MSC straight into W'_k / W'_v (the paper's "
@@ -211,13 +247,7 @@ class GuidedUNet(torch.nn.Module):
     @staticmethod
     def adapter_settings(path: str | os.PathLike) -> dict[str, object]:
         """The settings stored in an adapter file by :meth:`save_adapter`."""
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-        except Exception as error:  # a pickle, a truncated or another kind of file
-            raise InputError(path, f"not a safetensors file ({type(error).__name__}: {error})") from error
+        metadata = safetensors_metadata(path)
         if "guided_unet" not in metadata:
             raise InputError(path, "not a guided-UNet adapter file (no 'guided_unet' settings in its metadata)")
         settings = json.loads(metadata["guided_unet"])

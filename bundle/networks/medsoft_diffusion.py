@@ -19,7 +19,7 @@ from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.errors import InputError
 from bundle.utils.files import read_json_object
-from bundle.networks.guided_unet import GuidedUNet, load_unet
+from bundle.networks.guided_unet import GuidedUNet, load_unet, load_unet_weights, unet_architecture
 from bundle.networks.semantic_controller import MedicalSemanticController
 from bundle.networks.text_states import ClipTowerTextStates
 
@@ -179,18 +179,27 @@ def save_trained(model: MedSoftDiffusion, models_dir: str | os.PathLike, save_ba
     unet.save_adapter(models_dir / ADAPTER_FILE)
 
 
-def load_trained(models_dir: str | os.PathLike, stage1_dir: str | os.PathLike | None = None,
-                 clip_encoder: MedicalClipEncoder | None = None,
-                 text_states: nn.Module | None = None, space: PixelSpace | LatentSpace | None = None,
-                 base_unet_dir: str | os.PathLike | None = None, scale: float | None = None) -> MedSoftDiffusion:
-    """The model stages 1 and 2 left in ``models_dir``, ready to sample.
+def trained_architecture(models_dir: str | os.PathLike, stage1_dir: str | os.PathLike | None = None,
+                         clip_encoder: MedicalClipEncoder | None = None,
+                         text_states: nn.Module | None = None, space: PixelSpace | LatentSpace | None = None,
+                         base_unet_dir: str | os.PathLike | None = None, scale: float | None = None
+                         ) -> MedSoftDiffusion:
+    """The architecture of the model stages 1 and 2 left in ``models_dir``, without stage 2's weights.
+
+    The frozen parts come with their weights, as pretrained parts of a network definition do: the medical CLIP,
+    the stage-1 MSC and a pretrained base UNet (``base_unet_dir``). What stage 2 trained is built from its saved
+    settings only: the guided UNet's adapter (``msc_adapter.safetensors``'s settings: E, gamma, trainable, LoRA
+    rank) and, when stage 2 trained the base UNet (``base_unet_dir`` None), the base from ``models_dir/unet``'s
+    ``config.json``. :func:`load_trained_weights` (or the handler
+    :class:`bundle.handlers.trained_weights.TrainedWeightsLoader`) loads those weights.
 
     Args:
         stage1_dir: where stage 1 left the MSC (and the ``tiny`` CLIP); defaults to ``models_dir``.
         clip_encoder: defaults to the one stage 1 saved in ``stage1_dir/clip`` (the ``tiny`` profile).
         text_states: defaults to the clip encoder's text tower.
         space: defaults to pixel space.
-        base_unet_dir: the base UNet folder; defaults to ``models_dir/unet`` (for SD 1.5: ``<sd15>/unet``).
+        base_unet_dir: a pretrained base UNet folder left frozen in stage 2 (for SD 1.5: ``<sd15>/unet``); ``None``:
+            the base UNet stage 2 trained, ``models_dir/unet``.
         scale: overrides the stored gamma (e.g. 0 for the no-MSC ablation).
     """
     how = "train stage 1 (configs/train_msc.json) and stage 2 (configs/train.json) first, or run `make demo`"
@@ -205,8 +214,8 @@ def load_trained(models_dir: str | os.PathLike, stage1_dir: str | os.PathLike | 
     if int(settings["msc_dim"]) != controller.embed_dim:
         raise InputError(models_dir / ADAPTER_FILE, f"an adapter for {settings['msc_dim']}-wide MSC tokens, but "
                                                     f"{stage1_dir / CONTROLLER_FILE} makes {controller.embed_dim}")
-    base_dir = Path(base_unet_dir or models_dir / UNET_FOLDER)
-    base = load_unet(base_dir)
+    base_dir = Path(base_unet_dir) if base_unet_dir is not None else models_dir / UNET_FOLDER
+    base = load_unet(base_dir) if base_unet_dir is not None else unet_architecture(base_dir)
     text_states = text_states or ClipTowerTextStates(clip_encoder)
     space = space or PixelSpace()
     for name, needed, have in (("cross_attention_dim", getattr(text_states, "width", None), "the text condition"),
@@ -218,6 +227,26 @@ def load_trained(models_dir: str | os.PathLike, stage1_dir: str | os.PathLike | 
     unet = GuidedUNet(base, msc_dim=int(settings["msc_dim"]),
                       scale=float(settings["scale"] if scale is None else scale),
                       trainable=str(settings["trainable"]), lora_rank=int(settings["lora_rank"]))
-    unet.load_adapter(models_dir / ADAPTER_FILE)
     model = MedSoftDiffusion(clip_encoder, controller, unet, text_states, space)
     return model.eval().requires_grad_(False)
+
+
+def load_trained_weights(model: MedSoftDiffusion, models_dir: str | os.PathLike,
+                         base_unet_dir: str | os.PathLike | None = None) -> MedSoftDiffusion:
+    """Load what stage 2 trained into ``model`` (a :func:`trained_architecture`): the adapter and, unless the base
+    UNet is a pretrained one (``base_unet_dir``), the base UNet's weights; returns ``model``."""
+    models_dir = Path(models_dir)
+    if base_unet_dir is None:
+        load_unet_weights(model.unet, models_dir / UNET_FOLDER)
+    model.unet.load_adapter(models_dir / ADAPTER_FILE)
+    return model
+
+
+def load_trained(models_dir: str | os.PathLike, stage1_dir: str | os.PathLike | None = None,
+                 clip_encoder: MedicalClipEncoder | None = None,
+                 text_states: nn.Module | None = None, space: PixelSpace | LatentSpace | None = None,
+                 base_unet_dir: str | os.PathLike | None = None, scale: float | None = None) -> MedSoftDiffusion:
+    """The model stages 1 and 2 left in ``models_dir``, ready to sample: :func:`trained_architecture` with
+    :func:`load_trained_weights` (see there for the arguments)."""
+    model = trained_architecture(models_dir, stage1_dir, clip_encoder, text_states, space, base_unet_dir, scale)
+    return load_trained_weights(model, models_dir, base_unet_dir)

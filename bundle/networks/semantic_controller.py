@@ -13,10 +13,11 @@ import json
 import os
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from bundle.errors import InputError, check_state_dict
+from bundle.networks.weight_files import read_safetensors, safetensors_metadata
 
 
 class MedicalSemanticController(nn.Module):
@@ -59,15 +60,9 @@ class MedicalSemanticController(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike) -> MedicalSemanticController:
         """Rebuild a controller saved by :meth:`save`."""
-        from safetensors import safe_open
-
         if not os.path.isfile(path):
             raise InputError(path, "semantic controller weights are missing; run stage 1 (configs/train_msc.json)")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-        except Exception as error:  # a pickle, a truncated or another kind of file
-            raise InputError(path, f"not a safetensors file ({type(error).__name__}: {error})") from error
+        metadata = safetensors_metadata(path)
         if "semantic_controller" not in metadata:
             raise InputError(path, "not a semantic controller file (no 'semantic_controller' settings)")
         settings = json.loads(metadata["semantic_controller"])
@@ -81,7 +76,7 @@ class MedicalSemanticController(nn.Module):
             controller = cls(**settings)
         except (TypeError, ValueError, AssertionError) as error:
             raise InputError(path, f"unusable 'semantic_controller' settings ({error})") from error
-        tensors = load_file(str(path))
+        tensors = read_safetensors(path)
         check_state_dict(path, tensors, controller.state_dict(), "semantic controller")
         controller.load_state_dict(tensors)
         return controller

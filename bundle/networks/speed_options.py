@@ -8,6 +8,8 @@ and ``IPAdapterAttnProcessor2_0``), so it picks the flash / memory-efficient ker
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -41,3 +43,22 @@ def optimise_unet(model: torch.nn.Module, channels_last: bool = False, gradient_
     if compile:
         unet.compile(**dict(compile_options or {}))
     return model
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """A workflow's speed options as one config node (``speed_options``), applied to the network definition before
+    it moves to its device (the configs' ``initialize``: ``$@speed_options.apply(@network_def)``), so ``network``
+    stays ``$@network_def.to(@device)`` and an override that wraps it (DistributedDataParallel) needs nothing more.
+    The options are those of :func:`optimise_unet`."""
+
+    channels_last: bool = False
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    compile_options: dict | None = None
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        """:func:`optimise_unet` with these options (in place); returns ``model``."""
+        return optimise_unet(model, channels_last=self.channels_last,
+                             gradient_checkpointing=self.gradient_checkpointing, compile=self.compile,
+                             compile_options=self.compile_options)

@@ -11,10 +11,14 @@ twin where it acts on one value.
 - :mod:`~bundle.transforms.model_grid`: a slice onto the model's square grid and back;
 - :mod:`~bundle.transforms.case_to_slices`: the one chain of all of these every workflow uses;
 - :mod:`~bundle.transforms.augmentation`: random transforms of the downstream classifier's inputs.
+
+The functions named like their modules (``model_grid``, ``case_to_slices``, ``augmentation``) are not imported
+here, so ``bundle.transforms.model_grid`` stays the module (configs name ``bundle.transforms.model_grid.model_grid``);
+``augmentation`` here is the module.
 """
 
-from bundle.transforms.augmentation import augmentation
-from bundle.transforms.case_to_slices import case_to_slices, slice_transform
+from bundle.transforms import augmentation
+from bundle.transforms.case_to_slices import slice_transform
 from bundle.transforms.intensity import ScaleIntensityToModel, ScaleIntensityToModeld, invert_intensity
 from bundle.transforms.loading import (
     LoadVolume,
@@ -25,7 +29,7 @@ from bundle.transforms.loading import (
     volume_format,
     voxel_spacing_mm,
 )
-from bundle.transforms.model_grid import invert_to_slice, model_grid
+from bundle.transforms.model_grid import invert_to_slice
 from bundle.transforms.slices import LesionSliceGuided, SelectMaskSlicesd
 from bundle.transforms.soft_mask import (
     BoxMask,
@@ -46,6 +50,6 @@ __all__ = [
     "BoxMask", "BoxMaskd", "GaussianBlurMM", "GaussianBlurMMd", "LabelMask", "LabelMaskd",
     "LesionSliceGuided", "LoadVolume", "LoadVolumeOnced", "LoadVolumed", "MaskImage", "MaskImaged", "MatchImageGridd",
     "PointBoxMask", "PointBoxMaskd", "ScaleIntensityToModel", "ScaleIntensityToModeld", "SelectMaskSlicesd",
-    "SoftMaskFromSourced", "ValidateEntryd", "augmentation", "case_to_slices", "entry_field_problem", "invert_intensity",
-    "invert_to_slice", "match_image_grid", "model_grid", "slice_transform", "volume_format", "voxel_spacing_mm",
+    "SoftMaskFromSourced", "ValidateEntryd", "augmentation", "entry_field_problem", "invert_intensity", "invert_to_slice",
+    "match_image_grid", "slice_transform", "volume_format", "voxel_spacing_mm",
 ]
