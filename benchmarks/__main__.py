@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         try:
             records += BENCHMARKS[name](ctx)
-        except Exception as error:  # noqa: BLE001 - one broken area must not lose the others' figures
+        except Exception as error:  # one broken area must not lose the others' figures
             failed.append(name)
             log.error("benchmark %s failed:\n%s", name, traceback.format_exc())
             records.append(Record(name=f"{name}: failed", item=ITEM_OF[name], ours_s=None, reference_s=None,

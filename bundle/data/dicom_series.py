@@ -10,6 +10,7 @@ slice and that pydicom decodes the values ITK loaded.
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,10 @@ _PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixel
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+DICOM_PARSE_ERRORS = (OSError, EOFError, ValueError, struct.error, OverflowError, KeyError, IndexError)
+"""What pydicom raises while parsing a damaged or truncated file (besides ``InvalidDicomError``)."""
+DICOM_DECODE_ERRORS = (*DICOM_PARSE_ERRORS, NotImplementedError, RuntimeError, AttributeError)
+"""What decoding pixel data raises for a file pydicom cannot decode (no decoder, damaged or missing data)."""
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -76,7 +81,7 @@ def read_dicom_header(path: str | os.PathLike, required: bool = True, in_folder:
         if not required:
             return None
         raise InputError(path, "not a DICOM file (no 'DICM' marker at byte 128 and no DICOM meta header)") from error
-    except Exception as error:
+    except DICOM_PARSE_ERRORS as error:
         raise InputError(path, f"corrupt DICOM file ({type(error).__name__}: {error})") from error
     if _is_dicomdir(dataset):
         if in_folder or not required:
@@ -103,7 +108,7 @@ def _dicom_without_file_header(path: Path) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dataset = pydicom.dcmread(path, defer_size=1024, force=True)
-    except Exception:  # noqa: BLE001 - any parse failure means it is not DICOM
+    except (InvalidDicomError, *DICOM_PARSE_ERRORS):  # it does not parse: not DICOM
         return False
     return 0x7FE00010 in dataset and "Rows" in dataset and "Columns" in dataset
 
@@ -278,7 +283,7 @@ def check_write_back(source: str | os.PathLike, instances: Sequence[tuple[Path, 
         try:
             dataset = pydicom.dcmread(path)
             stored = dataset.pixel_array.astype(np.float64)
-        except Exception as error:  # any decoder failure is this file's problem
+        except DICOM_DECODE_ERRORS as error:  # this file's problem
             raise InputError(path, f"pydicom cannot decode its pixel data for writing back ({type(error).__name__}: "
                                    f"{error})") from error
         slope = float(dataset.get("RescaleSlope") or 1.0)

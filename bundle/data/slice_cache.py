@@ -33,7 +33,7 @@ import numpy as np
 import safetensors.torch
 import torch
 from monai.transforms import Compose
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from bundle.utils.files import write_atomically, write_json_atomically
 from bundle.utils.hashing import file_identity
@@ -148,7 +148,7 @@ class SliceCache:
         try:
             with safe_open(path, "pt") as handle:
                 return json.loads(handle.metadata()["label"])
-        except Exception as error:  # noqa: BLE001 - a damaged cache file is recomputed, not fatal
+        except (SafetensorError, OSError, KeyError, ValueError) as error:  # damaged: recomputed, not fatal
             logger.warning("slice cache file %s is unreadable (%s): preprocessing again", path, error)
             return None
 

@@ -68,7 +68,7 @@ class SliceDataset(torch.utils.data.Dataset):
                  cache_dir: str | os.PathLike | None = None) -> None:
         self.data = list(data)
         self.cache = SliceCache(cache_dir, transform) if cache_dir is not None else None
-        self.failures: list[dict[str, str]] = []
+        self.failures: list[dict[str, object]] = []  # case_id, error, bad_input
         self.labels: list[str] = []
         self._records: list[Path | dict] = []  # per kept entry: its cache file, or its slices in memory
         self._case_ids: list[str] = []
@@ -85,11 +85,12 @@ class SliceDataset(torch.utils.data.Dataset):
             else:
                 try:
                     slices = transform(dict(entry))
-                except Exception as error:  # noqa: BLE001 - one bad entry must not lose the others
+                except Exception as error:  # one bad entry must not lose the others; 'bad_input' tells a fault of the code
                     input_error = find_input_error(error)
                     problem = str(input_error) if input_error else f"{type(error).__name__}: {error}"
-                    self.failures.append({"case_id": case_id, "error": problem})
-                    logger.error("[%d/%d] %s left out: %s", count, len(order), case_id, problem)
+                    self.failures.append({"case_id": case_id, "error": problem, "bad_input": input_error is not None})
+                    logger.error("[%d/%d] %s left out: %s", count, len(order), case_id, problem,
+                                 exc_info=input_error is None)
                     continue
                 slices = slices if isinstance(slices, list) else [slices]
                 if not slices:

@@ -159,8 +159,10 @@ class SynthesisJob:
         after the case's image."""
         case_id = str(case.get("case_id", case.get("image")))
         problem = describe_failure(error, case.get("image"))
-        self.failed.append({"case_id": case_id, "error": problem, "bad_input": find_input_error(error) is not None})
-        logger.error("[%d/%d] %s failed: %s", number, len(self.cases), case_id, problem)
+        bad_input = find_input_error(error) is not None
+        self.failed.append({"case_id": case_id, "error": problem, "bad_input": bad_input})
+        # not the input's fault (a fault of the code, a full disk): the traceback says where
+        logger.error("[%d/%d] %s failed: %s", number, len(self.cases), case_id, problem, exc_info=not bad_input)
 
     def process(self, number: int, case: Mapping) -> None:
         """Run case ``number`` (1-based) and record its outputs, or its failure without raising."""
@@ -177,7 +179,7 @@ class SynthesisJob:
         started = time.perf_counter()
         try:
             outputs = self.run_case(case)
-        except Exception as error:  # noqa: BLE001 - report the case and go on with the others
+        except Exception as error:  # report the case and go on; 'bad_input' tells a fault of the code from the input's
             self.fail(number, case, error)
             return
         self.written.append({"case_id": case_id, **outputs})

@@ -77,7 +77,7 @@ def refuse_pickled_code(path: str | os.PathLike) -> None:
     except pickle.UnpicklingError as error:  # name the globals from the opcodes: torch's message may not
         unsafe = ([name for name in _pickle_globals(path) if not name.startswith(("torch.", "collections."))]
                   or _UNSUPPORTED_GLOBAL.findall(str(error)) or ["objects a weights-only load does not allow"])
-    except Exception as error:  # truncated, or not a checkpoint at all
+    except (OSError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as error:  # truncated, not a checkpoint
         raise InputError(path, f"not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
     if unsafe:
         raise InputError(path, f"refused: loading this checkpoint would call {', '.join(unsafe[:5])}, i.e. run code "

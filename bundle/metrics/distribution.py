@@ -25,6 +25,7 @@ comparable with published numbers. Options, all offline:
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from safetensors.torch import load_file
 
 from bundle.networks.medical_clip import CONFIG_NAME, MedicalClipEncoder
 from bundle.errors import InputError
+from bundle.networks.weight_files import SAFETENSORS_READ_ERRORS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -121,7 +123,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unreadable or unsafe file is a bad input
+    except (*SAFETENSORS_READ_ERRORS, pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        # unreadable, truncated, or code a weights-only load refuses
         raise InputError(path, f"cannot read the weights as tensors only ({type(error).__name__}: {error})"
                          ) from error
     for key in ("state_dict", "model", "model_state_dict"):

@@ -48,7 +48,7 @@ from bundle.preparation.dicom_series_headers import read_dicom_series
 from bundle.preparation.prepared import Prepared
 from bundle.preparation.tables import pick_column, read_table
 from bundle.errors import InputError
-from bundle.transforms.loading import volume_format
+from bundle.transforms.loading import NIFTI_READ_ERRORS, volume_format
 from bundle.utils.files import safe_case_name
 
 CLASSES = ("normal", "benign", "malignant")
@@ -161,7 +161,7 @@ def image_shape(path: Path) -> tuple[int, ...]:
     if kind == "nifti":
         try:
             shape = tuple(int(n) for n in nib.load(str(path)).shape)
-        except Exception as error:  # any reader failure means an unusable file
+        except NIFTI_READ_ERRORS as error:
             raise InputError(path, f"cannot be read as NIfTI ({type(error).__name__}: {error})") from error
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
@@ -185,7 +185,7 @@ def segmentation_labels(path: Path) -> tuple[tuple[int, ...], set[int]]:
     try:
         image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)
-    except Exception as error:  # any reader failure means an unusable file
+    except NIFTI_READ_ERRORS as error:
         raise InputError(path, f"cannot be read as NIfTI ({type(error).__name__}: {error})") from error
     shape = tuple(int(n) for n in data.shape)
     if len(shape) == 4 and shape[3] == 1:

@@ -8,11 +8,14 @@ model's canonical orientation happens later, after the soft mask has been made f
 from __future__ import annotations
 
 import os
+import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 
 import nibabel as nib
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 import numpy as np
 import pydicom
 import torch
@@ -33,6 +36,11 @@ from bundle.errors import InputError
 from bundle.utils.hashing import file_identity
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NIFTI_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
+"""What nibabel raises for a file that is missing, truncated, not NIfTI or has a broken header."""
+IMAGE_READ_ERRORS = (*NIFTI_READ_ERRORS, RuntimeError)
+"""What reading an image raises for an unusable file: nibabel's errors, ITK's (RuntimeError) and MONAI
+``LoadImage``'s when no reader could read it (RuntimeError). Anything else is a fault of the code, not the input."""
 # Volumes larger than this are refused from their header, before any voxel is read: the preprocessing holds several
 # float copies of the volume (image, masks, masked image, the writer's change), so this bounds the memory a case
 # needs. 2**29 voxels is 512 x 512 x 2048 (2 GiB as float32); raise it with LoadVolume(max_voxels=...).
@@ -239,9 +247,9 @@ class LoadVolume(Transform):
                 if kind == "nifti":
                     check_nifti_voxel_type(path)
                 shape = _header_shape(path, kind)
-            except InputError:
+            except InputError:  # a ValueError too: it already names the file and the problem
                 raise
-            except Exception as error:
+            except IMAGE_READ_ERRORS as error:
                 raise InputError(path, f"cannot be read as an image ({type(error).__name__}: {error})") from error
             if shape is not None:
                 _too_large(path, shape, self.max_voxels)
@@ -256,7 +264,7 @@ class LoadVolume(Transform):
             reader = DicomSeriesReader(in_slice_order(instances)) if instances else ITKReader()
         try:
             volume = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=self.dtype)(str(path))
-        except Exception as error:  # any reader failure: corrupt, truncated or unsupported file
+        except IMAGE_READ_ERRORS as error:  # corrupt, truncated or unsupported file
             raise InputError(path, f"cannot be read as an image ({type(error).__name__}: {error})") from error
         spatial_shape = tuple(volume.shape[1:])
         if len(spatial_shape) != 3:
