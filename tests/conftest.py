@@ -1,33 +1,17 @@
-"""Shared fixtures: the real scans in ../shared/data, the bundle's configs, and a tiny trained model on a small
-generated dataset (session-wide, since training it is the slow part)."""
+"""Shared fixtures: the real scans in ../shared/data, a small generated dataset and a tiny trained model on it
+(session-wide, since training it is the slow part). Helpers the tests import are in ``tests/helpers``."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
 
-from bundle.demo.dataset import generate_dataset
 from bundle.balancing.synthesis_requests import write_demo_requests
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-CONFIGS = REPO / "configs"
-
-SCT_T2 = SHARED_DATA / "sct_t2" / "t2.nii.gz"
-SCT_LEVELS = SHARED_DATA / "sct_t2" / "t2_seg-manual_labeled.nii.gz"
-TOTALSEG_MR = SHARED_DATA / "totalseg" / "mr" / "example_mr_sm.nii.gz"
-TOTALSEG_MR_SEG = SHARED_DATA / "totalseg" / "mr" / "example_seg_mr.nii.gz"
-CT_DICOM = SHARED_DATA / "totalseg" / "ct_dicom"
-CT_DICOM_SEG = SHARED_DATA / "totalseg" / "ct_dicom_seg.nii.gz"
-T12_LABEL = 32  # TotalSegmentator v2 numbering; the 20-slice CT series covers T11-T12
-MR_VERTEBRAE_LABEL = 19
+from bundle.demo.dataset import generate_dataset
+from tests.helpers.paths import SHARED_DATA
+from tests.helpers.workflows import TINY, run_workflow
 
 
 @pytest.fixture(scope="session")
@@ -35,52 +19,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real fixtures not found at {SHARED_DATA} (the shared/ folder beside the checkout)")
     return SHARED_DATA
-
-
-def write_datalist(path: Path, entries: list[dict], split: str = "test") -> Path:
-    path.write_text(json.dumps({split: entries}, indent=2))
-    return path
-
-
-def preview_parser(**overrides) -> ConfigParser:
-    """``configs/mask_preview.json`` with ``overrides`` (MONAI ids, e.g. ``{"predictor#key": "image"}``)."""
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "mask_preview.json"))
-    parser.update({"bundle_root": str(REPO), **overrides})
-    return parser
-
-
-def run_job(datalist: Path, output_dir: Path, **overrides) -> dict:
-    """Run the mask-preview job of the config on ``datalist``; returns its report."""
-    parser = preview_parser(datalist=str(datalist), output_dir=str(output_dir), **overrides)
-    return parser.get_parsed_content("job").run()
-
-
-TINY = {"spatial_size": 32, "batch_size": 4, "val_max_items": 2, "val_inference_steps": 2, "slices_per_case": 2}
-LOGGING = str(CONFIGS / "logging.conf")
-META = str(CONFIGS / "metadata.json")
-
-
-def workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflow:
-    files = [str(CONFIGS / name) for name in config_files]
-    return ConfigWorkflow(config_file=files if len(files) > 1 else files[0], meta_file=META, logging_file=LOGGING,
-                          workflow_type=workflow_type, bundle_root=str(REPO), **overrides)
-
-
-def run_workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflow:
-    flow = workflow(config_files, workflow_type, **overrides)
-    flow.initialize()
-    flow.run()
-    flow.finalize()
-    return flow
-
-
-def bundle_run(*arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "monai.bundle", "run", *arguments]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
 
 
 @pytest.fixture(scope="session")

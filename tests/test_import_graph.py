@@ -7,7 +7,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "bundle"
+from tests.helpers.paths import REPO
+
+PACKAGE = REPO / "bundle"
 
 # runtime layers, lowest first; a module may import modules of its own layer or of a lower one
 LAYERS = (

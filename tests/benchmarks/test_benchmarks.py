@@ -1,0 +1,124 @@
+"""Smoke tests of the benchmark code (``python -m benchmarks``): cheap benchmark functions with one repeat and
+small shapes produce well-formed records and JSON. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import blur, gpu, report, sampling, scale_out, unet_overhead
+from benchmarks.common import Context, Record, compare, interleaved, not_measured
+from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.networks.medsoft_diffusion import tiny_model
+
+REQUIRED = {"name", "ours_s", "reference_s", "ratio", "reference", "target", "met"}
+
+
+@pytest.fixture()
+def ctx(tmp_path) -> Context:
+    return Context(quick=True, work_dir=tmp_path, threads=1, device=torch.device("cpu"))
+
+
+def check(records: list[Record]) -> list[dict]:
+    rows = json.loads(json.dumps([r.as_dict() for r in records]))
+    for row in rows:
+        assert REQUIRED <= set(row), row
+        assert isinstance(row["name"], str) and row["name"] and isinstance(row["reference"], str)
+        assert row["met"] in (True, False, None)
+        if row["ours_s"] is not None and row["reference_s"] is not None:
+            assert row["ratio"] == pytest.approx(row["ours_s"] / row["reference_s"])
+    return rows
+
+
+def test_interleaved_timing_alternates_and_compare_builds_a_record():
+    order = []
+    times = interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then alternating rounds
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    record = compare("x", 1, [2.0, 4.0, 3.0], [1.0, 2.0, 1.5], "ref", "<= 1.10", 1.10, "shape")
+    assert record.ours_s == 3.0 and record.reference_s == 1.5 and record.ratio == 2.0 and record.met is False
+    rows = check([record, not_measured("y", 8, "ref", "report", "not measured: no GPU")])
+    assert rows[1]["ratio"] is None and rows[1]["met"] is None
+
+
+def test_blur_benchmark_records(ctx, monkeypatch):
+    monkeypatch.setattr(blur, "SHAPE", (48, 40, 12))
+    rows = check(blur.run(ctx))
+    assert [r["item"] for r in rows] == [4, 4, 4]
+    assert rows[0]["extra"]["max_abs_diff_vs_monai_gaussiansmooth"] < 1e-6  # the fast path is MONAI's result
+    assert rows[0]["extra"]["max_abs_diff_vs_scipy"] < 0.05  # erf vs sampled kernel
+
+
+def test_unet_overhead_measure_on_a_small_config(ctx):
+    config = {"cross_attention_dim": 32, "block_out_channels": (16, 32), "attention_head_dim": 4, "sample_size": 16,
+              "in_channels": 4, "out_channels": 4, "norm_num_groups": 8,
+              "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+              "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")}
+    plain, guided = unet_overhead.unet_pair(config, msc_dim=24)
+    assert plain.conv_in.weight.data_ptr() == guided.unet.conv_in.weight.data_ptr()  # shared base weights
+    inputs = unet_overhead.make_inputs(2, 4, 16, 7, 32, 24, ctx.device)
+    with torch.no_grad():
+        guided.scale = 0.0  # gamma 0: the base UNet exactly
+        same = guided(inputs["sample"], inputs["timestep"], inputs["text"], inputs["tokens"])
+        assert torch.allclose(same, plain(inputs["sample"], inputs["timestep"], inputs["text"]).sample, atol=1e-5)
+        guided.scale = 1.0
+    rows = check([unet_overhead.measure("fwd", plain, guided, inputs, backward, 1, ctx, "small", "<= 1.10", 1.10)
+                  for backward in (False, True)])
+    assert all(r["repeats"] == 1 for r in rows)
+
+
+def test_diffusers_reference_loop_keeps_the_background(ctx):
+    clip = MedicalClipEncoder.tiny(embed_dim=32, image_size=32, vision_width=32, text_width=32, heads=2)
+    model = tiny_model(spatial_size=32, clip_encoder=clip, unet_channels=(16, 32), seed=0).eval()
+    image = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros_like(image)
+    mask[..., 8:20, 10:22] = 1.0
+    scheduler = unet_scheduler()
+    reference = sampling.diffusers_inpaint_loop(model, sampling.DDIMScheduler.from_config(scheduler.config), image,
+                                                mask, ["a lesion"], seed=0, steps=3)
+    ours = SoftMaskInpaintingInferer.ddim(scheduler, num_inference_steps=3)(image, model, mask, ["a lesion"], [0])
+    for result in (reference, ours):
+        assert result.shape == image.shape and torch.allclose(result[mask == 0], image[mask == 0], atol=1e-5)
+
+
+def unet_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+
+
+def test_gpu_figures_code_path_runs_on_cpu_with_small_configs(ctx):
+    unet_config = {"cross_attention_dim": 32, "block_out_channels": (16, 32), "attention_head_dim": 4,
+                   "sample_size": 8, "in_channels": 4, "out_channels": 4, "norm_num_groups": 8,
+                   "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+                   "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")}
+    vae_config = {**gpu.SD15_VAE_CONFIG, "block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
+                  "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "norm_num_groups": 4,
+                  "sample_size": 16}
+    model = gpu.build(ctx.device, unet_config, vae_config, msc_dim=24, text_length=7)
+    result = gpu.measure_sd15(ctx.device, model, image_size=16, steps=2, repeats=1, precision=None, train_batch=2)
+    assert len(result["ours_s"]) == len(result["reference_s"]) == 1 and result["inference_peak_mib"] is None
+    assert set(result["training"]) == {"plain", "gradient_checkpointing"}
+    rows = check(gpu.run(ctx))  # no GPU here: every row says so instead of a figure
+    assert all(r["notes"] == "not measured: no GPU" and r["ratio"] is None for r in rows)
+
+
+def test_iteration_rate_from_stats_handler_lines():
+    log = "\n".join(f"2026-01-01 00:00:{10 + 2 * i:02d},000 - INFO - Epoch: 1/1, Iter: {i}/6 -- train_loss: 0.1"
+                    for i in range(1, 7))
+    rate, intervals = scale_out.iteration_rate(log)  # iterations 1..5 (6 may be a short batch), 2 s apart
+    assert intervals == 4 and rate == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        scale_out.iteration_rate("no iterations")
+
+
+def test_markdown_report_has_a_row_per_record(tmp_path):
+    records = [compare("fast thing", 1, [1.0], [2.0], "ref", "<= 1.10", 1.10, "s"),
+               not_measured("gpu thing", 8, "ref", "report", "not measured: no GPU")]
+    text = report.markdown(records, {"cpu": "test"}, {"mode": "quick"}, {1: "why"}, "pre", "post")
+    assert "| fast thing | 1.00 | 2.00 | 0.5 |" in text and "gpu thing" in text and "not measured: no GPU" in text
+    report.write_json(tmp_path / "results.json", records, {"cpu": "test"}, {})
+    assert check([Record(**row) for row in json.loads((tmp_path / "results.json").read_text())])

@@ -1,0 +1,227 @@
+"""A case's outputs (volume, provenance record, preview) appear together or not at all, and whatever can be checked
+about writing them is checked before anything is predicted: the output folder is writable and has room, no output
+overwrites an input or another entry's output. Failures name the case, the file and the problem."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import tempfile
+from collections import namedtuple
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+from monai.transforms import Compose, Lambda
+
+import bundle.io.volume_writer
+import bundle.utils.files
+from bundle.errors import OutputError, describe_failure
+from bundle.transforms.soft_mask import GaussianBlurMM
+from tests.helpers.paths import SCT_LEVELS, SCT_T2, TOTALSEG_MR, TOTALSEG_MR_SEG
+from tests.helpers.workflows import preview_parser, write_datalist
+
+GOOD = {"image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [3], "text": "lesion"}
+POINT = {"image": str(SCT_T2), "point": [30, 27, 26], "box_size_mm": 12, "text": "lesion"}
+OUTPUTS = ("_synthetic.json", "_synthetic.nii.gz", "_synthetic.png")
+
+
+class CountingPredictor:
+    """The job's predictor, recording the case of every call: what ran the (expensive) prediction step."""
+
+    def __init__(self, predictor) -> None:
+        self.predictor, self.cases = predictor, []
+
+    def __call__(self, items):
+        self.cases.append(items[0].get("case_id"))
+        return self.predictor(items)
+
+
+def make_job(entries: list[dict], datalist: Path, output_dir: Path, **overrides):
+    """The mask-preview job of the config on ``entries``, with a :class:`CountingPredictor`."""
+    job = preview_parser(datalist=str(write_datalist(datalist, entries)), output_dir=str(output_dir),
+                         **overrides).get_parsed_content("job")
+    job.predictor = CountingPredictor(job.predictor)
+    return job
+
+
+def listing(folder: Path) -> list[str]:
+    """Every name in ``folder``, hidden ones (temporary files and folders) included."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+def outputs_of(*cases: str) -> list[str]:
+    return sorted([f"{case}{suffix}" for case in cases for suffix in OUTPUTS] + ["report.json"])
+
+
+# ------------------------------------------------------------------ entries whose outputs would collide
+def test_equal_case_ids_are_refused_and_the_others_written(shared_data, tmp_path):
+    entries = [
+        {**GOOD, "case_id": "dup"},
+        {"image": str(TOTALSEG_MR), "vertebra_seg": str(TOTALSEG_MR_SEG), "mask_labels": [19], "text": "x",
+         "case_id": "dup"},
+        {**POINT, "case_id": "Case7"},
+        {**POINT, "case_id": "case7"},  # the same file as Case7 on a case-insensitive file system
+        {**GOOD, "case_id": "good"},
+    ]
+    output_dir = tmp_path / "out"
+    job = make_job(entries, tmp_path / "list.json", output_dir)
+    report = job.run()
+    failures = [(f["case_id"], f["error"]) for f in report["failed"]]
+    same = (f"entries 1, 2 of the datalist have the same case id ('dup', 'dup'), so their outputs (dup_synthetic.*) "
+            f"would overwrite each other; none of them is written: give each entry its own case_id (images: "
+            f"{SCT_T2}, {TOTALSEG_MR})")
+    letter_case = ("entries 3, 4 of the datalist have case ids that differ only in letter case ('Case7', 'case7'), "
+                   "so their outputs ({}_synthetic.*) would overwrite each other; none of them is written: give each "
+                   f"entry its own case_id (images: {SCT_T2}, {SCT_T2})")
+    assert failures == [("dup", f"dup: {same}"), ("dup", f"dup: {same}"),
+                        ("Case7", f"Case7: {letter_case.format('Case7')}"),
+                        ("case7", f"case7: {letter_case.format('case7')}")]
+    assert all(f["bad_input"] for f in report["failed"])
+    assert [w["case_id"] for w in report["written"]] == ["good"] and job.predictor.cases == ["good"]
+    assert listing(output_dir) == outputs_of("good")
+
+
+# ------------------------------------------------------------------ all or nothing
+@pytest.fixture()
+def unrenderable(monkeypatch):
+    """The preview fails for texts containing "UNRENDERABLE": a failure after the volume is written."""
+    render = bundle.io.volume_writer.render_preview
+
+    def render_or_fail(path, *args, title: str = "", **kwargs):
+        if "UNRENDERABLE" in title:
+            raise ValueError("cannot render this text")
+        return render(path, *args, title=title, **kwargs)
+
+    monkeypatch.setattr(bundle.io.volume_writer, "render_preview", render_or_fail)
+
+
+def test_a_failure_after_the_volume_leaves_nothing_of_the_case(shared_data, tmp_path, unrenderable):
+    entries = [{**POINT, "case_id": "late", "text": "an UNRENDERABLE lesion"},
+               {**POINT, "case_id": "tex", "text": r"a lesion of $\frac{1}{$ the body"},  # shown as written, not TeX
+               {**GOOD, "case_id": "good"}]
+    output_dir = tmp_path / "out"
+    report = make_job(entries, tmp_path / "list.json", output_dir).run()
+    assert report["failed"] == [{"case_id": "late", "error": f"{SCT_T2}: ValueError: cannot render this text",
+                                 "bad_input": False}]
+    assert [w["case_id"] for w in report["written"]] == ["tex", "good"]
+    assert listing(output_dir) == outputs_of("tex", "good")
+
+
+def test_a_redone_case_that_fails_late_keeps_its_earlier_outputs_whole(shared_data, tmp_path, unrenderable):
+    output_dir = tmp_path / "out"
+    first = {**POINT, "case_id": "c", "text": "first lesion"}
+    make_job([first], tmp_path / "a.json", output_dir).run()
+    before = {name: (output_dir / name).read_bytes() for name in outputs_of("c") if name != "report.json"}
+    moved = {**first, "point": [30, 20, 20], "text": "an UNRENDERABLE lesion elsewhere"}
+    report = make_job([moved], tmp_path / "b.json", output_dir, **{"job#skip_completed": False}).run()
+    assert [f["case_id"] for f in report["failed"]] == ["c"]
+    assert listing(output_dir) == outputs_of("c")
+    assert {name: (output_dir / name).read_bytes() for name in before} == before  # not a new volume, old record
+    again = make_job([first], tmp_path / "c.json", output_dir, **{"job#skip_completed": True})
+    assert [s["case_id"] for s in again.run()["skipped"]] == ["c"] and again.predictor.cases == []
+
+
+def test_a_failing_last_move_leaves_nothing_of_the_case(shared_data, tmp_path, monkeypatch):
+    output_dir = tmp_path / "out"
+    replace = os.replace
+
+    def replace_or_fail(source, target):
+        if Path(target) == output_dir / "mv_synthetic.json":
+            raise OSError(errno.EIO, "Input/output error")
+        return replace(source, target)
+
+    monkeypatch.setattr(bundle.utils.files.os, "replace", replace_or_fail)
+    report = make_job([{**POINT, "case_id": "mv"}, {**GOOD, "case_id": "good"}], tmp_path / "l.json",
+                      output_dir).run()
+    assert report["failed"] == [{"case_id": "mv", "bad_input": False, "error": (
+        f"{output_dir / 'mv_synthetic.nii.gz'}: could not be written (OSError: [Errno 5] Input/output error); "
+        "nothing of this case was kept")}]
+    assert listing(output_dir) == outputs_of("good")
+
+
+# ------------------------------------------------------------------ output folder, disk space, inputs
+def test_a_full_disk_names_the_output_and_keeps_nothing(shared_data, tmp_path, monkeypatch):
+    def disk_full(self, filename):
+        Path(filename).write_bytes(b"\x1f\x8b half a volume")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(nib.Nifti1Image, "to_filename", disk_full)
+    output_dir = tmp_path / "out"
+    report = make_job([{**POINT, "case_id": "full"}], tmp_path / "l.json", output_dir).run()
+    assert report["failed"] == [{"case_id": "full", "bad_input": False, "error": (
+        f"{output_dir / 'full_synthetic.nii.gz'}: could not be written (OSError: [Errno 28] No space left on device); "
+        "nothing of this case was kept")}]
+    assert listing(output_dir) == ["report.json"]
+
+
+def test_too_little_free_space_is_refused_before_predicting(shared_data, tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(bundle.utils.files.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
+    output_dir = tmp_path / "out"
+    job = make_job([{**POINT, "case_id": "c"}], tmp_path / "l.json", output_dir)
+    report = job.run()
+    needed = (SCT_T2.stat().st_size + 2**20) / 2**20
+    assert report["failed"] == [{"case_id": "c", "bad_input": False, "error": (
+        f"{output_dir}: not enough free space: 0.0 MiB free, about {needed:,.1f} MiB needed; free some space or "
+        "choose another folder")}]
+    assert job.predictor.cases == [] and listing(output_dir) == ["report.json"]
+
+
+@pytest.mark.parametrize("how", ["file_in_the_way", "permission_denied"])
+def test_an_unwritable_output_folder_stops_the_job_before_any_case(shared_data, tmp_path, monkeypatch, how):
+    if how == "file_in_the_way":
+        (tmp_path / "taken").write_text("a file where the output folder's parent should be")
+        output_dir, problem = tmp_path / "taken" / "out", "NotADirectoryError: Not a directory"
+    else:  # what a read-only folder does for a user without root rights (the tests may run as root)
+        output_dir, problem = tmp_path / "out", "PermissionError: Permission denied"
+        output_dir.mkdir()
+        mkstemp = tempfile.mkstemp
+
+        def denied(*args, dir=None, **kwargs):
+            if dir is not None and Path(output_dir) in (Path(dir), *Path(dir).parents):
+                raise PermissionError(errno.EACCES, "Permission denied", str(Path(dir) / "x"))
+            return mkstemp(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", denied)
+    job = make_job([{**POINT, "case_id": "c"}], tmp_path / "l.json", output_dir)
+    with pytest.raises(OutputError) as raised:
+        job.run()
+    assert str(raised.value) == f"{output_dir}: cannot write to this folder ({problem})"
+    assert job.predictor.cases == []
+
+
+def test_an_output_onto_an_input_is_refused_before_predicting(shared_data, tmp_path):
+    image = tmp_path / "case.nii.gz"
+    shutil.copyfile(SCT_T2, image)
+    job = make_job([{**POINT, "image": str(image), "case_id": "case"}], tmp_path / "l.json", tmp_path,
+                   **{"writer#suffix": ""})
+    report = job.run()
+    assert report["failed"][0]["error"] == f"{image}: refusing to write {image}: it would overwrite an input"
+    assert job.predictor.cases == [] and image.read_bytes() == SCT_T2.read_bytes()
+
+
+# ------------------------------------------------------------------ messages of unexpected failures
+def test_an_unexpected_failure_names_the_image_and_the_transform_not_an_object_address(shared_data, tmp_path,
+                                                                                      monkeypatch):
+    def broken(self, mask):
+        raise ZeroDivisionError("sigma of zero length")
+
+    monkeypatch.setattr(GaussianBlurMM, "__call__", broken)
+    report = make_job([{**POINT, "case_id": "c"}], tmp_path / "l.json", tmp_path / "out").run()
+    assert report["failed"] == [{"case_id": "c", "bad_input": False, "error": (
+        f"{SCT_T2}: ZeroDivisionError: sigma of zero length (in SoftMaskFromSourced)")}]
+
+
+def test_describe_failure_unwraps_nested_composes():
+    def fail(data):
+        raise KeyError("vertebra_seg")
+
+    inner = Compose([Lambda(fail)])
+    with pytest.raises(RuntimeError) as raised:
+        Compose([Lambda(lambda d: d), inner])({"image": 1})
+    assert re.search(r"object at 0x", str(raised.value)) or re.search(r"object at 0x", str(raised.value.__cause__))
+    assert describe_failure(raised.value, "/data/a.nii.gz") == "/data/a.nii.gz: KeyError: 'vertebra_seg' (in Lambda)"
+    assert "\n" not in describe_failure(raised.value)

@@ -1,0 +1,59 @@
+"""Running the bundle's configs in tests: a datalist file, the mask-preview job, a MONAI workflow, the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from tests.helpers.paths import CONFIGS, REPO
+
+
+def write_datalist(path: Path, entries: list[dict], split: str = "test") -> Path:
+    path.write_text(json.dumps({split: entries}, indent=2))
+    return path
+
+
+def preview_parser(**overrides) -> ConfigParser:
+    """``configs/mask_preview.json`` with ``overrides`` (MONAI ids, e.g. ``{"predictor#key": "image"}``)."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "mask_preview.json"))
+    parser.update({"bundle_root": str(REPO), **overrides})
+    return parser
+
+
+def run_job(datalist: Path, output_dir: Path, **overrides) -> dict:
+    """Run the mask-preview job of the config on ``datalist``; returns its report."""
+    parser = preview_parser(datalist=str(datalist), output_dir=str(output_dir), **overrides)
+    return parser.get_parsed_content("job").run()
+
+
+TINY = {"spatial_size": 32, "batch_size": 4, "val_max_items": 2, "val_inference_steps": 2, "slices_per_case": 2}
+LOGGING = str(CONFIGS / "logging.conf")
+META = str(CONFIGS / "metadata.json")
+
+
+def workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflow:
+    files = [str(CONFIGS / name) for name in config_files]
+    return ConfigWorkflow(config_file=files if len(files) > 1 else files[0], meta_file=META, logging_file=LOGGING,
+                          workflow_type=workflow_type, bundle_root=str(REPO), **overrides)
+
+
+def run_workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflow:
+    flow = workflow(config_files, workflow_type, **overrides)
+    flow.initialize()
+    flow.run()
+    flow.finalize()
+    return flow
+
+
+def bundle_run(*arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "run", *arguments]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result

@@ -1,0 +1,116 @@
+"""The soft-mask sampler: the background follows the input, the mask changes, seeds repeat, guidance 1 is the
+conditional prediction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.networks.medsoft_diffusion import tiny_model
+
+SIZE = 32
+TEXTS = ["a 9 mm hyperintense lesion in the L2 vertebral body", "an ill-defined hypointense lesion in L4"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    clip = MedicalClipEncoder.tiny(embed_dim=32, image_size=32, vision_width=32, text_width=32, heads=2)
+    return tiny_model(spatial_size=SIZE, clip_encoder=clip, unet_channels=(16, 32), seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(2, 1, SIZE, SIZE, generator=generator)
+    soft_mask = torch.zeros(2, 1, SIZE, SIZE)
+    soft_mask[:, :, 10:22, 8:24] = 1.0
+    soft_mask[:, :, 9, 8:24] = 0.5
+    return image, soft_mask
+
+
+def scheduler():
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+
+
+def test_outside_the_soft_mask_the_result_is_the_input_and_inside_it_changes(model, batch):
+    image, soft_mask = batch
+    inferer = SoftMaskInpaintingInferer.ddim(scheduler(), num_inference_steps=8, guidance_scale=3.0, eta=0.5)
+    result = inferer(image, model, soft_mask, TEXTS, seeds=[1, 2])
+    outside, inside, band = soft_mask == 0, soft_mask == 1, soft_mask == 0.5
+    assert result.shape == image.shape
+    assert torch.allclose(result[outside], image[outside], atol=1e-6)
+    assert (result[inside] - image[inside]).abs().mean() > 0.05
+    # in the blend band the background counts once: result = 0.5 * synthesis + 0.5 * x0
+    assert (result[band] - 0.5 * image[band]).min() >= -1e-6
+
+
+class RecordingDDIM(DDIMScheduler):
+    """DDIM that keeps the latents each step starts from."""
+
+    def step(self, model_output, timestep, sample, *args, **kwargs):
+        self.started_from.append(sample.clone())
+        return super().step(model_output, timestep, sample, *args, **kwargs)
+
+
+def test_the_background_is_blended_in_at_every_step_not_pasted_at_the_end(model, batch):
+    """Per step, the latents outside M_b are the known image noised to that step: the same whatever the text (the
+    model's prediction), while inside they follow the text. A sampler that pastes the background in only at the
+    end would carry the model's own background through every intermediate step."""
+    image, soft_mask = batch
+    trajectories = []
+    for texts in (TEXTS, ["a large hypointense metastasis", "a small bright haemangioma"]):
+        recording = RecordingDDIM.from_config(scheduler().config)
+        recording.started_from = []
+        SoftMaskInpaintingInferer(recording, num_inference_steps=6, eta=0.5)(image, model, soft_mask, texts, [3, 4])
+        trajectories.append(recording.started_from)
+    outside, inside = (soft_mask == 0).expand_as(trajectories[0][0]), (soft_mask == 1).expand_as(trajectories[0][0])
+    for step, (first, second) in enumerate(zip(*trajectories)):
+        if step == 0:  # pure noise, the same seeds
+            assert torch.equal(first, second)
+            continue
+        assert torch.equal(first[outside], second[outside]), step
+        assert (first[inside] - second[inside]).abs().mean() > 1e-3, step
+
+
+def test_the_same_seed_gives_the_same_result_and_another_seed_does_not(model, batch):
+    image, soft_mask = batch
+    inferer = SoftMaskInpaintingInferer.ddim(scheduler(), num_inference_steps=5, eta=1.0)
+    first = inferer(image, model, soft_mask, TEXTS, seeds=[7, 8])
+    assert torch.equal(inferer(image, model, soft_mask, TEXTS, seeds=[7, 8]), first)
+    assert not torch.allclose(inferer(image, model, soft_mask, TEXTS, seeds=[9, 8])[0], first[0])
+    alone = inferer(image[1:], model, soft_mask[1:], TEXTS[1:], seeds=[8])  # independent of the batch
+    assert torch.allclose(alone[0], first[1], atol=1e-3)  # batched vs alone: float rounding only
+
+
+def test_guidance_scale_one_is_the_conditional_prediction(model, batch):
+    image, soft_mask = batch
+    masked = image * (1 - soft_mask)
+    latents = torch.randn(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    timestep = torch.tensor(400)
+    conditions = model.conditions(TEXTS, masked)
+    null = model.null_conditions(2)
+    with torch.no_grad():
+        conditional = model(latents, timestep.expand(2), *conditions)
+        unconditional = model(latents, timestep.expand(2), *null)
+        guided = SoftMaskInpaintingInferer(scheduler(), guidance_scale=1.0).guided_noise(
+            model, latents, timestep, conditions, null)
+        assert torch.allclose(guided, conditional, atol=1e-5)
+        strong = SoftMaskInpaintingInferer(scheduler(), guidance_scale=7.5).guided_noise(
+            model, latents, timestep, conditions, null)
+        assert torch.allclose(strong, unconditional + 7.5 * (conditional - unconditional), atol=1e-4)
+
+
+def test_another_diffusers_scheduler_runs_by_config(model, batch):
+    image, soft_mask = batch
+    solver = DPMSolverMultistepScheduler.from_config(scheduler().config)
+    result = SoftMaskInpaintingInferer(solver, num_inference_steps=4)(image, model, soft_mask, TEXTS)
+    assert torch.allclose(result[soft_mask == 0], image[soft_mask == 0], atol=1e-6)
+
+
+def test_missing_text_is_refused(model, batch):
+    image, soft_mask = batch
+    with pytest.raises(ValueError, match="lesion text"):
+        SoftMaskInpaintingInferer(scheduler(), num_inference_steps=2)(image, model, soft_mask, ["ok", " "])
