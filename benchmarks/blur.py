@@ -31,7 +31,7 @@ REFERENCE = "scipy.ndimage.gaussian_filter (same sigma in voxels, truncate 4.0, 
 def volume(kind: str) -> MetaTensor:
     mask = torch.zeros((1, *SHAPE), dtype=torch.float32)
     box = [slice(round(n * low), round(n * high)) for n, (low, high) in
-           zip(SHAPE, ((0.42, 0.58), (0.44, 0.56), (0.44, 0.56)))]
+           zip(SHAPE, ((0.42, 0.58), (0.44, 0.56), (0.44, 0.56)), strict=True)]
     mask[(0, *box)] = 1.0  # at 512 x 512 x 64: 41 x 31 x 21 mm, a vertebral body
     if kind == "dense":
         mask[0, 0, 0, 0] = mask[0, -1, -1, -1] = 1.0  # support = the whole volume

@@ -105,13 +105,13 @@ def quality(ctx: Context, model, slices: list[dict]) -> dict[str, dict[str, floa
         outputs[name] = synthetic
         features = model.clip_encoder.encode_image(synthetic.to(ctx.device)).float().cpu()
         results[name] = {
-            "psnr": sum(in_mask_psnr(s, o, m) for s, o, m in zip(synthetic, originals, masks)) / len(slices),
-            "ssim": sum(in_mask_ssim(s, o, m) for s, o, m in zip(synthetic, originals, masks)) / len(slices),
+            "psnr": sum(in_mask_psnr(s, o, m) for s, o, m in zip(synthetic, originals, masks, strict=True)) / len(slices),
+            "ssim": sum(in_mask_ssim(s, o, m) for s, o, m in zip(synthetic, originals, masks, strict=True)) / len(slices),
             "fd_clip": float(get_fid_score(features, real_features)),
         }
         if name != "ddim50":  # how close to DDIM 50 with the same seeds
             results[name]["psnr_vs_ddim50"] = sum(
-                in_mask_psnr(s, d, m) for s, d, m in zip(synthetic, outputs["ddim50"], masks)) / len(slices)
+                in_mask_psnr(s, d, m) for s, d, m in zip(synthetic, outputs["ddim50"], masks, strict=True)) / len(slices)
     return results
 
 

@@ -279,7 +279,7 @@ def check_write_back(source: str | os.PathLike, instances: Sequence[tuple[Path, 
     """
     volume = np.asarray(volume)
     indices = match_instances(source, instances, affine, volume.shape[2])
-    for (path, _), index in zip(instances, indices):
+    for (path, _), index in zip(instances, indices, strict=True):
         try:
             dataset = pydicom.dcmread(path)
             stored = dataset.pixel_array.astype(np.float64)

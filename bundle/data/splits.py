@@ -30,7 +30,7 @@ def normalised_shares(values: Sequence[float] | Mapping[str, float], names: Sequ
             or sum(numbers) <= 0:
         raise ValueError(f"{what} must be non-negative numbers with a positive sum, got {values!r}")
     total = float(sum(numbers))
-    return {name: float(value) / total for name, value in zip(names, numbers)}
+    return {name: float(value) / total for name, value in zip(names, numbers, strict=True)}
 
 
 def held_out_count(size: int, fraction: float) -> int:
@@ -74,7 +74,7 @@ def holdout_split(entries: Sequence[Mapping], part: str, fraction: float = 0.15,
         return members
 
     flags = stratified_holdout([str(e.get(label_key, "")) for e in ordered], fraction, shuffled)
-    held_out = {case_id for case_id, flag in zip(ids, flags) if flag}
+    held_out = {case_id for case_id, flag in zip(ids, flags, strict=True) if flag}
     keep_validation = part == "validation"
     return [dict(e) for e in entries if (str(e.get("case_id")) in held_out) == keep_validation]
 

@@ -96,7 +96,7 @@ def generate_case(seed: int, case_index: int, lesion_class: str, difficulty: flo
     if lesion_class not in LESION_CLASSES:
         raise ValueError(f"lesion_class must be one of {sorted(LESION_CLASSES)}, got {lesion_class!r}")
     streams = dict(zip(_STREAMS, (np.random.default_rng(child) for child in
-                                  np.random.SeedSequence([int(seed), int(case_index)]).spawn(len(_STREAMS)))))
+                                  np.random.SeedSequence([int(seed), int(case_index)]).spawn(len(_STREAMS))), strict=True))
     shape, spacing, affine, intensity_scale = _sample_acquisition(streams["acquisition"])
     anatomy = sample_anatomy(streams["anatomy"], shape, spacing)
     attributes, lesion, deformation = sample_lesion(streams["lesion"], lesion_class, anatomy, settings)

@@ -51,7 +51,7 @@ def write_overview_figure(data_dir: str | os.PathLike, datalist: Mapping[str, An
     rows = -(-len(entries) // columns)
     figure = Figure(figsize=(4.2 * columns, 6.4 * rows), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
-    for axis, entry in zip(axes, entries):
+    for axis, entry in zip(axes, entries, strict=False):
         image, spacing = _load_as_phantom_axes(data_dir / entry["image"])
         vertebrae, _ = _load_as_phantom_axes(data_dir / entry["vertebra_seg"])
         lesion, _ = _load_as_phantom_axes(data_dir / entry["lesion_seg"])

@@ -17,7 +17,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], spacing
                   sigma_mm: tuple[float, float, float]) -> np.ndarray:
     """Gaussian-smoothed white noise with unit standard deviation, float32 of ``shape``."""
     noise = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32),
-                                    sigma=[s / d for s, d in zip(sigma_mm, spacing)], mode="reflect")
+                                    sigma=[s / d for s, d in zip(sigma_mm, spacing, strict=True)], mode="reflect")
     return noise / noise.std()
 
 
@@ -91,7 +91,7 @@ def _paint_canal(image: np.ndarray, anatomy: Anatomy, z: np.ndarray, arc: np.nda
     lateral = (abs_z > half_width) & (abs_z <= half_width + anatomy.pedicle_width_mm - 1)
     foramina = ((nu >= half_depth - 1) & (nu <= front + depth - 1))[..., None] & lateral
     image = np.where(foramina, signal["fat"] * 0.92, image)
-    for segment, segment_arc in zip(anatomy.segments[:S1_INDEX], anatomy.segment_arc_mm):
+    for segment, segment_arc in zip(anatomy.segments[:S1_INDEX], anatomy.segment_arc_mm, strict=False):
         root = _inside_ellipse(arc - (segment_arc + 0.2 * segment.height_mm), 2.8, nu - (front + 0.35 * depth), 2.8)
         image = np.where(root[..., None] & (abs_z > half_width - 2) & lateral,
                          signal["nerve_root"], image)
@@ -109,7 +109,7 @@ def _paint_discs(image: np.ndarray, anatomy: Anatomy, x: np.ndarray, y: np.ndarr
                  target_index: int | None, deformation: Deformation, fine: np.ndarray) -> np.ndarray:
     """Discs between consecutive segments: wedge-shaped between the endplates, nucleus brighter than annulus."""
     signal = anatomy.signals
-    for i, (upper, lower) in enumerate(zip(anatomy.segments[:-1], anatomy.segments[1:])):
+    for i, (upper, lower) in enumerate(zip(anatomy.segments[:-1], anatomy.segments[1:], strict=True)):
         _, q_upper = upper.local_frame(x, y)
         p_lower, q_lower = lower.local_frame(x, y)
         loss = deformation.height_loss_fraction if i + 1 == target_index else 0.0

@@ -92,7 +92,7 @@ def output_name_clashes(cases: Sequence[Mapping], output_stem: Callable[[Mapping
         ids = [cases[n - 1].get("case_id") for n in numbers]
         images = ", ".join(str(cases[n - 1].get("image")) for n in numbers)
         how = "the same case id" if len({str(i) for i in ids}) == 1 else "case ids that differ only in letter case"
-        for number, case_id in zip(numbers, ids):
+        for number, case_id in zip(numbers, ids, strict=True):
             clashes[number] = InputError(case_id, (
                 f"entries {', '.join(map(str, numbers))} of the datalist have {how} "
                 f"({', '.join(repr(i) for i in ids)}), so their outputs ({output_stem(cases[number - 1])}.*) would "

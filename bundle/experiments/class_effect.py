@@ -90,7 +90,7 @@ def effect_figure(requests_path: str | os.PathLike, synthesis_dir: str | os.Path
         raise ValueError(f"no synthesised volume of {requests_path} found in {synthesis_dir}")
     columns = 1 + 2 * max(len(group) for _, group in sources)
     figure, axes = plt.subplots(len(sources), columns, figsize=(3 * columns, 3.2 * len(sources)), squeeze=False)
-    for row, (source, group) in zip(axes, sources):
+    for row, (source, group) in zip(axes, sources, strict=True):
         mask = np.isin(_canonical(group[0]["vertebra_seg"]), list(group[0]["mask_labels"]))
         original = _canonical(group[0]["image"])
         results = [_canonical(synthesis_dir / f"{safe_case_name(r['case_id'])}{suffix}.nii.gz") for r in group]
@@ -101,10 +101,10 @@ def effect_figure(requests_path: str | os.PathLike, synthesis_dir: str | os.Path
         limit = 0.3 * float(original[mask].mean())
         panels = [("source (normal)", original[x], "gray", low, high)]
         panels += [(f"{r.get('label')}: {requested_signal(r['text'])}", v[x], "gray", low, high)
-                   for r, v in zip(group, results)]
+                   for r, v in zip(group, results, strict=True)]
         panels += [(f"{r.get('label')} - source", v[x] - original[x], "coolwarm", -limit, limit)
-                   for r, v in zip(group, results)]
-        for axis, (title, image, colormap, vmin, vmax) in zip(row, panels):
+                   for r, v in zip(group, results, strict=True)]
+        for axis, (title, image, colormap, vmin, vmax) in zip(row, panels, strict=False):
             axis.imshow(image[crop].T, cmap=colormap, origin="lower", vmin=vmin, vmax=vmax)
             axis.contour(mask[x][crop].T, levels=[0.5], colors="yellow", linewidths=0.5)
             axis.set_title(f"{source}\n{title}", fontsize=8)

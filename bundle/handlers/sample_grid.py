@@ -38,8 +38,8 @@ class SampleGridWriter:
             return
         epoch = getattr(engine.state, "epoch", 0)
         figure, axes = plt.subplots(len(rows), 3, figsize=(6, 2 * len(rows)), squeeze=False)
-        for row, images in zip(axes, rows):
-            for axis, image, title in zip(row, images, ("masked input", "synthesised", "original")):
+        for row, images in zip(axes, rows, strict=True):
+            for axis, image, title in zip(row, images, ("masked input", "synthesised", "original"), strict=True):
                 axis.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
                 axis.set_title(title, fontsize=8)
                 axis.axis("off")

@@ -29,7 +29,7 @@ def render_preview(path: str | os.PathLike, image: np.ndarray, soft_mask: np.nda
     panels = [("input", image, "gray", low, high), ("soft mask M_b", soft_mask, "magma", 0.0, 1.0),
               ("output (synthetic)", output, "gray", low, high), ("output - input", difference, "coolwarm",
                                                                   -limit, limit)]
-    for axis, (name, values, colormap, vmin, vmax) in zip(axes, panels):
+    for axis, (name, values, colormap, vmin, vmax) in zip(axes, panels, strict=True):
         shown = axis.imshow(values, cmap=colormap, vmin=vmin, vmax=vmax, interpolation="nearest")
         axis.set_title(name, fontsize=10)
         axis.axis("off")

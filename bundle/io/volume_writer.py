@@ -119,7 +119,7 @@ def write_dicom_series(source: Path, output: Path, delta: np.ndarray, source_aff
     created = datetime.now()
     identity: dict[str, object] = {}
     output.mkdir()
-    for number, ((path, _), index) in enumerate(zip(instances, indices)):
+    for number, ((path, _), index) in enumerate(zip(instances, indices, strict=True)):
         dataset = pydicom.dcmread(path)
         source_uids = source_reference(dataset)
         stored = dataset.pixel_array
@@ -253,7 +253,7 @@ class SyntheticVolumeWriter:
         axis = int(placement["slice_axis"])
         delta = torch.zeros(placement["canonical_shape"], dtype=torch.float64)
         changes = []
-        for item, prediction in zip(items, predictions):
+        for item, prediction in zip(items, predictions, strict=True):
             change = self.slice_change(item, prediction)
             changes.append(change)
             scanner_change = invert_intensity(change[0].double(), item["intensity_scaling"], difference=True)

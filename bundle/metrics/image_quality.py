@@ -63,7 +63,7 @@ class _InMaskMean(Metric):
     def update(self, output) -> None:
         predictions, references, masks = output
         options = {} if self.threshold is None else {"threshold": self.threshold}
-        for prediction, reference, mask in zip(predictions, references, masks):
+        for prediction, reference, mask in zip(predictions, references, masks, strict=True):
             self._values.append(self.measure(prediction.detach().cpu(), reference.detach().cpu(),
                                              mask.detach().cpu(), **options))
 
@@ -179,7 +179,7 @@ class HighFrequencyDistance(Metric):
 
     def update(self, output) -> None:
         predictions, references = output[0], output[1]
-        for prediction, reference in zip(predictions, references):
+        for prediction, reference in zip(predictions, references, strict=True):
             self._values.append(high_frequency_distance(prediction.detach().cpu(), reference.detach().cpu(),
                                                         self.cutoff))
 

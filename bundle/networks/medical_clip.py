@@ -287,7 +287,7 @@ class MedicalClipEncoder(torch.nn.Module):
         if not texts:
             raise ValueError("texts is empty")
         ids = self.tokenizer(list(texts)).to(self._device())
-        for text, full in zip(texts, (ids[:, -1] != 0).tolist()):  # no padding left: the text may be cut
+        for text, full in zip(texts, (ids[:, -1] != 0).tolist(), strict=True):  # no padding left: the text may be cut
             if full:
                 warn_truncated_text(text, int(ids.shape[1]), "medical CLIP text encoder")
         return self.model.text(ids)

@@ -54,7 +54,7 @@ class StableDiffusionTextStates(nn.Module):
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         device = next(self.text_encoder.parameters()).device
         limit = self.tokenizer.model_max_length
-        for text, ids in zip(texts, self.tokenizer(list(texts), truncation=False).input_ids):
+        for text, ids in zip(texts, self.tokenizer(list(texts), truncation=False).input_ids, strict=True):
             if len(ids) > limit:
                 warn_truncated_text(text, limit, "SD 1.5 text encoder")
         tokens = self.tokenizer(list(texts), padding="max_length", max_length=limit,

@@ -66,7 +66,7 @@ def read_dicom_series(folder: str | os.PathLike) -> DicomSeries:
         raise InputError(folder, "no DICOM files in the folder")
     files = [path for path, _ in instances]
     headers = [header for _, header in instances]
-    for path, header in zip(files, headers):
+    for path, header in zip(files, headers, strict=True):
         if int(header.get("NumberOfFrames", 1) or 1) > 1:
             raise InputError(path, "multi-frame DICOM is not supported (one image per file expected)")
         if header.get("Rows") is None or header.get("Columns") is None:
@@ -77,24 +77,7 @@ def read_dicom_series(folder: str | os.PathLike) -> DicomSeries:
     sizes = sorted({(int(h.Rows), int(h.Columns)) for h in headers})
     if len(sizes) > 1:
         raise InputError(folder, f"slices of different sizes (rows, columns) {sizes}")
-    if len(files) > 1:
-        for path, header in zip(files, headers):
-            if header.get("ImageOrientationPatient") is None or header.get("ImagePositionPatient") is None:
-                raise InputError(path, "no ImageOrientationPatient / ImagePositionPatient: slice order unknown")
-        orientations = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
-        if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
-            raise InputError(folder, "slices with different orientations (several stacks in one series); "
-                                     "ITK would read only one of them")
-        normal = np.cross(orientations[0, :3], orientations[0, 3:])
-        distances = np.array([np.dot([float(v) for v in h.ImagePositionPatient], normal) for h in headers])
-        order = sorted(range(len(files)), key=lambda k: (distances[k], files[k].name))
-        gaps = np.diff(distances[order])
-        if (np.abs(gaps) < POSITION_TOLERANCE_MM).any():
-            k = int(np.argmin(np.abs(gaps)))
-            raise InputError(folder, f"two slices at the same position ({files[order[k]].name}, "
-                                     f"{files[order[k + 1]].name})")
-    else:
-        order = [0]
+    order = _slice_order(folder, files, headers)
 
     def instance(header: pydicom.Dataset) -> int | None:
         value = header.get("InstanceNumber")
@@ -104,3 +87,30 @@ def read_dicom_series(folder: str | os.PathLike) -> DicomSeries:
     return DicomSeries(folder=folder, files=tuple(files[k] for k in order),
                        instance_numbers=tuple(instance(headers[k]) for k in order), rows=rows, columns=columns,
                        series_uid=series_uids[0], description=str(headers[0].get("SeriesDescription", "")))
+
+
+def _slice_order(folder: Path, files: list[Path], headers: list[pydicom.Dataset]) -> list[int]:
+    """The indices of ``files`` in ITK's slice order: ascending position along the slice normal.
+
+    Raises:
+        InputError: a slice has no position or orientation, the orientations differ, or two slices share a
+            position.
+    """
+    if len(files) < 2:
+        return list(range(len(files)))
+    for path, header in zip(files, headers, strict=True):
+        if header.get("ImageOrientationPatient") is None or header.get("ImagePositionPatient") is None:
+            raise InputError(path, "no ImageOrientationPatient / ImagePositionPatient: slice order unknown")
+    orientations = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
+    if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
+        raise InputError(folder, "slices with different orientations (several stacks in one series); "
+                                 "ITK would read only one of them")
+    normal = np.cross(orientations[0, :3], orientations[0, 3:])
+    distances = np.array([np.dot([float(v) for v in h.ImagePositionPatient], normal) for h in headers])
+    order = sorted(range(len(files)), key=lambda k: (distances[k], files[k].name))
+    gaps = np.diff(distances[order])
+    if (np.abs(gaps) < POSITION_TOLERANCE_MM).any():
+        k = int(np.argmin(np.abs(gaps)))
+        raise InputError(folder, f"two slices at the same position ({files[order[k]].name}, "
+                                 f"{files[order[k + 1]].name})")
+    return order

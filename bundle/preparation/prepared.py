@@ -23,6 +23,15 @@ from bundle.preparation.patient_split import DEFAULT_FRACTIONS, SPLITS, normalis
 from bundle.utils.files import write_atomically, write_json_atomically
 
 
+class CaseSkipped(Exception):
+    """A case a preparer leaves out: the file it is about, a short kind (e.g. ``"missing_image"``) and the reason
+    (recorded with :meth:`Prepared.skip`)."""
+
+    def __init__(self, file: str | os.PathLike | None, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.file, self.kind, self.reason = file, kind, reason
+
+
 @dataclass
 class Prepared:
     """What a preparer found in a dataset folder.

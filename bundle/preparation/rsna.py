@@ -28,11 +28,11 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundle.preparation.dicom_series_headers import DicomSeries, read_dicom_series
-from bundle.preparation.prepared import Prepared
+from bundle.preparation.prepared import CaseSkipped, Prepared
 from bundle.preparation.tables import read_table
 from bundle.errors import InputError
 
@@ -174,89 +174,117 @@ def collect_rsna(root: str | os.PathLike, conditions: Sequence[str] | str = tupl
                        f"templates",
         "root": str(root), "labels": {name: index for index, name in enumerate(CLASSES)},
         "normal_label": "normal_mild", "conditions": selected, "box_size_mm": box})
-    series_cache: dict[Path, DicomSeries | InputError] = {}
+    tables = _Tables(root, images, coordinates_csv, series_csv, labels_csv, descriptions, severities)
     seen: set[str] = set()
     not_selected: Counter = Counter()
     by_condition = {key: dict.fromkeys(CLASSES, 0) for key in selected}
     for number, row in enumerate(coordinates, start=1):
-        study, series = _clean(row.get("study_id")), _clean(row.get("series_id"))
         condition = condition_key(row.get("condition") or "")
         if condition not in selected:
             not_selected[_clean(row.get("condition")) or "(empty)"] += 1
             continue
-        level = _clean(row.get("level")).upper()
+        study, series, level = _clean(row.get("study_id")), _clean(row.get("series_id")), _clean(row.get("level")).upper()
         case = f"{study}_{series}_{condition}_{level_key(level)}"
         try:
-            instance = int(float(_clean(row.get("instance_number"))))
-            x, y = float(_clean(row.get("x"))), float(_clean(row.get("y")))
-            if not (study and series and LEVEL_PATTERN.match(level) and math.isfinite(x) and math.isfinite(y)):
-                raise ValueError("empty study / series, bad level or coordinate")
-        except (TypeError, ValueError) as error:
-            prepared.skip(case, root / coordinates_csv, "bad_row", f"row {number} of {coordinates_csv}: {error}")
+            entry = _coordinate_entry(row, number, study, series, condition, level, seen, tables)
+        except CaseSkipped as skipped:
+            prepared.skip(case, skipped.file, skipped.kind, skipped.reason)
             continue
-        if case in seen:
-            prepared.skip(case, root / coordinates_csv, "duplicate",
-                          f"row {number} of {coordinates_csv}: {condition} at {level} is labelled twice in "
-                          f"study {study}, series {series}; the first one is kept")
-            continue
-        seen.add(case)
-        column = f"{condition}_{level_key(level)}"
-        if study not in severities:
-            prepared.skip(case, root / labels_csv, "missing_severity", f"study {study} is not in {labels_csv}")
-            continue
-        value = _clean(severities[study].get(column)).lower()
-        if not value:
-            prepared.skip(case, root / labels_csv, "missing_severity",
-                          f"no severity for {column} of study {study} in {labels_csv}")
-            continue
-        if value not in SEVERITIES:
-            prepared.skip(case, root / labels_csv, "unknown_severity",
-                          f"severity {value!r} for {column} of study {study} is not one of "
-                          "Normal/Mild, Moderate, Severe")
-            continue
-        severity = SEVERITIES[value]
-        needed = CONDITIONS[condition].series_description
-        description = descriptions.get((study, series))
-        if description is None:
-            prepared.skip(case, root / series_csv, "unknown_series",
-                          f"series {series} of study {study} is not listed in {series_csv}")
-            continue
-        if description.lower() != needed.lower():
-            prepared.skip(case, root / series_csv, "wrong_series",
-                          f"series {series} is {description!r}; {CONDITIONS[condition].name} is read on {needed!r}")
-            continue
-        folder = images / study / series
-        if not folder.is_dir():
-            prepared.skip(case, folder, "missing_series", "series folder not found")
-            continue
-        if folder not in series_cache:
-            try:
-                series_cache[folder] = read_dicom_series(folder)
-            except InputError as error:
-                series_cache[folder] = error
-        headers = series_cache[folder]
-        if isinstance(headers, InputError):
-            prepared.skip(case, headers.source, "unreadable_series", str(headers))
-            continue
-        slice_index = headers.slice_index(instance)
-        if slice_index is None:
-            prepared.skip(case, folder, "instance_not_found",
-                          f"instance number {instance} is not (exactly once) in the series "
-                          f"({len(headers.files)} files)")
-            continue
-        if not (-0.5 <= x < headers.columns - 0.5 and -0.5 <= y < headers.rows - 0.5):
-            prepared.skip(case, headers.files[slice_index], "outside_image",
-                          f"coordinate ({x:g}, {y:g}) is outside the {headers.columns} x {headers.rows} image")
-            continue
-        prepared.entries.append({
-            "case_id": case, "patient_id": study, "study_id": study, "series_id": series,
-            "image": str(folder), "point": [x, y, slice_index], "box_size_mm": box, "coordinate_space": "voxel",
-            "label": severity, "class_index": CLASSES.index(severity), "text": lesion_text(condition, level, severity),
-            "condition": condition, "level": level, "instance_number": instance, "series_description": description,
-        })
-        by_condition[condition][severity] += 1
+        prepared.entries.append({"case_id": case, "patient_id": study, "study_id": study, "series_id": series,
+                                 **entry, "box_size_mm": box, "coordinate_space": "voxel"})
+        by_condition[condition][entry["label"]] += 1
     prepared.counts = {"by_condition": by_condition, "not_selected": dict(sorted(not_selected.items()))}
     return prepared
+
+
+@dataclass
+class _Tables:
+    """The layout's tables and folders, and the series read so far (each once, its error included)."""
+
+    root: Path
+    images: Path
+    coordinates_csv: str
+    series_csv: str
+    labels_csv: str
+    descriptions: dict[tuple[str, str], str]
+    severities: dict[str, dict]
+    series: dict[Path, DicomSeries | InputError] = field(default_factory=dict)
+
+
+def _coordinate_entry(row: dict, number: int, study: str, series: str, condition: str, level: str, seen: set[str],
+                      tables: _Tables) -> dict:
+    """The entry fields of one labelled coordinate; one that cannot be used raises :class:`CaseSkipped`."""
+    coordinates_file = tables.root / tables.coordinates_csv
+    try:
+        instance = int(float(_clean(row.get("instance_number"))))
+        x, y = float(_clean(row.get("x"))), float(_clean(row.get("y")))
+        if not (study and series and LEVEL_PATTERN.match(level) and math.isfinite(x) and math.isfinite(y)):
+            raise ValueError("empty study / series, bad level or coordinate")
+    except (TypeError, ValueError) as error:
+        raise CaseSkipped(coordinates_file, "bad_row", f"row {number} of {tables.coordinates_csv}: {error}") from error
+    case = f"{study}_{series}_{condition}_{level_key(level)}"
+    if case in seen:
+        raise CaseSkipped(coordinates_file, "duplicate",
+                          f"row {number} of {tables.coordinates_csv}: {condition} at {level} is labelled twice in "
+                          f"study {study}, series {series}; the first one is kept")
+    seen.add(case)
+    severity = _severity(study, condition, level, tables)
+    description = _series_description(study, series, condition, tables)
+    folder = tables.images / study / series
+    headers = _series_headers(folder, tables)
+    slice_index = headers.slice_index(instance)
+    if slice_index is None:
+        raise CaseSkipped(folder, "instance_not_found", f"instance number {instance} is not (exactly once) in the "
+                                                        f"series ({len(headers.files)} files)")
+    if not (-0.5 <= x < headers.columns - 0.5 and -0.5 <= y < headers.rows - 0.5):
+        raise CaseSkipped(headers.files[slice_index], "outside_image",
+                          f"coordinate ({x:g}, {y:g}) is outside the {headers.columns} x {headers.rows} image")
+    return {"image": str(folder), "point": [x, y, slice_index], "label": severity,
+            "class_index": CLASSES.index(severity), "text": lesion_text(condition, level, severity),
+            "condition": condition, "level": level, "instance_number": instance, "series_description": description}
+
+
+def _severity(study: str, condition: str, level: str, tables: _Tables) -> str:
+    """The study's severity class for ``condition`` at ``level`` (``labels_csv``)."""
+    labels_file, column = tables.root / tables.labels_csv, f"{condition}_{level_key(level)}"
+    if study not in tables.severities:
+        raise CaseSkipped(labels_file, "missing_severity", f"study {study} is not in {tables.labels_csv}")
+    value = _clean(tables.severities[study].get(column)).lower()
+    if not value:
+        raise CaseSkipped(labels_file, "missing_severity",
+                          f"no severity for {column} of study {study} in {tables.labels_csv}")
+    if value not in SEVERITIES:
+        raise CaseSkipped(labels_file, "unknown_severity", f"severity {value!r} for {column} of study {study} is not "
+                                                           "one of Normal/Mild, Moderate, Severe")
+    return SEVERITIES[value]
+
+
+def _series_description(study: str, series: str, condition: str, tables: _Tables) -> str:
+    """The series' description, which must be the one ``condition`` is read on (``series_csv``)."""
+    series_file, needed = tables.root / tables.series_csv, CONDITIONS[condition].series_description
+    description = tables.descriptions.get((study, series))
+    if description is None:
+        raise CaseSkipped(series_file, "unknown_series",
+                          f"series {series} of study {study} is not listed in {tables.series_csv}")
+    if description.lower() != needed.lower():
+        raise CaseSkipped(series_file, "wrong_series",
+                          f"series {series} is {description!r}; {CONDITIONS[condition].name} is read on {needed!r}")
+    return description
+
+
+def _series_headers(folder: Path, tables: _Tables) -> DicomSeries:
+    """The series folder's headers in slice order, read once per folder."""
+    if not folder.is_dir():
+        raise CaseSkipped(folder, "missing_series", "series folder not found")
+    if folder not in tables.series:
+        try:
+            tables.series[folder] = read_dicom_series(folder)
+        except InputError as error:
+            tables.series[folder] = error
+    headers = tables.series[folder]
+    if isinstance(headers, InputError):
+        raise CaseSkipped(headers.source, "unreadable_series", str(headers))
+    return headers
 
 
 def severity_columns(conditions: Sequence[str] = tuple(CONDITIONS),

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -45,7 +46,7 @@ import numpy as np
 
 from bundle.data.dicom_series import read_dicom_header
 from bundle.preparation.dicom_series_headers import read_dicom_series
-from bundle.preparation.prepared import Prepared
+from bundle.preparation.prepared import CaseSkipped, Prepared
 from bundle.preparation.tables import pick_column, read_table
 from bundle.errors import InputError
 from bundle.transforms.loading import NIFTI_READ_ERRORS, volume_format
@@ -255,24 +256,19 @@ def collect_vertumor(root: str | os.PathLike, labels: str | os.PathLike | None =
         "root": str(root), "labels": {name: index for index, name in enumerate(CLASSES)},
         "normal_label": "normal", "label_scheme": label_scheme})
 
-    def cell(row: Mapping, name: str) -> object:
-        """The row's value under the first alias of ``name`` that it fills (rows may use different aliases)."""
-        values = [row[alias] for alias in COLUMNS[name] if alias in row]
-        return next((value for value in values if _text(value) not in ("", "[]")), values[0] if values else None)
-
-    rows_per_case: dict[str, int] = {}
-    for row in rows:
-        rows_per_case[_text(cell(row, "case_id"))] = rows_per_case.get(_text(cell(row, "case_id")), 0) + 1
+    rows_per_case = Counter(_text(_cell(row, "case_id")) for row in rows)
     cache = _Cache()
     used_ids: set[str] = set()
     for number, row in enumerate(rows, start=1):
-        case = _text(cell(row, "case_id"))
+        case = _text(_cell(row, "case_id"))
         if not case:
             prepared.skip(f"row {number}", labels_file, "bad_row", f"row {number} of {labels_file.name} has no case id")
             continue
-        entry = _row_entry(root, case, row, cell, prepared, labels_file, levels, label_scheme, images_dir,
-                           segmentations_dir, normal_text, cache)
-        if entry is None:
+        try:
+            entry = _row_entry(root, case, row, labels_file, levels, label_scheme, images_dir, segmentations_dir,
+                               normal_text, cache)
+        except CaseSkipped as skipped:
+            prepared.skip(case, skipped.file, skipped.kind, skipped.reason)
             continue
         if rows_per_case[case] > 1:
             suffix = entry.get("level") or "label" + "_".join(str(v) for v in entry["mask_labels"])
@@ -286,72 +282,29 @@ def collect_vertumor(root: str | os.PathLike, labels: str | os.PathLike | None =
     return prepared
 
 
-def _row_entry(root, case, row, cell, prepared, labels_file, levels, label_scheme, images_dir, segmentations_dir,
-               normal_text, cache) -> dict | None:
-    """One row's entry, or None after recording why it was skipped."""
-    parsed = normalise_class(cell(row, "class"))
+def _cell(row: Mapping, name: str) -> object:
+    """The row's value under the first alias of ``name`` that it fills (rows may use different aliases)."""
+    values = [row[alias] for alias in COLUMNS[name] if alias in row]
+    return next((value for value in values if _text(value) not in ("", "[]")), values[0] if values else None)
+
+
+def _row_entry(root: Path, case: str, row: Mapping, labels_file: Path, levels: Mapping[str, int], label_scheme: str,
+               images_dir: str, segmentations_dir: str, normal_text: str, cache: _Cache) -> dict:
+    """One row's entry; a row that cannot be used raises :class:`CaseSkipped` with the reason."""
+    parsed = normalise_class(_cell(row, "class"))
     if parsed is None:
-        prepared.skip(case, labels_file, "unknown_class",
-                      f"unknown class {_text(cell(row, 'class'))!r} (expected normal, benign or malignant)")
-        return None
+        raise CaseSkipped(labels_file, "unknown_class",
+                       f"unknown class {_text(_cell(row, 'class'))!r} (expected normal, benign or malignant)")
     label, diagnosis = parsed
-    description = _text(cell(row, "description"))
+    description = _text(_cell(row, "description"))
     if not description and label != "normal":
-        prepared.skip(case, labels_file, "empty_description", f"empty lesion description for a {label} case")
-        return None
-    level = _text(cell(row, "level")).upper()
-    raw_labels = cell(row, "mask_labels")
-    given = bool(raw_labels) if isinstance(raw_labels, (list, tuple)) else bool(_text(raw_labels))
-    try:
-        if given:
-            mask_labels = parse_mask_labels(raw_labels)
-        elif level:
-            if level not in levels:
-                prepared.skip(case, labels_file, "unknown_level",
-                              f"level {level!r} is not in the {label_scheme} label scheme")
-                return None
-            mask_labels = [levels[level]]
-        else:
-            prepared.skip(case, labels_file, "no_vertebra", "no mask_labels and no level: which vertebra is unknown")
-            return None
-    except ValueError as error:
-        prepared.skip(case, labels_file, "bad_mask_labels", f"bad mask_labels {_text(raw_labels)!r}: {error}")
-        return None
-
-    safe = safe_case_name(case)
-    image = _given_path(root, cell(row, "image")) or _find_file(root / images_dir, case, (".nii.gz", ".nii", ".dcm"),
-                                                                allow_folder=True)
-    if image is None or not image.exists():
-        prepared.skip(case, image or root / images_dir / f"{case}.nii.gz", "missing_image", "image not found")
-        return None
-    segmentation = _given_path(root, cell(row, "segmentation")) or _find_file(
-        root / segmentations_dir, case, (".nii.gz", ".nii", "_seg.nii.gz", "_seg.nii"), allow_folder=False)
-    if segmentation is None or not segmentation.exists():
-        prepared.skip(case, segmentation or root / segmentations_dir / f"{case}.nii.gz", "missing_segmentation",
-                      "vertebra segmentation not found")
-        return None
-    try:
-        shape = cache.get("image", image, image_shape)
-    except InputError as error:
-        prepared.skip(case, image, "unreadable_image", str(error))
-        return None
-    try:
-        seg_shape, present = cache.get("segmentation", segmentation, segmentation_labels)
-    except InputError as error:
-        prepared.skip(case, segmentation, "unreadable_segmentation", str(error))
-        return None
-    if sorted(seg_shape) != sorted(shape):
-        prepared.skip(case, segmentation, "grid_mismatch",
-                      f"segmentation grid {seg_shape} does not match the image grid {shape}")
-        return None
-    missing = [value for value in mask_labels if value not in present]
-    if missing:
-        prepared.skip(case, segmentation, "labels_not_found",
-                      f"label(s) {missing} not in the segmentation (labels found: {sorted(present)[:20]})")
-        return None
-
+        raise CaseSkipped(labels_file, "empty_description", f"empty lesion description for a {label} case")
+    level = _text(_cell(row, "level")).upper()
+    mask_labels = _row_mask_labels(row, level, levels, label_scheme, labels_file)
+    image, segmentation = _row_files(root, case, row, images_dir, segmentations_dir, mask_labels, cache)
     text = description or " ".join(normal_text.format(level=f"{level} " if level else "").split())
-    entry = {"case_id": safe, "source_case_id": case, "patient_id": _text(cell(row, "patient_id")) or case,
+    entry = {"case_id": safe_case_name(case), "source_case_id": case,
+             "patient_id": _text(_cell(row, "patient_id")) or case,
              "image": str(image.absolute()), "vertebra_seg": str(segmentation.absolute()),
              "mask_labels": mask_labels, "label": label, "class_index": CLASSES.index(label), "text": text,
              "text_source": "description" if description else "normal_template"}
@@ -360,3 +313,50 @@ def _row_entry(root, case, row, cell, prepared, labels_file, levels, label_schem
     if diagnosis:
         entry["diagnosis"] = diagnosis
     return entry
+
+
+def _row_mask_labels(row: Mapping, level: str, levels: Mapping[str, int], label_scheme: str,
+                     labels_file: Path) -> list[int]:
+    """The described vertebra's label values: the row's ``mask_labels``, else its ``level`` in the scheme."""
+    raw_labels = _cell(row, "mask_labels")
+    given = bool(raw_labels) if isinstance(raw_labels, (list, tuple)) else bool(_text(raw_labels))
+    if given:
+        try:
+            return parse_mask_labels(raw_labels)
+        except ValueError as error:
+            raise CaseSkipped(labels_file, "bad_mask_labels", f"bad mask_labels {_text(raw_labels)!r}: {error}") from error
+    if not level:
+        raise CaseSkipped(labels_file, "no_vertebra", "no mask_labels and no level: which vertebra is unknown")
+    if level not in levels:
+        raise CaseSkipped(labels_file, "unknown_level", f"level {level!r} is not in the {label_scheme} label scheme")
+    return [levels[level]]
+
+
+def _row_files(root: Path, case: str, row: Mapping, images_dir: str, segmentations_dir: str,
+               mask_labels: list[int], cache: _Cache) -> tuple[Path, Path]:
+    """The row's image and segmentation, checked to be readable, on one grid, and to hold ``mask_labels``."""
+    image = _given_path(root, _cell(row, "image")) or _find_file(root / images_dir, case, (".nii.gz", ".nii", ".dcm"),
+                                                                 allow_folder=True)
+    if image is None or not image.exists():
+        raise CaseSkipped(image or root / images_dir / f"{case}.nii.gz", "missing_image", "image not found")
+    segmentation = _given_path(root, _cell(row, "segmentation")) or _find_file(
+        root / segmentations_dir, case, (".nii.gz", ".nii", "_seg.nii.gz", "_seg.nii"), allow_folder=False)
+    if segmentation is None or not segmentation.exists():
+        raise CaseSkipped(segmentation or root / segmentations_dir / f"{case}.nii.gz", "missing_segmentation",
+                       "vertebra segmentation not found")
+    try:
+        shape = cache.get("image", image, image_shape)
+    except InputError as error:
+        raise CaseSkipped(image, "unreadable_image", str(error)) from error
+    try:
+        seg_shape, present = cache.get("segmentation", segmentation, segmentation_labels)
+    except InputError as error:
+        raise CaseSkipped(segmentation, "unreadable_segmentation", str(error)) from error
+    if sorted(seg_shape) != sorted(shape):
+        raise CaseSkipped(segmentation, "grid_mismatch",
+                       f"segmentation grid {seg_shape} does not match the image grid {shape}")
+    missing = [value for value in mask_labels if value not in present]
+    if missing:
+        raise CaseSkipped(segmentation, "labels_not_found",
+                       f"label(s) {missing} not in the segmentation (labels found: {sorted(present)[:20]})")
+    return image, segmentation

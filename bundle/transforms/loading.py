@@ -239,23 +239,7 @@ class LoadVolume(Transform):
         if not path.exists():
             raise InputError(path, "file not found")
         kind = volume_format(path)
-        instances = None
-        if kind == "dicom_series":
-            instances = check_dicom_series(path, self.max_voxels)
-        else:
-            try:
-                if kind == "nifti":
-                    check_nifti_voxel_type(path)
-                shape = _header_shape(path, kind)
-            except InputError:  # a ValueError too: it already names the file and the problem
-                raise
-            except IMAGE_READ_ERRORS as error:
-                raise InputError(path, f"cannot be read as an image ({type(error).__name__}: {error})") from error
-            if shape is not None:
-                _too_large(path, shape, self.max_voxels)
-            if kind == "dicom_file":
-                instances = [(path, read_dicom_header(path))]
-                check_writable_instance(*instances[0])
+        instances = self._check_header(path, kind)
         if kind == "nifti":
             # a NIfTI of shape (X, Y, Z, 1[, 1 ...]) is one 3-D volume: its singleton dimensions are dropped here
             # and restored by the writer
@@ -266,27 +250,53 @@ class LoadVolume(Transform):
             volume = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=self.dtype)(str(path))
         except IMAGE_READ_ERRORS as error:  # corrupt, truncated or unsupported file
             raise InputError(path, f"cannot be read as an image ({type(error).__name__}: {error})") from error
-        spatial_shape = tuple(volume.shape[1:])
-        if len(spatial_shape) != 3:
-            raise InputError(path, f"{len(spatial_shape)}-D image {spatial_shape}, expected a 3-D volume")
-        if volume.shape[0] != 1:
-            raise InputError(path, f"4-D input: {volume.shape[0]} volumes or channels of {spatial_shape}, "
-                                   "expected a single 3-D volume")
-        if min(spatial_shape) < 1:
-            raise InputError(path, f"empty volume of shape {spatial_shape}")
-        if not torch.isfinite(volume).all():
-            bad = int((~torch.isfinite(volume)).sum())
-            raise InputError(path, f"{bad} voxels are NaN or infinite")
-        check_affine(path, volume.affine)
-        if instances:
-            if spatial_shape[2] != len(instances):
-                raise InputError(path, f"ITK read {spatial_shape[2]} slices from the {len(instances)} DICOM instances "
-                                       "of the series")
-            check_write_back(path, instances, volume[0].numpy(), np.asarray(volume.affine, float))
+        _check_volume(path, volume, instances)
         volume.meta["filename_or_obj"] = str(path)
         volume.meta["volume_format"] = kind
         volume.meta["source_affine"] = np.asarray(volume.affine, float).tolist()
         return volume
+
+    def _check_header(self, path: Path, kind: str) -> list[tuple[Path, pydicom.Dataset]] | None:
+        """Check what the header says before any voxel is read; returns a DICOM input's instances."""
+        if kind == "dicom_series":
+            return check_dicom_series(path, self.max_voxels)
+        try:
+            if kind == "nifti":
+                check_nifti_voxel_type(path)
+            shape = _header_shape(path, kind)
+        except InputError:  # a ValueError too: it already names the file and the problem
+            raise
+        except IMAGE_READ_ERRORS as error:
+            raise InputError(path, f"cannot be read as an image ({type(error).__name__}: {error})") from error
+        if shape is not None:
+            _too_large(path, shape, self.max_voxels)
+        if kind != "dicom_file":
+            return None
+        instances = [(path, read_dicom_header(path))]
+        check_writable_instance(*instances[0])
+        return instances
+
+
+def _check_volume(path: Path, volume: MetaTensor, instances: list[tuple[Path, pydicom.Dataset]] | None) -> None:
+    """Refuse a loaded volume that is not one finite 3-D scalar volume with a usable affine, and a DICOM one the
+    writer could not write back."""
+    spatial_shape = tuple(volume.shape[1:])
+    if len(spatial_shape) != 3:
+        raise InputError(path, f"{len(spatial_shape)}-D image {spatial_shape}, expected a 3-D volume")
+    if volume.shape[0] != 1:
+        raise InputError(path, f"4-D input: {volume.shape[0]} volumes or channels of {spatial_shape}, "
+                               "expected a single 3-D volume")
+    if min(spatial_shape) < 1:
+        raise InputError(path, f"empty volume of shape {spatial_shape}")
+    if not torch.isfinite(volume).all():
+        bad = int((~torch.isfinite(volume)).sum())
+        raise InputError(path, f"{bad} voxels are NaN or infinite")
+    check_affine(path, volume.affine)
+    if instances:
+        if spatial_shape[2] != len(instances):
+            raise InputError(path, f"ITK read {spatial_shape[2]} slices from the {len(instances)} DICOM instances "
+                                   "of the series")
+        check_write_back(path, instances, volume[0].numpy(), np.asarray(volume.affine, float))
 
 
 class LoadVolumed(MapTransform):

@@ -21,7 +21,7 @@ from typing import Any
 from bundle.errors import InputError
 from bundle.utils.files import read_json_object
 from bundle.utils.hashing import sha256_file
-from bundle.weights.layouts import (BIOMEDBERT_REPO, BIOMEDCLIP_REPO, DEFAULT_BIOMEDBERT, OPEN_CLIP_CONFIG,
+from bundle.weights.layouts import (BIOMEDBERT_REPO, Sd15Part, BIOMEDCLIP_REPO, DEFAULT_BIOMEDBERT, OPEN_CLIP_CONFIG,
                                     OPEN_CLIP_WEIGHT_NAMES, OPEN_CLIP_WEIGHTS, SD15_PARTS, TEXT_MODEL_CONFIG,
                                     TEXT_MODEL_OPTIONAL, TEXT_MODEL_VOCABS, is_pickle_name, open_clip_weights,
                                     sd15_files)
@@ -310,30 +310,8 @@ def check_sd15(folder: str | os.PathLike, profile: WeightProfile = SD15, hashes:
         findings.add(MISSING, folder, f"folder not found; it should hold {', '.join(sd15_files(latent))}")
         return list(findings)
     parts = [part for part in SD15_PARTS if latent or not part.latent_only]
-    for part in parts:
-        for name in part.files:
-            if (folder / name).is_file():
-                findings.add(OK, folder / name, "present")
-            else:
-                findings.add(MISSING, folder / name, f"required by the {part.name}")
-        for name in part.pickles:
-            if (folder / name).is_file():
-                if part.weights and (folder / part.weights).is_file():
-                    findings.add(NOTE, folder / name, f"ignored: the loader reads {part.weights}")
-                else:
-                    findings.add(NOT_ACCEPTED, folder / name, convert_hint(folder / name, folder / part.weights))
-
-    configs: dict[str, dict | None] = {}
-    for part, name, what in (("unet", "unet/config.json", "a UNet config"), ("vae", "vae/config.json", "a VAE config"),
-                             ("text_encoder", "text_encoder/config.json", "a CLIP text config"),
-                             ("scheduler", "scheduler/scheduler_config.json", "a scheduler config"),
-                             ("tokenizer", "tokenizer/tokenizer_config.json", "a tokenizer config")):
-        if (folder / name).is_file() and (latent or part != "vae"):
-            configs[part] = _read_json(findings, folder / name, what)
-    scheduler = configs.get("scheduler")
-    if scheduler is not None and "_class_name" not in scheduler:
-        findings.add(UNREADABLE, folder / "scheduler/scheduler_config.json", "no _class_name: not a diffusers "
-                                                                              "scheduler config")
+    _check_sd15_files(findings, folder, parts)
+    configs = _read_sd15_configs(findings, folder, latent)
     headers: dict[str, tuple[dict, dict] | None] = {}
     for part in parts:
         if part.weights and (folder / part.weights).is_file():
@@ -350,15 +328,55 @@ def check_sd15(folder: str | os.PathLike, profile: WeightProfile = SD15, hashes:
     _check_sd15_agreement(findings, folder, unet, vae if latent else None, text, latent)
 
     if hashes:
-        for part in parts:
-            if part.weights and headers.get(part.name) is not None:
-                _check_hash(findings, folder / part.weights, known, part.weights, progress, headers[part.name][1])
-            for name in part.pickles:
-                if (folder / name).is_file() and not (part.weights and (folder / part.weights).is_file()):
-                    _check_hash(findings, folder / name, known, name, progress)
+        _check_sd15_hashes(findings, folder, parts, headers, known, progress)
     else:
         findings.add(NOTE, folder, "hashes not computed (--nohashes)")
     return list(findings)
+
+
+def _check_sd15_files(findings: _Findings, folder: Path, parts: list[Sd15Part]) -> None:
+    """Every required file present; pickled weights refused unless the safetensors file is there too."""
+    for part in parts:
+        for name in part.files:
+            if (folder / name).is_file():
+                findings.add(OK, folder / name, "present")
+            else:
+                findings.add(MISSING, folder / name, f"required by the {part.name}")
+        for name in part.pickles:
+            if not (folder / name).is_file():
+                continue
+            if part.weights and (folder / part.weights).is_file():
+                findings.add(NOTE, folder / name, f"ignored: the loader reads {part.weights}")
+            else:
+                findings.add(NOT_ACCEPTED, folder / name, convert_hint(folder / name, folder / part.weights))
+
+
+def _read_sd15_configs(findings: _Findings, folder: Path, latent: bool) -> dict[str, dict | None]:
+    """The SD 1.5 folder's config files that exist (the VAE's only for latent diffusion), by part."""
+    configs: dict[str, dict | None] = {}
+    for part, name, what in (("unet", "unet/config.json", "a UNet config"), ("vae", "vae/config.json", "a VAE config"),
+                             ("text_encoder", "text_encoder/config.json", "a CLIP text config"),
+                             ("scheduler", "scheduler/scheduler_config.json", "a scheduler config"),
+                             ("tokenizer", "tokenizer/tokenizer_config.json", "a tokenizer config")):
+        if (folder / name).is_file() and (latent or part != "vae"):
+            configs[part] = _read_json(findings, folder / name, what)
+    scheduler = configs.get("scheduler")
+    if scheduler is not None and "_class_name" not in scheduler:
+        findings.add(UNREADABLE, folder / "scheduler/scheduler_config.json", "no _class_name: not a diffusers "
+                                                                              "scheduler config")
+    return configs
+
+
+def _check_sd15_hashes(findings: _Findings, folder: Path, parts: list[Sd15Part],
+                       headers: Mapping[str, tuple | None], known: Mapping[str, dict],
+                       progress: Callable[[Path, int, int], None] | None) -> None:
+    """The hash of each weight file the loader would read (a pickle only where no safetensors file is there)."""
+    for part in parts:
+        if part.weights and headers.get(part.name) is not None:
+            _check_hash(findings, folder / part.weights, known, part.weights, progress, headers[part.name][1])
+        for name in part.pickles:
+            if (folder / name).is_file() and not (part.weights and (folder / part.weights).is_file()):
+                _check_hash(findings, folder / name, known, name, progress)
 
 
 def _check_unet(findings: _Findings, folder: Path, config: dict | None, header: tuple | None,
@@ -502,60 +520,75 @@ def check_biomedclip(folder: str | os.PathLike, text_model_dir: str | os.PathLik
                                       f"{OPEN_CLIP_WEIGHTS}; {how}")
         return list(findings)
     config_path = folder / OPEN_CLIP_CONFIG
-    model_cfg = None
-    if not config_path.is_file():
-        findings.add(MISSING, config_path, f"the open_clip config; {how}")
-    else:
-        config = _read_json(findings, config_path, "an open_clip config")
-        if config is not None:
-            model_cfg = config.get("model_cfg")
-            if not isinstance(model_cfg, dict):
-                findings.add(UNREADABLE, config_path, "no 'model_cfg' section: not an open_clip config")
-                model_cfg = None
-            else:
-                findings.add(OK, config_path, "an open_clip config")
-
-    weights = open_clip_weights(folder)
-    header = None
-    if weights is None:
-        others = " / ".join(n for n in OPEN_CLIP_WEIGHT_NAMES[1:] if not is_pickle_name(n))
-        findings.add(MISSING, folder / OPEN_CLIP_WEIGHTS, f"no weight file (or {others}); {how}, then convert its "
-                                                          "open_clip_pytorch_model.bin with --convert")
-    elif is_pickle_name(weights):
-        findings.add(NOT_ACCEPTED, weights, convert_hint(weights, folder / OPEN_CLIP_WEIGHTS)
-                     + " (it is the weight file the loader would read)")
-        findings.add(NOTE, weights, "tensor shapes not checked: they are read from a safetensors header")
-    else:
-        findings.add(OK, weights, "present (the loader reads this file)")
-        header = _read_header(findings, weights)
-    if weights is not None:
-        for name in OPEN_CLIP_WEIGHT_NAMES:
-            other = folder / name
-            if other.is_file() and other != weights:
-                findings.add(NOTE, other, f"ignored: the loader reads {weights.name}")
-
-    bert = None
+    model_cfg = _open_clip_model_cfg(findings, config_path, how)
+    weights, header = _open_clip_weights(findings, folder, how)
     if model_cfg is not None:
-        text_cfg = model_cfg.get("text_cfg") or {}
-        hf_name = text_cfg.get("hf_model_name")
-        if "multimodal_cfg" in model_cfg:
-            findings.add(WRONG_SHAPE, config_path, "CoCa models (multimodal_cfg) are not supported; use a CLIP")
-        if hf_name:
-            if text_model_dir is None:
-                text_model_dir = folder.parent / DEFAULT_BIOMEDBERT
-                findings.add(NOTE, text_model_dir, f"the text tower is {hf_name}; no --biomedbert given, so the "
-                                                   "folder beside the BiomedCLIP one is checked (the configs' layout)")
-            bert = _check_text_model(findings, Path(text_model_dir), hf_name, profile)
-        _check_values(findings, config_path, model_cfg, profile, "biomedclip")
-        _check_clip_sizes(findings, config_path, model_cfg, bert)
-        if header is not None:
-            _check_clip_tensors(findings, weights, header[0], model_cfg, bert, profile)
+        _check_clip_config(findings, config_path, model_cfg, text_model_dir, weights, header, profile)
 
     if hashes and weights is not None and (header is not None or is_pickle_name(weights)):
         _check_hash(findings, weights, known, weights.name, progress, header[1] if header else None)
     elif not hashes:
         findings.add(NOTE, folder, "hashes not computed (--nohashes)")
     return list(findings)
+
+
+def _open_clip_model_cfg(findings: _Findings, config_path: Path, how: str) -> dict | None:
+    """The ``model_cfg`` of an open_clip config, or None after reporting why there is none."""
+    if not config_path.is_file():
+        findings.add(MISSING, config_path, f"the open_clip config; {how}")
+        return None
+    config = _read_json(findings, config_path, "an open_clip config")
+    if config is None:
+        return None
+    model_cfg = config.get("model_cfg")
+    if not isinstance(model_cfg, dict):
+        findings.add(UNREADABLE, config_path, "no 'model_cfg' section: not an open_clip config")
+        return None
+    findings.add(OK, config_path, "an open_clip config")
+    return model_cfg
+
+
+def _open_clip_weights(findings: _Findings, folder: Path, how: str) -> tuple[Path | None, tuple | None]:
+    """The weight file the loader reads (reporting the others it ignores) and its safetensors header."""
+    weights = open_clip_weights(folder)
+    header = None
+    if weights is None:
+        others = " / ".join(n for n in OPEN_CLIP_WEIGHT_NAMES[1:] if not is_pickle_name(n))
+        findings.add(MISSING, folder / OPEN_CLIP_WEIGHTS, f"no weight file (or {others}); {how}, then convert its "
+                                                          "open_clip_pytorch_model.bin with --convert")
+        return None, None
+    if is_pickle_name(weights):
+        findings.add(NOT_ACCEPTED, weights, convert_hint(weights, folder / OPEN_CLIP_WEIGHTS)
+                     + " (it is the weight file the loader would read)")
+        findings.add(NOTE, weights, "tensor shapes not checked: they are read from a safetensors header")
+    else:
+        findings.add(OK, weights, "present (the loader reads this file)")
+        header = _read_header(findings, weights)
+    for name in OPEN_CLIP_WEIGHT_NAMES:
+        other = folder / name
+        if other.is_file() and other != weights:
+            findings.add(NOTE, other, f"ignored: the loader reads {weights.name}")
+    return weights, header
+
+
+def _check_clip_config(findings: _Findings, config_path: Path, model_cfg: dict,
+                       text_model_dir: str | os.PathLike | None, weights: Path | None, header: tuple | None,
+                       profile: WeightProfile) -> None:
+    """The open_clip config's values and sizes, its text-model folder, and the weight shapes they imply."""
+    hf_name = (model_cfg.get("text_cfg") or {}).get("hf_model_name")
+    if "multimodal_cfg" in model_cfg:
+        findings.add(WRONG_SHAPE, config_path, "CoCa models (multimodal_cfg) are not supported; use a CLIP")
+    bert = None
+    if hf_name:
+        if text_model_dir is None:
+            text_model_dir = config_path.parent.parent / DEFAULT_BIOMEDBERT
+            findings.add(NOTE, text_model_dir, f"the text tower is {hf_name}; no --biomedbert given, so the "
+                                               "folder beside the BiomedCLIP one is checked (the configs' layout)")
+        bert = _check_text_model(findings, Path(text_model_dir), hf_name, profile)
+    _check_values(findings, config_path, model_cfg, profile, "biomedclip")
+    _check_clip_sizes(findings, config_path, model_cfg, bert)
+    if header is not None:
+        _check_clip_tensors(findings, weights, header[0], model_cfg, bert, profile)
 
 
 def _check_text_model(findings: _Findings, folder: Path, hf_name: str, profile: WeightProfile) -> dict | None:
@@ -620,31 +653,7 @@ def _check_clip_tensors(findings: _Findings, path: Path, shapes: Mapping[str, tu
     vision = model_cfg.get("vision_cfg") or {}
     text = model_cfg.get("text_cfg") or {}
     if vision.get("timm_model_name"):
-        patch = tensors.get("visual.trunk.patch_embed.proj.weight")
-        proj = vision.get("timm_proj", "linear")
-        if proj == "linear":
-            width = patch[0] if patch else (tensors.get("visual.head.proj.weight") or (None, None))[1]
-            tensors.expect("visual.head.proj.weight", (embed, width), "embed_dim, the image trunk's width")
-        if patch is not None:
-            if len(patch) != 4 or patch[1] != 3 or patch[2] != patch[3]:
-                findings.add(WRONG_SHAPE, path, f"visual.trunk.patch_embed.proj.weight is {patch}, expected "
-                                                "(width, 3, patch, patch): square patches of RGB images")
-            else:
-                findings.add(OK, path, f"visual.trunk.patch_embed.proj.weight {patch}: {patch[2]}-pixel RGB patches")
-                size = vision.get("image_size", 224)
-                size = size[0] if isinstance(size, list) and size else size
-                positions = tensors.get("visual.trunk.pos_embed")
-                if positions is not None and _int(size):
-                    grid = (size // patch[2]) ** 2
-                    if len(positions) != 3 or positions[1] - grid not in (0, 1) or positions[2] != patch[0]:
-                        findings.add(WRONG_SHAPE, path, f"visual.trunk.pos_embed is {positions}; image_size {size} "
-                                                        f"with {patch[2]}-pixel patches needs (1, {grid} or "
-                                                        f"{grid + 1}, {patch[0]})")
-                    else:
-                        findings.add(OK, path, f"visual.trunk.pos_embed {positions} fits image_size {size}")
-        else:
-            findings.add(NOTE, path, "the timm image trunk has no patch embedding (not a ViT); only its projection "
-                                     "is checked")
+        _check_timm_vision(findings, path, tensors, vision, embed)
     else:
         width, patch, size = vision.get("width", 768), vision.get("patch_size", 16), vision.get("image_size", 224)
         size = size[0] if isinstance(size, list) and size else size
@@ -655,18 +664,7 @@ def _check_clip_tensors(findings: _Findings, path: Path, shapes: Mapping[str, tu
             tensors.expect("visual.proj", (width, embed), "vision width, embed_dim")
     if text.get("hf_model_name"):
         if bert is not None:
-            width, vocab, positions = bert["hidden_size"], bert["vocab_size"], bert["max_position_embeddings"]
-            tensors.expect("text.transformer.embeddings.word_embeddings.weight", (vocab, width),
-                           "text model vocab_size, hidden_size")
-            tensors.expect("text.transformer.embeddings.position_embeddings.weight", (positions, width),
-                           "text model max_position_embeddings, hidden_size")
-            proj = text.get("hf_proj_type", "mlp")
-            if proj == "mlp":
-                hidden = (width + embed) // 2
-                tensors.expect("text.proj.0.weight", (hidden, width), "open_clip's MLP projection: hidden_size in")
-                tensors.expect("text.proj.2.weight", (embed, hidden), "open_clip's MLP projection: embed_dim out")
-            elif proj == "linear":
-                tensors.expect("text.proj.weight", (embed, width), "embed_dim, hidden_size")
+            _check_hf_text(tensors, text, bert, embed)
     else:
         width, vocab, context = text.get("width", 512), text.get("vocab_size", 49408), text.get("context_length", 77)
         if all(_int(v) for v in (width, vocab, context)):
@@ -674,6 +672,53 @@ def _check_clip_tensors(findings: _Findings, path: Path, shapes: Mapping[str, tu
             tensors.expect("text.positional_embedding", (context, width), "context_length, text width")
             tensors.expect("text.text_projection", (width, embed), "text width, embed_dim")
     tensors.pins(profile, "biomedclip")
+
+
+def _check_timm_vision(findings: _Findings, path: Path, tensors: _Tensors, vision: Mapping[str, Any],
+                       embed: int) -> None:
+    """A timm image trunk (BiomedCLIP's ViT): its projection to ``embed``, square RGB patches, positions that fit
+    the image size."""
+    patch = tensors.get("visual.trunk.patch_embed.proj.weight")
+    if vision.get("timm_proj", "linear") == "linear":
+        width = patch[0] if patch else (tensors.get("visual.head.proj.weight") or (None, None))[1]
+        tensors.expect("visual.head.proj.weight", (embed, width), "embed_dim, the image trunk's width")
+    if patch is None:
+        findings.add(NOTE, path, "the timm image trunk has no patch embedding (not a ViT); only its projection "
+                                 "is checked")
+        return
+    if len(patch) != 4 or patch[1] != 3 or patch[2] != patch[3]:
+        findings.add(WRONG_SHAPE, path, f"visual.trunk.patch_embed.proj.weight is {patch}, expected "
+                                        "(width, 3, patch, patch): square patches of RGB images")
+        return
+    findings.add(OK, path, f"visual.trunk.patch_embed.proj.weight {patch}: {patch[2]}-pixel RGB patches")
+    size = vision.get("image_size", 224)
+    size = size[0] if isinstance(size, list) and size else size
+    positions = tensors.get("visual.trunk.pos_embed")
+    if positions is None or not _int(size):
+        return
+    grid = (size // patch[2]) ** 2
+    if len(positions) != 3 or positions[1] - grid not in (0, 1) or positions[2] != patch[0]:
+        findings.add(WRONG_SHAPE, path, f"visual.trunk.pos_embed is {positions}; image_size {size} "
+                                        f"with {patch[2]}-pixel patches needs (1, {grid} or "
+                                        f"{grid + 1}, {patch[0]})")
+    else:
+        findings.add(OK, path, f"visual.trunk.pos_embed {positions} fits image_size {size}")
+
+
+def _check_hf_text(tensors: _Tensors, text: Mapping[str, Any], bert: Mapping[str, Any], embed: int) -> None:
+    """A Hugging Face text tower (BiomedBERT): embeddings of the text model's sizes and open_clip's projection."""
+    width, vocab, positions = bert["hidden_size"], bert["vocab_size"], bert["max_position_embeddings"]
+    tensors.expect("text.transformer.embeddings.word_embeddings.weight", (vocab, width),
+                   "text model vocab_size, hidden_size")
+    tensors.expect("text.transformer.embeddings.position_embeddings.weight", (positions, width),
+                   "text model max_position_embeddings, hidden_size")
+    proj = text.get("hf_proj_type", "mlp")
+    if proj == "mlp":
+        hidden = (width + embed) // 2
+        tensors.expect("text.proj.0.weight", (hidden, width), "open_clip's MLP projection: hidden_size in")
+        tensors.expect("text.proj.2.weight", (embed, hidden), "open_clip's MLP projection: embed_dim out")
+    elif proj == "linear":
+        tensors.expect("text.proj.weight", (embed, width), "embed_dim, hidden_size")
 
 
 # ------------------------------------------------------------------ both

@@ -200,7 +200,7 @@ def test_classes_are_imbalanced_prefix_stable_and_split_stratified(dataset):
         classes = assign_classes(8, seed)
         is_test = stratified_split(classes, seed, 0.25)
         for split_flag in (False, True):
-            assert {c for c, t in zip(classes, is_test) if t == split_flag} == set(LESION_CLASSES), seed
+            assert {c for c, t in zip(classes, is_test, strict=False) if t == split_flag} == set(LESION_CLASSES), seed
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:

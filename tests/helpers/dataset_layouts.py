@@ -145,7 +145,7 @@ def write_rsna_layout(root: Path) -> dict[str, dict]:
                      {"study_id": "1005", "series_id": "51", "series_description": "Sagittal T2/STIR"}]
     _write_csv(root / "train_series_descriptions.csv", descriptions, ["study_id", "series_id", "series_description"])
 
-    coordinates = [dict(zip(("study_id", "series_id", "instance_number", "condition", "level", "x", "y"), row[:7]))
+    coordinates = [dict(zip(("study_id", "series_id", "instance_number", "condition", "level", "x", "y"), row[:7], strict=False))
                    for row in RSNA_COORDINATES + RSNA_BROKEN]
     _write_csv(root / "train_label_coordinates.csv", coordinates,
                ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"])

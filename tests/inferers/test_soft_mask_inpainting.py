@@ -67,7 +67,7 @@ def test_the_background_is_blended_in_at_every_step_not_pasted_at_the_end(model,
         SoftMaskInpaintingInferer(recording, num_inference_steps=6, eta=0.5)(image, model, soft_mask, texts, [3, 4])
         trajectories.append(recording.started_from)
     outside, inside = (soft_mask == 0).expand_as(trajectories[0][0]), (soft_mask == 1).expand_as(trajectories[0][0])
-    for step, (first, second) in enumerate(zip(*trajectories)):
+    for step, (first, second) in enumerate(zip(*trajectories, strict=False)):
         if step == 0:  # pure noise, the same seeds
             assert torch.equal(first, second)
             continue

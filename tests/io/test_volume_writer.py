@@ -53,7 +53,7 @@ def test_identity_round_trip_nifti_is_exact(shared_data, tmp_path):
     ]
     report = run_job(write_datalist(tmp_path / "list.json", entries), tmp_path / "out", **IDENTITY)
     assert not report["failed"] and len(report["written"]) == 3
-    for entry, written in zip(entries, report["written"]):
+    for entry, written in zip(entries, report["written"], strict=False):
         assert written["volume"].endswith(".nii.gz")
         assert_same_nifti(entry["image"], written["volume"])
         provenance = json.loads(Path(written["provenance"]).read_text())

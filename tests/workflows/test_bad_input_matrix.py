@@ -281,7 +281,7 @@ def test_scaled_and_singleton_niftis_are_written_back_exactly(shared_data, tmp_p
     for run, overrides in (("identity", IDENTITY), ("masked", {})):
         report = run_job(datalist, tmp_path / run, **overrides)
         assert not report["failed"] and [w["case_id"] for w in report["written"]] == names, report["failed"]
-        for name, written in zip(names, report["written"]):
+        for name, written in zip(names, report["written"], strict=False):
             original, output = nib.load(str(odd_niftis[name])), nib.load(written["volume"])
             assert output.shape == original.shape and output.get_data_dtype() == original.get_data_dtype()
             assert (output.dataobj.slope, output.dataobj.inter) == (original.dataobj.slope, original.dataobj.inter)

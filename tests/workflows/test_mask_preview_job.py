@@ -57,7 +57,7 @@ def test_identity_round_trip_on_demo_data_is_exact(demo_data, tmp_path):
                for case in cases]
     report = run_job(write_datalist(tmp_path / "list.json", entries), tmp_path / "out", **{"predictor#key": "image"})
     assert not report["failed"]
-    for entry, written in zip(entries, report["written"]):
+    for entry, written in zip(entries, report["written"], strict=False):
         original, output = nib.load(entry["image"]), nib.load(written["volume"])
         np.testing.assert_array_equal(np.asanyarray(output.dataobj), np.asanyarray(original.dataobj))
         np.testing.assert_array_equal(output.affine, original.affine)
