@@ -12,7 +12,7 @@ DEMO_SEED ?= 0
 
 install: $(VENV)/.installed
 
-# torch 2.14.1 / torchvision 0.29.1 come from this machine's local wheel index (see DEVELOPERS.md).
+# torch 2.14.1 / torchvision 0.29.1 come from this machine's local wheel index (README.md, Set-up).
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
@@ -38,8 +38,10 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
+# Lint (pyflakes, line length 120, import order, complexity, bugbear) and formatting: pyproject.toml [tool.ruff].
 lint: install
 	$(PY) -m ruff check bundle scripts tests benchmarks
+	$(PY) -m ruff format --check bundle scripts tests benchmarks
 
 # Speed and scale figures against reference implementations; the full run regenerates docs/performance.md.
 bench: install

@@ -1,5 +1,5 @@
-"""Item 4: the soft-mask blur (:class:`bundle.transforms.soft_mask.GaussianBlurMM`) on a 512 x 512 x 64 anisotropic volume
-against ``scipy.ndimage.gaussian_filter`` at the same sigma (in voxels), zero outside the volume.
+"""Item 4: the soft-mask blur (:class:`bundle.transforms.soft_mask.GaussianBlurMM`) on a 512 x 512 x 64
+anisotropic volume against ``scipy.ndimage.gaussian_filter`` at the same sigma (in voxels), zero outside the volume.
 
 Two masks: a vertebra-sized box (the masks the bundle makes: a vertebra, a box, a point's box) and a worst
 case whose non-zero voxels span the whole volume (two opposite corners set), where computing on the support
@@ -30,8 +30,10 @@ REFERENCE = "scipy.ndimage.gaussian_filter (same sigma in voxels, truncate 4.0, 
 
 def volume(kind: str) -> MetaTensor:
     mask = torch.zeros((1, *SHAPE), dtype=torch.float32)
-    box = [slice(round(n * low), round(n * high)) for n, (low, high) in
-           zip(SHAPE, ((0.42, 0.58), (0.44, 0.56), (0.44, 0.56)), strict=True)]
+    box = [
+        slice(round(n * low), round(n * high))
+        for n, (low, high) in zip(SHAPE, ((0.42, 0.58), (0.44, 0.56), (0.44, 0.56)), strict=True)
+    ]
     mask[(0, *box)] = 1.0  # at 512 x 512 x 64: 41 x 31 x 21 mm, a vertebral body
     if kind == "dense":
         mask[0, 0, 0, 0] = mask[0, -1, -1, -1] = 1.0  # support = the whole volume
@@ -63,14 +65,28 @@ def run(ctx: Context) -> list[Record]:
             monai_full = GaussianSmooth(sigma=sigma_voxels.tolist())(mask).clamp_(0.0, 1.0)[0].numpy()
             monai_times.append(time.perf_counter() - started)
             extra["max_abs_diff_vs_monai_gaussiansmooth"] = float(np.abs(result - monai_full).max())
-            notes += (f"; max |ours - MONAI GaussianSmooth on the full volume| = "
-                      f"{extra['max_abs_diff_vs_monai_gaussiansmooth']:.1e}")
+            notes += (
+                f"; max |ours - MONAI GaussianSmooth on the full volume| = "
+                f"{extra['max_abs_diff_vs_monai_gaussiansmooth']:.1e}"
+            )
         if kind == "dense":
-            notes += ("; nothing to crop here: the gain is the banded-matrix products (BLAS) against scipy's "
-                      "per-line loops in float64")
-        record = compare(f"soft-mask blur, {label}", 4, times["ours"], times["reference"], REFERENCE, "<= 1.0", 1.0,
-                         f"{SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} float32, spacing {SPACING_MM} mm, sigma {SIGMA_MM} mm = "
-                         f"{tuple(round(float(s), 2) for s in sigma_voxels)} voxels", notes, **extra)
+            notes += (
+                "; nothing to crop here: the gain is the banded-matrix products (BLAS) against scipy's "
+                "per-line loops in float64"
+            )
+        record = compare(
+            f"soft-mask blur, {label}",
+            4,
+            times["ours"],
+            times["reference"],
+            REFERENCE,
+            "<= 1.0",
+            1.0,
+            f"{SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} float32, spacing {SPACING_MM} mm, sigma {SIGMA_MM} mm = "
+            f"{tuple(round(float(s), 2) for s in sigma_voxels)} voxels",
+            notes,
+            **extra,
+        )
         records.append(record)
         if kind == "box":
             # what GaussianBlurMM was before: MONAI's GaussianSmooth (torch conv) over the whole volume; --quick
@@ -78,11 +94,25 @@ def run(ctx: Context) -> list[Record]:
             if ctx.quick:
                 previous = {"monai": monai_times, "reference": times["reference"]}
             else:
-                previous = interleaved({"monai": lambda mask=mask, s=sigma_voxels: GaussianSmooth(
-                    sigma=s.tolist())(mask), "reference": reference}, repeats=3)
-            records.append(compare(
-                "previous blur (MONAI GaussianSmooth, full volume)", 4, previous["monai"], previous["reference"],
-                REFERENCE, "none (the replaced implementation, for the record)", None, record.shape,
-                "what GaussianBlurMM ran before this change (torch conv1d passes over every voxel); kept for the "
-                "record, replaced by the support crop + banded-matrix products"))
+                previous = interleaved(
+                    {
+                        "monai": lambda mask=mask, s=sigma_voxels: GaussianSmooth(sigma=s.tolist())(mask),
+                        "reference": reference,
+                    },
+                    repeats=3,
+                )
+            records.append(
+                compare(
+                    "previous blur (MONAI GaussianSmooth, full volume)",
+                    4,
+                    previous["monai"],
+                    previous["reference"],
+                    REFERENCE,
+                    "none (the replaced implementation, for the record)",
+                    None,
+                    record.shape,
+                    "what GaussianBlurMM ran before this change (torch conv1d passes over every voxel); kept for the "
+                    "record, replaced by the support crop + banded-matrix products",
+                )
+            )
     return records

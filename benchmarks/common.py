@@ -57,11 +57,21 @@ class Record:
         return dataclasses.asdict(self)
 
 
-def not_measured(name: str, item: int, reference: str, target: str, why: str, shape: str = "",
-                 **extra) -> Record:
+def not_measured(name: str, item: int, reference: str, target: str, why: str, shape: str = "", **extra) -> Record:
     """A row whose figure could not be taken here (``why``: e.g. :data:`NO_GPU`)."""
-    return Record(name=name, item=item, ours_s=None, reference_s=None, ratio=None, reference=reference,
-                  target=target, met=None, shape=shape, notes=why, extra=dict(extra))
+    return Record(
+        name=name,
+        item=item,
+        ours_s=None,
+        reference_s=None,
+        ratio=None,
+        reference=reference,
+        target=target,
+        met=None,
+        shape=shape,
+        notes=why,
+        extra=dict(extra),
+    )
 
 
 def synchronise(device: torch.device | str | None = None) -> None:
@@ -69,9 +79,13 @@ def synchronise(device: torch.device | str | None = None) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(candidates: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                device: torch.device | str | None = None,
-                warmups: Mapping[str, Callable[[], object]] | None = None) -> dict[str, list[float]]:
+def interleaved(
+    candidates: Mapping[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+    warmups: Mapping[str, Callable[[], object]] | None = None,
+) -> dict[str, list[float]]:
     """Seconds per call of each candidate: ``warmup`` untimed calls each (``warmups`` replaces the calls
     used for that, e.g. with fewer steps), then ``repeats`` rounds of one timed call each, alternating the
     order."""
@@ -95,16 +109,36 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def compare(name: str, item: int, ours: Sequence[float], reference_times: Sequence[float], reference: str,
-            target: str, max_ratio: float | None, shape: str = "", notes: str = "", **extra) -> Record:
+def compare(
+    name: str,
+    item: int,
+    ours: Sequence[float],
+    reference_times: Sequence[float],
+    reference: str,
+    target: str,
+    max_ratio: float | None,
+    shape: str = "",
+    notes: str = "",
+    **extra,
+) -> Record:
     """A timed row: medians of ``ours`` and ``reference_times``, their ratio, and whether it is within
     ``max_ratio`` (``None``: no target)."""
     ours_s, reference_s = median(ours), median(reference_times)
     ratio = ours_s / reference_s
-    return Record(name=name, item=item, ours_s=ours_s, reference_s=reference_s, ratio=ratio, reference=reference,
-                  target=target, met=None if max_ratio is None else bool(ratio <= max_ratio), shape=shape,
-                  notes=notes, repeats=len(ours), extra={"ours_all_s": list(ours),
-                                                         "reference_all_s": list(reference_times), **extra})
+    return Record(
+        name=name,
+        item=item,
+        ours_s=ours_s,
+        reference_s=reference_s,
+        ratio=ratio,
+        reference=reference,
+        target=target,
+        met=None if max_ratio is None else bool(ratio <= max_ratio),
+        shape=shape,
+        notes=notes,
+        repeats=len(ours),
+        extra={"ours_all_s": list(ours), "reference_all_s": list(reference_times), **extra},
+    )
 
 
 def cpu_model() -> str:
@@ -123,10 +157,15 @@ def machine(threads: int) -> dict[str, object]:
     import monai
 
     info: dict[str, object] = {
-        "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": threads,
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": threads,
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "monai": monai.__version__, "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "monai": monai.__version__,
+        "platform": platform.platform(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "device": "cpu",
     }
@@ -148,8 +187,7 @@ class Context:
     ``--quick`` uses a subset of the demo cases (``quick_cases`` training cases, one request).
     """
 
-    MODEL_FILES = ("msc.safetensors", "msc_adapter.safetensors", "scheduler_config.json", "unet/config.json",
-                   "clip")
+    MODEL_FILES = ("msc.safetensors", "msc_adapter.safetensors", "scheduler_config.json", "unet/config.json", "clip")
 
     def __init__(self, quick: bool, work_dir: Path, threads: int, device: torch.device) -> None:
         self.quick, self.work_dir, self.threads, self.device = quick, Path(work_dir), threads, device
@@ -172,8 +210,8 @@ class Context:
         return self._cache["data"]  # type: ignore[return-value]
 
     def _make_data(self) -> dict[str, object]:
-        from bundle.demo.dataset import generate_dataset
         from bundle.balancing.synthesis_requests import write_demo_requests
+        from bundle.demo.dataset import generate_dataset
 
         if self.demo_data_present:
             source_dir, source = REPO / "demo" / "data", "demo/data (from make demo)"
@@ -194,16 +232,32 @@ class Context:
         out_dir.mkdir(parents=True, exist_ok=True)
 
         def absolute(entry: Mapping) -> dict:
-            return {k: str(source_dir / v) if k in ("image", "vertebra_seg", "lesion_seg") and v else v
-                    for k, v in entry.items()}
+            return {
+                k: str(source_dir / v) if k in ("image", "vertebra_seg", "lesion_seg") and v else v
+                for k, v in entry.items()
+            }
 
-        (out_dir / "datalist.json").write_text(json.dumps(
-            {**datalist, "training": [absolute(e) for e in training], "test": [absolute(e) for e in datalist["test"]]}))
+        (out_dir / "datalist.json").write_text(
+            json.dumps(
+                {
+                    **datalist,
+                    "training": [absolute(e) for e in training],
+                    "test": [absolute(e) for e in datalist["test"]],
+                }
+            )
+        )
         (out_dir / "requests.json").write_text(json.dumps({**requests, "test": [absolute(e) for e in test]}))
-        (out_dir / "requests_all.json").write_text(json.dumps(
-            {**requests, "test": [absolute(e) for e in requests["test"]]}))
-        return {"dir": out_dir, "datalist": out_dir / "datalist.json", "requests": out_dir / "requests.json",
-                "source": source, "training_cases": len(training), "requests_cases": len(test)}
+        (out_dir / "requests_all.json").write_text(
+            json.dumps({**requests, "test": [absolute(e) for e in requests["test"]]})
+        )
+        return {
+            "dir": out_dir,
+            "datalist": out_dir / "datalist.json",
+            "requests": out_dir / "requests.json",
+            "source": source,
+            "training_cases": len(training),
+            "requests_cases": len(test),
+        }
 
     # -- models ---------------------------------------------------------------------------------------------
     def models_dir(self) -> Path:
@@ -225,13 +279,17 @@ class Context:
         model.clip_encoder.save_local_dir(folder / CLIP_FOLDER)
         model.controller.save(folder / CONTROLLER_FILE)
         save_trained(model, folder)
-        DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False
-                      ).save_config(folder)
+        DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False).save_config(
+            folder
+        )
         return folder
 
     def models_note(self) -> str:
-        return "the trained demo checkpoint (models/)" if self.trained else \
-            "a freshly initialised tiny model (no models/ here: run `make demo` for the trained checkpoint)"
+        return (
+            "the trained demo checkpoint (models/)"
+            if self.trained
+            else "a freshly initialised tiny model (no models/ here: run `make demo` for the trained checkpoint)"
+        )
 
     def model(self):
         """The demo model (trained or fresh), in eval mode on the benchmark device."""
@@ -258,16 +316,23 @@ class Context:
         key = f"validation_{max_items}"
         if key not in self._cache:
             data = self.data()
-            parser = self.parser(["train.json"], dataset_dir=str(data["dir"]), datalist=str(data["datalist"]),
-                                 stage1_dir=str(self.models_dir()), models_dir=str(self.work_dir / "unused_models"),
-                                 output_dir=str(self.work_dir / "unused_runs"), val_max_items=max_items)
+            parser = self.parser(
+                ["train.json"],
+                dataset_dir=str(data["dir"]),
+                datalist=str(data["datalist"]),
+                stage1_dir=str(self.models_dir()),
+                models_dir=str(self.work_dir / "unused_models"),
+                output_dir=str(self.work_dir / "unused_runs"),
+                val_max_items=max_items,
+            )
             dataset = parser.get_parsed_content("validate#dataset")
             self._cache[key] = [dataset[i] for i in range(len(dataset))]
         return self._cache[key]  # type: ignore[return-value]
 
 
-def run_command(command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
-                timeout: float = 1800) -> dict[str, object]:
+def run_command(
+    command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None, timeout: float = 1800
+) -> dict[str, object]:
     """Run ``command`` in the repository under a fresh parent that reports the children's peak RSS.
 
     Returns ``{"returncode", "wall_s", "peak_rss_mib", "log"}``; stdout and stderr go to ``log_path``.
@@ -277,12 +342,23 @@ def run_command(command: Sequence[str], log_path: Path, env: Mapping[str, str] |
     wrapper = [sys.executable, "-m", "benchmarks.peak_rss", str(result_path), "--", *command]
     started = time.perf_counter()
     with open(log_path, "w") as log:
-        completed = subprocess.run(wrapper, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
-                                   env={**os.environ, **(env or {})}, check=False)
+        completed = subprocess.run(
+            wrapper,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )
     wall = time.perf_counter() - started
     usage = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    return {"returncode": completed.returncode, "wall_s": wall, "peak_rss_mib": usage.get("peak_rss_mib"),
-            "log": str(log_path)}
+    return {
+        "returncode": completed.returncode,
+        "wall_s": wall,
+        "peak_rss_mib": usage.get("peak_rss_mib"),
+        "log": str(log_path),
+    }
 
 
 def tail(path: str | Path, characters: int = 1500) -> str:

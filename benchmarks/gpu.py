@@ -20,20 +20,32 @@ from torch import nn
 from benchmarks.common import NO_GPU, Context, Record, compare, interleaved, not_measured
 from benchmarks.sampling import diffusers_inpaint_loop
 from benchmarks.unet_overhead import MSC_TOKENS, SD15_CONFIG, SD15_MSC_DIM, SD15_TEXT_LENGTH, unet_pair
-from bundle.networks.diffusion_space import LatentSpace
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
-from bundle.utils.precision import autocast
+from bundle.networks.diffusion_space import LatentSpace
 from bundle.networks.speed_options import optimise_unet
+from bundle.utils.precision import autocast
 
-VG_MEDGEN = {"seconds_per_image": 1.457, "parameters_m": 833.0,
-             "source": "VG-MedGen (published: 1.457 s per image, 833 M parameters)"}
-SD15_VAE_CONFIG = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
-                   "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
-                   "layers_per_block": 2, "latent_channels": 4, "sample_size": 512, "scaling_factor": 0.18215}
+VG_MEDGEN = {
+    "seconds_per_image": 1.457,
+    "parameters_m": 833.0,
+    "source": "VG-MedGen (published: 1.457 s per image, 833 M parameters)",
+}
+SD15_VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
 
 
 class FixedConditionsModel(nn.Module):
-    """A :class:`bundle.networks.medsoft_diffusion.MedSoftDiffusion` stand-in: the guided UNet and the latent space, with
+    """A :class:`bundle.networks.medsoft_diffusion.MedSoftDiffusion` stand-in: the guided UNet and the latent space,
+    with
     fixed random conditions in place of the text encoder, medical CLIP and MSC."""
 
     def __init__(self, unet: nn.Module, space: nn.Module, text_length: int, cross_dim: int, msc_dim: int) -> None:
@@ -54,16 +66,22 @@ class FixedConditionsModel(nn.Module):
         return self.unet(latents, timesteps, text_states, msc_tokens)
 
 
-def build(device: torch.device, unet_config: dict = SD15_CONFIG, vae_config: dict = SD15_VAE_CONFIG,
-          msc_dim: int = SD15_MSC_DIM, text_length: int = SD15_TEXT_LENGTH) -> FixedConditionsModel:
+def build(
+    device: torch.device,
+    unet_config: dict = SD15_CONFIG,
+    vae_config: dict = SD15_VAE_CONFIG,
+    msc_dim: int = SD15_MSC_DIM,
+    text_length: int = SD15_TEXT_LENGTH,
+) -> FixedConditionsModel:
     _, guided = unet_pair(unet_config, msc_dim)
     guided.set_trainable("adapter")
     guided.trainable = "adapter"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         vae = AutoencoderKL(**vae_config)
-    return FixedConditionsModel(guided, LatentSpace(vae), text_length, unet_config["cross_attention_dim"],
-                                msc_dim).to(device)
+    return FixedConditionsModel(guided, LatentSpace(vae), text_length, unet_config["cross_attention_dim"], msc_dim).to(
+        device
+    )
 
 
 def peak_memory(device: torch.device, call) -> float | None:
@@ -79,17 +97,26 @@ def peak_memory(device: torch.device, call) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def measure_sd15(device: torch.device, model: FixedConditionsModel, image_size: int = 512, steps: int = 50,
-                 repeats: int = 5, precision: str | None = "bf16", train_batch: int = 4) -> dict[str, object]:
+def measure_sd15(
+    device: torch.device,
+    model: FixedConditionsModel,
+    image_size: int = 512,
+    steps: int = 50,
+    repeats: int = 5,
+    precision: str | None = "bf16",
+    train_batch: int = 4,
+) -> dict[str, object]:
     """Timings and peak memory of sampling one image and of a training step (the numbers of :func:`run`)."""
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, clip_sample=False)  # SD 1.5's schedule
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
+    )  # SD 1.5's schedule
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 1, image_size, image_size, generator=generator).to(device)
     mask = torch.zeros_like(image)
-    mask[..., image_size // 4:image_size // 2, image_size // 4:image_size // 2] = 1.0
-    inferer = SoftMaskInpaintingInferer(DDIMScheduler.from_config(scheduler.config), num_inference_steps=steps,
-                                        precision=precision)
+    mask[..., image_size // 4 : image_size // 2, image_size // 4 : image_size // 2] = 1.0
+    inferer = SoftMaskInpaintingInferer(
+        DDIMScheduler.from_config(scheduler.config), num_inference_steps=steps, precision=precision
+    )
     reference_scheduler = DDIMScheduler.from_config(scheduler.config)
     model.eval()
 
@@ -97,8 +124,9 @@ def measure_sd15(device: torch.device, model: FixedConditionsModel, image_size: 
         return inferer(image, model, mask, ["a lesion"], seeds=[0])
 
     def reference():
-        return diffusers_inpaint_loop(model, reference_scheduler, image, mask, ["a lesion"], 0, steps,
-                                      precision=precision)
+        return diffusers_inpaint_loop(
+            model, reference_scheduler, image, mask, ["a lesion"], 0, steps, precision=precision
+        )
 
     times = interleaved({"ours": ours, "reference": reference}, repeats=repeats, device=device)
     inference_peak = peak_memory(device, ours)
@@ -131,24 +159,52 @@ def measure_sd15(device: torch.device, model: FixedConditionsModel, image_size: 
         peak = peak_memory(device, train_step)
         training[label] = {"seconds_per_step": time.perf_counter() - started, "peak_mib": peak}
     model.unet.unet.disable_gradient_checkpointing()
-    return {"ours_s": times["ours"], "reference_s": times["reference"], "inference_peak_mib": inference_peak,
-            "training": training,
-            "guided_unet_parameters_m": sum(p.numel() for p in model.unet.parameters()) / 1e6}
+    return {
+        "ours_s": times["ours"],
+        "reference_s": times["reference"],
+        "inference_peak_mib": inference_peak,
+        "training": training,
+        "guided_unet_parameters_m": sum(p.numel() for p in model.unet.parameters()) / 1e6,
+    }
 
 
 def run(ctx: Context) -> list[Record]:
     shape = "SD 1.5 UNet + VAE configs (random weights), 512 x 512 (64 x 64 latent), 50 DDIM steps, CFG, bf16"
     if ctx.device.type != "cuda":
         return [
-            not_measured("SD-1.5 512 px: seconds per 50-step image (bf16) vs VG-MedGen", 8,
-                         VG_MEDGEN["source"], "report beside the published 1.457 s", NO_GPU, shape),
-            not_measured("SD-1.5 512 px sampler vs diffusers' loop (GPU)", 2, "diffusers' inpainting loop",
-                         "<= 1.05", NO_GPU, shape),
+            not_measured(
+                "SD-1.5 512 px: seconds per 50-step image (bf16) vs VG-MedGen",
+                8,
+                VG_MEDGEN["source"],
+                "report beside the published 1.457 s",
+                NO_GPU,
+                shape,
+            ),
+            not_measured(
+                "SD-1.5 512 px sampler vs diffusers' loop (GPU)",
+                2,
+                "diffusers' inpainting loop",
+                "<= 1.05",
+                NO_GPU,
+                shape,
+            ),
             not_measured("SD-1.5 inference peak GPU memory, batch 1", 6, "none", "report", NO_GPU, shape),
-            not_measured("SD-1.5 training peak GPU memory, batch 4", 6, "none", "report", NO_GPU,
-                         "adapter training, 512 px, bf16"),
-            not_measured("SD-1.5 training peak GPU memory, batch 4, gradient checkpointing", 6, "none", "report",
-                         NO_GPU, "adapter training, 512 px, bf16"),
+            not_measured(
+                "SD-1.5 training peak GPU memory, batch 4",
+                6,
+                "none",
+                "report",
+                NO_GPU,
+                "adapter training, 512 px, bf16",
+            ),
+            not_measured(
+                "SD-1.5 training peak GPU memory, batch 4, gradient checkpointing",
+                6,
+                "none",
+                "report",
+                NO_GPU,
+                "adapter training, 512 px, bf16",
+            ),
         ]
     model = build(ctx.device)
     result = measure_sd15(ctx.device, model, repeats=3 if ctx.quick else 10)
@@ -156,26 +212,63 @@ def run(ctx: Context) -> list[Record]:
     gc.collect()
     torch.cuda.empty_cache()
     parameters = result["guided_unet_parameters_m"]
-    sampler = compare("SD-1.5 512 px sampler vs diffusers' loop (GPU)", 2, result["ours_s"], result["reference_s"],
-                      "diffusers' inpainting loop, same UNet and scheduler", "<= 1.05", 1.05, shape)
+    sampler = compare(
+        "SD-1.5 512 px sampler vs diffusers' loop (GPU)",
+        2,
+        result["ours_s"],
+        result["reference_s"],
+        "diffusers' inpainting loop, same UNet and scheduler",
+        "<= 1.05",
+        1.05,
+        shape,
+    )
     ours_s = sampler.ours_s
     records = [
-        Record(name="SD-1.5 512 px: seconds per 50-step image (bf16) vs VG-MedGen", item=8, ours_s=ours_s,
-               reference_s=VG_MEDGEN["seconds_per_image"], ratio=ours_s / VG_MEDGEN["seconds_per_image"],
-               reference=VG_MEDGEN["source"] + " - a published figure on other hardware, not run here",
-               target="report beside the published 1.457 s", met=None, shape=shape, value=ours_s,
-               unit="s per image", notes=f"guided UNet {parameters:.0f} M parameters vs VG-MedGen's 833 M",
-               extra={"guided_unet_parameters_m": parameters}),
+        Record(
+            name="SD-1.5 512 px: seconds per 50-step image (bf16) vs VG-MedGen",
+            item=8,
+            ours_s=ours_s,
+            reference_s=VG_MEDGEN["seconds_per_image"],
+            ratio=ours_s / VG_MEDGEN["seconds_per_image"],
+            reference=VG_MEDGEN["source"] + " - a published figure on other hardware, not run here",
+            target="report beside the published 1.457 s",
+            met=None,
+            shape=shape,
+            value=ours_s,
+            unit="s per image",
+            notes=f"guided UNet {parameters:.0f} M parameters vs VG-MedGen's 833 M",
+            extra={"guided_unet_parameters_m": parameters},
+        ),
         sampler,
-        Record(name="SD-1.5 inference peak GPU memory, batch 1", item=6, ours_s=None, reference_s=None, ratio=None,
-               reference="none", target="report", met=None, shape=shape, value=result["inference_peak_mib"],
-               unit="MiB max_memory_allocated"),
+        Record(
+            name="SD-1.5 inference peak GPU memory, batch 1",
+            item=6,
+            ours_s=None,
+            reference_s=None,
+            ratio=None,
+            reference="none",
+            target="report",
+            met=None,
+            shape=shape,
+            value=result["inference_peak_mib"],
+            unit="MiB max_memory_allocated",
+        ),
     ]
     for label, key in (("", "plain"), (", gradient checkpointing", "gradient_checkpointing")):
         figures = result["training"][key]
-        records.append(Record(
-            name=f"SD-1.5 training peak GPU memory, batch 4{label}", item=6, ours_s=figures["seconds_per_step"],
-            reference_s=None, ratio=None, reference="none; ours_s is seconds per training step", target="report",
-            met=None, shape="adapter training (W'_k, W'_v), 512 px, bf16 autocast, AdamW", value=figures["peak_mib"],
-            unit="MiB max_memory_allocated"))
+        records.append(
+            Record(
+                name=f"SD-1.5 training peak GPU memory, batch 4{label}",
+                item=6,
+                ours_s=figures["seconds_per_step"],
+                reference_s=None,
+                ratio=None,
+                reference="none; ours_s is seconds per training step",
+                target="report",
+                met=None,
+                shape="adapter training (W'_k, W'_v), 512 px, bf16 autocast, AdamW",
+                value=figures["peak_mib"],
+                unit="MiB max_memory_allocated",
+            )
+        )
     return records

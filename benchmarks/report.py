@@ -25,8 +25,9 @@ def write_json(path: Path, records: Sequence[Record], machine: Mapping, settings
     """``results.json``: the list of records (the interface the checks read); machine and settings beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([r.as_dict() for r in records], indent=2, default=str))
-    path.with_name("machine.json").write_text(json.dumps({"machine": machine, "settings": settings}, indent=2,
-                                                         default=str))
+    path.with_name("machine.json").write_text(
+        json.dumps({"machine": machine, "settings": settings}, indent=2, default=str)
+    )
 
 
 def seconds(value: float | None) -> str:
@@ -47,8 +48,9 @@ def number(value: float | None, digits: int = 3) -> str:
 
 def met_text(record: Record) -> str:
     if record.met is None:
-        return "n/a" if record.notes.startswith("not measured") or record.ours_s is None and record.value is None \
-            else "-"
+        return (
+            "n/a" if record.notes.startswith("not measured") or record.ours_s is None and record.value is None else "-"
+        )
     return "yes" if record.met else "**no**"
 
 
@@ -57,26 +59,35 @@ def cell(text: str) -> str:
 
 
 def table(records: Sequence[Record]) -> list[str]:
-    lines = ["| figure | ours | reference | ratio | value | target | met |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| figure | ours | reference | ratio | value | target | met |", "|---|---|---|---|---|---|---|"]
     for r in records:
         value = f"{number(r.value, 4)} {r.unit}" if r.value is not None else "-"
-        lines.append(f"| {cell(r.name)} | {seconds(r.ours_s)} | {seconds(r.reference_s)} | "
-                     f"{number(r.ratio)} | {cell(value)} | {cell(r.target)} | {met_text(r)} |")
+        lines.append(
+            f"| {cell(r.name)} | {seconds(r.ours_s)} | {seconds(r.reference_s)} | "
+            f"{number(r.ratio)} | {cell(value)} | {cell(r.target)} | {met_text(r)} |"
+        )
     lines.append("")
     for r in records:
-        details = [f"*shape*: {r.shape}" if r.shape else "", f"*reference*: {r.reference}",
-                   f"*notes*: {r.notes}" if r.notes else "",
-                   f"*repeats*: {r.repeats} (median)" if r.repeats else ""]
+        details = [
+            f"*shape*: {r.shape}" if r.shape else "",
+            f"*reference*: {r.reference}",
+            f"*notes*: {r.notes}" if r.notes else "",
+            f"*repeats*: {r.repeats} (median)" if r.repeats else "",
+        ]
         lines.append(f"- **{cell(r.name)}** - " + "; ".join(d for d in details if d))
     lines.append("")
     return lines
 
 
-def markdown(records: Sequence[Record], machine: Mapping, settings: Mapping, narrative: Mapping[int, str],
-             preamble: str, closing: str) -> str:
-    lines = ["# Performance", "", preamble, "", "## Machine and settings", "",
-             "| | |", "|---|---|"]
+def markdown(
+    records: Sequence[Record],
+    machine: Mapping,
+    settings: Mapping,
+    narrative: Mapping[int, str],
+    preamble: str,
+    closing: str,
+) -> str:
+    lines = ["# Performance", "", preamble, "", "## Machine and settings", "", "| | |", "|---|---|"]
     for key, value in {**machine, **settings}.items():
         lines.append(f"| {key} | {cell(value)} |")
     lines += ["", "## Summary", "", "| item | figure | ratio | target | met |", "|---|---|---|---|---|"]

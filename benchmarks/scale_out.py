@@ -47,12 +47,34 @@ def iteration_rate(log_text: str) -> tuple[float, int]:
 def torchrun_command(processes: int, ctx: Context, root: Path, batch_size: int, epochs: int) -> list[str]:
     data = ctx.data()
     configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-            f"--master_port={free_port()}", "-m", "monai.bundle", "run", "--config_file", configs,
-            "--dataset_dir", str(data["dir"]), "--datalist", str(data["datalist"]),
-            "--stage1_dir", str(ctx.models_dir()), "--models_dir", str(root / f"models_{processes}"),
-            "--output_dir", str(root / f"runs_{processes}"), "--max_epochs", str(epochs), "--val_interval", "1000",
-            "--batch_size", str(batch_size)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={processes}",
+        f"--master_port={free_port()}",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--dataset_dir",
+        str(data["dir"]),
+        "--datalist",
+        str(data["datalist"]),
+        "--stage1_dir",
+        str(ctx.models_dir()),
+        "--models_dir",
+        str(root / f"models_{processes}"),
+        "--output_dir",
+        str(root / f"runs_{processes}"),
+        "--max_epochs",
+        str(epochs),
+        "--val_interval",
+        "1000",
+        "--batch_size",
+        str(batch_size),
+    ]
 
 
 def run(ctx: Context) -> list[Record]:
@@ -73,23 +95,56 @@ def run(ctx: Context) -> list[Record]:
             continue
         rates[processes] = (rate * batch_size * processes, intervals, result["peak_rss_mib"])
     data = ctx.data()
-    shape = (f"configs/train.json + multi_gpu_train.json, tiny model, per-process batch {batch_size}, {epochs} "
-             f"epochs, DistributedSampler, gloo on the CPU, OMP_NUM_THREADS=1 per process; data: {data['source']}")
+    shape = (
+        f"configs/train.json + multi_gpu_train.json, tiny model, per-process batch {batch_size}, {epochs} "
+        f"epochs, DistributedSampler, gloo on the CPU, OMP_NUM_THREADS=1 per process; data: {data['source']}"
+    )
     if len(rates) < 2:
-        return [Record(name="DDP training: 2 vs 1 processes (CPU, gloo)", item=7, ours_s=None, reference_s=None,
-                       ratio=None, reference=REFERENCE, target="report (scaling; multi-node launch documented)",
-                       met=None, shape=shape, notes="; ".join(notes.values()))]
+        return [
+            Record(
+                name="DDP training: 2 vs 1 processes (CPU, gloo)",
+                item=7,
+                ours_s=None,
+                reference_s=None,
+                ratio=None,
+                reference=REFERENCE,
+                target="report (scaling; multi-node launch documented)",
+                met=None,
+                shape=shape,
+                notes="; ".join(notes.values()),
+            )
+        ]
     one, two = rates[1], rates[2]
-    return [Record(
-        name="DDP training: 2 vs 1 processes (CPU, gloo)", item=7, ours_s=1 / two[0], reference_s=1 / one[0],
-        ratio=(1 / two[0]) / (1 / one[0]), reference=REFERENCE,
-        target="report (scaling; multi-node launch documented)", met=None, shape=shape,
-        notes=(f"seconds per sample; throughput {one[0]:.2f} samples/s with 1 process, {two[0]:.2f} with 2 "
-               f"(speed-up {two[0] / one[0]:.2f}x on {ctx_cores()} cores shared with other work); "
-               f"wall time incl. start-up {walls[1]:.0f} s / {walls[2]:.0f} s"),
-        value=two[0] / one[0], unit="x speed-up (2 processes)",
-        extra={"samples_per_s_1": one[0], "samples_per_s_2": two[0], "intervals_1": one[1], "intervals_2": two[1],
-               "peak_rss_mib_1": one[2], "peak_rss_mib_2": two[2], "wall_s_1": walls[1], "wall_s_2": walls[2]})]
+    return [
+        Record(
+            name="DDP training: 2 vs 1 processes (CPU, gloo)",
+            item=7,
+            ours_s=1 / two[0],
+            reference_s=1 / one[0],
+            ratio=(1 / two[0]) / (1 / one[0]),
+            reference=REFERENCE,
+            target="report (scaling; multi-node launch documented)",
+            met=None,
+            shape=shape,
+            notes=(
+                f"seconds per sample; throughput {one[0]:.2f} samples/s with 1 process, {two[0]:.2f} with 2 "
+                f"(speed-up {two[0] / one[0]:.2f}x on {ctx_cores()} cores shared with other work); "
+                f"wall time incl. start-up {walls[1]:.0f} s / {walls[2]:.0f} s"
+            ),
+            value=two[0] / one[0],
+            unit="x speed-up (2 processes)",
+            extra={
+                "samples_per_s_1": one[0],
+                "samples_per_s_2": two[0],
+                "intervals_1": one[1],
+                "intervals_2": two[1],
+                "peak_rss_mib_1": one[2],
+                "peak_rss_mib_2": two[2],
+                "wall_s_1": walls[1],
+                "wall_s_2": walls[2],
+            },
+        )
+    ]
 
 
 def ctx_cores() -> int:

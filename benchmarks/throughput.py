@@ -15,9 +15,15 @@ from benchmarks.memory import requests_subset
 
 
 def make_job(ctx: Context, requests, output_dir, compile_unet: bool):
-    parser = ctx.parser(["inference.json"], datalist=str(requests), models_dir=str(ctx.models_dir()),
-                        output_dir=str(output_dir), skip_completed=False, compile=compile_unet,
-                        device=f"$torch.device('{ctx.device}')")
+    parser = ctx.parser(
+        ["inference.json"],
+        datalist=str(requests),
+        models_dir=str(ctx.models_dir()),
+        output_dir=str(output_dir),
+        skip_completed=False,
+        compile=compile_unet,
+        device=f"$torch.device('{ctx.device}')",
+    )
     job = parser.get_parsed_content("job")
     counter = {"slices": 0}
     predict = job.predictor
@@ -66,51 +72,115 @@ def run(ctx: Context) -> list[Record]:
                 continue
             seconds[name].append(took)
             slices[name] += made
-    shape = (f"{len(cases) - warmup_cases} timed demo request(s) after {warmup_cases} warm-up case(s), "
-             f"inference.json defaults ({steps} DDIM "
-             f"steps, guidance 7.5, batch 8, 48 px, 3 slices per case), {ctx.threads} CPU thread(s); "
-             f"models: {ctx.models_note()}")
+    shape = (
+        f"{len(cases) - warmup_cases} timed demo request(s) after {warmup_cases} warm-up case(s), "
+        f"inference.json defaults ({steps} DDIM "
+        f"steps, guidance 7.5, batch 8, 48 px, 3 slices per case), {ctx.threads} CPU thread(s); "
+        f"models: {ctx.models_note()}"
+    )
     records = []
     eager = seconds["eager"]
     if not eager:
-        return [Record(name="end-to-end inference (eager)", item=8, ours_s=None, reference_s=None, ratio=None,
-                       reference="none", target="report", met=None, shape=shape,
-                       notes=f"inference failed: {errors['eager']}")]
+        return [
+            Record(
+                name="end-to-end inference (eager)",
+                item=8,
+                ours_s=None,
+                reference_s=None,
+                ratio=None,
+                reference="none",
+                target="report",
+                met=None,
+                shape=shape,
+                notes=f"inference failed: {errors['eager']}",
+            )
+        ]
     per_volume = median(eager)
-    records.append(Record(
-        name="end-to-end inference (eager)", item=8, ours_s=per_volume, reference_s=None, ratio=None,
-        reference="none (absolute throughput); ours_s is seconds per volume", target="report", met=None,
-        shape=shape, value=3600 / per_volume, unit="volumes/hour", repeats=len(eager),
-        notes=f"{slices['eager'] / sum(eager):.3f} slices/s; " + (
-            f"warm-up case {warmup['eager']:.1f} s" if warmup_cases else "--quick: one case, timed cold"),
-        extra={"slices_per_s": slices["eager"] / sum(eager), "seconds_per_volume_all": eager,
-               "warmup_s": warmup["eager"]}))
+    records.append(
+        Record(
+            name="end-to-end inference (eager)",
+            item=8,
+            ours_s=per_volume,
+            reference_s=None,
+            ratio=None,
+            reference="none (absolute throughput); ours_s is seconds per volume",
+            target="report",
+            met=None,
+            shape=shape,
+            value=3600 / per_volume,
+            unit="volumes/hour",
+            repeats=len(eager),
+            notes=f"{slices['eager'] / sum(eager):.3f} slices/s; "
+            + (f"warm-up case {warmup['eager']:.1f} s" if warmup_cases else "--quick: one case, timed cold"),
+            extra={
+                "slices_per_s": slices["eager"] / sum(eager),
+                "seconds_per_volume_all": eager,
+                "warmup_s": warmup["eager"],
+            },
+        )
+    )
     if "compiled" not in jobs:
-        records.append(Record(
-            name="end-to-end inference with torch.compile vs eager", item=8, ours_s=None, reference_s=per_volume,
-            ratio=None, reference="the same job without torch.compile", target="report (an option)", met=None,
-            shape=shape, notes="measured in the full run only: compiling the UNet takes minutes per input shape "
-                               "on this CPU (inductor, C++ code generation)"))
+        records.append(
+            Record(
+                name="end-to-end inference with torch.compile vs eager",
+                item=8,
+                ours_s=None,
+                reference_s=per_volume,
+                ratio=None,
+                reference="the same job without torch.compile",
+                target="report (an option)",
+                met=None,
+                shape=shape,
+                notes="measured in the full run only: compiling the UNet takes minutes per input shape "
+                "on this CPU (inductor, C++ code generation)",
+            )
+        )
         return records
     compiled = seconds["compiled"]
     if not compiled:
-        records.append(Record(
-            name="end-to-end inference with torch.compile vs eager", item=8, ours_s=None, reference_s=per_volume,
-            ratio=None, reference="the same job without torch.compile", target="report (an option)", met=None,
-            shape=shape, notes=f"torch.compile failed here: {str(errors['compiled'])[:600]}"))
+        records.append(
+            Record(
+                name="end-to-end inference with torch.compile vs eager",
+                item=8,
+                ours_s=None,
+                reference_s=per_volume,
+                ratio=None,
+                reference="the same job without torch.compile",
+                target="report (an option)",
+                met=None,
+                shape=shape,
+                notes=f"torch.compile failed here: {str(errors['compiled'])[:600]}",
+            )
+        )
         return records
     compiled_s = median(compiled)
-    records.append(Record(
-        name="end-to-end inference with torch.compile vs eager", item=8, ours_s=compiled_s, reference_s=per_volume,
-        ratio=compiled_s / per_volume, reference="the same job without torch.compile (eager)",
-        target="report (an option: inference.json `compile`)", met=None, shape=shape,
-        value=3600 / compiled_s, unit="volumes/hour (compiled)", repeats=len(compiled),
-        notes=(f"first case incl. compilation {warmup['compiled']:.0f} s (eager first case "
-               f"{warmup['eager']:.1f} s; the compilation time depends on the machine's load and on inductor's "
-               f"on-disk cache of earlier compilations); {slices['compiled'] / sum(compiled):.3f} slices/s "
-               "compiled"),
-        extra={"compile_s": warmup["compiled"] - warmup["eager"], "seconds_per_volume_all": compiled,
-               "slices_per_s": slices["compiled"] / sum(compiled)}))
+    records.append(
+        Record(
+            name="end-to-end inference with torch.compile vs eager",
+            item=8,
+            ours_s=compiled_s,
+            reference_s=per_volume,
+            ratio=compiled_s / per_volume,
+            reference="the same job without torch.compile (eager)",
+            target="report (an option: inference.json `compile`)",
+            met=None,
+            shape=shape,
+            value=3600 / compiled_s,
+            unit="volumes/hour (compiled)",
+            repeats=len(compiled),
+            notes=(
+                f"first case incl. compilation {warmup['compiled']:.0f} s (eager first case "
+                f"{warmup['eager']:.1f} s; the compilation time depends on the machine's load and on inductor's "
+                f"on-disk cache of earlier compilations); {slices['compiled'] / sum(compiled):.3f} slices/s "
+                "compiled"
+            ),
+            extra={
+                "compile_s": warmup["compiled"] - warmup["eager"],
+                "seconds_per_volume_all": compiled,
+                "slices_per_s": slices["compiled"] / sum(compiled),
+            },
+        )
+    )
     for job, _, _ in jobs.values():
         job.finish()
     return records

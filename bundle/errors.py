@@ -69,19 +69,29 @@ def describe_failure(error: BaseException, source: str | os.PathLike | None = No
     return f"{'' if source is None else f'{source}: '}{type(root).__name__}: {root}{where}"
 
 
-def check_state_dict(source: str | os.PathLike, found: Mapping[str, object], expected: Mapping[str, object],
-                     what: str) -> None:
+def check_state_dict(
+    source: str | os.PathLike, found: Mapping[str, object], expected: Mapping[str, object], what: str
+) -> None:
     """Raise :class:`InputError` naming ``source`` when the tensors ``found`` in a weight file are not those a
     ``what`` of this architecture has (``expected``: its ``state_dict()``): missing or unexpected names, or
     another shape, e.g. weights of a model with other widths."""
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:
-        raise InputError(source, f"weights of another architecture: they do not fit this {what} ({len(missing)} "
-                                 f"tensors missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. "
-                                 f"{unexpected[:3]})")
-    wrong = [(name, tuple(found[name].shape), tuple(expected[name].shape)) for name in sorted(expected)
-             if tuple(found[name].shape) != tuple(expected[name].shape)]
+        raise InputError(
+            source,
+            f"weights of another architecture: they do not fit this {what} ({len(missing)} "
+            f"tensors missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. "
+            f"{unexpected[:3]})",
+        )
+    wrong = [
+        (name, tuple(found[name].shape), tuple(expected[name].shape))
+        for name in sorted(expected)
+        if tuple(found[name].shape) != tuple(expected[name].shape)
+    ]
     if wrong:
         name, stored, needed = wrong[0]
-        raise InputError(source, f"weights of another architecture: {len(wrong)} tensors have other shapes than "
-                                 f"this {what} needs, e.g. {name} is {stored} in the file, {needed} here")
+        raise InputError(
+            source,
+            f"weights of another architecture: {len(wrong)} tensors have other shapes than "
+            f"this {what} needs, e.g. {name} is {stored} in the file, {needed} here",
+        )

@@ -26,24 +26,51 @@ from bundle.errors import InputError
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(datalist: str, output_dir: str, target: str = "normal", normal_label: str = "normal",
-         classes: list[str] | tuple[str, ...] | None = None, seed: int = 0, models_dir: str | None = None,
-         config_file: str | list[str] = "configs/inference.json", **overrides) -> None:
+def main(
+    datalist: str,
+    output_dir: str,
+    target: str = "normal",
+    normal_label: str = "normal",
+    classes: list[str] | tuple[str, ...] | None = None,
+    seed: int = 0,
+    models_dir: str | None = None,
+    config_file: str | list[str] = "configs/inference.json",
+    **overrides,
+) -> None:
     """Balance ``datalist``'s training list to the ``target`` class count; ``overrides`` go to the inference
     config (e.g. ``--num_inference_steps 20 --slices_per_case 3``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
-        summary = balance_datalist(datalist, output_dir, target=target, normal_label=normal_label,
-                                   classes=list(classes) if classes else None, seed=seed, models_dir=models_dir,
-                                   config_file=config_file, bundle_root=BUNDLE_ROOT, overrides=overrides)
+        summary = balance_datalist(
+            datalist,
+            output_dir,
+            target=target,
+            normal_label=normal_label,
+            classes=list(classes) if classes else None,
+            seed=seed,
+            models_dir=models_dir,
+            config_file=config_file,
+            bundle_root=BUNDLE_ROOT,
+            overrides=overrides,
+        )
     except (InputError, ValueError, OSError) as error:
         raise SystemExit(f"balance.py: error: {error}") from None
-    print(json.dumps({k: summary[k] for k in ("counts_real", "synthetic_needed", "synthetic_listed",
-                                              "counts_after", "complete")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("counts_real", "synthetic_needed", "synthetic_listed", "counts_after", "complete")
+            },
+            indent=2,
+        )
+    )
     print(f"datalist: {Path(output_dir) / 'datalist.json'}")
     if not summary["complete"]:
-        print(f"balance.py: {len(summary['missing'])} synthetic cases could not be written: "
-              f"{summary['missing'][:10]}; see {summary['synthesis_report']}", file=sys.stderr)
+        print(
+            f"balance.py: {len(summary['missing'])} synthetic cases could not be written: "
+            f"{summary['missing'][:10]}; see {summary['synthesis_report']}",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import fire
 
-from bundle.weights.checker import NOT_ACCEPTED, PROFILES, check_weights, load_known_hashes
-from bundle.weights.layouts import SD15_HOW
-from bundle.weights.conversion import convert_to_safetensors, pickles_to_convert
 from bundle.utils.hashing import sha256_file
+from bundle.weights.checker import NOT_ACCEPTED, PROFILES, check_weights, load_known_hashes
+from bundle.weights.conversion import convert_to_safetensors, pickles_to_convert
+from bundle.weights.layouts import SD15_HOW
 
 
 def _progress(path: Path, done: int, total: int) -> None:
@@ -29,12 +29,23 @@ def _progress(path: Path, done: int, total: int) -> None:
     step = max(total // 20, 1)
     if done == total or done // step != (done - (8 << 20)) // step:
         end = "\n" if done == total else "\r"
-        print(f"  sha256 {path.name}: {100 * done // max(total, 1):3d}% of {total / 1e9:.2f} GB", end=end,
-              file=sys.stderr, flush=True)
+        print(
+            f"  sha256 {path.name}: {100 * done // max(total, 1):3d}% of {total / 1e9:.2f} GB",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-def main(sd15: str | None = None, biomedclip: str | None = None, biomedbert: str | None = None,
-         profile: str = "sd15", hashes: bool = True, convert: bool = False, latent: bool = True) -> None:
+def main(
+    sd15: str | None = None,
+    biomedclip: str | None = None,
+    biomedbert: str | None = None,
+    profile: str = "sd15",
+    hashes: bool = True,
+    convert: bool = False,
+    latent: bool = True,
+) -> None:
     """Check ``--sd15`` (Stable Diffusion 1.5, diffusers layout) and/or ``--biomedclip`` (open_clip local-dir;
     ``--biomedbert``: its text model's config/tokenizer folder, default ``biomedbert/`` beside it).
 

@@ -24,9 +24,15 @@ def _summary(split: str, entries: Sequence[Mapping]) -> str:
     return f"{split}: {len(entries)} cases ({counts})"
 
 
-def main(out_dir: str, num_cases: int = 24, seed: int = 0, difficulty: float = 0.5, test_fraction: float = 0.25,
-         class_fractions: Mapping[str, float] | Sequence[float] = tuple(DEFAULT_CLASS_FRACTIONS.values()),
-         figure: str | None = None) -> None:
+def main(
+    out_dir: str,
+    num_cases: int = 24,
+    seed: int = 0,
+    difficulty: float = 0.5,
+    test_fraction: float = 0.25,
+    class_fractions: Mapping[str, float] | Sequence[float] = tuple(DEFAULT_CLASS_FRACTIONS.values()),
+    figure: str | None = None,
+) -> None:
     """Write ``num_cases`` phantom cases and ``datalist.json`` to ``out_dir``.
 
     Args:
@@ -40,8 +46,15 @@ def main(out_dir: str, num_cases: int = 24, seed: int = 0, difficulty: float = 0
         figure: optional PNG path for an overview of a few cases.
     """
     try:
-        datalist = generate_dataset(out_dir, num_cases, seed, difficulty=difficulty, test_fraction=test_fraction,
-                                    class_fractions=class_fractions, progress=print)
+        datalist = generate_dataset(
+            out_dir,
+            num_cases,
+            seed,
+            difficulty=difficulty,
+            test_fraction=test_fraction,
+            class_fractions=class_fractions,
+            progress=print,
+        )
         print(_summary("training", datalist["training"]))
         print(_summary("test", datalist["test"]))
         print(f"datalist: {out_dir}/datalist.json")

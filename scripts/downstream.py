@@ -31,11 +31,21 @@ from bundle.experiments.downstream import (
 )
 
 
-def main(preset: str = "default", work_dir: str = "runs/downstream", docs_dir: str | None = "docs",
-         datalist: str | None = None, models_dir: str | None = None, models_no_msc_dir: str | None = None,
-         models_no_smis_dir: str | None = None, stage1_dir: str | None = None,
-         arms: list[str] | tuple[str, ...] = tuple(ARMS), threads: int | None = None, report_only: bool = False,
-         report_name: str = "downstream", **overrides) -> None:
+def main(
+    preset: str = "default",
+    work_dir: str = "runs/downstream",
+    docs_dir: str | None = "docs",
+    datalist: str | None = None,
+    models_dir: str | None = None,
+    models_no_msc_dir: str | None = None,
+    models_no_smis_dir: str | None = None,
+    stage1_dir: str | None = None,
+    arms: list[str] | tuple[str, ...] = tuple(ARMS),
+    threads: int | None = None,
+    report_only: bool = False,
+    report_name: str = "downstream",
+    **overrides,
+) -> None:
     """Run (or continue) the comparison in ``work_dir`` and write the report to ``docs_dir`` (``None``: none).
 
     Args:
@@ -65,11 +75,26 @@ def main(preset: str = "default", work_dir: str = "runs/downstream", docs_dir: s
         if report_only:
             if docs is None:
                 raise ExperimentError("--report_only needs --docs_dir")
-            print("\n".join(str(p) for p in rewrite_report(work, settings, docs, datalist, models_dirs, command,
-                                                              list(arms), report_name)))
+            print(
+                "\n".join(
+                    str(p)
+                    for p in rewrite_report(
+                        work, settings, docs, datalist, models_dirs, command, list(arms), report_name
+                    )
+                )
+            )
             return
-        run_experiment(work, settings, datalist=datalist, models_dirs=models_dirs, stage1_dir=stage1_dir,
-                       docs_dir=docs, command=command, arms=list(arms), report_name=report_name)
+        run_experiment(
+            work,
+            settings,
+            datalist=datalist,
+            models_dirs=models_dirs,
+            stage1_dir=stage1_dir,
+            docs_dir=docs,
+            command=command,
+            arms=list(arms),
+            report_name=report_name,
+        )
     except ExperimentError as error:
         raise SystemExit(f"downstream.py: error: {error}") from None
     if docs is not None:

@@ -5,7 +5,8 @@
 For each scan the table gives the native in-plane spacing, the region the model sees (mm), the model pixel and the
 enlargement (native pixels per model pixel) of the ``tiny`` grid (``configs/inference.json``), the ``sd15`` grid
 (``+ configs/sd15_inference.json``) and, for comparison, the ``sd15`` grid before issue 12 (the tiny profile's
-1-mm window resized to 512 px). The figure shows the middle selected slice natively (yellow: the soft mask at 0.1) and on the two 512-px grids.
+1-mm window resized to 512 px). The figure shows the middle selected slice natively (yellow: the soft mask at 0.1)
+and on the two 512-px grids.
 """
 
 from __future__ import annotations
@@ -32,14 +33,30 @@ GRIDS = {
 def shared_scans(shared_dir: Path) -> list[dict]:
     """One datalist entry per shared scan, each with its own soft-mask source."""
     return [
-        {"case_id": "sct_t2 (C3 cord level)", "image": shared_dir / "sct_t2/t2.nii.gz",
-         "vertebra_seg": shared_dir / "sct_t2/t2_seg-manual_labeled.nii.gz", "mask_labels": [3]},
-        {"case_id": "sct_t2 fake lesion", "image": shared_dir / "sct_t2/t2_fake_lesion.nii.gz",
-         "vertebra_seg": shared_dir / "sct_t2/t2_fake_lesion_lesion_seg.nii.gz", "mask_labels": [1]},
-        {"case_id": "TotalSegmentator MR (vertebrae)", "image": shared_dir / "totalseg/mr/example_mr_sm.nii.gz",
-         "vertebra_seg": shared_dir / "totalseg/mr/example_seg_mr.nii.gz", "mask_labels": [19]},
-        {"case_id": "TotalSegmentator CT DICOM (T12)", "image": shared_dir / "totalseg/ct_dicom",
-         "vertebra_seg": shared_dir / "totalseg/ct_dicom_seg.nii.gz", "mask_labels": [32]},
+        {
+            "case_id": "sct_t2 (C3 cord level)",
+            "image": shared_dir / "sct_t2/t2.nii.gz",
+            "vertebra_seg": shared_dir / "sct_t2/t2_seg-manual_labeled.nii.gz",
+            "mask_labels": [3],
+        },
+        {
+            "case_id": "sct_t2 fake lesion",
+            "image": shared_dir / "sct_t2/t2_fake_lesion.nii.gz",
+            "vertebra_seg": shared_dir / "sct_t2/t2_fake_lesion_lesion_seg.nii.gz",
+            "mask_labels": [1],
+        },
+        {
+            "case_id": "TotalSegmentator MR (vertebrae)",
+            "image": shared_dir / "totalseg/mr/example_mr_sm.nii.gz",
+            "vertebra_seg": shared_dir / "totalseg/mr/example_seg_mr.nii.gz",
+            "mask_labels": [19],
+        },
+        {
+            "case_id": "TotalSegmentator CT DICOM (T12)",
+            "image": shared_dir / "totalseg/ct_dicom",
+            "vertebra_seg": shared_dir / "totalseg/ct_dicom_seg.nii.gz",
+            "mask_labels": [32],
+        },
     ]
 
 
@@ -62,20 +79,24 @@ def main(shared_dir: str = str(REPO.parent / "shared" / "data"), figure: str = "
             items = pipeline(dict(entry))
             item = items[len(items) // 2]
             g = grid_geometry(item)
-            print(f"| {scan['case_id']} | {' x '.join(map(str, g['native_shape']))}, "
-                  f"{' x '.join(f'{s:g}' for s in g['native_spacing_mm'])} | {name} | "
-                  f"{' x '.join(f'{s:g}' for s in g['window_mm'])} | {g['model_pixel_mm']:.3f} | {g['upsampling']:.1f}x |")
+            print(
+                f"| {scan['case_id']} | {' x '.join(map(str, g['native_shape']))}, "
+                f"{' x '.join(f'{s:g}' for s in g['native_spacing_mm'])} | {name} | "
+                f"{' x '.join(f'{s:g}' for s in g['window_mm'])} | {g['model_pixel_mm']:.3f} | {g['upsampling']:.1f}x |"
+            )
             if name == "tiny":
                 spacing = g["native_spacing_mm"]
                 axes[row][0].imshow(item["native_image"][0], cmap="gray", aspect=spacing[0] / spacing[1])
                 axes[row][0].contour(item["native_soft_mask"][0], levels=[0.1], colors="yellow", linewidths=0.8)
-                axes[row][0].set_title(f"{scan['case_id']}\nnative {' x '.join(map(str, g['native_shape']))} px",
-                                       fontsize=8)
+                axes[row][0].set_title(
+                    f"{scan['case_id']}\nnative {' x '.join(map(str, g['native_shape']))} px", fontsize=8
+                )
             else:
                 column = 1 if name.startswith("sd15") else 2
                 axes[row][column].imshow(item["image"][0], cmap="gray", vmin=0, vmax=1)
-                axes[row][column].set_title(f"{name}\n{g['model_pixel_mm']:.3f} mm/px, {g['upsampling']:.1f}x",
-                                            fontsize=8)
+                axes[row][column].set_title(
+                    f"{name}\n{g['model_pixel_mm']:.3f} mm/px, {g['upsampling']:.1f}x", fontsize=8
+                )
     for axis in axes.flat:
         axis.axis("off")
     plt.tight_layout()

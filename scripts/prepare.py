@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 import fire
 
+from bundle.errors import InputError
 from bundle.preparation.patient_split import DEFAULT_FRACTIONS
 from bundle.preparation.prepared import Prepared, format_summary, write_prepared
-from bundle.errors import InputError
 from bundle.preparation.rsna import CONDITIONS, DEFAULT_BOX_SIZE_MM, collect_rsna
 from bundle.preparation.vertumor import collect_vertumor
 
@@ -34,13 +34,22 @@ def _write(prepared: Prepared, out_dir: str, fractions: Sequence[float], seed: i
     print(f"skipped: {files.skipped}")
     print(f"summary: {files.summary_file}")
     if not prepared.entries:
-        raise SystemExit(f"prepare.py: error: no usable case in {prepared.metadata.get('root')}; "
-                         f"the reasons are in {files.skipped}")
+        raise SystemExit(
+            f"prepare.py: error: no usable case in {prepared.metadata.get('root')}; the reasons are in {files.skipped}"
+        )
 
 
-def vertumor(root: str, out_dir: str, labels: str | None = None, label_scheme: str = "verse",
-             images_dir: str = "images", segmentations_dir: str = "segmentations",
-             fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0, relative_paths: bool = False) -> None:
+def vertumor(
+    root: str,
+    out_dir: str,
+    labels: str | None = None,
+    label_scheme: str = "verse",
+    images_dir: str = "images",
+    segmentations_dir: str = "segmentations",
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    relative_paths: bool = False,
+) -> None:
     """A VerTumor1200-like folder: labels.csv / labels.json, images/, segmentations/.
 
     Args:
@@ -61,11 +70,19 @@ def vertumor(root: str, out_dir: str, labels: str | None = None, label_scheme: s
         raise SystemExit(f"prepare.py: error: {error}") from None
 
 
-def rsna(root: str, out_dir: str, conditions: Sequence[str] | str = tuple(CONDITIONS),
-         box_size_mm: float | Sequence[float] = DEFAULT_BOX_SIZE_MM, images_dir: str = "train_images",
-         series_csv: str = "train_series_descriptions.csv", coordinates_csv: str = "train_label_coordinates.csv",
-         labels_csv: str = "train.csv", fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
-         relative_paths: bool = False) -> None:
+def rsna(
+    root: str,
+    out_dir: str,
+    conditions: Sequence[str] | str = tuple(CONDITIONS),
+    box_size_mm: float | Sequence[float] = DEFAULT_BOX_SIZE_MM,
+    images_dir: str = "train_images",
+    series_csv: str = "train_series_descriptions.csv",
+    coordinates_csv: str = "train_label_coordinates.csv",
+    labels_csv: str = "train.csv",
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    relative_paths: bool = False,
+) -> None:
     """The RSNA 2024 lumbar-spine layout: CSVs and train_images/<study>/<series>/<instance>.dcm.
 
     Args:

@@ -11,8 +11,9 @@ import fire
 from bundle.balancing.synthesis_requests import write_demo_requests
 
 
-def main(datalist: str, output: str, split: str = "test", classes: tuple[str, ...] = ("benign", "malignant"),
-         seed: int = 0) -> None:
+def main(
+    datalist: str, output: str, split: str = "test", classes: tuple[str, ...] = ("benign", "malignant"), seed: int = 0
+) -> None:
     path = write_demo_requests(datalist, output, split, classes, seed)
     print(f"requests: {path}")
 

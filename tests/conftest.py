@@ -34,11 +34,27 @@ def trained(demo_data, tmp_path_factory) -> Path:
     """Stage 1 then stage 2 for two epochs each; returns the models folder."""
     root = tmp_path_factory.mktemp("trained")
     models, runs = root / "models", root / "runs"
-    run_workflow(["train_msc.json"], "train", dataset_dir=str(demo_data), models_dir=str(models),
-                 output_dir=str(runs / "msc"), max_epochs=2, val_interval=1, **TINY)
+    run_workflow(
+        ["train_msc.json"],
+        "train",
+        dataset_dir=str(demo_data),
+        models_dir=str(models),
+        output_dir=str(runs / "msc"),
+        max_epochs=2,
+        val_interval=1,
+        **TINY,
+    )
     assert (models / "msc.safetensors").is_file() and (models / "clip" / "open_clip_config.json").is_file()
-    flow = run_workflow(["train.json"], "train", dataset_dir=str(demo_data), models_dir=str(models),
-                        output_dir=str(runs / "train"), max_epochs=2, val_interval=2, **TINY)
+    flow = run_workflow(
+        ["train.json"],
+        "train",
+        dataset_dir=str(demo_data),
+        models_dir=str(models),
+        output_dir=str(runs / "train"),
+        max_epochs=2,
+        val_interval=2,
+        **TINY,
+    )
     trainer = flow.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 2  # that it learned: tests/test_learning.py
     return models

@@ -22,8 +22,14 @@ LAYERS = (
     ("bundle.handlers",),
     ("bundle.io",),
 )
-TOOLING = ("bundle.weights.checker", "bundle.weights.conversion", "bundle.demo", "bundle.preparation",
-           "bundle.balancing", "bundle.experiments")
+TOOLING = (
+    "bundle.weights.checker",
+    "bundle.weights.conversion",
+    "bundle.demo",
+    "bundle.preparation",
+    "bundle.balancing",
+    "bundle.experiments",
+)
 
 
 def module_name(path: Path) -> str:
@@ -39,8 +45,12 @@ def layer_of(name: str) -> int | None:
     """The runtime layer of a module (the most specific prefix that names it), or None for tooling."""
     if any(within(name, tool) for tool in TOOLING):
         return None
-    matches = [(len(prefix), rank) for rank, prefixes in enumerate(LAYERS) for prefix in prefixes
-               if within(name, prefix) and (prefix != "bundle" or name == "bundle")]
+    matches = [
+        (len(prefix), rank)
+        for rank, prefixes in enumerate(LAYERS)
+        for prefix in prefixes
+        if within(name, prefix) and (prefix != "bundle" or name == "bundle")
+    ]
     assert matches, f"{name}: not in a runtime layer nor in the tooling; add it to LAYERS or TOOLING"
     return max(matches)[1]
 
@@ -48,8 +58,13 @@ def layer_of(name: str) -> int | None:
 def runtime_imports(path: Path) -> list[tuple[int, str]]:
     """``(line, module)`` of every ``bundle`` import, outside ``if TYPE_CHECKING:`` blocks (annotations only)."""
     tree = ast.parse(path.read_text(), str(path))
-    skipped = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
-               and "TYPE_CHECKING" in ast.unparse(block.test) for stmt in block.body for node in ast.walk(stmt)}
+    skipped = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for stmt in block.body
+        for node in ast.walk(stmt)
+    }
     found = []
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -57,16 +72,20 @@ def runtime_imports(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names if within(alias.name, "bundle")]
         elif isinstance(node, ast.ImportFrom) and node.module and within(node.module, "bundle"):
-            found += [(node.lineno, f"{node.module}.{alias.name}" if node.module != "bundle" else f"bundle.{alias.name}")
-                      for alias in node.names]
+            found += [
+                (node.lineno, f"{node.module}.{alias.name}" if node.module != "bundle" else f"bundle.{alias.name}")
+                for alias in node.names
+            ]
     return found
 
 
 def resolve(imported: str) -> str:
     """The module an imported name lives in: ``bundle.a.b.name`` -> ``bundle.a.b`` when ``name`` is not a module."""
     parts = imported.split(".")
-    while len(parts) > 1 and not ((PACKAGE.parent.joinpath(*parts).with_suffix(".py")).is_file()
-                                  or PACKAGE.parent.joinpath(*parts, "__init__.py").is_file()):
+    while len(parts) > 1 and not (
+        (PACKAGE.parent.joinpath(*parts).with_suffix(".py")).is_file()
+        or PACKAGE.parent.joinpath(*parts, "__init__.py").is_file()
+    ):
         parts.pop()
     return ".".join(parts)
 

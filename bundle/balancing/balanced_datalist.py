@@ -29,13 +29,12 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
+from bundle.balancing.synthesis_requests import lesion_requests
 from bundle.data.class_balance import class_counts
 from bundle.data.datalist import FILE_KEYS, load_datalist
-from bundle.utils.files import read_json_object, remove_leftovers, write_json_atomically
 from bundle.utils.bundle_files import BUNDLE_ROOT
+from bundle.utils.files import read_json_object, remove_leftovers, safe_case_name, write_json_atomically
 from bundle.utils.hashing import sha256_of_path
-from bundle.balancing.synthesis_requests import lesion_requests
-from bundle.utils.files import safe_case_name
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +43,30 @@ REQUESTS_NAME = "synthesis_requests.json"
 DATALIST_NAME = "datalist.json"
 PATH_KEYS = (*FILE_KEYS, "provenance", "source_image")
 # Inference-config ids that balancing sets itself; an override of one of them would break the plan.
-RESERVED_OVERRIDES = ("datalist", "split", "output_dir", "image", "mask", "mask_labels", "box", "point", "text",
-                      "cases", "dataset", "seed", "bundle_root", "models_dir")
+RESERVED_OVERRIDES = (
+    "datalist",
+    "split",
+    "output_dir",
+    "image",
+    "mask",
+    "mask_labels",
+    "box",
+    "point",
+    "text",
+    "cases",
+    "dataset",
+    "seed",
+    "bundle_root",
+    "models_dir",
+)
 
 
-def synthesis_counts(counts: Mapping[str, int], target: str = "normal", normal_label: str = "normal",
-                     classes: Sequence[str] | None = None) -> dict[str, int]:
+def synthesis_counts(
+    counts: Mapping[str, int],
+    target: str = "normal",
+    normal_label: str = "normal",
+    classes: Sequence[str] | None = None,
+) -> dict[str, int]:
     """How many synthetic cases each disease class needs to reach the ``target`` class's count.
 
     ``classes`` defaults to every label of ``counts`` except ``normal_label`` (normal cases are the sources,
@@ -65,12 +82,20 @@ def synthesis_counts(counts: Mapping[str, int], target: str = "normal", normal_l
 
 def has_mask_source(entry: Mapping) -> bool:
     """Whether an entry can give a soft mask: vertebra labels with ``mask_labels``, a box, or a point."""
-    return entry.get("box") is not None or entry.get("point") is not None or (
-        entry.get("vertebra_seg") is not None and bool(entry.get("mask_labels")))
+    return (
+        entry.get("box") is not None
+        or entry.get("point") is not None
+        or (entry.get("vertebra_seg") is not None and bool(entry.get("mask_labels")))
+    )
 
 
-def balancing_requests(training: Sequence[Mapping], target: str = "normal", normal_label: str = "normal",
-                       classes: Sequence[str] | None = None, seed: int = 0) -> list[dict]:
+def balancing_requests(
+    training: Sequence[Mapping],
+    target: str = "normal",
+    normal_label: str = "normal",
+    classes: Sequence[str] | None = None,
+    seed: int = 0,
+) -> list[dict]:
     """The synthesis requests that balance ``training``: for each class, as many as it needs.
 
     The normal cases with a soft-mask source are shuffled (seeded by class) and used in turn, each one once
@@ -79,11 +104,15 @@ def balancing_requests(training: Sequence[Mapping], target: str = "normal", norm
     case serves a class more than once), unique and stable for the same input and seed.
     """
     needed = synthesis_counts(class_counts(training), target, normal_label, classes)
-    normal = sorted((dict(e) for e in training if e.get("label") == normal_label and has_mask_source(e)),
-                    key=lambda e: str(e["case_id"]))
+    normal = sorted(
+        (dict(e) for e in training if e.get("label") == normal_label and has_mask_source(e)),
+        key=lambda e: str(e["case_id"]),
+    )
     if any(needed.values()) and not normal:
-        raise ValueError(f"no {normal_label!r} case with a soft-mask source (vertebra_seg + mask_labels, box or "
-                         "point) to insert lesions into")
+        raise ValueError(
+            f"no {normal_label!r} case with a soft-mask source (vertebra_seg + mask_labels, box or "
+            "point) to insert lesions into"
+        )
     requests: list[dict] = []
     for label, count in needed.items():
         if count == 0:
@@ -114,8 +143,15 @@ def _relative(entry: Mapping, folder: Path) -> dict:
     return out
 
 
-def run_synthesis(requests_path: Path, synthetic_dir: Path, config_file: str | Sequence[str], bundle_root: Path,
-                  seed: int, models_dir: str | os.PathLike | None, overrides: Mapping[str, object]) -> dict:
+def run_synthesis(
+    requests_path: Path,
+    synthetic_dir: Path,
+    config_file: str | Sequence[str],
+    bundle_root: Path,
+    seed: int,
+    models_dir: str | os.PathLike | None,
+    overrides: Mapping[str, object],
+) -> dict:
     """Run the inference config's job on the requests (it skips cases an earlier run finished); its report."""
     reserved = sorted(set(overrides) & set(RESERVED_OVERRIDES))
     if reserved:
@@ -127,8 +163,16 @@ def run_synthesis(requests_path: Path, synthetic_dir: Path, config_file: str | S
     unknown = sorted(key for key in overrides if key not in parser)
     if unknown:
         raise ValueError(f"not settings of {', '.join(files)}: {unknown}")
-    parser.update({"bundle_root": str(bundle_root), "datalist": str(requests_path), "split": "test",
-                   "output_dir": str(synthetic_dir), "seed": int(seed), **dict(overrides)})
+    parser.update(
+        {
+            "bundle_root": str(bundle_root),
+            "datalist": str(requests_path),
+            "split": "test",
+            "output_dir": str(synthetic_dir),
+            "seed": int(seed),
+            **dict(overrides),
+        }
+    )
     if models_dir is not None:
         parser["models_dir"] = str(Path(models_dir).absolute())
     if parser.get("skip_completed") is not None:
@@ -138,12 +182,18 @@ def run_synthesis(requests_path: Path, synthetic_dir: Path, config_file: str | S
     return parser.get_parsed_content("job").run()
 
 
-def balance_datalist(datalist: str | os.PathLike, output_dir: str | os.PathLike, target: str = "normal",
-                     normal_label: str = "normal", classes: Sequence[str] | None = None, seed: int = 0,
-                     models_dir: str | os.PathLike | None = None,
-                     config_file: str | Sequence[str] = "configs/inference.json",
-                     bundle_root: str | os.PathLike | None = None,
-                     overrides: Mapping[str, object] | None = None) -> dict:
+def balance_datalist(
+    datalist: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    target: str = "normal",
+    normal_label: str = "normal",
+    classes: Sequence[str] | None = None,
+    seed: int = 0,
+    models_dir: str | os.PathLike | None = None,
+    config_file: str | Sequence[str] = "configs/inference.json",
+    bundle_root: str | os.PathLike | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> dict:
     """Write ``output_dir/datalist.json``: ``datalist``'s training cases plus synthetic ones so every disease
     class matches ``target``'s count; its test cases unchanged. Returns the ``balancing`` summary.
 
@@ -171,11 +221,18 @@ def balance_datalist(datalist: str | os.PathLike, output_dir: str | os.PathLike,
     for path in remove_leftovers(output_dir, r"\..+\.partial.*"):
         logger.warning("removed %s, left half-written by an interrupted run", path)
     synthetic_dir = output_dir / SYNTHETIC_FOLDER
-    requests_path = write_json_atomically(output_dir / REQUESTS_NAME, {
-        "description": f"synthetic cases balancing {datalist} to the {target!r} class count",
-        "test": [_relative(r, output_dir) for r in requests]})
-    report = run_synthesis(requests_path, synthetic_dir, config_file, bundle_root, seed, models_dir,
-                           overrides or {}) if requests else {"written": [], "skipped": [], "failed": []}
+    requests_path = write_json_atomically(
+        output_dir / REQUESTS_NAME,
+        {
+            "description": f"synthetic cases balancing {datalist} to the {target!r} class count",
+            "test": [_relative(r, output_dir) for r in requests],
+        },
+    )
+    report = (
+        run_synthesis(requests_path, synthetic_dir, config_file, bundle_root, seed, models_dir, overrides or {})
+        if requests
+        else {"written": [], "skipped": [], "failed": []}
+    )
 
     finished = {str(o["case_id"]): o for o in [*report.get("written", []), *report.get("skipped", [])]}
     synthetic = []
@@ -183,31 +240,51 @@ def balance_datalist(datalist: str | os.PathLike, output_dir: str | os.PathLike,
         outputs = finished.get(request["case_id"])
         if outputs is None or not Path(outputs["volume"]).exists() or not Path(outputs["provenance"]).is_file():
             continue
-        synthetic.append({**request, "image": outputs["volume"], "source_image": request["image"],
-                          "synthetic": True, "provenance": outputs["provenance"]})
+        synthetic.append(
+            {
+                **request,
+                "image": outputs["volume"],
+                "source_image": request["image"],
+                "synthetic": True,
+                "provenance": outputs["provenance"],
+            }
+        )
     missing = [r["case_id"] for r in requests if r["case_id"] not in {s["case_id"] for s in synthetic}]
     listed = Counter(str(s["label"]) for s in synthetic)
     summary = {
-        "target": target, "normal_label": normal_label, "seed": int(seed),
-        "source_datalist": str(datalist.resolve()), "source_datalist_sha256": sha256_of_path(datalist),
-        "counts_real": counts, "synthetic_needed": needed,
+        "target": target,
+        "normal_label": normal_label,
+        "seed": int(seed),
+        "source_datalist": str(datalist.resolve()),
+        "source_datalist_sha256": sha256_of_path(datalist),
+        "counts_real": counts,
+        "synthetic_needed": needed,
         "synthetic_listed": {c: listed.get(c, 0) for c in needed},
         "counts_after": {c: counts.get(c, 0) + listed.get(c, 0) for c in sorted(set(counts) | set(listed))},
-        "complete": not missing, "missing": missing, "failed": report.get("failed", []),
+        "complete": not missing,
+        "missing": missing,
+        "failed": report.get("failed", []),
         "synthesis_report": os.path.relpath(synthetic_dir / "report.json", output_dir) if requests else None,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     balanced = dict(content)
-    balanced["description"] = (f"{content.get('description', datalist.name)} Balanced with synthetic lesion "
-                               f"cases (synthetic: true) to the {target!r} class count.")
+    balanced["description"] = (
+        f"{content.get('description', datalist.name)} Balanced with synthetic lesion "
+        f"cases (synthetic: true) to the {target!r} class count."
+    )
     for split, entries in content.items():
-        if split != "training" and isinstance(entries, list) and entries and all(isinstance(e, dict)
-                                                                                 for e in entries):
+        if split != "training" and isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries):
             balanced[split] = [_relative(e, output_dir) for e in load_datalist(datalist, split)]
-    balanced["training"] = ([{**_relative(e, output_dir), "synthetic": False} for e in training]
-                            + [_relative(s, output_dir) for s in synthetic])
+    balanced["training"] = [{**_relative(e, output_dir), "synthetic": False} for e in training] + [
+        _relative(s, output_dir) for s in synthetic
+    ]
     balanced["balancing"] = summary
     write_json_atomically(output_dir / DATALIST_NAME, balanced)
-    logger.info("balanced datalist: %s (%d real + %d synthetic training cases%s)", output_dir / DATALIST_NAME,
-                len(training), len(synthetic), "" if not missing else f"; {len(missing)} missing")
+    logger.info(
+        "balanced datalist: %s (%d real + %d synthetic training cases%s)",
+        output_dir / DATALIST_NAME,
+        len(training),
+        len(synthetic),
+        "" if not missing else f"; {len(missing)} missing",
+    )
     return summary

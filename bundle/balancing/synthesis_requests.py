@@ -19,8 +19,13 @@ from bundle.utils.files import write_json_atomically
 LEVEL_PATTERN = re.compile(r"\b(?:[CTL]\d{1,2}|S1)\b(?!-weighted)")
 
 
-def lesion_requests(normal_cases: Sequence[Mapping], text_donors: Sequence[Mapping], classes: Sequence[str],
-                    seed: int = 0, per_class: int = 1) -> list[dict]:
+def lesion_requests(
+    normal_cases: Sequence[Mapping],
+    text_donors: Sequence[Mapping],
+    classes: Sequence[str],
+    seed: int = 0,
+    per_class: int = 1,
+) -> list[dict]:
     """``per_class`` requests per normal case and class, each with a donor text of that class (seeded choice)."""
     rng = random.Random(seed)
     requests = []
@@ -35,15 +40,27 @@ def lesion_requests(normal_cases: Sequence[Mapping], text_donors: Sequence[Mappi
                 if case.get("level") and donor.get("level"):
                     text = LEVEL_PATTERN.sub(str(case["level"]), text)
                 suffix = f"_{number}" if per_class > 1 else ""
-                requests.append({**{k: v for k, v in case.items() if k not in ("lesion_seg", "attributes")},
-                                 "case_id": f"{case['case_id']}_{label}{suffix}", "label": label, "text": text,
-                                 "class_index": donor.get("class_index"),
-                                 "source_case": case["case_id"], "text_from": donor.get("case_id")})
+                requests.append(
+                    {
+                        **{k: v for k, v in case.items() if k not in ("lesion_seg", "attributes")},
+                        "case_id": f"{case['case_id']}_{label}{suffix}",
+                        "label": label,
+                        "text": text,
+                        "class_index": donor.get("class_index"),
+                        "source_case": case["case_id"],
+                        "text_from": donor.get("case_id"),
+                    }
+                )
     return requests
 
 
-def write_demo_requests(datalist: str | os.PathLike, output: str | os.PathLike, split: str = "test",
-                        classes: Sequence[str] = ("benign", "malignant"), seed: int = 0) -> Path:
+def write_demo_requests(
+    datalist: str | os.PathLike,
+    output: str | os.PathLike,
+    split: str = "test",
+    classes: Sequence[str] = ("benign", "malignant"),
+    seed: int = 0,
+) -> Path:
     """Requests for every normal case of ``split``, texts from the ``training`` cases, as a datalist whose
     ``test`` list a synthesis run reads (file paths relative to ``output``'s folder)."""
     output = Path(output)
@@ -54,6 +71,9 @@ def write_demo_requests(datalist: str | os.PathLike, output: str | os.PathLike, 
         for key in FILE_KEYS:
             if request.get(key):
                 request[key] = os.path.relpath(Path(request[key]).absolute(), output.parent.absolute())
-    content = {"description": f"lesion synthesis requests for the normal {split} cases of {datalist}",
-               "classes": list(classes), "test": requests}
+    content = {
+        "description": f"lesion synthesis requests for the normal {split} cases of {datalist}",
+        "classes": list(classes),
+        "test": requests,
+    }
     return write_json_atomically(output, content)

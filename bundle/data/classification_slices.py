@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from monai.transforms import Compose
 
+from bundle.data.class_balance import inverse_frequency_weights
 from bundle.data.datalist import load_datalist
 from bundle.data.slice_dataset import SLICE_KEYS, SliceDataset, plain_tensor
-from bundle.data.class_balance import inverse_frequency_weights
 from bundle.utils.hashing import file_identity
 
 logger = logging.getLogger(__name__)
@@ -36,13 +36,14 @@ SOURCE_KEYS = ("image", "vertebra_seg", "mask_labels", "box", "point", "box_size
 """The entry fields that decide a case's slices (the slice cache key; the label is not part of it)."""
 
 
-
-
 def slice_cache_key(entry: Mapping, tag: str = "") -> str:
     """The cache name of an entry's slices: a hash of what decides them (:data:`SOURCE_KEYS`, the files' size
     and modification time) and ``tag`` (the preprocessing settings)."""
-    source = {key: file_identity(value) if isinstance(value, str) and os.path.exists(value) else value
-              for key in SOURCE_KEYS if (value := entry.get(key)) is not None}
+    source = {
+        key: file_identity(value) if isinstance(value, str) and os.path.exists(value) else value
+        for key in SOURCE_KEYS
+        if (value := entry.get(key)) is not None
+    }
     text = json.dumps({"source": source, "tag": tag}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -78,10 +79,19 @@ class ClassificationSlices(torch.utils.data.Dataset):
         augment: random transform of an item's ``image`` (training only; :func:`augmentation`).
     """
 
-    def __init__(self, data: Sequence[Mapping], transform: Compose, classes: Sequence[str],
-                 input_keys: Sequence[str] = ("image", "soft_mask"), label_key: str = "label",
-                 cache_dir: str | os.PathLike | None = None, cache_tag: str = "", allow_failures: bool = False,
-                 bag_size: int | None = None, augment: Callable | None = None):
+    def __init__(
+        self,
+        data: Sequence[Mapping],
+        transform: Compose,
+        classes: Sequence[str],
+        input_keys: Sequence[str] = ("image", "soft_mask"),
+        label_key: str = "label",
+        cache_dir: str | os.PathLike | None = None,
+        cache_tag: str = "",
+        allow_failures: bool = False,
+        bag_size: int | None = None,
+        augment: Callable | None = None,
+    ):
         self.entries = [dict(e) for e in data]
         self.augment = augment
         self.classes = [str(c) for c in classes]
@@ -96,13 +106,15 @@ class ClassificationSlices(torch.utils.data.Dataset):
         self.label_key = label_key
         by_case = self._slices(transform, cache_dir, cache_tag)
         if self.failures and not allow_failures:
-            raise ValueError(f"{len(self.failures)} of {len(self.entries)} cases could not be read: "
-                             f"{self.failures[:3]}")
+            raise ValueError(
+                f"{len(self.failures)} of {len(self.entries)} cases could not be read: {self.failures[:3]}"
+            )
         self.items: list[dict[str, object]] = []
         for entry in self.entries:
             case_id = str(entry["case_id"])
-            slices = [torch.cat([input_channel(item, k) for k in self.input_keys], dim=0)
-                      for item in by_case.get(case_id, [])]
+            slices = [
+                torch.cat([input_channel(item, k) for k in self.input_keys], dim=0) for item in by_case.get(case_id, [])
+            ]
             if not slices:
                 continue
             label = torch.tensor(self.classes.index(str(entry[label_key])), dtype=torch.long)
@@ -135,7 +147,9 @@ class ClassificationSlices(torch.utils.data.Dataset):
                 items, self.failures = [], [{"case_id": str(e["case_id"]), "error": str(error)} for e, _ in uncached]
             for entry, path in uncached:
                 case_id = str(entry["case_id"])
-                slices = [{k: plain_tensor(item[k]) for k in SLICE_KEYS} for item in items if item["case_id"] == case_id]
+                slices = [
+                    {k: plain_tensor(item[k]) for k in SLICE_KEYS} for item in items if item["case_id"] == case_id
+                ]
                 if not slices:
                     continue
                 found[case_id] = slices
@@ -175,8 +189,9 @@ class ClassificationSlices(torch.utils.data.Dataset):
         return {**item, "image": torch.as_tensor(changed).as_subclass(torch.Tensor).float()}
 
 
-def training_sampler(dataset: ClassificationSlices, sampling: str = "natural", num_samples: int | None = None,
-                     seed: int = 0) -> torch.utils.data.Sampler:
+def training_sampler(
+    dataset: ClassificationSlices, sampling: str = "natural", num_samples: int | None = None, seed: int = 0
+) -> torch.utils.data.Sampler:
     """The order training slices are drawn in, ``num_samples`` per epoch (default: the dataset's size).
 
     ``"natural"``: shuffled passes over the data as it is (no replacement within a pass); ``"balanced"``:
@@ -190,8 +205,9 @@ def training_sampler(dataset: ClassificationSlices, sampling: str = "natural", n
     if sampling == "natural":
         return torch.utils.data.RandomSampler(dataset, replacement=False, num_samples=count, generator=generator)
     if sampling == "balanced":
-        return torch.utils.data.WeightedRandomSampler(dataset.balanced_weights(), count, replacement=True,
-                                                      generator=generator)
+        return torch.utils.data.WeightedRandomSampler(
+            dataset.balanced_weights(), count, replacement=True, generator=generator
+        )
     raise ValueError(f"sampling must be 'natural' or 'balanced', got {sampling!r}")
 
 
@@ -207,7 +223,3 @@ def load_test(datalist: str | os.PathLike) -> list[dict]:
     if synthetic:
         raise ValueError(f"the test list of {datalist} holds synthetic cases {synthetic[:5]}; test on real ones")
     return entries
-
-
-
-

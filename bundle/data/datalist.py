@@ -7,23 +7,29 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-
 from bundle.errors import InputError
 from bundle.utils.files import json_kind, read_json_object
 
 FILE_KEYS = ("image", "vertebra_seg", "lesion_seg")
 
 
-def load_datalist(path: str | os.PathLike, split: str = "test", base_dir: str | os.PathLike | None = None,
-                  file_keys: Sequence[str] = FILE_KEYS) -> list[dict]:
+def load_datalist(
+    path: str | os.PathLike,
+    split: str = "test",
+    base_dir: str | os.PathLike | None = None,
+    file_keys: Sequence[str] = FILE_KEYS,
+) -> list[dict]:
     """The entries of ``split`` in a MONAI datalist JSON, with relative file paths made absolute.
 
     Relative paths are resolved against ``base_dir`` (default: the datalist's folder). Entries without a
     ``case_id`` get ``"<split>_<index>"``.
     """
     path = Path(path)
-    content = read_json_object(path, "the datalist", expected=" of lists: expected e.g. "
-                               f'{{"{split}": [{{"image": ..., "text": ..., "point": [x, y, z]}}, ...]}}')
+    content = read_json_object(
+        path,
+        "the datalist",
+        expected=f' of lists: expected e.g. {{"{split}": [{{"image": ..., "text": ..., "point": [x, y, z]}}, ...]}}',
+    )
     if split not in content or not isinstance(content[split], list):
         found = sorted(k for k, v in content.items() if isinstance(v, list))
         what = "no list" if split not in content else f"a JSON {json_kind(content[split])}, not a list,"
@@ -31,10 +37,13 @@ def load_datalist(path: str | os.PathLike, split: str = "test", base_dir: str | 
     not_objects = [(index, entry) for index, entry in enumerate(content[split]) if not isinstance(entry, dict)]
     if not_objects:
         index, entry = not_objects[0]
-        raise InputError(path, f"{len(not_objects)} of the {len(content[split])} entries of {split!r} "
-                               f"{'is' if len(not_objects) == 1 else 'are'} not a JSON object, e.g. entry {index} is a "
-                               f"{json_kind(entry)} ({json.dumps(entry)[:80]}); each entry must be an object such as "
-                               '{"image": ..., "text": ...}')
+        raise InputError(
+            path,
+            f"{len(not_objects)} of the {len(content[split])} entries of {split!r} "
+            f"{'is' if len(not_objects) == 1 else 'are'} not a JSON object, e.g. entry {index} is a "
+            f"{json_kind(entry)} ({json.dumps(entry)[:80]}); each entry must be an object such as "
+            '{"image": ..., "text": ...}',
+        )
     base = Path(base_dir) if base_dir is not None else path.parent
     entries = []
     for index, entry in enumerate(content[split]):
@@ -47,11 +56,19 @@ def load_datalist(path: str | os.PathLike, split: str = "test", base_dir: str | 
     return entries
 
 
-def inference_cases(datalist: str | os.PathLike | None = None, split: str = "test", image: str | None = None,
-                    mask: str | None = None, mask_labels: Sequence[int] | None = None,
-                    box: Sequence[Sequence[float]] | None = None, point: Sequence[float] | None = None,
-                    box_size_mm: Sequence[float] | float | None = None, text: str | None = None,
-                    coordinate_space: str = "voxel", case_id: str | None = None) -> list[dict]:
+def inference_cases(
+    datalist: str | os.PathLike | None = None,
+    split: str = "test",
+    image: str | None = None,
+    mask: str | None = None,
+    mask_labels: Sequence[int] | None = None,
+    box: Sequence[Sequence[float]] | None = None,
+    point: Sequence[float] | None = None,
+    box_size_mm: Sequence[float] | float | None = None,
+    text: str | None = None,
+    coordinate_space: str = "voxel",
+    case_id: str | None = None,
+) -> list[dict]:
     """The cases to synthesise: one built from command-line values when ``image`` is given, else ``split`` of
     ``datalist``. The one case's soft-mask source is ``mask`` + ``mask_labels``, a ``box``, or a ``point``
     (with ``box_size_mm``), in ``coordinate_space`` (``"voxel"`` or ``"world"``)."""
@@ -60,8 +77,12 @@ def inference_cases(datalist: str | os.PathLike | None = None, split: str = "tes
             raise ValueError("give either --image (with --text and a mask source) or --datalist")
         return load_datalist(datalist, split)
     image = str(Path(image).absolute())
-    entry: dict[str, object] = {"case_id": case_id or Path(image).name.split(".")[0], "image": image,
-                                "text": text, "coordinate_space": coordinate_space}
+    entry: dict[str, object] = {
+        "case_id": case_id or Path(image).name.split(".")[0],
+        "image": image,
+        "text": text,
+        "coordinate_space": coordinate_space,
+    }
     if mask is not None:
         entry.update(vertebra_seg=str(Path(mask).absolute()), mask_labels=list(mask_labels or []))
     if box is not None:

@@ -53,12 +53,15 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 
 def _is_dicomdir(dataset: pydicom.Dataset) -> bool:
     meta = getattr(dataset, "file_meta", None)
-    return _MEDIA_STORAGE_DIRECTORY in (str(dataset.get("SOPClassUID", "")),
-                                        str(meta.get("MediaStorageSOPClassUID", "")) if meta else "")
+    return _MEDIA_STORAGE_DIRECTORY in (
+        str(dataset.get("SOPClassUID", "")),
+        str(meta.get("MediaStorageSOPClassUID", "")) if meta else "",
+    )
 
 
-def read_dicom_header(path: str | os.PathLike, required: bool = True, in_folder: bool = False
-                      ) -> pydicom.Dataset | None:
+def read_dicom_header(
+    path: str | os.PathLike, required: bool = True, in_folder: bool = False
+) -> pydicom.Dataset | None:
     """The header of one DICOM image file, after checking that its pixel data is complete; pixels are not read.
 
     Args:
@@ -86,18 +89,27 @@ def read_dicom_header(path: str | os.PathLike, required: bool = True, in_folder:
     if _is_dicomdir(dataset):
         if in_folder or not required:
             return None
-        raise InputError(path, "a DICOMDIR (the index of a DICOM medium), not an image: point the entry at the "
-                               "folder of the series it lists")
+        raise InputError(
+            path,
+            "a DICOMDIR (the index of a DICOM medium), not an image: point the entry at the "
+            "folder of the series it lists",
+        )
     element = next((dataset.get_item(tag, keep_deferred=True) for tag in _PIXEL_DATA_TAGS if tag in dataset), None)
     if element is None:
-        raise InputError(path, "no pixel data: the file is truncated, or is not an image (e.g. a report or a "
-                               "presentation state; a series folder must hold only the images of one series)")
+        raise InputError(
+            path,
+            "no pixel data: the file is truncated, or is not an image (e.g. a report or a "
+            "presentation state; a series folder must hold only the images of one series)",
+        )
     deferred = isinstance(element, RawDataElement) and element.value is None and element.value_tell is not None
     if deferred and element.length != _UNDEFINED_LENGTH:  # encapsulated (compressed) data is checked by parsing
         size = path.stat().st_size
         if element.value_tell + element.length > size:
-            raise InputError(path, f"truncated: its pixel data needs {element.length:,} bytes from byte "
-                                   f"{element.value_tell:,} but the file ends at byte {size:,}")
+            raise InputError(
+                path,
+                f"truncated: its pixel data needs {element.length:,} bytes from byte "
+                f"{element.value_tell:,} but the file ends at byte {size:,}",
+            )
     return dataset
 
 
@@ -131,9 +143,12 @@ def series_instances(folder: str | os.PathLike) -> list[tuple[Path, pydicom.Data
         marked = is_dicom_file(path)
         dataset = read_dicom_header(path, required=named or marked, in_folder=True)
         if dataset is None and not marked and _dicom_without_file_header(path):
-            raise InputError(path, "DICOM image data without the DICOM file header (no 'DICM' marker at byte 128): "
-                                   "save it again as a DICOM file (with the file meta information) or move it out "
-                                   "of the series folder")
+            raise InputError(
+                path,
+                "DICOM image data without the DICOM file header (no 'DICM' marker at byte 128): "
+                "save it again as a DICOM file (with the file meta information) or move it out "
+                "of the series folder",
+            )
         if dataset is not None:
             instances.append((path, dataset))
     return instances
@@ -156,20 +171,29 @@ def check_writable_instance(path: str | os.PathLike, dataset: pydicom.Dataset) -
     """
     frames = int(dataset.get("NumberOfFrames") or 1)
     if frames > 1:
-        raise InputError(path, f"multi-frame DICOM ({frames} frames in one file) is not supported: the writer "
-                               "writes one slice per instance; convert the series to single-frame instances")
+        raise InputError(
+            path,
+            f"multi-frame DICOM ({frames} frames in one file) is not supported: the writer "
+            "writes one slice per instance; convert the series to single-frame instances",
+        )
     if "TransferSyntaxUID" not in getattr(dataset, "file_meta", {}):
-        raise InputError(path, "no transfer syntax: the file has no DICOM file meta information, so how its pixels "
-                               "are encoded is a guess; save it again as a DICOM file (with the file meta "
-                               "information)")
+        raise InputError(
+            path,
+            "no transfer syntax: the file has no DICOM file meta information, so how its pixels "
+            "are encoded is a guess; save it again as a DICOM file (with the file meta "
+            "information)",
+        )
     syntax = pydicom.uid.UID(str(dataset.file_meta.TransferSyntaxUID))
     try:
         decodable = get_decoder(syntax).is_available
     except NotImplementedError:
         decodable = False
     if not decodable:
-        raise InputError(path, f"pixel data in transfer syntax {syntax} ({syntax.name}), which this installation "
-                               "cannot decode (pydicom has no decoder plugin for it: see requirements.txt)")
+        raise InputError(
+            path,
+            f"pixel data in transfer syntax {syntax} ({syntax.name}), which this installation "
+            "cannot decode (pydicom has no decoder plugin for it: see requirements.txt)",
+        )
     for keyword in ("RescaleSlope", "RescaleIntercept"):
         if dataset.get(keyword) in (None, ""):
             continue
@@ -180,9 +204,12 @@ def check_writable_instance(path: str | os.PathLike, dataset: pydicom.Dataset) -
         if not np.isfinite(value):
             raise InputError(path, f"{keyword} is {value}: the stored values cannot be converted to scanner units")
     if dataset.get("RescaleSlope") not in (None, "") and float(dataset.RescaleSlope) == 0:
-        raise InputError(path, "RescaleSlope is 0: every stored value maps to the intercept, so the image holds no "
-                               "information and a change cannot be written back (stored = (value - intercept) / "
-                               "slope)")
+        raise InputError(
+            path,
+            "RescaleSlope is 0: every stored value maps to the intercept, so the image holds no "
+            "information and a change cannot be written back (stored = (value - intercept) / "
+            "slope)",
+        )
 
 
 def slice_normal(dataset: pydicom.Dataset) -> np.ndarray:
@@ -193,12 +220,17 @@ def slice_normal(dataset: pydicom.Dataset) -> np.ndarray:
 
 def in_slice_order(instances: Sequence[tuple[Path, pydicom.Dataset]]) -> list[Path]:
     """The files in ascending position along the slice normal (GDCM's order); name order without positions."""
-    if len(instances) < 2 or any("ImagePositionPatient" not in d or "ImageOrientationPatient" not in d
-                                 for _, d in instances):
+    if len(instances) < 2 or any(
+        "ImagePositionPatient" not in d or "ImageOrientationPatient" not in d for _, d in instances
+    ):
         return [path for path, _ in instances]
     normal = slice_normal(instances[0][1])
-    return [path for _, path in sorted((float(np.dot(np.asarray(d.ImagePositionPatient, float), normal)), path)
-                                       for path, d in instances)]
+    return [
+        path
+        for _, path in sorted(
+            (float(np.dot(np.asarray(d.ImagePositionPatient, float), normal)), path) for path, d in instances
+        )
+    ]
 
 
 class DicomSeriesReader(ITKReader):
@@ -231,14 +263,18 @@ def instance_slice_index(dataset: pydicom.Dataset, to_voxel: np.ndarray, num_sli
     (RAS) affine must land on the first pixel of a slice. ``None`` when it lands anywhere else."""
     voxel = to_voxel @ np.append(np.asarray(dataset.ImagePositionPatient, float) * _LPS_TO_RAS, 1.0)
     index = round(float(voxel[2]))
-    if (np.abs(voxel[:2]).max() > POSITION_TOLERANCE_VOXELS or abs(voxel[2] - index) > POSITION_TOLERANCE_VOXELS
-            or not 0 <= index < num_slices):
+    if (
+        np.abs(voxel[:2]).max() > POSITION_TOLERANCE_VOXELS
+        or abs(voxel[2] - index) > POSITION_TOLERANCE_VOXELS
+        or not 0 <= index < num_slices
+    ):
         return None
     return index
 
 
-def match_instances(source: str | os.PathLike, instances: Sequence[tuple[Path, pydicom.Dataset]],
-                    affine: np.ndarray, num_slices: int) -> list[int]:
+def match_instances(
+    source: str | os.PathLike, instances: Sequence[tuple[Path, pydicom.Dataset]], affine: np.ndarray, num_slices: int
+) -> list[int]:
     """The loaded slice index of every instance (a single file is slice 0), each slice exactly once.
 
     Raises:
@@ -253,8 +289,11 @@ def match_instances(source: str | os.PathLike, instances: Sequence[tuple[Path, p
     for path, dataset in instances:
         index = instance_slice_index(dataset, to_voxel, num_slices) if "ImagePositionPatient" in dataset else None
         if index is None:
-            raise InputError(path, f"its position {list(dataset.get('ImagePositionPatient', []))} matches none of the "
-                                   f"{num_slices} loaded slices, so it could not be written back")
+            raise InputError(
+                path,
+                f"its position {list(dataset.get('ImagePositionPatient', []))} matches none of the "
+                f"{num_slices} loaded slices, so it could not be written back",
+            )
         if index in owner:
             raise InputError(path, f"it holds the same slice ({index}) as {owner[index].name}")
         owner[index] = path
@@ -264,8 +303,12 @@ def match_instances(source: str | os.PathLike, instances: Sequence[tuple[Path, p
     return indices
 
 
-def check_write_back(source: str | os.PathLike, instances: Sequence[tuple[Path, pydicom.Dataset]],
-                     volume: torch.Tensor | np.ndarray, affine: np.ndarray) -> None:
+def check_write_back(
+    source: str | os.PathLike,
+    instances: Sequence[tuple[Path, pydicom.Dataset]],
+    volume: torch.Tensor | np.ndarray,
+    affine: np.ndarray,
+) -> None:
     """Check that the writer can write ``volume`` (loaded from ``source``, shape ``(X, Y, Z)`` in scanner units)
     back into the DICOM instances: each instance matches one loaded slice, and pydicom (the writer) decodes the
     stored values of every instance to the values ITK (the loader) read, within a hundredth of a stored unit.
@@ -284,17 +327,24 @@ def check_write_back(source: str | os.PathLike, instances: Sequence[tuple[Path, 
             dataset = pydicom.dcmread(path)
             stored = dataset.pixel_array.astype(np.float64)
         except DICOM_DECODE_ERRORS as error:  # this file's problem
-            raise InputError(path, f"pydicom cannot decode its pixel data for writing back ({type(error).__name__}: "
-                                   f"{error})") from error
+            raise InputError(
+                path, f"pydicom cannot decode its pixel data for writing back ({type(error).__name__}: {error})"
+            ) from error
         slope = float(dataset.get("RescaleSlope") or 1.0)
         values = stored * slope + float(dataset.get("RescaleIntercept") or 0.0)
         loaded = volume[:, :, index].T
         if values.shape != loaded.shape:
-            raise InputError(path, f"pydicom decodes {values.shape[0]} x {values.shape[1]} pixels, ITK loaded "
-                                   f"{loaded.shape[0]} x {loaded.shape[1]}")
+            raise InputError(
+                path,
+                f"pydicom decodes {values.shape[0]} x {values.shape[1]} pixels, ITK loaded "
+                f"{loaded.shape[0]} x {loaded.shape[1]}",
+            )
         difference = np.abs(values - loaded)
         tolerance = VALUE_TOLERANCE_STORED_UNITS * abs(slope) + 1e-6 * np.abs(values)
         if (difference > tolerance).any():
-            raise InputError(path, f"pydicom decodes other pixel values than ITK loaded (up to {difference.max():.4g} "
-                                   f"apart, in {(difference > tolerance).sum():,} pixels): the written series would "
-                                   "not match what the model saw")
+            raise InputError(
+                path,
+                f"pydicom decodes other pixel values than ITK loaded (up to {difference.max():.4g} "
+                f"apart, in {(difference > tolerance).sum():,} pixels): the written series would "
+                "not match what the model saw",
+            )

@@ -55,8 +55,11 @@ def describe_settings(value: object, _seen: frozenset[int] = frozenset()) -> obj
         return value.item()
     if isinstance(value, (np.ndarray, torch.Tensor)):
         array = np.ascontiguousarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value)
-        return {"shape": list(array.shape), "dtype": str(array.dtype),
-                "sha256": hashlib.sha256(array.tobytes()).hexdigest()[:16]}
+        return {
+            "shape": list(array.shape),
+            "dtype": str(array.dtype),
+            "sha256": hashlib.sha256(array.tobytes()).hexdigest()[:16],
+        }
     if isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
         return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
     if id(value) in _seen:
@@ -73,8 +76,9 @@ def describe_settings(value: object, _seen: frozenset[int] = frozenset()) -> obj
     attributes = getattr(value, "__dict__", None)
     described: dict[str, object] = {"class": f"{type(value).__module__}.{type(value).__qualname__}"}
     if attributes is not None:
-        described.update({k: describe_settings(v, seen) for k, v in sorted(attributes.items())
-                          if not k.startswith("_")})
+        described.update(
+            {k: describe_settings(v, seen) for k, v in sorted(attributes.items()) if not k.startswith("_")}
+        )
     return described
 
 
@@ -94,8 +98,10 @@ def preprocessing_fingerprint(transform: Compose) -> tuple[str, dict]:
     """``(hash, description)`` of a preprocessing chain: each transform's settings
     (:func:`describe_settings`) and the code that runs it (:func:`_code_of`)."""
     transforms = transform.flatten().transforms if isinstance(transform, Compose) else [transform]
-    description = {"chain": describe_settings(transform),
-                   "code": {f"{type(t).__module__}.{type(t).__qualname__}": _code_of(type(t)) for t in transforms}}
+    description = {
+        "chain": describe_settings(transform),
+        "code": {f"{type(t).__module__}.{type(t).__qualname__}": _code_of(type(t)) for t in transforms},
+    }
     text = json.dumps(description, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16], description
 
@@ -157,7 +163,7 @@ class SliceCache:
         """Slice ``row`` of ``path``: ``{key: (1, S, S)}``, ``"text"``, ``"label"`` (only that slice is read)."""
         with safe_open(path, "pt") as handle:
             metadata, names = handle.metadata(), handle.keys()  # a safetensors handle is not iterable
-            item: dict[str, object] = {key: handle.get_slice(key)[row:row + 1][0] for key in names}
+            item: dict[str, object] = {key: handle.get_slice(key)[row : row + 1][0] for key in names}
         return {**item, "text": json.loads(metadata["text"])[row], "label": json.loads(metadata["label"])[row]}
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""A dataset of model-grid training slices, preprocessed once by :func:`bundle.transforms.case_to_slices.case_to_slices`.
+"""A dataset of model-grid training slices, preprocessed once
+(:func:`bundle.transforms.case_to_slices.case_to_slices`).
 
 At real-data scale (tens of thousands of labelled coordinates, several per series) the slices live in a disk
 cache (:mod:`bundle.data.slice_cache`) and each series is read once, so memory does not grow with the data set.
@@ -10,11 +11,13 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
 import torch
 from monai.transforms import Compose
+
 from bundle.data.class_balance import inverse_frequency_weights
-from bundle.errors import find_input_error
 from bundle.data.slice_cache import SliceCache
+from bundle.errors import find_input_error
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +41,11 @@ def series_order(data: Sequence[Mapping]) -> list[int]:
 
 def _stacked(slices: Sequence[Mapping]) -> dict[str, object]:
     """An entry's slice items as one record: ``{key: (n, 1, S, S)}``, ``"text"`` and ``"label"`` lists."""
-    return {**{k: torch.stack([plain_tensor(item[k]) for item in slices]) for k in SLICE_KEYS},
-            "text": [str(item.get("text", "")) for item in slices],
-            "label": [str(item.get("label", "")) for item in slices]}
+    return {
+        **{k: torch.stack([plain_tensor(item[k]) for item in slices]) for k in SLICE_KEYS},
+        "text": [str(item.get("text", "")) for item in slices],
+        "label": [str(item.get("label", "")) for item in slices],
+    }
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -64,8 +69,13 @@ class SliceDataset(torch.utils.data.Dataset):
         cache_dir: where the slice cache lives (``None``: in memory).
     """
 
-    def __init__(self, data: Sequence[Mapping], transform: Compose, max_items: int | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        data: Sequence[Mapping],
+        transform: Compose,
+        max_items: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
         self.data = list(data)
         self.cache = SliceCache(cache_dir, transform) if cache_dir is not None else None
         self.failures: list[dict[str, object]] = []  # case_id, error, bad_input
@@ -85,12 +95,15 @@ class SliceDataset(torch.utils.data.Dataset):
             else:
                 try:
                     slices = transform(dict(entry))
-                except Exception as error:  # one bad entry must not lose the others; 'bad_input' tells a fault of the code
+                except (
+                    Exception
+                ) as error:  # one bad entry must not lose the others; 'bad_input' tells a fault of the code
                     input_error = find_input_error(error)
                     problem = str(input_error) if input_error else f"{type(error).__name__}: {error}"
                     self.failures.append({"case_id": case_id, "error": problem, "bad_input": input_error is not None})
-                    logger.error("[%d/%d] %s left out: %s", count, len(order), case_id, problem,
-                                 exc_info=input_error is None)
+                    logger.error(
+                        "[%d/%d] %s left out: %s", count, len(order), case_id, problem, exc_info=input_error is None
+                    )
                     continue
                 slices = slices if isinstance(slices, list) else [slices]
                 if not slices:
@@ -108,8 +121,14 @@ class SliceDataset(torch.utils.data.Dataset):
                 break
             if count % max(1, len(order) // 10) == 0 and count < len(order):
                 logger.info("preprocessed %d/%d entries (%d from the cache)", count, len(order), from_cache)
-        logger.info("%d slices from %d entries (%d from the cache %s, %d left out)", len(self._index),
-                    len(self.data), from_cache, self.cache.folder if self.cache else "-", len(self.failures))
+        logger.info(
+            "%d slices from %d entries (%d from the cache %s, %d left out)",
+            len(self._index),
+            len(self.data),
+            from_cache,
+            self.cache.folder if self.cache else "-",
+            len(self.failures),
+        )
         if not self._index:
             raise ValueError(f"no usable slices in {len(self.data)} entries: {self.failures[:3]}")
 
@@ -126,5 +145,9 @@ class SliceDataset(torch.utils.data.Dataset):
         record = self._records[number]
         if isinstance(record, Path):
             return {**SliceCache.item(record, row), "case_id": self._case_ids[number]}
-        return {**{k: record[k][row].clone() for k in SLICE_KEYS}, "text": record["text"][row],
-                "case_id": self._case_ids[number], "label": record["label"][row]}
+        return {
+            **{k: record[k][row].clone() for k in SLICE_KEYS},
+            "text": record["text"][row],
+            "case_id": self._case_ids[number],
+            "label": record["label"][row],
+        }

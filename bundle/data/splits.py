@@ -12,8 +12,9 @@ from bundle.data.datalist import load_datalist
 from bundle.errors import InputError
 
 
-def normalised_shares(values: Sequence[float] | Mapping[str, float], names: Sequence[str], what: str = "fractions"
-                      ) -> dict[str, float]:
+def normalised_shares(
+    values: Sequence[float] | Mapping[str, float], names: Sequence[str], what: str = "fractions"
+) -> dict[str, float]:
     """``{name: share}`` summing to 1, from one non-negative number per name (a sequence in the order of ``names``,
     or a mapping by name, absent names 0) with a positive sum; ``what`` names the argument in the ``ValueError``."""
     names = list(names)
@@ -26,8 +27,10 @@ def normalised_shares(values: Sequence[float] | Mapping[str, float], names: Sequ
         numbers = list(values) if not isinstance(values, (str, bytes)) else [values]
         if len(numbers) != len(names):
             raise ValueError(f"{what} needs {len(names)} numbers ({', '.join(names)}), got {values!r}")
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 for v in numbers) \
-            or sum(numbers) <= 0:
+    if (
+        any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 for v in numbers)
+        or sum(numbers) <= 0
+    ):
         raise ValueError(f"{what} must be non-negative numbers with a positive sum, got {values!r}")
     total = float(sum(numbers))
     return {name: float(value) / total for name, value in zip(names, numbers, strict=True)}
@@ -42,8 +45,12 @@ def held_out_count(size: int, fraction: float) -> int:
     return min(max(round(fraction * size), 1), size - 1)
 
 
-def stratified_holdout(labels: Sequence[str], fraction: float, order: Callable[[str, list[int]], Sequence[int]],
-                       label_order: Sequence[str] | None = None) -> list[bool]:
+def stratified_holdout(
+    labels: Sequence[str],
+    fraction: float,
+    order: Callable[[str, list[int]], Sequence[int]],
+    label_order: Sequence[str] | None = None,
+) -> list[bool]:
     """Whether each of the entries with ``labels`` is held out: for each label (in ``label_order``, default sorted),
     the first :func:`held_out_count` of ``order(label, indices of the label's entries)``, a seeded shuffle of
     them. ``order`` is called for every label, in that order, so a shared random generator draws the same
@@ -52,13 +59,14 @@ def stratified_holdout(labels: Sequence[str], fraction: float, order: Callable[[
     for label in sorted(set(labels)) if label_order is None else label_order:
         members = [index for index, value in enumerate(labels) if value == label]
         chosen = order(label, members)
-        for index in list(chosen)[:held_out_count(len(members), fraction)]:
+        for index in list(chosen)[: held_out_count(len(members), fraction)]:
             held_out[int(index)] = True
     return held_out
 
 
-def holdout_split(entries: Sequence[Mapping], part: str, fraction: float = 0.15, seed: int = 0,
-                  label_key: str = "label") -> list[dict]:
+def holdout_split(
+    entries: Sequence[Mapping], part: str, fraction: float = 0.15, seed: int = 0, label_key: str = "label"
+) -> list[dict]:
     """A deterministic, label-stratified split of ``entries`` into ``"training"`` and ``"validation"`` parts.
 
     Within each label, :func:`held_out_count` entries go to validation, chosen by a seeded shuffle of their case

@@ -1,4 +1,5 @@
-"""The demo data: a procedural sagittal T1-weighted lumbar-spine MRI phantom with at most one vertebral-body lesion per case.
+"""The demo data: a procedural sagittal T1-weighted lumbar-spine MRI phantom with at most one vertebral-body lesion
+per case.
 
 This is the bundle's demo and benchmark data: no patient data, fully determined by ``(seed, case index)``.
 
@@ -37,14 +38,30 @@ number of cases, and a normal and a lesion case with the same seed and index sha
 """
 
 from bundle.demo.cases import PhantomCase, generate_case
-from bundle.demo.dataset import DEFAULT_CLASS_FRACTIONS, assign_classes, class_counts, generate_dataset, stratified_split
+from bundle.demo.dataset import (
+    DEFAULT_CLASS_FRACTIONS,
+    assign_classes,
+    class_counts,
+    generate_dataset,
+    stratified_split,
+)
 from bundle.demo.labels import LESION_CLASSES, NEIGHBOUR_BONE_LABELS, VERTEBRA_LABELS
 from bundle.demo.lesion_text import describe_case
 from bundle.demo.lesions import LesionAttributes
 from bundle.demo.overview_figure import write_overview_figure
 
 __all__ = [
-    "DEFAULT_CLASS_FRACTIONS", "LESION_CLASSES", "NEIGHBOUR_BONE_LABELS", "VERTEBRA_LABELS", "LesionAttributes",
-    "PhantomCase", "assign_classes", "class_counts", "describe_case", "generate_case", "generate_dataset",
-    "stratified_split", "write_overview_figure",
+    "DEFAULT_CLASS_FRACTIONS",
+    "LESION_CLASSES",
+    "NEIGHBOUR_BONE_LABELS",
+    "VERTEBRA_LABELS",
+    "LesionAttributes",
+    "PhantomCase",
+    "assign_classes",
+    "class_counts",
+    "describe_case",
+    "generate_case",
+    "generate_dataset",
+    "stratified_split",
+    "write_overview_figure",
 ]

@@ -4,16 +4,21 @@ signals relative to fat = 1."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
-from bundle.demo.labels import NEIGHBOUR_BONE_LABELS, VERTEBRA_LABELS
 
+from bundle.demo.labels import NEIGHBOUR_BONE_LABELS, VERTEBRA_LABELS
 
 SEGMENT_NAMES = ("T12", "L1", "L2", "L3", "L4", "L5", "S1", "S2", "S3")
 
 
-SEGMENT_LABELS = {**VERTEBRA_LABELS, "T12": NEIGHBOUR_BONE_LABELS["T12"],
-                   "S2": NEIGHBOUR_BONE_LABELS["sacrum"], "S3": NEIGHBOUR_BONE_LABELS["sacrum"]}
+SEGMENT_LABELS = {
+    **VERTEBRA_LABELS,
+    "T12": NEIGHBOUR_BONE_LABELS["T12"],
+    "S2": NEIGHBOUR_BONE_LABELS["sacrum"],
+    "S3": NEIGHBOUR_BONE_LABELS["sacrum"],
+}
 
 
 S1_INDEX = SEGMENT_NAMES.index("S1")
@@ -104,8 +109,9 @@ class Anatomy:
     signals: dict[str, float]
 
 
-def _tilt_profile(arc_mm: np.ndarray, s1_arc_mm: float, top_tilt: float, s1_tilt: float, exponent: float,
-                  sacral_bend: float) -> np.ndarray:
+def _tilt_profile(
+    arc_mm: np.ndarray, s1_arc_mm: float, top_tilt: float, s1_tilt: float, exponent: float, sacral_bend: float
+) -> np.ndarray:
     """Tilt (rad) along the spine, a function of arc length relative to the S1 centre's (so it scales with
     the anatomy): lordosis growing from ``top_tilt`` (T12 top) to ``s1_tilt``, then the sacrum bending back
     anteriorly by ``sacral_bend`` per quarter of that length."""
@@ -114,8 +120,9 @@ def _tilt_profile(arc_mm: np.ndarray, s1_arc_mm: float, top_tilt: float, s1_tilt
     return lordosis - sacral_bend * np.clip(fraction - 1.0, 0.0, None) / 0.25
 
 
-def sample_anatomy(rng: np.random.Generator, shape: tuple[int, int, int],
-                    spacing: tuple[float, float, float]) -> Anatomy:
+def sample_anatomy(
+    rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float]
+) -> Anatomy:
     """Random anatomy that fits the field of view (scaled down when a large spine would not fit)."""
     count = len(SEGMENT_NAMES)
     heights = rng.uniform(23.5, 27.5) + np.array([-1.5, 0, 0.6, 1.0, 1.0, 0.4, 2.0, -4.0, -8.0])
@@ -149,7 +156,7 @@ def sample_anatomy(rng: np.random.Generator, shape: tuple[int, int, int],
     for _ in range(2):
         tilts = _tilt_profile(arcs, arcs[S1_INDEX], top_tilt, s1_tilt, exponent, sacral_bend)
         needed = 0.5 * (half_depths[:-1] + half_depths[1:]) * np.diff(tilts) + 3.0
-        discs[: S1_INDEX] = np.maximum(discs[: S1_INDEX], needed[: S1_INDEX])
+        discs[:S1_INDEX] = np.maximum(discs[:S1_INDEX], needed[:S1_INDEX])
         arcs = arc_positions(discs)
 
     arc_step = 0.5
@@ -162,23 +169,34 @@ def sample_anatomy(rng: np.random.Generator, shape: tuple[int, int, int],
 
     def corners(index: int, q_sign: float) -> np.ndarray:
         """(2, 2) grid (x, y) of the anterior and posterior corners of one endplate (q_sign -1: superior)."""
-        return np.array([_local_to_grid(centers[index], tilts[index], p, q_sign * heights[index] / 2)
-                         for p in (-half_depths[index], half_depths[index])])
+        return np.array(
+            [
+                _local_to_grid(centers[index], tilts[index], p, q_sign * heights[index] / 2)
+                for p in (-half_depths[index], half_depths[index])
+            ]
+        )
 
     # Fit L1's top, S1's bottom, the lumbar bodies' front and the skin behind the L1-S1 spinous tips.
     spinous_lengths = np.where(np.arange(count) >= S1_INDEX, 0.4, 1.0) * spinous_length
     tip_p = half_depths + CANAL_GAP_MM + canal_depth + 0.5 * lamina_thickness + spinous_lengths
-    tips = np.array([_local_to_grid(centers[i], tilts[i], tip_p[i], 0.3 * spinous_lengths[i] - 0.05 * heights[i])
-                     for i in range(count)])
+    tips = np.array(
+        [
+            _local_to_grid(centers[i], tilts[i], tip_p[i], 0.3 * spinous_lengths[i] - 0.05 * heights[i])
+            for i in range(count)
+        ]
+    )
     top = min(corners(1, -1)[:, 1])
     bottom = max(corners(S1_INDEX, 1)[:, 1])
     anterior = min(min(corners(i, s)[:, 0]) for i in range(1, S1_INDEX + 1) for s in (-1, 1))
-    posterior = max(tips[1: S1_INDEX + 1, 0]) + cover
+    posterior = max(tips[1 : S1_INDEX + 1, 0]) + cover
     fov_x, fov_y = shape[0] * spacing[0], shape[1] * spacing[1]
     top_margin, bottom_margin = discs[0] + 3.0, 4.0
     anterior_margin, air_margin = 10.0, 3.0
-    scale = min(size_factor, (fov_y - top_margin - bottom_margin) / (bottom - top),
-                (fov_x - anterior_margin - air_margin) / (posterior - anterior))
+    scale = min(
+        size_factor,
+        (fov_y - top_margin - bottom_margin) / (bottom - top),
+        (fov_x - anterior_margin - air_margin) / (posterior - anterior),
+    )
     free_y = max(0.0, fov_y - top_margin - bottom_margin - scale * (bottom - top))
     free_x = max(0.0, fov_x - anterior_margin - air_margin - scale * (posterior - anterior))
     shift_y = top_margin + rng.uniform(0.0, free_y) - scale * top
@@ -195,16 +213,33 @@ def sample_anatomy(rng: np.random.Generator, shape: tuple[int, int, int],
 
     marrow = rng.uniform(0.60, 0.78) * rng.uniform(0.96, 1.04, count)
     segments = tuple(
-        Segment(name=name, label=SEGMENT_LABELS[name], center_xy_mm=(float(centers[i, 0]), float(centers[i, 1])),
-                 tilt_rad=float(tilts[i]), half_depth_mm=float(scale * half_depths[i]),
-                 half_width_mm=float(scale * half_widths[i]), height_mm=float(scale * heights[i]),
-                 marrow_signal=float(marrow[i]), spinous_length_mm=float(scale * spinous_lengths[i]))
-        for i, name in enumerate(SEGMENT_NAMES))
+        Segment(
+            name=name,
+            label=SEGMENT_LABELS[name],
+            center_xy_mm=(float(centers[i, 0]), float(centers[i, 1])),
+            tilt_rad=float(tilts[i]),
+            half_depth_mm=float(scale * half_depths[i]),
+            half_width_mm=float(scale * half_widths[i]),
+            height_mm=float(scale * heights[i]),
+            marrow_signal=float(marrow[i]),
+            spinous_length_mm=float(scale * spinous_lengths[i]),
+        )
+        for i, name in enumerate(SEGMENT_NAMES)
+    )
     signals = {
-        "fat": 1.0, "muscle": rng.uniform(0.28, 0.36), "disc": rng.uniform(0.28, 0.34),
-        "nucleus": rng.uniform(0.36, 0.44), "csf": rng.uniform(0.10, 0.16), "cord": rng.uniform(0.38, 0.46),
-        "cortex": 0.07, "bowel": rng.uniform(0.38, 0.5), "skin": 0.55, "flow_void": 0.04,
-        "ivc": rng.uniform(0.15, 0.25), "gas": 0.02, "nerve_root": rng.uniform(0.3, 0.4),
+        "fat": 1.0,
+        "muscle": rng.uniform(0.28, 0.36),
+        "disc": rng.uniform(0.28, 0.34),
+        "nucleus": rng.uniform(0.36, 0.44),
+        "csf": rng.uniform(0.10, 0.16),
+        "cord": rng.uniform(0.38, 0.46),
+        "cortex": 0.07,
+        "bowel": rng.uniform(0.38, 0.5),
+        "skin": 0.55,
+        "flow_void": 0.04,
+        "ivc": rng.uniform(0.15, 0.25),
+        "gas": 0.02,
+        "nerve_root": rng.uniform(0.3, 0.4),
     }
     conus_segment = int(rng.choice([1, 2]))  # conus ends at L1 or L2
     return Anatomy(
@@ -234,8 +269,7 @@ def sample_anatomy(rng: np.random.Generator, shape: tuple[int, int, int],
     )
 
 
-def superior_endplate_q(p: np.ndarray | float, segment: Segment,
-                         height_loss_fraction: float) -> np.ndarray | float:
+def superior_endplate_q(p: np.ndarray | float, segment: Segment, height_loss_fraction: float) -> np.ndarray | float:
     """Local q (mm) of the superior endplate at posterior coordinate p: -h/2, pushed down anteriorly by a wedge.
 
     The loss is ``height_loss_fraction`` of the height at the anterior wall (p = -a) and none at the back.

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 import numpy as np
-from bundle.demo.lesion_text import describe_case
+
 from bundle.demo.anatomy import sample_anatomy
 from bundle.demo.difficulty import difficulty_settings
 from bundle.demo.labels import LESION_CLASSES
+from bundle.demo.lesion_text import describe_case
 from bundle.demo.lesions import LesionAttributes, sample_incidental_findings, sample_lesion
 from bundle.demo.rendering import render_case
-
 
 AXIS_CODES: tuple[str, str, str] = ("P", "I", "R")
 
@@ -61,8 +62,9 @@ def _rotation(angles_rad: Sequence[float]) -> np.ndarray:
     return about_z @ about_y @ about_x
 
 
-def _sample_acquisition(rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[float, float, float],
-                                                            np.ndarray, float]:
+def _sample_acquisition(
+    rng: np.random.Generator,
+) -> tuple[tuple[int, int, int], tuple[float, float, float], np.ndarray, float]:
     """(shape, spacing in mm, (4, 4) affine, scanner intensity scale) of one sagittal series."""
     shape = (*IN_PLANE_SHAPE, int(SLICE_COUNTS[rng.integers(len(SLICE_COUNTS))]))
     spacing = (rng.uniform(1.0, 1.08), rng.uniform(1.2, 1.28), rng.uniform(3.5, 4.0))
@@ -95,14 +97,29 @@ def generate_case(seed: int, case_index: int, lesion_class: str, difficulty: flo
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if lesion_class not in LESION_CLASSES:
         raise ValueError(f"lesion_class must be one of {sorted(LESION_CLASSES)}, got {lesion_class!r}")
-    streams = dict(zip(_STREAMS, (np.random.default_rng(child) for child in
-                                  np.random.SeedSequence([int(seed), int(case_index)]).spawn(len(_STREAMS))), strict=True))
+    streams = dict(
+        zip(
+            _STREAMS,
+            (
+                np.random.default_rng(child)
+                for child in np.random.SeedSequence([int(seed), int(case_index)]).spawn(len(_STREAMS))
+            ),
+            strict=True,
+        )
+    )
     shape, spacing, affine, intensity_scale = _sample_acquisition(streams["acquisition"])
     anatomy = sample_anatomy(streams["anatomy"], shape, spacing)
     attributes, lesion, deformation = sample_lesion(streams["lesion"], lesion_class, anatomy, settings)
     incidental = sample_incidental_findings(streams["incidental"], anatomy, attributes.level, settings)
-    signal, vertebrae, lesion_mask = render_case(anatomy, shape, spacing, lesion, deformation, incidental, settings,
-                                             streams["noise"])
+    signal, vertebrae, lesion_mask = render_case(
+        anatomy, shape, spacing, lesion, deformation, incidental, settings, streams["noise"]
+    )
     image = np.clip(np.rint(signal * intensity_scale), 0, np.iinfo(np.int16).max).astype(np.int16)
-    return PhantomCase(image=image, vertebrae=vertebrae, lesion=lesion_mask.astype(np.uint8), affine=affine,
-                       attributes=attributes, text=describe_case(attributes.to_json(), streams["text"]))
+    return PhantomCase(
+        image=image,
+        vertebrae=vertebrae,
+        lesion=lesion_mask.astype(np.uint8),
+        affine=affine,
+        attributes=attributes,
+        text=describe_case(attributes.to_json(), streams["text"]),
+    )

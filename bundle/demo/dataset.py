@@ -8,15 +8,16 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
 import nibabel as nib
 import numpy as np
+
 from bundle.data.class_balance import class_counts as count_labels
 from bundle.data.splits import normalised_shares, stratified_holdout
-from bundle.utils.files import write_atomically, write_json_atomically
 from bundle.demo.cases import AXIS_CODES, generate_case
 from bundle.demo.difficulty import difficulty_settings
 from bundle.demo.labels import LESION_CLASSES, NEIGHBOUR_BONE_LABELS, VERTEBRA_LABELS
-
+from bundle.utils.files import write_atomically, write_json_atomically
 
 DEFAULT_CLASS_FRACTIONS: dict[str, float] = {"normal": 0.60, "benign": 0.25, "malignant": 0.15}
 
@@ -35,8 +36,9 @@ def _normalised_fractions(class_fractions: Mapping[str, float] | Sequence[float]
     return normalised_shares(class_fractions, list(LESION_CLASSES), "class_fractions")
 
 
-def assign_classes(num_cases: int, seed: int,
-                   class_fractions: Mapping[str, float] | Sequence[float] = DEFAULT_CLASS_FRACTIONS) -> list[str]:
+def assign_classes(
+    num_cases: int, seed: int, class_fractions: Mapping[str, float] | Sequence[float] = DEFAULT_CLASS_FRACTIONS
+) -> list[str]:
     """Deterministic class of each case, the same prefix whatever ``num_cases`` is.
 
     The first cases hold two of every class with a positive fraction (in a seeded order), so from
@@ -62,8 +64,9 @@ def stratified_split(classes: Sequence[str], seed: int, test_fraction: float) ->
     (``round(test_fraction * n)``, at least one and at most n - 1 when n >= 2 and ``test_fraction`` > 0), chosen
     with a seeded shuffle."""
     rng = np.random.default_rng([int(seed), _SPLIT_STREAM])
-    return stratified_holdout(list(classes), test_fraction, lambda _, members: rng.permutation(members),
-                              label_order=list(LESION_CLASSES))
+    return stratified_holdout(
+        list(classes), test_fraction, lambda _, members: rng.permutation(members), label_order=list(LESION_CLASSES)
+    )
 
 
 def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray, description: str, is_label: bool) -> bytes:
@@ -102,10 +105,15 @@ def _prepare_output_folder(out_dir: Path) -> None:
         raise OSError(f"cannot write to the output folder {str(out_dir)!r}: {error.strerror or error}") from error
 
 
-def generate_dataset(out_dir: str | os.PathLike, num_cases: int, seed: int, difficulty: float = 0.5,
-                     test_fraction: float = 0.25,
-                     class_fractions: Mapping[str, float] | Sequence[float] = DEFAULT_CLASS_FRACTIONS,
-                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    num_cases: int,
+    seed: int,
+    difficulty: float = 0.5,
+    test_fraction: float = 0.25,
+    class_fractions: Mapping[str, float] | Sequence[float] = DEFAULT_CLASS_FRACTIONS,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Write ``num_cases`` cases and ``datalist.json`` to ``out_dir``; byte-identical for the same arguments.
 
     Layout: ``images/case_000.nii.gz`` (int16), ``vertebrae/case_000.nii.gz`` and ``lesions/case_000.nii.gz``
@@ -138,28 +146,40 @@ def generate_dataset(out_dir: str | os.PathLike, num_cases: int, seed: int, diff
     for index, lesion_class in enumerate(classes):
         case = generate_case(seed, index, lesion_class, difficulty)
         case_id = f"case_{index:03d}"
-        paths = {key: f"{folder}/{case_id}.nii.gz" for key, folder in
-                 (("image", "images"), ("vertebra_seg", "vertebrae"), ("lesion_seg", "lesions"))}
+        paths = {
+            key: f"{folder}/{case_id}.nii.gz"
+            for key, folder in (("image", "images"), ("vertebra_seg", "vertebrae"), ("lesion_seg", "lesions"))
+        }
         for key, array, description, is_label in (
-                ("image", case.image, "SYNTHETIC spine MRI phantom, T1w sagittal", False),
-                ("vertebra_seg", case.vertebrae, "SYNTHETIC vertebra labels (TotalSegmentator v2)", True),
-                ("lesion_seg", case.lesion, "SYNTHETIC lesion mask", True)):
+            ("image", case.image, "SYNTHETIC spine MRI phantom, T1w sagittal", False),
+            ("vertebra_seg", case.vertebrae, "SYNTHETIC vertebra labels (TotalSegmentator v2)", True),
+            ("lesion_seg", case.lesion, "SYNTHETIC lesion mask", True),
+        ):
             write_atomically(out_dir / paths[key], _nifti_gz_bytes(array, case.affine, description, is_label))
         attributes = case.attributes
         split = "test" if is_test[index] else "training"
-        splits[split].append({
-            "case_id": case_id, **paths, "label": lesion_class, "class_index": LESION_CLASSES[lesion_class],
-            "level": attributes.level, "mask_labels": [VERTEBRA_LABELS[attributes.level]], "text": case.text,
-            "attributes": attributes.to_json(),
-        })
+        splits[split].append(
+            {
+                "case_id": case_id,
+                **paths,
+                "label": lesion_class,
+                "class_index": LESION_CLASSES[lesion_class],
+                "level": attributes.level,
+                "mask_labels": [VERTEBRA_LABELS[attributes.level]],
+                "text": case.text,
+                "attributes": attributes.to_json(),
+            }
+        )
         if progress is not None:
             size = f" {attributes.size_mm} mm" if attributes.size_mm else ""
             progress(f"[{index + 1}/{num_cases}] {case_id} {split:8s} {lesion_class:9s} {attributes.level}{size}")
     datalist = {
         "name": DATALIST_NAME,
-        "description": ("Procedural sagittal T1-weighted lumbar-spine MRI phantom (synthetic, not patient data): "
-                        "one lesion class per case, vertebra labels in TotalSegmentator v2 numbering, "
-                        "lesion masks and radiology-style texts built from the lesion attributes."),
+        "description": (
+            "Procedural sagittal T1-weighted lumbar-spine MRI phantom (synthetic, not patient data): "
+            "one lesion class per case, vertebra labels in TotalSegmentator v2 numbering, "
+            "lesion masks and radiology-style texts built from the lesion attributes."
+        ),
         "seed": seed,
         "difficulty": float(difficulty),
         "test_fraction": float(test_fraction),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 VERTEBRA_LABELS: dict[str, int] = {"L1": 31, "L2": 30, "L3": 29, "L4": 28, "L5": 27, "S1": 26}
 """Label values of the vertebra map (TotalSegmentator v2 numbering, as in the real CT fixture)."""
 

@@ -48,27 +48,41 @@ _DIAGNOSIS_PHRASES = {
 }
 
 _BENIGN_TEMPLATES = (
-    ("{prefix}a well-circumscribed {size} mm {strength}{signal} lesion in the {location} {level} vertebral "
-     "body{striations}, without height loss, consistent with {diagnosis}."),
-    ("{prefix}{size} mm sharply marginated, {strength}T1-{signal} round lesion within the {location} "
-     "{level} vertebral body{striations}; vertebral body height is preserved. Appearance of {diagnosis}."),
-    ("{prefix}there is a well-defined {strength}{signal} {size} mm focus in the {location} portion of the "
-     "{level} vertebral body{striations}, with no height loss, compatible with {diagnosis}."),
+    (
+        "{prefix}a well-circumscribed {size} mm {strength}{signal} lesion in the {location} {level} vertebral "
+        "body{striations}, without height loss, consistent with {diagnosis}."
+    ),
+    (
+        "{prefix}{size} mm sharply marginated, {strength}T1-{signal} round lesion within the {location} "
+        "{level} vertebral body{striations}; vertebral body height is preserved. Appearance of {diagnosis}."
+    ),
+    (
+        "{prefix}there is a well-defined {strength}{signal} {size} mm focus in the {location} portion of the "
+        "{level} vertebral body{striations}, with no height loss, compatible with {diagnosis}."
+    ),
 )
 
 _MALIGNANT_TEMPLATES = (
-    ("{prefix}an ill-defined {size} mm {strength}{signal} lesion replacing the {location} {level} vertebral "
-     "body marrow{deformity}, suspicious for {diagnosis}."),
-    ("{prefix}irregular, poorly marginated {strength}T1-{signal} marrow-replacing lesion measuring {size} mm "
-     "in the {location} {level} vertebral body{deformity}; findings suspicious for {diagnosis}."),
-    ("{prefix}there is an infiltrative {size} mm {strength}{signal} lesion with ill-defined margins in the "
-     "{location} portion of the {level} vertebral body{deformity}, concerning for {diagnosis}."),
+    (
+        "{prefix}an ill-defined {size} mm {strength}{signal} lesion replacing the {location} {level} vertebral "
+        "body marrow{deformity}, suspicious for {diagnosis}."
+    ),
+    (
+        "{prefix}irregular, poorly marginated {strength}T1-{signal} marrow-replacing lesion measuring {size} mm "
+        "in the {location} {level} vertebral body{deformity}; findings suspicious for {diagnosis}."
+    ),
+    (
+        "{prefix}there is an infiltrative {size} mm {strength}{signal} lesion with ill-defined margins in the "
+        "{location} portion of the {level} vertebral body{deformity}, concerning for {diagnosis}."
+    ),
 )
 
 _NORMAL_TEMPLATES = (
     "{prefix}normal {level} vertebral body with homogeneous marrow signal, no focal lesion.",
-    ("{prefix}the {level} vertebral body has normal height and homogeneous fatty marrow signal; no focal "
-     "marrow lesion."),
+    (
+        "{prefix}the {level} vertebral body has normal height and homogeneous fatty marrow signal; no focal "
+        "marrow lesion."
+    ),
     "{prefix}no focal marrow lesion at {level}; the vertebral body is of normal height and signal.",
 )
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+
 import numpy as np
+
 from bundle.demo.anatomy import MARROW_INSET_MM, S1_INDEX, SEGMENT_NAMES, Anatomy, Deformation, superior_endplate_q
 from bundle.demo.difficulty import DifficultySettings
 from bundle.demo.labels import LESION_LEVELS
@@ -77,8 +79,9 @@ class MarrowChange:
     striation_angle_rad: float = 0.0
 
 
-def sample_lesion(rng: np.random.Generator, lesion_class: str, anatomy: Anatomy,
-                   settings: DifficultySettings) -> tuple[LesionAttributes, MarrowChange | None, Deformation]:
+def sample_lesion(
+    rng: np.random.Generator, lesion_class: str, anatomy: Anatomy, settings: DifficultySettings
+) -> tuple[LesionAttributes, MarrowChange | None, Deformation]:
     """The described level, and for a lesion class the lesion and its body's deformation.
 
     The level is drawn first for every class, so a normal and a lesion case of the same seed and index share
@@ -97,8 +100,11 @@ def sample_lesion(rng: np.random.Generator, lesion_class: str, anatomy: Anatomy,
     radius = rng.integers(round(low), round(high) + 1) / 2
     elongation = rng.uniform(0.8, 1.0, size=2)
     # Haemangiomas tend to be vertically oval; metastases are widest anteroposteriorly.
-    radii = np.array([radius * elongation[0], radius, radius * elongation[1]] if benign
-                     else [radius, radius * elongation[0], radius * elongation[1]])
+    radii = np.array(
+        [radius * elongation[0], radius, radius * elongation[1]]
+        if benign
+        else [radius, radius * elongation[0], radius * elongation[1]]
+    )
     height_loss = 0.0
     if not benign and rng.random() < settings.height_loss_probability:
         height_loss = rng.uniform(*settings.height_loss_fraction)
@@ -156,13 +162,15 @@ def sample_lesion(rng: np.random.Generator, lesion_class: str, anatomy: Anatomy,
         center_offset_mm=tuple(round(float(v), 1) for v in (p0, q0, r0)),
         radii_mm=tuple(round(float(v), 1) for v in radii),
     )
-    deformation = Deformation(height_loss_fraction=height_loss, bulge_mm=bulge_mm,
-                               bulge_center_qr_mm=(float(q0), float(r0)))
+    deformation = Deformation(
+        height_loss_fraction=height_loss, bulge_mm=bulge_mm, bulge_center_qr_mm=(float(q0), float(r0))
+    )
     return attributes, lesion, deformation
 
 
-def sample_incidental_findings(rng: np.random.Generator, anatomy: Anatomy, described_level: str,
-                                settings: DifficultySettings) -> list[MarrowChange]:
+def sample_incidental_findings(
+    rng: np.random.Generator, anatomy: Anatomy, described_level: str, settings: DifficultySettings
+) -> list[MarrowChange]:
     """Fatty marrow islands (small, bright, sharp) and Modic endplate changes (bright or dark bands).
 
     They go into T12-S1 bodies other than ``described_level``, so that level's description stays true.
@@ -182,7 +190,13 @@ def sample_incidental_findings(rng: np.random.Generator, anatomy: Anatomy, descr
             center = (rng.uniform(-0.5, 0.3) * a, endplate * (h / 2 - rng.uniform(2.0, 4.0)), 0.0)
             radii = (rng.uniform(0.5, 0.8) * a, rng.uniform(2.0, 4.0), rng.uniform(0.5, 0.8) * b)
             change, edge = rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.45), 1.0
-        findings.append(MarrowChange(segment_index=index, center_pqr_mm=tuple(float(v) for v in center),
-                                      radii_pqr_mm=tuple(float(v) for v in radii),
-                                      relative_change=float(change), edge_width_mm=edge))
+        findings.append(
+            MarrowChange(
+                segment_index=index,
+                center_pqr_mm=tuple(float(v) for v in center),
+                radii_pqr_mm=tuple(float(v) for v in radii),
+                relative_change=float(change),
+                edge_width_mm=edge,
+            )
+        )
     return findings

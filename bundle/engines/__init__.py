@@ -9,7 +9,18 @@ from bundle.engines.trainable import require_gradients, trainable_parameters
 from bundle.engines.utils import batch_to_device, unwrap
 
 __all__ = [
-    "CaseByCaseEvaluator", "DiffusionPredictor", "GuidedDiffusionTrainer", "KeyPredictor", "SemanticControllerEvaluator",
-    "SemanticControllerTrainer", "SynthesisEvaluator", "SynthesisJob", "batch_to_device", "case_seed",
-    "condition_dropout", "require_gradients", "trainable_parameters", "unwrap",
+    "CaseByCaseEvaluator",
+    "DiffusionPredictor",
+    "GuidedDiffusionTrainer",
+    "KeyPredictor",
+    "SemanticControllerEvaluator",
+    "SemanticControllerTrainer",
+    "SynthesisEvaluator",
+    "SynthesisJob",
+    "batch_to_device",
+    "case_seed",
+    "condition_dropout",
+    "require_gradients",
+    "trainable_parameters",
+    "unwrap",
 ]

@@ -14,15 +14,20 @@ import torch
 from monai.engines import SupervisedTrainer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from bundle.utils.precision import autocast, autocast_dtype
-from bundle.networks.speed_options import optimise_unet
-from bundle.networks.medsoft_diffusion import MedSoftDiffusion
 from bundle.engines.trainable import require_gradients
 from bundle.engines.utils import batch_to_device, unwrap
+from bundle.networks.medsoft_diffusion import MedSoftDiffusion
+from bundle.networks.speed_options import optimise_unet
+from bundle.utils.precision import autocast, autocast_dtype
 
 
-def condition_dropout(batch_size: int, text_only: float = 0.05, msc_only: float = 0.05, both: float = 0.05,
-                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def condition_dropout(
+    batch_size: int,
+    text_only: float = 0.05,
+    msc_only: float = 0.05,
+    both: float = 0.05,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Which items drop the text and which drop e_MSC: each alone with its probability, both together with
     ``both`` (the paper: 0.05 each), so the sampler can use classifier-free guidance."""
     draw = torch.rand(batch_size, generator=generator)
@@ -46,23 +51,31 @@ class GuidedDiffusionTrainer(SupervisedTrainer):
         gradient_checkpointing: recompute the UNet's activations in the backward pass (SD 1.5 at 512 px).
     """
 
-    def __init__(self, noise_scheduler, condition_dropout_probabilities: Sequence[float] = (0.05, 0.05, 0.05),
-                 ema_decay: float | None = None, precision: str | None = "fp32",
-                 gradient_checkpointing: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        noise_scheduler,
+        condition_dropout_probabilities: Sequence[float] = (0.05, 0.05, 0.05),
+        ema_decay: float | None = None,
+        precision: str | None = "fp32",
+        gradient_checkpointing: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(decollate=False, **kwargs)
         self.noise_scheduler = noise_scheduler
         self.condition_dropout_probabilities = tuple(condition_dropout_probabilities)
         self.precision = precision
         device = self.state.device or torch.device("cpu")
         self.autocast_dtype = autocast_dtype(precision, device)
-        self.grad_scaler = torch.amp.GradScaler(device.type) \
-            if self.autocast_dtype == torch.float16 else None
+        self.grad_scaler = torch.amp.GradScaler(device.type) if self.autocast_dtype == torch.float16 else None
         model = unwrap(self.network)
         self._gradients_checked = False
         if gradient_checkpointing:
             optimise_unet(model, gradient_checkpointing=True)
-        self.ema = None if ema_decay is None else AveragedModel(
-            model.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.ema = (
+            None
+            if ema_decay is None
+            else AveragedModel(model.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        )
 
     def _iteration(self, engine: GuidedDiffusionTrainer, batchdata: Mapping) -> dict[str, torch.Tensor]:
         batch = batch_to_device(batchdata, engine.state.device)

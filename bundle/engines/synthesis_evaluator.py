@@ -4,10 +4,12 @@ grid."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+
 import torch
 from monai.engines import SupervisedEvaluator
-from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+
 from bundle.engines.utils import batch_to_device, unwrap
+from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 
 
 class SynthesisEvaluator(SupervisedEvaluator):
@@ -27,5 +29,9 @@ class SynthesisEvaluator(SupervisedEvaluator):
         first = (engine.state.iteration - 1) * size
         seeds = [engine.inferer.seed + first + i for i in range(size)]
         prediction = engine.inferer(batch["image"], model, batch["soft_mask"], list(batch["text"]), seeds)
-        return {"pred": prediction, "label": batch["image"], "mask": batch["soft_mask"],
-                "masked": batch["masked_image"]}
+        return {
+            "pred": prediction,
+            "label": batch["image"],
+            "mask": batch["soft_mask"],
+            "masked": batch["masked_image"],
+        }

@@ -52,23 +52,32 @@ class DiffusionPredictor:
     (``"seed"``) for the provenance record.
     """
 
-    def __init__(self, network: torch.nn.Module, inferer: Callable, seed: int = 0, batch_size: int = 8,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        inferer: Callable,
+        seed: int = 0,
+        batch_size: int = 8,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.network, self.inferer, self.seed = network, inferer, seed
         self.batch_size, self.device = batch_size, torch.device(device)
 
     def __call__(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
         results = []
         for start in range(0, len(items), self.batch_size):
-            batch = items[start:start + self.batch_size]
+            batch = items[start : start + self.batch_size]
             seeds = []
             for offset, item in enumerate(batch, start=start):
                 item["seed"] = case_seed(self.seed, item.get("case_id", ""))
                 seeds.append(item["seed"] + offset)
-            stack = {k: torch.stack([torch.as_tensor(i[k]).float() for i in batch]).to(self.device)
-                     for k in ("image", "soft_mask")}
-            synthesised = self.inferer(stack["image"], self.network, stack["soft_mask"],
-                                       [str(i["text"]) for i in batch], seeds)
+            stack = {
+                k: torch.stack([torch.as_tensor(i[k]).float() for i in batch]).to(self.device)
+                for k in ("image", "soft_mask")
+            }
+            synthesised = self.inferer(
+                stack["image"], self.network, stack["soft_mask"], [str(i["text"]) for i in batch], seeds
+            )
             results.extend(synthesised.cpu())
         return results
 
@@ -93,10 +102,14 @@ def output_name_clashes(cases: Sequence[Mapping], output_stem: Callable[[Mapping
         images = ", ".join(str(cases[n - 1].get("image")) for n in numbers)
         how = "the same case id" if len({str(i) for i in ids}) == 1 else "case ids that differ only in letter case"
         for number, case_id in zip(numbers, ids, strict=True):
-            clashes[number] = InputError(case_id, (
-                f"entries {', '.join(map(str, numbers))} of the datalist have {how} "
-                f"({', '.join(repr(i) for i in ids)}), so their outputs ({output_stem(cases[number - 1])}.*) would "
-                f"overwrite each other; none of them is written: give each entry its own case_id (images: {images})"))
+            clashes[number] = InputError(
+                case_id,
+                (
+                    f"entries {', '.join(map(str, numbers))} of the datalist have {how} "
+                    f"({', '.join(repr(i) for i in ids)}), so their outputs ({output_stem(cases[number - 1])}.*) would "
+                    f"overwrite each other; none of them is written: give each entry its own case_id (images: {images})"
+                ),
+            )
     return clashes
 
 
@@ -115,13 +128,21 @@ class SynthesisJob:
         output_dir: where ``report.json`` goes (the writer's outputs go to its own folder).
         details: extra provenance fields for every output (e.g. the model used).
         skip_completed: resume an interrupted run: a case whose outputs an earlier run finished (same image,
-            text and ``details``; see :meth:`bundle.io.volume_writer.SyntheticVolumeWriter.completed`) is not redone but listed under
-            ``"skipped"``. ``False`` redoes (and overwrites) every case.
+            text and ``details``; see :meth:`bundle.io.volume_writer.SyntheticVolumeWriter.completed`) is not redone
+            but listed under ``"skipped"``. ``False`` redoes (and overwrites) every case.
     """
 
-    def __init__(self, cases: Sequence[Mapping] | str | os.PathLike, preprocessing: Compose, predictor: Predictor,
-                 writer: SyntheticVolumeWriter, output_dir: str | os.PathLike, split: str = "test",
-                 details: Mapping[str, object] | None = None, skip_completed: bool = True) -> None:
+    def __init__(
+        self,
+        cases: Sequence[Mapping] | str | os.PathLike,
+        preprocessing: Compose,
+        predictor: Predictor,
+        writer: SyntheticVolumeWriter,
+        output_dir: str | os.PathLike,
+        split: str = "test",
+        details: Mapping[str, object] | None = None,
+        skip_completed: bool = True,
+    ) -> None:
         self.cases = load_datalist(cases, split) if isinstance(cases, (str, os.PathLike)) else list(cases)
         self.preprocessing = preprocessing
         self.predictor = predictor
@@ -173,8 +194,13 @@ class SynthesisJob:
         earlier = self.writer.completed(case, self.details) if self.skip_completed else None
         if earlier is not None:
             self.skipped.append({"case_id": case_id, **earlier})
-            logger.info("[%d/%d] %s already written by an earlier run (%s): skipped", number, len(self.cases),
-                        case_id, earlier["provenance"])
+            logger.info(
+                "[%d/%d] %s already written by an earlier run (%s): skipped",
+                number,
+                len(self.cases),
+                case_id,
+                earlier["provenance"],
+            )
             return
         started = time.perf_counter()
         try:
@@ -183,16 +209,27 @@ class SynthesisJob:
             self.fail(number, case, error)
             return
         self.written.append({"case_id": case_id, **outputs})
-        logger.info("[%d/%d] %s -> %s (%.1f s)", number, len(self.cases), case_id, outputs["volume"],
-                    time.perf_counter() - started)
+        logger.info(
+            "[%d/%d] %s -> %s (%.1f s)",
+            number,
+            len(self.cases),
+            case_id,
+            outputs["volume"],
+            time.perf_counter() - started,
+        )
 
     def finish(self) -> dict[str, object]:
         """Write and return the report: outputs written now, outputs kept from an earlier run, failures."""
-        report = {"written": self.written, "skipped": self.skipped, "failed": self.failed,
-                  "num_cases": len(self.cases)}
+        report = {"written": self.written, "skipped": self.skipped, "failed": self.failed, "num_cases": len(self.cases)}
         write_json_atomically(self.output_dir / "report.json", report)
-        logger.info("%d of %d cases written, %d already written earlier, %d failed; report: %s", len(self.written),
-                    len(self.cases), len(self.skipped), len(self.failed), self.output_dir / "report.json")
+        logger.info(
+            "%d of %d cases written, %d already written earlier, %d failed; report: %s",
+            len(self.written),
+            len(self.cases),
+            len(self.skipped),
+            len(self.failed),
+            self.output_dir / "report.json",
+        )
         return report
 
     def run(self) -> dict[str, object]:
@@ -208,11 +245,17 @@ class CaseByCaseEvaluator(Evaluator):
     checker, MONAI Label / Deploy, handlers) drive the job: each iteration is one case; the report is written
     when the run completes."""
 
-    def __init__(self, job: SynthesisJob, device: torch.device | str = "cpu", val_handlers: Sequence | None = None
-                 ) -> None:
+    def __init__(
+        self, job: SynthesisJob, device: torch.device | str = "cpu", val_handlers: Sequence | None = None
+    ) -> None:
         self.job = job
-        super().__init__(device=torch.device(device), val_data_loader=[[case] for case in job.cases],
-                         epoch_length=len(job.cases), val_handlers=val_handlers, decollate=False)
+        super().__init__(
+            device=torch.device(device),
+            val_data_loader=[[case] for case in job.cases],
+            epoch_length=len(job.cases),
+            val_handlers=val_handlers,
+            decollate=False,
+        )
 
     def run(self, global_epoch: int = 1) -> None:
         self.job.start()

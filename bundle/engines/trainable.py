@@ -4,6 +4,7 @@ of them took part in the loss."""
 from __future__ import annotations
 
 import torch
+
 from bundle.engines.utils import unwrap
 
 
@@ -18,9 +19,11 @@ def trainable_parameters(network: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The parameters the optimiser gets: those that require a gradient; none is refused with a clear error."""
     parameters = [p for p in network.parameters() if p.requires_grad]
     if not parameters:
-        raise ValueError(f"nothing to train: no parameter of the network is trainable{_training_setting(network)}. "
-                         "With msc_scale 0 the MSC adapter takes no part; the 'without MSC' ablation trains "
-                         "LoRA on the text cross-attention instead (configs/ablation_no_msc.json)")
+        raise ValueError(
+            f"nothing to train: no parameter of the network is trainable{_training_setting(network)}. "
+            "With msc_scale 0 the MSC adapter takes no part; the 'without MSC' ablation trains "
+            "LoRA on the text cross-attention instead (configs/ablation_no_msc.json)"
+        )
     return parameters
 
 
@@ -36,7 +39,12 @@ def require_gradients(network: torch.nn.Module) -> None:
     unused = [name for name, p in trainable if p.grad is None]
     if not unused:
         return
-    what = "no trainable parameter takes part" if len(unused) == len(trainable) else \
-        f"{len(unused)} of {len(trainable)} trainable parameters take no part"
-    raise ValueError(f"{what} in the loss{_training_setting(network)}, e.g. {', '.join(unused[:3])}; they would "
-                     "not train (and stop DistributedDataParallel): freeze them or choose another 'trainable'")
+    what = (
+        "no trainable parameter takes part"
+        if len(unused) == len(trainable)
+        else f"{len(unused)} of {len(trainable)} trainable parameters take no part"
+    )
+    raise ValueError(
+        f"{what} in the loss{_training_setting(network)}, e.g. {', '.join(unused[:3])}; they would "
+        "not train (and stop DistributedDataParallel): freeze them or choose another 'trainable'"
+    )

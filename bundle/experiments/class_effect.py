@@ -46,15 +46,22 @@ def in_mask_change(request: Mapping, synthetic: str | os.PathLike) -> dict[str, 
         mask &= changed_slices[:, None, None]
     before, now = float(original[mask].mean()), float(after[mask].mean())
     relative = (after[mask] - original[mask]) / max(abs(before), 1e-6)
-    return {"case_id": request["case_id"], "label": request.get("label"), "signal": requested_signal(request["text"]),
-            "mean_before": before, "mean_after": now, "relative_change": (now - before) / max(abs(before), 1e-6),
-            "brighter_fraction": float((relative > FOCAL_THRESHOLD).mean()),
-            "darker_fraction": float((relative < -FOCAL_THRESHOLD).mean()),
-            "changed_slices": int(changed_slices.sum())}
+    return {
+        "case_id": request["case_id"],
+        "label": request.get("label"),
+        "signal": requested_signal(request["text"]),
+        "mean_before": before,
+        "mean_after": now,
+        "relative_change": (now - before) / max(abs(before), 1e-6),
+        "brighter_fraction": float((relative > FOCAL_THRESHOLD).mean()),
+        "darker_fraction": float((relative < -FOCAL_THRESHOLD).mean()),
+        "changed_slices": int(changed_slices.sum()),
+    }
 
 
-def class_effect(requests_path: str | os.PathLike, synthesis_dir: str | os.PathLike, split: str = "test",
-                 suffix: str = "_synthetic") -> dict[str, object]:
+def class_effect(
+    requests_path: str | os.PathLike, synthesis_dir: str | os.PathLike, split: str = "test", suffix: str = "_synthetic"
+) -> dict[str, object]:
     """Per-request in-mask changes and their mean by requested signal, for every request that was written."""
     synthesis_dir = Path(synthesis_dir)
     rows = []
@@ -68,16 +75,26 @@ def class_effect(requests_path: str | os.PathLike, synthesis_dir: str | os.PathL
         changes = np.array([row["relative_change"] for row in group])
         brighter = np.array([row["brighter_fraction"] for row in group])
         darker = np.array([row["darker_fraction"] for row in group])
-        summary[signal] = {"count": int(changes.size), "mean_relative_change": float(changes.mean()),
-                           "std": float(changes.std()), "positive": int((changes > 0).sum()),
-                           "mean_brighter_fraction": float(brighter.mean()),
-                           "mean_darker_fraction": float(darker.mean()),
-                           "more_brighter_than_darker": int((brighter > darker).sum())}
+        summary[signal] = {
+            "count": int(changes.size),
+            "mean_relative_change": float(changes.mean()),
+            "std": float(changes.std()),
+            "positive": int((changes > 0).sum()),
+            "mean_brighter_fraction": float(brighter.mean()),
+            "mean_darker_fraction": float(darker.mean()),
+            "more_brighter_than_darker": int((brighter > darker).sum()),
+        }
     return {"cases": rows, "by_signal": summary}
 
 
-def effect_figure(requests_path: str | os.PathLike, synthesis_dir: str | os.PathLike, output: str | os.PathLike,
-                  max_cases: int = 3, split: str = "test", suffix: str = "_synthetic") -> Path:
+def effect_figure(
+    requests_path: str | os.PathLike,
+    synthesis_dir: str | os.PathLike,
+    output: str | os.PathLike,
+    max_cases: int = 3,
+    split: str = "test",
+    suffix: str = "_synthetic",
+) -> Path:
     """Rows of normal source cases on the sagittal slice that changed most: the source, each synthesis of it,
     and each synthesis minus the source (red brighter, blue darker; +-30 % of the source's in-mask mean)."""
     synthesis_dir = Path(synthesis_dir)
@@ -100,10 +117,14 @@ def effect_figure(requests_path: str | os.PathLike, synthesis_dir: str | os.Path
         low, high = np.percentile(original[x][crop], [1, 99.5])
         limit = 0.3 * float(original[mask].mean())
         panels = [("source (normal)", original[x], "gray", low, high)]
-        panels += [(f"{r.get('label')}: {requested_signal(r['text'])}", v[x], "gray", low, high)
-                   for r, v in zip(group, results, strict=True)]
-        panels += [(f"{r.get('label')} - source", v[x] - original[x], "coolwarm", -limit, limit)
-                   for r, v in zip(group, results, strict=True)]
+        panels += [
+            (f"{r.get('label')}: {requested_signal(r['text'])}", v[x], "gray", low, high)
+            for r, v in zip(group, results, strict=True)
+        ]
+        panels += [
+            (f"{r.get('label')} - source", v[x] - original[x], "coolwarm", -limit, limit)
+            for r, v in zip(group, results, strict=True)
+        ]
         for axis, (title, image, colormap, vmin, vmax) in zip(row, panels, strict=False):
             axis.imshow(image[crop].T, cmap=colormap, origin="lower", vmin=vmin, vmax=vmax)
             axis.contour(mask[x][crop].T, levels=[0.5], colors="yellow", linewidths=0.5)
@@ -118,9 +139,13 @@ def effect_figure(requests_path: str | os.PathLike, synthesis_dir: str | os.Path
     return output
 
 
-def write_effect_report(requests_path: str | os.PathLike, synthesis_dir: str | os.PathLike,
-                        output: str | os.PathLike, figure: str | os.PathLike | None = None,
-                        split: str = "test") -> dict[str, object]:
+def write_effect_report(
+    requests_path: str | os.PathLike,
+    synthesis_dir: str | os.PathLike,
+    output: str | os.PathLike,
+    figure: str | os.PathLike | None = None,
+    split: str = "test",
+) -> dict[str, object]:
     """:func:`class_effect` as JSON at ``output``, and optionally :func:`effect_figure`."""
     from bundle.utils.files import write_json_atomically
 
@@ -137,8 +162,10 @@ def format_summary(report: Mapping[str, object], signals: Sequence[str] = SIGNAL
     for signal in signals:
         entry = report["by_signal"].get(signal)
         if entry:
-            lines.append(f"{signal:>13}: n={entry['count']}, mean in-mask change {100 * entry['mean_relative_change']:+.1f}% "
-                         f"(sd {100 * entry['std']:.1f}%); voxels > {100 * FOCAL_THRESHOLD:.0f}% brighter "
-                         f"{100 * entry['mean_brighter_fraction']:.1f}%, darker {100 * entry['mean_darker_fraction']:.1f}%; "
-                         f"{entry['more_brighter_than_darker']} of {entry['count']} cases more brighter than darker")
+            lines.append(
+                f"{signal:>13}: n={entry['count']}, mean in-mask change {100 * entry['mean_relative_change']:+.1f}% "
+                f"(sd {100 * entry['std']:.1f}%); voxels > {100 * FOCAL_THRESHOLD:.0f}% brighter "
+                f"{100 * entry['mean_brighter_fraction']:.1f}%, darker {100 * entry['mean_darker_fraction']:.1f}%; "
+                f"{entry['more_brighter_than_darker']} of {entry['count']} cases more brighter than darker"
+            )
     return "\n".join(lines)

@@ -9,8 +9,8 @@ it (``WORK/done/<step>.json``), so a killed run continues where it stopped:
    training, balancing or any choice of settings.
 2. synthesis models: stage 1 (MSC) and stage 2 for the full method, without MSC (gamma = 0) and without SMIS
    (hard mask, unmasked loss), all on the training list with the same settings; or given models folders.
-3. balancing (:func:`bundle.balancing.balanced_datalist.balance_datalist`, what ``scripts/balance.py`` runs): each disease class
-   of the training list filled up to the normal count with synthetic cases of each of the three models.
+3. balancing (:func:`bundle.balancing.balanced_datalist.balance_datalist`, what ``scripts/balance.py`` runs): each
+   disease class of the training list filled up to the normal count with synthetic cases of each of the three models.
 4. classification (``configs/classify.json``): five arms x ``seeds``; every arm trains for the same number
    of optimiser steps (``classifier_epochs`` x ``samples_per_epoch`` / ``batch_size``) and is tested on the
    same real test list.
@@ -38,7 +38,6 @@ from bundle.utils.files import write_json_atomically
 logger = logging.getLogger(__name__)
 
 
-
 class ExperimentError(ValueError):
     """A bad setting or a work folder that holds another run: said in one line, no traceback needed."""
 
@@ -57,35 +56,86 @@ cases) and how its slices are drawn."""
 
 MODELS: dict[str, dict[str, object]] = {
     "full": {"configs": ["train.json"], "folder": "models", "inference": {}},
-    "no_msc": {"configs": ["train.json", "ablation_no_msc.json"], "folder": "models_no_msc",
-               "inference": {"msc_scale": 0.0}},
-    "no_smis": {"configs": ["train.json", "ablation_no_smis.json"], "folder": "models_no_smis",
-                "inference": {"soft_mask_sigma_mm": 0.0}},
+    "no_msc": {
+        "configs": ["train.json", "ablation_no_msc.json"],
+        "folder": "models_no_msc",
+        "inference": {"msc_scale": 0.0},
+    },
+    "no_smis": {
+        "configs": ["train.json", "ablation_no_smis.json"],
+        "folder": "models_no_smis",
+        "inference": {"soft_mask_sigma_mm": 0.0},
+    },
 }
 """The synthesis models: their training configs, folder under ``WORK``, and the inference settings that go with
 them (no MSC samples with gamma 0, no SMIS with a hard mask, as each was trained)."""
 
-METRIC_TITLES = {"auc": "AUC (macro OvR)", "accuracy": "accuracy", "precision": "precision (macro)",
-                 "recall": "recall (macro)", "f1": "F1 (macro)"}
+METRIC_TITLES = {
+    "auc": "AUC (macro OvR)",
+    "accuracy": "accuracy",
+    "precision": "precision (macro)",
+    "recall": "recall (macro)",
+    "f1": "F1 (macro)",
+}
 
 PRESETS: dict[str, dict[str, object]] = {
     # the pipeline end to end in about a minute: tests and smoke runs; the numbers mean nothing
-    "quick": {"train_cases": 12, "test_cases": 6, "difficulty": 0.3, "msc_epochs": 1, "synthesis_epochs": 1,
-              "synthesis_spatial_size": 32, "synthesis_slices": 1, "synthesis_batch_size": 4,
-              "inference_steps": 2, "slices_per_case": 2, "classifier_epochs": 1, "samples_per_epoch": 8,
-              "batch_size": 4, "classifier_spatial_size": 32, "resnet": "resnet10", "seeds": [0]},
+    "quick": {
+        "train_cases": 12,
+        "test_cases": 6,
+        "difficulty": 0.3,
+        "msc_epochs": 1,
+        "synthesis_epochs": 1,
+        "synthesis_spatial_size": 32,
+        "synthesis_slices": 1,
+        "synthesis_batch_size": 4,
+        "inference_steps": 2,
+        "slices_per_case": 2,
+        "classifier_epochs": 1,
+        "samples_per_epoch": 8,
+        "batch_size": 4,
+        "classifier_spatial_size": 32,
+        "resnet": "resnet10",
+        "seeds": [0],
+    },
     # sized for about 45 minutes on a 2-core CPU (measured: 47.4 min, docs/downstream_experiment.md)
-    "default": {"train_cases": 60, "test_cases": 90, "difficulty": 0.3, "msc_epochs": 20,
-                "synthesis_epochs": 20, "synthesis_spatial_size": 48, "synthesis_slices": 2,
-                "synthesis_batch_size": 8, "inference_steps": 20, "slices_per_case": 4,
-                "classifier_epochs": 20, "samples_per_epoch": 96, "batch_size": 8,
-                "classifier_spatial_size": 48, "resnet": "resnet10", "seeds": [0, 1, 2]},
+    "default": {
+        "train_cases": 60,
+        "test_cases": 90,
+        "difficulty": 0.3,
+        "msc_epochs": 20,
+        "synthesis_epochs": 20,
+        "synthesis_spatial_size": 48,
+        "synthesis_slices": 2,
+        "synthesis_batch_size": 8,
+        "inference_steps": 20,
+        "slices_per_case": 4,
+        "classifier_epochs": 20,
+        "samples_per_epoch": 96,
+        "batch_size": 8,
+        "classifier_spatial_size": 48,
+        "resnet": "resnet10",
+        "seeds": [0, 1, 2],
+    },
     # a GPU: more cases, longer training, the full sampler, a larger classifier, 5 seeds
-    "gpu": {"train_cases": 200, "test_cases": 300, "difficulty": 0.3, "msc_epochs": 40,
-            "synthesis_epochs": 200, "synthesis_spatial_size": 64, "synthesis_slices": 3,
-            "synthesis_batch_size": 32, "inference_steps": 50, "slices_per_case": 4,
-            "classifier_epochs": 60, "samples_per_epoch": 512, "batch_size": 32,
-            "classifier_spatial_size": 64, "resnet": "resnet18", "seeds": [0, 1, 2, 3, 4]},
+    "gpu": {
+        "train_cases": 200,
+        "test_cases": 300,
+        "difficulty": 0.3,
+        "msc_epochs": 40,
+        "synthesis_epochs": 200,
+        "synthesis_spatial_size": 64,
+        "synthesis_slices": 3,
+        "synthesis_batch_size": 32,
+        "inference_steps": 50,
+        "slices_per_case": 4,
+        "classifier_epochs": 60,
+        "samples_per_epoch": 512,
+        "batch_size": 32,
+        "classifier_spatial_size": 64,
+        "resnet": "resnet18",
+        "seeds": [0, 1, 2, 3, 4],
+    },
 }
 COMMON = {"data_seed": 1, "balance_seed": 0, "learning_rate": 0.001}
 
@@ -99,8 +149,9 @@ def settings_for(preset: str = "default", **overrides) -> dict[str, object]:
     if unknown:
         raise ExperimentError(f"unknown settings {unknown}; known: {sorted(settings)}")
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    settings["seeds"] = [int(s) for s in (settings["seeds"] if isinstance(settings["seeds"], (list, tuple))
-                                          else [settings["seeds"]])]
+    settings["seeds"] = [
+        int(s) for s in (settings["seeds"] if isinstance(settings["seeds"], (list, tuple)) else [settings["seeds"]])
+    ]
     settings["preset"] = preset
     return settings
 
@@ -124,8 +175,12 @@ class Steps:
         logger.info("step %s: running", name)
         start = time.monotonic()
         details = action()
-        record = {"step": name, "seconds": round(time.monotonic() - start, 2), "details": details,
-                  "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        record = {
+            "step": name,
+            "seconds": round(time.monotonic() - start, 2),
+            "details": details,
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomically(self.folder / f"{name}.json", record)
         logger.info("step %s: done in %.1f s", name, record["seconds"])
@@ -141,11 +196,18 @@ def make_data(data_dir: Path, settings: Mapping) -> Path:
     from bundle.demo.dataset import DEFAULT_CLASS_FRACTIONS, generate_dataset
 
     seed, difficulty = int(settings["data_seed"]), float(settings["difficulty"])
-    train = generate_dataset(data_dir / "train", int(settings["train_cases"]), seed, difficulty=difficulty,
-                             test_fraction=0.0)
+    train = generate_dataset(
+        data_dir / "train", int(settings["train_cases"]), seed, difficulty=difficulty, test_fraction=0.0
+    )
     test_seed = seed + 1000
-    generate_dataset(data_dir / "test", int(settings["test_cases"]), test_seed, difficulty=difficulty,
-                     test_fraction=0.0, class_fractions=[1, 1, 1])
+    generate_dataset(
+        data_dir / "test",
+        int(settings["test_cases"]),
+        test_seed,
+        difficulty=difficulty,
+        test_fraction=0.0,
+        class_fractions=[1, 1, 1],
+    )
 
     def entries(folder: str) -> list[dict]:
         loaded = load_datalist(data_dir / folder / "datalist.json", "training")
@@ -156,13 +218,21 @@ def make_data(data_dir: Path, settings: Mapping) -> Path:
         return loaded
 
     datalist = {key: value for key, value in train.items() if not isinstance(value, list)}
-    datalist.update({
-        "description": (f"Downstream experiment data: {settings['train_cases']} imbalanced training cases "
-                        f"(phantom seed {seed}) and {settings['test_cases']} class-balanced test cases (seed "
-                        f"{test_seed}), difficulty {difficulty}; generated, never synthesised."),
-        "seed": seed, "test_seed": test_seed, "test_class_fractions": [1 / 3] * 3,
-        "class_fractions": dict(DEFAULT_CLASS_FRACTIONS),
-        "training": entries("train"), "test": entries("test")})
+    datalist.update(
+        {
+            "description": (
+                f"Downstream experiment data: {settings['train_cases']} imbalanced training cases "
+                f"(phantom seed {seed}) and {settings['test_cases']} class-balanced test cases (seed "
+                f"{test_seed}), difficulty {difficulty}; generated, never synthesised."
+            ),
+            "seed": seed,
+            "test_seed": test_seed,
+            "test_class_fractions": [1 / 3] * 3,
+            "class_fractions": dict(DEFAULT_CLASS_FRACTIONS),
+            "training": entries("train"),
+            "test": entries("test"),
+        }
+    )
     return write_json_atomically(data_dir / "datalist.json", datalist)
 
 
@@ -171,9 +241,14 @@ def _workflow(config_names: Sequence[str], overrides: Mapping[str, object]):
 
     configs = BUNDLE_ROOT / "configs"
     files = [str(configs / name) for name in config_names]
-    flow = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type="train",
-                          meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
-                          bundle_root=str(BUNDLE_ROOT), **overrides)
+    flow = ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        workflow_type="train",
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        bundle_root=str(BUNDLE_ROOT),
+        **overrides,
+    )
     flow.initialize()
     try:
         flow.run()
@@ -183,43 +258,71 @@ def _workflow(config_names: Sequence[str], overrides: Mapping[str, object]):
 
 
 def train_stage1(datalist: Path, models_dir: Path, runs_dir: Path, settings: Mapping) -> dict:
-    overrides = {"datalist": str(datalist), "models_dir": str(models_dir), "output_dir": str(runs_dir / "msc"),
-                 "max_epochs": int(settings["msc_epochs"]), "val_interval": int(settings["msc_epochs"]),
-                 "spatial_size": int(settings["synthesis_spatial_size"]),
-                 "slices_per_case": int(settings["synthesis_slices"])}
+    overrides = {
+        "datalist": str(datalist),
+        "models_dir": str(models_dir),
+        "output_dir": str(runs_dir / "msc"),
+        "max_epochs": int(settings["msc_epochs"]),
+        "val_interval": int(settings["msc_epochs"]),
+        "spatial_size": int(settings["synthesis_spatial_size"]),
+        "slices_per_case": int(settings["synthesis_slices"]),
+    }
     _workflow(["train_msc.json"], overrides)
     return {"config": ["configs/train_msc.json"], "overrides": overrides}
 
 
-def train_stage2(model: str, datalist: Path, models_dir: Path, stage1_dir: Path, runs_dir: Path,
-                 settings: Mapping) -> dict:
-    overrides = {"datalist": str(datalist), "models_dir": str(models_dir), "stage1_dir": str(stage1_dir),
-                 "output_dir": str(runs_dir / model), "max_epochs": int(settings["synthesis_epochs"]),
-                 "val_interval": int(settings["synthesis_epochs"]),
-                 "spatial_size": int(settings["synthesis_spatial_size"]),
-                 "slices_per_case": int(settings["synthesis_slices"]),
-                 "batch_size": int(settings["synthesis_batch_size"]),
-                 "val_inference_steps": int(settings["inference_steps"])}
+def train_stage2(
+    model: str, datalist: Path, models_dir: Path, stage1_dir: Path, runs_dir: Path, settings: Mapping
+) -> dict:
+    overrides = {
+        "datalist": str(datalist),
+        "models_dir": str(models_dir),
+        "stage1_dir": str(stage1_dir),
+        "output_dir": str(runs_dir / model),
+        "max_epochs": int(settings["synthesis_epochs"]),
+        "val_interval": int(settings["synthesis_epochs"]),
+        "spatial_size": int(settings["synthesis_spatial_size"]),
+        "slices_per_case": int(settings["synthesis_slices"]),
+        "batch_size": int(settings["synthesis_batch_size"]),
+        "val_inference_steps": int(settings["inference_steps"]),
+    }
     configs = list(MODELS[model]["configs"])
     _workflow(configs, overrides)
     return {"config": [f"configs/{name}" for name in configs], "overrides": overrides}
 
 
-def balance(model: str, datalist: Path, output_dir: Path, models_dir: Path, stage1_dir: Path,
-            settings: Mapping) -> dict:
+def balance(
+    model: str, datalist: Path, output_dir: Path, models_dir: Path, stage1_dir: Path, settings: Mapping
+) -> dict:
     from bundle.balancing.balanced_datalist import balance_datalist
 
-    overrides = {"num_inference_steps": int(settings["inference_steps"]),
-                 "slices_per_case": int(settings["slices_per_case"]),
-                 "spatial_size": int(settings["synthesis_spatial_size"]), "stage1_dir": str(stage1_dir),
-                 **MODELS[model]["inference"]}
-    summary = balance_datalist(datalist, output_dir, target="normal", seed=int(settings["balance_seed"]),
-                               models_dir=models_dir, bundle_root=BUNDLE_ROOT, overrides=overrides)
+    overrides = {
+        "num_inference_steps": int(settings["inference_steps"]),
+        "slices_per_case": int(settings["slices_per_case"]),
+        "spatial_size": int(settings["synthesis_spatial_size"]),
+        "stage1_dir": str(stage1_dir),
+        **MODELS[model]["inference"],
+    }
+    summary = balance_datalist(
+        datalist,
+        output_dir,
+        target="normal",
+        seed=int(settings["balance_seed"]),
+        models_dir=models_dir,
+        bundle_root=BUNDLE_ROOT,
+        overrides=overrides,
+    )
     if not summary["complete"]:
-        raise RuntimeError(f"balancing with the {model} model left {len(summary['missing'])} cases unwritten; "
-                           f"see {output_dir / summary['synthesis_report']}; run again to retry them")
-    return {"overrides": overrides, "counts_real": summary["counts_real"],
-            "counts_after": summary["counts_after"], "synthetic_listed": summary["synthetic_listed"]}
+        raise RuntimeError(
+            f"balancing with the {model} model left {len(summary['missing'])} cases unwritten; "
+            f"see {output_dir / summary['synthesis_report']}; run again to retry them"
+        )
+    return {
+        "overrides": overrides,
+        "counts_real": summary["counts_real"],
+        "counts_after": summary["counts_after"],
+        "synthetic_listed": summary["synthetic_listed"],
+    }
 
 
 def classify(arm: str, seed: int, datalist: Path, output_dir: Path, cache_dir: Path, settings: Mapping) -> dict:
@@ -229,15 +332,23 @@ def classify(arm: str, seed: int, datalist: Path, output_dir: Path, cache_dir: P
     return {"overrides": overrides, **{name: metrics[name] for name in METRIC_NAMES}}
 
 
-def classify_overrides(arm: str, seed: int, datalist: Path, output_dir: Path, cache_dir: Path,
-                       settings: Mapping) -> dict[str, object]:
-    return {"datalist": str(datalist), "output_dir": str(output_dir), "cache_dir": str(cache_dir),
-            "seed": int(seed), "sampling": ARMS[arm]["sampling"],
-            "max_epochs": int(settings["classifier_epochs"]),
-            "samples_per_epoch": int(settings["samples_per_epoch"]), "batch_size": int(settings["batch_size"]),
-            "learning_rate": float(settings["learning_rate"]),
-            "spatial_size": int(settings["classifier_spatial_size"]),
-            "slices_per_case": int(settings["slices_per_case"]), "resnet": str(settings["resnet"])}
+def classify_overrides(
+    arm: str, seed: int, datalist: Path, output_dir: Path, cache_dir: Path, settings: Mapping
+) -> dict[str, object]:
+    return {
+        "datalist": str(datalist),
+        "output_dir": str(output_dir),
+        "cache_dir": str(cache_dir),
+        "seed": int(seed),
+        "sampling": ARMS[arm]["sampling"],
+        "max_epochs": int(settings["classifier_epochs"]),
+        "samples_per_epoch": int(settings["samples_per_epoch"]),
+        "batch_size": int(settings["batch_size"]),
+        "learning_rate": float(settings["learning_rate"]),
+        "spatial_size": int(settings["classifier_spatial_size"]),
+        "slices_per_case": int(settings["slices_per_case"]),
+        "resnet": str(settings["resnet"]),
+    }
 
 
 def finished_run(metrics_path: Path, epochs: int) -> bool:
@@ -249,10 +360,17 @@ def finished_run(metrics_path: Path, epochs: int) -> bool:
         return False
 
 
-def run_experiment(work_dir: str | os.PathLike, settings: Mapping, datalist: str | os.PathLike | None = None,
-                   models_dirs: Mapping[str, str | os.PathLike | None] | None = None,
-                   stage1_dir: str | os.PathLike | None = None, docs_dir: str | os.PathLike | None = None,
-                   command: str = "", arms: Sequence[str] = tuple(ARMS), report_name: str = "downstream") -> dict:
+def run_experiment(
+    work_dir: str | os.PathLike,
+    settings: Mapping,
+    datalist: str | os.PathLike | None = None,
+    models_dirs: Mapping[str, str | os.PathLike | None] | None = None,
+    stage1_dir: str | os.PathLike | None = None,
+    docs_dir: str | os.PathLike | None = None,
+    command: str = "",
+    arms: Sequence[str] = tuple(ARMS),
+    report_name: str = "downstream",
+) -> dict:
     """Every step of the comparison (each skipped when done), then the report ``docs_dir/<report_name>.md``;
     returns the results. ``arms`` may differ between runs in one ``work_dir``: each step depends only on the
     settings, so a later run with more arms reuses the steps an earlier one finished."""
@@ -262,14 +380,20 @@ def run_experiment(work_dir: str | os.PathLike, settings: Mapping, datalist: str
     if unknown:
         raise ExperimentError(f"unknown arms {unknown}; known: {list(ARMS)}")
     given, folders = model_folders(work_dir, models_dirs)
-    record = {"settings": dict(settings), "datalist": str(Path(datalist).absolute()) if datalist else None,
-              "models_dirs": given, "stage1_dir": str(Path(stage1_dir).absolute()) if stage1_dir else None}
+    record = {
+        "settings": dict(settings),
+        "datalist": str(Path(datalist).absolute()) if datalist else None,
+        "models_dirs": given,
+        "stage1_dir": str(Path(stage1_dir).absolute()) if stage1_dir else None,
+    }
     record_path = work_dir / "experiment.json"
     if record_path.is_file():
         before = json.loads(record_path.read_text())
         if before != json.loads(json.dumps(record)):
-            raise ExperimentError(f"{work_dir} holds a run with other settings ({record_path}); use a new --work_dir "
-                             "or the same settings to continue it")
+            raise ExperimentError(
+                f"{work_dir} holds a run with other settings ({record_path}); use a new --work_dir "
+                "or the same settings to continue it"
+            )
     else:
         write_json_atomically(record_path, record)
     steps = Steps(work_dir)
@@ -289,8 +413,7 @@ def run_experiment(work_dir: str | os.PathLike, settings: Mapping, datalist: str
     balanced = {}
     for model in sorted(needed):
         balanced[model] = work_dir / "balanced" / model
-        steps.run(f"balance_{model}", lambda m=model: balance(m, datalist, balanced[m], folders[m], stage1,
-                                                              settings))
+        steps.run(f"balance_{model}", lambda m=model: balance(m, datalist, balanced[m], folders[m], stage1, settings))
     results: dict[str, dict[int, dict]] = {}
     for arm in arms:
         model = ARMS[arm]["model"]
@@ -299,9 +422,10 @@ def run_experiment(work_dir: str | os.PathLike, settings: Mapping, datalist: str
             output = work_dir / "classify" / arm / f"seed_{seed}"
             if not finished_run(output / "metrics.json", int(settings["classifier_epochs"])):
                 (steps.folder / f"classify_{arm}_seed{seed}.json").unlink(missing_ok=True)
-            steps.run(f"classify_{arm}_seed{seed}",
-                      lambda a=arm, s=seed, d=arm_datalist, o=output: classify(a, s, d, o, work_dir / "cache",
-                                                                             settings))
+            steps.run(
+                f"classify_{arm}_seed{seed}",
+                lambda a=arm, s=seed, d=arm_datalist, o=output: classify(a, s, d, o, work_dir / "cache", settings),
+            )
             results.setdefault(arm, {})[seed] = json.loads((output / "metrics.json").read_text())
     if docs_dir is not None:
         context = report_context(work_dir, settings, datalist, folders, given, command, steps.seconds())
@@ -309,26 +433,40 @@ def run_experiment(work_dir: str | os.PathLike, settings: Mapping, datalist: str
     return results
 
 
-def model_folders(work_dir: Path, models_dirs: Mapping[str, str | os.PathLike | None] | None
-                  ) -> tuple[dict[str, str], dict[str, Path]]:
+def model_folders(
+    work_dir: Path, models_dirs: Mapping[str, str | os.PathLike | None] | None
+) -> tuple[dict[str, str], dict[str, Path]]:
     """The given models folders (absolute) and every model's folder: given, or the one trained in ``work_dir``."""
     given = {k: str(Path(v).absolute()) for k, v in (models_dirs or {}).items() if v}
     return given, {m: Path(given[m]) if m in given else work_dir / str(MODELS[m]["folder"]) for m in MODELS}
 
 
 # ------------------------------------------------------------------------------------------------ report
-def rewrite_report(work_dir: str | os.PathLike, settings: Mapping, docs_dir: str | os.PathLike,
-                   datalist: str | os.PathLike | None = None,
-                   models_dirs: Mapping[str, str | os.PathLike | None] | None = None, command: str = "",
-                   arms: Sequence[str] = tuple(ARMS), report_name: str = "downstream") -> tuple[Path, Path]:
+def rewrite_report(
+    work_dir: str | os.PathLike,
+    settings: Mapping,
+    docs_dir: str | os.PathLike,
+    datalist: str | os.PathLike | None = None,
+    models_dirs: Mapping[str, str | os.PathLike | None] | None = None,
+    command: str = "",
+    arms: Sequence[str] = tuple(ARMS),
+    report_name: str = "downstream",
+) -> tuple[Path, Path]:
     """The report of the classifier runs ``work_dir`` finished (what :func:`run_experiment` writes at its end)."""
     work_dir = Path(work_dir).absolute()
     results = collect_results(work_dir, arms, settings["seeds"])
     if not results:
         raise ExperimentError(f"no finished classifier runs under {work_dir / 'classify'}")
     given, folders = model_folders(work_dir, models_dirs)
-    context = report_context(work_dir, settings, Path(datalist or work_dir / "data" / "datalist.json").absolute(),
-                             folders, given, command, Steps(work_dir).seconds())
+    context = report_context(
+        work_dir,
+        settings,
+        Path(datalist or work_dir / "data" / "datalist.json").absolute(),
+        folders,
+        given,
+        command,
+        Steps(work_dir).seconds(),
+    )
     return write_report(results, Path(docs_dir), context, report_name)
 
 
@@ -355,8 +493,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarise(results: Mapping[str, Mapping[int, Mapping]]) -> dict[str, dict[str, tuple[float, float]]]:
-    return {arm: {name: mean_std([runs[s].get(name) for s in sorted(runs)]) for name in METRIC_NAMES}
-            for arm, runs in results.items()}
+    return {
+        arm: {name: mean_std([runs[s].get(name) for s in sorted(runs)]) for name in METRIC_NAMES}
+        for arm, runs in results.items()
+    }
 
 
 def _cell(mean: float, std: float) -> str:
@@ -376,8 +516,12 @@ def verdicts(summary: Mapping[str, Mapping[str, tuple[float, float]]]) -> list[s
         return ["The full method was not run; no comparison."]
     full, full_sd = summary["synthetic"]["f1"]
     outcomes = []
-    for other, clearly in (("real", True), ("oversampling", True), ("synthetic_no_msc", False),
-                           ("synthetic_no_smis", False)):
+    for other, clearly in (
+        ("real", True),
+        ("oversampling", True),
+        ("synthetic_no_msc", False),
+        ("synthetic_no_smis", False),
+    ):
         if other not in summary:
             continue
         value, sd = summary[other]["f1"]
@@ -391,38 +535,60 @@ def verdicts(summary: Mapping[str, Mapping[str, tuple[float, float]]]) -> list[s
             claim = f"{title[0].upper()}{title[1:]} below the full method"
         outcomes.append(holds)
         spread = "; within the seed spread" if not clearly and abs(difference) <= max(full_sd, sd) else ""
-        lines.append(f"- {claim}: **{'yes' if holds else 'no'}** (macro F1 {full:.3f} ± {full_sd:.3f} for the "
-                     f"full method vs {value:.3f} ± {sd:.3f}, difference {difference:+.3f}{spread}).")
+        lines.append(
+            f"- {claim}: **{'yes' if holds else 'no'}** (macro F1 {full:.3f} ± {full_sd:.3f} for the "
+            f"full method vs {value:.3f} ± {sd:.3f}, difference {difference:+.3f}{spread})."
+        )
     if not outcomes:
         return ["Only the full method was run; no comparison."]
-    overall = ("The measured numbers **show** the paper's result on this data." if all(outcomes)
-               else "The measured numbers **do not show** the paper's result on this data (see the lines above "
-                    "for which part fails).")
+    overall = (
+        "The measured numbers **show** the paper's result on this data."
+        if all(outcomes)
+        else "The measured numbers **do not show** the paper's result on this data (see the lines above "
+        "for which part fails)."
+    )
     return [*lines, "", overall]
 
 
-def report_context(work_dir: Path, settings: Mapping, datalist: Path, folders: Mapping[str, Path],
-                   given: Mapping[str, str], command: str, seconds: Mapping[str, float]) -> dict:
+def report_context(
+    work_dir: Path,
+    settings: Mapping,
+    datalist: Path,
+    folders: Mapping[str, Path],
+    given: Mapping[str, str],
+    command: str,
+    seconds: Mapping[str, float],
+) -> dict:
     import monai
     import torch
 
     device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {
-        "command": command, "work_dir": str(work_dir), "datalist": str(datalist), "settings": dict(settings),
+        "command": command,
+        "work_dir": str(work_dir),
+        "datalist": str(datalist),
+        "settings": dict(settings),
         "models": {m: f"`{f}` ({'given' if m in given else 'trained here'})" for m, f in folders.items()},
         "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores, torch threads "
-                   f"{torch.get_num_threads()}, device {device}; python {platform.python_version()}, torch "
-                   f"{torch.__version__}, monai {monai.__version__}",
-        "seconds": dict(seconds), "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        f"{torch.get_num_threads()}, device {device}; python {platform.python_version()}, torch "
+        f"{torch.__version__}, monai {monai.__version__}",
+        "seconds": dict(seconds),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def _stage_times(seconds: Mapping[str, float]) -> list[str]:
     groups: dict[str, float] = {}
     for name, value in seconds.items():
-        group = ("classifier runs" if name.startswith("classify_") else
-                 "synthesis models (stage 1 + 2)" if name.startswith("stage") else
-                 "balancing (synthesis)" if name.startswith("balance_") else name)
+        group = (
+            "classifier runs"
+            if name.startswith("classify_")
+            else "synthesis models (stage 1 + 2)"
+            if name.startswith("stage")
+            else "balancing (synthesis)"
+            if name.startswith("balance_")
+            else name
+        )
         groups[group] = groups.get(group, 0.0) + float(value)
     order = ["data", "synthesis models (stage 1 + 2)", "balancing (synthesis)", "classifier runs"]
     ranked = sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
@@ -431,8 +597,9 @@ def _stage_times(seconds: Mapping[str, float]) -> list[str]:
     return ["| stage | minutes |", "| --- | ---: |", *lines, f"| **total** | **{total / 60:.1f}** |"]
 
 
-def write_report(results: Mapping[str, Mapping[int, Mapping]], docs_dir: Path, context: Mapping,
-                 name: str = "downstream") -> tuple[Path, Path]:
+def write_report(
+    results: Mapping[str, Mapping[int, Mapping]], docs_dir: Path, context: Mapping, name: str = "downstream"
+) -> tuple[Path, Path]:
     """``docs_dir/<name>.md`` (tables, verdicts, command, machine, time, settings) and ``<name>.png``."""
     docs_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(results)
@@ -444,17 +611,21 @@ def write_report(results: Mapping[str, Mapping[int, Mapping]], docs_dir: Path, c
     lines = [
         "# Downstream experiment: real vs oversampled vs synthetic-balanced training data",
         "",
-        (f"*Written by `scripts/downstream.py` on {context.get('created_utc', '')}; do not edit by hand — rerun "
-        "the command below. Design and arms: [downstream_experiment.md](downstream_experiment.md).*"),
+        (
+            f"*Written by `scripts/downstream.py` on {context.get('created_utc', '')}; do not edit by hand — rerun "
+            "the command below. Design and arms: [downstream_experiment.md](downstream_experiment.md).*"
+        ),
         "",
         "```bash",
         context.get("command", ""),
         "```",
         "",
-        (f"Test set: {first.get('test_cases', '?')} real cases ({_counts(first.get('test_counts', {}))}), "
-        f"never synthesised; {len(seeds)} classifier seed(s) per arm ({', '.join(map(str, seeds))}). Metrics are "
-        "case-level (mean softmax over a case's slices); precision, recall and F1 are macro averages; AUC is the "
-        "macro one-vs-rest ROC AUC. Mean ± sample standard deviation over the seeds."),
+        (
+            f"Test set: {first.get('test_cases', '?')} real cases ({_counts(first.get('test_counts', {}))}), "
+            f"never synthesised; {len(seeds)} classifier seed(s) per arm ({', '.join(map(str, seeds))}). Metrics are "
+            "case-level (mean softmax over a case's slices); precision, recall and F1 are macro averages; AUC is the "
+            "macro one-vs-rest ROC AUC. Mean ± sample standard deviation over the seeds."
+        ),
         "",
         "## Results",
         "",
@@ -464,23 +635,49 @@ def write_report(results: Mapping[str, Mapping[int, Mapping]], docs_dir: Path, c
     for arm in arms:
         runs = results[arm]
         counts = next(iter(runs.values())).get("training_counts", {})
-        lines.append(f"| {title[arm]} | {_training_counts(counts)} | "
-                     + " | ".join(_cell(*summary[arm][m]) for m in METRIC_NAMES) + " |")
-    lines += ["", f"![downstream results]({figure.name})", "", "## Verdict (macro F1)", "", *verdicts(summary), "",
-              "## Every run", "",
-              "| arm | seed | " + " | ".join(METRIC_TITLES[m] for m in METRIC_NAMES) + " |",
-              "| --- | ---: | " + " | ".join("---:" for _ in METRIC_NAMES) + " |"]
+        lines.append(
+            f"| {title[arm]} | {_training_counts(counts)} | "
+            + " | ".join(_cell(*summary[arm][m]) for m in METRIC_NAMES)
+            + " |"
+        )
+    lines += [
+        "",
+        f"![downstream results]({figure.name})",
+        "",
+        "## Verdict (macro F1)",
+        "",
+        *verdicts(summary),
+        "",
+        "## Every run",
+        "",
+        "| arm | seed | " + " | ".join(METRIC_TITLES[m] for m in METRIC_NAMES) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in METRIC_NAMES) + " |",
+    ]
     for arm in arms:
         for seed in sorted(results[arm]):
             run = results[arm][seed]
-            lines.append(f"| {title[arm]} | {seed} | " + " | ".join(_number(run.get(m)) for m in METRIC_NAMES)
-                         + " |")
-    lines += ["", "## Machine and time", "", f"Machine: {context.get('machine', '?')}.", "",
-              *_stage_times(context.get("seconds", {})), "",
-              "Times are those of the run that finished each step (a resumed run reuses finished steps).", "",
-              "## Settings", "", "```json", json.dumps(context.get("settings", {}), indent=2, sort_keys=True),
-              "```", "", f"Datalist: `{context.get('datalist', '')}`; work folder: `{context.get('work_dir', '')}`.",
-              "", "Synthesis models:", ""]
+            lines.append(f"| {title[arm]} | {seed} | " + " | ".join(_number(run.get(m)) for m in METRIC_NAMES) + " |")
+    lines += [
+        "",
+        "## Machine and time",
+        "",
+        f"Machine: {context.get('machine', '?')}.",
+        "",
+        *_stage_times(context.get("seconds", {})),
+        "",
+        "Times are those of the run that finished each step (a resumed run reuses finished steps).",
+        "",
+        "## Settings",
+        "",
+        "```json",
+        json.dumps(context.get("settings", {}), indent=2, sort_keys=True),
+        "```",
+        "",
+        f"Datalist: `{context.get('datalist', '')}`; work folder: `{context.get('work_dir', '')}`.",
+        "",
+        "Synthesis models:",
+        "",
+    ]
     lines += [f"- {model}: {folder}" for model, folder in context.get("models", {}).items()]
     lines.append("")
     path = docs_dir / f"{name}.md"
@@ -515,8 +712,14 @@ def plot_results(summary: Mapping[str, Mapping[str, tuple[float, float]]], path:
     for index, arm in enumerate(arms):
         means = [summary[arm][m][0] for m in METRIC_NAMES]
         stds = [summary[arm][m][1] for m in METRIC_NAMES]
-        axes.bar(positions + (index - (len(arms) - 1) / 2) * width, np.nan_to_num(means), width,
-                 yerr=np.nan_to_num(stds), capsize=3, label=ARMS.get(arm, {}).get("title", arm))
+        axes.bar(
+            positions + (index - (len(arms) - 1) / 2) * width,
+            np.nan_to_num(means),
+            width,
+            yerr=np.nan_to_num(stds),
+            capsize=3,
+            label=ARMS.get(arm, {}).get("title", arm),
+        )
     axes.set_xticks(positions, [METRIC_TITLES[m] for m in METRIC_NAMES])
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("test value (mean ± std over seeds)")

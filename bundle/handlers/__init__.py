@@ -9,6 +9,14 @@ from bundle.handlers.sample_grid import SampleGridWriter
 from bundle.handlers.trained_weights import TrainedWeightsLoader
 
 __all__ = [
-    "CaseClassificationReport", "ExportGuidedUNet", "ExportSemanticController", "MetricsReport", "ResumableCheckpoints",
-    "SampleGridWriter", "TrainedWeightsLoader", "newest_checkpoint", "refuse_pickled_code", "run_details",
+    "CaseClassificationReport",
+    "ExportGuidedUNet",
+    "ExportSemanticController",
+    "MetricsReport",
+    "ResumableCheckpoints",
+    "SampleGridWriter",
+    "TrainedWeightsLoader",
+    "newest_checkpoint",
+    "refuse_pickled_code",
+    "run_details",
 ]

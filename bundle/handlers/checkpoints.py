@@ -75,14 +75,20 @@ def refuse_pickled_code(path: str | os.PathLike) -> None:
             torch.load(path, map_location="cpu", weights_only=True)
             unsafe = []
     except pickle.UnpicklingError as error:  # name the globals from the opcodes: torch's message may not
-        unsafe = ([name for name in _pickle_globals(path) if not name.startswith(("torch.", "collections."))]
-                  or _UNSUPPORTED_GLOBAL.findall(str(error)) or ["objects a weights-only load does not allow"])
+        unsafe = (
+            [name for name in _pickle_globals(path) if not name.startswith(("torch.", "collections."))]
+            or _UNSUPPORTED_GLOBAL.findall(str(error))
+            or ["objects a weights-only load does not allow"]
+        )
     except (OSError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as error:  # truncated, not a checkpoint
         raise InputError(path, f"not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
     if unsafe:
-        raise InputError(path, f"refused: loading this checkpoint would call {', '.join(unsafe[:5])}, i.e. run code "
-                               "rather than read weights; this bundle's training never writes that, so delete it "
-                               "(or move it out of the checkpoint folder) unless you know where it comes from")
+        raise InputError(
+            path,
+            f"refused: loading this checkpoint would call {', '.join(unsafe[:5])}, i.e. run code "
+            "rather than read weights; this bundle's training never writes that, so delete it "
+            "(or move it out of the checkpoint folder) unless you know where it comes from",
+        )
 
 
 def newest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
@@ -102,8 +108,9 @@ class ResumableCheckpoints:
     (:func:`refuse_pickled_code`), and one of another architecture with an :class:`InputError` naming it.
     """
 
-    def __init__(self, checkpoint_dir: str | os.PathLike, objects: Mapping[str, object],
-                 map_location: str | None = "cpu") -> None:
+    def __init__(
+        self, checkpoint_dir: str | os.PathLike, objects: Mapping[str, object], map_location: str | None = "cpu"
+    ) -> None:
         self.checkpoint_dir, self.objects, self.map_location = Path(checkpoint_dir), dict(objects), map_location
 
     def attach(self, engine: Engine) -> None:
@@ -120,9 +127,13 @@ class ResumableCheckpoints:
             engine.add_event_handler(Events.STARTED, self._resume, loader, path)
         # ignite's own Checkpoint with an atomic DiskSaver: MONAI's CheckpointSaver writes in place (atomic=False),
         # so a run killed while saving would leave a truncated newest checkpoint that the next run cannot load
-        saver = Checkpoint(objects, DiskSaver(str(self.checkpoint_dir), require_empty=False, atomic=True),
-                           n_saved=1, filename_pattern="checkpoint_epoch={global_step}.{ext}",
-                           global_step_transform=lambda trainer, _: trainer.state.epoch)
+        saver = Checkpoint(
+            objects,
+            DiskSaver(str(self.checkpoint_dir), require_empty=False, atomic=True),
+            n_saved=1,
+            filename_pattern="checkpoint_epoch={global_step}.{ext}",
+            global_step_transform=lambda trainer, _: trainer.state.epoch,
+        )
         engine.add_event_handler(Events.EPOCH_COMPLETED, saver)
 
     @staticmethod
@@ -133,5 +144,8 @@ class ResumableCheckpoints:
         except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as error:
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             first = " ".join(lines[:2])[:300] or type(error).__name__  # e.g. "... for Linear: size mismatch for ..."
-            raise InputError(path, f"does not fit this model or trainer ({first}); it belongs to another "
-                                   "architecture or configuration: move it away to train from the start") from error
+            raise InputError(
+                path,
+                f"does not fit this model or trainer ({first}); it belongs to another "
+                "architecture or configuration: move it away to train from the start",
+            ) from error

@@ -10,11 +10,13 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
+
 from ignite.engine import Engine, Events
+
 from bundle.networks.medical_clip import MedicalClipEncoder
-from bundle.utils.files import make_readable, remove_leftovers
-from bundle.networks.semantic_controller import MedicalSemanticController
 from bundle.networks.medsoft_diffusion import CLIP_FOLDER, CONTROLLER_FILE, MedSoftDiffusion, save_trained
+from bundle.networks.semantic_controller import MedicalSemanticController
+from bundle.utils.files import make_readable, remove_leftovers
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +67,13 @@ class _ExportEachEpoch(ABC):
 class ExportSemanticController(_ExportEachEpoch):
     """Writes ``msc.safetensors`` and, for a generated (``tiny``) medical CLIP, the CLIP itself to ``clip/``."""
 
-    def __init__(self, controller: MedicalSemanticController, clip_encoder: MedicalClipEncoder,
-                 models_dir: str | os.PathLike, save_clip: bool = True) -> None:
+    def __init__(
+        self,
+        controller: MedicalSemanticController,
+        clip_encoder: MedicalClipEncoder,
+        models_dir: str | os.PathLike,
+        save_clip: bool = True,
+    ) -> None:
         super().__init__(models_dir)
         self.controller, self.clip_encoder, self.save_clip = controller, clip_encoder, save_clip
 
@@ -83,8 +90,9 @@ class ExportGuidedUNet(_ExportEachEpoch):
     ``save_base_unet=False`` when the base UNet is a frozen pretrained one (SD 1.5 with adapter training).
     """
 
-    def __init__(self, model: MedSoftDiffusion, models_dir: str | os.PathLike, noise_scheduler,
-                 save_base_unet: bool = True) -> None:
+    def __init__(
+        self, model: MedSoftDiffusion, models_dir: str | os.PathLike, noise_scheduler, save_base_unet: bool = True
+    ) -> None:
         super().__init__(models_dir)
         self.model, self.noise_scheduler, self.save_base_unet = model, noise_scheduler, save_base_unet
         self._ema = None

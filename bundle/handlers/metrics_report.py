@@ -43,8 +43,13 @@ class MetricsReport:
         log_dir: TensorBoard folder for the details, or ``None``.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, details: Mapping[str, object] | None = None,
-                 filename: str = "metrics.json", log_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        details: Mapping[str, object] | None = None,
+        filename: str = "metrics.json",
+        log_dir: str | os.PathLike | None = None,
+    ) -> None:
         self.path = Path(output_dir) / filename
         self.details = dict(details or {})
         self.log_dir = log_dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+
 import matplotlib.pyplot as plt
 import torch
 from ignite.engine import Engine, Events
@@ -16,8 +17,9 @@ class SampleGridWriter:
     """After each evaluation, a PNG of masked input / synthesis / original for the first ``max_rows`` items
     (``samples_epoch_<epoch>.png`` in ``output_dir``), and the same grid in TensorBoard when a writer is given."""
 
-    def __init__(self, output_dir: str | os.PathLike, max_rows: int = 4, summary_writer=None,
-                 tag: str = "validation_samples") -> None:
+    def __init__(
+        self, output_dir: str | os.PathLike, max_rows: int = 4, summary_writer=None, tag: str = "validation_samples"
+    ) -> None:
         self.output_dir, self.max_rows, self.summary_writer, self.tag = Path(output_dir), max_rows, summary_writer, tag
 
     def attach(self, engine: Engine) -> None:

@@ -19,8 +19,9 @@ class TrainedWeightsLoader:
     :func:`bundle.networks.medsoft_diffusion.trained_architecture`): the adapter and, unless the base UNet is a
     pretrained one (``base_unet_dir``), the base UNet's weights (:func:`load_trained_weights`)."""
 
-    def __init__(self, model: MedSoftDiffusion, models_dir: str | os.PathLike,
-                 base_unet_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, model: MedSoftDiffusion, models_dir: str | os.PathLike, base_unet_dir: str | os.PathLike | None = None
+    ) -> None:
         self.model, self.models_dir, self.base_unet_dir = model, Path(models_dir), base_unet_dir
 
     def attach(self, engine: Engine) -> None:

@@ -29,8 +29,8 @@ from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from monai.inferers import Inferer
 
-from bundle.utils.precision import autocast, autocast_dtype
 from bundle.networks.medsoft_diffusion import MedSoftDiffusion
+from bundle.utils.precision import autocast, autocast_dtype
 
 
 def _noise_like(latents: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
@@ -52,8 +52,15 @@ class SoftMaskInpaintingInferer(Inferer):
             step and the blend stay in float32.
     """
 
-    def __init__(self, scheduler: SchedulerMixin, num_inference_steps: int = 50, guidance_scale: float = 7.5,
-                 eta: float = 0.0, seed: int = 0, precision: str | None = "fp32") -> None:
+    def __init__(
+        self,
+        scheduler: SchedulerMixin,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        eta: float = 0.0,
+        seed: int = 0,
+        precision: str | None = "fp32",
+    ) -> None:
         super().__init__()
         self.scheduler = scheduler
         self.num_inference_steps = num_inference_steps
@@ -69,9 +76,14 @@ class SoftMaskInpaintingInferer(Inferer):
         """DDIM with the training scheduler's noise schedule."""
         return cls(DDIMScheduler.from_config(training_scheduler.config), **kwargs)
 
-    def guided_noise(self, network: MedSoftDiffusion, latents: torch.Tensor, timestep: torch.Tensor,
-                     conditions: tuple[torch.Tensor, torch.Tensor],
-                     null_conditions: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def guided_noise(
+        self,
+        network: MedSoftDiffusion,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        conditions: tuple[torch.Tensor, torch.Tensor],
+        null_conditions: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
         """``eps_u + w (eps_c - eps_u)``, the two branches in one batch."""
         batch = latents.shape[0]
         text_states = torch.cat([null_conditions[0], conditions[0]])
@@ -83,8 +95,14 @@ class SoftMaskInpaintingInferer(Inferer):
         return unconditional + self.guidance_scale * (conditional - unconditional)
 
     @torch.no_grad()
-    def __call__(self, inputs: torch.Tensor, network: MedSoftDiffusion, soft_mask: torch.Tensor,
-                 texts: Sequence[str], seeds: Sequence[int] | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: MedSoftDiffusion,
+        soft_mask: torch.Tensor,
+        texts: Sequence[str],
+        seeds: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """Synthesised images ``(B, 1, H, W)`` in [0, 1]: the lesion inside M_b, the input (exactly) where M_b is 0.
 
         Args:
@@ -109,11 +127,14 @@ class SoftMaskInpaintingInferer(Inferer):
         for index, timestep in enumerate(timesteps):
             model_input = self.scheduler.scale_model_input(latents, timestep)
             noise = self.guided_noise(network, model_input, timestep, conditions, null_conditions)
-            options = {"eta": self.eta, "variance_noise": _noise_like(known, generators)} if self._step_takes_eta \
-                else {}
+            options = (
+                {"eta": self.eta, "variance_noise": _noise_like(known, generators)} if self._step_takes_eta else {}
+            )
             latents = self.scheduler.step(noise, timestep, latents, **options).prev_sample
             if index + 1 < len(timesteps):
-                known_now = self.scheduler.add_noise(known, _noise_like(known, generators), timesteps[index + 1:index + 2])
+                known_now = self.scheduler.add_noise(
+                    known, _noise_like(known, generators), timesteps[index + 1 : index + 2]
+                )
             else:
                 known_now = known
             latents = latents * mask + known_now * (1.0 - mask)

@@ -15,8 +15,9 @@ import numpy as np
 from bundle.utils.files import write_atomically
 
 
-def render_preview(path: str | os.PathLike, image: np.ndarray, soft_mask: np.ndarray, output: np.ndarray,
-                   title: str = "") -> None:
+def render_preview(
+    path: str | os.PathLike, image: np.ndarray, soft_mask: np.ndarray, output: np.ndarray, title: str = ""
+) -> None:
     """Write a 4-panel PNG of 2-D arrays ``(H, W)`` shown rows top-to-bottom, columns left-to-right.
 
     ``image`` and ``output`` share one grey scale (the input's 0.5-99.5 percentile range); the difference
@@ -26,9 +27,12 @@ def render_preview(path: str | os.PathLike, image: np.ndarray, soft_mask: np.nda
     difference = output - image
     limit = float(np.abs(difference).max()) or 1.0
     figure, axes = plt.subplots(1, 4, figsize=(12, 3.8), dpi=100)
-    panels = [("input", image, "gray", low, high), ("soft mask M_b", soft_mask, "magma", 0.0, 1.0),
-              ("output (synthetic)", output, "gray", low, high), ("output - input", difference, "coolwarm",
-                                                                  -limit, limit)]
+    panels = [
+        ("input", image, "gray", low, high),
+        ("soft mask M_b", soft_mask, "magma", 0.0, 1.0),
+        ("output (synthetic)", output, "gray", low, high),
+        ("output - input", difference, "coolwarm", -limit, limit),
+    ]
     for axis, (name, values, colormap, vmin, vmax) in zip(axes, panels, strict=True):
         shown = axis.imshow(values, cmap=colormap, vmin=vmin, vmax=vmax, interpolation="nearest")
         axis.set_title(name, fontsize=10)

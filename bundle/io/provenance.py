@@ -11,8 +11,9 @@ from bundle.utils.bundle_files import code_version
 from bundle.utils.hashing import sha256_of_path
 
 
-def provenance_record(source: str | os.PathLike, source_format: str, output: str | os.PathLike,
-                      details: Mapping[str, object]) -> dict[str, object]:
+def provenance_record(
+    source: str | os.PathLike, source_format: str, output: str | os.PathLike, details: Mapping[str, object]
+) -> dict[str, object]:
     """The JSON-safe provenance of one synthetic output: input path and hash, code version, time, details.
 
     ``details`` carries what produced the output: case id, mask source, text, seed, slices, model.

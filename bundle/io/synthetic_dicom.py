@@ -51,20 +51,24 @@ def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
 def _removing_sequences(action: Callable[[Dataset, tuple], None]) -> Callable[[Dataset, tuple], None]:
     """A profile action that removes a sequence instead (X; the library would empty or replace every value in
     it, SOP Class UIDs and Type 1 references included) and applies ``action`` to any other element."""
+
     def apply(dataset: Dataset, tag: tuple) -> None:
         element = dataset.get(tag)
         if element is not None and element.VR == "SQ":
             del dataset[tag]
         else:
             action(dataset, tag)
+
     return apply
 
 
 def _clear_dummy_dates(dataset: Dataset) -> None:
     """Empty the library's dummy dates and times (``00010101``...), which validators reject: the profile's Z."""
+
     def clear(_: Dataset, element: pydicom.DataElement) -> None:
         if element.VR in ("DA", "DT", "TM") and str(element.value) in _DUMMY_DATES:
             element.value = ""
+
     dataset.walk(clear)
 
 
@@ -82,8 +86,10 @@ class Deidentifier:
 
     def pseudonym(self, patient: str) -> str:
         """The pseudonymous patient ID of a real one (or of a source without one)."""
-        return PSEUDONYM_PREFIX + hmac.new(self.key, patient.encode("utf-8", "surrogatepass"),
-                                           hashlib.sha256).hexdigest()[:16].upper()
+        return (
+            PSEUDONYM_PREFIX
+            + hmac.new(self.key, patient.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:16].upper()
+        )
 
     def uid(self, uid: str) -> str:
         """The UID a real one is replaced by (the same in every instance of the run)."""
@@ -108,17 +114,23 @@ def patient_key(dataset: Dataset, source: str) -> str:
 def check_deidentifiable(path: str, dataset: Dataset) -> None:
     """Refuse to de-identify an instance whose pixels may show identity (``BurnedInAnnotation`` YES)."""
     if str(dataset.get("BurnedInAnnotation", "")).upper() == "YES":
-        raise InputError(path, "BurnedInAnnotation is YES: text burned into the pixels may identify the patient and "
-                               "the header-only de-identification cannot remove it; set keep_patient_identity to "
-                               "write it with identity, or remove the annotation first")
+        raise InputError(
+            path,
+            "BurnedInAnnotation is YES: text burned into the pixels may identify the patient and "
+            "the header-only de-identification cannot remove it; set keep_patient_identity to "
+            "write it with identity, or remove the annotation first",
+        )
 
 
 def source_reference(dataset: Dataset) -> dict[str, str]:
     """The UIDs that reference a source instance (from the file meta when the dataset leaves them empty)."""
     meta = dataset.file_meta
-    return {"sop_class": str(dataset.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID", "")),
-            "sop_instance": str(dataset.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID", "")),
-            "series": str(dataset.get("SeriesInstanceUID") or ""), "study": str(dataset.get("StudyInstanceUID") or "")}
+    return {
+        "sop_class": str(dataset.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID", "")),
+        "sop_instance": str(dataset.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID", "")),
+        "series": str(dataset.get("SeriesInstanceUID") or ""),
+        "study": str(dataset.get("StudyInstanceUID") or ""),
+    }
 
 
 def reference_source(dataset: Dataset, source: dict[str, str]) -> None:
@@ -127,8 +139,9 @@ def reference_source(dataset: Dataset, source: dict[str, str]) -> None:
     ``StudiesContainingOtherReferencedInstancesSequence`` > ``ReferencedSeriesSequence``."""
     item = Dataset()
     item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = source["sop_class"], source["sop_instance"]
-    item.PurposeOfReferenceCodeSequence = Sequence([_code_item(SOURCE_PURPOSE.value, SOURCE_PURPOSE.scheme_designator,
-                                                               SOURCE_PURPOSE.meaning)])
+    item.PurposeOfReferenceCodeSequence = Sequence(
+        [_code_item(SOURCE_PURPOSE.value, SOURCE_PURPOSE.scheme_designator, SOURCE_PURPOSE.meaning)]
+    )
     dataset.SourceImageSequence = Sequence([item])
     if "ReferencedSeriesSequence" in dataset:
         del dataset.ReferencedSeriesSequence
@@ -144,19 +157,20 @@ def reference_source(dataset: Dataset, source: dict[str, str]) -> None:
         dataset.StudiesContainingOtherReferencedInstancesSequence = Sequence([study])
 
 
-def mark_synthetic(dataset: Dataset, text: str, series_description: str, series_number: int,
-                   created: datetime) -> None:
+def mark_synthetic(dataset: Dataset, text: str, series_description: str, series_number: int, created: datetime) -> None:
     """Mark a derived instance as synthetic, machine-readably: ``ImageType`` DERIVED\\SECONDARY, ``SeriesDescription``
     and ``ImageComments`` starting with ``SYNTHETIC``, ``DerivationDescription`` with the lesion text, a
     ``DerivationCodeSequence`` (DCM 113077 Volume editing), ``BurnedInAnnotation`` NO (nothing is drawn into the
     pixels), a new ``SeriesNumber`` and the creation, series and content date and time."""
     dataset.ImageType = ["DERIVED", "SECONDARY", *list(dataset.get("ImageType", []))[2:]]
     dataset.SeriesDescription = f"SYNTHETIC {series_description}".strip()[:SERIES_DESCRIPTION_LENGTH]
-    dataset.ImageComments = (f"{SYNTHETIC_DESCRIPTION}: not acquired; a generated lesion was inserted into this "
-                             f"image. Lesion text: {text}")[:10240]
+    dataset.ImageComments = (
+        f"{SYNTHETIC_DESCRIPTION}: not acquired; a generated lesion was inserted into this image. Lesion text: {text}"
+    )[:10240]
     dataset.DerivationDescription = f"{SYNTHETIC_DESCRIPTION}: {text}"[:1024]
-    dataset.DerivationCodeSequence = Sequence([_code_item(DERIVATION.value, DERIVATION.scheme_designator,
-                                                          DERIVATION.meaning)])
+    dataset.DerivationCodeSequence = Sequence(
+        [_code_item(DERIVATION.value, DERIVATION.scheme_designator, DERIVATION.meaning)]
+    )
     dataset.BurnedInAnnotation = "NO"
     dataset.SeriesNumber = series_number
     date, time = created.strftime("%Y%m%d"), created.strftime("%H%M%S")

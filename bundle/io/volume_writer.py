@@ -38,11 +38,7 @@ from pydicom.uid import generate_uid
 
 from bundle.data.dicom_series import match_instances, source_instances
 from bundle.errors import InputError, OutputError
-from bundle.transforms.intensity import invert_intensity
-from bundle.transforms.model_grid import invert_to_slice
 from bundle.io.preview import render_preview
-from bundle.utils.files import (check_folder_writable, make_readable, move_into_place, remove_leftovers,
-                                 safe_case_name, size_of_path, write_json_atomically)
 from bundle.io.provenance import provenance_record
 from bundle.io.synthetic_dicom import (
     DEIDENTIFICATION_METHOD,
@@ -55,6 +51,17 @@ from bundle.io.synthetic_dicom import (
     patient_key,
     reference_source,
     source_reference,
+)
+from bundle.transforms.intensity import invert_intensity
+from bundle.transforms.model_grid import invert_to_slice
+from bundle.utils.files import (
+    check_folder_writable,
+    make_readable,
+    move_into_place,
+    remove_leftovers,
+    safe_case_name,
+    size_of_path,
+    write_json_atomically,
 )
 
 NIFTI_DESCRIP_LENGTH = 80
@@ -98,8 +105,14 @@ def check_dicom_identity(source: Path, deidentifier: Deidentifier | None) -> Non
             check_deidentifiable(str(path), dataset)
 
 
-def write_dicom_series(source: Path, output: Path, delta: np.ndarray, source_affine: np.ndarray,
-                       description: str, deidentifier: Deidentifier | None = None) -> dict[str, object]:
+def write_dicom_series(
+    source: Path,
+    output: Path,
+    delta: np.ndarray,
+    source_affine: np.ndarray,
+    description: str,
+    deidentifier: Deidentifier | None = None,
+) -> dict[str, object]:
     """Write a new DICOM series into the folder ``output``: each source instance with ``delta`` added.
 
     ``delta`` is in the loaded volume's voxel order ``(column, row, slice)``; the instances are those the loader
@@ -141,9 +154,12 @@ def write_dicom_series(source: Path, output: Path, delta: np.ndarray, source_aff
             pseudonym = deidentifier.pseudonym(real)
             deidentifier(dataset, pseudonym)
             mapped = {key: deidentifier.uid(uid) for key, uid in source_uids.items() if key != "sop_class"}
-            identity = {"method": DEIDENTIFICATION_METHOD, "patient_id": {"real": real, "pseudonym": pseudonym},
-                        "source_series_uid": {"real": source_uids["series"], "pseudonym": mapped["series"]},
-                        "source_study_uid": {"real": source_uids["study"], "pseudonym": mapped["study"]}}
+            identity = {
+                "method": DEIDENTIFICATION_METHOD,
+                "patient_id": {"real": real, "pseudonym": pseudonym},
+                "source_series_uid": {"real": source_uids["series"], "pseudonym": mapped["series"]},
+                "source_study_uid": {"real": source_uids["study"], "pseudonym": mapped["study"]},
+            }
             source_uids, series_description = {**source_uids, **mapped}, ""
         reference_source(dataset, source_uids)
         new_instance_uids(dataset, study_uid, series_uid)
@@ -205,10 +221,17 @@ class SyntheticVolumeWriter:
             the provenance record).
     """
 
-    def __init__(self, output_dir: str | os.PathLike, grid: Compose, image_key: str = "image",
-                 native_image_key: str = "native_image", native_soft_mask_key: str = "native_soft_mask",
-                 confine_to_soft_mask: bool = True, suffix: str = "_synthetic", keep_patient_identity: bool = False
-                 ) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        grid: Compose,
+        image_key: str = "image",
+        native_image_key: str = "native_image",
+        native_soft_mask_key: str = "native_soft_mask",
+        confine_to_soft_mask: bool = True,
+        suffix: str = "_synthetic",
+        keep_patient_identity: bool = False,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.grid = grid
         self.image_key = image_key
@@ -233,8 +256,9 @@ class SyntheticVolumeWriter:
             change = change * (torch.as_tensor(item[self.native_soft_mask_key]) > 0)
         return change
 
-    def __call__(self, items: Sequence[Mapping], predictions: Sequence[torch.Tensor],
-                 details: Mapping[str, object] | None = None) -> dict[str, str]:
+    def __call__(
+        self, items: Sequence[Mapping], predictions: Sequence[torch.Tensor], details: Mapping[str, object] | None = None
+    ) -> dict[str, str]:
         """Write the case made of ``items`` (one per slice, from ``SelectMaskSlicesd``) and their predictions.
 
         Returns the paths written: ``{"volume", "provenance", "preview"}``. They appear together or not at all.
@@ -274,31 +298,50 @@ class SyntheticVolumeWriter:
             if source_format == "nifti":
                 write_nifti(source, staging / output.name, delta_source)
             elif source_format in ("dicom_series", "dicom_file"):
-                identity = write_dicom_series(source, staging / output.name, delta_source, source_affine, text,
-                                              self.deidentifier)
+                identity = write_dicom_series(
+                    source, staging / output.name, delta_source, source_affine, text, self.deidentifier
+                )
                 identity = {"deidentification": identity or {"keep_patient_identity": True}}
             else:
                 write_itk_image(source, staging / output.name, delta_source)
-            record = provenance_record(source, source_format, output, {
-                "case_id": items[0].get("case_id"), "text": text, "label": items[0].get("label"),
-                "mask_source": items[0].get("mask_source"), "seed": items[0].get("seed"),
-                "slices": {"canonical_axcodes": placement.get("canonical_axcodes"), "slice_axis": axis,
-                           "indices": [int(i["placement"]["slice_index"]) for i in items]},
-                **identity, **(details or {}),
-            })
-            shown = max(range(len(items)),
-                        key=lambda i: float(torch.as_tensor(items[i][self.native_soft_mask_key]).sum()))
+            record = provenance_record(
+                source,
+                source_format,
+                output,
+                {
+                    "case_id": items[0].get("case_id"),
+                    "text": text,
+                    "label": items[0].get("label"),
+                    "mask_source": items[0].get("mask_source"),
+                    "seed": items[0].get("seed"),
+                    "slices": {
+                        "canonical_axcodes": placement.get("canonical_axcodes"),
+                        "slice_axis": axis,
+                        "indices": [int(i["placement"]["slice_index"]) for i in items],
+                    },
+                    **identity,
+                    **(details or {}),
+                },
+            )
+            shown = max(
+                range(len(items)), key=lambda i: float(torch.as_tensor(items[i][self.native_soft_mask_key]).sum())
+            )
             native_image = torch.as_tensor(items[shown][self.native_image_key])[0].numpy()
-            render_preview(staging / preview.name, native_image,
-                           torch.as_tensor(items[shown][self.native_soft_mask_key])[0].numpy(),
-                           native_image + changes[shown][0].numpy(), title=text)
+            render_preview(
+                staging / preview.name,
+                native_image,
+                torch.as_tensor(items[shown][self.native_soft_mask_key])[0].numpy(),
+                native_image + changes[shown][0].numpy(),
+                title=text,
+            )
             write_json_atomically(staging / provenance.name, record)
             # the provenance record goes last: its presence marks the case as complete (see ``completed``)
             move_into_place(staging, self.output_dir, last=provenance.name)
         except OSError as error:
             problem = str(error).replace(str(staging), str(self.output_dir))
-            raise OutputError(output, f"could not be written ({type(error).__name__}: {problem}); nothing of "
-                                      "this case was kept") from error
+            raise OutputError(
+                output, f"could not be written ({type(error).__name__}: {problem}); nothing of this case was kept"
+            ) from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return {"volume": str(output), "provenance": str(provenance), "preview": str(preview)}

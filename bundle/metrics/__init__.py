@@ -14,7 +14,15 @@ from bundle.metrics.image_quality import (
 )
 
 __all__ = [
-    "BackgroundMAE", "BackgroundPSNR", "FrechetDistance", "HighFrequencyDistance", "InMaskPSNR", "InMaskSSIM",
-    "KernelInceptionDistance", "MeanCosineSimilarity", "classification_metrics", "feature_extractor",
+    "BackgroundMAE",
+    "BackgroundPSNR",
+    "FrechetDistance",
+    "HighFrequencyDistance",
+    "InMaskPSNR",
+    "InMaskSSIM",
+    "KernelInceptionDistance",
+    "MeanCosineSimilarity",
+    "classification_metrics",
+    "feature_extractor",
     "high_frequency_distance",
 ]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
 import numpy as np
 import torch
 from monai.metrics import compute_roc_auc
-
 
 METRIC_NAMES = ("auc", "accuracy", "precision", "recall", "f1")
 """The headline metrics of ``metrics.json`` (precision, recall and F1 are macro averages)."""
@@ -47,8 +47,10 @@ def scores_from_confusion(matrix: np.ndarray) -> dict[str, object]:
         "precision": float(precision[present].mean()) if present.any() else math.nan,
         "recall": float(recall[present].mean()) if present.any() else math.nan,
         "f1": float(f1[present].mean()) if present.any() else math.nan,
-        "per_class": [{"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
-                      for p, r, f, n in zip(precision, recall, f1, actual, strict=True)],
+        "per_class": [
+            {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for p, r, f, n in zip(precision, recall, f1, actual, strict=True)
+        ],
     }
 
 
@@ -63,14 +65,16 @@ def roc_auc_one_vs_rest(labels: Sequence[int], probabilities: np.ndarray) -> tup
         if positive.all() or not positive.any():
             per_class.append(math.nan)
             continue
-        per_class.append(float(compute_roc_auc(torch.as_tensor(probabilities[:, k]),
-                                               torch.as_tensor(positive.astype(np.float64)))))
+        per_class.append(
+            float(compute_roc_auc(torch.as_tensor(probabilities[:, k]), torch.as_tensor(positive.astype(np.float64))))
+        )
     defined = [a for a in per_class if not math.isnan(a)]
     return (float(np.mean(defined)) if defined else math.nan), per_class
 
 
-def classification_metrics(labels: Sequence[int], probabilities: np.ndarray,
-                           classes: Sequence[str]) -> dict[str, object]:
+def classification_metrics(
+    labels: Sequence[int], probabilities: np.ndarray, classes: Sequence[str]
+) -> dict[str, object]:
     """Every metric of ``metrics.json`` from case labels and case class probabilities ``(N, K)``; the
     prediction is the most probable class."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -78,7 +82,14 @@ def classification_metrics(labels: Sequence[int], probabilities: np.ndarray,
     matrix = confusion_matrix(labels, predictions, len(classes))
     scores = scores_from_confusion(matrix)
     auc, auc_per_class = roc_auc_one_vs_rest(labels, probabilities)
-    per_class = {name: {**values, "auc": auc_per_class[k]}
-                 for k, (name, values) in enumerate(zip(classes, scores.pop("per_class"), strict=True))}
-    return {"auc": auc, **scores, "per_class": per_class, "confusion_matrix": matrix.tolist(),
-            "confusion_matrix_axes": "rows: true class, columns: predicted class, in the order of 'classes'"}
+    per_class = {
+        name: {**values, "auc": auc_per_class[k]}
+        for k, (name, values) in enumerate(zip(classes, scores.pop("per_class"), strict=True))
+    }
+    return {
+        "auc": auc,
+        **scores,
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix_axes": "rows: true class, columns: predicted class, in the order of 'classes'",
+    }

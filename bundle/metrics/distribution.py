@@ -35,8 +35,8 @@ from ignite.metrics import Metric
 from monai.metrics.fid import get_fid_score
 from safetensors.torch import load_file
 
-from bundle.networks.medical_clip import CONFIG_NAME, MedicalClipEncoder
 from bundle.errors import InputError
+from bundle.networks.medical_clip import CONFIG_NAME, MedicalClipEncoder
 from bundle.networks.weight_files import SAFETENSORS_READ_ERRORS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -86,8 +86,9 @@ class TorchvisionFeatures(FeatureExtractor):
             raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}")
         self.architecture, self.size = architecture, ARCHITECTURES[architecture]
         if architecture == "inception_v3":
-            network = torchvision.models.inception_v3(weights=None, aux_logits=True, transform_input=True,
-                                                      init_weights=False)
+            network = torchvision.models.inception_v3(
+                weights=None, aux_logits=True, transform_input=True, init_weights=False
+            )
         else:
             network = torchvision.models.resnet50(weights=None)
         state = _read_state_dict(Path(weights))
@@ -96,16 +97,21 @@ class TorchvisionFeatures(FeatureExtractor):
         missing, unexpected = network.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(head)]
         if missing or unexpected:
-            raise InputError(weights, f"not a torchvision {architecture} state dict: {len(missing)} missing keys "
-                                      f"({', '.join(missing[:3])}...), {len(unexpected)} unexpected keys "
-                                      f"({', '.join(unexpected[:3])}...)")
+            raise InputError(
+                weights,
+                f"not a torchvision {architecture} state dict: {len(missing)} missing keys "
+                f"({', '.join(missing[:3])}...), {len(unexpected)} unexpected keys "
+                f"({', '.join(unexpected[:3])}...)",
+            )
         network.fc = torch.nn.Identity()
         self.network = network.requires_grad_(False).eval()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         kind = "InceptionV3 pool" if architecture == "inception_v3" else "ResNet-50 (e.g. RadImageNet) pool"
-        self.description = (f"torchvision {kind} features (2048-d) from {Path(weights).resolve()}; "
-                            f"{NOT_PUBLISHED_FID} unless these are the TF-Inception FID weights")
+        self.description = (
+            f"torchvision {kind} features (2048-d) from {Path(weights).resolve()}; "
+            f"{NOT_PUBLISHED_FID} unless these are the TF-Inception FID weights"
+        )
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -125,8 +131,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (*SAFETENSORS_READ_ERRORS, pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
         # unreadable, truncated, or code a weights-only load refuses
-        raise InputError(path, f"cannot read the weights as tensors only ({type(error).__name__}: {error})"
-                         ) from error
+        raise InputError(path, f"cannot read the weights as tensors only ({type(error).__name__}: {error})") from error
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -134,7 +139,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(path, "expected a mapping of parameter names to tensors")
     for prefix in ("module.", "backbone."):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -147,8 +152,10 @@ def describe_clip(encoder: MedicalClipEncoder, folder: str | os.PathLike | None 
     if timm_name or hf_name:
         kind = f"pretrained medical CLIP, BiomedCLIP-style ({timm_name or hf_name})"
     elif model_cfg:
-        kind = (f"tiny random-initialised medical CLIP (ViT width {vision_cfg.get('width')}, "
-                f"{vision_cfg.get('layers')} layers; frozen, untrained features)")
+        kind = (
+            f"tiny random-initialised medical CLIP (ViT width {vision_cfg.get('width')}, "
+            f"{vision_cfg.get('layers')} layers; frozen, untrained features)"
+        )
     else:
         kind = "medical CLIP of unknown configuration"
     where = ""
@@ -157,9 +164,12 @@ def describe_clip(encoder: MedicalClipEncoder, folder: str | os.PathLike | None 
     return f"image tower of the {kind}{where}, {encoder.embed_dim}-d unit-norm features; {NOT_PUBLISHED_FID}"
 
 
-def feature_extractor(weights: str | os.PathLike | None = None, architecture: str = "inception_v3",
-                      clip_encoder: MedicalClipEncoder | None = None,
-                      clip_dir: str | os.PathLike | None = None) -> FeatureExtractor:
+def feature_extractor(
+    weights: str | os.PathLike | None = None,
+    architecture: str = "inception_v3",
+    clip_encoder: MedicalClipEncoder | None = None,
+    clip_dir: str | os.PathLike | None = None,
+) -> FeatureExtractor:
     """The extractor FID / KID use: a local torchvision ``architecture`` weight file when ``weights`` is given,
     else the medical CLIP image tower (``clip_encoder``, or loaded from ``clip_dir``)."""
     if weights:
@@ -174,11 +184,13 @@ def feature_extractor(weights: str | os.PathLike | None = None, architecture: st
 # ---------------------------------------------------------------------------------------------- measures
 def _check_features(real: torch.Tensor, synthetic: torch.Tensor, minimum: int) -> None:
     if real.ndim != 2 or synthetic.ndim != 2 or real.shape[1] != synthetic.shape[1]:
-        raise ValueError(f"need two (N, D) feature sets of the same D, got {tuple(real.shape)} and "
-                         f"{tuple(synthetic.shape)}")
+        raise ValueError(
+            f"need two (N, D) feature sets of the same D, got {tuple(real.shape)} and {tuple(synthetic.shape)}"
+        )
     if min(len(real), len(synthetic)) < minimum:
-        raise ValueError(f"need at least {minimum} images in each set, got {len(real)} real and "
-                         f"{len(synthetic)} synthetic")
+        raise ValueError(
+            f"need at least {minimum} images in each set, got {len(real)} real and {len(synthetic)} synthetic"
+        )
 
 
 def frechet_distance(real: torch.Tensor, synthetic: torch.Tensor) -> float:
@@ -189,8 +201,7 @@ def frechet_distance(real: torch.Tensor, synthetic: torch.Tensor) -> float:
     return float(get_fid_score(synthetic, real))
 
 
-def polynomial_mmd(real: torch.Tensor, synthetic: torch.Tensor, degree: int = 3, coefficient: float = 1.0
-                   ) -> float:
+def polynomial_mmd(real: torch.Tensor, synthetic: torch.Tensor, degree: int = 3, coefficient: float = 1.0) -> float:
     """The unbiased MMD^2 of two feature sets with ``k(x, y) = (x . y / d + coefficient)^degree``."""
     _check_features(real, synthetic, 2)
     real, synthetic = real.double(), synthetic.double()
@@ -206,8 +217,9 @@ def polynomial_mmd(real: torch.Tensor, synthetic: torch.Tensor, degree: int = 3,
     return float(within_real + within_synthetic - 2 * k_rs.mean())
 
 
-def kernel_inception_distance(real: torch.Tensor, synthetic: torch.Tensor, subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(
+    real: torch.Tensor, synthetic: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """KID: mean and standard deviation of :func:`polynomial_mmd` over ``subsets`` random subsets of
     ``min(subset_size, N, M)`` images drawn from each set (one exact value when that covers both sets)."""
     _check_features(real, synthetic, 2)
@@ -215,10 +227,16 @@ def kernel_inception_distance(real: torch.Tensor, synthetic: torch.Tensor, subse
     if size == len(real) == len(synthetic):
         return polynomial_mmd(real, synthetic), 0.0
     generator = torch.Generator().manual_seed(seed)
-    values = torch.tensor([
-        polynomial_mmd(real[torch.randperm(len(real), generator=generator)[:size]],
-                       synthetic[torch.randperm(len(synthetic), generator=generator)[:size]])
-        for _ in range(subsets)], dtype=torch.float64)
+    values = torch.tensor(
+        [
+            polynomial_mmd(
+                real[torch.randperm(len(real), generator=generator)[:size]],
+                synthetic[torch.randperm(len(synthetic), generator=generator)[:size]],
+            )
+            for _ in range(subsets)
+        ],
+        dtype=torch.float64,
+    )
     return float(values.mean()), float(values.std()) if subsets > 1 else 0.0
 
 
@@ -226,8 +244,12 @@ def kernel_inception_distance(real: torch.Tensor, synthetic: torch.Tensor, subse
 class _FeatureSetMetric(Metric):
     """Collects extractor features of ``pred`` (synthetic) and ``label`` (real) over the epoch."""
 
-    def __init__(self, extractor: Callable[[torch.Tensor], torch.Tensor], output_transform=lambda x: x,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        extractor: Callable[[torch.Tensor], torch.Tensor],
+        output_transform=lambda x: x,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.extractor = extractor
         super().__init__(output_transform=output_transform, device=device)
 
@@ -259,9 +281,15 @@ class KernelInceptionDistance(_FeatureSetMetric):
     """KID between the epoch's synthetic and real images (:func:`kernel_inception_distance`); the standard
     deviation over subsets goes into ``engine.state.metrics[name + "_std"]``."""
 
-    def __init__(self, extractor: Callable[[torch.Tensor], torch.Tensor], subsets: int = 100,
-                 subset_size: int = 1000, seed: int = 0, output_transform=lambda x: x,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        extractor: Callable[[torch.Tensor], torch.Tensor],
+        subsets: int = 100,
+        subset_size: int = 1000,
+        seed: int = 0,
+        output_transform=lambda x: x,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.subsets, self.subset_size, self.seed = subsets, subset_size, seed
         self.std = float("nan")
         super().__init__(extractor, output_transform=output_transform, device=device)

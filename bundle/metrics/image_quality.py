@@ -29,8 +29,9 @@ def mask_box(mask: torch.Tensor, threshold: float = 0.5, min_side: int = 7) -> t
     return box[0], box[1]
 
 
-def in_mask_psnr(prediction: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor,
-                 threshold: float = 0.5) -> float:
+def in_mask_psnr(
+    prediction: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5
+) -> float:
     """PSNR (dB, data range 1) over the pixels of one ``(1, H, W)`` image where ``mask > threshold``."""
     inside = mask > threshold
     if not inside.any():
@@ -39,8 +40,9 @@ def in_mask_psnr(prediction: torch.Tensor, reference: torch.Tensor, mask: torch.
     return float(10.0 * torch.log10(1.0 / mse))
 
 
-def in_mask_ssim(prediction: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor,
-                 threshold: float = 0.5) -> float:
+def in_mask_ssim(
+    prediction: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5
+) -> float:
     """MONAI's SSIM (data range 1, 7 px window) on the bounding box of ``mask > threshold``."""
     rows, cols = mask_box(mask, threshold)
     ssim = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=7)
@@ -52,8 +54,9 @@ class _InMaskMean(Metric):
 
     measure = staticmethod(in_mask_psnr)
 
-    def __init__(self, threshold: float | None = None, output_transform=lambda x: x,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, threshold: float | None = None, output_transform=lambda x: x, device: str | torch.device = "cpu"
+    ) -> None:
         self.threshold = threshold  # None: the measure's own default
         super().__init__(output_transform=output_transform, device=device)
 
@@ -64,8 +67,9 @@ class _InMaskMean(Metric):
         predictions, references, masks = output
         options = {} if self.threshold is None else {"threshold": self.threshold}
         for prediction, reference, mask in zip(predictions, references, masks, strict=True):
-            self._values.append(self.measure(prediction.detach().cpu(), reference.detach().cpu(),
-                                             mask.detach().cpu(), **options))
+            self._values.append(
+                self.measure(prediction.detach().cpu(), reference.detach().cpu(), mask.detach().cpu(), **options)
+            )
 
     def compute(self) -> float:
         if not self._values:
@@ -94,8 +98,9 @@ def background_region(mask: torch.Tensor, threshold: float = 0.05) -> torch.Tens
     return outside
 
 
-def background_psnr(prediction: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor,
-                    threshold: float = 0.05) -> float:
+def background_psnr(
+    prediction: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, threshold: float = 0.05
+) -> float:
     """Background preservation as PSNR (dB, data range 1) over the pixels where ``mask <= threshold``.
 
     An untouched background gives the cap of 100 dB (the squared error is floored at 1e-10).
@@ -105,8 +110,9 @@ def background_psnr(prediction: torch.Tensor, reference: torch.Tensor, mask: tor
     return float(10.0 * torch.log10(1.0 / mse))
 
 
-def background_mae(prediction: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor,
-                   threshold: float = 0.05) -> float:
+def background_mae(
+    prediction: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, threshold: float = 0.05
+) -> float:
     """Background preservation as the mean absolute change (image units) where ``mask <= threshold``; 0 is
     a perfectly kept background."""
     outside = background_region(mask, threshold)
@@ -139,8 +145,9 @@ def high_pass_spectrum(images: torch.Tensor, cutoff: float = DEFAULT_HIGH_PASS_C
     return spectrum * band
 
 
-def high_frequency_distance(first: torch.Tensor, second: torch.Tensor,
-                            cutoff: float = DEFAULT_HIGH_PASS_CUTOFF) -> float:
+def high_frequency_distance(
+    first: torch.Tensor, second: torch.Tensor, cutoff: float = DEFAULT_HIGH_PASS_CUTOFF
+) -> float:
     """HFD, the high-frequency distance between two image sets (or two images) of the same size.
 
     VG-MedGen reports an HFD next to FID / KID without a formula, so it is defined here as the root mean
@@ -169,8 +176,9 @@ class HighFrequencyDistance(Metric):
     """Mean over image pairs of :func:`high_frequency_distance` (prediction vs. its own reference);
     ``update`` takes ``(pred, label)``."""
 
-    def __init__(self, cutoff: float = DEFAULT_HIGH_PASS_CUTOFF, output_transform=lambda x: x,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, cutoff: float = DEFAULT_HIGH_PASS_CUTOFF, output_transform=lambda x: x, device: str | torch.device = "cpu"
+    ) -> None:
         self.cutoff = cutoff
         super().__init__(output_transform=output_transform, device=device)
 
@@ -180,8 +188,9 @@ class HighFrequencyDistance(Metric):
     def update(self, output) -> None:
         predictions, references = output[0], output[1]
         for prediction, reference in zip(predictions, references, strict=True):
-            self._values.append(high_frequency_distance(prediction.detach().cpu(), reference.detach().cpu(),
-                                                        self.cutoff))
+            self._values.append(
+                high_frequency_distance(prediction.detach().cpu(), reference.detach().cpu(), self.cutoff)
+            )
 
     def compute(self) -> float:
         if not self._values:

@@ -50,8 +50,11 @@ class LatentSpace(nn.Module):
         vae_folder = Path(folder) / "vae"
         for name in ("config.json", "diffusion_pytorch_model.safetensors"):
             if not (vae_folder / name).is_file():
-                raise InputError(vae_folder, f"{name} is missing; expected the 'vae' folder of a local "
-                                             "stable-diffusion-v1-5 copy in diffusers format")
+                raise InputError(
+                    vae_folder,
+                    f"{name} is missing; expected the 'vae' folder of a local "
+                    "stable-diffusion-v1-5 copy in diffusers format",
+                )
         return cls(AutoencoderKL.from_pretrained(vae_folder, local_files_only=True, use_safetensors=True))
 
     def train(self, mode: bool = True) -> LatentSpace:

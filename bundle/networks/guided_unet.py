@@ -36,9 +36,16 @@ PROJECTION_PREFIX = "encoder_hid_proj."  # adapter files of earlier versions hel
 BASE_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
-def tiny_unet(sample_size: int = 48, in_channels: int = 1, block_out_channels: Sequence[int] = (32, 64, 64),
-              cross_attention_dim: int = 64, attention_head_dim: int = 8, layers_per_block: int = 1,
-              norm_num_groups: int = 8, seed: int = 0) -> UNet2DConditionModel:
+def tiny_unet(
+    sample_size: int = 48,
+    in_channels: int = 1,
+    block_out_channels: Sequence[int] = (32, 64, 64),
+    cross_attention_dim: int = 64,
+    attention_head_dim: int = 8,
+    layers_per_block: int = 1,
+    norm_num_groups: int = 8,
+    seed: int = 0,
+) -> UNet2DConditionModel:
     """A small random-initialised ``UNet2DConditionModel`` of SD 1.5's block layout (the ``tiny`` profile).
 
     The full-resolution level has no attention (as SD 1.5's would be too slow on a CPU at 64 px); every lower
@@ -48,12 +55,17 @@ def tiny_unet(sample_size: int = 48, in_channels: int = 1, block_out_channels: S
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return UNet2DConditionModel(
-            sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-            block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=in_channels,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
             down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
             up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
-            cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim,
-            norm_num_groups=norm_num_groups)
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=attention_head_dim,
+            norm_num_groups=norm_num_groups,
+        )
 
 
 def trainable_without_msc(trainable: Trainable) -> Trainable:
@@ -74,8 +86,10 @@ def load_unet(folder: str | os.PathLike) -> UNet2DConditionModel:
         return UNet2DConditionModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:  # weights of another config
         first = re.split(r"\.\s", str(error).strip(), maxsplit=1)[0] or type(error).__name__  # its first sentence
-        raise InputError(folder / BASE_WEIGHTS, f"does not fit {folder / 'config.json'}: weights of another "
-                                                f"architecture or a damaged file ({first[:300]})") from error
+        raise InputError(
+            folder / BASE_WEIGHTS,
+            f"does not fit {folder / 'config.json'}: weights of another architecture or a damaged file ({first[:300]})",
+        ) from error
 
 
 def unet_architecture(folder: str | os.PathLike) -> UNet2DConditionModel:
@@ -86,8 +100,9 @@ def unet_architecture(folder: str | os.PathLike) -> UNet2DConditionModel:
     try:
         return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder))
     except (OSError, ValueError, TypeError, KeyError) as error:  # not a UNet config
-        raise InputError(folder / "config.json", f"not a diffusers UNet config ({type(error).__name__}: "
-                                                 f"{error})") from error
+        raise InputError(
+            folder / "config.json", f"not a diffusers UNet config ({type(error).__name__}: {error})"
+        ) from error
 
 
 def load_unet_weights(unet: GuidedUNet, folder: str | os.PathLike) -> None:
@@ -107,22 +122,29 @@ def load_unet_weights(unet: GuidedUNet, folder: str | os.PathLike) -> None:
         problem = error.problem
     if problem is not None:
         first = re.split(r"\.\s", problem.strip(), maxsplit=1)[0]  # its first sentence
-        raise InputError(weights, f"does not fit {config}: weights of another architecture or a damaged file "
-                                  f"({first[:300]})")
+        raise InputError(
+            weights, f"does not fit {config}: weights of another architecture or a damaged file ({first[:300]})"
+        )
     unet.unet.load_state_dict(tensors, strict=False)
 
 
 def _require_unet_files(folder: Path) -> None:
     for name in ("config.json", BASE_WEIGHTS):
         if not (folder / name).is_file():
-            raise InputError(folder, f"{name} is missing; expected a diffusers UNet folder (for SD 1.5: the 'unet' "
-                                     "folder of a local copy of stable-diffusion-v1-5 in diffusers format)")
+            raise InputError(
+                folder,
+                f"{name} is missing; expected a diffusers UNet folder (for SD 1.5: the 'unet' "
+                "folder of a local copy of stable-diffusion-v1-5 in diffusers format)",
+            )
 
 
 def cross_attention_layers(unet: UNet2DConditionModel) -> list[tuple[str, Attention]]:
     """The UNet's cross-attention layers by module name (16 in SD 1.5)."""
-    return [(name, module) for name, module in unet.named_modules()
-            if isinstance(module, Attention) and module.is_cross_attention]
+    return [
+        (name, module)
+        for name, module in unet.named_modules()
+        if isinstance(module, Attention) and module.is_cross_attention
+    ]
 
 
 class GuidedUNet(torch.nn.Module):
@@ -141,8 +163,14 @@ class GuidedUNet(torch.nn.Module):
         lora_rank: rank of the LoRA update for ``trainable="lora"`` and ``"text_lora"``.
     """
 
-    def __init__(self, unet: UNet2DConditionModel, msc_dim: int, scale: float = 1.0,
-                 trainable: Trainable = "adapter", lora_rank: int = 4) -> None:
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        msc_dim: int,
+        scale: float = 1.0,
+        trainable: Trainable = "adapter",
+        lora_rank: int = 4,
+    ) -> None:
         super().__init__()
         if trainable not in TRAINABLE_CHOICES:
             raise ValueError(f"trainable must be one of {TRAINABLE_CHOICES}, got {trainable!r}")
@@ -153,8 +181,9 @@ class GuidedUNet(torch.nn.Module):
         unet.encoder_hid_proj = MultiIPAdapterImageProjection([torch.nn.Identity()])  # e_MSC goes in as it is
         unet.register_to_config(encoder_hid_dim_type="ip_image_proj", encoder_hid_dim=self.msc_dim)
         for _, attention in cross_attention_layers(unet):
-            processor = IPAdapterAttnProcessor2_0(hidden_size=attention.to_k.out_features,
-                                                  cross_attention_dim=self.msc_dim, num_tokens=(1,), scale=scale)
+            processor = IPAdapterAttnProcessor2_0(
+                hidden_size=attention.to_k.out_features, cross_attention_dim=self.msc_dim, num_tokens=(1,), scale=scale
+            )
             with torch.no_grad():
                 for extra, base in ((processor.to_k_ip[0], attention.to_k), (processor.to_v_ip[0], attention.to_v)):
                     if extra.weight.shape == base.weight.shape:
@@ -164,10 +193,20 @@ class GuidedUNet(torch.nn.Module):
         if trainable in ("lora", "text_lora"):
             from peft import LoraConfig
 
-            targets = ["to_q", "to_k", "to_v", "to_out.0"] if trainable == "lora" else [
-                f"{name}.{projection}" for name, _ in cross_attention_layers(unet) for projection in ("to_k", "to_v")]
-            unet.add_adapter(LoraConfig(r=self.lora_rank, lora_alpha=self.lora_rank, init_lora_weights="gaussian",
-                                        target_modules=targets))
+            targets = (
+                ["to_q", "to_k", "to_v", "to_out.0"]
+                if trainable == "lora"
+                else [
+                    f"{name}.{projection}"
+                    for name, _ in cross_attention_layers(unet)
+                    for projection in ("to_k", "to_v")
+                ]
+            )
+            unet.add_adapter(
+                LoraConfig(
+                    r=self.lora_rank, lora_alpha=self.lora_rank, init_lora_weights="gaussian", target_modules=targets
+                )
+            )
         self.scale = scale
         self.set_trainable(trainable)
 
@@ -196,42 +235,57 @@ class GuidedUNet(torch.nn.Module):
                 trains = trainable == "full" or (trainable in ("lora", "text_lora") and "lora_" in name)
             parameter.requires_grad_(trains)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, text_states: torch.Tensor,
-                msc_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor | int, text_states: torch.Tensor, msc_tokens: torch.Tensor
+    ) -> torch.Tensor:
         """Predicted noise ``(B, C, H, W)`` for ``sample`` ``(B, C, H, W)`` at ``timestep``.
 
         Args:
             text_states: the text condition C, ``(B, L, cross_attention_dim)``.
             msc_tokens: the MSC feature e_MSC as one token ``(B, 1, msc_dim)`` (zeros: no MSC condition).
         """
-        return self.unet(sample, timestep, encoder_hidden_states=text_states,
-                         added_cond_kwargs={"image_embeds": [msc_tokens]}).sample
+        return self.unet(
+            sample, timestep, encoder_hidden_states=text_states, added_cond_kwargs={"image_embeds": [msc_tokens]}
+        ).sample
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors this module adds to the base UNet: W'_k, W'_v and any LoRA weights."""
-        return {name: tensor.detach().cpu().contiguous() for name, tensor in self.unet.state_dict().items()
-                if any(marker in name for marker in ADAPTER_MARKERS)}
+        return {
+            name: tensor.detach().cpu().contiguous()
+            for name, tensor in self.unet.state_dict().items()
+            if any(marker in name for marker in ADAPTER_MARKERS)
+        }
 
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         """The base UNet's own tensors, under diffusers' names (loadable by ``UNet2DConditionModel``)."""
         if self.trainable in ("lora", "text_lora"):
             raise ValueError("with LoRA the base UNet is the pretrained one; save the adapter only")
-        return {name: tensor.detach().cpu().contiguous() for name, tensor in self.unet.state_dict().items()
-                if not any(marker in name for marker in ADAPTER_MARKERS)}
+        return {
+            name: tensor.detach().cpu().contiguous()
+            for name, tensor in self.unet.state_dict().items()
+            if not any(marker in name for marker in ADAPTER_MARKERS)
+        }
 
     def save_adapter(self, path: str | os.PathLike) -> None:
         """Write the adapter tensors and their settings (E, gamma, trainable, LoRA rank) to a safetensors file."""
-        settings = {"msc_dim": self.msc_dim, "scale": self.scale, "trainable": self.trainable,
-                    "lora_rank": self.lora_rank}
+        settings = {
+            "msc_dim": self.msc_dim,
+            "scale": self.scale,
+            "trainable": self.trainable,
+            "lora_rank": self.lora_rank,
+        }
         save_file(self.adapter_state_dict(), str(path), metadata={"guided_unet": json.dumps(settings)})
 
     def load_adapter(self, path: str | os.PathLike) -> None:
         """Load tensors written by :meth:`save_adapter`; a file for another layout is refused by name."""
         tensors = read_safetensors(path)
         if any(name.startswith(PROJECTION_PREFIX) for name in tensors):
-            raise InputError(path, "an adapter of an earlier version, whose MSC tokens passed through a projection "
-                                   "before W'_k / W'_v; this version maps e_MSC straight into W'_k / W'_v (the paper's "
-                                   "K' = e_MSC W'_k) and has one e_MSC vector: train stage 1 and stage 2 again")
+            raise InputError(
+                path,
+                "an adapter of an earlier version, whose MSC tokens passed through a projection "
+                "before W'_k / W'_v; this version maps e_MSC straight into W'_k / W'_v (the paper's "
+                "K' = e_MSC W'_k) and has one e_MSC vector: train stage 1 and stage 2 again",
+            )
         check_state_dict(path, tensors, self.adapter_state_dict(), "guided UNet's adapter")
         self.unet.load_state_dict(tensors, strict=False)
 
@@ -252,7 +306,10 @@ class GuidedUNet(torch.nn.Module):
             raise InputError(path, "not a guided-UNet adapter file (no 'guided_unet' settings in its metadata)")
         settings = json.loads(metadata["guided_unet"])
         if settings.get("trainable") not in TRAINABLE_CHOICES:  # e.g. 'adapter+projection' of earlier versions
-            raise InputError(path, f"an adapter trained with trainable {settings.get('trainable')!r}, which this "
-                                   f"version does not have ({', '.join(TRAINABLE_CHOICES)}; earlier versions put a "
-                                   "projection before W'_k / W'_v): train stage 2 again")
+            raise InputError(
+                path,
+                f"an adapter trained with trainable {settings.get('trainable')!r}, which this "
+                f"version does not have ({', '.join(TRAINABLE_CHOICES)}; earlier versions put a "
+                "projection before W'_k / W'_v): train stage 2 again",
+            )
         return settings

@@ -36,9 +36,17 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from bundle.errors import InputError
-from bundle.utils.files import read_json_object
 from bundle.networks.text_truncation import warn_truncated_text
-from bundle.weights.layouts import BIOMEDCLIP_REPO, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHT_NAMES, OPEN_CLIP_WEIGHTS, TEXT_MODEL_CONFIG, TEXT_MODEL_VOCABS, open_clip_weights
+from bundle.utils.files import read_json_object
+from bundle.weights.layouts import (
+    BIOMEDCLIP_REPO,
+    OPEN_CLIP_CONFIG,
+    OPEN_CLIP_WEIGHT_NAMES,
+    OPEN_CLIP_WEIGHTS,
+    TEXT_MODEL_CONFIG,
+    TEXT_MODEL_VOCABS,
+    open_clip_weights,
+)
 
 # The folder layout is defined once, in bundle.weights.layouts (scripts/check_weights.py checks the same names).
 CONFIG_NAME = OPEN_CLIP_CONFIG
@@ -179,9 +187,11 @@ class MedicalClipEncoder(torch.nn.Module):
                 open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True, device="cpu")
             except pickle.UnpicklingError as error:  # the weights-only unpickler met code: refuse by name
                 found = re.findall(r"GLOBAL ([\w.]+)", str(error))
-                raise InputError(weights, f"refused: these pickled weights would call {', '.join(found) or 'code'}"
-                                          " when unpickled, not just read tensors; use the .safetensors weights"
-                                 ) from error
+                raise InputError(
+                    weights,
+                    f"refused: these pickled weights would call {', '.join(found) or 'code'}"
+                    " when unpickled, not just read tensors; use the .safetensors weights",
+                ) from error
             context_length = int(text_cfg.get("context_length", 77))
             tokenizer_kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
             if hf_name:

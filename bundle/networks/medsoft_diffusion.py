@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bundle.networks.medical_clip import MedicalClipEncoder
-from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.errors import InputError
-from bundle.utils.files import read_json_object
+from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.guided_unet import GuidedUNet, load_unet, load_unet_weights, unet_architecture
+from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.semantic_controller import MedicalSemanticController
 from bundle.networks.text_states import ClipTowerTextStates
+from bundle.utils.files import read_json_object
 
 CLIP_FOLDER = "clip"
 CONTROLLER_FILE = "msc.safetensors"
@@ -40,8 +40,14 @@ class MedSoftDiffusion(nn.Module):
         space: :class:`PixelSpace` or :class:`LatentSpace`.
     """
 
-    def __init__(self, clip_encoder: MedicalClipEncoder, controller: MedicalSemanticController, unet: GuidedUNet,
-                 text_states: nn.Module, space: PixelSpace | LatentSpace) -> None:
+    def __init__(
+        self,
+        clip_encoder: MedicalClipEncoder,
+        controller: MedicalSemanticController,
+        unet: GuidedUNet,
+        text_states: nn.Module,
+        space: PixelSpace | LatentSpace,
+    ) -> None:
         super().__init__()
         self.clip_encoder = clip_encoder
         self.controller = controller.eval().requires_grad_(False)
@@ -75,15 +81,23 @@ class MedSoftDiffusion(nn.Module):
         tokens = torch.zeros(batch_size, 1, self.controller.embed_dim, device=empty.device)
         return empty, tokens
 
-    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor,
-                msc_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor, msc_tokens: torch.Tensor
+    ) -> torch.Tensor:
         """Predicted noise epsilon for ``latents`` ``(B, C, h, w)``."""
         return self.unet(latents, timesteps, text_states, msc_tokens)
 
 
-def tiny_model(spatial_size: int = 48, clip_encoder: MedicalClipEncoder | None = None,
-               controller: MedicalSemanticController | None = None, unet_channels: Sequence[int] = (32, 64, 64),
-               scale: float = 1.0, trainable: str = "full", lora_rank: int = 4, seed: int = 0) -> MedSoftDiffusion:
+def tiny_model(
+    spatial_size: int = 48,
+    clip_encoder: MedicalClipEncoder | None = None,
+    controller: MedicalSemanticController | None = None,
+    unet_channels: Sequence[int] = (32, 64, 64),
+    scale: float = 1.0,
+    trainable: str = "full",
+    lora_rank: int = 4,
+    seed: int = 0,
+) -> MedSoftDiffusion:
     """The ``tiny`` profile: pixel space, a small random UNet trained in full, C from the small CLIP's text tower.
 
     ``scale``, ``trainable`` and ``lora_rank``: see :class:`GuidedUNet`."""
@@ -91,16 +105,26 @@ def tiny_model(spatial_size: int = 48, clip_encoder: MedicalClipEncoder | None =
 
     clip_encoder = clip_encoder or MedicalClipEncoder.tiny(seed=seed)
     controller = controller or MedicalSemanticController(clip_encoder.embed_dim)
-    base = tiny_unet(sample_size=spatial_size, in_channels=PixelSpace.channels, block_out_channels=unet_channels,
-                     cross_attention_dim=clip_encoder.text_state_dim, seed=seed)
+    base = tiny_unet(
+        sample_size=spatial_size,
+        in_channels=PixelSpace.channels,
+        block_out_channels=unet_channels,
+        cross_attention_dim=clip_encoder.text_state_dim,
+        seed=seed,
+    )
     unet = GuidedUNet(base, msc_dim=controller.embed_dim, scale=scale, trainable=trainable, lora_rank=lora_rank)
     return MedSoftDiffusion(clip_encoder, controller, unet, ClipTowerTextStates(clip_encoder), PixelSpace())
 
 
-
-def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, controller: MedicalSemanticController,
-               scale: float = 1.0, trainable: str = "adapter", lora_rank: int = 4, latent: bool = True
-               ) -> MedSoftDiffusion:
+def sd15_model(
+    sd15_dir: str | os.PathLike,
+    clip_encoder: MedicalClipEncoder,
+    controller: MedicalSemanticController,
+    scale: float = 1.0,
+    trainable: str = "adapter",
+    lora_rank: int = 4,
+    latent: bool = True,
+) -> MedSoftDiffusion:
     """The ``sd15`` profile: Stable Diffusion 1.5's UNet guided by the MSC, its CLIP text encoder for C, its VAE.
 
     Everything comes from ``sd15_dir``, a local copy of stable-diffusion-v1-5 in diffusers format; the folder
@@ -137,19 +161,29 @@ def sd15_model(sd15_dir: str | os.PathLike, clip_encoder: MedicalClipEncoder, co
     cross_dims = set(cross_dims) if isinstance(cross_dims, (list, tuple)) else {cross_dims}
     text_width = text_config.get("hidden_size")
     if cross_dims != {text_width}:
-        raise ValueError(f"{sd15_dir}: the UNet's cross_attention_dim {sorted(cross_dims, key=str)} is not the text "
-                         f"encoder's hidden_size {text_width}; unet/ and text_encoder/ must come from one model")
-    channels = read_config(sd15_dir / "vae/config.json").get("latent_channels") if latent \
-        else PixelSpace.channels
+        raise ValueError(
+            f"{sd15_dir}: the UNet's cross_attention_dim {sorted(cross_dims, key=str)} is not the text "
+            f"encoder's hidden_size {text_width}; unet/ and text_encoder/ must come from one model"
+        )
+    channels = read_config(sd15_dir / "vae/config.json").get("latent_channels") if latent else PixelSpace.channels
     if unet_config.get("in_channels") != channels or unet_config.get("out_channels") != channels:
         space = f"the VAE's {channels} latent channels" if latent else f"pixel space ({channels} channel)"
-        raise ValueError(f"{sd15_dir}: the UNet has {unet_config.get('in_channels')} input and "
-                         f"{unet_config.get('out_channels')} output channels; {space} need {channels}")
+        raise ValueError(
+            f"{sd15_dir}: the UNet has {unet_config.get('in_channels')} input and "
+            f"{unet_config.get('out_channels')} output channels; {space} need {channels}"
+        )
     if controller.embed_dim != clip_encoder.embed_dim:
-        raise ValueError(f"the controller's width {controller.embed_dim} is not the medical CLIP's feature size "
-                         f"{clip_encoder.embed_dim}; train stage 1 with this CLIP")
-    unet = GuidedUNet(load_unet(sd15_dir / "unet"), msc_dim=controller.embed_dim, scale=scale, trainable=trainable,
-                      lora_rank=lora_rank)
+        raise ValueError(
+            f"the controller's width {controller.embed_dim} is not the medical CLIP's feature size "
+            f"{clip_encoder.embed_dim}; train stage 1 with this CLIP"
+        )
+    unet = GuidedUNet(
+        load_unet(sd15_dir / "unet"),
+        msc_dim=controller.embed_dim,
+        scale=scale,
+        trainable=trainable,
+        lora_rank=lora_rank,
+    )
     space = LatentSpace.from_folder(sd15_dir) if latent else PixelSpace()
     return MedSoftDiffusion(clip_encoder, controller, unet, StableDiffusionTextStates(sd15_dir), space)
 
@@ -165,8 +199,9 @@ def require_folder(folder: str | os.PathLike, names: Sequence[str], how: str) ->
     return folder
 
 
-def save_trained(model: MedSoftDiffusion, models_dir: str | os.PathLike, save_base_unet: bool = True,
-                 unet: GuidedUNet | None = None) -> None:
+def save_trained(
+    model: MedSoftDiffusion, models_dir: str | os.PathLike, save_base_unet: bool = True, unet: GuidedUNet | None = None
+) -> None:
     """Write the trained parts: the base UNet (unless it is a pretrained one left frozen) and the adapter.
 
     ``unet`` replaces the model's own (e.g. its moving average).
@@ -179,11 +214,15 @@ def save_trained(model: MedSoftDiffusion, models_dir: str | os.PathLike, save_ba
     unet.save_adapter(models_dir / ADAPTER_FILE)
 
 
-def trained_architecture(models_dir: str | os.PathLike, stage1_dir: str | os.PathLike | None = None,
-                         clip_encoder: MedicalClipEncoder | None = None,
-                         text_states: nn.Module | None = None, space: PixelSpace | LatentSpace | None = None,
-                         base_unet_dir: str | os.PathLike | None = None, scale: float | None = None
-                         ) -> MedSoftDiffusion:
+def trained_architecture(
+    models_dir: str | os.PathLike,
+    stage1_dir: str | os.PathLike | None = None,
+    clip_encoder: MedicalClipEncoder | None = None,
+    text_states: nn.Module | None = None,
+    space: PixelSpace | LatentSpace | None = None,
+    base_unet_dir: str | os.PathLike | None = None,
+    scale: float | None = None,
+) -> MedSoftDiffusion:
     """The architecture of the model stages 1 and 2 left in ``models_dir``, without stage 2's weights.
 
     The frozen parts come with their weights, as pretrained parts of a network definition do: the medical CLIP,
@@ -208,31 +247,46 @@ def trained_architecture(models_dir: str | os.PathLike, stage1_dir: str | os.Pat
     clip_encoder = clip_encoder or MedicalClipEncoder.from_local_dir(stage1_dir / CLIP_FOLDER)
     controller = MedicalSemanticController.load(stage1_dir / CONTROLLER_FILE)
     if controller.embed_dim != clip_encoder.embed_dim:  # a file of another architecture: refuse by name
-        raise InputError(stage1_dir / CONTROLLER_FILE, f"a controller for {controller.embed_dim}-wide CLIP features, "
-                                                       f"but the medical CLIP gives {clip_encoder.embed_dim}")
+        raise InputError(
+            stage1_dir / CONTROLLER_FILE,
+            f"a controller for {controller.embed_dim}-wide CLIP features, "
+            f"but the medical CLIP gives {clip_encoder.embed_dim}",
+        )
     settings = GuidedUNet.adapter_settings(models_dir / ADAPTER_FILE)
     if int(settings["msc_dim"]) != controller.embed_dim:
-        raise InputError(models_dir / ADAPTER_FILE, f"an adapter for {settings['msc_dim']}-wide MSC tokens, but "
-                                                    f"{stage1_dir / CONTROLLER_FILE} makes {controller.embed_dim}")
+        raise InputError(
+            models_dir / ADAPTER_FILE,
+            f"an adapter for {settings['msc_dim']}-wide MSC tokens, but "
+            f"{stage1_dir / CONTROLLER_FILE} makes {controller.embed_dim}",
+        )
     base_dir = Path(base_unet_dir) if base_unet_dir is not None else models_dir / UNET_FOLDER
     base = load_unet(base_dir) if base_unet_dir is not None else unet_architecture(base_dir)
     text_states = text_states or ClipTowerTextStates(clip_encoder)
     space = space or PixelSpace()
-    for name, needed, have in (("cross_attention_dim", getattr(text_states, "width", None), "the text condition"),
-                               ("in_channels", getattr(space, "channels", None), "the diffusion space")):
+    for name, needed, have in (
+        ("cross_attention_dim", getattr(text_states, "width", None), "the text condition"),
+        ("in_channels", getattr(space, "channels", None), "the diffusion space"),
+    ):
         value = base.config.get(name)
         if needed is not None and (set(value) if isinstance(value, (list, tuple)) else {value}) != {needed}:
-            raise InputError(base_dir / "config.json", f"a UNet of {name} {value}, but {have} "
-                                                       f"needs {needed}: a UNet of another architecture")
-    unet = GuidedUNet(base, msc_dim=int(settings["msc_dim"]),
-                      scale=float(settings["scale"] if scale is None else scale),
-                      trainable=str(settings["trainable"]), lora_rank=int(settings["lora_rank"]))
+            raise InputError(
+                base_dir / "config.json",
+                f"a UNet of {name} {value}, but {have} needs {needed}: a UNet of another architecture",
+            )
+    unet = GuidedUNet(
+        base,
+        msc_dim=int(settings["msc_dim"]),
+        scale=float(settings["scale"] if scale is None else scale),
+        trainable=str(settings["trainable"]),
+        lora_rank=int(settings["lora_rank"]),
+    )
     model = MedSoftDiffusion(clip_encoder, controller, unet, text_states, space)
     return model.eval().requires_grad_(False)
 
 
-def load_trained_weights(model: MedSoftDiffusion, models_dir: str | os.PathLike,
-                         base_unet_dir: str | os.PathLike | None = None) -> MedSoftDiffusion:
+def load_trained_weights(
+    model: MedSoftDiffusion, models_dir: str | os.PathLike, base_unet_dir: str | os.PathLike | None = None
+) -> MedSoftDiffusion:
     """Load what stage 2 trained into ``model`` (a :func:`trained_architecture`): the adapter and, unless the base
     UNet is a pretrained one (``base_unet_dir``), the base UNet's weights; returns ``model``."""
     models_dir = Path(models_dir)
@@ -242,10 +296,15 @@ def load_trained_weights(model: MedSoftDiffusion, models_dir: str | os.PathLike,
     return model
 
 
-def load_trained(models_dir: str | os.PathLike, stage1_dir: str | os.PathLike | None = None,
-                 clip_encoder: MedicalClipEncoder | None = None,
-                 text_states: nn.Module | None = None, space: PixelSpace | LatentSpace | None = None,
-                 base_unet_dir: str | os.PathLike | None = None, scale: float | None = None) -> MedSoftDiffusion:
+def load_trained(
+    models_dir: str | os.PathLike,
+    stage1_dir: str | os.PathLike | None = None,
+    clip_encoder: MedicalClipEncoder | None = None,
+    text_states: nn.Module | None = None,
+    space: PixelSpace | LatentSpace | None = None,
+    base_unet_dir: str | os.PathLike | None = None,
+    scale: float | None = None,
+) -> MedSoftDiffusion:
     """The model stages 1 and 2 left in ``models_dir``, ready to sample: :func:`trained_architecture` with
     :func:`load_trained_weights` (see there for the arguments)."""
     model = trained_architecture(models_dir, stage1_dir, clip_encoder, text_states, space, base_unet_dir, scale)

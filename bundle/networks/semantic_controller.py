@@ -36,8 +36,9 @@ class MedicalSemanticController(nn.Module):
         self.input_projection = nn.Linear(embed_dim, width)
         self.input_type = nn.Parameter(torch.zeros(2, width))  # tells e_t from e_v
         self.query = nn.Parameter(torch.randn(1, width) * 0.02)
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0,
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=4 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.output_norm = nn.LayerNorm(width)
         self.output_projection = nn.Linear(width, embed_dim)
@@ -45,8 +46,10 @@ class MedicalSemanticController(nn.Module):
     def forward(self, text_feature: torch.Tensor, masked_image_feature: torch.Tensor) -> torch.Tensor:
         """``(e_t (B, E), e_v (B, E)) -> e_MSC (B, E)``."""
         if text_feature.shape != masked_image_feature.shape or text_feature.shape[-1] != self.embed_dim:
-            raise ValueError(f"e_t and e_v must both be (B, {self.embed_dim}), got {tuple(text_feature.shape)} "
-                             f"and {tuple(masked_image_feature.shape)}")
+            raise ValueError(
+                f"e_t and e_v must both be (B, {self.embed_dim}), got {tuple(text_feature.shape)} "
+                f"and {tuple(masked_image_feature.shape)}"
+            )
         inputs = self.input_projection(torch.stack([text_feature, masked_image_feature], dim=1)) + self.input_type
         query = self.query.expand(inputs.shape[0], -1, -1)
         encoded = self.encoder(torch.cat([inputs, query], dim=1))[:, 2]
@@ -68,10 +71,13 @@ class MedicalSemanticController(nn.Module):
         settings = json.loads(metadata["semantic_controller"])
         tokens = settings.pop("num_tokens", 1) if isinstance(settings, dict) else 1
         if tokens != 1:
-            raise InputError(path, f"an MSC of an earlier version: it makes {tokens} e_MSC tokens of which stage 1 "
-                                   "aligned only their mean with e_r, while the UNet attended to each; this version "
-                                   "makes one e_MSC vector (the paper's), aligned and attended as it is. Run stage 1 "
-                                   "(configs/train_msc.json) again, then stage 2")
+            raise InputError(
+                path,
+                f"an MSC of an earlier version: it makes {tokens} e_MSC tokens of which stage 1 "
+                "aligned only their mean with e_r, while the UNet attended to each; this version "
+                "makes one e_MSC vector (the paper's), aligned and attended as it is. Run stage 1 "
+                "(configs/train_msc.json) again, then stage 2",
+            )
         try:
             controller = cls(**settings)
         except (TypeError, ValueError, AssertionError) as error:

@@ -20,13 +20,18 @@ def diffusers_unet(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def optimise_unet(model: torch.nn.Module, channels_last: bool = False, gradient_checkpointing: bool = False,
-                  compile: bool = False, compile_options: dict | None = None) -> torch.nn.Module:
+def optimise_unet(
+    model: torch.nn.Module,
+    channels_last: bool = False,
+    gradient_checkpointing: bool = False,
+    compile: bool = False,
+    compile_options: dict | None = None,
+) -> torch.nn.Module:
     """Apply the speed options to the diffusers UNet inside ``model`` (in place); returns ``model``.
 
     Args:
-        model: a :class:`bundle.networks.medsoft_diffusion.MedSoftDiffusion`, a :class:`bundle.networks.guided_unet.GuidedUNet`
-            or a diffusers ``UNet2DConditionModel``.
+        model: a :class:`bundle.networks.medsoft_diffusion.MedSoftDiffusion`, a
+            :class:`bundle.networks.guided_unet.GuidedUNet` or a diffusers ``UNet2DConditionModel``.
         channels_last: store the UNet's convolution weights channels-last (NHWC); helps convolutions on
             GPUs with tensor cores, measured neutral on CPU.
         gradient_checkpointing: recompute the UNet blocks' activations in the backward pass instead of
@@ -59,6 +64,10 @@ class SpeedOptions:
 
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         """:func:`optimise_unet` with these options (in place); returns ``model``."""
-        return optimise_unet(model, channels_last=self.channels_last,
-                             gradient_checkpointing=self.gradient_checkpointing, compile=self.compile,
-                             compile_options=self.compile_options)
+        return optimise_unet(
+            model,
+            channels_last=self.channels_last,
+            gradient_checkpointing=self.gradient_checkpointing,
+            compile=self.compile,
+            compile_options=self.compile_options,
+        )

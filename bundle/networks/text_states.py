@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.errors import InputError
+from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.text_truncation import warn_truncated_text
 
 
@@ -40,8 +40,11 @@ class StableDiffusionTextStates(nn.Module):
         folder = Path(folder)
         for name in ("text_encoder/config.json", "tokenizer/vocab.json", "tokenizer/merges.txt"):
             if not (folder / name).is_file():
-                raise InputError(folder / name, "missing; expected a local stable-diffusion-v1-5 copy in "
-                                                "diffusers format (text_encoder/ and tokenizer/ folders)")
+                raise InputError(
+                    folder / name,
+                    "missing; expected a local stable-diffusion-v1-5 copy in "
+                    "diffusers format (text_encoder/ and tokenizer/ folders)",
+                )
         self.tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
         self.text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
         self.text_encoder.eval().requires_grad_(False)
@@ -57,6 +60,7 @@ class StableDiffusionTextStates(nn.Module):
         for text, ids in zip(texts, self.tokenizer(list(texts), truncation=False).input_ids, strict=True):
             if len(ids) > limit:
                 warn_truncated_text(text, limit, "SD 1.5 text encoder")
-        tokens = self.tokenizer(list(texts), padding="max_length", max_length=limit,
-                                truncation=True, return_tensors="pt").input_ids.to(device)
+        tokens = self.tokenizer(
+            list(texts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
+        ).input_ids.to(device)
         return self.text_encoder(tokens).last_hidden_state

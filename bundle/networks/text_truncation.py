@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-
 _logger = logging.getLogger(__name__)
 
 
@@ -19,5 +18,10 @@ def warn_truncated_text(text: str, limit: int, encoder: str) -> None:
         _WARNED_TEXTS.clear()
     _WARNED_TEXTS.add(text)
     shown = text if len(text) <= 80 else f"{text[:77]}..."
-    _logger.warning("lesion text of %d characters fills all %d tokens of the %s, the rest is ignored: %r",
-                    len(text), limit, encoder, shown)
+    _logger.warning(
+        "lesion text of %d characters fills all %d tokens of the %s, the rest is ignored: %r",
+        len(text),
+        limit,
+        encoder,
+        shown,
+    )

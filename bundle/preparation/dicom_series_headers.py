@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import pydicom
+
 from bundle.data.dicom_series import series_instances
 from bundle.errors import InputError
-
 
 ORIENTATION_TOLERANCE = 1e-4
 
@@ -84,9 +85,15 @@ def read_dicom_series(folder: str | os.PathLike) -> DicomSeries:
         return None if value in (None, "") else int(value)
 
     rows, columns = sizes[0]
-    return DicomSeries(folder=folder, files=tuple(files[k] for k in order),
-                       instance_numbers=tuple(instance(headers[k]) for k in order), rows=rows, columns=columns,
-                       series_uid=series_uids[0], description=str(headers[0].get("SeriesDescription", "")))
+    return DicomSeries(
+        folder=folder,
+        files=tuple(files[k] for k in order),
+        instance_numbers=tuple(instance(headers[k]) for k in order),
+        rows=rows,
+        columns=columns,
+        series_uid=series_uids[0],
+        description=str(headers[0].get("SeriesDescription", "")),
+    )
 
 
 def _slice_order(folder: Path, files: list[Path], headers: list[pydicom.Dataset]) -> list[int]:
@@ -103,14 +110,16 @@ def _slice_order(folder: Path, files: list[Path], headers: list[pydicom.Dataset]
             raise InputError(path, "no ImageOrientationPatient / ImagePositionPatient: slice order unknown")
     orientations = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
     if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
-        raise InputError(folder, "slices with different orientations (several stacks in one series); "
-                                 "ITK would read only one of them")
+        raise InputError(
+            folder, "slices with different orientations (several stacks in one series); ITK would read only one of them"
+        )
     normal = np.cross(orientations[0, :3], orientations[0, 3:])
     distances = np.array([np.dot([float(v) for v in h.ImagePositionPatient], normal) for h in headers])
     order = sorted(range(len(files)), key=lambda k: (distances[k], files[k].name))
     gaps = np.diff(distances[order])
     if (np.abs(gaps) < POSITION_TOLERANCE_MM).any():
         k = int(np.argmin(np.abs(gaps)))
-        raise InputError(folder, f"two slices at the same position ({files[order[k]].name}, "
-                                 f"{files[order[k + 1]].name})")
+        raise InputError(
+            folder, f"two slices at the same position ({files[order[k]].name}, {files[order[k + 1]].name})"
+        )
     return order

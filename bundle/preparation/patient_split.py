@@ -6,7 +6,6 @@ import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-
 from bundle.data.splits import normalised_shares
 
 SPLITS = ("training", "validation", "test")
@@ -21,8 +20,13 @@ def normalise_fractions(fractions: Sequence[float] | Mapping[str, float]) -> dic
     return normalised_shares(fractions, SPLITS, "fractions")
 
 
-def patient_split(entries: Sequence[Mapping], fractions: Sequence[float] | Mapping[str, float] = DEFAULT_FRACTIONS,
-                  seed: int = 0, group_key: str = "patient_id", label_key: str = "label") -> dict[str, list[dict]]:
+def patient_split(
+    entries: Sequence[Mapping],
+    fractions: Sequence[float] | Mapping[str, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    group_key: str = "patient_id",
+    label_key: str = "label",
+) -> dict[str, list[dict]]:
     """Split ``entries`` into training / validation / test with every patient in exactly one split.
 
     Deterministic for a given ``seed`` and independent of the entries' order. Stratified by class as far as
@@ -59,9 +63,12 @@ def patient_split(entries: Sequence[Mapping], fractions: Sequence[float] | Mappi
     sizes = dict.fromkeys(SPLITS, 0)
     assigned: dict[str, str] = {}
     for patient in order:
+
         def score(name: str, patient: str = patient) -> tuple[float, float, int]:
-            class_deficit = sum(count / totals[label] * (1 - per_label[name][label] / (shares[name] * totals[label]))
-                                for label, count in composition[patient].items())
+            class_deficit = sum(
+                count / totals[label] * (1 - per_label[name][label] / (shares[name] * totals[label]))
+                for label, count in composition[patient].items()
+            )
             overall_deficit = 1 - sizes[name] / (shares[name] * len(entries))
             return round(class_deficit, 9), round(overall_deficit, 9), -SPLITS.index(name)
 

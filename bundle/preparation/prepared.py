@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from bundle.data.class_balance import class_counts
 from bundle.data.datalist import FILE_KEYS
 from bundle.preparation.patient_split import DEFAULT_FRACTIONS, SPLITS, normalise_fractions, patient_split
@@ -53,8 +52,9 @@ class Prepared:
 
     def skip(self, case: object, file: str | os.PathLike | None, kind: str, reason: str) -> None:
         """Record a case left out: ``kind`` is a short code (e.g. ``"missing_image"``), ``reason`` a sentence."""
-        self.skipped.append({"case": str(case), "file": None if file is None else str(file), "kind": kind,
-                             "reason": reason})
+        self.skipped.append(
+            {"case": str(case), "file": None if file is None else str(file), "kind": kind, "reason": reason}
+        )
 
 
 def summarise(splits: Mapping[str, Sequence[Mapping]], prepared: Prepared) -> dict[str, object]:
@@ -66,8 +66,10 @@ def summarise(splits: Mapping[str, Sequence[Mapping]], prepared: Prepared) -> di
         "entries": len(every),
         "patients": sum(patients.values()),
         "skipped": len(prepared.skipped),
-        "classes": {"all": class_counts(every, prepared.classes),
-                    **{name: class_counts(splits[name], prepared.classes) for name in SPLITS}},
+        "classes": {
+            "all": class_counts(every, prepared.classes),
+            **{name: class_counts(splits[name], prepared.classes) for name in SPLITS},
+        },
         "patients_per_split": patients,
         "entries_per_split": {name: len(splits[name]) for name in SPLITS},
         "skipped_by_kind": dict(sorted(Counter(s["kind"] for s in prepared.skipped).items())),
@@ -85,9 +87,13 @@ class PreparedFiles:
     summary: dict
 
 
-def write_prepared(prepared: Prepared, out_dir: str | os.PathLike,
-                   fractions: Sequence[float] | Mapping[str, float] = DEFAULT_FRACTIONS, seed: int = 0,
-                   relative_paths: bool = False) -> PreparedFiles:
+def write_prepared(
+    prepared: Prepared,
+    out_dir: str | os.PathLike,
+    fractions: Sequence[float] | Mapping[str, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    relative_paths: bool = False,
+) -> PreparedFiles:
     """Split ``prepared.entries`` by patient and write, each atomically, into ``out_dir``:
 
     - ``datalist.json``: the metadata, ``"split"`` (fractions, seed, rule), ``"summary"`` and the lists
@@ -108,12 +114,18 @@ def write_prepared(prepared: Prepared, out_dir: str | os.PathLike,
                     if isinstance(entry.get(key), str):
                         entry[key] = os.path.relpath(Path(entry[key]).absolute(), base)
     summary = summarise(splits, prepared)
-    datalist = {**prepared.metadata,
-                "split": {"fractions": shares, "seed": int(seed), "group_key": "patient_id",
-                          "rule": "by patient, class-stratified (bundle.preparation.patient_split.patient_split)"},
-                "summary": summary, **splits}
-    skipped_path = write_atomically(out_dir / "skipped.json",
-                                    (json.dumps(prepared.skipped, indent=2) + "\n").encode())
+    datalist = {
+        **prepared.metadata,
+        "split": {
+            "fractions": shares,
+            "seed": int(seed),
+            "group_key": "patient_id",
+            "rule": "by patient, class-stratified (bundle.preparation.patient_split.patient_split)",
+        },
+        "summary": summary,
+        **splits,
+    }
+    skipped_path = write_atomically(out_dir / "skipped.json", (json.dumps(prepared.skipped, indent=2) + "\n").encode())
     summary_path = write_json_atomically(out_dir / "summary.json", summary)
     datalist_path = write_json_atomically(out_dir / "datalist.json", datalist)
     return PreparedFiles(datalist=datalist_path, skipped=skipped_path, summary_file=summary_path, summary=summary)
@@ -125,8 +137,10 @@ def format_summary(summary: Mapping[str, object]) -> list[str]:
     classes = summary["classes"]
     for name in SPLITS:
         counts = ", ".join(f"{label} {count}" for label, count in classes[name].items())
-        lines.append(f"{name}: {summary['entries_per_split'][name]} entries from "
-                     f"{summary['patients_per_split'][name]} patients ({counts})")
+        lines.append(
+            f"{name}: {summary['entries_per_split'][name]} entries from "
+            f"{summary['patients_per_split'][name]} patients ({counts})"
+        )
     kinds = ", ".join(f"{kind} {count}" for kind, count in summary["skipped_by_kind"].items())
     lines.append(f"skipped: {summary['skipped']}" + (f" ({kinds})" if kinds else ""))
     return lines

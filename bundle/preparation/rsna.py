@@ -31,10 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bundle.errors import InputError
 from bundle.preparation.dicom_series_headers import DicomSeries, read_dicom_series
 from bundle.preparation.prepared import CaseSkipped, Prepared
 from bundle.preparation.tables import read_table
-from bundle.errors import InputError
 
 CLASSES = ("normal_mild", "moderate", "severe")
 SEVERITIES = {"normal/mild": "normal_mild", "moderate": "moderate", "severe": "severe"}
@@ -55,24 +55,39 @@ class Condition:
 CONDITIONS = {
     "spinal_canal_stenosis": Condition("Spinal Canal Stenosis", "Sagittal T2/STIR", "canal"),
     "left_neural_foraminal_narrowing": Condition("Left Neural Foraminal Narrowing", "Sagittal T1", "foramen", "left"),
-    "right_neural_foraminal_narrowing": Condition("Right Neural Foraminal Narrowing", "Sagittal T1", "foramen",
-                                                  "right"),
+    "right_neural_foraminal_narrowing": Condition(
+        "Right Neural Foraminal Narrowing", "Sagittal T1", "foramen", "right"
+    ),
 }
-SEQUENCE_PREFIXES = {"Sagittal T2/STIR": "Sagittal T2-weighted lumbar spine MRI: ",
-                     "Sagittal T1": "Sagittal T1-weighted lumbar spine MRI: "}
+SEQUENCE_PREFIXES = {
+    "Sagittal T2/STIR": "Sagittal T2-weighted lumbar spine MRI: ",
+    "Sagittal T1": "Sagittal T1-weighted lumbar spine MRI: ",
+}
 TEXT_TEMPLATES = {
-    ("canal", "normal_mild"): ("no significant spinal canal stenosis at {level} (normal or mild narrowing); the "
-                               "thecal sac and the cerebrospinal fluid around the nerve roots are preserved."),
-    ("canal", "moderate"): ("moderate spinal canal stenosis at {level}, with narrowing of the thecal sac and "
-                            "partial effacement of the cerebrospinal fluid around the nerve roots."),
-    ("canal", "severe"): ("severe spinal canal stenosis at {level}, with marked narrowing of the thecal sac, "
-                          "complete effacement of the cerebrospinal fluid and crowding of the nerve roots."),
-    ("foramen", "normal_mild"): ("no significant {side} neural foraminal narrowing at {level} (normal or mild); "
-                                 "the perineural fat around the exiting nerve root is preserved."),
-    ("foramen", "moderate"): ("moderate {side} neural foraminal narrowing at {level}, with partial effacement of "
-                              "the perineural fat around the exiting nerve root."),
-    ("foramen", "severe"): ("severe {side} neural foraminal narrowing at {level}, with obliteration of the "
-                            "perineural fat and compression of the exiting nerve root."),
+    ("canal", "normal_mild"): (
+        "no significant spinal canal stenosis at {level} (normal or mild narrowing); the "
+        "thecal sac and the cerebrospinal fluid around the nerve roots are preserved."
+    ),
+    ("canal", "moderate"): (
+        "moderate spinal canal stenosis at {level}, with narrowing of the thecal sac and "
+        "partial effacement of the cerebrospinal fluid around the nerve roots."
+    ),
+    ("canal", "severe"): (
+        "severe spinal canal stenosis at {level}, with marked narrowing of the thecal sac, "
+        "complete effacement of the cerebrospinal fluid and crowding of the nerve roots."
+    ),
+    ("foramen", "normal_mild"): (
+        "no significant {side} neural foraminal narrowing at {level} (normal or mild); "
+        "the perineural fat around the exiting nerve root is preserved."
+    ),
+    ("foramen", "moderate"): (
+        "moderate {side} neural foraminal narrowing at {level}, with partial effacement of "
+        "the perineural fat around the exiting nerve root."
+    ),
+    ("foramen", "severe"): (
+        "severe {side} neural foraminal narrowing at {level}, with obliteration of the "
+        "perineural fat and compression of the exiting nerve root."
+    ),
 }
 REQUIRED_COLUMNS = {
     "series": ("study_id", "series_id", "series_description"),
@@ -99,7 +114,9 @@ def lesion_text(condition: str, level: str, severity: str) -> str:
 
 
 def _select_conditions(conditions: Sequence[str] | str) -> list[str]:
-    names = [part for part in re.split(r"[,\s]+", conditions) if part] if isinstance(conditions, str) else list(conditions)
+    names = (
+        [part for part in re.split(r"[,\s]+", conditions) if part] if isinstance(conditions, str) else list(conditions)
+    )
     keys = [condition_key(name) for name in names]
     unknown = [key for key in keys if key not in CONDITIONS]
     if unknown or not keys:
@@ -134,10 +151,15 @@ def _clean(value: object) -> str:
     return text[:-2] if re.fullmatch(r"\d+\.0", text) else text
 
 
-def collect_rsna(root: str | os.PathLike, conditions: Sequence[str] | str = tuple(CONDITIONS),
-                 box_size_mm: float | Sequence[float] = DEFAULT_BOX_SIZE_MM, images_dir: str = "train_images",
-                 series_csv: str = "train_series_descriptions.csv",
-                 coordinates_csv: str = "train_label_coordinates.csv", labels_csv: str = "train.csv") -> Prepared:
+def collect_rsna(
+    root: str | os.PathLike,
+    conditions: Sequence[str] | str = tuple(CONDITIONS),
+    box_size_mm: float | Sequence[float] = DEFAULT_BOX_SIZE_MM,
+    images_dir: str = "train_images",
+    series_csv: str = "train_series_descriptions.csv",
+    coordinates_csv: str = "train_label_coordinates.csv",
+    labels_csv: str = "train.csv",
+) -> Prepared:
     """Read the RSNA 2024 lumbar-spine layout (see the module docstring) into datalist entries.
 
     One entry per labelled coordinate of a selected condition: ``image`` (the series folder), ``point``
@@ -159,21 +181,30 @@ def collect_rsna(root: str | os.PathLike, conditions: Sequence[str] | str = tupl
         raise InputError(root, "dataset folder not found")
     selected = _select_conditions(conditions)
     box = _box_size(box_size_mm)
-    descriptions = {(_clean(r["study_id"]), _clean(r["series_id"])): _clean(r["series_description"])
-                    for r in _read_csv(root, series_csv, "series")}
+    descriptions = {
+        (_clean(r["study_id"]), _clean(r["series_id"])): _clean(r["series_description"])
+        for r in _read_csv(root, series_csv, "series")
+    }
     coordinates = _read_csv(root, coordinates_csv, "coordinates")
     severities = {_clean(r["study_id"]): r for r in _read_csv(root, labels_csv, "labels")}
     images = root / images_dir
     if not images.is_dir():
         raise InputError(images, "image folder not found (expected <study_id>/<series_id>/<instance>.dcm in it)")
 
-    prepared = Prepared(classes=CLASSES, metadata={
-        "name": "rsna2024_lumbar",
-        "description": f"RSNA 2024 lumbar spine degenerative classification prepared from {root}: one entry per "
-                       f"labelled coordinate, soft mask a box around it, text from condition / level / severity "
-                       f"templates",
-        "root": str(root), "labels": {name: index for index, name in enumerate(CLASSES)},
-        "normal_label": "normal_mild", "conditions": selected, "box_size_mm": box})
+    prepared = Prepared(
+        classes=CLASSES,
+        metadata={
+            "name": "rsna2024_lumbar",
+            "description": f"RSNA 2024 lumbar spine degenerative classification prepared from {root}: one entry per "
+            f"labelled coordinate, soft mask a box around it, text from condition / level / severity "
+            f"templates",
+            "root": str(root),
+            "labels": {name: index for index, name in enumerate(CLASSES)},
+            "normal_label": "normal_mild",
+            "conditions": selected,
+            "box_size_mm": box,
+        },
+    )
     tables = _Tables(root, images, coordinates_csv, series_csv, labels_csv, descriptions, severities)
     seen: set[str] = set()
     not_selected: Counter = Counter()
@@ -183,15 +214,28 @@ def collect_rsna(root: str | os.PathLike, conditions: Sequence[str] | str = tupl
         if condition not in selected:
             not_selected[_clean(row.get("condition")) or "(empty)"] += 1
             continue
-        study, series, level = _clean(row.get("study_id")), _clean(row.get("series_id")), _clean(row.get("level")).upper()
+        study, series, level = (
+            _clean(row.get("study_id")),
+            _clean(row.get("series_id")),
+            _clean(row.get("level")).upper(),
+        )
         case = f"{study}_{series}_{condition}_{level_key(level)}"
         try:
             entry = _coordinate_entry(row, number, study, series, condition, level, seen, tables)
         except CaseSkipped as skipped:
             prepared.skip(case, skipped.file, skipped.kind, skipped.reason)
             continue
-        prepared.entries.append({"case_id": case, "patient_id": study, "study_id": study, "series_id": series,
-                                 **entry, "box_size_mm": box, "coordinate_space": "voxel"})
+        prepared.entries.append(
+            {
+                "case_id": case,
+                "patient_id": study,
+                "study_id": study,
+                "series_id": series,
+                **entry,
+                "box_size_mm": box,
+                "coordinate_space": "voxel",
+            }
+        )
         by_condition[condition][entry["label"]] += 1
     prepared.counts = {"by_condition": by_condition, "not_selected": dict(sorted(not_selected.items()))}
     return prepared
@@ -211,8 +255,9 @@ class _Tables:
     series: dict[Path, DicomSeries | InputError] = field(default_factory=dict)
 
 
-def _coordinate_entry(row: dict, number: int, study: str, series: str, condition: str, level: str, seen: set[str],
-                      tables: _Tables) -> dict:
+def _coordinate_entry(
+    row: dict, number: int, study: str, series: str, condition: str, level: str, seen: set[str], tables: _Tables
+) -> dict:
     """The entry fields of one labelled coordinate; one that cannot be used raises :class:`CaseSkipped`."""
     coordinates_file = tables.root / tables.coordinates_csv
     try:
@@ -224,9 +269,12 @@ def _coordinate_entry(row: dict, number: int, study: str, series: str, condition
         raise CaseSkipped(coordinates_file, "bad_row", f"row {number} of {tables.coordinates_csv}: {error}") from error
     case = f"{study}_{series}_{condition}_{level_key(level)}"
     if case in seen:
-        raise CaseSkipped(coordinates_file, "duplicate",
-                          f"row {number} of {tables.coordinates_csv}: {condition} at {level} is labelled twice in "
-                          f"study {study}, series {series}; the first one is kept")
+        raise CaseSkipped(
+            coordinates_file,
+            "duplicate",
+            f"row {number} of {tables.coordinates_csv}: {condition} at {level} is labelled twice in "
+            f"study {study}, series {series}; the first one is kept",
+        )
     seen.add(case)
     severity = _severity(study, condition, level, tables)
     description = _series_description(study, series, condition, tables)
@@ -234,14 +282,28 @@ def _coordinate_entry(row: dict, number: int, study: str, series: str, condition
     headers = _series_headers(folder, tables)
     slice_index = headers.slice_index(instance)
     if slice_index is None:
-        raise CaseSkipped(folder, "instance_not_found", f"instance number {instance} is not (exactly once) in the "
-                                                        f"series ({len(headers.files)} files)")
+        raise CaseSkipped(
+            folder,
+            "instance_not_found",
+            f"instance number {instance} is not (exactly once) in the series ({len(headers.files)} files)",
+        )
     if not (-0.5 <= x < headers.columns - 0.5 and -0.5 <= y < headers.rows - 0.5):
-        raise CaseSkipped(headers.files[slice_index], "outside_image",
-                          f"coordinate ({x:g}, {y:g}) is outside the {headers.columns} x {headers.rows} image")
-    return {"image": str(folder), "point": [x, y, slice_index], "label": severity,
-            "class_index": CLASSES.index(severity), "text": lesion_text(condition, level, severity),
-            "condition": condition, "level": level, "instance_number": instance, "series_description": description}
+        raise CaseSkipped(
+            headers.files[slice_index],
+            "outside_image",
+            f"coordinate ({x:g}, {y:g}) is outside the {headers.columns} x {headers.rows} image",
+        )
+    return {
+        "image": str(folder),
+        "point": [x, y, slice_index],
+        "label": severity,
+        "class_index": CLASSES.index(severity),
+        "text": lesion_text(condition, level, severity),
+        "condition": condition,
+        "level": level,
+        "instance_number": instance,
+        "series_description": description,
+    }
 
 
 def _severity(study: str, condition: str, level: str, tables: _Tables) -> str:
@@ -251,11 +313,15 @@ def _severity(study: str, condition: str, level: str, tables: _Tables) -> str:
         raise CaseSkipped(labels_file, "missing_severity", f"study {study} is not in {tables.labels_csv}")
     value = _clean(tables.severities[study].get(column)).lower()
     if not value:
-        raise CaseSkipped(labels_file, "missing_severity",
-                          f"no severity for {column} of study {study} in {tables.labels_csv}")
+        raise CaseSkipped(
+            labels_file, "missing_severity", f"no severity for {column} of study {study} in {tables.labels_csv}"
+        )
     if value not in SEVERITIES:
-        raise CaseSkipped(labels_file, "unknown_severity", f"severity {value!r} for {column} of study {study} is not "
-                                                           "one of Normal/Mild, Moderate, Severe")
+        raise CaseSkipped(
+            labels_file,
+            "unknown_severity",
+            f"severity {value!r} for {column} of study {study} is not one of Normal/Mild, Moderate, Severe",
+        )
     return SEVERITIES[value]
 
 
@@ -264,11 +330,15 @@ def _series_description(study: str, series: str, condition: str, tables: _Tables
     series_file, needed = tables.root / tables.series_csv, CONDITIONS[condition].series_description
     description = tables.descriptions.get((study, series))
     if description is None:
-        raise CaseSkipped(series_file, "unknown_series",
-                          f"series {series} of study {study} is not listed in {tables.series_csv}")
+        raise CaseSkipped(
+            series_file, "unknown_series", f"series {series} of study {study} is not listed in {tables.series_csv}"
+        )
     if description.lower() != needed.lower():
-        raise CaseSkipped(series_file, "wrong_series",
-                          f"series {series} is {description!r}; {CONDITIONS[condition].name} is read on {needed!r}")
+        raise CaseSkipped(
+            series_file,
+            "wrong_series",
+            f"series {series} is {description!r}; {CONDITIONS[condition].name} is read on {needed!r}",
+        )
     return description
 
 
@@ -287,7 +357,8 @@ def _series_headers(folder: Path, tables: _Tables) -> DicomSeries:
     return headers
 
 
-def severity_columns(conditions: Sequence[str] = tuple(CONDITIONS),
-                     levels: Sequence[str] = ("L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1")) -> list[str]:
+def severity_columns(
+    conditions: Sequence[str] = tuple(CONDITIONS), levels: Sequence[str] = ("L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1")
+) -> list[str]:
     """The train.csv columns of ``conditions`` x ``levels``, e.g. ``spinal_canal_stenosis_l4_l5``."""
     return [f"{condition_key(c)}_{level_key(level)}" for c in conditions for level in levels]

@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
 from bundle.errors import InputError
 
 
@@ -44,8 +45,11 @@ def _json_rows(path: Path, content: object) -> list[dict]:
         elif content and all(isinstance(value, Mapping) for value in content.values()):
             return [{"case_id": key, **value} for key, value in content.items()]
     if not isinstance(content, list) or not all(isinstance(row, Mapping) for row in content):
-        raise InputError(path, "expected a list of objects (one per case), an object holding one such list, "
-                               "or an object of objects keyed by case id")
+        raise InputError(
+            path,
+            "expected a list of objects (one per case), an object holding one such list, "
+            "or an object of objects keyed by case id",
+        )
     return [dict(row) for row in content]
 
 

@@ -45,17 +45,22 @@ import nibabel as nib
 import numpy as np
 
 from bundle.data.dicom_series import read_dicom_header
+from bundle.errors import InputError
 from bundle.preparation.dicom_series_headers import read_dicom_series
 from bundle.preparation.prepared import CaseSkipped, Prepared
 from bundle.preparation.tables import pick_column, read_table
-from bundle.errors import InputError
 from bundle.transforms.loading import NIFTI_READ_ERRORS, volume_format
 from bundle.utils.files import safe_case_name
 
 CLASSES = ("normal", "benign", "malignant")
 CLASS_ALIASES = {"0": "normal", "1": "benign", "2": "malignant", "healthy": "normal"}
-DIAGNOSES = {"haemangioma": "benign", "hemangioma": "benign", "metastasis": "malignant",
-             "metastases": "malignant", "myeloma": "malignant"}
+DIAGNOSES = {
+    "haemangioma": "benign",
+    "hemangioma": "benign",
+    "metastasis": "malignant",
+    "metastases": "malignant",
+    "myeloma": "malignant",
+}
 NORMAL_TEXT = "Spine MRI: normal {level}vertebral body with homogeneous marrow signal, no focal lesion."
 LABEL_FILES = ("labels.csv", "labels.json")
 
@@ -216,9 +221,14 @@ class _Cache:
         return value
 
 
-def collect_vertumor(root: str | os.PathLike, labels: str | os.PathLike | None = None, label_scheme: str = "verse",
-                     images_dir: str = "images", segmentations_dir: str = "segmentations",
-                     normal_text: str = NORMAL_TEXT) -> Prepared:
+def collect_vertumor(
+    root: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    label_scheme: str = "verse",
+    images_dir: str = "images",
+    segmentations_dir: str = "segmentations",
+    normal_text: str = NORMAL_TEXT,
+) -> Prepared:
     """Read a VerTumor1200-like folder (see the module docstring) into datalist entries and skipped cases.
 
     Each usable row becomes one entry: ``image``, ``vertebra_seg``, ``mask_labels``, ``text``, ``label``,
@@ -249,12 +259,18 @@ def collect_vertumor(root: str | os.PathLike, labels: str | os.PathLike | None =
         if pick_column(present, COLUMNS[required]) is None:
             raise InputError(labels_file, f"no {required} column (one of {', '.join(COLUMNS[required])})")
 
-    prepared = Prepared(classes=CLASSES, metadata={
-        "name": "vertumor",
-        "description": f"VerTumor1200-like dataset prepared from {root} (labels: {labels_file.name}); soft mask: "
-                       f"the described vertebra's label in the vertebra segmentation",
-        "root": str(root), "labels": {name: index for index, name in enumerate(CLASSES)},
-        "normal_label": "normal", "label_scheme": label_scheme})
+    prepared = Prepared(
+        classes=CLASSES,
+        metadata={
+            "name": "vertumor",
+            "description": f"VerTumor1200-like dataset prepared from {root} (labels: {labels_file.name}); soft mask: "
+            f"the described vertebra's label in the vertebra segmentation",
+            "root": str(root),
+            "labels": {name: index for index, name in enumerate(CLASSES)},
+            "normal_label": "normal",
+            "label_scheme": label_scheme,
+        },
+    )
 
     rows_per_case = Counter(_text(_cell(row, "case_id")) for row in rows)
     cache = _Cache()
@@ -265,8 +281,9 @@ def collect_vertumor(root: str | os.PathLike, labels: str | os.PathLike | None =
             prepared.skip(f"row {number}", labels_file, "bad_row", f"row {number} of {labels_file.name} has no case id")
             continue
         try:
-            entry = _row_entry(root, case, row, labels_file, levels, label_scheme, images_dir, segmentations_dir,
-                               normal_text, cache)
+            entry = _row_entry(
+                root, case, row, labels_file, levels, label_scheme, images_dir, segmentations_dir, normal_text, cache
+            )
         except CaseSkipped as skipped:
             prepared.skip(case, skipped.file, skipped.kind, skipped.reason)
             continue
@@ -274,8 +291,12 @@ def collect_vertumor(root: str | os.PathLike, labels: str | os.PathLike | None =
             suffix = entry.get("level") or "label" + "_".join(str(v) for v in entry["mask_labels"])
             entry["case_id"] = safe_case_name(f"{case}_{suffix}")
         if entry["case_id"] in used_ids:
-            prepared.skip(case, labels_file, "duplicate", f"case id {entry['case_id']!r} already used by an "
-                                                          f"earlier row of {labels_file.name}")
+            prepared.skip(
+                case,
+                labels_file,
+                "duplicate",
+                f"case id {entry['case_id']!r} already used by an earlier row of {labels_file.name}",
+            )
             continue
         used_ids.add(entry["case_id"])
         prepared.entries.append(entry)
@@ -288,13 +309,26 @@ def _cell(row: Mapping, name: str) -> object:
     return next((value for value in values if _text(value) not in ("", "[]")), values[0] if values else None)
 
 
-def _row_entry(root: Path, case: str, row: Mapping, labels_file: Path, levels: Mapping[str, int], label_scheme: str,
-               images_dir: str, segmentations_dir: str, normal_text: str, cache: _Cache) -> dict:
+def _row_entry(
+    root: Path,
+    case: str,
+    row: Mapping,
+    labels_file: Path,
+    levels: Mapping[str, int],
+    label_scheme: str,
+    images_dir: str,
+    segmentations_dir: str,
+    normal_text: str,
+    cache: _Cache,
+) -> dict:
     """One row's entry; a row that cannot be used raises :class:`CaseSkipped` with the reason."""
     parsed = normalise_class(_cell(row, "class"))
     if parsed is None:
-        raise CaseSkipped(labels_file, "unknown_class",
-                       f"unknown class {_text(_cell(row, 'class'))!r} (expected normal, benign or malignant)")
+        raise CaseSkipped(
+            labels_file,
+            "unknown_class",
+            f"unknown class {_text(_cell(row, 'class'))!r} (expected normal, benign or malignant)",
+        )
     label, diagnosis = parsed
     description = _text(_cell(row, "description"))
     if not description and label != "normal":
@@ -303,11 +337,18 @@ def _row_entry(root: Path, case: str, row: Mapping, labels_file: Path, levels: M
     mask_labels = _row_mask_labels(row, level, levels, label_scheme, labels_file)
     image, segmentation = _row_files(root, case, row, images_dir, segmentations_dir, mask_labels, cache)
     text = description or " ".join(normal_text.format(level=f"{level} " if level else "").split())
-    entry = {"case_id": safe_case_name(case), "source_case_id": case,
-             "patient_id": _text(_cell(row, "patient_id")) or case,
-             "image": str(image.absolute()), "vertebra_seg": str(segmentation.absolute()),
-             "mask_labels": mask_labels, "label": label, "class_index": CLASSES.index(label), "text": text,
-             "text_source": "description" if description else "normal_template"}
+    entry = {
+        "case_id": safe_case_name(case),
+        "source_case_id": case,
+        "patient_id": _text(_cell(row, "patient_id")) or case,
+        "image": str(image.absolute()),
+        "vertebra_seg": str(segmentation.absolute()),
+        "mask_labels": mask_labels,
+        "label": label,
+        "class_index": CLASSES.index(label),
+        "text": text,
+        "text_source": "description" if description else "normal_template",
+    }
     if level:
         entry["level"] = level
     if diagnosis:
@@ -315,8 +356,9 @@ def _row_entry(root: Path, case: str, row: Mapping, labels_file: Path, levels: M
     return entry
 
 
-def _row_mask_labels(row: Mapping, level: str, levels: Mapping[str, int], label_scheme: str,
-                     labels_file: Path) -> list[int]:
+def _row_mask_labels(
+    row: Mapping, level: str, levels: Mapping[str, int], label_scheme: str, labels_file: Path
+) -> list[int]:
     """The described vertebra's label values: the row's ``mask_labels``, else its ``level`` in the scheme."""
     raw_labels = _cell(row, "mask_labels")
     given = bool(raw_labels) if isinstance(raw_labels, (list, tuple)) else bool(_text(raw_labels))
@@ -324,7 +366,9 @@ def _row_mask_labels(row: Mapping, level: str, levels: Mapping[str, int], label_
         try:
             return parse_mask_labels(raw_labels)
         except ValueError as error:
-            raise CaseSkipped(labels_file, "bad_mask_labels", f"bad mask_labels {_text(raw_labels)!r}: {error}") from error
+            raise CaseSkipped(
+                labels_file, "bad_mask_labels", f"bad mask_labels {_text(raw_labels)!r}: {error}"
+            ) from error
     if not level:
         raise CaseSkipped(labels_file, "no_vertebra", "no mask_labels and no level: which vertebra is unknown")
     if level not in levels:
@@ -332,18 +376,24 @@ def _row_mask_labels(row: Mapping, level: str, levels: Mapping[str, int], label_
     return [levels[level]]
 
 
-def _row_files(root: Path, case: str, row: Mapping, images_dir: str, segmentations_dir: str,
-               mask_labels: list[int], cache: _Cache) -> tuple[Path, Path]:
+def _row_files(
+    root: Path, case: str, row: Mapping, images_dir: str, segmentations_dir: str, mask_labels: list[int], cache: _Cache
+) -> tuple[Path, Path]:
     """The row's image and segmentation, checked to be readable, on one grid, and to hold ``mask_labels``."""
-    image = _given_path(root, _cell(row, "image")) or _find_file(root / images_dir, case, (".nii.gz", ".nii", ".dcm"),
-                                                                 allow_folder=True)
+    image = _given_path(root, _cell(row, "image")) or _find_file(
+        root / images_dir, case, (".nii.gz", ".nii", ".dcm"), allow_folder=True
+    )
     if image is None or not image.exists():
         raise CaseSkipped(image or root / images_dir / f"{case}.nii.gz", "missing_image", "image not found")
     segmentation = _given_path(root, _cell(row, "segmentation")) or _find_file(
-        root / segmentations_dir, case, (".nii.gz", ".nii", "_seg.nii.gz", "_seg.nii"), allow_folder=False)
+        root / segmentations_dir, case, (".nii.gz", ".nii", "_seg.nii.gz", "_seg.nii"), allow_folder=False
+    )
     if segmentation is None or not segmentation.exists():
-        raise CaseSkipped(segmentation or root / segmentations_dir / f"{case}.nii.gz", "missing_segmentation",
-                       "vertebra segmentation not found")
+        raise CaseSkipped(
+            segmentation or root / segmentations_dir / f"{case}.nii.gz",
+            "missing_segmentation",
+            "vertebra segmentation not found",
+        )
     try:
         shape = cache.get("image", image, image_shape)
     except InputError as error:
@@ -353,10 +403,14 @@ def _row_files(root: Path, case: str, row: Mapping, images_dir: str, segmentatio
     except InputError as error:
         raise CaseSkipped(segmentation, "unreadable_segmentation", str(error)) from error
     if sorted(seg_shape) != sorted(shape):
-        raise CaseSkipped(segmentation, "grid_mismatch",
-                       f"segmentation grid {seg_shape} does not match the image grid {shape}")
+        raise CaseSkipped(
+            segmentation, "grid_mismatch", f"segmentation grid {seg_shape} does not match the image grid {shape}"
+        )
     missing = [value for value in mask_labels if value not in present]
     if missing:
-        raise CaseSkipped(segmentation, "labels_not_found",
-                       f"label(s) {missing} not in the segmentation (labels found: {sorted(present)[:20]})")
+        raise CaseSkipped(
+            segmentation,
+            "labels_not_found",
+            f"label(s) {missing} not in the segmentation (labels found: {sorted(present)[:20]})",
+        )
     return image, segmentation

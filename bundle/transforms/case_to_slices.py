@@ -10,18 +10,24 @@ from __future__ import annotations
 
 from monai.transforms import Compose, CopyItemsd, Orientationd
 
-from bundle.transforms.validate_entry import ValidateEntryd
 from bundle.data.slice_dataset import SLICE_KEYS
 from bundle.transforms.intensity import ScaleIntensityToModeld
 from bundle.transforms.loading import LoadVolumeOnced, MatchImageGridd
 from bundle.transforms.model_grid import model_grid
 from bundle.transforms.slices import LesionSliceGuided, SelectMaskSlicesd
 from bundle.transforms.soft_mask import MaskImaged, SoftMaskFromSourced
+from bundle.transforms.validate_entry import ValidateEntryd
 
 
-def case_to_slices(grid: Compose, canonical_axcodes: str = "RIP", sigma_mm: float = 3.0,
-                   box_size_mm: float = 30.0, slice_mode: str = "all", max_slices: int | None = None,
-                   lesion_guided: bool = False) -> Compose:
+def case_to_slices(
+    grid: Compose,
+    canonical_axcodes: str = "RIP",
+    sigma_mm: float = 3.0,
+    box_size_mm: float = 30.0,
+    slice_mode: str = "all",
+    max_slices: int | None = None,
+    lesion_guided: bool = False,
+) -> Compose:
     """Validate, load, make the soft mask, orient, scale, mask, pick slices, keep native copies, resample.
 
     Args:
@@ -35,29 +41,50 @@ def case_to_slices(grid: Compose, canonical_axcodes: str = "RIP", sigma_mm: floa
     volumes = ["image", "vertebra_seg"] + (["lesion_seg"] if lesion_guided else [])
     guide = [LesionSliceGuided()] if lesion_guided else []
     oriented = ["image", "mask", "soft_mask"] + (["lesion_seg"] if lesion_guided else [])
-    return Compose([
-        ValidateEntryd(file_keys=volumes),
-        LoadVolumeOnced(volumes, allow_missing_keys=True),
-        MatchImageGridd(volumes[1:], ref_key="image", allow_missing_keys=True),
-        SoftMaskFromSourced(sigma_mm=sigma_mm, default_box_size_mm=box_size_mm),
-        Orientationd(oriented, axcodes=canonical_axcodes, labels=None, allow_missing_keys=True),
-        ScaleIntensityToModeld("image"),
-        MaskImaged("image"),
-        *guide,
-        SelectMaskSlicesd(list(SLICE_KEYS), mask_key="slice_guide" if lesion_guided else "mask", mode=slice_mode,
-                          max_slices=max_slices, drop_keys=["vertebra_seg", "lesion_seg", "mask"]),
-        CopyItemsd(["image", "soft_mask"], names=["native_image", "native_soft_mask"]),
-        grid,
-    ])
+    return Compose(
+        [
+            ValidateEntryd(file_keys=volumes),
+            LoadVolumeOnced(volumes, allow_missing_keys=True),
+            MatchImageGridd(volumes[1:], ref_key="image", allow_missing_keys=True),
+            SoftMaskFromSourced(sigma_mm=sigma_mm, default_box_size_mm=box_size_mm),
+            Orientationd(oriented, axcodes=canonical_axcodes, labels=None, allow_missing_keys=True),
+            ScaleIntensityToModeld("image"),
+            MaskImaged("image"),
+            *guide,
+            SelectMaskSlicesd(
+                list(SLICE_KEYS),
+                mask_key="slice_guide" if lesion_guided else "mask",
+                mode=slice_mode,
+                max_slices=max_slices,
+                drop_keys=["vertebra_seg", "lesion_seg", "mask"],
+            ),
+            CopyItemsd(["image", "soft_mask"], names=["native_image", "native_soft_mask"]),
+            grid,
+        ]
+    )
 
 
-def slice_transform(spatial_size: int = 48, pixdim_mm: float = 1.0, window_margin_mm: float = 4.0,
-                    slices_per_case: int = 2, sigma_mm: float = 3.0, canonical_axcodes: str = "RIP",
-                    box_size_mm: float = 30.0) -> Compose:
+def slice_transform(
+    spatial_size: int = 48,
+    pixdim_mm: float = 1.0,
+    window_margin_mm: float = 4.0,
+    slices_per_case: int = 2,
+    sigma_mm: float = 3.0,
+    canonical_axcodes: str = "RIP",
+    box_size_mm: float = 30.0,
+) -> Compose:
     """Entry -> the ``slices_per_case`` slices with the largest target-vertebra area, on a ``spatial_size``
-    square grid around the soft mask (:func:`bundle.transforms.case_to_slices.case_to_slices`, not lesion-guided: a test case
-    has no lesion segmentation to guide it)."""
-    grid = model_grid(list(SLICE_KEYS), spatial_size, pixdim_mm, window_key="soft_mask",
-                      window_margin_mm=window_margin_mm)
-    return case_to_slices(grid, canonical_axcodes=canonical_axcodes, sigma_mm=sigma_mm, box_size_mm=box_size_mm,
-                          slice_mode="all", max_slices=slices_per_case, lesion_guided=False)
+    square grid around the soft mask (:func:`case_to_slices`, not lesion-guided: a test case has no lesion
+    segmentation to guide it)."""
+    grid = model_grid(
+        list(SLICE_KEYS), spatial_size, pixdim_mm, window_key="soft_mask", window_margin_mm=window_margin_mm
+    )
+    return case_to_slices(
+        grid,
+        canonical_axcodes=canonical_axcodes,
+        sigma_mm=sigma_mm,
+        box_size_mm=box_size_mm,
+        slice_mode="all",
+        max_slices=slices_per_case,
+        lesion_guided=False,
+    )

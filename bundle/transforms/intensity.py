@@ -20,8 +20,14 @@ class ScaleIntensityToModel(Transform):
     :func:`invert_intensity` uses to map model values back to the scanner's units.
     """
 
-    def __init__(self, lower_percentile: float = 0.5, upper_percentile: float = 99.5, b_min: float = 0.0,
-                 b_max: float = 1.0, clip: bool = True) -> None:
+    def __init__(
+        self,
+        lower_percentile: float = 0.5,
+        upper_percentile: float = 99.5,
+        b_min: float = 0.0,
+        b_max: float = 1.0,
+        clip: bool = True,
+    ) -> None:
         if not 0 <= lower_percentile < upper_percentile <= 100:
             raise ValueError(f"need 0 <= lower < upper <= 100, got {lower_percentile}, {upper_percentile}")
         self.lower_percentile = lower_percentile
@@ -57,9 +63,17 @@ def invert_intensity(values: torch.Tensor, record: Mapping[str, float], differen
 class ScaleIntensityToModeld(MapTransform):
     """Dictionary twin of :class:`ScaleIntensityToModel`; the record goes to ``d[record_key]``."""
 
-    def __init__(self, keys: KeysCollection, lower_percentile: float = 0.5, upper_percentile: float = 99.5,
-                 b_min: float = 0.0, b_max: float = 1.0, clip: bool = True, record_key: str = "intensity_scaling",
-                 allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        lower_percentile: float = 0.5,
+        upper_percentile: float = 99.5,
+        b_min: float = 0.0,
+        b_max: float = 1.0,
+        clip: bool = True,
+        record_key: str = "intensity_scaling",
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, allow_missing_keys)
         self.transform = ScaleIntensityToModel(lower_percentile, upper_percentile, b_min, b_max, clip)
         self.record_key = record_key

@@ -14,14 +14,14 @@ from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 
 import nibabel as nib
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
 import numpy as np
 import pydicom
 import torch
 from monai.config import KeysCollection
 from monai.data import ITKReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform, Orientation, Transform
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
 from bundle.data.dicom_series import (
     DicomSeriesReader,
@@ -67,25 +67,31 @@ def _too_large(path: str | os.PathLike, shape: tuple[int, ...], max_voxels: int 
     """Raise :class:`InputError` when a volume of ``shape`` (read from a header) has more than ``max_voxels``."""
     count = int(np.prod([int(n) for n in shape], dtype=object)) if shape else 0
     if max_voxels is not None and count > max_voxels:
-        raise InputError(path, f"too large: {' x '.join(str(int(n)) for n in shape)} = {count:,} voxels "
-                               f"({count * 4 / 2**30:,.1f} GiB as float32) is more than the limit of {max_voxels:,} "
-                               "voxels (max_voxels); crop the volume, or raise max_voxels where memory allows")
+        raise InputError(
+            path,
+            f"too large: {' x '.join(str(int(n)) for n in shape)} = {count:,} voxels "
+            f"({count * 4 / 2**30:,.1f} GiB as float32) is more than the limit of {max_voxels:,} "
+            "voxels (max_voxels); crop the volume, or raise max_voxels where memory allows",
+        )
 
 
 def _counts(values: list, unit: str = "", noun: str = "file") -> str:
     """``"3 mm (10 files), 5 mm (1 file)"``: each distinct value with how often it occurs."""
-    return ", ".join(f"{f'{value:g}' if isinstance(value, float) else value}{unit} ({count} {noun}"
-                     f"{'' if count == 1 else 's'})" for value, count in sorted(Counter(values).items()))
+    return ", ".join(
+        f"{f'{value:g}' if isinstance(value, float) else value}{unit} ({count} {noun}{'' if count == 1 else 's'})"
+        for value, count in sorted(Counter(values).items())
+    )
 
 
-def check_dicom_series(folder: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOXELS
-                       ) -> list[tuple[Path, pydicom.Dataset]]:
+def check_dicom_series(
+    folder: str | os.PathLike, max_voxels: int | None = DEFAULT_MAX_VOXELS
+) -> list[tuple[Path, pydicom.Dataset]]:
     """Check a DICOM series folder from its headers before ITK reads it; returns its instances (file, header).
 
     ITK would silently read the first of several series (or of the groups it splits one series into by other
     tags), skip a truncated file, or stack slices of uneven spacing on one spacing; each of these is refused here
-    instead, naming the folder or the file. The instances are those of :func:`bundle.data.dicom_series.series_instances`,
-    the files the writer writes back.
+    instead, naming the folder or the file. The instances are those of
+    :func:`bundle.data.dicom_series.series_instances`, the files the writer writes back.
 
     Raises:
         InputError: a file is not DICOM (by name or marker) or is corrupt or truncated; the folder holds no
@@ -99,17 +105,25 @@ def check_dicom_series(folder: str | os.PathLike, max_voxels: int | None = DEFAU
     headers = series_instances(folder)
     if not headers:
         dicomdir = any(p.name.upper() == "DICOMDIR" for p in folder.iterdir())
-        raise InputError(folder, "no DICOM image files in the folder" + (
-            " (only a DICOMDIR: point the entry at the folder of the series it lists)" if dicomdir else ""))
+        raise InputError(
+            folder,
+            "no DICOM image files in the folder"
+            + (" (only a DICOMDIR: point the entry at the folder of the series it lists)" if dicomdir else ""),
+        )
     series: dict[str, list[pydicom.Dataset]] = {}
     for _, dataset in headers:
         series.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append(dataset)
     if len(series) > 1:
-        listed = "; ".join(f"{uid or '<no SeriesInstanceUID>'} ({len(items)} files, "
-                           f"{str(items[0].get('SeriesDescription', '')) or 'no description'!r})"
-                           for uid, items in sorted(series.items()))
-        raise InputError(folder, f"{len(series)} DICOM series in one folder: {listed}; move each series into its "
-                                 "own folder and point the entry at one of them")
+        listed = "; ".join(
+            f"{uid or '<no SeriesInstanceUID>'} ({len(items)} files, "
+            f"{str(items[0].get('SeriesDescription', '')) or 'no description'!r})"
+            for uid, items in sorted(series.items())
+        )
+        raise InputError(
+            folder,
+            f"{len(series)} DICOM series in one folder: {listed}; move each series into its "
+            "own folder and point the entry at one of them",
+        )
     datasets = [dataset for _, dataset in headers]
     sizes = [f"{int(d.get('Rows', 0))}x{int(d.get('Columns', 0))}" for d in datasets]
     if len(set(sizes)) > 1:
@@ -120,14 +134,20 @@ def check_dicom_series(folder: str | os.PathLike, max_voxels: int | None = DEFAU
         check_writable_instance(path, dataset)
     thickness = [round(float(d.SliceThickness), 3) for d in datasets if d.get("SliceThickness") not in (None, "")]
     if len(set(thickness)) > 1:
-        raise InputError(folder, f"mixed slice thickness: {_counts(thickness, ' mm')}; one series should have "
-                                 "one thickness (a reconstruction or a localizer mixed in?)")
+        raise InputError(
+            folder,
+            f"mixed slice thickness: {_counts(thickness, ' mm')}; one series should have "
+            "one thickness (a reconstruction or a localizer mixed in?)",
+        )
     geometry = [d for d in datasets if "ImagePositionPatient" in d and "ImageOrientationPatient" in d]
     if len(datasets) < 2:
         return headers
     if len(geometry) != len(datasets):
-        raise InputError(folder, f"{len(datasets) - len(geometry)} of {len(datasets)} instances have no "
-                                 "ImagePositionPatient / ImageOrientationPatient: their place in the volume is unknown")
+        raise InputError(
+            folder,
+            f"{len(datasets) - len(geometry)} of {len(datasets)} instances have no "
+            "ImagePositionPatient / ImageOrientationPatient: their place in the volume is unknown",
+        )
     orientations = [tuple(np.round(np.asarray(d.ImageOrientationPatient, float), 4)) for d in geometry]
     if len(set(orientations)) > 1:
         raise InputError(folder, f"instances of different orientations: {_counts([str(o) for o in orientations])}")
@@ -138,15 +158,21 @@ def check_dicom_series(folder: str | os.PathLike, max_voxels: int | None = DEFAU
     if gaps.min() < SLICE_GAP_TOLERANCE_MM:
         repeated = int((gaps < SLICE_GAP_TOLERANCE_MM).sum())
         where = positions[np.argmin(gaps)]
-        raise InputError(folder, f"{repeated} slice positions occur more than once (e.g. at {where:.2f} mm along the "
-                                 "slice normal): repeated acquisitions, echoes or phases in one series")
+        raise InputError(
+            folder,
+            f"{repeated} slice positions occur more than once (e.g. at {where:.2f} mm along the "
+            "slice normal): repeated acquisitions, echoes or phases in one series",
+        )
     median = float(np.median(gaps))
     tolerance = max(SLICE_GAP_TOLERANCE_MM, SLICE_GAP_TOLERANCE_RELATIVE * median)
     if float(np.abs(gaps - median).max()) > tolerance:
         found = [round(float(g), 2) for g in gaps]
-        raise InputError(folder, f"non-uniform slice spacing: {_counts(found, ' mm', 'gap')} between "
-                                 f"{len(positions)} slice positions (tolerance {tolerance:.3g} mm); a missing or "
-                                 "extra slice? Resampling would distort the geometry, so it is not done")
+        raise InputError(
+            folder,
+            f"non-uniform slice spacing: {_counts(found, ' mm', 'gap')} between "
+            f"{len(positions)} slice positions (tolerance {tolerance:.3g} mm); a missing or "
+            "extra slice? Resampling would distort the geometry, so it is not done",
+        )
     return headers
 
 
@@ -161,12 +187,18 @@ def check_nifti_voxel_type(path: str | os.PathLike) -> None:
     header = nib.load(str(path)).header
     dtype = np.dtype(header.get_data_dtype())
     if dtype.kind == "c":
-        raise InputError(path, f"complex-valued voxels ({dtype.name}): only real images are supported and the "
-                               "imaginary part would be lost; save the magnitude (or the real part) as its own "
-                               "image first")
+        raise InputError(
+            path,
+            f"complex-valued voxels ({dtype.name}): only real images are supported and the "
+            "imaginary part would be lost; save the magnitude (or the real part) as its own "
+            "image first",
+        )
     if dtype.kind not in "iuf":
-        raise InputError(path, f"voxels of type {dtype} (e.g. RGB colour) are not one real number each; save one "
-                               "grey-value channel as a scalar image first")
+        raise InputError(
+            path,
+            f"voxels of type {dtype} (e.g. RGB colour) are not one real number each; save one "
+            "grey-value channel as a scalar image first",
+        )
 
 
 def check_affine(path: str | os.PathLike, affine: np.ndarray | torch.Tensor) -> None:
@@ -180,14 +212,20 @@ def check_affine(path: str | os.PathLike, affine: np.ndarray | torch.Tensor) -> 
     matrix = np.asarray(affine, dtype=float)
     shown = np.round(matrix[:3], 3).tolist()
     if not np.isfinite(matrix).all():
-        raise InputError(path, f"the voxel-to-world affine has NaN or infinite entries: {shown}; fix the header's "
-                               "orientation (NIfTI sform / qform, DICOM position and orientation)")
+        raise InputError(
+            path,
+            f"the voxel-to-world affine has NaN or infinite entries: {shown}; fix the header's "
+            "orientation (NIfTI sform / qform, DICOM position and orientation)",
+        )
     spacing = voxel_spacing_mm(matrix)
     singular = np.linalg.cond(matrix[:3, :3]) > 1e8 if spacing.min() > 0 else True
     if singular:
-        raise InputError(path, f"the voxel-to-world affine cannot be inverted (voxel spacing "
-                               f"{' x '.join(f'{s:.3g}' for s in spacing)} mm): {shown}; fix the header's orientation "
-                               "(NIfTI sform / qform, DICOM position and orientation)")
+        raise InputError(
+            path,
+            f"the voxel-to-world affine cannot be inverted (voxel spacing "
+            f"{' x '.join(f'{s:.3g}' for s in spacing)} mm): {shown}; fix the header's orientation "
+            "(NIfTI sform / qform, DICOM position and orientation)",
+        )
 
 
 def _header_shape(path: Path, kind: str) -> tuple[int, ...] | None:
@@ -205,7 +243,8 @@ def _header_shape(path: Path, kind: str) -> tuple[int, ...] | None:
     io.SetFileName(str(path))
     io.ReadImageInformation()
     return tuple(int(io.GetDimensions(axis)) for axis in range(io.GetNumberOfDimensions())) + (
-        (int(io.GetNumberOfComponents()),) if io.GetNumberOfComponents() > 1 else ())
+        (int(io.GetNumberOfComponents()),) if io.GetNumberOfComponents() > 1 else ()
+    )
 
 
 class LoadVolume(Transform):
@@ -284,8 +323,9 @@ def _check_volume(path: Path, volume: MetaTensor, instances: list[tuple[Path, py
     if len(spatial_shape) != 3:
         raise InputError(path, f"{len(spatial_shape)}-D image {spatial_shape}, expected a 3-D volume")
     if volume.shape[0] != 1:
-        raise InputError(path, f"4-D input: {volume.shape[0]} volumes or channels of {spatial_shape}, "
-                               "expected a single 3-D volume")
+        raise InputError(
+            path, f"4-D input: {volume.shape[0]} volumes or channels of {spatial_shape}, expected a single 3-D volume"
+        )
     if min(spatial_shape) < 1:
         raise InputError(path, f"empty volume of shape {spatial_shape}")
     if not torch.isfinite(volume).all():
@@ -294,8 +334,9 @@ def _check_volume(path: Path, volume: MetaTensor, instances: list[tuple[Path, py
     check_affine(path, volume.affine)
     if instances:
         if spatial_shape[2] != len(instances):
-            raise InputError(path, f"ITK read {spatial_shape[2]} slices from the {len(instances)} DICOM instances "
-                                   "of the series")
+            raise InputError(
+                path, f"ITK read {spatial_shape[2]} slices from the {len(instances)} DICOM instances of the series"
+            )
         check_write_back(path, instances, volume[0].numpy(), np.asarray(volume.affine, float))
 
 
@@ -306,8 +347,13 @@ class LoadVolumed(MapTransform):
     when the soft mask comes from a box).
     """
 
-    def __init__(self, keys: KeysCollection, dtype: np.dtype | type = np.float32, allow_missing_keys: bool = False,
-                 max_voxels: int | None = DEFAULT_MAX_VOXELS):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        dtype: np.dtype | type = np.float32,
+        allow_missing_keys: bool = False,
+        max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    ):
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadVolume(dtype, max_voxels)
 
@@ -333,8 +379,11 @@ def match_image_grid(image: MetaTensor, other: MetaTensor, atol_mm: float = 1e-3
     if other_axcodes != image_axcodes:
         other = Orientation(axcodes=image_axcodes, labels=None)(other)
     if tuple(image.shape[1:]) != tuple(other.shape[1:]):
-        raise InputError(name, f"grid {stored_shape} ({other_axcodes}) does not match the image grid "
-                               f"{tuple(image.shape[1:])} ({image_axcodes})")
+        raise InputError(
+            name,
+            f"grid {stored_shape} ({other_axcodes}) does not match the image grid "
+            f"{tuple(image.shape[1:])} ({image_axcodes})",
+        )
     difference = float(np.abs(np.asarray(image.affine, float) - np.asarray(other.affine, float)).max())
     if difference > atol_mm:
         raise InputError(name, f"affine differs from the image's by up to {difference:.3g} mm; resample it first")
@@ -344,8 +393,9 @@ def match_image_grid(image: MetaTensor, other: MetaTensor, atol_mm: float = 1e-3
 class MatchImageGridd(MapTransform):
     """Bring every volume under ``keys`` into the voxel order of ``ref_key`` and check the grids match."""
 
-    def __init__(self, keys: KeysCollection, ref_key: str = "image", atol_mm: float = 1e-3,
-                 allow_missing_keys: bool = True):
+    def __init__(
+        self, keys: KeysCollection, ref_key: str = "image", atol_mm: float = 1e-3, allow_missing_keys: bool = True
+    ):
         super().__init__(keys, allow_missing_keys)
         self.ref_key = ref_key
         self.atol_mm = atol_mm

@@ -50,9 +50,14 @@ class NativeSquarePixelsd(Spacingd):
         return super().__call__(data, lazy)
 
 
-def model_grid(keys: Sequence[str], spatial_size: int, pixdim_mm: float | None = 1.0,
-               nearest_keys: Sequence[str] = (), window_key: str | None = None,
-               window_margin_mm: float = 16.0) -> Compose:
+def model_grid(
+    keys: Sequence[str],
+    spatial_size: int,
+    pixdim_mm: float | None = 1.0,
+    nearest_keys: Sequence[str] = (),
+    window_key: str | None = None,
+    window_margin_mm: float = 16.0,
+) -> Compose:
     """The invertible slice -> model-grid chain for ``keys`` (2-D ``(1, H, W)`` tensors with a 2-D affine).
 
     Args:
@@ -68,20 +73,42 @@ def model_grid(keys: Sequence[str], spatial_size: int, pixdim_mm: float | None =
     keys = list(keys)
     modes = ["nearest" if k in nearest_keys else "bilinear" for k in keys]
     if window_key is not None and pixdim_mm is None:
-        raise ValueError("the working window's margin is in millimetres: give pixdim_mm with window_key, or keep "
-                         "whole slices (window_key None) at their native spacing")
-    window = [] if window_key is None else [
-        CropForegroundd(keys, source_key=window_key, select_fn=_Above(WINDOW_MASK_THRESHOLD),
-                        margin=round(window_margin_mm / pixdim_mm), allow_smaller=True)]
-    square = NativeSquarePixelsd(keys, mode=modes) if pixdim_mm is None else \
-        Spacingd(keys, pixdim=(pixdim_mm, pixdim_mm), mode=modes, padding_mode="zeros")
-    return Compose([
-        square,
-        *window,
-        Resized(keys, spatial_size=spatial_size, size_mode="longest",
-                mode=["nearest" if m == "nearest" else "bilinear" for m in modes], anti_aliasing=False),
-        SpatialPadd(keys, spatial_size=(spatial_size, spatial_size)),
-    ])
+        raise ValueError(
+            "the working window's margin is in millimetres: give pixdim_mm with window_key, or keep "
+            "whole slices (window_key None) at their native spacing"
+        )
+    window = (
+        []
+        if window_key is None
+        else [
+            CropForegroundd(
+                keys,
+                source_key=window_key,
+                select_fn=_Above(WINDOW_MASK_THRESHOLD),
+                margin=round(window_margin_mm / pixdim_mm),
+                allow_smaller=True,
+            )
+        ]
+    )
+    square = (
+        NativeSquarePixelsd(keys, mode=modes)
+        if pixdim_mm is None
+        else Spacingd(keys, pixdim=(pixdim_mm, pixdim_mm), mode=modes, padding_mode="zeros")
+    )
+    return Compose(
+        [
+            square,
+            *window,
+            Resized(
+                keys,
+                spatial_size=spatial_size,
+                size_mode="longest",
+                mode=["nearest" if m == "nearest" else "bilinear" for m in modes],
+                anti_aliasing=False,
+            ),
+            SpatialPadd(keys, spatial_size=(spatial_size, spatial_size)),
+        ]
+    )
 
 
 def invert_to_slice(values: torch.Tensor, reference: MetaTensor, grid: Compose) -> torch.Tensor:
@@ -109,7 +136,10 @@ def grid_geometry(item: Mapping) -> dict[str, object]:
     model_pixel = float(affine_to_spacing(image.affine, r=2).numpy().astype(float).mean())
     padded = [op for op in image.applied_operations if op[TraceKeys.CLASS_NAME] == SpatialPad.__name__]
     content = padded[-1][TraceKeys.ORIG_SIZE][-2:] if padded else tuple(image.shape[-2:])
-    return {"native_spacing_mm": [round(float(s), 3) for s in native_spacing],
-            "native_shape": [int(n) for n in native.shape[-2:]],
-            "window_mm": [round(float(n) * model_pixel, 1) for n in content],
-            "model_pixel_mm": round(model_pixel, 4), "upsampling": round(float(native_spacing.min()) / model_pixel, 2)}
+    return {
+        "native_spacing_mm": [round(float(s), 3) for s in native_spacing],
+        "native_shape": [int(n) for n in native.shape[-2:]],
+        "window_mm": [round(float(n) * model_pixel, 1) for n in content],
+        "model_pixel_mm": round(model_pixel, 4),
+        "upsampling": round(float(native_spacing.min()) / model_pixel, 2),
+    }

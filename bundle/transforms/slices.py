@@ -19,8 +19,9 @@ SliceMode = Literal["all", "largest"]
 MIN_SLICE_SIDE = 8
 
 
-def mask_slice_indices(mask: torch.Tensor, slice_axis: int = 0, mode: SliceMode = "all",
-                       max_slices: int | None = None) -> list[int]:
+def mask_slice_indices(
+    mask: torch.Tensor, slice_axis: int = 0, mode: SliceMode = "all", max_slices: int | None = None
+) -> list[int]:
     """Indices along ``slice_axis`` (a spatial axis of a ``(1, X, Y, Z)`` mask) of the slices with mask voxels.
 
     ``mode="all"`` keeps every such slice (``max_slices`` keeps that many with the largest mask area, in index
@@ -66,8 +67,15 @@ class SelectMaskSlicesd(MapTransform):
             ``MIN_SLICE_SIDE`` pixels on a side, e.g. one axial image cut into sagittal lines).
     """
 
-    def __init__(self, keys: KeysCollection, mask_key: str = "mask", slice_axis: int = 0, mode: SliceMode = "all",
-                 max_slices: int | None = None, drop_keys: Sequence[str] = ()):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = "mask",
+        slice_axis: int = 0,
+        mode: SliceMode = "all",
+        max_slices: int | None = None,
+        drop_keys: Sequence[str] = (),
+    ):
         super().__init__(keys, allow_missing_keys=False)
         self.mask_key = mask_key
         self.slice_axis = slice_axis
@@ -84,16 +92,25 @@ class SelectMaskSlicesd(MapTransform):
         reference = d[self.first_key(d)]
         in_plane = [int(n) for a, n in enumerate(reference.shape[1:]) if a != self.slice_axis]
         if min(in_plane) < MIN_SLICE_SIDE:
-            raise InputError(reference.meta.get("filename_or_obj"),
-                             f"slices across axis {self.slice_axis} of the canonical grid are only {in_plane} pixels: "
-                             "the volume does not cover the sagittal plane (is it a single axial slice?)")
-        common = {k: v for k, v in d.items() if k not in self.keys and k not in self.drop_keys
-                  and not isinstance(v, torch.Tensor)}
-        grid = {"canonical_shape": [int(n) for n in reference.shape[1:]],
-                "canonical_affine": np.asarray(reference.affine, float).tolist(), "slice_axis": self.slice_axis,
-                "slice_count": len(indices), "source": str(reference.meta.get("filename_or_obj")),
-                "source_affine": reference.meta["source_affine"],
-                "canonical_axcodes": "".join(nib.aff2axcodes(np.asarray(reference.affine, float)))}
+            raise InputError(
+                reference.meta.get("filename_or_obj"),
+                f"slices across axis {self.slice_axis} of the canonical grid are only {in_plane} pixels: "
+                "the volume does not cover the sagittal plane (is it a single axial slice?)",
+            )
+        common = {
+            k: v
+            for k, v in d.items()
+            if k not in self.keys and k not in self.drop_keys and not isinstance(v, torch.Tensor)
+        }
+        grid = {
+            "canonical_shape": [int(n) for n in reference.shape[1:]],
+            "canonical_affine": np.asarray(reference.affine, float).tolist(),
+            "slice_axis": self.slice_axis,
+            "slice_count": len(indices),
+            "source": str(reference.meta.get("filename_or_obj")),
+            "source_affine": reference.meta["source_affine"],
+            "canonical_axcodes": "".join(nib.aff2axcodes(np.asarray(reference.affine, float))),
+        }
         items = []
         for position, index in enumerate(indices):
             item = dict(common)

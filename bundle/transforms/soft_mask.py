@@ -57,8 +57,10 @@ class LabelMask(Transform):
         inside = torch.isin(values, torch.tensor(self.labels))
         if not inside.any():
             present = sorted(int(v) for v in torch.unique(values).tolist() if v != 0)[:20]
-            raise InputError(_source_name(segmentation),
-                             f"empty mask: none of the labels {self.labels} is present (labels found: {present})")
+            raise InputError(
+                _source_name(segmentation),
+                f"empty mask: none of the labels {self.labels} is present (labels found: {present})",
+            )
         return _as_mask(segmentation, inside)
 
 
@@ -70,8 +72,9 @@ def voxel_centres_world(shape: Sequence[int], affine: np.ndarray) -> torch.Tenso
     return voxels @ matrix[:3, :3].T + matrix[:3, 3]
 
 
-def box_mask(reference: MetaTensor, lower: Sequence[float], upper: Sequence[float],
-             space: CoordinateSpace = "voxel") -> MetaTensor:
+def box_mask(
+    reference: MetaTensor, lower: Sequence[float], upper: Sequence[float], space: CoordinateSpace = "voxel"
+) -> MetaTensor:
     """Mask of the voxels whose centre lies in the box ``[lower, upper]`` (inclusive, per axis).
 
     Args:
@@ -86,17 +89,20 @@ def box_mask(reference: MetaTensor, lower: Sequence[float], upper: Sequence[floa
         raise InputError(_source_name(reference), f"a box needs two 3-D corners, got {list(lower)} and {list(upper)}")
     shape = tuple(reference.shape[1:])
     if space == "voxel":
-        coordinates = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape],
-                                                 indexing="ij"), dim=-1)
+        coordinates = torch.stack(
+            torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij"), dim=-1
+        )
     elif space == "world":
         coordinates = voxel_centres_world(shape, np.asarray(reference.affine, float))
     else:
         raise ValueError(f"coordinate space must be 'voxel' or 'world', got {space!r}")
     inside = ((coordinates >= lower_t) & (coordinates <= upper_t)).all(dim=-1)[None]
     if not inside.any():
-        raise InputError(_source_name(reference),
-                         f"empty mask: the {space} box {lower_t.tolist()} .. {upper_t.tolist()} "
-                         f"contains no voxel of the {shape} grid")
+        raise InputError(
+            _source_name(reference),
+            f"empty mask: the {space} box {lower_t.tolist()} .. {upper_t.tolist()} "
+            f"contains no voxel of the {shape} grid",
+        )
     return _as_mask(reference, inside)
 
 
@@ -220,8 +226,14 @@ class MaskImage(Transform):
 class _Twind(MapTransform):
     """The shared body of the dictionary twins: ``d[output_key] = transform(d[key], *(d[k] for k in inputs))``."""
 
-    def __init__(self, keys: KeysCollection, transform: Transform, output_key: str, inputs: Sequence[str] = (),
-                 allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        transform: Transform,
+        output_key: str,
+        inputs: Sequence[str] = (),
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, allow_missing_keys)
         self.transform = transform
         self.output_key = output_key
@@ -237,40 +249,64 @@ class _Twind(MapTransform):
 class LabelMaskd(_Twind):
     """Dictionary twin of :class:`LabelMask`: ``d[output_key] = LabelMask(labels)(d[key])``."""
 
-    def __init__(self, keys: KeysCollection, labels: Sequence[int], output_key: str = "mask",
-                 allow_missing_keys: bool = False):
+    def __init__(
+        self, keys: KeysCollection, labels: Sequence[int], output_key: str = "mask", allow_missing_keys: bool = False
+    ):
         super().__init__(keys, LabelMask(labels), output_key, (), allow_missing_keys)
 
 
 class BoxMaskd(_Twind):
     """Dictionary twin of :class:`BoxMask`: the box is read from ``d[box_key]`` on the grid of ``d[key]``."""
 
-    def __init__(self, keys: KeysCollection, box_key: str = "box", output_key: str = "mask",
-                 space: CoordinateSpace = "voxel", allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        box_key: str = "box",
+        output_key: str = "mask",
+        space: CoordinateSpace = "voxel",
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, BoxMask(space), output_key, (box_key,), allow_missing_keys)
 
 
 class PointBoxMaskd(_Twind):
     """Dictionary twin of :class:`PointBoxMask`: the point is read from ``d[point_key]``."""
 
-    def __init__(self, keys: KeysCollection, size_mm: Sequence[float] | float, point_key: str = "point",
-                 output_key: str = "mask", space: CoordinateSpace = "voxel", allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        size_mm: Sequence[float] | float,
+        point_key: str = "point",
+        output_key: str = "mask",
+        space: CoordinateSpace = "voxel",
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, PointBoxMask(size_mm, space), output_key, (point_key,), allow_missing_keys)
 
 
 class GaussianBlurMMd(_Twind):
     """Dictionary twin of :class:`GaussianBlurMM`: ``d[output_key] = blur(d[key])``."""
 
-    def __init__(self, keys: KeysCollection, sigma_mm: Sequence[float] | float, output_key: str = "soft_mask",
-                 allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        sigma_mm: Sequence[float] | float,
+        output_key: str = "soft_mask",
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, GaussianBlurMM(sigma_mm), output_key, (), allow_missing_keys)
 
 
 class MaskImaged(_Twind):
     """Dictionary twin of :class:`MaskImage`: ``d[output_key] = d[key] * (1 - d[soft_mask_key])``."""
 
-    def __init__(self, keys: KeysCollection, soft_mask_key: str = "soft_mask", output_key: str = "masked_image",
-                 allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        soft_mask_key: str = "soft_mask",
+        output_key: str = "masked_image",
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, MaskImage(), output_key, (soft_mask_key,), allow_missing_keys)
 
 
@@ -290,9 +326,16 @@ class SoftMaskFromSourced(MapTransform):
     around the patient) is refused (:func:`require_mask_in_body`); 0 turns the check off.
     """
 
-    def __init__(self, image_key: str = "image", seg_key: str = "vertebra_seg", sigma_mm: float = 3.0,
-                 default_box_size_mm: Sequence[float] | float = 30.0, mask_key: str = "mask",
-                 soft_mask_key: str = "soft_mask", min_body_fraction: float = 0.1):
+    def __init__(
+        self,
+        image_key: str = "image",
+        seg_key: str = "vertebra_seg",
+        sigma_mm: float = 3.0,
+        default_box_size_mm: Sequence[float] | float = 30.0,
+        mask_key: str = "mask",
+        soft_mask_key: str = "soft_mask",
+        min_body_fraction: float = 0.1,
+    ):
         super().__init__([image_key], allow_missing_keys=False)
         self.min_body_fraction = min_body_fraction
         self.image_key = image_key
@@ -313,16 +356,25 @@ class SoftMaskFromSourced(MapTransform):
         elif d.get("point") is not None:
             size = d.get("box_size_mm", self.default_box_size_mm)
             mask = PointBoxMask(size, space)(image, d["point"])
-            source = {"type": "point", "point": np.asarray(d["point"], float).tolist(),
-                      "box_size_mm": np.broadcast_to(np.asarray(size, float), (3,)).tolist(), "space": space}
+            source = {
+                "type": "point",
+                "point": np.asarray(d["point"], float).tolist(),
+                "box_size_mm": np.broadcast_to(np.asarray(size, float), (3,)).tolist(),
+                "space": space,
+            }
         elif d.get(self.seg_key) is not None and d.get("mask_labels"):
             segmentation = d[self.seg_key]
             mask = LabelMask(d["mask_labels"])(segmentation)
-            source = {"type": "segmentation", "file": str(segmentation.meta.get("filename_or_obj")),
-                      "labels": [int(v) for v in d["mask_labels"]]}
+            source = {
+                "type": "segmentation",
+                "file": str(segmentation.meta.get("filename_or_obj")),
+                "labels": [int(v) for v in d["mask_labels"]],
+            }
         else:
-            raise InputError(d.get("case_id", image.meta.get("filename_or_obj")),
-                             f"no soft-mask source: give 'box', 'point', or '{self.seg_key}' with 'mask_labels'")
+            raise InputError(
+                d.get("case_id", image.meta.get("filename_or_obj")),
+                f"no soft-mask source: give 'box', 'point', or '{self.seg_key}' with 'mask_labels'",
+            )
         source["sigma_mm"] = float(self.sigma_mm)
         d[self.mask_key] = mask
         d[self.soft_mask_key] = self.blur(mask)
@@ -337,8 +389,7 @@ BODY_LEVEL = 0.05
 _BODY_SAMPLE = 2**20
 
 
-def body_fraction(image: torch.Tensor, soft_mask: torch.Tensor, body_level: float = BODY_LEVEL
-                  ) -> tuple[float, float]:
+def body_fraction(image: torch.Tensor, soft_mask: torch.Tensor, body_level: float = BODY_LEVEL) -> tuple[float, float]:
     """The fraction of ``soft_mask``'s weight on body voxels of ``image``, and the intensity threshold used.
 
     Body voxels are those brighter than ``low + body_level * (high - low)``, with ``low`` and ``high`` the 1st
@@ -348,7 +399,7 @@ def body_fraction(image: torch.Tensor, soft_mask: torch.Tensor, body_level: floa
     """
     values = torch.as_tensor(image).detach().flatten()
     minimum = float(values.min())
-    sample = values[::max(1, values.numel() // _BODY_SAMPLE)].to(torch.float64).numpy()
+    sample = values[:: max(1, values.numel() // _BODY_SAMPLE)].to(torch.float64).numpy()
     above = sample[sample > minimum]
     if above.size == 0:
         return 1.0, minimum
@@ -362,17 +413,27 @@ def body_fraction(image: torch.Tensor, soft_mask: torch.Tensor, body_level: floa
     return inside / total, threshold
 
 
-def require_mask_in_body(image: MetaTensor, soft_mask: torch.Tensor, min_fraction: float = 0.1,
-                         source: str | None = None, description: Mapping[str, object] | None = None) -> float:
+def require_mask_in_body(
+    image: MetaTensor,
+    soft_mask: torch.Tensor,
+    min_fraction: float = 0.1,
+    source: str | None = None,
+    description: Mapping[str, object] | None = None,
+) -> float:
     """Raise :class:`InputError` naming ``source`` when less than ``min_fraction`` of the soft mask's weight lies
     in the body (:func:`body_fraction`), e.g. a box or point placed in the air; returns the fraction."""
     fraction, threshold = body_fraction(image, soft_mask)
     if fraction < min_fraction:
         kind = (description or {}).get("type", "mask")
-        hint = (f"check the {kind} coordinates and 'coordinate_space' ({(description or {}).get('space')})"
-                if kind in ("box", "point") else "check the labels and that the segmentation belongs to this image")
-        raise InputError(source or _source_name(image),
-                         f"the soft mask lies outside the body: {fraction:.1%} of its weight is on body voxels "
-                         f"(brighter than {threshold:.4g} in {_source_name(image)}), at least {min_fraction:.0%} "
-                         f"is needed; {hint}")
+        hint = (
+            f"check the {kind} coordinates and 'coordinate_space' ({(description or {}).get('space')})"
+            if kind in ("box", "point")
+            else "check the labels and that the segmentation belongs to this image"
+        )
+        raise InputError(
+            source or _source_name(image),
+            f"the soft mask lies outside the body: {fraction:.1%} of its weight is on body voxels "
+            f"(brighter than {threshold:.4g} in {_source_name(image)}), at least {min_fraction:.0%} "
+            f"is needed; {hint}",
+        )
     return fraction

@@ -8,11 +8,12 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import get_args
+
 from monai.transforms import Transform
+
 from bundle.data.datalist import FILE_KEYS
 from bundle.errors import InputError
 from bundle.transforms.soft_mask import CoordinateSpace
-
 
 MAX_TEXT_LENGTH = 1000  # characters; far beyond what CLIP's 77 or BiomedCLIP's 256 tokens hold
 
@@ -22,12 +23,16 @@ MASK_SOURCE_FIELDS = ("coordinate_space", "box", "point", "box_size_mm", "mask_l
 
 def _finite_numbers(value: object, count: int | None = None) -> bool:
     """``value`` is a list of ``count`` (any number when ``None``) finite real numbers (booleans are not numbers)."""
-    return (isinstance(value, (list, tuple)) and (count is None or len(value) == count)
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    return (
+        isinstance(value, (list, tuple))
+        and (count is None or len(value) == count)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
 
 
-def entry_field_problem(key: str, value: object, file_keys: Sequence[str] = FILE_KEYS, text_key: str = "text"
-                        ) -> str | None:
+def entry_field_problem(
+    key: str, value: object, file_keys: Sequence[str] = FILE_KEYS, text_key: str = "text"
+) -> str | None:
     """What is wrong with the form of a datalist entry's field ``key`` (``None``: nothing; an absent or ``null``
     field is never wrong here). ``file_keys`` are paths, ``text_key`` the lesion text, and the mask-source fields
     (:data:`MASK_SOURCE_FIELDS`) those :class:`bundle.transforms.soft_mask.SoftMaskFromSourced` reads."""
@@ -73,9 +78,14 @@ class ValidateEntryd(Transform):
             of the wrong form (with the image it is about).
     """
 
-    def __init__(self, file_keys: Sequence[str] = ("image", "vertebra_seg"), text_key: str = "text",
-                 require_text: bool = True, seg_key: str = "vertebra_seg",
-                 max_text_length: int | None = MAX_TEXT_LENGTH) -> None:
+    def __init__(
+        self,
+        file_keys: Sequence[str] = ("image", "vertebra_seg"),
+        text_key: str = "text",
+        require_text: bool = True,
+        seg_key: str = "vertebra_seg",
+        max_text_length: int | None = MAX_TEXT_LENGTH,
+    ) -> None:
         self.max_text_length = max_text_length
         self.file_keys = list(file_keys)
         self.text_key = text_key
@@ -98,11 +108,17 @@ class ValidateEntryd(Transform):
             raise InputError(case, f"missing lesion text ('{self.text_key}' is absent or empty)")
         text = d.get(self.text_key)
         if self.max_text_length is not None and isinstance(text, str) and len(text) > self.max_text_length:
-            raise InputError(case, f"lesion text of {len(text):,} characters is longer than the limit of "
-                                   f"{self.max_text_length:,} (max_text_length); the text encoders read only its "
-                                   "first 77 to 256 tokens, so describe the lesion in one or two sentences")
-        has_source = d.get("box") is not None or d.get("point") is not None or (
-            d.get(self.seg_key) is not None and bool(d.get("mask_labels")))
+            raise InputError(
+                case,
+                f"lesion text of {len(text):,} characters is longer than the limit of "
+                f"{self.max_text_length:,} (max_text_length); the text encoders read only its "
+                "first 77 to 256 tokens, so describe the lesion in one or two sentences",
+            )
+        has_source = (
+            d.get("box") is not None
+            or d.get("point") is not None
+            or (d.get(self.seg_key) is not None and bool(d.get("mask_labels")))
+        )
         if not has_source:
             raise InputError(case, f"no soft-mask source: give 'box', 'point', or '{self.seg_key}' with 'mask_labels'")
         d["input_files"] = [str(Path(str(d[k])).resolve()) for k in self.file_keys if d.get(k) is not None]

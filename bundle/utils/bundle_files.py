@@ -20,8 +20,14 @@ def code_version() -> dict[str, str]:
     checkout, its commit."""
     version = {"bundle": bundle.__version__}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(bundle.__file__).parent, check=True,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(bundle.__file__).parent,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         version["git_commit"] = commit
     except (OSError, subprocess.SubprocessError):
         version["git_commit"] = "unknown"

@@ -117,11 +117,15 @@ def check_folder_writable(folder: str | os.PathLike, needed_bytes: int = 0) -> N
         os.unlink(probe)
         free = shutil.disk_usage(folder).free
     except OSError as error:
-        raise OutputError(folder, f"cannot write to this folder ({type(error).__name__}: "
-                                  f"{error.strerror or error})") from error
+        raise OutputError(
+            folder, f"cannot write to this folder ({type(error).__name__}: {error.strerror or error})"
+        ) from error
     if free < needed_bytes:
-        raise OutputError(folder, f"not enough free space: {free / 2**20:,.1f} MiB free, about "
-                                  f"{needed_bytes / 2**20:,.1f} MiB needed; free some space or choose another folder")
+        raise OutputError(
+            folder,
+            f"not enough free space: {free / 2**20:,.1f} MiB free, about "
+            f"{needed_bytes / 2**20:,.1f} MiB needed; free some space or choose another folder",
+        )
 
 
 def move_into_place(staging: str | os.PathLike, folder: str | os.PathLike, last: str) -> list[Path]:
@@ -161,4 +165,4 @@ def safe_case_name(name: str) -> str:
     if cleaned == name and len(cleaned) <= SAFE_NAME_LENGTH:
         return cleaned
     digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{cleaned[:SAFE_NAME_LENGTH - len(digest) - 1]}_{digest}"
+    return f"{cleaned[: SAFE_NAME_LENGTH - len(digest) - 1]}_{digest}"

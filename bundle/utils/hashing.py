@@ -10,8 +10,12 @@ from pathlib import Path
 HASH_CHUNK_BYTES = 8 << 20
 
 
-def _digest_file(digest: hashlib._Hash, path: str | os.PathLike, chunk_size: int = HASH_CHUNK_BYTES,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+def _digest_file(
+    digest: hashlib._Hash,
+    path: str | os.PathLike,
+    chunk_size: int = HASH_CHUNK_BYTES,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
     """Feed ``path`` into ``digest`` in chunks (never whole into memory); ``progress(done, total)`` after each."""
     total = os.path.getsize(path)
     done = 0
@@ -23,8 +27,9 @@ def _digest_file(digest: hashlib._Hash, path: str | os.PathLike, chunk_size: int
                 progress(done, total)
 
 
-def sha256_file(path: str | os.PathLike, chunk_size: int = HASH_CHUNK_BYTES,
-                progress: Callable[[int, int], None] | None = None) -> str:
+def sha256_file(
+    path: str | os.PathLike, chunk_size: int = HASH_CHUNK_BYTES, progress: Callable[[int, int], None] | None = None
+) -> str:
     """SHA-256 of a file, read in chunks; ``progress(done, total)`` after each."""
     digest = hashlib.sha256()
     _digest_file(digest, path, chunk_size, progress)

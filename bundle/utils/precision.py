@@ -37,8 +37,7 @@ def autocast_dtype(precision: str | None, device: torch.device | str) -> torch.d
 def autocast(precision: str | torch.dtype | None, device: torch.device | str) -> Iterator[None]:
     """``torch.autocast`` for ``precision`` (a name, or an autocast dtype already resolved by
     :func:`autocast_dtype`) on ``device``, or nothing for float32."""
-    dtype = precision if isinstance(precision, torch.dtype) or precision is None else \
-        autocast_dtype(precision, device)
+    dtype = precision if isinstance(precision, torch.dtype) or precision is None else autocast_dtype(precision, device)
     if dtype is None:
         yield
         return

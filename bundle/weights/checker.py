@@ -21,10 +21,22 @@ from typing import Any
 from bundle.errors import InputError
 from bundle.utils.files import read_json_object
 from bundle.utils.hashing import sha256_file
-from bundle.weights.layouts import (BIOMEDBERT_REPO, Sd15Part, BIOMEDCLIP_REPO, DEFAULT_BIOMEDBERT, OPEN_CLIP_CONFIG,
-                                    OPEN_CLIP_WEIGHT_NAMES, OPEN_CLIP_WEIGHTS, SD15_PARTS, TEXT_MODEL_CONFIG,
-                                    TEXT_MODEL_OPTIONAL, TEXT_MODEL_VOCABS, is_pickle_name, open_clip_weights,
-                                    sd15_files)
+from bundle.weights.layouts import (
+    BIOMEDBERT_REPO,
+    BIOMEDCLIP_REPO,
+    DEFAULT_BIOMEDBERT,
+    OPEN_CLIP_CONFIG,
+    OPEN_CLIP_WEIGHT_NAMES,
+    OPEN_CLIP_WEIGHTS,
+    SD15_PARTS,
+    TEXT_MODEL_CONFIG,
+    TEXT_MODEL_OPTIONAL,
+    TEXT_MODEL_VOCABS,
+    Sd15Part,
+    is_pickle_name,
+    open_clip_weights,
+    sd15_files,
+)
 
 # ------------------------------------------------------------------ report words
 OK = "OK"
@@ -36,10 +48,13 @@ UNKNOWN_HASH = "UNKNOWN HASH"
 NOTE = "NOTE"
 FAILURES = frozenset({MISSING, NOT_ACCEPTED, UNREADABLE, WRONG_SHAPE})
 
+
 def convert_hint(pickle_path: Path, target: Path) -> str:
-    return (f"pickled weights are not accepted (unpickling can run code, and their shapes cannot be checked "
-            f"without unpickling); convert once with `python scripts/check_weights.py ... --convert`, which reads "
-            f"{pickle_path.name} with torch.load(weights_only=True) and writes {target.name}")
+    return (
+        f"pickled weights are not accepted (unpickling can run code, and their shapes cannot be checked "
+        f"without unpickling); convert once with `python scripts/check_weights.py ... --convert`, which reads "
+        f"{pickle_path.name} with torch.load(weights_only=True) and writes {target.name}"
+    )
 
 
 # ------------------------------------------------------------------ profiles
@@ -60,27 +75,50 @@ class WeightProfile:
 SD15 = WeightProfile(
     "sd15",
     values={
-        "unet": {"in_channels": 4, "out_channels": 4, "cross_attention_dim": 768,
-                 "block_out_channels": [320, 640, 1280, 1280], "sample_size": 64},
+        "unet": {
+            "in_channels": 4,
+            "out_channels": 4,
+            "cross_attention_dim": 768,
+            "block_out_channels": [320, 640, 1280, 1280],
+            "sample_size": 64,
+        },
         "vae": {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [128, 256, 512, 512]},
         "text_encoder": {"hidden_size": 768, "vocab_size": 49408, "max_position_embeddings": 77},
-        "biomedclip": {"embed_dim": 512, "vision_cfg.timm_model_name": "vit_base_patch16_224",
-                       "vision_cfg.image_size": 224, "text_cfg.hf_proj_type": "mlp", "text_cfg.context_length": 256},
+        "biomedclip": {
+            "embed_dim": 512,
+            "vision_cfg.timm_model_name": "vit_base_patch16_224",
+            "vision_cfg.image_size": 224,
+            "text_cfg.hf_proj_type": "mlp",
+            "text_cfg.context_length": 256,
+        },
         "biomedbert": {"model_type": "bert", "hidden_size": 768, "vocab_size": 30522},
     },
     shapes={
-        "unet": {"conv_in.weight": (320, 4, 3, 3), "conv_out.weight": (4, 320, 3, 3),
-                 "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": (320, 768),
-                 "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight": (1280, 768)},
-        "vae": {"encoder.conv_in.weight": (128, 3, 3, 3), "decoder.conv_in.weight": (512, 4, 3, 3),
-                "quant_conv.weight": (8, 8, 1, 1), "post_quant_conv.weight": (4, 4, 1, 1)},
-        "text_encoder": {"text_model.embeddings.token_embedding.weight": (49408, 768),
-                         "text_model.embeddings.position_embedding.weight": (77, 768)},
-        "biomedclip": {"visual.trunk.patch_embed.proj.weight": (768, 3, 16, 16),
-                       "visual.trunk.pos_embed": (1, 197, 768), "visual.head.proj.weight": (512, 768),
-                       "text.transformer.embeddings.word_embeddings.weight": (30522, 768),
-                       "text.transformer.embeddings.position_embeddings.weight": (512, 768),
-                       "text.proj.0.weight": (640, 768), "text.proj.2.weight": (512, 640)},
+        "unet": {
+            "conv_in.weight": (320, 4, 3, 3),
+            "conv_out.weight": (4, 320, 3, 3),
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": (320, 768),
+            "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight": (1280, 768),
+        },
+        "vae": {
+            "encoder.conv_in.weight": (128, 3, 3, 3),
+            "decoder.conv_in.weight": (512, 4, 3, 3),
+            "quant_conv.weight": (8, 8, 1, 1),
+            "post_quant_conv.weight": (4, 4, 1, 1),
+        },
+        "text_encoder": {
+            "text_model.embeddings.token_embedding.weight": (49408, 768),
+            "text_model.embeddings.position_embedding.weight": (77, 768),
+        },
+        "biomedclip": {
+            "visual.trunk.patch_embed.proj.weight": (768, 3, 16, 16),
+            "visual.trunk.pos_embed": (1, 197, 768),
+            "visual.head.proj.weight": (512, 768),
+            "text.transformer.embeddings.word_embeddings.weight": (30522, 768),
+            "text.transformer.embeddings.position_embeddings.weight": (512, 768),
+            "text.proj.0.weight": (640, 768),
+            "text.proj.2.weight": (512, 640),
+        },
     },
 )
 STRUCTURE = WeightProfile("structure")
@@ -144,13 +182,20 @@ class Report:
             note = f"; {len(warnings)} hash(es) not in the known list (see above)" if warnings else ""
             return f"usable: every check passed{note}"
         parts = [f"NOT USABLE: {len(self.failures())} problem(s)"]
-        for status, title in ((MISSING, "missing"), (NOT_ACCEPTED, "not accepted (pickled weights)"),
-                              (WRONG_SHAPE, "wrong shape"), (UNREADABLE, "unreadable")):
+        for status, title in (
+            (MISSING, "missing"),
+            (NOT_ACCEPTED, "not accepted (pickled weights)"),
+            (WRONG_SHAPE, "wrong shape"),
+            (UNREADABLE, "unreadable"),
+        ):
             found = self.with_status(status)
             if found:
                 parts.append(f"{title}:")
-                parts.extend(f"  {f.path}" + ("" if status == MISSING and "folder not found" not in f.message
-                                              else f": {f.message}") for f in found)
+                parts.extend(
+                    f"  {f.path}"
+                    + ("" if status == MISSING and "folder not found" not in f.message else f": {f.message}")
+                    for f in found
+                )
         return "\n".join(parts)
 
 
@@ -200,8 +245,12 @@ def _read_header(findings: _Findings, path: Path) -> tuple[dict[str, tuple[int, 
             metadata = dict(handle.metadata() or {})
     except (SafetensorError, OSError) as error:
         if _sniff_pickle(path):
-            findings.add(NOT_ACCEPTED, path, "a pickled torch file with a .safetensors name: rename it to .bin, "
-                                             "then convert it with --convert (pickles are not accepted)")
+            findings.add(
+                NOT_ACCEPTED,
+                path,
+                "a pickled torch file with a .safetensors name: rename it to .bin, "
+                "then convert it with --convert (pickles are not accepted)",
+            )
         else:
             findings.add(UNREADABLE, path, f"not a complete safetensors file ({error}); download it again")
         return None
@@ -223,12 +272,13 @@ class _Tensors:
     """Shape checks against one safetensors header; names may carry one of ``prefixes`` in the file (SD 1.5's
     text encoder was saved as ``text_model.*``, transformers 5 saves the same model without the prefix)."""
 
-    def __init__(self, findings: _Findings, path: Path, shapes: Mapping[str, tuple[int, ...]],
-                 prefixes: tuple[str, ...] = ("",)):
+    def __init__(
+        self, findings: _Findings, path: Path, shapes: Mapping[str, tuple[int, ...]], prefixes: tuple[str, ...] = ("",)
+    ):
         self.findings, self.path, self.shapes, self.prefixes = findings, path, shapes, prefixes
 
     def get(self, name: str) -> tuple[int, ...] | None:
-        bare = next((name[len(p):] for p in self.prefixes if p and name.startswith(p)), name)
+        bare = next((name[len(p) :] for p in self.prefixes if p and name.startswith(p)), name)
         for prefix in self.prefixes:
             if prefix + bare in self.shapes:
                 return self.shapes[prefix + bare]
@@ -248,8 +298,9 @@ class _Tensors:
             self.expect(name, shape, f"{profile.name} profile")
 
 
-def _check_values(findings: _Findings, path: Path, config: Mapping[str, Any], profile: WeightProfile,
-                  part: str) -> None:
+def _check_values(
+    findings: _Findings, path: Path, config: Mapping[str, Any], profile: WeightProfile, part: str
+) -> None:
     for key, expected in profile.values.get(part, {}).items():
         actual = _dotted(config, key)
         if actual is _ABSENT:
@@ -260,8 +311,12 @@ def _check_values(findings: _Findings, path: Path, config: Mapping[str, Any], pr
             findings.add(OK, path, f"{key} = {actual!r} ({profile.name} profile)")
 
 
-def _need(findings: _Findings, path: Path, config: Mapping[str, Any], checks: Mapping[str, Callable[[Any], bool]],
-          ) -> bool:
+def _need(
+    findings: _Findings,
+    path: Path,
+    config: Mapping[str, Any],
+    checks: Mapping[str, Callable[[Any], bool]],
+) -> bool:
     """Whether ``config`` has each key with a usable value; reports the ones it lacks."""
     good = True
     for key, test in checks.items():
@@ -274,34 +329,56 @@ def _need(findings: _Findings, path: Path, config: Mapping[str, Any], checks: Ma
 
 
 # ------------------------------------------------------------------ hashing
-def _check_hash(findings: _Findings, path: Path, known: Mapping[str, dict], expected_file: str,
-                progress: Callable[[Path, int, int], None] | None, metadata: Mapping[str, str] | None = None,
-                ) -> str:
+def _check_hash(
+    findings: _Findings,
+    path: Path,
+    known: Mapping[str, dict],
+    expected_file: str,
+    progress: Callable[[Path, int, int], None] | None,
+    metadata: Mapping[str, str] | None = None,
+) -> str:
     sha = sha256_file(path, progress=None if progress is None else lambda done, total: progress(path, done, total))
     entry = known.get(sha)
     if entry is not None:
-        where = entry["file"] if entry["file"] == expected_file else f"{entry['file']} (checked here as {expected_file})"
+        where = (
+            entry["file"] if entry["file"] == expected_file else f"{entry['file']} (checked here as {expected_file})"
+        )
         status = entry.get("status", "published")
-        findings.add(OK if status == "published" else NOTE, path,
-                     f"sha256 {sha} = {status} {entry.get('model', '')}/{where}; source: {entry['sources'][0]}")
+        findings.add(
+            OK if status == "published" else NOTE,
+            path,
+            f"sha256 {sha} = {status} {entry.get('model', '')}/{where}; source: {entry['sources'][0]}",
+        )
         return sha
-    message = (f"sha256 {sha} is not in bundle/weights/known_weight_hashes.json (another conversion or revision, a "
-               "fine-tune, or a damaged download; see docs/pretrained_weights.md)")
+    message = (
+        f"sha256 {sha} is not in bundle/weights/known_weight_hashes.json (another conversion or revision, a "
+        "fine-tune, or a damaged download; see docs/pretrained_weights.md)"
+    )
     source = (metadata or {}).get("source_sha256")
     if source:
         origin = known.get(source)
-        told = (f"the published {origin.get('model', '')}/{origin['file']}" if origin
-                else "a file that is not in the known list either")
-        message += (f"; its metadata says it was converted from {metadata.get('converted_from', '?')} with sha256 "
-                    f"{source} = {told} (recorded by --convert, not re-verified)")
+        told = (
+            f"the published {origin.get('model', '')}/{origin['file']}"
+            if origin
+            else "a file that is not in the known list either"
+        )
+        message += (
+            f"; its metadata says it was converted from {metadata.get('converted_from', '?')} with sha256 "
+            f"{source} = {told} (recorded by --convert, not re-verified)"
+        )
     findings.add(UNKNOWN_HASH, path, message)
     return sha
 
 
 # ------------------------------------------------------------------ SD 1.5
-def check_sd15(folder: str | os.PathLike, profile: WeightProfile = SD15, hashes: bool = True,
-               known: Mapping[str, dict] | None = None, progress: Callable[[Path, int, int], None] | None = None,
-               latent: bool = True) -> list[Finding]:
+def check_sd15(
+    folder: str | os.PathLike,
+    profile: WeightProfile = SD15,
+    hashes: bool = True,
+    known: Mapping[str, dict] | None = None,
+    progress: Callable[[Path, int, int], None] | None = None,
+    latent: bool = True,
+) -> list[Finding]:
     """Check a Stable Diffusion 1.5 folder in diffusers layout; every problem is reported, none raised."""
     folder = Path(folder)
     findings = _Findings()
@@ -354,22 +431,31 @@ def _check_sd15_files(findings: _Findings, folder: Path, parts: list[Sd15Part]) 
 def _read_sd15_configs(findings: _Findings, folder: Path, latent: bool) -> dict[str, dict | None]:
     """The SD 1.5 folder's config files that exist (the VAE's only for latent diffusion), by part."""
     configs: dict[str, dict | None] = {}
-    for part, name, what in (("unet", "unet/config.json", "a UNet config"), ("vae", "vae/config.json", "a VAE config"),
-                             ("text_encoder", "text_encoder/config.json", "a CLIP text config"),
-                             ("scheduler", "scheduler/scheduler_config.json", "a scheduler config"),
-                             ("tokenizer", "tokenizer/tokenizer_config.json", "a tokenizer config")):
+    for part, name, what in (
+        ("unet", "unet/config.json", "a UNet config"),
+        ("vae", "vae/config.json", "a VAE config"),
+        ("text_encoder", "text_encoder/config.json", "a CLIP text config"),
+        ("scheduler", "scheduler/scheduler_config.json", "a scheduler config"),
+        ("tokenizer", "tokenizer/tokenizer_config.json", "a tokenizer config"),
+    ):
         if (folder / name).is_file() and (latent or part != "vae"):
             configs[part] = _read_json(findings, folder / name, what)
     scheduler = configs.get("scheduler")
     if scheduler is not None and "_class_name" not in scheduler:
-        findings.add(UNREADABLE, folder / "scheduler/scheduler_config.json", "no _class_name: not a diffusers "
-                                                                              "scheduler config")
+        findings.add(
+            UNREADABLE, folder / "scheduler/scheduler_config.json", "no _class_name: not a diffusers scheduler config"
+        )
     return configs
 
 
-def _check_sd15_hashes(findings: _Findings, folder: Path, parts: list[Sd15Part],
-                       headers: Mapping[str, tuple | None], known: Mapping[str, dict],
-                       progress: Callable[[Path, int, int], None] | None) -> None:
+def _check_sd15_hashes(
+    findings: _Findings,
+    folder: Path,
+    parts: list[Sd15Part],
+    headers: Mapping[str, tuple | None],
+    known: Mapping[str, dict],
+    progress: Callable[[Path, int, int], None] | None,
+) -> None:
     """The hash of each weight file the loader would read (a pickle only where no safetensors file is there)."""
     for part in parts:
         if part.weights and headers.get(part.name) is not None:
@@ -379,8 +465,9 @@ def _check_sd15_hashes(findings: _Findings, folder: Path, parts: list[Sd15Part],
                 _check_hash(findings, folder / name, known, name, progress)
 
 
-def _check_unet(findings: _Findings, folder: Path, config: dict | None, header: tuple | None,
-                profile: WeightProfile) -> None:
+def _check_unet(
+    findings: _Findings, folder: Path, config: dict | None, header: tuple | None, profile: WeightProfile
+) -> None:
     path = folder / "unet/config.json"
     if header is None:
         return
@@ -391,10 +478,16 @@ def _check_unet(findings: _Findings, folder: Path, config: dict | None, header: 
     if _need(findings, path, config, {"in_channels": _int, "out_channels": _int, "block_out_channels": _ints}):
         width = config["block_out_channels"][0]
         k_in, k_out = config.get("conv_in_kernel", 3), config.get("conv_out_kernel", 3)
-        tensors.expect("conv_in.weight", (width, config["in_channels"], k_in, k_in),
-                       "block_out_channels[0], in_channels, conv_in_kernel")
-        tensors.expect("conv_out.weight", (config["out_channels"], width, k_out, k_out),
-                       "out_channels, block_out_channels[0], conv_out_kernel")
+        tensors.expect(
+            "conv_in.weight",
+            (width, config["in_channels"], k_in, k_in),
+            "block_out_channels[0], in_channels, conv_in_kernel",
+        )
+        tensors.expect(
+            "conv_out.weight",
+            (config["out_channels"], width, k_out, k_out),
+            "out_channels, block_out_channels[0], conv_out_kernel",
+        )
     cross = config.get("cross_attention_dim")
     widths = set(cross) if isinstance(cross, list) else {cross}
     if not all(_int(w) for w in widths):
@@ -403,41 +496,63 @@ def _check_unet(findings: _Findings, folder: Path, config: dict | None, header: 
         keys = [name for name in header[0] if name.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]
         wrong = [f"{name} {header[0][name]}" for name in keys if header[0][name][-1] not in widths]
         if not keys:
-            findings.add(WRONG_SHAPE, tensors.path, "no cross-attention weights (attn2.to_k / to_v): not a "
-                                                    "text-conditioned UNet")
+            findings.add(
+                WRONG_SHAPE, tensors.path, "no cross-attention weights (attn2.to_k / to_v): not a text-conditioned UNet"
+            )
         elif wrong:
-            findings.add(WRONG_SHAPE, tensors.path, f"{len(wrong)} of {len(keys)} cross-attention key/value weights "
-                                                    f"do not take {sorted(widths)}-wide text states "
-                                                    f"(cross_attention_dim), e.g. {wrong[0]}")
+            findings.add(
+                WRONG_SHAPE,
+                tensors.path,
+                f"{len(wrong)} of {len(keys)} cross-attention key/value weights "
+                f"do not take {sorted(widths)}-wide text states "
+                f"(cross_attention_dim), e.g. {wrong[0]}",
+            )
         else:
-            findings.add(OK, tensors.path, f"{len(keys)} cross-attention key/value weights take "
-                                           f"{sorted(widths)}-wide text states (cross_attention_dim)")
+            findings.add(
+                OK,
+                tensors.path,
+                f"{len(keys)} cross-attention key/value weights take "
+                f"{sorted(widths)}-wide text states (cross_attention_dim)",
+            )
 
 
-def _check_vae(findings: _Findings, folder: Path, config: dict | None, header: tuple | None,
-               profile: WeightProfile) -> None:
+def _check_vae(
+    findings: _Findings, folder: Path, config: dict | None, header: tuple | None, profile: WeightProfile
+) -> None:
     if header is None:
         return
     tensors = _Tensors(findings, folder / "vae/diffusion_pytorch_model.safetensors", header[0])
     tensors.pins(profile, "vae")
     if config is None:
         return
-    if _need(findings, folder / "vae/config.json", config, {"in_channels": _int, "out_channels": _int,
-                                                            "latent_channels": _int, "block_out_channels": _ints}):
+    if _need(
+        findings,
+        folder / "vae/config.json",
+        config,
+        {"in_channels": _int, "out_channels": _int, "latent_channels": _int, "block_out_channels": _ints},
+    ):
         widths, latent = config["block_out_channels"], config["latent_channels"]
-        tensors.expect("encoder.conv_in.weight", (widths[0], config["in_channels"], 3, 3),
-                       "block_out_channels[0], in_channels")
+        tensors.expect(
+            "encoder.conv_in.weight", (widths[0], config["in_channels"], 3, 3), "block_out_channels[0], in_channels"
+        )
         tensors.expect("decoder.conv_in.weight", (widths[-1], latent, 3, 3), "block_out_channels[-1], latent_channels")
-        tensors.expect("decoder.conv_out.weight", (config["out_channels"], widths[0], 3, 3),
-                       "out_channels, block_out_channels[0]")
+        tensors.expect(
+            "decoder.conv_out.weight", (config["out_channels"], widths[0], 3, 3), "out_channels, block_out_channels[0]"
+        )
         if config.get("use_quant_conv", True):
             tensors.expect("quant_conv.weight", (2 * latent, 2 * latent, 1, 1), "2 x latent_channels")
         if config.get("use_post_quant_conv", True):
             tensors.expect("post_quant_conv.weight", (latent, latent, 1, 1), "latent_channels")
 
 
-def _check_text_encoder(findings: _Findings, folder: Path, config: dict | None, header: tuple | None,
-                        tokenizer_config: dict | None, profile: WeightProfile) -> None:
+def _check_text_encoder(
+    findings: _Findings,
+    folder: Path,
+    config: dict | None,
+    header: tuple | None,
+    tokenizer_config: dict | None,
+    profile: WeightProfile,
+) -> None:
     path = folder / "text_encoder/config.json"
     tensors = None
     if header is not None:
@@ -450,8 +565,11 @@ def _check_text_encoder(findings: _Findings, folder: Path, config: dict | None, 
     width, vocab, positions = config["hidden_size"], config["vocab_size"], config["max_position_embeddings"]
     if tensors is not None:
         tensors.expect("text_model.embeddings.token_embedding.weight", (vocab, width), "vocab_size, hidden_size")
-        tensors.expect("text_model.embeddings.position_embedding.weight", (positions, width),
-                       "max_position_embeddings, hidden_size")
+        tensors.expect(
+            "text_model.embeddings.position_embedding.weight",
+            (positions, width),
+            "max_position_embeddings, hidden_size",
+        )
         tensors.expect("text_model.final_layer_norm.weight", (width,), "hidden_size")
     vocab_path = folder / "tokenizer/vocab.json"
     if vocab_path.is_file():
@@ -461,54 +579,82 @@ def _check_text_encoder(findings: _Findings, folder: Path, config: dict | None, 
             if len(ids) != len(tokens) or not ids:
                 findings.add(UNREADABLE, vocab_path, "not a token -> id map")
             elif max(ids) >= vocab:
-                findings.add(WRONG_SHAPE, vocab_path, f"token ids go up to {max(ids)}, the text encoder embeds "
-                                                      f"vocab_size {vocab}")
+                findings.add(
+                    WRONG_SHAPE,
+                    vocab_path,
+                    f"token ids go up to {max(ids)}, the text encoder embeds vocab_size {vocab}",
+                )
             else:
                 findings.add(OK, vocab_path, f"{len(ids)} tokens, ids fit vocab_size {vocab}")
     merges = folder / "tokenizer/merges.txt"
     if merges.is_file():
-        lines = [line for line in merges.read_text(encoding="utf-8", errors="replace").splitlines()
-                 if line.strip() and not line.startswith("#")]
+        lines = [
+            line
+            for line in merges.read_text(encoding="utf-8", errors="replace").splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
         if lines:
             findings.add(OK, merges, f"{len(lines)} BPE merges")
         else:
             findings.add(UNREADABLE, merges, "no BPE merges")
     length = (tokenizer_config or {}).get("model_max_length")
     if _int(length) and length > positions:
-        findings.add(WRONG_SHAPE, folder / "tokenizer/tokenizer_config.json",
-                     f"model_max_length {length} is more than the text encoder's {positions} positions")
+        findings.add(
+            WRONG_SHAPE,
+            folder / "tokenizer/tokenizer_config.json",
+            f"model_max_length {length} is more than the text encoder's {positions} positions",
+        )
 
 
-def _check_sd15_agreement(findings: _Findings, folder: Path, unet: dict | None, vae: dict | None,
-                          text: dict | None, latent: bool = True) -> None:
-    """The checks :func:`bundle.networks.medsoft_diffusion.sd15_model` makes across sub-folders, reported instead of raised."""
+def _check_sd15_agreement(
+    findings: _Findings, folder: Path, unet: dict | None, vae: dict | None, text: dict | None, latent: bool = True
+) -> None:
+    """The checks :func:`bundle.networks.medsoft_diffusion.sd15_model` makes across sub-folders, reported instead of
+    raised."""
     path = folder / "unet/config.json"
     if unet is not None and text is not None:
         cross = unet.get("cross_attention_dim")
         cross = set(cross) if isinstance(cross, list) else {cross}
         if cross != {text.get("hidden_size")}:
-            findings.add(WRONG_SHAPE, path, f"the UNet's cross_attention_dim {sorted(cross, key=str)} is not the text "
-                                            f"encoder's hidden_size {text.get('hidden_size')}; unet/ and text_encoder/ "
-                                            "must come from one model")
+            findings.add(
+                WRONG_SHAPE,
+                path,
+                f"the UNet's cross_attention_dim {sorted(cross, key=str)} is not the text "
+                f"encoder's hidden_size {text.get('hidden_size')}; unet/ and text_encoder/ "
+                "must come from one model",
+            )
         else:
             findings.add(OK, path, f"cross_attention_dim = text encoder hidden_size = {text.get('hidden_size')}")
     if unet is not None and vae is not None:
         channels = vae.get("latent_channels")
         if unet.get("in_channels") != channels or unet.get("out_channels") != channels:
-            findings.add(WRONG_SHAPE, path, f"the UNet has {unet.get('in_channels')} input and "
-                                            f"{unet.get('out_channels')} output channels; the VAE's latents have "
-                                            f"{channels}")
+            findings.add(
+                WRONG_SHAPE,
+                path,
+                f"the UNet has {unet.get('in_channels')} input and "
+                f"{unet.get('out_channels')} output channels; the VAE's latents have "
+                f"{channels}",
+            )
         else:
             findings.add(OK, path, f"in/out channels = VAE latent_channels = {channels}")
     if unet is not None and not latent and (unet.get("in_channels"), unet.get("out_channels")) != (1, 1):
-        findings.add(WRONG_SHAPE, path, f"the UNet has {unet.get('in_channels')} input and "
-                                        f"{unet.get('out_channels')} output channels; pixel space (--nolatent) needs 1")
+        findings.add(
+            WRONG_SHAPE,
+            path,
+            f"the UNet has {unet.get('in_channels')} input and "
+            f"{unet.get('out_channels')} output channels; pixel space (--nolatent) needs 1",
+        )
 
 
 # ------------------------------------------------------------------ BiomedCLIP + BiomedBERT
-def check_biomedclip(folder: str | os.PathLike, text_model_dir: str | os.PathLike | None = None,
-                     profile: WeightProfile = SD15, hashes: bool = True, known: Mapping[str, dict] | None = None,
-                     progress: Callable[[Path, int, int], None] | None = None) -> list[Finding]:
+def check_biomedclip(
+    folder: str | os.PathLike,
+    text_model_dir: str | os.PathLike | None = None,
+    profile: WeightProfile = SD15,
+    hashes: bool = True,
+    known: Mapping[str, dict] | None = None,
+    progress: Callable[[Path, int, int], None] | None = None,
+) -> list[Finding]:
     """Check an open_clip ``local-dir:`` folder (BiomedCLIP) and, for a Hugging Face text tower, its text-model
     folder (BiomedBERT's config.json + tokenizer files; default: ``biomedbert/`` beside ``folder``)."""
     folder = Path(folder)
@@ -516,8 +662,9 @@ def check_biomedclip(folder: str | os.PathLike, text_model_dir: str | os.PathLik
     known = load_known_hashes() if known is None and hashes else (known or {})
     how = f"download {BIOMEDCLIP_REPO} into this folder"
     if not folder.is_dir():
-        findings.add(MISSING, folder, f"folder not found; it should hold {OPEN_CLIP_CONFIG} and "
-                                      f"{OPEN_CLIP_WEIGHTS}; {how}")
+        findings.add(
+            MISSING, folder, f"folder not found; it should hold {OPEN_CLIP_CONFIG} and {OPEN_CLIP_WEIGHTS}; {how}"
+        )
         return list(findings)
     config_path = folder / OPEN_CLIP_CONFIG
     model_cfg = _open_clip_model_cfg(findings, config_path, how)
@@ -554,12 +701,18 @@ def _open_clip_weights(findings: _Findings, folder: Path, how: str) -> tuple[Pat
     header = None
     if weights is None:
         others = " / ".join(n for n in OPEN_CLIP_WEIGHT_NAMES[1:] if not is_pickle_name(n))
-        findings.add(MISSING, folder / OPEN_CLIP_WEIGHTS, f"no weight file (or {others}); {how}, then convert its "
-                                                          "open_clip_pytorch_model.bin with --convert")
+        findings.add(
+            MISSING,
+            folder / OPEN_CLIP_WEIGHTS,
+            f"no weight file (or {others}); {how}, then convert its open_clip_pytorch_model.bin with --convert",
+        )
         return None, None
     if is_pickle_name(weights):
-        findings.add(NOT_ACCEPTED, weights, convert_hint(weights, folder / OPEN_CLIP_WEIGHTS)
-                     + " (it is the weight file the loader would read)")
+        findings.add(
+            NOT_ACCEPTED,
+            weights,
+            convert_hint(weights, folder / OPEN_CLIP_WEIGHTS) + " (it is the weight file the loader would read)",
+        )
         findings.add(NOTE, weights, "tensor shapes not checked: they are read from a safetensors header")
     else:
         findings.add(OK, weights, "present (the loader reads this file)")
@@ -571,9 +724,15 @@ def _open_clip_weights(findings: _Findings, folder: Path, how: str) -> tuple[Pat
     return weights, header
 
 
-def _check_clip_config(findings: _Findings, config_path: Path, model_cfg: dict,
-                       text_model_dir: str | os.PathLike | None, weights: Path | None, header: tuple | None,
-                       profile: WeightProfile) -> None:
+def _check_clip_config(
+    findings: _Findings,
+    config_path: Path,
+    model_cfg: dict,
+    text_model_dir: str | os.PathLike | None,
+    weights: Path | None,
+    header: tuple | None,
+    profile: WeightProfile,
+) -> None:
     """The open_clip config's values and sizes, its text-model folder, and the weight shapes they imply."""
     hf_name = (model_cfg.get("text_cfg") or {}).get("hf_model_name")
     if "multimodal_cfg" in model_cfg:
@@ -582,8 +741,12 @@ def _check_clip_config(findings: _Findings, config_path: Path, model_cfg: dict,
     if hf_name:
         if text_model_dir is None:
             text_model_dir = config_path.parent.parent / DEFAULT_BIOMEDBERT
-            findings.add(NOTE, text_model_dir, f"the text tower is {hf_name}; no --biomedbert given, so the "
-                                               "folder beside the BiomedCLIP one is checked (the configs' layout)")
+            findings.add(
+                NOTE,
+                text_model_dir,
+                f"the text tower is {hf_name}; no --biomedbert given, so the "
+                "folder beside the BiomedCLIP one is checked (the configs' layout)",
+            )
         bert = _check_text_model(findings, Path(text_model_dir), hf_name, profile)
     _check_values(findings, config_path, model_cfg, profile, "biomedclip")
     _check_clip_sizes(findings, config_path, model_cfg, bert)
@@ -592,9 +755,11 @@ def _check_clip_config(findings: _Findings, config_path: Path, model_cfg: dict,
 
 
 def _check_text_model(findings: _Findings, folder: Path, hf_name: str, profile: WeightProfile) -> dict | None:
-    how = (f"a folder with {TEXT_MODEL_CONFIG} and the tokenizer files (vocab.txt, tokenizer_config.json) of "
-           f"{hf_name}, e.g. `huggingface-cli download {BIOMEDBERT_REPO} config.json vocab.txt "
-           f"tokenizer_config.json --local-dir <folder>`")
+    how = (
+        f"a folder with {TEXT_MODEL_CONFIG} and the tokenizer files (vocab.txt, tokenizer_config.json) of "
+        f"{hf_name}, e.g. `huggingface-cli download {BIOMEDBERT_REPO} config.json vocab.txt "
+        f"tokenizer_config.json --local-dir <folder>`"
+    )
     if not folder.is_dir():
         findings.add(MISSING, folder, f"text-model folder not found; it should be {how}")
         return None
@@ -605,19 +770,30 @@ def _check_text_model(findings: _Findings, folder: Path, hf_name: str, profile: 
         config = _read_json(findings, folder / TEXT_MODEL_CONFIG, "a Hugging Face model config")
     vocab = next((folder / name for name in TEXT_MODEL_VOCABS if (folder / name).is_file()), None)
     if vocab is None:
-        findings.add(MISSING, folder / TEXT_MODEL_VOCABS[0], f"the tokenizer vocabulary (or "
-                                                             f"{' / '.join(TEXT_MODEL_VOCABS[1:])}); {how}")
+        findings.add(
+            MISSING,
+            folder / TEXT_MODEL_VOCABS[0],
+            f"the tokenizer vocabulary (or {' / '.join(TEXT_MODEL_VOCABS[1:])}); {how}",
+        )
     else:
         findings.add(OK, vocab, "tokenizer vocabulary present")
     for name in TEXT_MODEL_OPTIONAL:
         if not (folder / name).is_file():
-            findings.add(NOTE, folder / name, f"absent (optional: {BIOMEDBERT_REPO} publishes one with "
-                                              "do_lower_case true, which is also the default)")
+            findings.add(
+                NOTE,
+                folder / name,
+                f"absent (optional: {BIOMEDBERT_REPO} publishes one with "
+                "do_lower_case true, which is also the default)",
+            )
     if config is None:
         return None
     _check_values(findings, folder / TEXT_MODEL_CONFIG, config, profile, "biomedbert")
-    if not _need(findings, folder / TEXT_MODEL_CONFIG, config,
-                 {"hidden_size": _int, "vocab_size": _int, "max_position_embeddings": _int}):
+    if not _need(
+        findings,
+        folder / TEXT_MODEL_CONFIG,
+        config,
+        {"hidden_size": _int, "vocab_size": _int, "max_position_embeddings": _int},
+    ):
         return None
     if vocab is not None and vocab.name == "vocab.txt":
         words = sum(1 for line in vocab.read_text(encoding="utf-8", errors="replace").splitlines() if line)
@@ -636,15 +812,28 @@ def _check_clip_sizes(findings: _Findings, path: Path, model_cfg: dict, bert: di
     context = _dotted(model_cfg, "text_cfg.context_length")
     if bert is not None and _int(context):
         if context > bert["max_position_embeddings"]:
-            findings.add(WRONG_SHAPE, path, f"text_cfg.context_length {context} is more than the text model's "
-                                            f"max_position_embeddings {bert['max_position_embeddings']}")
+            findings.add(
+                WRONG_SHAPE,
+                path,
+                f"text_cfg.context_length {context} is more than the text model's "
+                f"max_position_embeddings {bert['max_position_embeddings']}",
+            )
         else:
-            findings.add(OK, path, f"text_cfg.context_length {context} fits the text model's "
-                                   f"{bert['max_position_embeddings']} positions")
+            findings.add(
+                OK,
+                path,
+                f"text_cfg.context_length {context} fits the text model's {bert['max_position_embeddings']} positions",
+            )
 
 
-def _check_clip_tensors(findings: _Findings, path: Path, shapes: Mapping[str, tuple[int, ...]], model_cfg: dict,
-                        bert: dict | None, profile: WeightProfile) -> None:
+def _check_clip_tensors(
+    findings: _Findings,
+    path: Path,
+    shapes: Mapping[str, tuple[int, ...]],
+    model_cfg: dict,
+    bert: dict | None,
+    profile: WeightProfile,
+) -> None:
     tensors = _Tensors(findings, path, shapes)
     config_path = path.with_name(OPEN_CLIP_CONFIG)
     if not _need(findings, config_path, model_cfg, {"embed_dim": _int}):
@@ -659,8 +848,11 @@ def _check_clip_tensors(findings: _Findings, path: Path, shapes: Mapping[str, tu
         size = size[0] if isinstance(size, list) and size else size
         if all(_int(v) for v in (width, patch, size)):
             tensors.expect("visual.conv1.weight", (width, 3, patch, patch), "vision width, patch_size")
-            tensors.expect("visual.positional_embedding", ((size // patch) ** 2 + 1, width),
-                           "(image_size / patch_size)^2 + 1, vision width")
+            tensors.expect(
+                "visual.positional_embedding",
+                ((size // patch) ** 2 + 1, width),
+                "(image_size / patch_size)^2 + 1, vision width",
+            )
             tensors.expect("visual.proj", (width, embed), "vision width, embed_dim")
     if text.get("hf_model_name"):
         if bert is not None:
@@ -674,8 +866,9 @@ def _check_clip_tensors(findings: _Findings, path: Path, shapes: Mapping[str, tu
     tensors.pins(profile, "biomedclip")
 
 
-def _check_timm_vision(findings: _Findings, path: Path, tensors: _Tensors, vision: Mapping[str, Any],
-                       embed: int) -> None:
+def _check_timm_vision(
+    findings: _Findings, path: Path, tensors: _Tensors, vision: Mapping[str, Any], embed: int
+) -> None:
     """A timm image trunk (BiomedCLIP's ViT): its projection to ``embed``, square RGB patches, positions that fit
     the image size."""
     patch = tensors.get("visual.trunk.patch_embed.proj.weight")
@@ -683,12 +876,17 @@ def _check_timm_vision(findings: _Findings, path: Path, tensors: _Tensors, visio
         width = patch[0] if patch else (tensors.get("visual.head.proj.weight") or (None, None))[1]
         tensors.expect("visual.head.proj.weight", (embed, width), "embed_dim, the image trunk's width")
     if patch is None:
-        findings.add(NOTE, path, "the timm image trunk has no patch embedding (not a ViT); only its projection "
-                                 "is checked")
+        findings.add(
+            NOTE, path, "the timm image trunk has no patch embedding (not a ViT); only its projection is checked"
+        )
         return
     if len(patch) != 4 or patch[1] != 3 or patch[2] != patch[3]:
-        findings.add(WRONG_SHAPE, path, f"visual.trunk.patch_embed.proj.weight is {patch}, expected "
-                                        "(width, 3, patch, patch): square patches of RGB images")
+        findings.add(
+            WRONG_SHAPE,
+            path,
+            f"visual.trunk.patch_embed.proj.weight is {patch}, expected "
+            "(width, 3, patch, patch): square patches of RGB images",
+        )
         return
     findings.add(OK, path, f"visual.trunk.patch_embed.proj.weight {patch}: {patch[2]}-pixel RGB patches")
     size = vision.get("image_size", 224)
@@ -698,9 +896,13 @@ def _check_timm_vision(findings: _Findings, path: Path, tensors: _Tensors, visio
         return
     grid = (size // patch[2]) ** 2
     if len(positions) != 3 or positions[1] - grid not in (0, 1) or positions[2] != patch[0]:
-        findings.add(WRONG_SHAPE, path, f"visual.trunk.pos_embed is {positions}; image_size {size} "
-                                        f"with {patch[2]}-pixel patches needs (1, {grid} or "
-                                        f"{grid + 1}, {patch[0]})")
+        findings.add(
+            WRONG_SHAPE,
+            path,
+            f"visual.trunk.pos_embed is {positions}; image_size {size} "
+            f"with {patch[2]}-pixel patches needs (1, {grid} or "
+            f"{grid + 1}, {patch[0]})",
+        )
     else:
         findings.add(OK, path, f"visual.trunk.pos_embed {positions} fits image_size {size}")
 
@@ -708,10 +910,14 @@ def _check_timm_vision(findings: _Findings, path: Path, tensors: _Tensors, visio
 def _check_hf_text(tensors: _Tensors, text: Mapping[str, Any], bert: Mapping[str, Any], embed: int) -> None:
     """A Hugging Face text tower (BiomedBERT): embeddings of the text model's sizes and open_clip's projection."""
     width, vocab, positions = bert["hidden_size"], bert["vocab_size"], bert["max_position_embeddings"]
-    tensors.expect("text.transformer.embeddings.word_embeddings.weight", (vocab, width),
-                   "text model vocab_size, hidden_size")
-    tensors.expect("text.transformer.embeddings.position_embeddings.weight", (positions, width),
-                   "text model max_position_embeddings, hidden_size")
+    tensors.expect(
+        "text.transformer.embeddings.word_embeddings.weight", (vocab, width), "text model vocab_size, hidden_size"
+    )
+    tensors.expect(
+        "text.transformer.embeddings.position_embeddings.weight",
+        (positions, width),
+        "text model max_position_embeddings, hidden_size",
+    )
     proj = text.get("hf_proj_type", "mlp")
     if proj == "mlp":
         hidden = (width + embed) // 2
@@ -722,10 +928,16 @@ def _check_hf_text(tensors: _Tensors, text: Mapping[str, Any], bert: Mapping[str
 
 
 # ------------------------------------------------------------------ both
-def check_weights(sd15: str | os.PathLike | None = None, biomedclip: str | os.PathLike | None = None,
-                  biomedbert: str | os.PathLike | None = None, profile: str | WeightProfile = "sd15",
-                  hashes: bool = True, known: Mapping[str, dict] | None = None,
-                  progress: Callable[[Path, int, int], None] | None = None, latent: bool = True) -> Report:
+def check_weights(
+    sd15: str | os.PathLike | None = None,
+    biomedclip: str | os.PathLike | None = None,
+    biomedbert: str | os.PathLike | None = None,
+    profile: str | WeightProfile = "sd15",
+    hashes: bool = True,
+    known: Mapping[str, dict] | None = None,
+    progress: Callable[[Path, int, int], None] | None = None,
+    latent: bool = True,
+) -> Report:
     """Check the folders given (either may be None) and return every finding."""
     if isinstance(profile, str):
         if profile not in PROFILES:

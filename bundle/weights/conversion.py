@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 from bundle.errors import InputError
 from bundle.weights.layouts import OPEN_CLIP_WEIGHTS, SD15_PARTS, is_pickle_name, open_clip_weights
 
 
-def pickles_to_convert(sd15: str | os.PathLike | None = None,
-                       biomedclip: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
+def pickles_to_convert(
+    sd15: str | os.PathLike | None = None, biomedclip: str | os.PathLike | None = None
+) -> list[tuple[Path, Path]]:
     """(pickle, safetensors target) pairs the checker would report as NOT ACCEPTED."""
     pairs = []
     if sd15 is not None:
@@ -27,8 +29,9 @@ def pickles_to_convert(sd15: str | os.PathLike | None = None,
     return pairs
 
 
-def convert_to_safetensors(source: str | os.PathLike, target: str | os.PathLike,
-                           source_sha256: str | None = None) -> Path:
+def convert_to_safetensors(
+    source: str | os.PathLike, target: str | os.PathLike, source_sha256: str | None = None
+) -> Path:
     """Write the tensors of a pickled state dict (read with ``torch.load(weights_only=True)``, which refuses
     anything but tensors and containers) to a safetensors file, recording where they came from in its metadata.
 
@@ -45,8 +48,11 @@ def convert_to_safetensors(source: str | os.PathLike, target: str | os.PathLike,
         state = torch.load(source, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
         raise InputError(source, "not a state dict of named tensors; cannot convert it")
     tensors, storages = {}, set()
     for name, tensor in state.items():

@@ -12,14 +12,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
-SD15_HOW = ("expected a local copy of stable-diffusion-v1-5 in diffusers format, e.g. `huggingface-cli download "
-            f"{SD15_REPO} --local-dir <folder> --include '*.json' '*.txt' "
-            "'unet/diffusion_pytorch_model.safetensors' 'vae/diffusion_pytorch_model.safetensors' "
-            "'text_encoder/model.safetensors'`")
+SD15_HOW = (
+    "expected a local copy of stable-diffusion-v1-5 in diffusers format, e.g. `huggingface-cli download "
+    f"{SD15_REPO} --local-dir <folder> --include '*.json' '*.txt' "
+    "'unet/diffusion_pytorch_model.safetensors' 'vae/diffusion_pytorch_model.safetensors' "
+    "'text_encoder/model.safetensors'`"
+)
 
 
 @dataclass(frozen=True)
@@ -35,20 +36,33 @@ class Sd15Part:
 
 
 SD15_PARTS = (
-    Sd15Part("unet", ("unet/config.json", "unet/diffusion_pytorch_model.safetensors"),
-             "unet/diffusion_pytorch_model.safetensors", ("unet/diffusion_pytorch_model.bin",)),
-    Sd15Part("vae", ("vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
-             "vae/diffusion_pytorch_model.safetensors", ("vae/diffusion_pytorch_model.bin",), latent_only=True),
-    Sd15Part("text_encoder", ("text_encoder/config.json", "text_encoder/model.safetensors"),
-             "text_encoder/model.safetensors", ("text_encoder/pytorch_model.bin",)),
+    Sd15Part(
+        "unet",
+        ("unet/config.json", "unet/diffusion_pytorch_model.safetensors"),
+        "unet/diffusion_pytorch_model.safetensors",
+        ("unet/diffusion_pytorch_model.bin",),
+    ),
+    Sd15Part(
+        "vae",
+        ("vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
+        "vae/diffusion_pytorch_model.safetensors",
+        ("vae/diffusion_pytorch_model.bin",),
+        latent_only=True,
+    ),
+    Sd15Part(
+        "text_encoder",
+        ("text_encoder/config.json", "text_encoder/model.safetensors"),
+        "text_encoder/model.safetensors",
+        ("text_encoder/pytorch_model.bin",),
+    ),
     Sd15Part("tokenizer", ("tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json")),
     Sd15Part("scheduler", ("scheduler/scheduler_config.json",)),
 )
 
 
 def sd15_files(latent: bool = True) -> tuple[str, ...]:
-    """The files :func:`bundle.networks.medsoft_diffusion.sd15_model` needs, relative to the SD 1.5 folder (``vae/`` only
-    for latent diffusion)."""
+    """The files :func:`bundle.networks.medsoft_diffusion.sd15_model` needs, relative to the SD 1.5 folder
+    (``vae/`` only for latent diffusion)."""
     return tuple(name for part in SD15_PARTS if latent or not part.latent_only for name in part.files)
 
 

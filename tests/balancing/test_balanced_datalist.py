@@ -36,9 +36,15 @@ ENTRY_KEYS = {"case_id", "image", "vertebra_seg", "mask_labels", "label", "class
 
 
 def entry(case_id: str, label: str, level: str = "L3", source: bool = True) -> dict:
-    case = {"case_id": case_id, "label": label, "class_index": ["normal", "benign", "malignant"].index(label),
-            "image": f"/d/{case_id}.nii.gz", "level": level, "lesion_seg": f"/d/{case_id}_lesion.nii.gz",
-            "text": f"{label} finding in the {level} vertebral body"}
+    case = {
+        "case_id": case_id,
+        "label": label,
+        "class_index": ["normal", "benign", "malignant"].index(label),
+        "image": f"/d/{case_id}.nii.gz",
+        "level": level,
+        "lesion_seg": f"/d/{case_id}_lesion.nii.gz",
+        "text": f"{label} finding in the {level} vertebral body",
+    }
     if source:
         case.update(vertebra_seg=f"/d/{case_id}_seg.nii.gz", mask_labels=[28])
     return case
@@ -46,8 +52,11 @@ def entry(case_id: str, label: str, level: str = "L3", source: bool = True) -> d
 
 # ------------------------------------------------------------------------------------------------ the plan
 def test_counts_and_synthetic_cases_needed_per_class():
-    training = ([entry(f"n{i}", "normal") for i in range(7)] + [entry(f"b{i}", "benign") for i in range(3)]
-                + [entry(f"m{i}", "malignant") for i in range(2)])
+    training = (
+        [entry(f"n{i}", "normal") for i in range(7)]
+        + [entry(f"b{i}", "benign") for i in range(3)]
+        + [entry(f"m{i}", "malignant") for i in range(2)]
+    )
     counts = class_counts(training)
     assert counts == {"benign": 3, "malignant": 2, "normal": 7}
     assert synthesis_counts(counts) == {"benign": 4, "malignant": 5}
@@ -92,9 +101,19 @@ def test_misspelt_or_reserved_inference_settings_are_refused_before_anything_run
 
 # ------------------------------------------------------------------------------------------------ end to end
 def command(data: Path, output: Path, models: Path) -> list[str]:
-    return [sys.executable, str(REPO / "scripts" / "balance.py"), "--datalist", str(data / "datalist.json"),
-            "--output_dir", str(output), "--target", "normal", "--models_dir", str(models),
-            *[f"--{key}={value}" for key, value in FAST.items()]]
+    return [
+        sys.executable,
+        str(REPO / "scripts" / "balance.py"),
+        "--datalist",
+        str(data / "datalist.json"),
+        "--output_dir",
+        str(output),
+        "--target",
+        "normal",
+        "--models_dir",
+        str(models),
+        *[f"--{key}={value}" for key, value in FAST.items()],
+    ]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -110,8 +129,9 @@ def balanced(tmp_path_factory) -> dict:
     synthetic = output / "synthetic"
     log = root / "first_run.log"
     with open(log, "w") as stream:
-        process = subprocess.Popen(command(data, output, models), cwd=REPO, env=ENV, stdout=stream,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command(data, output, models), cwd=REPO, env=ENV, stdout=stream, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 300
         while not list(synthetic.glob("*_synthetic.json")):
             assert process.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
@@ -125,11 +145,11 @@ def balanced(tmp_path_factory) -> dict:
     # what a kill in the middle of a write leaves behind (the writers' temporary names)
     (synthetic / ".case_999_benign_synthetic.nii.gz.k3j2h1.partial.nii.gz").write_bytes(b"half a volume")
     (output / ".datalist.json.x8y7z6.partial").write_text('{"training": [')
-    second = subprocess.run(command(data, output, models), cwd=REPO, env=ENV, capture_output=True, text=True,
-                            timeout=600, check=False)
+    second = subprocess.run(
+        command(data, output, models), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, check=False
+    )
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-4000:]
-    return {"data": data, "output": output, "models": models, "finished_first": finished_first,
-            "stdout": second.stdout}
+    return {"data": data, "output": output, "models": models, "finished_first": finished_first, "stdout": second.stdout}
 
 
 def test_an_interrupted_run_resumes_without_duplicates_or_half_written_cases(balanced):
@@ -188,8 +208,13 @@ def test_the_balanced_datalist_loads_in_the_training_pipeline(balanced):
         ValidateEntryd()(case)  # files exist, a text and a soft-mask source
     synthetic = next(e for e in training if e["synthetic"])
     source = next(e for e in training if e["case_id"] == synthetic["source_case"])
-    grid = model_grid(keys=["image", "soft_mask", "masked_image"], spatial_size=TINY_SPATIAL_SIZE, pixdim_mm=1.0,
-                      window_key="soft_mask", window_margin_mm=16.0)
+    grid = model_grid(
+        keys=["image", "soft_mask", "masked_image"],
+        spatial_size=TINY_SPATIAL_SIZE,
+        pixdim_mm=1.0,
+        window_key="soft_mask",
+        window_margin_mm=16.0,
+    )
     dataset = SliceDataset([source, synthetic], case_to_slices(grid, max_slices=1, lesion_guided=True))
     assert not dataset.failures and dataset.labels == ["normal", synthetic["label"]]
     written, original = nib.load(synthetic["image"]), nib.load(source["image"])
@@ -200,8 +225,9 @@ def test_the_balanced_datalist_loads_in_the_training_pipeline(balanced):
 def test_running_again_after_it_finished_redoes_nothing(balanced, one_torch_thread):
     output = balanced["output"]
     before = json.loads((output / "datalist.json").read_text())
-    summary = balance_datalist(balanced["data"] / "datalist.json", output, models_dir=balanced["models"],
-                               overrides=FAST)
+    summary = balance_datalist(
+        balanced["data"] / "datalist.json", output, models_dir=balanced["models"], overrides=FAST
+    )
     report = json.loads((output / "synthetic" / "report.json").read_text())
     assert summary["complete"] and not report["written"] and len(report["skipped"]) == report["num_cases"]
     after = json.loads((output / "datalist.json").read_text())

@@ -53,10 +53,17 @@ def test_blur_benchmark_records(ctx, monkeypatch):
 
 
 def test_unet_overhead_measure_on_a_small_config(ctx):
-    config = {"cross_attention_dim": 32, "block_out_channels": (16, 32), "attention_head_dim": 4, "sample_size": 16,
-              "in_channels": 4, "out_channels": 4, "norm_num_groups": 8,
-              "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-              "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")}
+    config = {
+        "cross_attention_dim": 32,
+        "block_out_channels": (16, 32),
+        "attention_head_dim": 4,
+        "sample_size": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+        "norm_num_groups": 8,
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+    }
     plain, guided = unet_overhead.unet_pair(config, msc_dim=24)
     assert plain.conv_in.weight.data_ptr() == guided.unet.conv_in.weight.data_ptr()  # shared base weights
     inputs = unet_overhead.make_inputs(2, 4, 16, 7, 32, 24, ctx.device)
@@ -65,8 +72,12 @@ def test_unet_overhead_measure_on_a_small_config(ctx):
         same = guided(inputs["sample"], inputs["timestep"], inputs["text"], inputs["tokens"])
         assert torch.allclose(same, plain(inputs["sample"], inputs["timestep"], inputs["text"]).sample, atol=1e-5)
         guided.scale = 1.0
-    rows = check([unet_overhead.measure("fwd", plain, guided, inputs, backward, 1, ctx, "small", "<= 1.10", 1.10)
-                  for backward in (False, True)])
+    rows = check(
+        [
+            unet_overhead.measure("fwd", plain, guided, inputs, backward, 1, ctx, "small", "<= 1.10", 1.10)
+            for backward in (False, True)
+        ]
+    )
     assert all(r["repeats"] == 1 for r in rows)
 
 
@@ -77,8 +88,9 @@ def test_diffusers_reference_loop_keeps_the_background(ctx):
     mask = torch.zeros_like(image)
     mask[..., 8:20, 10:22] = 1.0
     scheduler = unet_scheduler()
-    reference = sampling.diffusers_inpaint_loop(model, sampling.DDIMScheduler.from_config(scheduler.config), image,
-                                                mask, ["a lesion"], seed=0, steps=3)
+    reference = sampling.diffusers_inpaint_loop(
+        model, sampling.DDIMScheduler.from_config(scheduler.config), image, mask, ["a lesion"], seed=0, steps=3
+    )
     ours = SoftMaskInpaintingInferer.ddim(scheduler, num_inference_steps=3)(image, model, mask, ["a lesion"], [0])
     for result in (reference, ours):
         assert result.shape == image.shape and torch.allclose(result[mask == 0], image[mask == 0], atol=1e-5)
@@ -91,13 +103,26 @@ def unet_scheduler():
 
 
 def test_gpu_figures_code_path_runs_on_cpu_with_small_configs(ctx):
-    unet_config = {"cross_attention_dim": 32, "block_out_channels": (16, 32), "attention_head_dim": 4,
-                   "sample_size": 8, "in_channels": 4, "out_channels": 4, "norm_num_groups": 8,
-                   "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-                   "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")}
-    vae_config = {**gpu.SD15_VAE_CONFIG, "block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
-                  "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "norm_num_groups": 4,
-                  "sample_size": 16}
+    unet_config = {
+        "cross_attention_dim": 32,
+        "block_out_channels": (16, 32),
+        "attention_head_dim": 4,
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "norm_num_groups": 8,
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+    }
+    vae_config = {
+        **gpu.SD15_VAE_CONFIG,
+        "block_out_channels": [8, 16],
+        "down_block_types": ["DownEncoderBlock2D"] * 2,
+        "up_block_types": ["UpDecoderBlock2D"] * 2,
+        "layers_per_block": 1,
+        "norm_num_groups": 4,
+        "sample_size": 16,
+    }
     model = gpu.build(ctx.device, unet_config, vae_config, msc_dim=24, text_length=7)
     result = gpu.measure_sd15(ctx.device, model, image_size=16, steps=2, repeats=1, precision=None, train_batch=2)
     assert len(result["ours_s"]) == len(result["reference_s"]) == 1 and result["inference_peak_mib"] is None
@@ -107,8 +132,10 @@ def test_gpu_figures_code_path_runs_on_cpu_with_small_configs(ctx):
 
 
 def test_iteration_rate_from_stats_handler_lines():
-    log = "\n".join(f"2026-01-01 00:00:{10 + 2 * i:02d},000 - INFO - Epoch: 1/1, Iter: {i}/6 -- train_loss: 0.1"
-                    for i in range(1, 7))
+    log = "\n".join(
+        f"2026-01-01 00:00:{10 + 2 * i:02d},000 - INFO - Epoch: 1/1, Iter: {i}/6 -- train_loss: 0.1"
+        for i in range(1, 7)
+    )
     rate, intervals = scale_out.iteration_rate(log)  # iterations 1..5 (6 may be a short batch), 2 s apart
     assert intervals == 4 and rate == pytest.approx(0.5)
     with pytest.raises(ValueError):
@@ -116,8 +143,10 @@ def test_iteration_rate_from_stats_handler_lines():
 
 
 def test_markdown_report_has_a_row_per_record(tmp_path):
-    records = [compare("fast thing", 1, [1.0], [2.0], "ref", "<= 1.10", 1.10, "s"),
-               not_measured("gpu thing", 8, "ref", "report", "not measured: no GPU")]
+    records = [
+        compare("fast thing", 1, [1.0], [2.0], "ref", "<= 1.10", 1.10, "s"),
+        not_measured("gpu thing", 8, "ref", "report", "not measured: no GPU"),
+    ]
     text = report.markdown(records, {"cpu": "test"}, {"mode": "quick"}, {1: "why"}, "pre", "post")
     assert "| fast thing | 1.00 | 2.00 | 0.5 |" in text and "gpu thing" in text and "not measured: no GPU" in text
     report.write_json(tmp_path / "results.json", records, {"cpu": "test"}, {})

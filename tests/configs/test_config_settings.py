@@ -13,8 +13,16 @@ import json
 
 from tests.helpers.paths import CONFIGS
 
-SLICING = ("canonical_axcodes", "soft_mask_sigma_mm", "box_size_mm", "slices_per_case", "spatial_size", "pixdim_mm",
-           "window_margin_mm", "model_grid")
+SLICING = (
+    "canonical_axcodes",
+    "soft_mask_sigma_mm",
+    "box_size_mm",
+    "slices_per_case",
+    "spatial_size",
+    "pixdim_mm",
+    "window_margin_mm",
+    "model_grid",
+)
 
 
 def config(name: str) -> dict:

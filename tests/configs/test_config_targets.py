@@ -55,14 +55,15 @@ def test_every_named_component_is_defined_in_the_module_its_path_names():
         for path in sorted(names):
             component = locate(path)
             module = defining_module(path)
-            owner = locate(".".join(path.split(".")[:len(module.split(".")) + 1]))  # the class of a classmethod
+            owner = locate(".".join(path.split(".")[: len(module.split(".")) + 1]))  # the class of a classmethod
             if component is None:
                 wrong.append(f"{config}: {path} does not resolve")
             elif getattr(owner, "__module__", None) != module:
-                wrong.append(f"{config}: {path} is defined in {getattr(owner, '__module__', '?')}, not in {module}, "
-                             "the module its path names")
+                wrong.append(
+                    f"{config}: {path} is defined in {getattr(owner, '__module__', '?')}, not in {module}, "
+                    "the module its path names"
+                )
     assert not wrong, "\n".join(wrong)
-
 
 
 def module_imports(module: str) -> set[str]:
@@ -76,8 +77,11 @@ def module_imports(module: str) -> set[str]:
             found |= {alias.name for alias in node.names if alias.name.startswith("bundle.")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bundle"):
             found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names
-                      if (PACKAGE.parent / node.module.replace(".", "/") / f"{alias.name}.py").is_file()}
+            found |= {
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if (PACKAGE.parent / node.module.replace(".", "/") / f"{alias.name}.py").is_file()
+            }
     return found
 
 
@@ -100,8 +104,11 @@ def test_a_base_config_imports_what_its_expressions_name():
     ``__init__`` that imports its modules."""
     paths = named_paths()
     for config in ("train_msc.json", "train.json", "inference.json", "mask_preview.json", "classify.json"):
-        imported = {line.split()[1] for line in json.loads((CONFIGS / config).read_text())["imports"]
-                    if line.startswith("$import bundle")}
+        imported = {
+            line.split()[1]
+            for line in json.loads((CONFIGS / config).read_text())["imports"]
+            if line.startswith("$import bundle")
+        }
         loaded = loaded_by(imported)
         missing = sorted(path for path in paths[config] if defining_module(path) not in loaded)
         assert not missing, f"{config}: its imports do not load the modules of {missing}"

@@ -28,8 +28,9 @@ def test_metadata_validates_against_the_bundle_schema():
 
 
 def test_metadata_versions_match_the_pinned_requirements():
-    pins = dict(line.strip().split("==") for line in (REPO / "requirements.txt").read_text().splitlines()
-                if "==" in line)
+    pins = dict(
+        line.strip().split("==") for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line
+    )
     metadata = json.loads((REPO / "metadata.json").read_text())
     assert metadata["monai_version"] == pins["monai"]
     assert metadata["pytorch_version"] == pins["torch"]
@@ -40,8 +41,12 @@ def test_metadata_versions_match_the_pinned_requirements():
 
 def test_network_data_format_matches_the_configs_model_size():
     metadata = json.loads((REPO / "metadata.json").read_text())
-    shapes = {tuple(v["spatial_shape"]) for part in ("inputs", "outputs")
-              for v in metadata["network_data_format"][part].values() if v["type"] == "image"}
+    shapes = {
+        tuple(v["spatial_shape"])
+        for part in ("inputs", "outputs")
+        for v in metadata["network_data_format"][part].values()
+        if v["type"] == "image"
+    }
     for name in ("train.json", "inference.json"):
         size = json.loads((CONFIGS / name).read_text())["spatial_size"]
         assert shapes == {(size, size)}, name

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+
 import pytest
 import torch
+
 from bundle.data.classification_slices import ClassificationSlices, input_channel, load_test, training_sampler
 from bundle.data.datalist import load_datalist
 from bundle.networks.slice_classifier import SliceBagClassifier
@@ -92,8 +94,16 @@ def test_the_test_list_must_be_real_cases(demo_data, tmp_path):
     content = json.loads((demo_data / "datalist.json").read_text())
     content["test"][0]["synthetic"] = True
     path = tmp_path / "datalist.json"
-    path.write_text(json.dumps({**content, "test": [{**e, "image": str(demo_data / e["image"]),
-                                                      "vertebra_seg": str(demo_data / e["vertebra_seg"])}
-                                                     for e in content["test"]]}))
+    path.write_text(
+        json.dumps(
+            {
+                **content,
+                "test": [
+                    {**e, "image": str(demo_data / e["image"]), "vertebra_seg": str(demo_data / e["vertebra_seg"])}
+                    for e in content["test"]
+                ],
+            }
+        )
+    )
     with pytest.raises(ValueError, match="synthetic cases"):
         load_test(path)

@@ -37,13 +37,15 @@ def phantoms(tmp_path_factory) -> list[dict]:
     folder = tmp_path_factory.mktemp("slice_cache")
     generate_dataset(folder, num_cases=2, seed=3, test_fraction=0.0)
     series = load_datalist(folder / "datalist.json", "training")
-    return [{**case, "case_id": f"{case['case_id']}_{level}", "mask_labels": [VERTEBRA_LABELS[level]]}
-            for level in LEVELS for case in series]
+    return [
+        {**case, "case_id": f"{case['case_id']}_{level}", "mask_labels": [VERTEBRA_LABELS[level]]}
+        for level in LEVELS
+        for case in series
+    ]
 
 
 def preprocessing(sigma_mm: float = 3.0):
-    grid = model_grid(list(SLICE_KEYS), spatial_size=16, pixdim_mm=2.0, window_key="soft_mask",
-                      window_margin_mm=8.0)
+    grid = model_grid(list(SLICE_KEYS), spatial_size=16, pixdim_mm=2.0, window_key="soft_mask", window_margin_mm=8.0)
     return case_to_slices(grid, sigma_mm=sigma_mm, max_slices=2)
 
 
@@ -97,7 +99,8 @@ def test_a_series_with_several_coordinates_is_read_once(phantoms, reads):
     assert sum(reads.values()) == 2 * len(images)  # the image and its vertebra segmentation, once each
     # items come one series after another, each series' entries in datalist order
     assert [dataset[i]["case_id"] for i in range(0, len(dataset), 2)] == [
-        e["case_id"] for e in sorted(phantoms, key=lambda e: (e["image"] != phantoms[0]["image"]))]
+        e["case_id"] for e in sorted(phantoms, key=lambda e: e["image"] != phantoms[0]["image"])
+    ]
 
 
 def test_cached_items_equal_fresh_ones_and_the_dataset_holds_no_slices(phantoms, reads, tmp_path):
@@ -144,10 +147,19 @@ def test_a_changed_setting_or_file_is_preprocessed_again(phantoms, reads, tmp_pa
 
 def test_the_fingerprint_is_the_same_in_a_fresh_process():
     """The cache folder's name must not depend on the process (hash seeds, object addresses)."""
-    code = ("from tests.data.test_slice_cache import preprocessing; from bundle.data.slice_cache import "
-            "preprocessing_fingerprint; print(preprocessing_fingerprint(preprocessing())[0])")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONHASHSEED": "123"}, check=True)
+    code = (
+        "from tests.data.test_slice_cache import preprocessing; from bundle.data.slice_cache import "
+        "preprocessing_fingerprint; print(preprocessing_fingerprint(preprocessing())[0])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+        check=True,
+    )
     assert result.stdout.split()[-1] == preprocessing_fingerprint(preprocessing())[0]
     assert preprocessing_fingerprint(preprocessing(2.0))[0] != preprocessing_fingerprint(preprocessing())[0]
 
@@ -159,8 +171,16 @@ def test_train_config_caches_under_the_output_folder_and_keeps_balanced_sampling
     for _ in range(2):  # a first run and a resumed one (from the cache)
         parser = ConfigParser()
         parser.read_config(str(CONFIGS / "train.json"))
-        parser.update({"bundle_root": str(REPO), "datalist": str(datalist), "output_dir": str(tmp_path / "run"),
-                       "validation_fraction": 0.0, "spatial_size": 16, "slices_per_case": 2})
+        parser.update(
+            {
+                "bundle_root": str(REPO),
+                "datalist": str(datalist),
+                "output_dir": str(tmp_path / "run"),
+                "validation_fraction": 0.0,
+                "spatial_size": 16,
+                "slices_per_case": 2,
+            }
+        )
         parsed.append((parser.get_parsed_content("train#dataset"), parser.get_parsed_content("train#sampler")))
     (first, sampler), (resumed, _) = parsed
     assert first.cache.folder.parent == tmp_path / "run" / "cache" and tensor_bytes(first) == 0

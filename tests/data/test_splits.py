@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+
 from bundle.data.splits import training_split
 
 
 def test_training_validates_on_the_prepared_validation_list(tmp_path):
     """A prepared datalist's patient-disjoint ``validation`` list is what training validates on; without one,
     validation is held out of ``training``."""
-    entries = [{"case_id": f"c{i}", "image": f"c{i}.nii.gz", "label": "normal" if i % 2 else "benign"}
-               for i in range(8)]
+    entries = [
+        {"case_id": f"c{i}", "image": f"c{i}.nii.gz", "label": "normal" if i % 2 else "benign"} for i in range(8)
+    ]
     prepared = tmp_path / "prepared.json"
     prepared.write_text(json.dumps({"training": entries[:6], "validation": entries[6:], "test": []}))
     ids = [e["case_id"] for e in training_split(prepared, "validation")]

@@ -20,14 +20,27 @@ from tests.helpers.paths import REPO
 
 SEED = 7
 NUM_CASES = 8
-ENTRY_KEYS = {"case_id", "image", "vertebra_seg", "lesion_seg", "label", "class_index", "level", "mask_labels",
-              "text", "attributes"}
+ENTRY_KEYS = {
+    "case_id",
+    "image",
+    "vertebra_seg",
+    "lesion_seg",
+    "label",
+    "class_index",
+    "level",
+    "mask_labels",
+    "text",
+    "attributes",
+}
 TOTALSEGMENTATOR_V2 = {"L1": 31, "L2": 30, "L3": 29, "L4": 28, "L5": 27, "S1": 26}
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def all_entries(datalist: dict) -> list[dict]:
@@ -55,8 +68,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def lesion_cases() -> dict[tuple[str, float], list[PhantomCase]]:
     """Three cases per (lesion class, difficulty); the same (seed, index) across difficulties."""
-    return {(lesion_class, difficulty): [generate_case(SEED, index, lesion_class, difficulty) for index in range(3)]
-            for lesion_class in ("benign", "malignant") for difficulty in (0.1, 0.5, 0.9)}
+    return {
+        (lesion_class, difficulty): [generate_case(SEED, index, lesion_class, difficulty) for index in range(3)]
+        for lesion_class in ("benign", "malignant")
+        for difficulty in (0.1, 0.5, 0.9)
+    }
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_does_not(dataset, tmp_path):
@@ -204,14 +220,23 @@ def test_classes_are_imbalanced_prefix_stable_and_split_stratified(dataset):
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "demo_data.py"), *arguments], check=False,
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo_data.py"), *arguments],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    (("--num_cases", "0"), "num_cases must be an integer >= 1"),
-    (("--difficulty", "1.5"), "difficulty must be a number in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("--num_cases", "0"), "num_cases must be an integer >= 1"),
+        (("--difficulty", "1.5"), "difficulty must be a number in [0, 1]"),
+    ],
+)
 def test_cli_rejects_bad_arguments_with_a_clear_message(tmp_path, arguments, message):
     result = run_cli("--out_dir", str(tmp_path / "out"), *arguments)
     assert result.returncode != 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bundle.engines.guided_diffusion_trainer import condition_dropout
 
 

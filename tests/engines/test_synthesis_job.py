@@ -41,8 +41,9 @@ class CountingPredictor:
 
 def make_job(entries: list[dict], datalist: Path, output_dir: Path, **overrides):
     """The mask-preview job of the config on ``entries``, with a :class:`CountingPredictor`."""
-    job = preview_parser(datalist=str(write_datalist(datalist, entries)), output_dir=str(output_dir),
-                         **overrides).get_parsed_content("job")
+    job = preview_parser(
+        datalist=str(write_datalist(datalist, entries)), output_dir=str(output_dir), **overrides
+    ).get_parsed_content("job")
     job.predictor = CountingPredictor(job.predictor)
     return job
 
@@ -60,8 +61,13 @@ def outputs_of(*cases: str) -> list[str]:
 def test_equal_case_ids_are_refused_and_the_others_written(shared_data, tmp_path):
     entries = [
         {**GOOD, "case_id": "dup"},
-        {"image": str(TOTALSEG_MR), "vertebra_seg": str(TOTALSEG_MR_SEG), "mask_labels": [19], "text": "x",
-         "case_id": "dup"},
+        {
+            "image": str(TOTALSEG_MR),
+            "vertebra_seg": str(TOTALSEG_MR_SEG),
+            "mask_labels": [19],
+            "text": "x",
+            "case_id": "dup",
+        },
         {**POINT, "case_id": "Case7"},
         {**POINT, "case_id": "case7"},  # the same file as Case7 on a case-insensitive file system
         {**GOOD, "case_id": "good"},
@@ -70,15 +76,22 @@ def test_equal_case_ids_are_refused_and_the_others_written(shared_data, tmp_path
     job = make_job(entries, tmp_path / "list.json", output_dir)
     report = job.run()
     failures = [(f["case_id"], f["error"]) for f in report["failed"]]
-    same = (f"entries 1, 2 of the datalist have the same case id ('dup', 'dup'), so their outputs (dup_synthetic.*) "
-            f"would overwrite each other; none of them is written: give each entry its own case_id (images: "
-            f"{SCT_T2}, {TOTALSEG_MR})")
-    letter_case = ("entries 3, 4 of the datalist have case ids that differ only in letter case ('Case7', 'case7'), "
-                   "so their outputs ({}_synthetic.*) would overwrite each other; none of them is written: give each "
-                   f"entry its own case_id (images: {SCT_T2}, {SCT_T2})")
-    assert failures == [("dup", f"dup: {same}"), ("dup", f"dup: {same}"),
-                        ("Case7", f"Case7: {letter_case.format('Case7')}"),
-                        ("case7", f"case7: {letter_case.format('case7')}")]
+    same = (
+        f"entries 1, 2 of the datalist have the same case id ('dup', 'dup'), so their outputs (dup_synthetic.*) "
+        f"would overwrite each other; none of them is written: give each entry its own case_id (images: "
+        f"{SCT_T2}, {TOTALSEG_MR})"
+    )
+    letter_case = (
+        "entries 3, 4 of the datalist have case ids that differ only in letter case ('Case7', 'case7'), "
+        "so their outputs ({}_synthetic.*) would overwrite each other; none of them is written: give each "
+        f"entry its own case_id (images: {SCT_T2}, {SCT_T2})"
+    )
+    assert failures == [
+        ("dup", f"dup: {same}"),
+        ("dup", f"dup: {same}"),
+        ("Case7", f"Case7: {letter_case.format('Case7')}"),
+        ("case7", f"case7: {letter_case.format('case7')}"),
+    ]
     assert all(f["bad_input"] for f in report["failed"])
     assert [w["case_id"] for w in report["written"]] == ["good"] and job.predictor.cases == ["good"]
     assert listing(output_dir) == outputs_of("good")
@@ -99,13 +112,16 @@ def unrenderable(monkeypatch):
 
 
 def test_a_failure_after_the_volume_leaves_nothing_of_the_case(shared_data, tmp_path, unrenderable):
-    entries = [{**POINT, "case_id": "late", "text": "an UNRENDERABLE lesion"},
-               {**POINT, "case_id": "tex", "text": r"a lesion of $\frac{1}{$ the body"},  # shown as written, not TeX
-               {**GOOD, "case_id": "good"}]
+    entries = [
+        {**POINT, "case_id": "late", "text": "an UNRENDERABLE lesion"},
+        {**POINT, "case_id": "tex", "text": r"a lesion of $\frac{1}{$ the body"},  # shown as written, not TeX
+        {**GOOD, "case_id": "good"},
+    ]
     output_dir = tmp_path / "out"
     report = make_job(entries, tmp_path / "list.json", output_dir).run()
-    assert report["failed"] == [{"case_id": "late", "error": f"{SCT_T2}: ValueError: cannot render this text",
-                                 "bad_input": False}]
+    assert report["failed"] == [
+        {"case_id": "late", "error": f"{SCT_T2}: ValueError: cannot render this text", "bad_input": False}
+    ]
     assert [w["case_id"] for w in report["written"]] == ["tex", "good"]
     assert listing(output_dir) == outputs_of("tex", "good")
 
@@ -134,11 +150,17 @@ def test_a_failing_last_move_leaves_nothing_of_the_case(shared_data, tmp_path, m
         return replace(source, target)
 
     monkeypatch.setattr(bundle.utils.files.os, "replace", replace_or_fail)
-    report = make_job([{**POINT, "case_id": "mv"}, {**GOOD, "case_id": "good"}], tmp_path / "l.json",
-                      output_dir).run()
-    assert report["failed"] == [{"case_id": "mv", "bad_input": False, "error": (
-        f"{output_dir / 'mv_synthetic.nii.gz'}: could not be written (OSError: [Errno 5] Input/output error); "
-        "nothing of this case was kept")}]
+    report = make_job([{**POINT, "case_id": "mv"}, {**GOOD, "case_id": "good"}], tmp_path / "l.json", output_dir).run()
+    assert report["failed"] == [
+        {
+            "case_id": "mv",
+            "bad_input": False,
+            "error": (
+                f"{output_dir / 'mv_synthetic.nii.gz'}: could not be written (OSError: [Errno 5] Input/output error); "
+                "nothing of this case was kept"
+            ),
+        }
+    ]
     assert listing(output_dir) == outputs_of("good")
 
 
@@ -151,9 +173,16 @@ def test_a_full_disk_names_the_output_and_keeps_nothing(shared_data, tmp_path, m
     monkeypatch.setattr(nib.Nifti1Image, "to_filename", disk_full)
     output_dir = tmp_path / "out"
     report = make_job([{**POINT, "case_id": "full"}], tmp_path / "l.json", output_dir).run()
-    assert report["failed"] == [{"case_id": "full", "bad_input": False, "error": (
-        f"{output_dir / 'full_synthetic.nii.gz'}: could not be written (OSError: [Errno 28] No space left on device); "
-        "nothing of this case was kept")}]
+    assert report["failed"] == [
+        {
+            "case_id": "full",
+            "bad_input": False,
+            "error": (
+                f"{output_dir / 'full_synthetic.nii.gz'}: could not be written (OSError: [Errno 28] No space left on "
+                "device); nothing of this case was kept"
+            ),
+        }
+    ]
     assert listing(output_dir) == ["report.json"]
 
 
@@ -164,9 +193,16 @@ def test_too_little_free_space_is_refused_before_predicting(shared_data, tmp_pat
     job = make_job([{**POINT, "case_id": "c"}], tmp_path / "l.json", output_dir)
     report = job.run()
     needed = (SCT_T2.stat().st_size + 2**20) / 2**20
-    assert report["failed"] == [{"case_id": "c", "bad_input": False, "error": (
-        f"{output_dir}: not enough free space: 0.0 MiB free, about {needed:,.1f} MiB needed; free some space or "
-        "choose another folder")}]
+    assert report["failed"] == [
+        {
+            "case_id": "c",
+            "bad_input": False,
+            "error": (
+                f"{output_dir}: not enough free space: 0.0 MiB free, about {needed:,.1f} MiB needed; free some space "
+                "or choose another folder"
+            ),
+        }
+    ]
     assert job.predictor.cases == [] and listing(output_dir) == ["report.json"]
 
 
@@ -196,23 +232,30 @@ def test_an_unwritable_output_folder_stops_the_job_before_any_case(shared_data, 
 def test_an_output_onto_an_input_is_refused_before_predicting(shared_data, tmp_path):
     image = tmp_path / "case.nii.gz"
     shutil.copyfile(SCT_T2, image)
-    job = make_job([{**POINT, "image": str(image), "case_id": "case"}], tmp_path / "l.json", tmp_path,
-                   **{"writer#suffix": ""})
+    job = make_job(
+        [{**POINT, "image": str(image), "case_id": "case"}], tmp_path / "l.json", tmp_path, **{"writer#suffix": ""}
+    )
     report = job.run()
     assert report["failed"][0]["error"] == f"{image}: refusing to write {image}: it would overwrite an input"
     assert job.predictor.cases == [] and image.read_bytes() == SCT_T2.read_bytes()
 
 
 # ------------------------------------------------------------------ messages of unexpected failures
-def test_an_unexpected_failure_names_the_image_and_the_transform_not_an_object_address(shared_data, tmp_path,
-                                                                                      monkeypatch):
+def test_an_unexpected_failure_names_the_image_and_the_transform_not_an_object_address(
+    shared_data, tmp_path, monkeypatch
+):
     def broken(self, mask):
         raise ZeroDivisionError("sigma of zero length")
 
     monkeypatch.setattr(GaussianBlurMM, "__call__", broken)
     report = make_job([{**POINT, "case_id": "c"}], tmp_path / "l.json", tmp_path / "out").run()
-    assert report["failed"] == [{"case_id": "c", "bad_input": False, "error": (
-        f"{SCT_T2}: ZeroDivisionError: sigma of zero length (in SoftMaskFromSourced)")}]
+    assert report["failed"] == [
+        {
+            "case_id": "c",
+            "bad_input": False,
+            "error": (f"{SCT_T2}: ZeroDivisionError: sigma of zero length (in SoftMaskFromSourced)"),
+        }
+    ]
 
 
 def test_describe_failure_unwraps_nested_composes():

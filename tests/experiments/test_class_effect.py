@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+
 import nibabel as nib
 import numpy as np
 import pytest
+
 from bundle.balancing.synthesis_requests import write_demo_requests
 from bundle.demo.dataset import generate_dataset
 from bundle.experiments.class_effect import class_effect, effect_figure, requested_signal

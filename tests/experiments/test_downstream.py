@@ -31,8 +31,14 @@ from tests.helpers.workflows import bundle_run, run_workflow
 
 CLASSES = ["normal", "benign", "malignant"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-TINY_CLASSIFIER = {"max_epochs": 1, "batch_size": 4, "spatial_size": 32, "slices_per_case": 2,
-                   "resnet": "resnet10", "samples_per_epoch": 8}
+TINY_CLASSIFIER = {
+    "max_epochs": 1,
+    "batch_size": 4,
+    "spatial_size": 32,
+    "slices_per_case": 2,
+    "resnet": "resnet10",
+    "samples_per_epoch": 8,
+}
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -50,7 +56,8 @@ def check_metrics(path: Path, datalist: Path) -> dict:
         assert metrics[name] is None or 0.0 <= metrics[name] <= 1.0, name
     assert metrics["test_cases"] == len(test) == len(metrics["predictions"])
     assert metrics["test_counts"] == dict(Counter(e["label"] for e in test)) | {
-        c: 0 for c in CLASSES if c not in {e["label"] for e in test}}
+        c: 0 for c in CLASSES if c not in {e["label"] for e in test}
+    }
     for label in CLASSES:
         counts = metrics["training_counts"][label]
         assert counts["real"] == sum(e["label"] == label and not e.get("synthetic") for e in training)
@@ -61,8 +68,9 @@ def check_metrics(path: Path, datalist: Path) -> dict:
 
 
 def test_classify_config_on_a_plain_demo_datalist(demo_data, tmp_path):
-    flow = run_workflow(["classify.json"], "train", dataset_dir=str(demo_data), output_dir=str(tmp_path),
-                        **TINY_CLASSIFIER)
+    flow = run_workflow(
+        ["classify.json"], "train", dataset_dir=str(demo_data), output_dir=str(tmp_path), **TINY_CLASSIFIER
+    )
     assert flow.check_properties() in (None, [])
     trainer = flow.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 1 and trainer.state.iteration == 2  # 8 cases a epoch, 4 a batch
@@ -78,19 +86,36 @@ def results_with_f1(f1: dict[str, list[float]]) -> dict:
     for arm, values in f1.items():
         for seed, value in enumerate(values):
             results.setdefault(arm, {})[seed] = {
-                "auc": 0.7, "accuracy": 0.6, "precision": 0.5, "recall": 0.55, "f1": value, "test_cases": 9,
+                "auc": 0.7,
+                "accuracy": 0.6,
+                "precision": 0.5,
+                "recall": 0.55,
+                "f1": value,
+                "test_cases": 9,
                 "test_counts": {"normal": 3, "benign": 3, "malignant": 3},
-                "training_counts": {"normal": {"real": 6, "synthetic": 0},
-                                    "benign": {"real": 2, "synthetic": 4 if arm.startswith("synthetic") else 0},
-                                    "malignant": {"real": 1, "synthetic": 5 if arm.startswith("synthetic") else 0}}}
+                "training_counts": {
+                    "normal": {"real": 6, "synthetic": 0},
+                    "benign": {"real": 2, "synthetic": 4 if arm.startswith("synthetic") else 0},
+                    "malignant": {"real": 1, "synthetic": 5 if arm.startswith("synthetic") else 0},
+                },
+            }
     return results
 
 
 def test_report_lists_every_arm_and_seed_with_mean_and_std(tmp_path):
-    f1 = {"real": [0.40, 0.42, 0.44], "oversampling": [0.45, 0.46, 0.47], "synthetic": [0.5, 0.6, 0.7],
-          "synthetic_no_msc": [0.50, 0.52, 0.54], "synthetic_no_smis": [0.48, 0.50, 0.52]}
-    context = {"command": "python scripts/downstream.py --preset default", "machine": "test machine",
-               "seconds": {"data": 60.0, "stage2_full": 120.0, "classify_real_seed0": 30.0}, "settings": {"x": 1}}
+    f1 = {
+        "real": [0.40, 0.42, 0.44],
+        "oversampling": [0.45, 0.46, 0.47],
+        "synthetic": [0.5, 0.6, 0.7],
+        "synthetic_no_msc": [0.50, 0.52, 0.54],
+        "synthetic_no_smis": [0.48, 0.50, 0.52],
+    }
+    context = {
+        "command": "python scripts/downstream.py --preset default",
+        "machine": "test machine",
+        "seconds": {"data": 60.0, "stage2_full": 120.0, "classify_real_seed0": 30.0},
+        "settings": {"x": 1},
+    }
     markdown, figure = write_report(results_with_f1(f1), tmp_path, context)
     text = markdown.read_text()
     assert figure.is_file() and figure.stat().st_size > 1000
@@ -108,9 +133,13 @@ def test_report_lists_every_arm_and_seed_with_mean_and_std(tmp_path):
 
 
 def test_verdict_says_plainly_when_the_claim_fails():
-    summary = {"real": {"f1": (0.50, 0.05)}, "oversampling": {"f1": (0.55, 0.02)},
-               "synthetic": {"f1": (0.58, 0.04)}, "synthetic_no_msc": {"f1": (0.60, 0.01)},
-               "synthetic_no_smis": {"f1": (0.40, 0.01)}}
+    summary = {
+        "real": {"f1": (0.50, 0.05)},
+        "oversampling": {"f1": (0.55, 0.02)},
+        "synthetic": {"f1": (0.58, 0.04)},
+        "synthetic_no_msc": {"f1": (0.60, 0.01)},
+        "synthetic_no_smis": {"f1": (0.40, 0.01)},
+    }
     lines = verdicts(summary)
     assert lines[0].startswith("- Full method clearly above real only: **yes**")
     assert lines[1].startswith("- Full method clearly above real + class-balanced oversampling: **no**")  # 0.03 < 0.04
@@ -145,8 +174,15 @@ def test_presets_and_overrides():
 
 # ------------------------------------------------------------------------------------------------ end to end
 def downstream(*arguments: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "downstream.py"), *arguments], cwd=REPO,
-                            env=ENV, capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "downstream.py"), *arguments],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
@@ -156,8 +192,18 @@ def downstream(*arguments: str, check: bool = True) -> subprocess.CompletedProce
 def experiment(tmp_path_factory) -> dict:
     """scripts/downstream.py --preset quick: data, three synthesis models, balancing, five arms, the report."""
     root = tmp_path_factory.mktemp("downstream")
-    arguments = ["--preset", "quick", "--work_dir", str(root / "work"), "--docs_dir", str(root / "docs"),
-                 "--threads", "1", "--seeds", "[0,1]"]
+    arguments = [
+        "--preset",
+        "quick",
+        "--work_dir",
+        str(root / "work"),
+        "--docs_dir",
+        str(root / "docs"),
+        "--threads",
+        "1",
+        "--seeds",
+        "[0,1]",
+    ]
     first = downstream(*arguments)
     return {"root": root, "work": root / "work", "docs": root / "docs", "arguments": arguments, "first": first}
 
@@ -165,8 +211,16 @@ def experiment(tmp_path_factory) -> dict:
 def test_downstream_runs_every_step_and_reports_every_arm_and_seed(experiment):
     work, docs = experiment["work"], experiment["docs"]
     steps = {path.stem for path in (work / "done").glob("*.json")}
-    assert {"data", "stage1", "stage2_full", "stage2_no_msc", "stage2_no_smis", "balance_full",
-            "balance_no_msc", "balance_no_smis"} <= steps
+    assert {
+        "data",
+        "stage1",
+        "stage2_full",
+        "stage2_no_msc",
+        "stage2_no_smis",
+        "balance_full",
+        "balance_no_msc",
+        "balance_no_smis",
+    } <= steps
     datalist = work / "data" / "datalist.json"
     test_ids = {e["case_id"] for e in load_datalist(datalist, "test")}
     for arm, spec in ARMS.items():
@@ -196,8 +250,15 @@ def test_balance_output_datalist_loads_in_classify_unchanged(experiment, tmp_pat
     balanced = experiment["work"] / "balanced" / "full" / "datalist.json"
     content = json.loads(balanced.read_text())
     assert any(e.get("synthetic") for e in content["training"])
-    bundle_run("--config_file", str(CONFIGS / "classify.json"), "--datalist", str(balanced),
-               "--output_dir", str(tmp_path), *[f"--{k}={v}" for k, v in TINY_CLASSIFIER.items()])
+    bundle_run(
+        "--config_file",
+        str(CONFIGS / "classify.json"),
+        "--datalist",
+        str(balanced),
+        "--output_dir",
+        str(tmp_path),
+        *[f"--{k}={v}" for k, v in TINY_CLASSIFIER.items()],
+    )
     metrics = check_metrics(tmp_path / "metrics.json", balanced)
     after = content["balancing"]["counts_after"]
     assert {c: n["real"] + n["synthetic"] for c, n in metrics["training_counts"].items()} == after

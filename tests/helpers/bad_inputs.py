@@ -6,12 +6,17 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+
 import pydicom
+
 from tests.helpers.paths import CT_DICOM, CT_DICOM_SEG, T12_LABEL
 
-
-GOOD_CT = {"image": str(CT_DICOM), "vertebra_seg": str(CT_DICOM_SEG), "mask_labels": [T12_LABEL],
-           "text": "lytic lesion in T12"}
+GOOD_CT = {
+    "image": str(CT_DICOM),
+    "vertebra_seg": str(CT_DICOM_SEG),
+    "mask_labels": [T12_LABEL],
+    "text": "lytic lesion in T12",
+}
 
 
 def failures_of(report: dict) -> dict[str, str]:

@@ -21,10 +21,19 @@ AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 BACKGROUND = 100
 
 
-def write_dicom_series(folder: Path, instance_order: Sequence[int], rows: int = 32, columns: int = 32,
-                       orientation: Sequence[float] = SAGITTAL, spacing: float = 1.0, thickness: float = 4.0,
-                       description: str = "Sagittal T2/STIR", patient: str = "p", study_uid: str | None = None,
-                       pixels: Mapping[int, Sequence[tuple[int, int, int]]] | None = None) -> list[Path]:
+def write_dicom_series(
+    folder: Path,
+    instance_order: Sequence[int],
+    rows: int = 32,
+    columns: int = 32,
+    orientation: Sequence[float] = SAGITTAL,
+    spacing: float = 1.0,
+    thickness: float = 4.0,
+    description: str = "Sagittal T2/STIR",
+    patient: str = "p",
+    study_uid: str | None = None,
+    pixels: Mapping[int, Sequence[tuple[int, int, int]]] | None = None,
+) -> list[Path]:
     """A series of ``len(instance_order)`` slices: the k-th along the slice normal has instance number
     ``instance_order[k]`` and file ``<instance>.dcm``; ``pixels[instance]`` lists (row, column, value) set on
     that instance's image (background 100 plus a gradient)."""
@@ -130,28 +139,52 @@ def write_rsna_layout(root: Path) -> dict[str, dict]:
         pixels.setdefault((study, series), {}).setdefault(instance, []).append((round(y), round(x), value))
         if "Subarticular" not in condition:
             good[case_id(study, series, condition, level)] = {
-                "study": study, "series": series, "instance": instance, "x": x, "y": y, "value": value,
-                "severity": severity, "condition": condition, "level": level}
+                "study": study,
+                "series": series,
+                "instance": instance,
+                "x": x,
+                "y": y,
+                "value": value,
+                "severity": severity,
+                "condition": condition,
+                "level": level,
+            }
     for (study, series), (description, orientation, order) in SERIES.items():
-        write_dicom_series(images / study / series, order, orientation=orientation, description=description,
-                           patient=study, pixels=pixels.get((study, series)))
+        write_dicom_series(
+            images / study / series,
+            order,
+            orientation=orientation,
+            description=description,
+            patient=study,
+            pixels=pixels.get((study, series)),
+        )
     broken_folder = images / "1005" / "51"
     write_dicom_series(broken_folder, [1, 2])
     (broken_folder / "2.dcm").write_bytes((broken_folder / "2.dcm").read_bytes()[:200])  # truncated
 
     descriptions = [{"study_id": s, "series_id": r, "series_description": d} for (s, r), (d, _, _) in SERIES.items()]
-    descriptions += [{"study_id": "1003", "series_id": "32", "series_description": "Sagittal T1"},
-                     {"study_id": "1003", "series_id": "33", "series_description": "Sagittal T1"},
-                     {"study_id": "1005", "series_id": "51", "series_description": "Sagittal T2/STIR"}]
+    descriptions += [
+        {"study_id": "1003", "series_id": "32", "series_description": "Sagittal T1"},
+        {"study_id": "1003", "series_id": "33", "series_description": "Sagittal T1"},
+        {"study_id": "1005", "series_id": "51", "series_description": "Sagittal T2/STIR"},
+    ]
     _write_csv(root / "train_series_descriptions.csv", descriptions, ["study_id", "series_id", "series_description"])
 
-    coordinates = [dict(zip(("study_id", "series_id", "instance_number", "condition", "level", "x", "y"), row[:7], strict=False))
-                   for row in RSNA_COORDINATES + RSNA_BROKEN]
-    _write_csv(root / "train_label_coordinates.csv", coordinates,
-               ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"])
+    coordinates = [
+        dict(zip(("study_id", "series_id", "instance_number", "condition", "level", "x", "y"), row[:7], strict=False))
+        for row in RSNA_COORDINATES + RSNA_BROKEN
+    ]
+    _write_csv(
+        root / "train_label_coordinates.csv",
+        coordinates,
+        ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"],
+    )
 
-    columns = severity_columns() + [f"{side}_subarticular_stenosis_{level}" for side in ("left", "right")
-                                    for level in ("l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")]
+    columns = severity_columns() + [
+        f"{side}_subarticular_stenosis_{level}"
+        for side in ("left", "right")
+        for level in ("l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")
+    ]
     labels: dict[str, dict] = {}
     for study, _, _, condition, level, _, _, severity, *_ in RSNA_COORDINATES + RSNA_BROKEN:
         if study == "1004":
@@ -175,7 +208,7 @@ def _vertebrae(shape: Sequence[int], labels: Sequence[int]) -> np.ndarray:
     seg = np.zeros(shape, np.uint8)
     height = shape[1] // (len(labels) + 1)
     for k, label in enumerate(labels):
-        seg[4:-4, 2 + k * height: (k + 1) * height, 1:-1] = label
+        seg[4:-4, 2 + k * height : (k + 1) * height, 1:-1] = label
     return seg
 
 
@@ -205,12 +238,20 @@ def write_vertumor_layout(root: Path) -> dict[str, dict]:
         add_case(name)
         level = ("L1", "L2", "L3")[k % 3]
         description = "" if label == "normal" else f"a {label} lesion in the {level} vertebral body"
-        rows.append({"case_id": name, "patient_id": f"P{k // 2}", "class": label, "description": description,
-                     "level": level})
+        rows.append(
+            {"case_id": name, "patient_id": f"P{k // 2}", "class": label, "description": description, "level": level}
+        )
         good[name] = {"label": label, "patient": f"P{k // 2}", "mask_labels": [LUMBAR[k % 3]]}
     # a second described vertebra of case00: two rows of one case
-    rows.append({"case_id": "case00", "patient_id": "P0", "class": "Hemangioma",
-                 "description": "well-defined hyperintense haemangioma in L3", "mask_labels": "22"})
+    rows.append(
+        {
+            "case_id": "case00",
+            "patient_id": "P0",
+            "class": "Hemangioma",
+            "description": "well-defined hyperintense haemangioma in L3",
+            "mask_labels": "22",
+        }
+    )
     good["case00_L1"] = good.pop("case00")
     good["case00_label22"] = {"label": "benign", "patient": "P0", "mask_labels": [22]}
 
@@ -219,8 +260,15 @@ def write_vertumor_layout(root: Path) -> dict[str, dict]:
     seg = np.zeros(volume.shape[1:], np.uint8)
     seg[6:18, 8:20, 1:4] = 21
     nib.save(nib.Nifti1Image(seg, np.asarray(volume.affine, float)), str(segmentations / "dicom01.nii.gz"))
-    rows.append({"case_id": "dicom01", "patient_id": "P9", "class": "malignant",
-                 "description": "ill-defined hypointense metastasis replacing the L2 vertebral body", "level": "L2"})
+    rows.append(
+        {
+            "case_id": "dicom01",
+            "patient_id": "P9",
+            "class": "malignant",
+            "description": "ill-defined hypointense metastasis replacing the L2 vertebral body",
+            "level": "L2",
+        }
+    )
     good["dicom01"] = {"label": "malignant", "patient": "P9", "mask_labels": [21]}
 
     broken = {}

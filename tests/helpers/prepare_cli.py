@@ -12,13 +12,19 @@ from monai.bundle import ConfigParser
 from bundle.preparation.patient_split import SPLITS
 from tests.helpers.paths import CONFIGS, REPO
 
-
 PREPARE = [sys.executable, str(REPO / "scripts" / "prepare.py")]
 
 
 def run_prepare(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*PREPARE, *arguments], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [*PREPARE, *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def all_entries(datalist: dict) -> list[dict]:

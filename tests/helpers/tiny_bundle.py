@@ -23,5 +23,6 @@ def make_tiny_models(models_dir: Path, spatial_size: int = TINY_SPATIAL_SIZE, se
     save_trained(model, models_dir)
     # the schedule of configs/train.json
     DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False).save_config(
-        models_dir)
+        models_dir
+    )
     return models_dir

@@ -27,11 +27,37 @@ TEXT_WIDTH = 32
 MAX_LENGTH = 77
 SIZE = 16  # image side; the tiny VAE's latent is 2x smaller (SD 1.5's is 8x)
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-SPECIAL = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-           "pad_token": "<|endoftext|>"}
+SPECIAL = {
+    "bos_token": "<|startoftext|>",
+    "eos_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+    "pad_token": "<|endoftext|>",
+}
 BIOMED_BERT = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
-BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "lesion", "in", "the", "l3", "l4", "vertebral",
-              "body", "hyper", "##intense", "hypo", "metastasis", ",", ".", ":", "mm", "12"]
+BERT_WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "lesion",
+    "in",
+    "the",
+    "l3",
+    "l4",
+    "vertebral",
+    "body",
+    "hyper",
+    "##intense",
+    "hypo",
+    "metastasis",
+    ",",
+    ".",
+    ":",
+    "mm",
+    "12",
+]
 TINY_CLIP_EMBED = 16
 TINY_CLIP_IMAGE = 160  # timm's test_vit: 16-pixel patches, a 10 x 10 grid + the class token
 TINY_CLIP_CONTEXT = 24
@@ -42,26 +68,55 @@ def write_tiny_sd15(folder: Path) -> Path:
     """A random-weight folder in SD 1.5's diffusers layout: unet/, vae/, text_encoder/, tokenizer/, scheduler/."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        tiny_unet(sample_size=SIZE // 2, in_channels=4, block_out_channels=(16, 32), cross_attention_dim=TEXT_WIDTH,
-                  norm_num_groups=8).save_pretrained(folder / "unet")
-        AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                      up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
-                      latent_channels=4, norm_num_groups=8, sample_size=SIZE).save_pretrained(folder / "vae")
+        tiny_unet(
+            sample_size=SIZE // 2,
+            in_channels=4,
+            block_out_channels=(16, 32),
+            cross_attention_dim=TEXT_WIDTH,
+            norm_num_groups=8,
+        ).save_pretrained(folder / "unet")
+        AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=SIZE,
+        ).save_pretrained(folder / "vae")
         # CLIP's BPE files as SD 1.5 ships them (vocab.json + merges.txt, no tokenizer.json)
         tokens = ["<|startoftext|>", "<|endoftext|>", *LETTERS, *(c + "</w>" for c in LETTERS), "le", "si", "on</w>"]
         tokenizer = folder / "tokenizer"
         tokenizer.mkdir(parents=True)
         (tokenizer / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
         (tokenizer / "merges.txt").write_text("#version: 0.2\nl e\ns i\no n</w>\n")
-        (tokenizer / "tokenizer_config.json").write_text(json.dumps(
-            {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, **SPECIAL}))
-        CLIPTextModel(CLIPTextConfig(vocab_size=len(tokens), hidden_size=TEXT_WIDTH, intermediate_size=64,
-                                     num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
-                                     bos_token_id=0, eos_token_id=1, pad_token_id=1)
-                      ).save_pretrained(folder / "text_encoder")
+        (tokenizer / "tokenizer_config.json").write_text(
+            json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, **SPECIAL})
+        )
+        CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokens),
+                hidden_size=TEXT_WIDTH,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=MAX_LENGTH,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+            )
+        ).save_pretrained(folder / "text_encoder")
     # SD 1.5's own scheduler file: a PNDMScheduler config with the scaled-linear betas
-    PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-                  set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
+    PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    ).save_pretrained(folder / "scheduler")
     config_path = folder / "scheduler" / "scheduler_config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "clip_sample": False}))
     return folder
@@ -75,8 +130,13 @@ def write_tiny_bert(folder: Path, context_length: int = TINY_CLIP_CONTEXT, width
         json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True})
     )
     BertConfig(
-        vocab_size=len(BERT_WORDS), hidden_size=width, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=context_length, pad_token_id=0,
+        vocab_size=len(BERT_WORDS),
+        hidden_size=width,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=context_length,
+        pad_token_id=0,
     ).save_pretrained(folder)
     return folder
 
@@ -85,10 +145,20 @@ def tiny_biomedclip_config() -> dict:
     """BiomedCLIP's ``model_cfg`` (open_clip_config.json) at toy sizes: same towers, same keys."""
     return {
         "embed_dim": TINY_CLIP_EMBED,
-        "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "",
-                       "timm_proj": "linear", "image_size": TINY_CLIP_IMAGE},
-        "text_cfg": {"hf_model_name": BIOMED_BERT, "hf_tokenizer_name": BIOMED_BERT, "hf_proj_type": "mlp",
-                     "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": TINY_CLIP_CONTEXT},
+        "vision_cfg": {
+            "timm_model_name": "test_vit",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": TINY_CLIP_IMAGE,
+        },
+        "text_cfg": {
+            "hf_model_name": BIOMED_BERT,
+            "hf_tokenizer_name": BIOMED_BERT,
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "cls_last_hidden_state_pooler",
+            "context_length": TINY_CLIP_CONTEXT,
+        },
     }
 
 
@@ -96,14 +166,33 @@ def write_tiny_biomedclip(folder: Path, bert_dir: Path) -> Path:
     """An open_clip ``local-dir:`` folder shaped like BiomedCLIP's (``open_clip_config.json`` naming BiomedBERT
     + ``open_clip_model.safetensors``), its text tower built from the tiny BERT config in ``bert_dir``."""
     model_cfg = tiny_biomedclip_config()
-    build_cfg = {**model_cfg, "text_cfg": {**model_cfg["text_cfg"], "hf_model_name": str(bert_dir),
-                                           "hf_tokenizer_name": str(bert_dir), "hf_model_pretrained": False}}
+    build_cfg = {
+        **model_cfg,
+        "text_cfg": {
+            **model_cfg["text_cfg"],
+            "hf_model_name": str(bert_dir),
+            "hf_tokenizer_name": str(bert_dir),
+            "hf_model_pretrained": False,
+        },
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = open_clip.CustomTextCLIP(**build_cfg).eval()
     folder.mkdir(parents=True)
-    (folder / CONFIG_NAME).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {
-        "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_NAME),
-              metadata={"format": "pt"})
+    (folder / CONFIG_NAME).write_text(
+        json.dumps(
+            {
+                "model_cfg": model_cfg,
+                "preprocess_cfg": {
+                    "mean": [0.48145466, 0.4578275, 0.40821073],
+                    "std": [0.26862954, 0.26130258, 0.27577711],
+                },
+            }
+        )
+    )
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(folder / WEIGHTS_NAME),
+        metadata={"format": "pt"},
+    )
     return folder

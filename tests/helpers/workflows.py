@@ -39,8 +39,14 @@ META = str(CONFIGS / "metadata.json")
 
 def workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflow:
     files = [str(CONFIGS / name) for name in config_files]
-    return ConfigWorkflow(config_file=files if len(files) > 1 else files[0], meta_file=META, logging_file=LOGGING,
-                          workflow_type=workflow_type, bundle_root=str(REPO), **overrides)
+    return ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type=workflow_type,
+        bundle_root=str(REPO),
+        **overrides,
+    )
 
 
 def run_workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflow:
@@ -53,7 +59,14 @@ def run_workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflo
 
 def bundle_run(*arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "monai.bundle", "run", *arguments]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result

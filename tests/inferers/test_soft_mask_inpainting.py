@@ -96,10 +96,12 @@ def test_guidance_scale_one_is_the_conditional_prediction(model, batch):
         conditional = model(latents, timestep.expand(2), *conditions)
         unconditional = model(latents, timestep.expand(2), *null)
         guided = SoftMaskInpaintingInferer(scheduler(), guidance_scale=1.0).guided_noise(
-            model, latents, timestep, conditions, null)
+            model, latents, timestep, conditions, null
+        )
         assert torch.allclose(guided, conditional, atol=1e-5)
         strong = SoftMaskInpaintingInferer(scheduler(), guidance_scale=7.5).guided_noise(
-            model, latents, timestep, conditions, null)
+            model, latents, timestep, conditions, null
+        )
         assert torch.allclose(strong, unconditional + 7.5 * (conditional - unconditional), atol=1e-4)
 
 

@@ -22,9 +22,9 @@ from bundle.errors import InputError
 from bundle.io.synthetic_dicom import Deidentifier
 from bundle.io.volume_writer import check_dicom_identity
 from bundle.transforms.loading import LoadVolume
+from tests.helpers.bad_inputs import GOOD_CT, assert_refused, copy_series, set_tags
 from tests.helpers.paths import CT_DICOM
 from tests.helpers.workflows import run_job, write_datalist
-from tests.helpers.bad_inputs import GOOD_CT, assert_refused, copy_series, set_tags
 
 IDENTITY = {"predictor#key": "image"}
 COMPRESSED = {  # GDCM's name and the UID of each transfer syntax
@@ -98,8 +98,11 @@ def test_instances_itk_would_split_into_sub_series_are_all_read_and_written(shar
     for path in files[10:]:
         set_tags(path, **{tag: value})
     assert LoadVolume()(folder).shape == (1, 512, 512, 20)
-    report = run_job(write_datalist(tmp_path / "list.json", [{**GOOD_CT, "image": str(folder), "case_id": "ct"}]),
-                     tmp_path / "out", **IDENTITY)
+    report = run_job(
+        write_datalist(tmp_path / "list.json", [{**GOOD_CT, "image": str(folder), "case_id": "ct"}]),
+        tmp_path / "out",
+        **IDENTITY,
+    )
     assert not report["failed"]
     assert len(assert_written_back(tmp_path / "out" / "ct_synthetic", folder)) == 20
 
@@ -113,8 +116,14 @@ def test_per_instance_fractional_rescale_is_read_exactly(shared_data, tmp_path):
     dataset.RescaleSlope = "0.5"
     dataset.save_as(files[0])
     volume = LoadVolume()(folder)[0].numpy()
-    index = int(np.argmin([abs(float(pydicom.dcmread(p).ImagePositionPatient[2]) - float(dataset.ImagePositionPatient[2]))
-                           for p in sorted(files, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))]))
+    index = int(
+        np.argmin(
+            [
+                abs(float(pydicom.dcmread(p).ImagePositionPatient[2]) - float(dataset.ImagePositionPatient[2]))
+                for p in sorted(files, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+            ]
+        )
+    )
     np.testing.assert_array_equal(volume[:, :, index].T, doubled * 0.5 - 1024)
 
 
@@ -123,13 +132,20 @@ def test_hidden_files_and_a_dicomdir_beside_the_series_are_ignored_by_loader_and
     last = max(files, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
     step = 2.0  # the series' slice spacing: a hidden copy one step further would extend the volume
     position = [float(v) for v in pydicom.dcmread(last).ImagePositionPatient]
-    set_tags(last, folder / ".hidden_extra.dcm", ImagePositionPatient=[*position[:2], position[2] + step],
-             SOPInstanceUID=pydicom.uid.generate_uid())
+    set_tags(
+        last,
+        folder / ".hidden_extra.dcm",
+        ImagePositionPatient=[*position[:2], position[2] + step],
+        SOPInstanceUID=pydicom.uid.generate_uid(),
+    )
     shutil.copy(write_dicomdir(files[:3], tmp_path / "media"), folder / "DICOMDIR")
     (folder / "README.txt").write_text("exported from PACS\n")
     assert LoadVolume()(folder).shape == (1, 512, 512, 20)
-    report = run_job(write_datalist(tmp_path / "list.json", [{**GOOD_CT, "image": str(folder), "case_id": "ct"}]),
-                     tmp_path / "out", **IDENTITY)
+    report = run_job(
+        write_datalist(tmp_path / "list.json", [{**GOOD_CT, "image": str(folder), "case_id": "ct"}]),
+        tmp_path / "out",
+        **IDENTITY,
+    )
     assert not report["failed"]
     assert len(assert_written_back(tmp_path / "out" / "ct_synthetic", CT_DICOM)) == 20
 
@@ -140,8 +156,11 @@ def test_compressed_series_round_trip_uncompressed(shared_data, tmp_path, name):
     syntax, uid = COMPRESSED[name]
     folder = compress_series(CT_DICOM, tmp_path / name, syntax)
     assert {pydicom.dcmread(p).file_meta.TransferSyntaxUID for p in folder.iterdir()} == {uid}
-    report = run_job(write_datalist(tmp_path / "list.json", [{**GOOD_CT, "image": str(folder), "case_id": name}]),
-                     tmp_path / "out", **IDENTITY)
+    report = run_job(
+        write_datalist(tmp_path / "list.json", [{**GOOD_CT, "image": str(folder), "case_id": name}]),
+        tmp_path / "out",
+        **IDENTITY,
+    )
     assert not report["failed"], report["failed"]
     assert_written_back(tmp_path / "out" / f"{name}_synthetic", folder)
 
@@ -152,8 +171,13 @@ def test_inputs_that_cannot_be_written_back_are_refused_by_file(shared_data, tmp
     cases = {}
     folder, files = copy_series(inputs, "slope_zero")
     set_tags(files[4], RescaleSlope="0")
-    cases["slope_zero"] = (folder, (rf"slope_zero/{re.escape(files[4].name)}: RescaleSlope is 0: every stored value "
-                                   r"maps to the intercept"))
+    cases["slope_zero"] = (
+        folder,
+        (
+            rf"slope_zero/{re.escape(files[4].name)}: RescaleSlope is 0: every stored value "
+            r"maps to the intercept"
+        ),
+    )
     folder, files = copy_series(inputs, "intercept_nan")
     set_tags(files[2], RescaleIntercept="NaN")
     cases["intercept_nan"] = (folder, rf"{re.escape(files[2].name)}: RescaleIntercept is nan")
@@ -161,17 +185,27 @@ def test_inputs_that_cannot_be_written_back_are_refused_by_file(shared_data, tmp
     dataset = pydicom.dcmread(files[0])
     dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no pydicom decoder
     dataset.save_as(files[0])
-    cases["no_decoder"] = (folder, (rf"{re.escape(files[0].name)}: pixel data in transfer syntax "
-                                   r"1\.2\.840\.10008\.1\.2\.4\.100 \(MPEG2 Main Profile / Main Level\), which this "
-                                   r"installation cannot decode"))
+    cases["no_decoder"] = (
+        folder,
+        (
+            rf"{re.escape(files[0].name)}: pixel data in transfer syntax "
+            r"1\.2\.840\.10008\.1\.2\.4\.100 \(MPEG2 Main Profile / Main Level\), which this "
+            r"installation cannot decode"
+        ),
+    )
     folder, files = copy_series(inputs, "multi_frame")
     dataset = pydicom.dcmread(files[0])
     dataset.decompress()
     dataset.set_pixel_data(np.stack([dataset.pixel_array] * 2), "MONOCHROME2", 12)
     dataset.NumberOfFrames = 2
     dataset.save_as(files[0])
-    cases["multi_frame"] = (folder, (rf"{re.escape(files[0].name)}: multi-frame DICOM \(2 frames in one file\) is "
-                                    r"not supported"))
+    cases["multi_frame"] = (
+        folder,
+        (
+            rf"{re.escape(files[0].name)}: multi-frame DICOM \(2 frames in one file\) is "
+            r"not supported"
+        ),
+    )
     for name, preamble in (("no_file_meta", b"\0" * 128), ("no_file_header", None)):
         folder, files = copy_series(inputs, name)
         dataset = pydicom.dcmread(files[0])
@@ -180,13 +214,28 @@ def test_inputs_that_cannot_be_written_back_are_refused_by_file(shared_data, tmp
         dataset.preamble = preamble  # without it, no 'DICM' marker either
         dataset.save_as(folder / "RAW0001", enforce_file_format=False, implicit_vr=True, little_endian=True)
         files[0].unlink()
-    cases["no_file_meta"] = (inputs / "no_file_meta", (r"no_file_meta/RAW0001: no transfer syntax: the file has no "
-                                                      r"DICOM file meta information"))
-    cases["no_file_header"] = (inputs / "no_file_header", (r"no_file_header/RAW0001: DICOM image data without the "
-                                                          r"DICOM file header"))
+    cases["no_file_meta"] = (
+        inputs / "no_file_meta",
+        (
+            r"no_file_meta/RAW0001: no transfer syntax: the file has no "
+            r"DICOM file meta information"
+        ),
+    )
+    cases["no_file_header"] = (
+        inputs / "no_file_header",
+        (
+            r"no_file_header/RAW0001: DICOM image data without the "
+            r"DICOM file header"
+        ),
+    )
     write_dicomdir(files[1:2], inputs / "media")
-    cases["dicomdir_entry"] = (inputs / "media" / "DICOMDIR", (r"media/DICOMDIR: a DICOMDIR \(the index of a DICOM "
-                                                              r"medium\), not an image"))
+    cases["dicomdir_entry"] = (
+        inputs / "media" / "DICOMDIR",
+        (
+            r"media/DICOMDIR: a DICOMDIR \(the index of a DICOM "
+            r"medium\), not an image"
+        ),
+    )
     only_index = inputs / "only_dicomdir"
     only_index.mkdir()
     shutil.copy(inputs / "media" / "DICOMDIR", only_index / "DICOMDIR")
@@ -196,14 +245,19 @@ def test_inputs_that_cannot_be_written_back_are_refused_by_file(shared_data, tmp
     del dataset.ImagePositionPatient
     dataset.save_as(files[3])
     cases["no_position"] = (folder, r"no_position: 1 of 20 instances have no ImagePositionPatient")
-    for (path, pattern) in cases.values():
+    for path, pattern in cases.values():
         with pytest.raises(InputError, match=pattern):
             LoadVolume()(path)  # the first step of preprocessing: nothing is predicted for these
     folder, files = copy_series(inputs, "burned_in")
     for path in files:
         set_tags(path, BurnedInAnnotation="YES")
-    cases["burned_in"] = (folder, (rf"{re.escape(files[0].name)}: BurnedInAnnotation is YES: text burned into the "
-                                  r"pixels may identify the patient"))
+    cases["burned_in"] = (
+        folder,
+        (
+            rf"{re.escape(files[0].name)}: BurnedInAnnotation is YES: text burned into the "
+            r"pixels may identify the patient"
+        ),
+    )
     with pytest.raises(InputError, match=cases["burned_in"][1]):
         check_dicom_identity(folder, Deidentifier())  # the writer's check, for the job to call before predicting
     entries = [{**GOOD_CT, "image": str(path), "case_id": name} for name, (path, _) in cases.items()]
@@ -211,7 +265,11 @@ def test_inputs_that_cannot_be_written_back_are_refused_by_file(shared_data, tmp
     report = run_job(write_datalist(tmp_path / "list.json", entries + [{**GOOD_CT, "case_id": "good"}]), output_dir)
     assert_refused(report, {name: pattern for name, (_, pattern) in cases.items()})
     assert sorted(p.name for p in output_dir.iterdir()) == [
-        "good_synthetic", "good_synthetic.json", "good_synthetic.png", "report.json"]
+        "good_synthetic",
+        "good_synthetic.json",
+        "good_synthetic.png",
+        "report.json",
+    ]
 
 
 def test_write_back_check_names_the_instance_whose_values_differ(shared_data):
@@ -222,8 +280,11 @@ def test_write_back_check_names_the_instance_whose_values_differ(shared_data):
     values = volume[0].numpy().copy()
     check_write_back(CT_DICOM, instances, values, np.asarray(volume.affine))
     values[100, 200, 7] += 1.0  # one stored unit off in one slice
-    with pytest.raises(InputError, match=r"pydicom decodes other pixel values than ITK loaded \(up to 1 apart, in 1 "
-                                         r"pixels\)"):
+    with pytest.raises(
+        InputError,
+        match=r"pydicom decodes other pixel values than ITK loaded \(up to 1 apart, in 1 "
+        r"pixels\)",
+    ):
         check_write_back(CT_DICOM, instances, values, np.asarray(volume.affine))
     shifted = np.asarray(volume.affine).copy()
     shifted[2, 3] += 1.0  # the instances no longer sit on the loaded slices
@@ -232,9 +293,16 @@ def test_write_back_check_names_the_instance_whose_values_differ(shared_data):
 
 
 # ------------------------------------------------------------------ identity and marking of the derived series
-IDENTIFYING = {"PatientName": "Doe^Jane", "PatientBirthDate": "19610412", "AccessionNumber": "ACC-99812",
-               "InstitutionName": "St Example Hospital", "ReferringPhysicianName": "Who^Doctor",
-               "StudyDescription": "Spine of Jane Doe", "StudyDate": "20221208", "SeriesNumber": 4}
+IDENTIFYING = {
+    "PatientName": "Doe^Jane",
+    "PatientBirthDate": "19610412",
+    "AccessionNumber": "ACC-99812",
+    "InstitutionName": "St Example Hospital",
+    "ReferringPhysicianName": "Who^Doctor",
+    "StudyDescription": "Spine of Jane Doe",
+    "StudyDate": "20221208",
+    "SeriesNumber": 4,
+}
 
 
 def identified_series(root: Path, name: str, patient_id: str) -> tuple[Path, dict[str, str]]:
@@ -243,9 +311,15 @@ def identified_series(root: Path, name: str, patient_id: str) -> tuple[Path, dic
     uids = {"study": pydicom.uid.generate_uid(), "series": pydicom.uid.generate_uid()}
     for path in files:
         instance = pydicom.dcmread(path).file_meta.MediaStorageSOPInstanceUID
-        set_tags(path, **IDENTIFYING, PatientID=patient_id, StudyInstanceUID=uids["study"],
-                 SeriesInstanceUID=uids["series"], SOPInstanceUID=instance,
-                 SOPClassUID=pydicom.uid.CTImageStorage)
+        set_tags(
+            path,
+            **IDENTIFYING,
+            PatientID=patient_id,
+            StudyInstanceUID=uids["study"],
+            SeriesInstanceUID=uids["series"],
+            SOPInstanceUID=instance,
+            SOPClassUID=pydicom.uid.CTImageStorage,
+        )
         uids[path.name] = instance
     return folder, uids
 
@@ -257,9 +331,11 @@ def dciodvfy_errors(path: Path) -> set[str]:
 
 def test_derived_series_is_deidentified_pseudonymous_marked_and_valid(shared_data, tmp_path):
     inputs = tmp_path / "inputs"
-    sources = {"jane_a": identified_series(inputs, "jane_a", "MRN-4711"),
-               "jane_b": identified_series(inputs, "jane_b", "MRN-4711"),  # another series of the same patient
-               "other": identified_series(inputs, "other", "MRN-0815")}
+    sources = {
+        "jane_a": identified_series(inputs, "jane_a", "MRN-4711"),
+        "jane_b": identified_series(inputs, "jane_b", "MRN-4711"),  # another series of the same patient
+        "other": identified_series(inputs, "other", "MRN-0815"),
+    }
     entries = [{**GOOD_CT, "image": str(folder), "case_id": name} for name, (folder, _) in sources.items()]
     datalist = write_datalist(tmp_path / "list.json", entries)
     report = run_job(datalist, tmp_path / "out")
@@ -280,9 +356,13 @@ def test_derived_series_is_deidentified_pseudonymous_marked_and_valid(shared_dat
         first = instances[0]
         pseudonyms[name] = first.PatientID
         assert {d.PatientID for d in instances} == {first.PatientID} and first.PatientID.startswith("SYN")
-        assert record["patient_id"] == {"real": "MRN-4711" if name.startswith("jane") else "MRN-0815",
-                                        "pseudonym": first.PatientID}
-        assert first.PatientIdentityRemoved == "YES" and first.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+        assert record["patient_id"] == {
+            "real": "MRN-4711" if name.startswith("jane") else "MRN-0815",
+            "pseudonym": first.PatientID,
+        }
+        assert (
+            first.PatientIdentityRemoved == "YES" and first.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+        )
         assert not first.get("StudyDate") and not first.get("AccessionNumber") and not first.get("PatientBirthDate")
         references = set()
         for dataset in instances:
@@ -290,7 +370,11 @@ def test_derived_series_is_deidentified_pseudonymous_marked_and_valid(shared_dat
             assert dataset.SeriesDescription.startswith("SYNTHETIC") and dataset.ImageComments.startswith("SYNTHETIC")
             assert dataset.BurnedInAnnotation == "NO" and dataset.SeriesNumber == 1004
             code = dataset.DerivationCodeSequence[0]
-            assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("113077", "DCM", "Volume editing")
+            assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
+                "113077",
+                "DCM",
+                "Volume editing",
+            )
             assert dataset.ContentDate == dataset.SeriesDate and len(dataset.ContentTime) >= 6
             source = dataset.SourceImageSequence[0]
             assert source.ReferencedSOPClassUID == pydicom.uid.CTImageStorage
@@ -321,8 +405,11 @@ def test_keep_patient_identity_keeps_patient_and_study_tags(shared_data, tmp_pat
     assert json.loads(Path(written["provenance"]).read_text())["deidentification"] == {"keep_patient_identity": True}
     for path in Path(written["volume"]).iterdir():
         dataset = pydicom.dcmread(path)
-        assert (dataset.PatientID, str(dataset.PatientName), dataset.AccessionNumber) == ("MRN-4711", "Doe^Jane",
-                                                                                         "ACC-99812")
+        assert (dataset.PatientID, str(dataset.PatientName), dataset.AccessionNumber) == (
+            "MRN-4711",
+            "Doe^Jane",
+            "ACC-99812",
+        )
         assert dataset.StudyInstanceUID != uids["study"]  # a new study all the same, marked synthetic
         assert dataset.SeriesDescription == "SYNTHETIC CT Body 3.0"
         series = dataset.StudiesContainingOtherReferencedInstancesSequence[0].ReferencedSeriesSequence[0]

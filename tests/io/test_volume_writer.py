@@ -45,10 +45,20 @@ def assert_same_nifti(original_path, written_path):
 
 def test_identity_round_trip_nifti_is_exact(shared_data, tmp_path):
     entries = [
-        {"case_id": "sct_c3", "image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [3],
-         "text": "hypointense lesion"},
-        {"case_id": "abdomen", "image": str(TOTALSEG_MR), "vertebra_seg": str(TOTALSEG_MR_SEG),
-         "mask_labels": [MR_VERTEBRAE_LABEL], "text": "hyperintense lesion"},
+        {
+            "case_id": "sct_c3",
+            "image": str(SCT_T2),
+            "vertebra_seg": str(SCT_LEVELS),
+            "mask_labels": [3],
+            "text": "hypointense lesion",
+        },
+        {
+            "case_id": "abdomen",
+            "image": str(TOTALSEG_MR),
+            "vertebra_seg": str(TOTALSEG_MR_SEG),
+            "mask_labels": [MR_VERTEBRAE_LABEL],
+            "text": "hyperintense lesion",
+        },
         {"case_id": "point", "image": str(SCT_T2), "point": [31, 44, 26], "box_size_mm": 12, "text": "lesion"},
     ]
     report = run_job(write_datalist(tmp_path / "list.json", entries), tmp_path / "out", **IDENTITY)
@@ -71,8 +81,15 @@ def changed_voxels_only_near_mask(original, written, mask, spacing_mm, radius_mm
 
 
 def test_change_appears_only_inside_the_soft_mask(shared_data, tmp_path):
-    entries = [{"case_id": "abdomen", "image": str(TOTALSEG_MR), "vertebra_seg": str(TOTALSEG_MR_SEG),
-                "mask_labels": [MR_VERTEBRAE_LABEL], "text": "lesion"}]
+    entries = [
+        {
+            "case_id": "abdomen",
+            "image": str(TOTALSEG_MR),
+            "vertebra_seg": str(TOTALSEG_MR_SEG),
+            "mask_labels": [MR_VERTEBRAE_LABEL],
+            "text": "lesion",
+        }
+    ]
     report = run_job(write_datalist(tmp_path / "list.json", entries), tmp_path / "out", soft_mask_sigma_mm=2.0)
     original = np.asanyarray(nib.load(str(TOTALSEG_MR)).dataobj)
     written = np.asanyarray(nib.load(report["written"][0]["volume"]).dataobj)
@@ -84,15 +101,22 @@ def test_change_appears_only_inside_the_soft_mask(shared_data, tmp_path):
 def test_the_written_change_is_the_blended_result_weighted_once(shared_data, tmp_path):
     """The preview job's result is I_m = x0 * (1 - M_b), i.e. a sampler's blend ``p * M_b + x0 * (1 - M_b)`` with
     p = 0: in the blend band the written change must be -x0 * M_b (mapped back to native voxels), not -x0 * M_b^2."""
-    entry = {"case_id": "sct", "image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [3],
-             "text": "lesion"}
+    entry = {
+        "case_id": "sct",
+        "image": str(SCT_T2),
+        "vertebra_seg": str(SCT_LEVELS),
+        "mask_labels": [3],
+        "text": "lesion",
+    }
     report = run_job(write_datalist(tmp_path / "list.json", [entry]), tmp_path / "out")  # 64 px: resampled
     native = Compose([LoadVolumed(["image", "vertebra_seg"]), SoftMaskFromSourced(), ScaleIntensityToModeld("image")])(
-        dict(entry))  # the same soft mask and scaling, in the file's voxel order
+        dict(entry)
+    )  # the same soft mask and scaling, in the file's voxel order
     soft = native["soft_mask"][0].numpy().astype(float)
     full_change = invert_intensity(-native["image"][0].double(), native["intensity_scaling"], difference=True).numpy()
-    change = (np.asanyarray(nib.load(report["written"][0]["volume"]).dataobj).astype(float)
-              - np.asanyarray(nib.load(str(SCT_T2)).dataobj).astype(float))
+    change = np.asanyarray(nib.load(report["written"][0]["volume"]).dataobj).astype(float) - np.asanyarray(
+        nib.load(str(SCT_T2)).dataobj
+    ).astype(float)
     processed = np.zeros(soft.shape, bool)  # the sagittal slices (third axis, R) that hold the binary mask
     processed[:, :, np.unique(np.nonzero(native["mask"][0].numpy())[2])] = True
     band = processed & (soft > 0.2) & (soft < 0.8) & (np.abs(full_change) > 50)
@@ -106,8 +130,15 @@ def test_the_written_change_is_the_blended_result_weighted_once(shared_data, tmp
 
 
 def test_dicom_series_round_trip_and_new_synthetic_series(shared_data, tmp_path):
-    entries = [{"case_id": "ct", "image": str(CT_DICOM), "vertebra_seg": str(CT_DICOM_SEG),
-                "mask_labels": [T12_LABEL], "text": "lytic lesion in T12"}]
+    entries = [
+        {
+            "case_id": "ct",
+            "image": str(CT_DICOM),
+            "vertebra_seg": str(CT_DICOM_SEG),
+            "mask_labels": [T12_LABEL],
+            "text": "lytic lesion in T12",
+        }
+    ]
     datalist = write_datalist(tmp_path / "list.json", entries)
     report = run_job(datalist, tmp_path / "identity", **IDENTITY, keep_patient_identity=True)
     assert not report["failed"]
@@ -126,9 +157,23 @@ def test_dicom_series_round_trip_and_new_synthetic_series(shared_data, tmp_path)
         old = originals[new.ImagePositionPatient[2]]
         assert list(new.ImageType[:2]) == ["DERIVED", "SECONDARY"]
         assert new.SeriesDescription.startswith("SYNTHETIC")
-        for tag in ("PatientID", "PatientName", "PatientBirthDate", "StudyDate", "StudyDescription", "Modality",
-                    "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "RescaleSlope", "RescaleIntercept",
-                    "FrameOfReferenceUID", "Rows", "Columns", "BitsStored"):
+        for tag in (
+            "PatientID",
+            "PatientName",
+            "PatientBirthDate",
+            "StudyDate",
+            "StudyDescription",
+            "Modality",
+            "ImageOrientationPatient",
+            "PixelSpacing",
+            "SliceThickness",
+            "RescaleSlope",
+            "RescaleIntercept",
+            "FrameOfReferenceUID",
+            "Rows",
+            "Columns",
+            "BitsStored",
+        ):
             assert new.get(tag) == old.get(tag), tag
         assert new.file_meta.MediaStorageSOPInstanceUID == new.SOPInstanceUID
         assert np.abs(new.pixel_array.astype(int) - old.pixel_array.astype(int)).max() <= 1
@@ -142,8 +187,11 @@ def test_dicom_series_round_trip_and_new_synthetic_series(shared_data, tmp_path)
 
     masked = run_job(datalist, tmp_path / "masked")["written"][0]["volume"]
     changed_slices = sum(
-        bool((pydicom.dcmread(p).pixel_array != originals[pydicom.dcmread(p).ImagePositionPatient[2]].pixel_array).any())
-        for p in sorted((tmp_path / "masked" / "ct_synthetic").iterdir()))
+        bool(
+            (pydicom.dcmread(p).pixel_array != originals[pydicom.dcmread(p).ImagePositionPatient[2]].pixel_array).any()
+        )
+        for p in sorted((tmp_path / "masked" / "ct_synthetic").iterdir())
+    )
     assert masked.endswith("ct_synthetic") and changed_slices > 0
 
 
@@ -157,8 +205,13 @@ def test_single_dicom_file_and_other_itk_format(shared_data, tmp_path):
     axial = sorted(CT_DICOM.iterdir())[10]
     entries = [
         {"case_id": "mha", "image": str(mha), "point": [30, 27, 26], "box_size_mm": 10, "text": "lesion"},
-        {"case_id": "one_file", "image": str(single), "point": [256, 300, 0], "box_size_mm": [40, 40, 3],
-         "text": "lesion"},
+        {
+            "case_id": "one_file",
+            "image": str(single),
+            "point": [256, 300, 0],
+            "box_size_mm": [40, 40, 3],
+            "text": "lesion",
+        },
         {"case_id": "axial", "image": str(axial), "point": [256, 300, 0], "box_size_mm": [40, 40, 3], "text": "x"},
     ]
     report = run_job(write_datalist(tmp_path / "list.json", entries), tmp_path / "out", **IDENTITY)
@@ -187,17 +240,26 @@ def test_outputs_never_overwrite_inputs(shared_data, tmp_path):
 
 @pytest.mark.parametrize("spatial_size", [32, 96])
 def test_round_trip_is_exact_at_any_model_size(shared_data, tmp_path, spatial_size):
-    entries = [{"case_id": "c", "image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [4],
-                "text": "lesion"}]
-    report = run_job(write_datalist(tmp_path / "list.json", entries), tmp_path / "out", spatial_size=spatial_size,
-                     **IDENTITY)
+    entries = [
+        {"case_id": "c", "image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [4], "text": "lesion"}
+    ]
+    report = run_job(
+        write_datalist(tmp_path / "list.json", entries), tmp_path / "out", spatial_size=spatial_size, **IDENTITY
+    )
     assert_same_nifti(SCT_T2, report["written"][0]["volume"])
 
 
 def test_working_window_maps_back_exactly(shared_data, tmp_path):
     """Through the working-window crop: the identity is exact and the masked image lands on the vertebra."""
-    entries = [{"case_id": "abdomen", "image": str(TOTALSEG_MR), "vertebra_seg": str(TOTALSEG_MR_SEG),
-                "mask_labels": [MR_VERTEBRAE_LABEL], "text": "lesion"}]
+    entries = [
+        {
+            "case_id": "abdomen",
+            "image": str(TOTALSEG_MR),
+            "vertebra_seg": str(TOTALSEG_MR_SEG),
+            "mask_labels": [MR_VERTEBRAE_LABEL],
+            "text": "lesion",
+        }
+    ]
     window = {"model_grid#window_key": "soft_mask", "model_grid#window_margin_mm": 10.0, "spatial_size": 48}
     datalist = write_datalist(tmp_path / "list.json", entries)
     identity = run_job(datalist, tmp_path / "identity", **window, **IDENTITY)

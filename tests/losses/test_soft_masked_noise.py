@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bundle.losses.soft_masked_noise import SoftMaskedNoiseLoss
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import pytest
+
 from bundle.metrics.classification import (
     METRIC_NAMES,
     classification_metrics,
@@ -41,12 +43,19 @@ def test_a_class_never_predicted_scores_zero_and_an_absent_class_is_left_out():
 
 def test_macro_one_vs_rest_auc_matches_hand_counted_pairs():
     labels = [0, 0, 1, 1, 2, 2]
-    probabilities = np.array([
-        # class 0 scores: positives 0.9, 0.2; negatives 0.3, 0.1, 0.15, 0.05 -> 7 of 8 pairs ordered: 0.875
-        # class 1 scores: positives 0.6, 0.5; negatives 0.05, 0.5, 0.1, 0.2 -> 7.5 of 8 (one tie): 0.9375
-        # class 2 scores: 1 - the others; positives 0.75, 0.75; negatives 0.05, 0.3, 0.6, 0.2 -> 8 of 8: 1.0
-        [0.90, 0.05, 0.05], [0.20, 0.50, 0.30], [0.30, 0.60, 0.10],
-        [0.10, 0.50, 0.40], [0.15, 0.10, 0.75], [0.05, 0.20, 0.75]])
+    probabilities = np.array(
+        [
+            # class 0 scores: positives 0.9, 0.2; negatives 0.3, 0.1, 0.15, 0.05 -> 7 of 8 pairs ordered: 0.875
+            # class 1 scores: positives 0.6, 0.5; negatives 0.05, 0.5, 0.1, 0.2 -> 7.5 of 8 (one tie): 0.9375
+            # class 2 scores: 1 - the others; positives 0.75, 0.75; negatives 0.05, 0.3, 0.6, 0.2 -> 8 of 8: 1.0
+            [0.90, 0.05, 0.05],
+            [0.20, 0.50, 0.30],
+            [0.30, 0.60, 0.10],
+            [0.10, 0.50, 0.40],
+            [0.15, 0.10, 0.75],
+            [0.05, 0.20, 0.75],
+        ]
+    )
     macro, per_class = roc_auc_one_vs_rest(labels, probabilities)
     assert per_class == pytest.approx([0.875, 0.9375, 1.0])
     assert macro == pytest.approx((0.875 + 0.9375 + 1.0) / 3)

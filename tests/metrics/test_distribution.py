@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from ignite.engine import Engine
@@ -22,8 +21,10 @@ from bundle.networks.medical_clip import MedicalClipEncoder
 
 SIZE = 32
 # MONAI's FID calls scipy.linalg.sqrtm(..., disp=False), deprecated in SciPy 1.17
-pytestmark = [pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated"),
-              pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 def features(n: int, d: int = 16, seed: int = 0) -> torch.Tensor:
@@ -70,7 +71,7 @@ def test_kid_is_about_zero_for_identical_sets_and_grows_with_a_shift():
 
 def test_fid_and_kid_metrics_collect_the_epoch_and_report_the_kid_spread():
     images = torch.rand(12, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    batches = [(images[i:i + 4], images[i:i + 4]) for i in range(0, 12, 4)]
+    batches = [(images[i : i + 4], images[i : i + 4]) for i in range(0, 12, 4)]
     extractor = feature_extractor(clip_encoder=MedicalClipEncoder.tiny(seed=0))
     engine = Engine(lambda engine, batch: batch)
     FrechetDistance(extractor).attach(engine, "fid")

@@ -4,10 +4,12 @@ evaluation config builds them."""
 from __future__ import annotations
 
 import math
+
 import pytest
 import torch
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
+
 from bundle.metrics.image_quality import (
     BackgroundPSNR,
     HighFrequencyDistance,
@@ -83,8 +85,9 @@ def test_a_pure_shift_inside_the_mask_changes_in_mask_psnr_and_not_the_backgroun
 
 
 def test_high_frequency_distance_of_hand_computable_images():
-    rows, cols = torch.meshgrid(torch.arange(SIZE, dtype=torch.float64), torch.arange(SIZE, dtype=torch.float64),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(SIZE, dtype=torch.float64), torch.arange(SIZE, dtype=torch.float64), indexing="ij"
+    )
     flat = torch.full((1, SIZE, SIZE), 0.5, dtype=torch.float64)
     checkerboard = 0.5 + 0.5 * (-1.0) ** (rows + cols)[None]  # all its AC energy at Nyquist (rho = 0.71)
     assert high_frequency_distance(checkerboard, flat) == pytest.approx(0.5, abs=1e-9)  # RMS of +-0.5

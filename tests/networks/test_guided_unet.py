@@ -27,8 +27,12 @@ TEXT_WIDTH = 64  # tiny_unet's cross_attention_dim
 
 def inputs(batch: int = 2, size: int = 32, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 1, size, size, generator=generator), torch.tensor([10, 500][:batch]),
-            torch.randn(batch, 7, TEXT_WIDTH, generator=generator), torch.randn(batch, 1, MSC_DIM, generator=generator))
+    return (
+        torch.randn(batch, 1, size, size, generator=generator),
+        torch.tensor([10, 500][:batch]),
+        torch.randn(batch, 7, TEXT_WIDTH, generator=generator),
+        torch.randn(batch, 1, MSC_DIM, generator=generator),
+    )
 
 
 def test_every_cross_attention_layer_gets_the_msc_attention_initialised_from_its_own_keys():
@@ -122,9 +126,11 @@ def test_adapter_and_base_survive_save_and_load(tmp_path):
 
 def test_an_adapter_file_of_the_version_with_a_projection_is_refused(tmp_path):
     guided = GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM)
-    earlier = {**guided.adapter_state_dict(),  # what earlier versions saved beside W'_k / W'_v
-               "encoder_hid_proj.image_projection_layers.0.image_embeds.weight": torch.zeros(TEXT_WIDTH, MSC_DIM),
-               "encoder_hid_proj.image_projection_layers.0.norm.weight": torch.ones(TEXT_WIDTH)}
+    earlier = {
+        **guided.adapter_state_dict(),  # what earlier versions saved beside W'_k / W'_v
+        "encoder_hid_proj.image_projection_layers.0.image_embeds.weight": torch.zeros(TEXT_WIDTH, MSC_DIM),
+        "encoder_hid_proj.image_projection_layers.0.norm.weight": torch.ones(TEXT_WIDTH),
+    }
     save_file(earlier, str(tmp_path / "old.safetensors"))
     with pytest.raises(InputError, match="old.safetensors.*earlier version.*straight into W'_k"):
         guided.load_adapter(tmp_path / "old.safetensors")
@@ -144,7 +150,8 @@ def test_diffusers_save_pretrained_alone_loses_the_adapter(tmp_path):
 
 def test_wrong_adapter_file_and_missing_unet_folder_are_named(tmp_path):
     GuidedUNet(tiny_unet(sample_size=32, block_out_channels=(32, 64)), msc_dim=MSC_DIM).save_adapter(
-        tmp_path / "small.safetensors")
+        tmp_path / "small.safetensors"
+    )
     guided = GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM)
     with pytest.raises(InputError, match="small.safetensors.*do not fit"):
         guided.load_adapter(tmp_path / "small.safetensors")
@@ -161,8 +168,11 @@ def test_gamma_zero_freezes_the_unused_msc_attention():
     require_gradients(guided)
     assert not [p for p in trainable_parameters(guided.unet) if p.grad is None]
     with pytest.raises(ValueError, match="nothing to train.*'adapter' with msc_scale 0.*ablation_no_msc.json"):
-        trainable_parameters(torch.nn.ModuleDict({"unet": GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM,
-                                                                        scale=0.0, trainable="adapter")}))
+        trainable_parameters(
+            torch.nn.ModuleDict(
+                {"unet": GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM, scale=0.0, trainable="adapter")}
+            )
+        )
 
 
 def test_text_lora_adapts_only_the_text_keys_and_values_of_the_cross_attention():
@@ -171,8 +181,12 @@ def test_text_lora_adapts_only_the_text_keys_and_values_of_the_cross_attention()
     guided = GuidedUNet(tiny_unet(sample_size=32), msc_dim=MSC_DIM, scale=0.0, trainable="text_lora", lora_rank=8)
     trained = {name for name, p in guided.unet.named_parameters() if p.requires_grad}
     layers = [name for name, _ in cross_attention_layers(guided.unet)]
-    expected = {f"{layer}.{projection}.lora_{part}.default.weight" for layer in layers
-                for projection in ("to_k", "to_v") for part in ("A", "B")}
+    expected = {
+        f"{layer}.{projection}.lora_{part}.default.weight"
+        for layer in layers
+        for projection in ("to_k", "to_v")
+        for part in ("A", "B")
+    }
     assert trained == expected
     sample, timestep, text, msc = inputs()
     guided(sample, timestep, text, msc).pow(2).mean().backward()

@@ -155,10 +155,18 @@ def hf_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, open_
     """A BiomedCLIP-shaped local-dir (text tower named after BiomedBERT) + the tiny BERT folder + its model."""
     root = tmp_path_factory.mktemp("hf_clip")
     bert_dir = write_tiny_bert(root / "bert", context_length=24)
-    text_cfg = {"hf_model_name": BIOMED_BERT, "hf_tokenizer_name": BIOMED_BERT, "hf_proj_type": "mlp",
-                "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 24}
-    model_cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
-                                                 "head_width": 16}, "text_cfg": text_cfg}
+    text_cfg = {
+        "hf_model_name": BIOMED_BERT,
+        "hf_tokenizer_name": BIOMED_BERT,
+        "hf_proj_type": "mlp",
+        "hf_pooler_type": "cls_last_hidden_state_pooler",
+        "context_length": 24,
+    }
+    model_cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+        "text_cfg": text_cfg,
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = open_clip.CustomTextCLIP(

@@ -51,8 +51,10 @@ def test_controller_save_and_load(tmp_path):
 
 def test_a_controller_of_the_version_with_four_mean_aligned_tokens_is_refused(tmp_path):
     settings = {"embed_dim": 16, "num_tokens": 4, "width": 32, "layers": 1, "heads": 4}  # what it stored
-    tensors = {name: tensor.contiguous() for name, tensor in
-               MedicalSemanticController(embed_dim=16, width=32, layers=1, heads=4).state_dict().items()}
+    tensors = {
+        name: tensor.contiguous()
+        for name, tensor in MedicalSemanticController(embed_dim=16, width=32, layers=1, heads=4).state_dict().items()
+    }
     save_file(tensors, str(tmp_path / "msc.safetensors"), metadata={"semantic_controller": json.dumps(settings)})
     with pytest.raises(InputError, match="msc.safetensors.*4 e_MSC tokens.*only their mean.*stage 1"):
         MedicalSemanticController.load(tmp_path / "msc.safetensors")

@@ -67,16 +67,28 @@ def test_trainer_and_sampler_run_under_each_precision(model):
     image = torch.rand(2, 1, SIZE, SIZE, generator=generator)
     soft_mask = torch.zeros_like(image)
     soft_mask[:, :, 8:24, 8:24] = 1.0
-    batch = {"image": image, "soft_mask": soft_mask, "masked_image": image * (1 - soft_mask),
-             "text": ["a lesion", "another lesion"]}
+    batch = {
+        "image": image,
+        "soft_mask": soft_mask,
+        "masked_image": image * (1 - soft_mask),
+        "text": ["a lesion", "another lesion"],
+    }
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
     results = {}
     for precision in ("fp32", "auto", "bf16"):
         network = copy.deepcopy(model)
         optimizer = torch.optim.AdamW(network.unet.parameters(), lr=1e-4)
-        trainer = GuidedDiffusionTrainer(noise_scheduler=scheduler, precision=precision, gradient_checkpointing=True,
-                                         device="cpu", max_epochs=1, train_data_loader=[batch], network=network,
-                                         optimizer=optimizer, loss_function=SoftMaskedNoiseLoss())
+        trainer = GuidedDiffusionTrainer(
+            noise_scheduler=scheduler,
+            precision=precision,
+            gradient_checkpointing=True,
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=[batch],
+            network=network,
+            optimizer=optimizer,
+            loss_function=SoftMaskedNoiseLoss(),
+        )
         trainer.run()
         assert trainer.state.iteration == 1 and torch.isfinite(trainer.state.output["loss"])
         inferer = SoftMaskInpaintingInferer.ddim(scheduler, num_inference_steps=3, precision=precision)

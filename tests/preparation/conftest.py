@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+
 import pytest
+
 from tests.helpers.dataset_layouts import write_rsna_layout, write_vertumor_layout
 from tests.helpers.paths import REPO
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
+
 from bundle.errors import InputError
 from bundle.preparation.dicom_series_headers import read_dicom_series
 from bundle.transforms.loading import LoadVolume
@@ -39,9 +40,15 @@ def test_series_slice_order_on_the_real_ct_series(shared_data):
         np.testing.assert_allclose(volume[0, :, :, k].numpy(), expected)
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("two_series", "2 series in one folder"), ("same_position", "two slices at the same position"),
-    ("two_stacks", "different orientations"), ("empty", "no DICOM files")])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("two_series", "2 series in one folder"),
+        ("same_position", "two slices at the same position"),
+        ("two_stacks", "different orientations"),
+        ("empty", "no DICOM files"),
+    ],
+)
 def test_series_problems_are_input_errors(tmp_path, problem, message):
     folder = tmp_path / "series"
     if problem == "empty":

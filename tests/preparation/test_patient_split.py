@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+
 import numpy as np
 import pytest
+
 from bundle.preparation.patient_split import SPLITS, patient_split
 from tests.helpers.prepare_cli import assert_patients_disjoint
 
@@ -29,8 +31,9 @@ def test_patient_split_keeps_patients_together_and_is_deterministic():
     assert splits == patient_split(entries, (0.7, 0.1, 0.2), seed=5)
     shuffled = list(reversed(entries))
     again = patient_split(shuffled, (0.7, 0.1, 0.2), seed=5)
-    assert {n: sorted(e["case_id"] for e in v) for n, v in again.items()} == \
-        {n: sorted(e["case_id"] for e in v) for n, v in splits.items()}
+    assert {n: sorted(e["case_id"] for e in v) for n, v in again.items()} == {
+        n: sorted(e["case_id"] for e in v) for n, v in splits.items()
+    }
     other = patient_split(entries, (0.7, 0.1, 0.2), seed=6)
     assert {e["patient_id"] for e in other["test"]} != {e["patient_id"] for e in splits["test"]}
     assert_patients_disjoint(other)

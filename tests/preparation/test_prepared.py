@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 from bundle.preparation.patient_split import SPLITS
 from bundle.preparation.prepared import write_prepared
 from bundle.preparation.rsna import collect_rsna

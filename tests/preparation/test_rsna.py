@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+
 import pydicom
 import pytest
+
 from bundle.data.datalist import load_datalist
 from bundle.preparation.dicom_series_headers import read_dicom_series
 from bundle.preparation.patient_split import SPLITS
@@ -15,8 +17,8 @@ from bundle.preparation.prepared import write_prepared
 from bundle.preparation.rsna import collect_rsna, lesion_text
 from bundle.transforms.loading import LoadVolume
 from tests.helpers.paths import CT_DICOM
-from tests.helpers.workflows import run_job
 from tests.helpers.prepare_cli import all_entries, assert_patients_disjoint, inference_preprocessing, run_prepare
+from tests.helpers.workflows import run_job
 
 
 def test_rsna_entries_point_at_the_labelled_pixel(rsna):
@@ -37,11 +39,14 @@ def test_rsna_entries_point_at_the_labelled_pixel(rsna):
         assert float(volume[0, x, y, k]) == truth["value"], name
         assert truth["level"] in entry["text"] and entry["label"].split("_")[0] in entry["text"].lower()
     assert entries["1001_11_spinal_canal_stenosis_l3_l4"]["text"] == lesion_text(
-        "spinal_canal_stenosis", "L3/L4", "severe")
+        "spinal_canal_stenosis", "L3/L4", "severe"
+    )
     assert entries["1001_11_spinal_canal_stenosis_l3_l4"]["text"].startswith(
-        "Sagittal T2-weighted lumbar spine MRI: severe spinal canal stenosis at L3/L4")
+        "Sagittal T2-weighted lumbar spine MRI: severe spinal canal stenosis at L3/L4"
+    )
     assert entries["1001_12_right_neural_foraminal_narrowing_l5_s1"]["text"].startswith(
-        "Sagittal T1-weighted lumbar spine MRI: severe right neural foraminal narrowing at L5/S1")
+        "Sagittal T1-weighted lumbar spine MRI: severe right neural foraminal narrowing at L5/S1"
+    )
     assert prepared.counts["not_selected"] == {"Left Subarticular Stenosis": 1}
 
 
@@ -53,7 +58,9 @@ def test_rsna_skipped_rows_have_reasons(rsna):
     assert [s["case"] for s in prepared.skipped if s["kind"] == "duplicate"] == ["1001_11_spinal_canal_stenosis_l3_l4"]
     reasons = {s["kind"]: s for s in prepared.skipped}
     assert "instance number 99" in reasons["instance_not_found"]["reason"]
-    assert "'Sagittal T1'" in reasons["wrong_series"]["reason"] and "Sagittal T2/STIR" in reasons["wrong_series"]["reason"]
+    assert (
+        "'Sagittal T1'" in reasons["wrong_series"]["reason"] and "Sagittal T2/STIR" in reasons["wrong_series"]["reason"]
+    )
     assert reasons["unreadable_series"]["file"].endswith("2.dcm")
     assert reasons["missing_series"]["file"] == str(root / "train_images" / "1003" / "33")
     assert all(s["reason"] and s["file"] for s in prepared.skipped)
@@ -71,8 +78,19 @@ def test_rsna_conditions_are_configurable(rsna):
 def test_rsna_cli_writes_datalist_and_skipped(rsna, tmp_path):
     root, expected = rsna
     out = tmp_path / "prepared"
-    result = run_prepare("rsna", "--root", str(root), "--out_dir", str(out), "--box_size_mm", "12",
-                         "--fractions", "[0.5,0.2,0.3]", "--seed", "1")
+    result = run_prepare(
+        "rsna",
+        "--root",
+        str(root),
+        "--out_dir",
+        str(out),
+        "--box_size_mm",
+        "12",
+        "--fractions",
+        "[0.5,0.2,0.3]",
+        "--seed",
+        "1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     datalist = json.loads((out / "datalist.json").read_text())
     skipped = json.loads((out / "skipped.json").read_text())
@@ -115,8 +133,11 @@ def test_rsna_root_problems_exit_non_zero(prepare_script, tmp_path):
     with pytest.raises(SystemExit, match="train_label_coordinates.csv: not found"):
         prepare_script.rsna(root=str(tmp_path / "root"), out_dir=str(tmp_path / "out"))
     (tmp_path / "root" / "train_label_coordinates.csv").write_text("study_id,series_id,x,y\n1,2,3,4\n")
-    with pytest.raises(SystemExit, match=r"train_label_coordinates.csv: no rows or missing columns "
-                                         r"\['instance_number', 'condition', 'level'\]"):
+    with pytest.raises(
+        SystemExit,
+        match=r"train_label_coordinates.csv: no rows or missing columns "
+        r"\['instance_number', 'condition', 'level'\]",
+    ):
         prepare_script.rsna(root=str(tmp_path / "root"), out_dir=str(tmp_path / "out"))
     with pytest.raises(SystemExit, match="box_size_mm must be one or three positive numbers"):
         prepare_script.rsna(root=str(tmp_path / "root"), out_dir=str(tmp_path / "out"), box_size_mm=[10, 0, 10])
@@ -128,9 +149,11 @@ def test_real_ct_series_as_an_rsna_study(shared_data, tmp_path):
     (root / "train_images" / "77").mkdir(parents=True)
     (root / "train_images" / "77" / "88").symlink_to(CT_DICOM, target_is_directory=True)
     (root / "train_series_descriptions.csv").write_text(
-        "study_id,series_id,series_description\n77,88,Sagittal T2/STIR\n")
+        "study_id,series_id,series_description\n77,88,Sagittal T2/STIR\n"
+    )
     (root / "train_label_coordinates.csv").write_text(
-        "study_id,series_id,instance_number,condition,level,x,y\n77,88,270,Spinal Canal Stenosis,L4/L5,256.0,300.5\n")
+        "study_id,series_id,instance_number,condition,level,x,y\n77,88,270,Spinal Canal Stenosis,L4/L5,256.0,300.5\n"
+    )
     (root / "train.csv").write_text("study_id,spinal_canal_stenosis_l4_l5\n77,Severe\n")
     prepared = collect_rsna(root)
     assert not prepared.skipped and len(prepared.entries) == 1

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
 import pytest
+
 from bundle.preparation.patient_split import SPLITS
 from bundle.preparation.prepared import write_prepared
 from bundle.preparation.vertumor import collect_vertumor, parse_mask_labels
 from tests.helpers.paths import CT_DICOM, CT_DICOM_SEG, SCT_LEVELS, SCT_T2, T12_LABEL
-from tests.helpers.workflows import run_job
 from tests.helpers.prepare_cli import all_entries, assert_patients_disjoint, run_prepare
+from tests.helpers.workflows import run_job
 
 
 def test_vertumor_entries_and_skipped_reasons(vertumor):
@@ -26,7 +28,10 @@ def test_vertumor_entries_and_skipped_reasons(vertumor):
         assert entry["class_index"] == ["normal", "benign", "malignant"].index(truth["label"])
         assert Path(entry["image"]).exists() and Path(entry["vertebra_seg"]).exists()
         assert entry["text"].strip()
-    assert entries["case01"]["text"] == "Spine MRI: normal L2 vertebral body with homogeneous marrow signal, no focal lesion."
+    assert (
+        entries["case01"]["text"]
+        == "Spine MRI: normal L2 vertebral body with homogeneous marrow signal, no focal lesion."
+    )
     assert entries["case01"]["text_source"] == "normal_template"
     assert entries["case02"]["text"] == "a benign lesion in the L3 vertebral body"
     assert entries["case00_label22"]["diagnosis"] == "hemangioma" and entries["case00_label22"]["label"] == "benign"
@@ -41,9 +46,21 @@ def test_vertumor_entries_and_skipped_reasons(vertumor):
     assert "'fracture'" in reasons["fracture"]["reason"]
 
 
-@pytest.mark.parametrize("value, labels", [
-    ("22", [22]), ("22;23", [22, 23]), ("[23, 22]", [22, 23]), ("21 21", [21]), (24.0, [24]), ([3, 4], [3, 4]),
-    ("3.5", None), ("0", None), ("L1", None), ("", None)])
+@pytest.mark.parametrize(
+    "value, labels",
+    [
+        ("22", [22]),
+        ("22;23", [22, 23]),
+        ("[23, 22]", [22, 23]),
+        ("21 21", [21]),
+        (24.0, [24]),
+        ([3, 4], [3, 4]),
+        ("3.5", None),
+        ("0", None),
+        ("L1", None),
+        ("", None),
+    ],
+)
 def test_mask_labels_parsing(value, labels):
     if labels is None:
         with pytest.raises(ValueError):
@@ -54,12 +71,16 @@ def test_mask_labels_parsing(value, labels):
 
 def test_vertumor_label_scheme_and_json_labels(vertumor, tmp_path):
     root, _ = vertumor
-    rows = [{"case_id": "case03", "class": "malignant", "text": "metastasis at L1", "vertebra": "L1",
-             "patient": "X"}, {"case_id": "case04", "class": 0, "level": "L2", "mask_labels": [21]}]
+    rows = [
+        {"case_id": "case03", "class": "malignant", "text": "metastasis at L1", "vertebra": "L1", "patient": "X"},
+        {"case_id": "case04", "class": 0, "level": "L2", "mask_labels": [21]},
+    ]
     (tmp_path / "labels.json").write_text(json.dumps({"cases": rows}))
     prepared = collect_vertumor(root, labels=tmp_path / "labels.json")
     assert [e["mask_labels"] for e in prepared.entries] == [[20], [21]]
-    assert [e["label"] for e in prepared.entries] == ["malignant", "normal"] and prepared.entries[0]["patient_id"] == "X"
+    assert [e["label"] for e in prepared.entries] == ["malignant", "normal"] and prepared.entries[0][
+        "patient_id"
+    ] == "X"
     totalseg = collect_vertumor(root, labels=tmp_path / "labels.json", label_scheme="totalseg")
     assert [e["case_id"] for e in totalseg.entries] == ["case04"]  # L1 = 31 in that numbering: absent
     assert [s["kind"] for s in totalseg.skipped] == ["labels_not_found"]
@@ -113,11 +134,23 @@ def test_real_fixtures_as_a_vertumor_folder(shared_data, tmp_path):
     (root / "segmentations" / "sct.nii.gz").symlink_to(SCT_LEVELS)
     (root / "images" / "ct").symlink_to(CT_DICOM, target_is_directory=True)
     (root / "segmentations" / "ct.nii.gz").symlink_to(CT_DICOM_SEG)
-    rows = [{"case_id": "sct", "patient_id": "volunteer", "class": "normal", "level": "C3"},
-            {"case_id": "sct", "patient_id": "volunteer", "class": "malignant", "level": "C4",
-             "description": "T2-hypointense metastasis replacing the C4 vertebral body"},
-            {"case_id": "ct", "patient_id": "ct-patient", "class": "benign", "mask_labels": [T12_LABEL],
-             "description": "well-defined haemangioma in T12"}]
+    rows = [
+        {"case_id": "sct", "patient_id": "volunteer", "class": "normal", "level": "C3"},
+        {
+            "case_id": "sct",
+            "patient_id": "volunteer",
+            "class": "malignant",
+            "level": "C4",
+            "description": "T2-hypointense metastasis replacing the C4 vertebral body",
+        },
+        {
+            "case_id": "ct",
+            "patient_id": "ct-patient",
+            "class": "benign",
+            "mask_labels": [T12_LABEL],
+            "description": "well-defined haemangioma in T12",
+        },
+    ]
     (root / "labels.json").write_text(json.dumps(rows))
     prepared = collect_vertumor(root)
     assert not prepared.skipped and [e["case_id"] for e in prepared.entries] == ["sct_C3", "sct_C4", "ct"]

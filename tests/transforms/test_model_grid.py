@@ -12,8 +12,9 @@ from bundle.transforms.model_grid import grid_geometry, invert_to_slice, model_g
 
 def slice_item(shape=(20, 50), spacing=(2.0, 0.8)) -> dict:
     """A smooth 2-D slice with rectangular pixels, as :func:`bundle.transforms.slices.take_slice` makes them."""
-    rows, columns = torch.meshgrid(torch.arange(shape[0]) * spacing[0], torch.arange(shape[1]) * spacing[1],
-                                   indexing="ij")
+    rows, columns = torch.meshgrid(
+        torch.arange(shape[0]) * spacing[0], torch.arange(shape[1]) * spacing[1], indexing="ij"
+    )
     values = (0.5 + 0.4 * torch.sin(rows / 7.0) * torch.cos(columns / 9.0))[None].float()
     affine = torch.diag(torch.tensor([spacing[0], spacing[1], 1.0], dtype=torch.float64))
     image = MetaTensor(values, affine=affine)

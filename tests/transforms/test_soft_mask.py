@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.transforms import GaussianSmooth
 
 from bundle.errors import InputError
-from bundle.transforms.loading import LoadVolume, match_image_grid
+from bundle.transforms.loading import LoadVolume, match_image_grid, voxel_spacing_mm
 from bundle.transforms.soft_mask import (
     BoxMask,
     BoxMaskd,
@@ -33,8 +34,6 @@ from tests.helpers.paths import (
     TOTALSEG_MR,
     TOTALSEG_MR_SEG,
 )
-from monai.transforms import GaussianSmooth
-from bundle.transforms.loading import voxel_spacing_mm
 
 
 def world_points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -183,8 +182,9 @@ def test_support_cropped_blur_is_monai_gaussian_smooth(sigma_mm, where):
         mask[0, 66:, :3, :2] = 0.5
     elif where == "dense":
         mask = (torch.rand(1, 70, 53, 19, generator=generator) > 0.7).float()
-    affine = torch.tensor([[0.0, 0.0, 3.3, 5.0], [0.6, 0.0, 0.0, -2.0], [0.0, 0.8, 0.0, 1.0], [0, 0, 0, 1.0]],
-                          dtype=torch.float64)  # anisotropic and permuted axes
+    affine = torch.tensor(
+        [[0.0, 0.0, 3.3, 5.0], [0.6, 0.0, 0.0, -2.0], [0.0, 0.8, 0.0, 1.0], [0, 0, 0, 1.0]], dtype=torch.float64
+    )  # anisotropic and permuted axes
     mask = MetaTensor(mask, affine=affine, meta={"filename_or_obj": "mask.nii.gz"})
     blurred = GaussianBlurMM(sigma_mm)(mask)
     expected = monai_blur(mask, sigma_mm)

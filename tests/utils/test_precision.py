@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDPMScheduler
+
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.utils.precision import autocast_dtype
 

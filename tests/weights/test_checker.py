@@ -57,15 +57,23 @@ SCRIPT = REPO / "scripts" / "check_weights.py"
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 TINY = WeightProfile(
     "tiny",
-    values={"unet": {"in_channels": 4, "cross_attention_dim": TEXT_WIDTH, "block_out_channels": [16, 32]},
-            "vae": {"latent_channels": 4, "block_out_channels": [16, 32]},
-            "text_encoder": {"hidden_size": TEXT_WIDTH, "max_position_embeddings": MAX_LENGTH},
-            "biomedclip": {"embed_dim": TINY_CLIP_EMBED, "vision_cfg.timm_model_name": "test_vit",
-                           "vision_cfg.image_size": TINY_CLIP_IMAGE, "text_cfg.context_length": TINY_CLIP_CONTEXT},
-            "biomedbert": {"model_type": "bert", "hidden_size": TINY_BERT_WIDTH}},
-    shapes={"unet": {"conv_in.weight": (16, 4, 3, 3)},
-            "text_encoder": {"text_model.embeddings.position_embedding.weight": (MAX_LENGTH, TEXT_WIDTH)},
-            "biomedclip": {"text.proj.2.weight": (TINY_CLIP_EMBED, (TINY_BERT_WIDTH + TINY_CLIP_EMBED) // 2)}},
+    values={
+        "unet": {"in_channels": 4, "cross_attention_dim": TEXT_WIDTH, "block_out_channels": [16, 32]},
+        "vae": {"latent_channels": 4, "block_out_channels": [16, 32]},
+        "text_encoder": {"hidden_size": TEXT_WIDTH, "max_position_embeddings": MAX_LENGTH},
+        "biomedclip": {
+            "embed_dim": TINY_CLIP_EMBED,
+            "vision_cfg.timm_model_name": "test_vit",
+            "vision_cfg.image_size": TINY_CLIP_IMAGE,
+            "text_cfg.context_length": TINY_CLIP_CONTEXT,
+        },
+        "biomedbert": {"model_type": "bert", "hidden_size": TINY_BERT_WIDTH},
+    },
+    shapes={
+        "unet": {"conv_in.weight": (16, 4, 3, 3)},
+        "text_encoder": {"text_model.embeddings.position_embedding.weight": (MAX_LENGTH, TEXT_WIDTH)},
+        "biomedclip": {"text.proj.2.weight": (TINY_CLIP_EMBED, (TINY_BERT_WIDTH + TINY_CLIP_EMBED) // 2)},
+    },
 )
 
 
@@ -118,8 +126,10 @@ def test_complete_tiny_folders_pass_and_the_loaders_read_them(pretrained):
     # what the checker passes, the loader reads
     encoder = MedicalClipEncoder.from_local_dir(pretrained / "biomedclip", pretrained / "biomedbert")
     assert encoder.encode_text(["a lesion"]).shape == (1, TINY_CLIP_EMBED)
-    assert require_folder(pretrained / "stable-diffusion-v1-5", sd15_files(), "how") == \
-        pretrained / "stable-diffusion-v1-5"
+    assert (
+        require_folder(pretrained / "stable-diffusion-v1-5", sd15_files(), "how")
+        == pretrained / "stable-diffusion-v1-5"
+    )
 
 
 def test_a_profile_from_the_tiny_sizes_passes_and_the_published_one_does_not(pretrained):
@@ -154,10 +164,12 @@ def test_each_missing_sd15_file_is_named_by_the_checker_and_the_loader(copy, nam
 
 
 def test_every_missing_file_is_named_not_just_the_first(copy):
-    deleted = [copy / "stable-diffusion-v1-5" / "unet/config.json",
-               copy / "stable-diffusion-v1-5" / "tokenizer/merges.txt",
-               copy / "biomedclip" / "open_clip_model.safetensors",
-               copy / "biomedbert" / "vocab.txt"]
+    deleted = [
+        copy / "stable-diffusion-v1-5" / "unet/config.json",
+        copy / "stable-diffusion-v1-5" / "tokenizer/merges.txt",
+        copy / "biomedclip" / "open_clip_model.safetensors",
+        copy / "biomedbert" / "vocab.txt",
+    ]
     for path in deleted:
         path.unlink()
     report = check(copy)
@@ -247,8 +259,10 @@ def test_a_pickle_in_place_of_safetensors_is_not_accepted(copy):
     (clip / "open_clip_model.safetensors").unlink()
     report = check(copy)
     refused = report.with_status(NOT_ACCEPTED)
-    assert [f.path for f in refused] == [sd15 / "unet/diffusion_pytorch_model.bin",
-                                        clip / "open_clip_pytorch_model.bin"]
+    assert [f.path for f in refused] == [
+        sd15 / "unet/diffusion_pytorch_model.bin",
+        clip / "open_clip_pytorch_model.bin",
+    ]
     assert all("torch.load(weights_only=True)" in f.message and "--convert" in f.message for f in refused)
     assert [f.path for f in report.with_status(MISSING)] == [sd15 / UNET_WEIGHTS]
     assert "NOT USABLE" in report.summary() and "not accepted" in report.summary()
@@ -271,16 +285,21 @@ def test_convert_rewrites_pickles_as_safetensors_that_pass(copy):
     torch.save(tensors_of(sd15 / UNET_WEIGHTS), sd15 / "unet/diffusion_pytorch_model.bin")
     (sd15 / UNET_WEIGHTS).unlink()
     pairs = pickles_to_convert(sd15, clip)
-    assert pairs == [(sd15 / "unet/diffusion_pytorch_model.bin", sd15 / UNET_WEIGHTS),
-                     (clip / "open_clip_pytorch_model.bin", clip / "open_clip_model.safetensors")]
+    assert pairs == [
+        (sd15 / "unet/diffusion_pytorch_model.bin", sd15 / UNET_WEIGHTS),
+        (clip / "open_clip_pytorch_model.bin", clip / "open_clip_model.safetensors"),
+    ]
     source_sha = sha256_file(clip / "open_clip_pytorch_model.bin")
     for source, target in pairs:
         convert_to_safetensors(source, target, source_sha256=sha256_file(source))
     converted = tensors_of(clip / "open_clip_model.safetensors")
     assert converted.keys() == original.keys() and all(torch.equal(converted[k], original[k]) for k in original)
     with safe_open(str(clip / "open_clip_model.safetensors"), framework="numpy") as handle:
-        assert handle.metadata() == {"format": "pt", "converted_from": "open_clip_pytorch_model.bin",
-                                     "source_sha256": source_sha}
+        assert handle.metadata() == {
+            "format": "pt",
+            "converted_from": "open_clip_pytorch_model.bin",
+            "source_sha256": source_sha,
+        }
     known = {source_sha: {"model": "test/biomedclip", "file": "open_clip_pytorch_model.bin", "sources": ["here"]}}
     report = check(copy, hashes=True, known=known)
     assert report.usable, report.summary()
@@ -353,22 +372,63 @@ def test_the_published_profile_passes_folders_of_the_published_architectures(tmp
     """The sd15 profile's figures against the models the libraries build from SD 1.5's and BiomedCLIP's
     configs (on the meta device: shapes without memory), run through the whole checker."""
     sd15, clip, bert = tmp_path / "stable-diffusion-v1-5", tmp_path / "biomedclip", tmp_path / "biomedbert"
-    BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-               intermediate_size=3072, max_position_embeddings=512).save_pretrained(bert)
+    BertConfig(
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+    ).save_pretrained(bert)
     (bert / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
-    text_cfg = {"hf_model_name": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract", "hf_proj_type": "mlp",
-                "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 256}
-    model_cfg = {"embed_dim": 512, "vision_cfg": {"timm_model_name": "vit_base_patch16_224", "timm_pool": "",
-                                                  "timm_proj": "linear", "image_size": 224}, "text_cfg": text_cfg}
+    text_cfg = {
+        "hf_model_name": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
+        "hf_proj_type": "mlp",
+        "hf_pooler_type": "cls_last_hidden_state_pooler",
+        "context_length": 256,
+    }
+    model_cfg = {
+        "embed_dim": 512,
+        "vision_cfg": {
+            "timm_model_name": "vit_base_patch16_224",
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 224,
+        },
+        "text_cfg": text_cfg,
+    }
     with torch.device("meta"):
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            layers_per_block=2)
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                                            num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77))
-        biomedclip = open_clip.CustomTextCLIP(**{**model_cfg, "text_cfg": {
-            **text_cfg, "hf_model_name": str(bert), "hf_tokenizer_name": str(bert), "hf_model_pretrained": False}})
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+        )
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+            )
+        )
+        biomedclip = open_clip.CustomTextCLIP(
+            **{
+                **model_cfg,
+                "text_cfg": {
+                    **text_cfg,
+                    "hf_model_name": str(bert),
+                    "hf_tokenizer_name": str(bert),
+                    "hf_model_pretrained": False,
+                },
+            }
+        )
     unet.save_config(sd15 / "unet")
     vae.save_config(sd15 / "vae")
     (sd15 / "text_encoder").mkdir()
@@ -384,14 +444,20 @@ def test_the_published_profile_passes_folders_of_the_published_architectures(tmp
     shapes = {name: tuple(tensor.shape) for name, tensor in unet.state_dict().items()}
     assert sum(torch.Size(shape).numel() for shape in shapes.values()) == 859_520_964  # SD 1.5's UNet
     _header_only_safetensors(sd15 / UNET_WEIGHTS, shapes)
-    _header_only_safetensors(sd15 / "vae/diffusion_pytorch_model.safetensors",
-                             {name: tuple(t.shape) for name, t in vae.state_dict().items()})
+    _header_only_safetensors(
+        sd15 / "vae/diffusion_pytorch_model.safetensors", {name: tuple(t.shape) for name, t in vae.state_dict().items()}
+    )
     # SD 1.5's file was saved by transformers 4 with the text_model. prefix
-    _header_only_safetensors(sd15 / "text_encoder/model.safetensors", {
-        name if name.startswith("text_model.") else f"text_model.{name}": tuple(t.shape)
-        for name, t in text.state_dict().items()})
-    _header_only_safetensors(clip / "open_clip_model.safetensors",
-                             {name: tuple(t.shape) for name, t in biomedclip.state_dict().items()})
+    _header_only_safetensors(
+        sd15 / "text_encoder/model.safetensors",
+        {
+            name if name.startswith("text_model.") else f"text_model.{name}": tuple(t.shape)
+            for name, t in text.state_dict().items()
+        },
+    )
+    _header_only_safetensors(
+        clip / "open_clip_model.safetensors", {name: tuple(t.shape) for name, t in biomedclip.state_dict().items()}
+    )
 
     report = check_weights(sd15, clip, bert, profile="sd15", hashes=False)
     assert report.usable, report.summary()
@@ -404,21 +470,29 @@ def test_the_published_profile_passes_folders_of_the_published_architectures(tmp
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_the_script_exits_0_for_usable_folders_and_1_naming_each_missing_file(pretrained, copy):
-    done = run_script("--sd15", str(pretrained / "stable-diffusion-v1-5"), "--biomedclip",
-                      str(pretrained / "biomedclip"), "--profile", "structure")
+    done = run_script(
+        "--sd15",
+        str(pretrained / "stable-diffusion-v1-5"),
+        "--biomedclip",
+        str(pretrained / "biomedclip"),
+        "--profile",
+        "structure",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "usable" in done.stdout and "UNKNOWN HASH" in done.stdout and "sha256" in done.stderr
 
     deleted = [copy / "stable-diffusion-v1-5" / "vae/config.json", copy / "biomedbert" / "config.json"]
     for path in deleted:
         path.unlink()
-    done = run_script("--sd15", str(copy / "stable-diffusion-v1-5"), "--biomedclip", str(copy / "biomedclip"),
-                      "--nohashes")
+    done = run_script(
+        "--sd15", str(copy / "stable-diffusion-v1-5"), "--biomedclip", str(copy / "biomedclip"), "--nohashes"
+    )
     assert done.returncode == 1
     assert all(str(path) in done.stderr for path in deleted) and "NOT USABLE" in done.stderr
     assert all(f"MISSING       {path}" in done.stdout for path in deleted)

@@ -31,8 +31,8 @@ from bundle.data.datalist import load_datalist
 from bundle.errors import InputError
 from bundle.transforms.loading import LoadVolume
 from bundle.utils.files import safe_case_name
-from tests.helpers.paths import CT_DICOM, REPO, SCT_LEVELS, SCT_T2, TOTALSEG_MR
 from tests.helpers.bad_inputs import GOOD_CT, assert_refused, copy_series, set_tags
+from tests.helpers.paths import CT_DICOM, REPO, SCT_LEVELS, SCT_T2, TOTALSEG_MR
 from tests.helpers.workflows import run_job, write_datalist
 
 IDENTITY = {"predictor#key": "image"}
@@ -55,8 +55,13 @@ def bad_series(tmp_path, shared_data):
     for path in files:
         set_tags(path, SeriesInstanceUID="1.2.826.0.1.3680043.8.498.1")
     for path in files[:5]:
-        set_tags(path, folder / f"bone_{path.name}", SeriesInstanceUID="1.2.826.0.1.3680043.8.498.2",
-                 SeriesDescription="CT Bone 1.0", SOPInstanceUID=pydicom.uid.generate_uid())
+        set_tags(
+            path,
+            folder / f"bone_{path.name}",
+            SeriesInstanceUID="1.2.826.0.1.3680043.8.498.2",
+            SeriesDescription="CT Bone 1.0",
+            SOPInstanceUID=pydicom.uid.generate_uid(),
+        )
     series["two_series"] = (folder, None)
     folder, files = copy_series(tmp_path, "mixed_thickness")
     for path in files[:10]:
@@ -73,11 +78,11 @@ def test_bad_dicom_series_are_refused_and_the_good_series_is_written(shared_data
         "truncated": rf"truncated/{re.escape(bad_series['truncated'][1])}: no pixel data: the file is truncated",
         "corrupt": r"corrupt/IM_0099\.dcm: not a DICOM file",
         "two_series": r"two_series: 2 DICOM series in one folder: 1\.2\.826\.0\.1\.3680043\.8\.498\.1 \(20 files, "
-                      r"'CT Body 3\.0'\); 1\.2\.826\.0\.1\.3680043\.8\.498\.2 \(5 files, 'CT Bone 1\.0'\); move each "
-                      r"series into its own folder",
+        r"'CT Body 3\.0'\); 1\.2\.826\.0\.1\.3680043\.8\.498\.2 \(5 files, 'CT Bone 1\.0'\); move each "
+        r"series into its own folder",
         "mixed_thickness": r"mixed_thickness: mixed slice thickness: 3 mm \(10 files\), 5 mm \(10 files\)",
         "missing_slice": r"missing_slice: non-uniform slice spacing: 2 mm \(17 gaps\), 4 mm \(1 gap\) between 19 "
-                         r"slice positions",
+        r"slice positions",
     }
     entries = [{**GOOD_CT, "image": str(folder), "case_id": name} for name, (folder, _) in bad_series.items()]
     entries.append({**GOOD_CT, "case_id": "ct_good"})
@@ -86,7 +91,11 @@ def test_bad_dicom_series_are_refused_and_the_good_series_is_written(shared_data
     assert_refused(report, expected)
     assert [w["case_id"] for w in report["written"]] == ["ct_good"]
     assert sorted(p.name for p in output_dir.iterdir()) == [
-        "ct_good_synthetic", "ct_good_synthetic.json", "ct_good_synthetic.png", "report.json"]
+        "ct_good_synthetic",
+        "ct_good_synthetic.json",
+        "ct_good_synthetic.png",
+        "report.json",
+    ]
     assert len(list((output_dir / "ct_good_synthetic").iterdir())) == 20
 
 
@@ -102,8 +111,11 @@ def test_dicom_checks_name_the_file_in_direct_loading(shared_data, tmp_path, bad
     assert LoadVolume()(single).shape == (1, 512, 512, 1)
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(single.read_bytes()[:300_000])
-    with pytest.raises(InputError, match=r"cut\.dcm: truncated: its pixel data needs 524,288 bytes from byte "
-                                         r"[\d,]+ but the file ends at byte 300,000"):
+    with pytest.raises(
+        InputError,
+        match=r"cut\.dcm: truncated: its pixel data needs 524,288 bytes from byte "
+        r"[\d,]+ but the file ends at byte 300,000",
+    ):
         LoadVolume()(cut)
 
 
@@ -137,19 +149,32 @@ def bad_niftis(tmp_path, shared_data):
 
 def test_more_bad_inputs_in_one_batch_and_negative_int16_is_processed(shared_data, tmp_path, bad_niftis):
     cases = {
-        "inf": ({**GOOD_SCT, "image": str(bad_niftis["inf"]), "vertebra_seg": None, "point": [30, 27, 26]},
-                r"inf\.nii\.gz: 2 voxels are NaN or infinite"),
-        "huge": ({**GOOD_SCT, "image": str(bad_niftis["huge"]), "vertebra_seg": None, "point": [5, 5, 5]},
-                 (r"huge\.nii\.gz: too large: 30000 x 30000 x 30000 = 27,000,000,000,000 voxels \([\d,.]+ GiB as "
-                 r"float32\) is more than the limit of 536,870,912 voxels \(max_voxels\)")),
-        "mask_in_air": ({**GOOD_SCT, "image": str(TOTALSEG_MR), "vertebra_seg": None, "point": [3, 3, 10],
-                         "box_size_mm": 10},
-                        (r"mask_in_air: the soft mask lies outside the body: 0\.0% of its weight is on body voxels "
-                        r"\(brighter than [\d.]+ in .*example_mr_sm\.nii\.gz\), at least 10% is needed; check the "
-                        r"point coordinates and 'coordinate_space' \(voxel\)")),
-        "long_text": ({**GOOD_SCT, "text": ("a hyperintense lesion " * 500)[:10_000]},
-                      (r"long_text: lesion text of 10,000 characters is longer than the limit of 1,000 "
-                      r"\(max_text_length\)")),
+        "inf": (
+            {**GOOD_SCT, "image": str(bad_niftis["inf"]), "vertebra_seg": None, "point": [30, 27, 26]},
+            r"inf\.nii\.gz: 2 voxels are NaN or infinite",
+        ),
+        "huge": (
+            {**GOOD_SCT, "image": str(bad_niftis["huge"]), "vertebra_seg": None, "point": [5, 5, 5]},
+            (
+                r"huge\.nii\.gz: too large: 30000 x 30000 x 30000 = 27,000,000,000,000 voxels \([\d,.]+ GiB as "
+                r"float32\) is more than the limit of 536,870,912 voxels \(max_voxels\)"
+            ),
+        ),
+        "mask_in_air": (
+            {**GOOD_SCT, "image": str(TOTALSEG_MR), "vertebra_seg": None, "point": [3, 3, 10], "box_size_mm": 10},
+            (
+                r"mask_in_air: the soft mask lies outside the body: 0\.0% of its weight is on body voxels "
+                r"\(brighter than [\d.]+ in .*example_mr_sm\.nii\.gz\), at least 10% is needed; check the "
+                r"point coordinates and 'coordinate_space' \(voxel\)"
+            ),
+        ),
+        "long_text": (
+            {**GOOD_SCT, "text": ("a hyperintense lesion " * 500)[:10_000]},
+            (
+                r"long_text: lesion text of 10,000 characters is longer than the limit of 1,000 "
+                r"\(max_text_length\)"
+            ),
+        ),
         "empty_text": ({**GOOD_SCT, "text": ""}, r"empty_text: missing lesion text"),
         "sct": (GOOD_SCT, None),
         "negative_int16": ({**GOOD_SCT, "image": str(bad_niftis["negative"])}, None),
@@ -160,7 +185,8 @@ def test_more_bad_inputs_in_one_batch_and_negative_int16_is_processed(shared_dat
     assert_refused(report, {name: pattern for name, (_, pattern) in cases.items() if pattern})
     assert [w["case_id"] for w in report["written"]] == ["sct", "negative_int16"]
     assert sorted(p.name for p in output_dir.iterdir()) == sorted(
-        [f"{case}{suffix}" for case in ("sct", "negative_int16") for suffix in NIFTI_OUTPUTS] + ["report.json"])
+        [f"{case}{suffix}" for case in ("sct", "negative_int16") for suffix in NIFTI_OUTPUTS] + ["report.json"]
+    )
 
     # the 16-bit image with negative values: same dtype, negative voxels away from the mask untouched
     original = np.asanyarray(nib.load(str(bad_niftis["negative"])).dataobj)
@@ -192,11 +218,17 @@ def test_huge_volume_is_refused_from_its_header_without_reading_voxels(tmp_path,
 def test_huge_dicom_is_refused_from_its_header(shared_data, tmp_path):
     claimed = tmp_path / "claims_huge.dcm"
     set_tags(min(CT_DICOM.iterdir()), claimed, Rows=60000, Columns=60000, NumberOfFrames="1000")
-    with pytest.raises(InputError, match=r"claims_huge\.dcm: too large: 60000 x 60000 x 1000 = 3,600,000,000,000 "
-                                         r"voxels"):
+    with pytest.raises(
+        InputError,
+        match=r"claims_huge\.dcm: too large: 60000 x 60000 x 1000 = 3,600,000,000,000 "
+        r"voxels",
+    ):
         LoadVolume()(claimed)
-    with pytest.raises(InputError, match=r"ct_dicom: too large: 512 x 512 x 20 = 5,242,880 voxels .* limit of "
-                                         r"2,621,440 voxels"):
+    with pytest.raises(
+        InputError,
+        match=r"ct_dicom: too large: 512 x 512 x 20 = 5,242,880 voxels .* limit of "
+        r"2,621,440 voxels",
+    ):
         LoadVolume(max_voxels=512 * 512 * 10)(CT_DICOM)  # the limit is configurable; a series counts its files
 
 
@@ -223,8 +255,7 @@ def odd_niftis(tmp_path, shared_data):
     files["rgb"] = tmp_path / "rgb.nii.gz"
     nib.save(nib.Nifti1Image(rgb, affine), str(files["rgb"]))
     files["vectors"] = tmp_path / "vectors.nii.gz"  # (X, Y, Z, 1, 3): a vector per voxel, NIfTI's intent layout
-    nib.save(nib.Nifti1Image(np.stack([data] * 3, -1)[:, :, :, None].astype(np.float32), affine),
-             str(files["vectors"]))
+    nib.save(nib.Nifti1Image(np.stack([data] * 3, -1)[:, :, :, None].astype(np.float32), affine), str(files["vectors"]))
     plain = tmp_path / "plain.nii"
     nib.save(nib.Nifti1Image(data, affine), str(plain))
     singular = affine.copy()
@@ -254,13 +285,15 @@ def test_niftis_that_cannot_be_read_as_one_real_volume_are_refused(shared_data, 
     affine_hint = r"; fix the header's orientation \(NIfTI sform / qform, DICOM position and orientation\)"
     cases = {
         "complex": r"complex\.nii\.gz: complex-valued voxels \(complex64\): only real images are supported and the "
-                   r"imaginary part would be lost",
-        "rgb": r"rgb\.nii\.gz: voxels of type \[\('R', 'u1'\), \('G', 'u1'\), \('B', 'u1'\)\] \(e\.g\. RGB colour\) are "
-               r"not one real number each",
-        "vectors": r"vectors\.nii\.gz: 4-D input: 3 volumes or channels of \(60, 55, 52\), expected a single 3-D volume",
-        "singular_affine": r"singular_affine\.nii: the voxel-to-world affine cannot be inverted \(voxel spacing 1 x 1 x 0 "
-                           r"mm\): \[\[" + r".*" + affine_hint,
-        "nan_affine": r"nan_affine\.nii: the voxel-to-world affine has NaN or infinite entries: \[\[.*nan.*" + affine_hint,
+        r"imaginary part would be lost",
+        "rgb": r"rgb\.nii\.gz: voxels of type \[\('R', 'u1'\), \('G', 'u1'\), \('B', 'u1'\)\] "
+        r"\(e\.g\. RGB colour\) are not one real number each",
+        "vectors": r"vectors\.nii\.gz: 4-D input: 3 volumes or channels of \(60, 55, 52\), "
+        r"expected a single 3-D volume",
+        "singular_affine": r"singular_affine\.nii: the voxel-to-world affine cannot be inverted "
+        r"\(voxel spacing 1 x 1 x 0 mm\): \[\[" + r".*" + affine_hint,
+        "nan_affine": r"nan_affine\.nii: the voxel-to-world affine has NaN or infinite entries: \[\[.*nan.*"
+        + affine_hint,
     }
     entries = [{**GOOD_SCT, **point, "image": str(odd_niftis[name]), "case_id": name} for name in cases]
     entries.append({**GOOD_SCT, "case_id": "sct"})
@@ -275,8 +308,17 @@ def test_scaled_and_singleton_niftis_are_written_back_exactly(shared_data, tmp_p
     """With a model that returns its input, every stored value comes back bit for bit, with the file's own
     scaling and shape; the masked image then changes the vertebra, on the same scaling."""
     names = ["scaled", "slope_zero", "singleton", "singleton_cube"]
-    entries = [{**GOOD_SCT, "vertebra_seg": None, "point": [30, 27, 26], "box_size_mm": 12,
-                "image": str(odd_niftis[name]), "case_id": name} for name in names]
+    entries = [
+        {
+            **GOOD_SCT,
+            "vertebra_seg": None,
+            "point": [30, 27, 26],
+            "box_size_mm": 12,
+            "image": str(odd_niftis[name]),
+            "case_id": name,
+        }
+        for name in names
+    ]
     datalist = write_datalist(tmp_path / "list.json", entries)
     for run, overrides in (("identity", IDENTITY), ("masked", {})):
         report = run_job(datalist, tmp_path / run, **overrides)
@@ -293,8 +335,10 @@ def test_scaled_and_singleton_niftis_are_written_back_exactly(shared_data, tmp_p
                 assert 0 < changed.sum() < 0.05 * changed.size, (name, changed.sum())
     scaled = nib.load(str(odd_niftis["scaled"]))
     assert scaled.dataobj.slope != 1.0 and scaled.dataobj.inter != 0.0  # the fixture is really scaled
-    assert (nib.load(str(odd_niftis["slope_zero"])).dataobj.slope, nib.load(str(odd_niftis["slope_zero"])).dataobj.inter
-            ) == (1.0, 0.0)  # slope 0 reads as unscaled, its intercept ignored, as the NIfTI standard says
+    assert (
+        nib.load(str(odd_niftis["slope_zero"])).dataobj.slope,
+        nib.load(str(odd_niftis["slope_zero"])).dataobj.inter,
+    ) == (1.0, 0.0)  # slope 0 reads as unscaled, its intercept ignored, as the NIfTI standard says
 
 
 @pytest.mark.parametrize("extension, data_file", [(".mhd", ".raw"), (".hdr", ".img")])
@@ -309,25 +353,44 @@ def test_header_and_data_file_formats_are_written_whole(shared_data, tmp_path, e
     output_dir = tmp_path / "out"
     report = run_job(write_datalist(tmp_path / "list.json", entries), output_dir, **IDENTITY)
     assert not report["failed"]
-    assert sorted(p.name for p in output_dir.iterdir()) == sorted([
-        f"two_synthetic{data_file}", "two_synthetic.json", f"two_synthetic{extension}", "two_synthetic.png",
-        "report.json"])
+    assert sorted(p.name for p in output_dir.iterdir()) == sorted(
+        [
+            f"two_synthetic{data_file}",
+            "two_synthetic.json",
+            f"two_synthetic{extension}",
+            "two_synthetic.png",
+            "report.json",
+        ]
+    )
     if extension == ".mhd":
         assert "ElementDataFile = two_synthetic.raw" in (output_dir / "two_synthetic.mhd").read_text()
-    np.testing.assert_array_equal(itk.array_from_image(itk.imread(report["written"][0]["volume"])),
-                                  itk.array_from_image(itk.imread(str(image))))
+    np.testing.assert_array_equal(
+        itk.array_from_image(itk.imread(report["written"][0]["volume"])), itk.array_from_image(itk.imread(str(image)))
+    )
 
 
 # ------------------------------------------------------------------ datalists and entry fields
-@pytest.mark.parametrize("content, pattern", [
-    ([{"image": "a.nii.gz"}], (r"the datalist is a JSON list, not an object of lists: expected e\.g\. "
-                              r'\{"test": \[\{"image": \.\.\., "text": \.\.\., "point": \[x, y, z\]\}, \.\.\.\]\}')),
-    ({"test": ["a.nii.gz", {"image": "b.nii.gz"}, 3]},
-     (r"2 of the 3 entries of 'test' are not a JSON object, e\.g\. entry 0 is a string \(\"a\.nii\.gz\"\); each entry "
-     r'must be an object such as \{"image": \.\.\., "text": \.\.\.\}')),
-    ({"test": {"image": "a.nii.gz"}}, r"a JSON object, not a list, named 'test' \(lists found: \[\]\)"),
-    ({"training": []}, r"no list named 'test' \(lists found: \['training'\]\)"),
-])
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (
+            [{"image": "a.nii.gz"}],
+            (
+                r"the datalist is a JSON list, not an object of lists: expected e\.g\. "
+                r'\{"test": \[\{"image": \.\.\., "text": \.\.\., "point": \[x, y, z\]\}, \.\.\.\]\}'
+            ),
+        ),
+        (
+            {"test": ["a.nii.gz", {"image": "b.nii.gz"}, 3]},
+            (
+                r"2 of the 3 entries of 'test' are not a JSON object, e\.g\. entry 0 is a string \(\"a\.nii\.gz\"\); "
+                r'each entry must be an object such as \{"image": \.\.\., "text": \.\.\.\}'
+            ),
+        ),
+        ({"test": {"image": "a.nii.gz"}}, r"a JSON object, not a list, named 'test' \(lists found: \[\]\)"),
+        ({"training": []}, r"no list named 'test' \(lists found: \['training'\]\)"),
+    ],
+)
 def test_malformed_datalists_are_refused_in_one_line(tmp_path, content, pattern):
     path = tmp_path / "list.json"
     path.write_text(json.dumps(content))
@@ -341,22 +404,37 @@ def test_entry_fields_of_the_wrong_form_are_refused_by_case_field_and_image(shar
     image = re.escape(str(SCT_T2))
     point = {**GOOD_SCT, "vertebra_seg": None, "point": [30, 27, 26]}
     cases = {
-        "space": ({**point, "coordinate_space": "mm"},
-                  r"'coordinate_space' must be one of \['voxel', 'world'\] \(voxel indices or RAS mm\), got \"mm\""),
-        "box_2d": ({**point, "point": None, "box": [[1, 2], [30, 40]]},
-                   (r"'box' must be two corners of 3 finite numbers each, \[\[x0, y0, z0\], \[x1, y1, z1\]\], got "
-                   r"\[\[1, 2\], \[30, 40\]\]")),
+        "space": (
+            {**point, "coordinate_space": "mm"},
+            r"'coordinate_space' must be one of \['voxel', 'world'\] \(voxel indices or RAS mm\), got \"mm\"",
+        ),
+        "box_2d": (
+            {**point, "point": None, "box": [[1, 2], [30, 40]]},
+            (
+                r"'box' must be two corners of 3 finite numbers each, \[\[x0, y0, z0\], \[x1, y1, z1\]\], got "
+                r"\[\[1, 2\], \[30, 40\]\]"
+            ),
+        ),
         "box_three_corners": ({**point, "point": None, "box": [[1, 2, 3], [30, 40, 40], [5, 5, 5]]}, r"'box' must be"),
         "box_text": ({**point, "point": None, "box": "[[1, 2, 3], [30, 40, 40]]"}, r"'box' must be"),
-        "box_nan": ({**point, "point": None, "box": [[1, 2, 3], [30, 40, float("nan")]]},
-                    r"'box' must be .*, got \[\[1, 2, 3\], \[30, 40, NaN\]\]"),
+        "box_nan": (
+            {**point, "point": None, "box": [[1, 2, 3], [30, 40, float("nan")]]},
+            r"'box' must be .*, got \[\[1, 2, 3\], \[30, 40, NaN\]\]",
+        ),
         "point_2d": ({**point, "point": [30, 27]}, r"'point' must be 3 finite numbers \[x, y, z\], got \[30, 27\]"),
         "point_text": ({**point, "point": ["a", 27, 3]}, r"'point' must be 3 finite numbers"),
-        "size_zero": ({**point, "box_size_mm": 0}, (r"'box_size_mm' must be a positive size in mm, one number or one "
-                                                    r"per axis \[sx, sy, sz\], got 0")),
+        "size_zero": (
+            {**point, "box_size_mm": 0},
+            (
+                r"'box_size_mm' must be a positive size in mm, one number or one "
+                r"per axis \[sx, sy, sz\], got 0"
+            ),
+        ),
         "size_2": ({**point, "box_size_mm": [10, 10]}, r"'box_size_mm' must be a positive size"),
-        "label_name": ({**GOOD_SCT, "mask_labels": ["L3"]},
-                       r"'mask_labels' must be a list of integer label values, e\.g\. \[30\], got \[\"L3\"\]"),
+        "label_name": (
+            {**GOOD_SCT, "mask_labels": ["L3"]},
+            r"'mask_labels' must be a list of integer label values, e\.g\. \[30\], got \[\"L3\"\]",
+        ),
         "label_fraction": ({**GOOD_SCT, "mask_labels": [3.7]}, r"'mask_labels' must be a list of integer label values"),
         "label_number": ({**GOOD_SCT, "mask_labels": 3}, r"'mask_labels' must be a list of integer label values"),
         "text_number": ({**GOOD_SCT, "text": 42}, r"'text' must be a string \(the lesion's description\), got 42"),
@@ -398,11 +476,13 @@ def test_unsafe_patient_ids_never_steer_or_collide_outputs(shared_data, tmp_path
         for key in ("volume", "provenance", "preview"):
             assert Path(written[key]).resolve().parent == output_dir.resolve(), written[key]
     created = {p for p in tmp_path.rglob("*")} - before
-    assert all(output_dir in p.parents or p in (output_dir, output_dir.parent, tmp_path / "list.json")
-               for p in created), sorted(created)
+    assert all(
+        output_dir in p.parents or p in (output_dir, output_dir.parent, tmp_path / "list.json") for p in created
+    ), sorted(created)
     names = [v.name for v in volumes]
-    assert names[0] == f"{safe_case_name(EVIL_ID)}_synthetic" and re.fullmatch(r"vil_\.\._x_[0-9a-f]{8}_synthetic",
-                                                                              names[0])
+    assert names[0] == f"{safe_case_name(EVIL_ID)}_synthetic" and re.fullmatch(
+        r"vil_\.\._x_[0-9a-f]{8}_synthetic", names[0]
+    )
     assert re.fullmatch(r"a_b_[0-9a-f]{8}_synthetic\.nii\.gz", names[1]) and names[1] != names[2]
     assert re.fullmatch(r"case_[0-9a-f]{8}_synthetic\.nii\.gz", names[3])
     assert names[4] == "a_b_synthetic.nii.gz"  # an id that is already safe keeps its name
@@ -458,18 +538,37 @@ def test_the_good_models_folder_loads(models_dirs):
     assert load_trained(models_dirs["mine"]).unet.msc_dim == 64
 
 
-@pytest.mark.parametrize("name, source, pattern", [
-    ("msc_adapter.safetensors", ("other", "msc_adapter.safetensors"),
-     (r"msc_adapter\.safetensors: weights of another architecture: \d+ tensors have other shapes than this guided "
-     r"UNet's adapter needs, e\.g\. .* is \(\d+, 64\) in the file, \(\d+, 64\) here")),
-    ("unet/diffusion_pytorch_model.safetensors", ("other", "unet/diffusion_pytorch_model.safetensors"),
-     (r"unet/diffusion_pytorch_model\.safetensors: does not fit .*unet/config\.json: weights of another "
-     r"architecture or a damaged file")),
-    ("msc.safetensors", ("wide", "msc.safetensors"),
-     r"msc\.safetensors: a controller for 96-wide CLIP features, but the medical CLIP gives 64"),
-    ("msc_adapter.safetensors", ("mine", "msc.safetensors"),
-     r"msc_adapter\.safetensors: not a guided-UNet adapter file"),
-])
+@pytest.mark.parametrize(
+    "name, source, pattern",
+    [
+        (
+            "msc_adapter.safetensors",
+            ("other", "msc_adapter.safetensors"),
+            (
+                r"msc_adapter\.safetensors: weights of another architecture: \d+ tensors have other shapes than this "
+                r"guided UNet's adapter needs, e\.g\. .* is \(\d+, 64\) in the file, \(\d+, 64\) here"
+            ),
+        ),
+        (
+            "unet/diffusion_pytorch_model.safetensors",
+            ("other", "unet/diffusion_pytorch_model.safetensors"),
+            (
+                r"unet/diffusion_pytorch_model\.safetensors: does not fit .*unet/config\.json: weights of another "
+                r"architecture or a damaged file"
+            ),
+        ),
+        (
+            "msc.safetensors",
+            ("wide", "msc.safetensors"),
+            r"msc\.safetensors: a controller for 96-wide CLIP features, but the medical CLIP gives 64",
+        ),
+        (
+            "msc_adapter.safetensors",
+            ("mine", "msc.safetensors"),
+            r"msc_adapter\.safetensors: not a guided-UNet adapter file",
+        ),
+    ],
+)
 def test_checkpoint_of_another_architecture_is_refused_by_name(models_dirs, tmp_path, name, source, pattern):
     from bundle.networks.medsoft_diffusion import load_trained
 
@@ -490,8 +589,11 @@ def test_weights_whose_settings_lie_about_their_shapes_are_refused(models_dirs, 
         metadata = handle.metadata()
     lying = tmp_path / "msc.safetensors"
     save_file(load_file(str(models_dirs["wide"] / "narrow.safetensors")), str(lying), metadata=metadata)
-    with pytest.raises(InputError, match=r"msc\.safetensors: weights of another architecture: \d+ tensors have "
-                                         r"other shapes than this semantic controller needs"):
+    with pytest.raises(
+        InputError,
+        match=r"msc\.safetensors: weights of another architecture: \d+ tensors have "
+        r"other shapes than this semantic controller needs",
+    ):
         MedicalSemanticController.load(lying)
 
 
@@ -529,8 +631,9 @@ def test_resume_checkpoint_with_code_is_refused_and_never_run(tmp_path, kind):
     with pytest.raises(InputError) as raised:
         ResumableCheckpoints(checkpoint_dir, {"network": network}).attach(trainer)
     assert raised.value.source == str(path)
-    assert re.match(r"refused: loading this checkpoint would call (posix|os|nt)\.system, i\.e\. run code",
-                    raised.value.problem), raised.value.problem
+    assert re.match(
+        r"refused: loading this checkpoint would call (posix|os|nt)\.system, i\.e\. run code", raised.value.problem
+    ), raised.value.problem
     assert not marker.exists()
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from monai.bundle import ConfigWorkflow
+
 from bundle.demo.dataset import generate_dataset
 from tests.helpers.paths import CONFIGS, REPO
 from tests.helpers.tiny_bundle import TINY_SPATIAL_SIZE, make_tiny_models
@@ -12,8 +14,14 @@ from tests.helpers.tiny_bundle import TINY_SPATIAL_SIZE, make_tiny_models
 
 def run_workflow(config_files: list[str], **overrides) -> None:
     files = [str(CONFIGS / name) for name in config_files]
-    flow = ConfigWorkflow(config_file=files, meta_file=str(CONFIGS / "metadata.json"), workflow_type="train",
-                          logging_file=str(CONFIGS / "logging.conf"), bundle_root=str(REPO), **overrides)
+    flow = ConfigWorkflow(
+        config_file=files,
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type="train",
+        logging_file=str(CONFIGS / "logging.conf"),
+        bundle_root=str(REPO),
+        **overrides,
+    )
     flow.initialize()
     assert flow.check_properties() in (None, [])  # MONAI's bundle property check
     flow.run()
@@ -27,12 +35,29 @@ def test_evaluate_config_reports_every_metric_to_json_and_tensorboard(tmp_path):
     generate_dataset(data, num_cases=8, seed=5)
     models = make_tiny_models(tmp_path / "models")
     output = tmp_path / "eval"
-    run_workflow(["train.json", "evaluate.json"], dataset_dir=str(data), models_dir=str(models),
-                 output_dir=str(output), spatial_size=TINY_SPATIAL_SIZE, slices_per_case=1, kid_subsets=10,
-                 **{"validate#inferer#num_inference_steps": 2})
+    run_workflow(
+        ["train.json", "evaluate.json"],
+        dataset_dir=str(data),
+        models_dir=str(models),
+        output_dir=str(output),
+        spatial_size=TINY_SPATIAL_SIZE,
+        slices_per_case=1,
+        kid_subsets=10,
+        **{"validate#inferer#num_inference_steps": 2},
+    )
     report = json.loads((output / "metrics.json").read_text())
-    names = {"val_in_mask_psnr", "val_in_mask_ssim", "val_psnr", "val_ssim", "val_background_psnr",
-             "val_background_mae", "val_hf_distance", "val_fid", "val_kid", "val_kid_std"}
+    names = {
+        "val_in_mask_psnr",
+        "val_in_mask_ssim",
+        "val_psnr",
+        "val_ssim",
+        "val_background_psnr",
+        "val_background_mae",
+        "val_hf_distance",
+        "val_fid",
+        "val_kid",
+        "val_kid_std",
+    }
     assert names <= set(report["metrics"])
     assert all(isinstance(report["metrics"][n], float) for n in names)
     assert report["metrics"]["val_background_psnr"] > report["metrics"]["val_in_mask_psnr"]  # only M_b changes

@@ -22,8 +22,9 @@ TINY_ARGUMENTS = [part for key, value in TINY.items() for part in (f"--{key}", s
 def start(*arguments: str, log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "monai.bundle", "run", *arguments]
     with open(log, "w") as handle:
-        return subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return subprocess.Popen(
+            command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
 
 
 def kill_when(process: subprocess.Popen, ready, timeout_s: float = 300.0, log: Path | None = None) -> None:
@@ -31,7 +32,9 @@ def kill_when(process: subprocess.Popen, ready, timeout_s: float = 300.0, log: P
     deadline = time.monotonic() + timeout_s
     try:
         while not ready():
-            assert process.poll() is None, f"finished before it could be killed:\n{log.read_text()[-3000:] if log else ''}"
+            assert process.poll() is None, (
+                f"finished before it could be killed:\n{log.read_text()[-3000:] if log else ''}"
+            )
             assert time.monotonic() < deadline, "timed out waiting for the moment to kill"
             time.sleep(0.05)
     finally:
@@ -40,18 +43,40 @@ def kill_when(process: subprocess.Popen, ready, timeout_s: float = 300.0, log: P
 
 
 def partial_files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if ".partial" in p.name
-                  or p.name.startswith((".export.", "tmp")))
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if ".partial" in p.name or p.name.startswith((".export.", "tmp"))
+    )
 
 
 def test_killed_training_resumes_from_its_last_checkpoint(trained, demo_data, tmp_path):
     runs, models = tmp_path / "runs", tmp_path / "models"
-    arguments = ["--config_file", "configs/train.json", "--dataset_dir", str(demo_data), "--stage1_dir", str(trained),
-                 "--models_dir", str(models), "--output_dir", str(runs), "--val_interval", "100", *TINY_ARGUMENTS]
+    arguments = [
+        "--config_file",
+        "configs/train.json",
+        "--dataset_dir",
+        str(demo_data),
+        "--stage1_dir",
+        str(trained),
+        "--models_dir",
+        str(models),
+        "--output_dir",
+        str(runs),
+        "--val_interval",
+        "100",
+        *TINY_ARGUMENTS,
+    ]
     log = tmp_path / "killed.log"
     process = start(*arguments, "--max_epochs", "50", log=log)
-    kill_when(process, lambda: newest_checkpoint(runs / "checkpoints") is not None
-              and int(re.search(r"epoch=(\d+)", newest_checkpoint(runs / "checkpoints").name).group(1)) >= 2, log=log)
+    kill_when(
+        process,
+        lambda: (
+            newest_checkpoint(runs / "checkpoints") is not None
+            and int(re.search(r"epoch=(\d+)", newest_checkpoint(runs / "checkpoints").name).group(1)) >= 2
+        ),
+        log=log,
+    )
     checkpoint = newest_checkpoint(runs / "checkpoints")
     killed_after = int(re.search(r"epoch=(\d+)", checkpoint.name).group(1))
     assert 2 <= killed_after < 50
@@ -71,9 +96,22 @@ def test_killed_inference_skips_the_finished_cases_and_leaves_no_partial_file(tr
     requests = json.loads((demo_data / "requests.json").read_text())["test"]
     assert len(requests) >= 3
     out = tmp_path / "out"
-    arguments = ["--config_file", "configs/inference.json", "--datalist", str(demo_data / "requests.json"),
-                 "--models_dir", str(trained), "--output_dir", str(out), "--num_inference_steps", "10",
-                 "--spatial_size", "32", "--slices_per_case", "2"]
+    arguments = [
+        "--config_file",
+        "configs/inference.json",
+        "--datalist",
+        str(demo_data / "requests.json"),
+        "--models_dir",
+        str(trained),
+        "--output_dir",
+        str(out),
+        "--num_inference_steps",
+        "10",
+        "--spatial_size",
+        "32",
+        "--slices_per_case",
+        "2",
+    ]
     log = tmp_path / "killed.log"
     process = start(*arguments, log=log)
     kill_when(process, lambda: any(out.glob("*_synthetic.json")), log=log)
@@ -87,7 +125,8 @@ def test_killed_inference_skips_the_finished_cases_and_leaves_no_partial_file(tr
     report = json.loads((out / "report.json").read_text())
     assert sorted(s["case_id"] for s in report["skipped"]) == finished_cases
     assert sorted(w["case_id"] for w in report["written"]) == sorted(
-        r["case_id"] for r in requests if r["case_id"] not in finished_cases)
+        r["case_id"] for r in requests if r["case_id"] not in finished_cases
+    )
     assert not report["failed"]
     for name, mtime in finished.items():  # the finished cases were not written again
         assert (out / name).stat().st_mtime_ns == mtime, name
@@ -97,8 +136,13 @@ def test_killed_inference_skips_the_finished_cases_and_leaves_no_partial_file(tr
 
 
 def test_a_finished_case_is_redone_when_its_request_changed(shared_data, tmp_path):
-    entry = {"case_id": "c3", "image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [3],
-             "text": "a lesion"}
+    entry = {
+        "case_id": "c3",
+        "image": str(SCT_T2),
+        "vertebra_seg": str(SCT_LEVELS),
+        "mask_labels": [3],
+        "text": "a lesion",
+    }
     out = tmp_path / "out"
     overrides = {"job#skip_completed": True}
     first = run_job(write_datalist(tmp_path / "a.json", [entry]), out, **overrides)
@@ -107,6 +151,7 @@ def test_a_finished_case_is_redone_when_its_request_changed(shared_data, tmp_pat
     assert [s["case_id"] for s in again["skipped"]] == ["c3"] and not again["written"]
     changed = run_job(write_datalist(tmp_path / "c.json", [{**entry, "text": "another lesion"}]), out, **overrides)
     assert [w["case_id"] for w in changed["written"]] == ["c3"] and not changed["skipped"]
-    redone = run_job(write_datalist(tmp_path / "d.json", [{**entry, "text": "another lesion"}]), out,
-                     **{"job#skip_completed": False})
+    redone = run_job(
+        write_datalist(tmp_path / "d.json", [{**entry, "text": "another lesion"}]), out, **{"job#skip_completed": False}
+    )
     assert [w["case_id"] for w in redone["written"]] == ["c3"]

@@ -38,8 +38,11 @@ def held_out(demo_data) -> dict[str, object]:
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
     parser.update({"bundle_root": str(REPO), "dataset_dir": str(demo_data), **TINY})
-    dataset = SliceDataset(load_datalist(demo_data / "datalist.json", "test"), parser.get_parsed_content(
-        "train#preprocessing"), max_items=HELD_OUT_SLICES)
+    dataset = SliceDataset(
+        load_datalist(demo_data / "datalist.json", "test"),
+        parser.get_parsed_content("train#preprocessing"),
+        max_items=HELD_OUT_SLICES,
+    )
     batch = {key: torch.stack([item[key] for item in dataset.items]) for key in ("image", "soft_mask", "masked_image")}
     return {**batch, "text": [item["text"] for item in dataset.items]}
 
@@ -63,10 +66,12 @@ def test_stage_one_brings_e_msc_closer_to_e_r(trained, held_out):
 
 @pytest.fixture(scope="module")
 def untrained_and_trained(trained) -> dict[str, torch.nn.Module]:
-    """Stage 2's starting point (``configs/train.json``'s network at seed 0, same frozen CLIP and MSC) and its result."""
+    """Stage 2's starting point (``configs/train.json``'s network at seed 0, same frozen CLIP and MSC) and its
+    result."""
     model = load_trained(trained).eval()
-    start = tiny_model(spatial_size=TINY["spatial_size"], clip_encoder=model.clip_encoder, controller=model.controller,
-                       seed=0).eval()
+    start = tiny_model(
+        spatial_size=TINY["spatial_size"], clip_encoder=model.clip_encoder, controller=model.controller, seed=0
+    ).eval()
     return {"untrained": start, "trained": model}
 
 
@@ -87,8 +92,9 @@ def test_stage_two_lowers_the_masked_noise_loss(trained, untrained_and_trained, 
 
 
 def test_stage_two_beats_the_untrained_model_in_the_mask(trained, untrained_and_trained, held_out):
-    sampler = SoftMaskInpaintingInferer.ddim(DDPMScheduler.from_pretrained(trained, local_files_only=True),
-                                             num_inference_steps=10)
+    sampler = SoftMaskInpaintingInferer.ddim(
+        DDPMScheduler.from_pretrained(trained, local_files_only=True), num_inference_steps=10
+    )
     seeds = list(range(len(held_out["text"])))
     psnr = {}
     for name, model in untrained_and_trained.items():

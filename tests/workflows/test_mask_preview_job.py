@@ -27,10 +27,27 @@ def demo_data(tmp_path_factory):
 
 def test_bundle_run_writes_every_test_case(demo_data, tmp_path):
     output_dir = tmp_path / "preview"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "mask_preview.json"),
-               "--datalist", str(demo_data / "datalist.json"), "--output_dir", str(output_dir)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS / "mask_preview.json"),
+        "--datalist",
+        str(demo_data / "datalist.json"),
+        "--output_dir",
+        str(output_dir),
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     test_cases = json.loads((demo_data / "datalist.json").read_text())["test"]
     report = json.loads((output_dir / "report.json").read_text())
@@ -53,8 +70,10 @@ def test_bundle_run_writes_every_test_case(demo_data, tmp_path):
 
 def test_identity_round_trip_on_demo_data_is_exact(demo_data, tmp_path):
     cases = json.loads((demo_data / "datalist.json").read_text())["training"][:3]
-    entries = [{**case, "image": str(demo_data / case["image"]), "vertebra_seg": str(demo_data / case["vertebra_seg"])}
-               for case in cases]
+    entries = [
+        {**case, "image": str(demo_data / case["image"]), "vertebra_seg": str(demo_data / case["vertebra_seg"])}
+        for case in cases
+    ]
     report = run_job(write_datalist(tmp_path / "list.json", entries), tmp_path / "out", **{"predictor#key": "image"})
     assert not report["failed"]
     for entry, written in zip(entries, report["written"], strict=False):

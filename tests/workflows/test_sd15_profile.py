@@ -150,10 +150,21 @@ def test_adapter_training_moves_only_the_msc_keys_and_values(sd15_dir, clip_enco
 # ------------------------------------------------------------------ bad folders
 
 
-@pytest.mark.parametrize("name", ["unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
-                                  "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
-                                  "text_encoder/model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt",
-                                  "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "tokenizer/tokenizer_config.json",
+        "scheduler/scheduler_config.json",
+    ],
+)
 def test_a_missing_file_is_named(tmp_path, sd15_dir, clip_encoder, controller, name):
     folder = shutil.copytree(sd15_dir, tmp_path / "sd15")
     (folder / name).unlink()
@@ -196,8 +207,11 @@ def parser_for(name: str, **updates) -> ConfigParser:
 
 
 FOLDER_IDS = {"biomedclip_dir", "biomedbert_dir", "sd15_dir"}
-NEW_IDS = {"train_msc": FOLDER_IDS, "train": FOLDER_IDS,
-           "inference": FOLDER_IDS | {"+imports", "clip_encoder", "text_states", "diffusion_space"}}
+NEW_IDS = {
+    "train_msc": FOLDER_IDS,
+    "train": FOLDER_IDS,
+    "inference": FOLDER_IDS | {"+imports", "clip_encoder", "text_states", "diffusion_space"},
+}
 
 
 @pytest.mark.parametrize("name", ["train_msc", "train", "inference"])
@@ -213,7 +227,9 @@ def test_the_overrides_replace_ids_of_the_base_config(name):
 
 def handler_of_type(parser: ConfigParser, kind: type):
     """The one training handler of ``kind`` in a config, instantiated alone (the others need the dataset)."""
-    indices = [i for i, h in enumerate(parser["train"]["handlers"]) if str(h.get("_target_", "")).endswith(kind.__name__)]
+    indices = [
+        i for i, h in enumerate(parser["train"]["handlers"]) if str(h.get("_target_", "")).endswith(kind.__name__)
+    ]
     assert len(indices) == 1, indices
     handler = parser.get_parsed_content(f"train#handlers#{indices[0]}")
     assert isinstance(handler, kind)
@@ -221,8 +237,12 @@ def handler_of_type(parser: ConfigParser, kind: type):
 
 
 def test_sd15_train_msc_loads_biomedclip_and_does_not_copy_it(tmp_path, biomedclip_dir):
-    parser = parser_for("train_msc", biomedclip_dir=str(biomedclip_dir), biomedbert_dir=str(tmp_path / "bert"),
-                        models_dir=str(tmp_path / "models"))
+    parser = parser_for(
+        "train_msc",
+        biomedclip_dir=str(biomedclip_dir),
+        biomedbert_dir=str(tmp_path / "bert"),
+        models_dir=str(tmp_path / "models"),
+    )
     assert isinstance(parser.get_parsed_content("clip_encoder"), MedicalClipEncoder)
     handler = handler_of_type(parser, ExportSemanticController)
     assert handler.save_clip is False
@@ -232,8 +252,11 @@ def test_sd15_train_msc_loads_biomedclip_and_does_not_copy_it(tmp_path, biomedcl
 
 
 def test_sd15_train_and_inference_configs_resolve_and_round_trip(tmp_path, sd15_dir, biomedclip_dir, stage1_dir):
-    folders = {"sd15_dir": str(sd15_dir), "biomedclip_dir": str(biomedclip_dir),
-               "biomedbert_dir": str(tmp_path / "bert")}
+    folders = {
+        "sd15_dir": str(sd15_dir),
+        "biomedclip_dir": str(biomedclip_dir),
+        "biomedbert_dir": str(tmp_path / "bert"),
+    }
     models_dir = tmp_path / "models"
     train = parser_for("train", stage1_dir=str(stage1_dir), models_dir=str(models_dir), **folders)
     network = train.get_parsed_content("network_def")
@@ -278,14 +301,26 @@ SHORT_RUN = {"max_epochs": 1, "val_interval": 5, "spatial_size": SIZE, "batch_si
 
 
 def test_the_without_msc_arm_trains_a_text_lora_and_leaves_the_msc_attention_alone(
-        tmp_path, demo_data, sd15_dir, biomedclip_dir, stage1_dir, clip_encoder, controller):
+    tmp_path, demo_data, sd15_dir, biomedclip_dir, stage1_dir, clip_encoder, controller
+):
     """gamma 0 with the profile's 'adapter' left nothing trainable in the loss; the arm trains a LoRA on the text
     cross-attention's keys and values instead (rank 128: as many parameters as W'_v of SD 1.5), and infers with it."""
-    folders = {"sd15_dir": str(sd15_dir), "biomedclip_dir": str(biomedclip_dir),
-               "biomedbert_dir": str(tmp_path / "bert"), "stage1_dir": str(stage1_dir)}
+    folders = {
+        "sd15_dir": str(sd15_dir),
+        "biomedclip_dir": str(biomedclip_dir),
+        "biomedbert_dir": str(tmp_path / "bert"),
+        "stage1_dir": str(stage1_dir),
+    }
     models_dir = tmp_path / "models_no_msc"
-    flow = run_workflow(ABLATION, "train", dataset_dir=str(demo_data), models_dir=str(models_dir),
-                        output_dir=str(tmp_path / "runs"), **folders, **SHORT_RUN)
+    flow = run_workflow(
+        ABLATION,
+        "train",
+        dataset_dir=str(demo_data),
+        models_dir=str(models_dir),
+        output_dir=str(tmp_path / "runs"),
+        **folders,
+        **SHORT_RUN,
+    )
     assert flow.parser.get_parsed_content("train#trainer").state.iteration > 0
     settings = GuidedUNet.adapter_settings(models_dir / "msc_adapter.safetensors")
     assert settings["trainable"] == "text_lora" and settings["scale"] == 0.0 and settings["lora_rank"] == 128
@@ -298,9 +333,14 @@ def test_the_without_msc_arm_trains_a_text_lora_and_leaves_the_msc_attention_alo
             assert torch.equal(after[name], before[name]), name
     lora_b = [name for name in before if "lora_B" in name]  # peft starts B at zero
     assert lora_b and all(after[name].abs().max() > 0 for name in lora_b)
-    loaded = load_trained(models_dir, stage1_dir=stage1_dir, clip_encoder=clip_encoder,
-                          text_states=StableDiffusionTextStates(sd15_dir), space=LatentSpace.from_folder(sd15_dir),
-                          base_unet_dir=sd15_dir / "unet")
+    loaded = load_trained(
+        models_dir,
+        stage1_dir=stage1_dir,
+        clip_encoder=clip_encoder,
+        text_states=StableDiffusionTextStates(sd15_dir),
+        space=LatentSpace.from_folder(sd15_dir),
+        base_unet_dir=sd15_dir / "unet",
+    )
     assert loaded.unet.scale == 0.0
     for name, tensor in loaded.unet.adapter_state_dict().items():
         torch.testing.assert_close(tensor, after[name], rtol=0, atol=0)
@@ -309,14 +349,42 @@ def test_the_without_msc_arm_trains_a_text_lora_and_leaves_the_msc_attention_alo
 def test_the_without_msc_arm_trains_under_torchrun(tmp_path, demo_data, sd15_dir, biomedclip_dir, stage1_dir):
     """Two processes, gloo, DistributedDataParallel: nothing trainable may be left outside the loss."""
     configs = [*ABLATION, "multi_gpu_train.json"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-               "-m", "monai.bundle", "run", "--config_file", str([str(CONFIGS / name) for name in configs]),
-               "--dataset_dir", str(demo_data), "--sd15_dir", str(sd15_dir), "--biomedclip_dir", str(biomedclip_dir),
-               "--biomedbert_dir", str(tmp_path / "bert"), "--stage1_dir", str(stage1_dir),
-               "--models_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs"),
-               *[f"--{k}={v}" for k, v in SHORT_RUN.items()]]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str([str(CONFIGS / name) for name in configs]),
+        "--dataset_dir",
+        str(demo_data),
+        "--sd15_dir",
+        str(sd15_dir),
+        "--biomedclip_dir",
+        str(biomedclip_dir),
+        "--biomedbert_dir",
+        str(tmp_path / "bert"),
+        "--stage1_dir",
+        str(stage1_dir),
+        "--models_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "runs"),
+        *[f"--{k}={v}" for k, v in SHORT_RUN.items()],
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert GuidedUNet.adapter_settings(tmp_path / "models" / "msc_adapter.safetensors")["trainable"] == "text_lora"
 
@@ -329,16 +397,26 @@ def test_sd15_sees_whole_slices_at_their_native_pixel_size(shared_data, name):
     """SD 1.5 gets each slice whole at its native spacing (resized to 512 px only by the slice's own size), not a
     1-mm crop around the mask upsampled 4-7x; every stage shares the grid."""
     preprocessing = parser_for(name).get_parsed_content(
-        "validate#preprocessing" if name.startswith("train") else "preprocessing")
-    ct = {"case_id": "ct", "image": str(CT_DICOM), "vertebra_seg": str(CT_DICOM_SEG), "mask_labels": [T12_LABEL],
-          "text": "lesion"}  # sagittal slices of the axial series: 20 x 512 px of 2 x 0.977 mm
+        "validate#preprocessing" if name.startswith("train") else "preprocessing"
+    )
+    ct = {
+        "case_id": "ct",
+        "image": str(CT_DICOM),
+        "vertebra_seg": str(CT_DICOM_SEG),
+        "mask_labels": [T12_LABEL],
+        "text": "lesion",
+    }  # sagittal slices of the axial series: 20 x 512 px of 2 x 0.977 mm
     geometry = grid_geometry(preprocessing(dict(ct))[0])
     assert geometry["model_pixel_mm"] == pytest.approx(0.977, abs=0.001)  # before: 0.267 (a 137-mm crop, 3.6x)
     assert geometry["upsampling"] == pytest.approx(1.0, abs=0.01)
     assert geometry["window_mm"] == pytest.approx([39.1, 500.0], abs=1.0)  # the whole slice
-    lesion = {"case_id": "lesion", "image": str(SHARED_DATA / "sct_t2/t2_fake_lesion.nii.gz"),
-              "vertebra_seg": str(SHARED_DATA / "sct_t2/t2_fake_lesion_lesion_seg.nii.gz"), "mask_labels": [1],
-              "text": "lesion"}  # 99 x 99 px of 0.8 mm: the scan itself is small
+    lesion = {
+        "case_id": "lesion",
+        "image": str(SHARED_DATA / "sct_t2/t2_fake_lesion.nii.gz"),
+        "vertebra_seg": str(SHARED_DATA / "sct_t2/t2_fake_lesion_lesion_seg.nii.gz"),
+        "mask_labels": [1],
+        "text": "lesion",
+    }  # 99 x 99 px of 0.8 mm: the scan itself is small
     geometry = grid_geometry(preprocessing(dict(lesion))[0])
     assert geometry["window_mm"] == pytest.approx([79.2, 79.2], abs=0.5)
     assert geometry["upsampling"] == pytest.approx(512 / 99, abs=0.05)  # before: 8.5x of a 41 x 48 mm crop
