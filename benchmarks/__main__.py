@@ -2,7 +2,7 @@
 
 Writes ``DIR/results.json`` (one object per figure: ``name``, ``ours_s``, ``reference_s``, ``ratio``,
 ``reference``, ``target``, ``met``, ...) and ``DIR/machine.json``; the full run (no ``--quick``, no ``--only``)
-also regenerates ``docs/performance.md``. Never run as a unit test: ``tests/test_benchmarks.py`` only checks
+also regenerates ``docs/performance.md``. Never run as a unit test: ``tests/benchmarks/test_benchmarks.py`` only checks
 the records' structure with one repeat.
 """
 

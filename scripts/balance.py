@@ -22,8 +22,7 @@ import fire
 
 from bundle.balancing.balanced_datalist import balance_datalist
 from bundle.errors import InputError
-
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+from bundle.utils.bundle_files import BUNDLE_ROOT
 
 
 def main(

@@ -22,13 +22,13 @@ import fire
 
 from bundle.experiments.downstream import (
     ARMS,
-    BUNDLE_ROOT,
     ExperimentError,
     command_line,
     rewrite_report,
     run_experiment,
     settings_for,
 )
+from bundle.utils.bundle_files import BUNDLE_ROOT
 
 
 def main(

@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt
 from monai.bundle import ConfigParser
 
 from bundle.transforms.model_grid import grid_geometry
+from bundle.utils.bundle_files import BUNDLE_ROOT, CONFIGS_DIR
 
-REPO = Path(__file__).resolve().parents[1]
 GRIDS = {
     "tiny": (["inference.json"], {}),
     "sd15 (whole slice, native spacing)": (["inference.json", "sd15_inference.json"], {}),
@@ -62,12 +62,12 @@ def shared_scans(shared_dir: Path) -> list[dict]:
 
 def preprocessing(config_files: list[str], overrides: dict):
     parser = ConfigParser()
-    parser.read_config([str(REPO / "configs" / name) for name in config_files])
-    parser.update({"bundle_root": str(REPO), **overrides})
+    parser.read_config([str(CONFIGS_DIR / name) for name in config_files])
+    parser.update({"bundle_root": str(BUNDLE_ROOT), **overrides})
     return parser.get_parsed_content("preprocessing")
 
 
-def main(shared_dir: str = str(REPO.parent / "shared" / "data"), figure: str = "docs/model_grid.png") -> None:
+def main(shared_dir: str = str(BUNDLE_ROOT.parent / "shared" / "data"), figure: str = "docs/model_grid.png") -> None:
     scans = shared_scans(Path(shared_dir))
     pipelines = {name: preprocessing(*setting) for name, setting in GRIDS.items()}
     print("| scan | native slice (px, mm/px) | grid | region seen (mm) | model pixel (mm) | enlargement |")

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bundle.metrics.classification import METRIC_NAMES
-from bundle.utils.bundle_files import BUNDLE_ROOT
+from bundle.utils.bundle_files import BUNDLE_ROOT, CONFIGS_DIR
 from bundle.utils.files import write_json_atomically
 
 logger = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ def make_data(data_dir: Path, settings: Mapping) -> Path:
 def _workflow(config_names: Sequence[str], overrides: Mapping[str, object]):
     from monai.bundle import ConfigWorkflow
 
-    configs = BUNDLE_ROOT / "configs"
+    configs = CONFIGS_DIR
     files = [str(configs / name) for name in config_names]
     flow = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
