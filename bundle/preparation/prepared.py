@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bundle.data.class_balance import class_counts
 from bundle.data.datalist import FILE_KEYS
+from bundle.errors import InputError
 from bundle.preparation.patient_split import DEFAULT_FRACTIONS, SPLITS, normalise_fractions, patient_split
 from bundle.utils.files import write_atomically, write_json_atomically
 
@@ -29,6 +30,26 @@ class CaseSkipped(Exception):
     def __init__(self, file: str | os.PathLike | None, kind: str, reason: str) -> None:
         super().__init__(reason)
         self.file, self.kind, self.reason = file, kind, reason
+
+
+class ReadOnce:
+    """Each file read once per kind of read (a header, the labels, a series), its :class:`InputError` included,
+    so a file that many rows name costs one read and gives every row the same reason."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, Path], object] = {}
+
+    def get(self, kind: str, path: Path, reader):
+        key = (kind, path)
+        if key not in self.values:
+            try:
+                self.values[key] = reader(path)
+            except InputError as error:
+                self.values[key] = error
+        value = self.values[key]
+        if isinstance(value, InputError):
+            raise value
+        return value
 
 
 @dataclass

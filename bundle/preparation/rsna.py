@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bundle.errors import InputError
 from bundle.preparation.dicom_series_headers import DicomSeries, read_dicom_series
-from bundle.preparation.prepared import CaseSkipped, Prepared
+from bundle.preparation.prepared import CaseSkipped, Prepared, ReadOnce
 from bundle.preparation.tables import read_table
 
 CLASSES = ("normal_mild", "moderate", "severe")
@@ -252,7 +252,7 @@ class _Tables:
     labels_csv: str
     descriptions: dict[tuple[str, str], str]
     severities: dict[str, dict]
-    series: dict[Path, DicomSeries | InputError] = field(default_factory=dict)
+    series: ReadOnce = field(default_factory=ReadOnce)
 
 
 def _coordinate_entry(
@@ -346,15 +346,10 @@ def _series_headers(folder: Path, tables: _Tables) -> DicomSeries:
     """The series folder's headers in slice order, read once per folder."""
     if not folder.is_dir():
         raise CaseSkipped(folder, "missing_series", "series folder not found")
-    if folder not in tables.series:
-        try:
-            tables.series[folder] = read_dicom_series(folder)
-        except InputError as error:
-            tables.series[folder] = error
-    headers = tables.series[folder]
-    if isinstance(headers, InputError):
-        raise CaseSkipped(headers.source, "unreadable_series", str(headers))
-    return headers
+    try:
+        return tables.series.get("series", folder, read_dicom_series)
+    except InputError as error:
+        raise CaseSkipped(error.source, "unreadable_series", str(error)) from error
 
 
 def severity_columns(

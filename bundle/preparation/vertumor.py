@@ -47,7 +47,7 @@ import numpy as np
 from bundle.data.dicom_series import read_dicom_header
 from bundle.errors import InputError
 from bundle.preparation.dicom_series_headers import read_dicom_series
-from bundle.preparation.prepared import CaseSkipped, Prepared
+from bundle.preparation.prepared import CaseSkipped, Prepared, ReadOnce
 from bundle.preparation.tables import pick_column, read_table
 from bundle.transforms.loading import NIFTI_READ_ERRORS, volume_format
 from bundle.utils.files import safe_case_name
@@ -202,25 +202,6 @@ def segmentation_labels(path: Path) -> tuple[tuple[int, ...], set[int]]:
     return shape, values
 
 
-class _Cache:
-    """One header / label read per file, errors included."""
-
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, Path], object] = {}
-
-    def get(self, kind: str, path: Path, reader):
-        key = (kind, path)
-        if key not in self.values:
-            try:
-                self.values[key] = reader(path)
-            except InputError as error:
-                self.values[key] = error
-        value = self.values[key]
-        if isinstance(value, InputError):
-            raise value
-        return value
-
-
 def collect_vertumor(
     root: str | os.PathLike,
     labels: str | os.PathLike | None = None,
@@ -273,7 +254,7 @@ def collect_vertumor(
     )
 
     rows_per_case = Counter(_text(_cell(row, "case_id")) for row in rows)
-    cache = _Cache()
+    cache = ReadOnce()
     used_ids: set[str] = set()
     for number, row in enumerate(rows, start=1):
         case = _text(_cell(row, "case_id"))
@@ -319,7 +300,7 @@ def _row_entry(
     images_dir: str,
     segmentations_dir: str,
     normal_text: str,
-    cache: _Cache,
+    cache: ReadOnce,
 ) -> dict:
     """One row's entry; a row that cannot be used raises :class:`CaseSkipped` with the reason."""
     parsed = normalise_class(_cell(row, "class"))
@@ -377,7 +358,13 @@ def _row_mask_labels(
 
 
 def _row_files(
-    root: Path, case: str, row: Mapping, images_dir: str, segmentations_dir: str, mask_labels: list[int], cache: _Cache
+    root: Path,
+    case: str,
+    row: Mapping,
+    images_dir: str,
+    segmentations_dir: str,
+    mask_labels: list[int],
+    cache: ReadOnce,
 ) -> tuple[Path, Path]:
     """The row's image and segmentation, checked to be readable, on one grid, and to hold ``mask_labels``."""
     image = _given_path(root, _cell(row, "image")) or _find_file(
