@@ -6,7 +6,6 @@ from bundle.handlers.classification_report import CaseClassificationReport, run_
 from bundle.handlers.export import ExportGuidedUNet, ExportSemanticController
 from bundle.handlers.metrics_report import MetricsReport
 from bundle.handlers.sample_grid import SampleGridWriter
-from bundle.handlers.trained_weights import TrainedWeightsLoader
 
 __all__ = [
     "CaseClassificationReport",
@@ -15,7 +14,6 @@ __all__ = [
     "MetricsReport",
     "ResumableCheckpoints",
     "SampleGridWriter",
-    "TrainedWeightsLoader",
     "newest_checkpoint",
     "refuse_pickled_code",
     "run_details",

@@ -229,8 +229,7 @@ def trained_architecture(
     the stage-1 MSC and a pretrained base UNet (``base_unet_dir``). What stage 2 trained is built from its saved
     settings only: the guided UNet's adapter (``msc_adapter.safetensors``'s settings: E, gamma, trainable, LoRA
     rank) and, when stage 2 trained the base UNet (``base_unet_dir`` None), the base from ``models_dir/unet``'s
-    ``config.json``. :func:`load_trained_weights` (or the handler
-    :class:`bundle.handlers.trained_weights.TrainedWeightsLoader`) loads those weights.
+    ``config.json``. :func:`load_trained_weights` loads those weights (:func:`load_trained` does both).
 
     Args:
         stage1_dir: where stage 1 left the MSC (and the ``tiny`` CLIP); defaults to ``models_dir``.

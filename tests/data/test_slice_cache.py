@@ -138,7 +138,7 @@ def test_a_changed_setting_or_file_is_preprocessed_again(phantoms, reads, tmp_pa
     assert any(not torch.equal(again[i]["image"], first[i]["image"]) for i in changed)
 
     # a damaged cache file is preprocessed again, not fatal and not served
-    damaged = next(first.cache.folder.glob("*.safetensors"))  # a file of the sigma-3 cache read below
+    damaged = again.cache.path(phantoms[0])  # a file the run below reads (not one left from the replaced image)
     damaged.write_bytes(b"not a safetensors file")
     reads.clear()
     SliceDataset(phantoms, preprocessing(3.0), cache_dir=tmp_path)

@@ -43,8 +43,9 @@ def held_out(demo_data) -> dict[str, object]:
         parser.get_parsed_content("train#preprocessing"),
         max_items=HELD_OUT_SLICES,
     )
-    batch = {key: torch.stack([item[key] for item in dataset.items]) for key in ("image", "soft_mask", "masked_image")}
-    return {**batch, "text": [item["text"] for item in dataset.items]}
+    items = [dataset[index] for index in range(len(dataset))]  # SliceDataset no longer keeps a list of items
+    batch = {key: torch.stack([item[key] for item in items]) for key in ("image", "soft_mask", "masked_image")}
+    return {**batch, "text": [item["text"] for item in items]}
 
 
 def test_stage_one_brings_e_msc_closer_to_e_r(trained, held_out):
