@@ -38,8 +38,9 @@ def held_out(demo_data) -> dict[str, object]:
     parser.update({"bundle_root": str(REPO), "dataset_dir": str(demo_data), **TINY})
     dataset = SliceDataset(load_datalist(demo_data / "datalist.json", "test"), parser.get_parsed_content(
         "train#preprocessing"), max_items=HELD_OUT_SLICES)
-    batch = {key: torch.stack([item[key] for item in dataset.items]) for key in ("image", "soft_mask", "masked_image")}
-    return {**batch, "text": [item["text"] for item in dataset.items]}
+    items = [dataset[i] for i in range(len(dataset))]
+    batch = {key: torch.stack([item[key] for item in items]) for key in ("image", "soft_mask", "masked_image")}
+    return {**batch, "text": [item["text"] for item in items]}
 
 
 def test_stage_one_brings_e_msc_closer_to_e_r(trained, held_out):
