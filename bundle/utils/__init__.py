@@ -1,7 +1,7 @@
 """Helpers every part of the bundle uses: files (atomic writes, JSON objects, safe case names, clean-up after
 an interrupted run), hashing, mixed precision, and where the bundle's own files are."""
 
-from bundle.utils.bundle_files import BUNDLE_ROOT, CONFIGS_DIR, code_version
+from bundle.utils.bundle_files import BUNDLE_ROOT, CONFIGS_DIR, code_version, common_settings
 from bundle.utils.files import (
     check_folder_writable,
     json_kind,
@@ -26,6 +26,7 @@ __all__ = [
     "autocast_dtype",
     "check_folder_writable",
     "code_version",
+    "common_settings",
     "file_identity",
     "json_kind",
     "make_readable",

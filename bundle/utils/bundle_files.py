@@ -3,11 +3,13 @@ version of them runs."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from functools import lru_cache
 from pathlib import Path
 
 import bundle
+from bundle.utils.files import read_json_object
 
 BUNDLE_ROOT = Path(bundle.__file__).resolve().parents[1]
 """The bundle folder: ``configs/``, ``metadata.json`` and the ``bundle`` package."""
@@ -32,3 +34,14 @@ def code_version() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         version["git_commit"] = "unknown"
     return version
+
+
+def common_settings(bundle_root: str | os.PathLike) -> dict:
+    """The settings every workflow shares (``configs/common.json`` under ``bundle_root``: orientation, soft mask,
+    slices, model grid), read through ``bundle_root`` so a config finds them from any working directory (MONAI
+    resolves a ``%configs/x.json#id`` macro against the working directory instead)."""
+    return read_json_object(
+        Path(bundle_root) / "configs" / "common.json",
+        "the bundle's common settings",
+        hint="set bundle_root to the bundle folder (the one holding configs/)",
+    )

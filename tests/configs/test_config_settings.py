@@ -1,43 +1,102 @@
-"""The settings that must agree between the standalone configs do: training (both stages) and inference cut the
-same slices onto the same model grid, and the sd15 overrides name the same pretrained folders and grid.
-
-Each base config runs alone with today's command lines, so it carries its own values (MONAI resolves a
-``%configs/x.json#id`` macro against the working directory, which breaks running a config from another folder,
-with ``bundle_root`` or from a packaged bundle); the shared structure (the preprocessing chain, the model grid) is
-one factory each (``bundle.transforms.case_to_slices``, ``bundle.transforms.model_grid``), and this test keeps the
-values that are written in more than one file equal."""
+"""The settings every workflow shares are written once (``configs/common.json``) and every config finds them from
+any working directory: MONAI resolves a ``%configs/x.json#id`` macro against the working directory, so the
+configs read the shared file through ``bundle_root`` instead (:func:`bundle.utils.bundle_files.common_settings`).
+Each config still runs alone, keeps its own values where it differs (``classify.json``'s window, the preview's
+grid) and a command-line setting (``--spatial_size 64``) still replaces the shared one."""
 
 from __future__ import annotations
 
 import json
 
-from tests.helpers.paths import CONFIGS
+import pytest
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
 
-SLICING = (
-    "canonical_axcodes",
-    "soft_mask_sigma_mm",
-    "box_size_mm",
-    "slices_per_case",
-    "spatial_size",
-    "pixdim_mm",
-    "window_margin_mm",
-    "model_grid",
-)
+from bundle.errors import InputError
+from bundle.utils.bundle_files import common_settings
+from tests.helpers.paths import CONFIGS, REPO
+
+STANDALONE = ["train_msc.json", "train.json", "inference.json", "mask_preview.json", "classify.json"]
+OVERRIDES = [
+    ["train_msc.json", "sd15_train_msc.json"],
+    ["train.json", "sd15_train.json"],
+    ["inference.json", "sd15_inference.json"],
+    ["train.json", "ablation_no_msc.json"],
+    ["train.json", "ablation_no_smis.json"],
+    ["train.json", "evaluate.json"],
+    ["train.json", "multi_gpu_train.json"],
+]
+PREPROCESSING = {
+    "train_msc.json": "train#preprocessing",
+    "train.json": "train#preprocessing",
+    "inference.json": "preprocessing",
+    "mask_preview.json": "preprocessing",
+    "classify.json": "train#preprocessing",
+}
 
 
 def config(name: str) -> dict:
     return json.loads((CONFIGS / name).read_text())
 
 
-def test_both_training_stages_and_inference_cut_the_same_slices_onto_the_same_grid():
-    stage1, stage2, inference = config("train_msc.json"), config("train.json"), config("inference.json")
-    for key in SLICING:
-        assert stage1[key] == stage2[key] == inference[key], key
-    for key in ("canonical_axcodes", "sigma_mm", "box_size_mm", "max_slices", "lesion_guided"):
-        assert stage1["train"]["preprocessing"][key] == stage2["train"]["preprocessing"][key], key
-    for key in ("grid", "canonical_axcodes", "sigma_mm", "box_size_mm", "max_slices"):
-        assert stage2["train"]["preprocessing"][key] == inference["preprocessing"][key], key
-    assert stage1["seed"] == stage2["seed"] == inference["seed"]
+def parser(names: list[str], **overrides) -> ConfigParser:
+    loaded = ConfigParser()
+    loaded.read_config([str(CONFIGS / name) for name in names])
+    loaded.update({"bundle_root": str(REPO), **overrides})
+    return loaded
+
+
+def test_no_shared_value_is_written_in_a_config():
+    shared = common_settings(REPO)
+    for name in STANDALONE:
+        for key, value in config(name).items():
+            assert key not in shared or value != shared[key], f"{name} repeats {key} = {value!r}: common.json has it"
+    train, stage1, inference = (parser([name]) for name in ("train.json", "train_msc.json", "inference.json"))
+    for key in shared:
+        assert train.get_parsed_content(key) == stage1.get_parsed_content(key) == shared[key], key
+        assert inference.get_parsed_content(key) == shared[key], key
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["from_the_bundle", "from_another_folder"])
+@pytest.mark.parametrize("name", STANDALONE)
+def test_every_config_parses_and_builds_its_preprocessing_from_any_folder(name, elsewhere, tmp_path, monkeypatch):
+    if elsewhere:
+        monkeypatch.chdir(tmp_path)
+    loaded = parser([name])
+    assert loaded.get_parsed_content("canonical_axcodes") == "RIP"
+    assert isinstance(loaded.get_parsed_content(PREPROCESSING[name]), Compose)
+
+
+@pytest.mark.parametrize("names", OVERRIDES, ids=lambda names: "+".join(names))
+def test_the_override_files_only_override(names, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = config(names[-1])
+    loaded = parser(names)
+    if "spatial_size" in overrides:
+        assert loaded.get_parsed_content("spatial_size") == overrides["spatial_size"]
+    else:
+        assert loaded.get_parsed_content("spatial_size") == common_settings(REPO)["spatial_size"]
+    assert loaded.get_parsed_content("soft_mask_sigma_mm") == overrides.get("soft_mask_sigma_mm", 3.0)
+    assert isinstance(
+        loaded.get_parsed_content("train#preprocessing" if "train" in names[0] else "preprocessing"), Compose
+    )
+
+
+def test_a_command_line_setting_replaces_the_shared_one():
+    loaded = parser(["inference.json"], spatial_size=64, window_margin_mm=8.0)
+    grid = loaded.get_parsed_content("model_grid")
+    assert loaded.get_parsed_content("slices_per_case") == 3
+    assert grid.transforms[-1].padder.spatial_size == (64, 64)
+    assert grid.transforms[1].cropper.margin == 8
+
+
+def test_a_wrong_bundle_root_names_the_missing_file(tmp_path):
+    loaded = parser(["train.json"], bundle_root=str(tmp_path))
+    with pytest.raises(RuntimeError) as error:
+        loaded.get_parsed_content("spatial_size")
+    assert isinstance(error.value.__cause__, InputError)
+    assert str(tmp_path / "configs" / "common.json") in str(error.value.__cause__)
+    assert "bundle_root" in str(error.value.__cause__)
 
 
 def test_the_sd15_overrides_agree_on_folders_and_grid():

@@ -6,6 +6,7 @@ import json
 
 import jsonschema
 import pytest
+from monai.bundle import ConfigParser
 
 from tests.helpers.paths import CONFIGS, REPO, SHARED_DATA
 
@@ -48,7 +49,10 @@ def test_network_data_format_matches_the_configs_model_size():
         if v["type"] == "image"
     }
     for name in ("train.json", "inference.json"):
-        size = json.loads((CONFIGS / name).read_text())["spatial_size"]
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / name))
+        parser["bundle_root"] = str(REPO)
+        size = parser.get_parsed_content("spatial_size")
         assert shapes == {(size, size)}, name
     assert set(metadata["network_data_format"]["inputs"]) == {"image", "soft_mask", "text"}
 

@@ -25,8 +25,12 @@ def demo_data(tmp_path_factory):
     return out_dir
 
 
-def test_bundle_run_writes_every_test_case(demo_data, tmp_path):
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["from_the_bundle", "from_another_folder"])
+def test_bundle_run_writes_every_test_case(demo_data, tmp_path, elsewhere):
+    """Also from another working directory with ``--bundle_root`` (as MONAI Label, Deploy or another project
+    run the bundle): the shared settings are found through ``bundle_root``."""
     output_dir = tmp_path / "preview"
+    elsewhere_arguments = ["--bundle_root", str(REPO)] if elsewhere else []
     command = [
         sys.executable,
         "-m",
@@ -38,10 +42,11 @@ def test_bundle_run_writes_every_test_case(demo_data, tmp_path):
         str(demo_data / "datalist.json"),
         "--output_dir",
         str(output_dir),
+        *elsewhere_arguments,
     ]
     result = subprocess.run(
         command,
-        cwd=REPO,
+        cwd=tmp_path if elsewhere else REPO,
         capture_output=True,
         text=True,
         timeout=600,
