@@ -19,6 +19,20 @@ from bundle.transforms.soft_mask import MaskImaged, SoftMaskFromSourced
 from bundle.transforms.validate_entry import ValidateEntryd
 
 
+def slice_grid(
+    spatial_size: int,
+    pixdim_mm: float | None = 1.0,
+    window_key: str | None = "soft_mask",
+    window_margin_mm: float = 16.0,
+) -> Compose:
+    """The model grid of the slice items (:data:`SLICE_KEYS` resampled together,
+    :func:`bundle.transforms.model_grid.model_grid`): by default the soft mask's working window; ``window_key``
+    ``None`` keeps whole slices."""
+    return model_grid(
+        list(SLICE_KEYS), spatial_size, pixdim_mm, window_key=window_key, window_margin_mm=window_margin_mm
+    )
+
+
 def case_to_slices(
     grid: Compose,
     canonical_axcodes: str = "RIP",
@@ -31,7 +45,7 @@ def case_to_slices(
     """Validate, load, make the soft mask, orient, scale, mask, pick slices, keep native copies, resample.
 
     Args:
-        grid: the slice -> model-grid chain (:func:`bundle.transforms.model_grid.model_grid`).
+        grid: the slice -> model-grid chain (:func:`slice_grid`).
         canonical_axcodes: the orientation slices are cut in (first axis: the sagittal slice index).
         sigma_mm: the soft mask's Gaussian sigma (0: a hard mask).
         box_size_mm: the box side for point sources without their own size.
@@ -76,11 +90,8 @@ def slice_transform(
     """Entry -> the ``slices_per_case`` slices with the largest target-vertebra area, on a ``spatial_size``
     square grid around the soft mask (:func:`case_to_slices`, not lesion-guided: a test case has no lesion
     segmentation to guide it)."""
-    grid = model_grid(
-        list(SLICE_KEYS), spatial_size, pixdim_mm, window_key="soft_mask", window_margin_mm=window_margin_mm
-    )
     return case_to_slices(
-        grid,
+        slice_grid(spatial_size, pixdim_mm, window_margin_mm=window_margin_mm),
         canonical_axcodes=canonical_axcodes,
         sigma_mm=sigma_mm,
         box_size_mm=box_size_mm,
