@@ -1,8 +1,8 @@
 """Case-level classification scores of the downstream experiment.
 
-Accuracy, macro precision / recall / F1 (the unweighted mean of the per-class values from the confusion matrix; a
-class never predicted has precision 0), and the macro one-vs-rest ROC AUC of the class probabilities (the mean
-over classes with both positive and negative test cases).
+Accuracy, macro precision / recall / F1 (the unweighted mean of the per-class values from MONAI's
+confusion-matrix metrics; a class never predicted has precision 0), and the macro one-vs-rest ROC AUC of the class
+probabilities (the mean over classes with both positive and negative test cases).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.metrics import compute_roc_auc
+from monai.metrics import compute_confusion_matrix_metric, compute_roc_auc, get_confusion_matrix
 
 METRIC_NAMES = ("auc", "accuracy", "precision", "recall", "f1")
 """The headline metrics of ``metrics.json`` (precision, recall and F1 are macro averages)."""
@@ -26,22 +26,25 @@ def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_clas
     return matrix
 
 
-def scores_from_confusion(matrix: np.ndarray) -> dict[str, object]:
-    """Accuracy and macro precision / recall / F1 of a confusion matrix, with the per-class values.
+def confusion_scores(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> dict[str, object]:
+    """Accuracy and macro precision / recall / F1 of class predictions, with the per-class values.
 
-    Per class: precision = TP / (TP + FP), recall = TP / (TP + FN), F1 = 2 P R / (P + R); a 0 / 0 counts as 0
-    (a class never predicted has precision 0). Macro values are the unweighted means over the classes that
-    have test cases (a class absent from the test set has no recall and is left out).
+    Per class (from the one-vs-rest counts of MONAI's ``get_confusion_matrix`` over all cases and its
+    ``compute_confusion_matrix_metric``, as :class:`~monai.metrics.ConfusionMatrixMetric` does):
+    precision = TP / (TP + FP), recall = TP / (TP + FN), F1 = 2 TP / (2 TP + FP + FN) (= 2 P R / (P + R)); a 0 / 0
+    counts as 0 (a class never predicted has precision 0). Macro values are the unweighted means over the classes
+    that have test cases (a class absent from the test set has no recall and is left out).
     """
-    matrix = np.asarray(matrix, dtype=np.float64)
-    true_positive = np.diag(matrix)
-    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
-    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
-    recall = np.divide(true_positive, actual, out=np.zeros_like(true_positive), where=actual > 0)
-    both = precision + recall
-    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(both), where=both > 0)
+    counts = torch.zeros(num_classes, 4, dtype=torch.float64)  # per class: TP, FP, TN, FN
+    if len(labels):
+        counts += get_confusion_matrix(_one_hot(predictions, num_classes), _one_hot(labels, num_classes)).sum(dim=0)
+    precision, recall, f1 = (
+        torch.nan_to_num(compute_confusion_matrix_metric(name, counts), nan=0.0).numpy()
+        for name in ("precision", "recall", "f1 score")
+    )
+    true_positive, actual = counts[:, 0].numpy(), (counts[:, 0] + counts[:, 3]).long().numpy()
     present = actual > 0
-    total = matrix.sum()
+    total = actual.sum()
     return {
         "accuracy": float(true_positive.sum() / total) if total else math.nan,
         "precision": float(precision[present].mean()) if present.any() else math.nan,
@@ -52,6 +55,11 @@ def scores_from_confusion(matrix: np.ndarray) -> dict[str, object]:
             for p, r, f, n in zip(precision, recall, f1, actual, strict=True)
         ],
     }
+
+
+def _one_hot(classes: Sequence[int], num_classes: int) -> torch.Tensor:
+    """``(N, num_classes)`` one-hot rows, MONAI's confusion-matrix input."""
+    return torch.nn.functional.one_hot(torch.as_tensor(np.asarray(classes, dtype=np.int64)), num_classes).float()
 
 
 def roc_auc_one_vs_rest(labels: Sequence[int], probabilities: np.ndarray) -> tuple[float, list[float]]:
@@ -79,8 +87,7 @@ def classification_metrics(
     prediction is the most probable class."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     predictions = probabilities.argmax(axis=1)
-    matrix = confusion_matrix(labels, predictions, len(classes))
-    scores = scores_from_confusion(matrix)
+    scores = confusion_scores(labels, predictions, len(classes))
     auc, auc_per_class = roc_auc_one_vs_rest(labels, probabilities)
     per_class = {
         name: {**values, "auc": auc_per_class[k]}
@@ -90,6 +97,6 @@ def classification_metrics(
         "auc": auc,
         **scores,
         "per_class": per_class,
-        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix": confusion_matrix(labels, predictions, len(classes)).tolist(),
         "confusion_matrix_axes": "rows: true class, columns: predicted class, in the order of 'classes'",
     }
