@@ -1,4 +1,11 @@
-"""Reading a MONAI datalist and checking each entry before anything is loaded."""
+"""Reading a MONAI datalist and checking each entry before anything is loaded.
+
+Not MONAI's ``load_decathlon_datalist``: it makes only ``image`` and ``label`` absolute and guesses for every other
+value (a string is joined to the datalist's folder only if that path exists), so a ``case_id`` that names a case
+folder becomes a path (the outputs' names change) and a missing ``vertebra_seg`` stays relative (its error names a
+path relative to nothing); and it reports a missing split or a non-object entry without naming the file's problem
+as :func:`load_datalist` does. Here the file keys (:data:`FILE_KEYS`) and only they are resolved, whether or not
+the file exists (``tests/data/test_datalist.py``)."""
 
 from __future__ import annotations
 
