@@ -8,8 +8,9 @@ executes nothing (0.5 ms per item here, against 3-13 ms for a memory-mapped ``to
 - The **fingerprint** (:func:`preprocessing_fingerprint`) hashes the preprocessing chain: every transform's
   class and public settings, the source of the bundle modules that define them and the versions of the other
   packages (MONAI). Changing a setting (soft-mask sigma, grid size, slices per case, ...) or the code therefore
-  selects another folder; stale slices are never read. (MONAI's ``PersistentDataset`` hashes the item only;
-  its ``hash_transform`` pickles the transforms, which is not stable across processes.)
+  selects another folder; stale slices are never read. (MONAI's ``PersistentDataset`` with ``hash_transform``
+  falls back to the transforms' class names when their settings are not JSON-serialisable, as ours are not, and
+  does not re-make a truncated cache file: the reasons in docs/README.md, "Why not MONAI's PersistentDataset".)
 - The **entry key** (:func:`entry_cache_key`) hashes the whole entry and the identity of every file it names
   (path, size, modification time; for a DICOM folder, those of its files), so an edited entry or a replaced
   image is preprocessed again.
