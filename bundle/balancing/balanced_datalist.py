@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -32,6 +31,7 @@ from monai.bundle import ConfigParser
 from bundle.balancing.synthesis_requests import lesion_requests
 from bundle.data.class_balance import class_counts
 from bundle.data.datalist import FILE_KEYS, load_datalist
+from bundle.data.splits import seeded_shuffle
 from bundle.utils.bundle_files import BUNDLE_ROOT
 from bundle.utils.files import read_json_object, remove_leftovers, safe_case_name, write_json_atomically
 from bundle.utils.hashing import sha256_of_path
@@ -117,8 +117,7 @@ def balancing_requests(
     for label, count in needed.items():
         if count == 0:
             continue
-        order = list(normal)
-        random.Random(f"{seed}:{label}").shuffle(order)
+        order = seeded_shuffle(list(normal), seed, label)
         rounds = math.ceil(count / len(order))
         made = lesion_requests(order, training, [label], seed=seed, per_class=rounds)
         # made is case-major (case 1 round 0..r-1, case 2 ...); take round-major: every case once, then again

@@ -36,6 +36,13 @@ def normalised_shares(
     return {name: float(value) / total for name, value in zip(names, numbers, strict=True)}
 
 
+def seeded_shuffle(items: list, seed: int, label: str) -> list:
+    """``items`` shuffled in place (and returned) by ``random.Random(f"{seed}:{label}")``: one seeded order per
+    label, so one label's order does not change with the others' counts."""
+    random.Random(f"{seed}:{label}").shuffle(items)
+    return items
+
+
 def held_out_count(size: int, fraction: float) -> int:
     """How many of a label's ``size`` entries are held out: ``round(fraction * size)``, at least one when
     ``fraction > 0``, and at most ``size - 1`` (a label always keeps an entry on the other side; a label with a
@@ -77,11 +84,11 @@ def holdout_split(
     ordered = sorted(entries, key=lambda e: str(e.get("case_id")))
     ids = [str(e.get("case_id")) for e in ordered]
 
-    def shuffled(label: str, members: list[int]) -> list[int]:
-        random.Random(f"{seed}:{label}").shuffle(members)
-        return members
-
-    flags = stratified_holdout([str(e.get(label_key, "")) for e in ordered], fraction, shuffled)
+    flags = stratified_holdout(
+        [str(e.get(label_key, "")) for e in ordered],
+        fraction,
+        lambda label, members: seeded_shuffle(members, seed, label),
+    )
     held_out = {case_id for case_id, flag in zip(ids, flags, strict=True) if flag}
     keep_validation = part == "validation"
     return [dict(e) for e in entries if (str(e.get("case_id")) in held_out) == keep_validation]

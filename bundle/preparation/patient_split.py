@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from bundle.data.splits import normalised_shares
+from bundle.data.splits import normalised_shares, seeded_shuffle
 
 SPLITS = ("training", "validation", "test")
 
@@ -55,8 +54,7 @@ def patient_split(
     order: list[str] = []
     for label in sorted(set(stratum.values()), key=rarity):
         members = sorted(patient for patient in groups if stratum[patient] == label)
-        random.Random(f"{seed}:{label}").shuffle(members)
-        order.extend(members)
+        order.extend(seeded_shuffle(members, seed, label))
 
     active = [name for name in SPLITS if shares[name] > 0]
     per_label = {name: Counter() for name in SPLITS}
