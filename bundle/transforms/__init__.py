@@ -5,7 +5,7 @@ twin where it acts on one value.
 - :mod:`~bundle.transforms.loading`: read a 3-D volume (NIfTI, DICOM series or file, other ITK formats), check it,
   bring segmentations onto the image's voxel order;
 - :mod:`~bundle.transforms.soft_mask`: the mask from vertebra labels, a box or a point, blurred in millimetres,
-  and the masked image;
+  the masked image, and the lesion's own mask;
 - :mod:`~bundle.transforms.morphology`: binary masks eroded or dilated by a radius in millimetres;
 - :mod:`~bundle.transforms.intensity`: scanner units to the model's [0, 1] and back;
 - :mod:`~bundle.transforms.slices`: the sagittal slices that hold the mask (or the lesion);
@@ -40,6 +40,7 @@ from bundle.transforms.soft_mask import (
     GaussianBlurMMd,
     LabelMask,
     LabelMaskd,
+    LesionMaskd,
     MaskImage,
     MaskImaged,
     PointBoxMask,
@@ -59,6 +60,7 @@ __all__ = [
     "GaussianBlurMMd",
     "LabelMask",
     "LabelMaskd",
+    "LesionMaskd",
     "LesionSliceGuided",
     "LoadVolume",
     "LoadVolumeOnced",
