@@ -39,10 +39,10 @@ def series_order(data: Sequence[Mapping]) -> list[int]:
     return sorted(range(len(data)), key=lambda number: (first[str(data[number].get("image"))], number))
 
 
-def _stacked(slices: Sequence[Mapping]) -> dict[str, object]:
+def _stacked(slices: Sequence[Mapping], keys: Sequence[str] = SLICE_KEYS) -> dict[str, object]:
     """An entry's slice items as one record: ``{key: (n, 1, S, S)}``, ``"text"`` and ``"label"`` lists."""
     return {
-        **{k: torch.stack([plain_tensor(item[k]) for item in slices]) for k in SLICE_KEYS},
+        **{k: torch.stack([plain_tensor(item[k]) for item in slices]) for k in keys},
         "text": [str(item.get("text", "")) for item in slices],
         "label": [str(item.get("label", "")) for item in slices],
     }
@@ -67,6 +67,8 @@ class SliceDataset(torch.utils.data.Dataset):
         transform: entry -> list of slice items (:func:`case_to_slices`).
         max_items: keep only the first this many slices (e.g. a small validation set).
         cache_dir: where the slice cache lives (``None``: in memory).
+        keys: the model-grid images kept per slice (default :data:`SLICE_KEYS`; add ``"lesion_mask"`` when the
+            transform carries it).
     """
 
     def __init__(
@@ -75,8 +77,10 @@ class SliceDataset(torch.utils.data.Dataset):
         transform: Compose,
         max_items: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        keys: Sequence[str] = SLICE_KEYS,
     ) -> None:
         self.data = list(data)
+        self.keys = tuple(keys)
         self.cache = SliceCache(cache_dir, transform) if cache_dir is not None else None
         self.failures: list[dict[str, object]] = []  # case_id, error, bad_input
         self.labels: list[str] = []
@@ -108,7 +112,7 @@ class SliceDataset(torch.utils.data.Dataset):
                 slices = slices if isinstance(slices, list) else [slices]
                 if not slices:
                     continue
-                record = _stacked(slices)
+                record = _stacked(slices, self.keys)
                 labels = record["label"]
                 if path:
                     self.cache.save(path, record)
@@ -146,7 +150,7 @@ class SliceDataset(torch.utils.data.Dataset):
         if isinstance(record, Path):
             return {**SliceCache.item(record, row), "case_id": self._case_ids[number]}
         return {
-            **{k: record[k][row].clone() for k in SLICE_KEYS},
+            **{k: record[k][row].clone() for k in self.keys},
             "text": record["text"][row],
             "case_id": self._case_ids[number],
             "label": record["label"][row],

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from bundle.data.datalist import load_datalist
+from bundle.experiments.runner import mean_std
 from bundle.utils.files import safe_case_name
 
 SIGNAL_WORDS = ("hyperintense", "hypointense")
@@ -62,7 +63,8 @@ def in_mask_change(request: Mapping, synthetic: str | os.PathLike) -> dict[str, 
 def class_effect(
     requests_path: str | os.PathLike, synthesis_dir: str | os.PathLike, split: str = "test", suffix: str = "_synthetic"
 ) -> dict[str, object]:
-    """Per-request in-mask changes and their mean by requested signal, for every request that was written."""
+    """Per-request in-mask changes and, by requested signal, their mean and sample standard deviation
+    (:func:`bundle.experiments.runner.mean_std`), for every request that was written."""
     synthesis_dir = Path(synthesis_dir)
     rows = []
     for request in load_datalist(requests_path, split):
@@ -75,10 +77,11 @@ def class_effect(
         changes = np.array([row["relative_change"] for row in group])
         brighter = np.array([row["brighter_fraction"] for row in group])
         darker = np.array([row["darker_fraction"] for row in group])
+        mean, std = mean_std(changes.tolist())
         summary[signal] = {
             "count": int(changes.size),
-            "mean_relative_change": float(changes.mean()),
-            "std": float(changes.std()),
+            "mean_relative_change": mean,
+            "std": std,
             "positive": int((changes > 0).sum()),
             "mean_brighter_fraction": float(brighter.mean()),
             "mean_darker_fraction": float(darker.mean()),

@@ -1,7 +1,7 @@
 """The downstream experiment: does adding synthetic lesion cases help a classifier more than oversampling?
 
 Steps (:func:`run_experiment`, driven by ``scripts/downstream.py``), each skipped when an earlier run finished
-it (``WORK/done/<step>.json``), so a killed run continues where it stopped:
+it (``WORK/done/<step>.json``, :mod:`bundle.experiments.runner`), so a killed run continues where it stopped:
 
 1. data: an imbalanced training set (``train_cases``, the phantom's default fractions 60 / 25 / 15 %) and a
    separate class-balanced test set (``test_cases``), both generated at ``difficulty`` with different seeds;
@@ -13,7 +13,8 @@ it (``WORK/done/<step>.json``), so a killed run continues where it stopped:
    disease class of the training list filled up to the normal count with synthetic cases of each of the three models.
 4. classification (``configs/classify.json``): five arms x ``seeds``; every arm trains for the same number
    of optimiser steps (``classifier_epochs`` x ``samples_per_epoch`` / ``batch_size``) and is tested on the
-   same real test list.
+   same real test list. A classifier run that fails is listed and the others go on; the experiment then ends
+   with an error naming it (after the report of the finished runs).
 5. report: ``docs/downstream.md`` (mean +- std over seeds, per-seed rows, the command, machine, time,
    settings) and ``docs/downstream.png``.
 """
@@ -26,21 +27,24 @@ import math
 import os
 import platform
 import shlex
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bundle.experiments.runner import (
+    Comparison,
+    ExperimentError,
+    Steps,
+    cell,
+    claim_work_dir,
+    seeded_runs,
+    summarise,
+)
 from bundle.metrics.classification import METRIC_NAMES
 from bundle.utils.bundle_files import BUNDLE_ROOT, CONFIGS_DIR
 from bundle.utils.files import write_json_atomically
 
 logger = logging.getLogger(__name__)
-
-
-class ExperimentError(ValueError):
-    """A bad setting or a work folder that holds another run: said in one line, no traceback needed."""
-
 
 CLASSES = ("normal", "benign", "malignant")
 
@@ -154,40 +158,6 @@ def settings_for(preset: str = "default", **overrides) -> dict[str, object]:
     ]
     settings["preset"] = preset
     return settings
-
-
-# ------------------------------------------------------------------------------------------------ steps
-class Steps:
-    """Runs named steps once: a finished step leaves ``done/<name>.json`` (its seconds and details)."""
-
-    def __init__(self, work_dir: Path) -> None:
-        self.folder = work_dir / "done"
-
-    def done(self, name: str) -> dict | None:
-        path = self.folder / f"{name}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def run(self, name: str, action: Callable[[], object]) -> dict:
-        finished = self.done(name)
-        if finished is not None:
-            logger.info("step %s: already done (%.0f s), skipped", name, finished["seconds"])
-            return finished
-        logger.info("step %s: running", name)
-        start = time.monotonic()
-        details = action()
-        record = {
-            "step": name,
-            "seconds": round(time.monotonic() - start, 2),
-            "details": details,
-            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(self.folder / f"{name}.json", record)
-        logger.info("step %s: done in %.1f s", name, record["seconds"])
-        return record
-
-    def seconds(self) -> dict[str, float]:
-        return {p.stem: json.loads(p.read_text())["seconds"] for p in sorted(self.folder.glob("*.json"))}
 
 
 def make_data(data_dir: Path, settings: Mapping) -> Path:
@@ -386,16 +356,7 @@ def run_experiment(
         "models_dirs": given,
         "stage1_dir": str(Path(stage1_dir).absolute()) if stage1_dir else None,
     }
-    record_path = work_dir / "experiment.json"
-    if record_path.is_file():
-        before = json.loads(record_path.read_text())
-        if before != json.loads(json.dumps(record)):
-            raise ExperimentError(
-                f"{work_dir} holds a run with other settings ({record_path}); use a new --work_dir "
-                "or the same settings to continue it"
-            )
-    else:
-        write_json_atomically(record_path, record)
+    claim_work_dir(work_dir, record)
     steps = Steps(work_dir)
 
     if datalist is None:
@@ -414,22 +375,31 @@ def run_experiment(
     for model in sorted(needed):
         balanced[model] = work_dir / "balanced" / model
         steps.run(f"balance_{model}", lambda m=model: balance(m, datalist, balanced[m], folders[m], stage1, settings))
-    results: dict[str, dict[int, dict]] = {}
-    for arm in arms:
+
+    def output(arm: str, seed: int) -> Path:
+        return work_dir / "classify" / arm / f"seed_{seed}"
+
+    def arm_datalist(arm: str) -> Path:
         model = ARMS[arm]["model"]
-        arm_datalist = datalist if model is None else balanced[model] / "datalist.json"
-        for seed in settings["seeds"]:
-            output = work_dir / "classify" / arm / f"seed_{seed}"
-            if not finished_run(output / "metrics.json", int(settings["classifier_epochs"])):
-                (steps.folder / f"classify_{arm}_seed{seed}.json").unlink(missing_ok=True)
-            steps.run(
-                f"classify_{arm}_seed{seed}",
-                lambda a=arm, s=seed, d=arm_datalist, o=output: classify(a, s, d, o, work_dir / "cache", settings),
-            )
-            results.setdefault(arm, {})[seed] = json.loads((output / "metrics.json").read_text())
-    if docs_dir is not None:
+        return datalist if model is None else balanced[model] / "datalist.json"
+
+    results, failures = seeded_runs(
+        steps,
+        arms,
+        settings["seeds"],
+        run=lambda a, s: classify(a, s, arm_datalist(a), output(a, s), work_dir / "cache", settings),
+        result=lambda a, s: json.loads((output(a, s) / "metrics.json").read_text()),
+        finished=lambda a, s: finished_run(output(a, s) / "metrics.json", int(settings["classifier_epochs"])),
+        prefix="classify",
+    )
+    if docs_dir is not None and results:
         context = report_context(work_dir, settings, datalist, folders, given, command, steps.seconds())
         write_report(results, Path(docs_dir), context, report_name)
+    if failures:
+        raise ExperimentError(
+            f"{len(failures)} classifier run(s) failed ({'; '.join(f'{k}: {v}' for k, v in failures.items())}); "
+            f"the others are kept: run the same command again to retry them (errors in {steps.failed_folder})"
+        )
     return results
 
 
@@ -481,28 +451,6 @@ def collect_results(work_dir: str | os.PathLike, arms: Sequence[str], seeds: Seq
     return results
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for one value) of the defined values."""
-    defined = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not defined:
-        return math.nan, math.nan
-    mean = sum(defined) / len(defined)
-    if len(defined) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in defined) / (len(defined) - 1))
-
-
-def summarise(results: Mapping[str, Mapping[int, Mapping]]) -> dict[str, dict[str, tuple[float, float]]]:
-    return {
-        arm: {name: mean_std([runs[s].get(name) for s in sorted(runs)]) for name in METRIC_NAMES}
-        for arm, runs in results.items()
-    }
-
-
-def _cell(mean: float, std: float) -> str:
-    return "n/a" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
-
-
 def _number(value: object) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.3f}"
 
@@ -525,19 +473,19 @@ def verdicts(summary: Mapping[str, Mapping[str, tuple[float, float]]]) -> list[s
         if other not in summary:
             continue
         value, sd = summary[other]["f1"]
-        difference = full - value
+        comparison = Comparison.of((full, full_sd), (value, sd))
         if clearly:
-            holds = difference > max(full_sd, sd)
+            holds = comparison.clearly_above
             claim = f"Full method clearly above {ARMS[other]['title']}"
         else:
-            holds = difference > 0
+            holds = comparison.above
             title = str(ARMS[other]["title"])
             claim = f"{title[0].upper()}{title[1:]} below the full method"
         outcomes.append(holds)
-        spread = "; within the seed spread" if not clearly and abs(difference) <= max(full_sd, sd) else ""
+        spread = "; within the seed spread" if not clearly and comparison.within_spread else ""
         lines.append(
             f"- {claim}: **{'yes' if holds else 'no'}** (macro F1 {full:.3f} ± {full_sd:.3f} for the "
-            f"full method vs {value:.3f} ± {sd:.3f}, difference {difference:+.3f}{spread})."
+            f"full method vs {value:.3f} ± {sd:.3f}, difference {comparison.difference:+.3f}{spread})."
         )
     if not outcomes:
         return ["Only the full method was run; no comparison."]
@@ -602,7 +550,7 @@ def write_report(
 ) -> tuple[Path, Path]:
     """``docs_dir/<name>.md`` (tables, verdicts, command, machine, time, settings) and ``<name>.png``."""
     docs_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarise(results)
+    summary = summarise(results, METRIC_NAMES)
     figure = plot_results(summary, docs_dir / f"{name}.png")
     arms = [arm for arm in ARMS if arm in results] + [arm for arm in results if arm not in ARMS]
     seeds = sorted({seed for runs in results.values() for seed in runs})
@@ -637,7 +585,7 @@ def write_report(
         counts = next(iter(runs.values())).get("training_counts", {})
         lines.append(
             f"| {title[arm]} | {_training_counts(counts)} | "
-            + " | ".join(_cell(*summary[arm][m]) for m in METRIC_NAMES)
+            + " | ".join(cell(*summary[arm][m]) for m in METRIC_NAMES)
             + " |"
         )
     lines += [

@@ -5,7 +5,8 @@ twin where it acts on one value.
 - :mod:`~bundle.transforms.loading`: read a 3-D volume (NIfTI, DICOM series or file, other ITK formats), check it,
   bring segmentations onto the image's voxel order;
 - :mod:`~bundle.transforms.soft_mask`: the mask from vertebra labels, a box or a point, blurred in millimetres,
-  and the masked image;
+  the masked image, and the lesion's own mask;
+- :mod:`~bundle.transforms.morphology`: binary masks eroded or dilated by a radius in millimetres;
 - :mod:`~bundle.transforms.intensity`: scanner units to the model's [0, 1] and back;
 - :mod:`~bundle.transforms.slices`: the sagittal slices that hold the mask (or the lesion);
 - :mod:`~bundle.transforms.model_grid`: a slice onto the model's square grid and back;
@@ -30,6 +31,7 @@ from bundle.transforms.loading import (
     voxel_spacing_mm,
 )
 from bundle.transforms.model_grid import invert_to_slice
+from bundle.transforms.morphology import DilateMaskMM, DilateMaskMMd, ErodeMaskMM, ErodeMaskMMd
 from bundle.transforms.slices import LesionSliceGuided, SelectMaskSlicesd
 from bundle.transforms.soft_mask import (
     BoxMask,
@@ -38,6 +40,7 @@ from bundle.transforms.soft_mask import (
     GaussianBlurMMd,
     LabelMask,
     LabelMaskd,
+    LesionMaskd,
     MaskImage,
     MaskImaged,
     PointBoxMask,
@@ -49,10 +52,15 @@ from bundle.transforms.validate_entry import ValidateEntryd, entry_field_problem
 __all__ = [
     "BoxMask",
     "BoxMaskd",
+    "DilateMaskMM",
+    "DilateMaskMMd",
+    "ErodeMaskMM",
+    "ErodeMaskMMd",
     "GaussianBlurMM",
     "GaussianBlurMMd",
     "LabelMask",
     "LabelMaskd",
+    "LesionMaskd",
     "LesionSliceGuided",
     "LoadVolume",
     "LoadVolumeOnced",

@@ -1,7 +1,9 @@
 """From a datalist entry to model-grid slice items: the one preprocessing chain every workflow shares.
 
 One entry becomes one item per selected sagittal slice: ``image`` (x0), ``soft_mask`` (M_b) and
-``masked_image`` (I_m), each ``(1, S, S)`` in [0, 1] on the model grid, with the entry's text and labels.
+``masked_image`` (I_m), each ``(1, S, S)`` in [0, 1] on the model grid, with the entry's text and labels; with
+``lesion_mask=True`` also ``lesion_mask``: the lesion's own binary mask from the entry's ``lesion_seg``, on the same
+grid (nearest neighbour; all zero for an entry without one, :class:`bundle.transforms.soft_mask.LesionMaskd`).
 A series with several labelled coordinates is read once (:class:`bundle.transforms.loading.LoadVolumeOnced`,
 with :class:`bundle.data.slice_dataset.SliceDataset` taking an image's entries in a row).
 """
@@ -13,9 +15,9 @@ from monai.transforms import Compose, CopyItemsd, Orientationd
 from bundle.data.slice_dataset import SLICE_KEYS
 from bundle.transforms.intensity import ScaleIntensityToModeld
 from bundle.transforms.loading import LoadVolumeOnced, MatchImageGridd
-from bundle.transforms.model_grid import model_grid
+from bundle.transforms.model_grid import model_grid, require_nearest
 from bundle.transforms.slices import LesionSliceGuided, SelectMaskSlicesd
-from bundle.transforms.soft_mask import MaskImaged, SoftMaskFromSourced
+from bundle.transforms.soft_mask import LesionMaskd, MaskImaged, SoftMaskFromSourced
 from bundle.transforms.validate_entry import ValidateEntryd
 
 
@@ -24,12 +26,19 @@ def slice_grid(
     pixdim_mm: float | None = 1.0,
     window_key: str | None = "soft_mask",
     window_margin_mm: float = 16.0,
+    lesion_mask: bool = False,
 ) -> Compose:
     """The model grid of the slice items (:data:`SLICE_KEYS` resampled together,
     :func:`bundle.transforms.model_grid.model_grid`): by default the soft mask's working window; ``window_key``
-    ``None`` keeps whole slices."""
+    ``None`` keeps whole slices. ``lesion_mask`` adds the lesion's mask, resampled with nearest neighbour."""
+    carried = ["lesion_mask"] if lesion_mask else []
     return model_grid(
-        list(SLICE_KEYS), spatial_size, pixdim_mm, window_key=window_key, window_margin_mm=window_margin_mm
+        [*SLICE_KEYS, *carried],
+        spatial_size,
+        pixdim_mm,
+        nearest_keys=carried,
+        window_key=window_key,
+        window_margin_mm=window_margin_mm,
     )
 
 
@@ -41,6 +50,7 @@ def case_to_slices(
     slice_mode: str = "all",
     max_slices: int | None = None,
     lesion_guided: bool = False,
+    lesion_mask: bool = False,
 ) -> Compose:
     """Validate, load, make the soft mask, orient, scale, mask, pick slices, keep native copies, resample.
 
@@ -51,22 +61,30 @@ def case_to_slices(
         box_size_mm: the box side for point sources without their own size.
         slice_mode, max_slices: which slices containing the mask are kept.
         lesion_guided: pick slices by the entry's ``lesion_seg`` where it has one (training).
+        lesion_mask: carry the lesion's binary mask as ``lesion_mask``; ``grid`` must resample that key with
+            nearest neighbour (``slice_grid(..., lesion_mask=True)``).
     """
-    volumes = ["image", "vertebra_seg"] + (["lesion_seg"] if lesion_guided else [])
+    if lesion_mask:
+        require_nearest(grid, "lesion_mask")
+    uses_lesion = lesion_guided or lesion_mask
+    volumes = ["image", "vertebra_seg"] + (["lesion_seg"] if uses_lesion else [])
     guide = [LesionSliceGuided()] if lesion_guided else []
-    oriented = ["image", "mask", "soft_mask"] + (["lesion_seg"] if lesion_guided else [])
+    lesion = [LesionMaskd()] if lesion_mask else []
+    carried = ["lesion_mask"] if lesion_mask else []
+    oriented = ["image", "mask", "soft_mask"] + (["lesion_seg"] if lesion_guided else []) + carried
     return Compose(
         [
             ValidateEntryd(file_keys=volumes),
             LoadVolumeOnced(volumes, allow_missing_keys=True),
             MatchImageGridd(volumes[1:], ref_key="image", allow_missing_keys=True),
             SoftMaskFromSourced(sigma_mm=sigma_mm, default_box_size_mm=box_size_mm),
+            *lesion,
             Orientationd(oriented, axcodes=canonical_axcodes, labels=None, allow_missing_keys=True),
             ScaleIntensityToModeld("image"),
             MaskImaged("image"),
             *guide,
             SelectMaskSlicesd(
-                list(SLICE_KEYS),
+                [*SLICE_KEYS, *carried],
                 mask_key="slice_guide" if lesion_guided else "mask",
                 mode=slice_mode,
                 max_slices=max_slices,

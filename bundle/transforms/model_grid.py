@@ -65,7 +65,9 @@ def model_grid(
         spatial_size: the model's side length in pixels.
         pixdim_mm: the square pixel size (mm) the slice is first resampled to; ``None``: the slice's own finest
             in-plane spacing (:class:`NativeSquarePixelsd`).
-        nearest_keys: keys resampled with nearest-neighbour (binary masks); the others use bilinear.
+        nearest_keys: keys resampled with nearest neighbour (binary masks; the resize step uses torch's
+            "nearest-exact", whose pixel centres match bilinear's: plain "nearest" shifts by up to half a pixel);
+            the others use bilinear.
         window_key: the soft-mask key that defines the working window; ``None`` keeps the whole slice (the
             paper's full-image mode).
         window_margin_mm: anatomy kept around the soft mask's extent (mask > 0.01), in millimetres.
@@ -103,12 +105,26 @@ def model_grid(
                 keys,
                 spatial_size=spatial_size,
                 size_mode="longest",
-                mode=["nearest" if m == "nearest" else "bilinear" for m in modes],
+                mode=["nearest-exact" if m == "nearest" else "bilinear" for m in modes],
                 anti_aliasing=False,
             ),
             SpatialPadd(keys, spatial_size=(spatial_size, spatial_size)),
         ]
     )
+
+
+def require_nearest(grid: Compose, key: str) -> None:
+    """Raise ``ValueError`` unless ``grid`` (:func:`model_grid`) resamples ``key`` with nearest neighbour (a binary
+    mask must stay binary: bilinear resampling would blur its edge into fractions)."""
+    first = grid.transforms[0]
+    keys = list(first.keys)
+    if key not in keys:
+        raise ValueError(
+            f"the model grid does not resample {key!r} (its keys: {keys}); add it to keys and nearest_keys"
+        )
+    modes = first.mode if isinstance(first.mode, (list, tuple)) else [first.mode] * len(keys)
+    if str(modes[keys.index(key)]) != "nearest":
+        raise ValueError(f"the model grid resamples {key!r} with {modes[keys.index(key)]!r}: add it to nearest_keys")
 
 
 def invert_to_slice(values: torch.Tensor, reference: MetaTensor, grid: Compose) -> torch.Tensor:

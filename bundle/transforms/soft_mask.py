@@ -385,6 +385,40 @@ class SoftMaskFromSourced(MapTransform):
         return d
 
 
+class LesionMaskd(MapTransform):
+    """``d[output_key]``: the lesion's own binary mask (``lesion_seg > 0``) on the mask's voxel grid.
+
+    An entry without a lesion segmentation (``lesion_key`` absent or ``None``: normal cases, datasets that
+    give only a class and a text) gets an all-zero mask: every slice item then has the same keys, so a batch
+    collates, and zero says "no lesion voxel marked". Whether that means "no lesion" is the dataset's claim;
+    ``d["has_lesion_mask"]`` records which entries had a segmentation. Input ``(1, X, Y, Z)`` (the lesion
+    segmentation already on the image's grid, :class:`bundle.transforms.loading.MatchImageGridd`); output
+    ``(1, X, Y, Z)`` float32 in {0, 1} with ``mask_key``'s affine.
+    """
+
+    def __init__(self, lesion_key: str = "lesion_seg", mask_key: str = "mask", output_key: str = "lesion_mask"):
+        super().__init__([mask_key], allow_missing_keys=False)
+        self.lesion_key, self.mask_key, self.output_key = lesion_key, mask_key, output_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        mask = d[self.mask_key]
+        lesion = d.get(self.lesion_key)
+        if isinstance(lesion, torch.Tensor):
+            if lesion.shape != mask.shape:
+                raise InputError(
+                    _source_name(lesion),
+                    f"the lesion segmentation's shape {tuple(lesion.shape)} differs from the mask's "
+                    f"{tuple(mask.shape)}",
+                )
+            inside = torch.as_tensor(lesion) > 0
+        else:
+            inside = torch.zeros_like(torch.as_tensor(mask), dtype=torch.bool)
+        d[self.output_key] = _as_mask(mask, inside)
+        d["has_lesion_mask"] = isinstance(lesion, torch.Tensor)
+        return d
+
+
 BODY_LEVEL = 0.05
 _BODY_SAMPLE = 2**20
 

@@ -16,7 +16,7 @@ from bundle.errors import InputError
 from bundle.utils.bundle_files import common_settings
 from tests.helpers.paths import CONFIGS, REPO
 
-STANDALONE = ["train_msc.json", "train.json", "inference.json", "mask_preview.json", "classify.json"]
+STANDALONE = ["train_msc.json", "train.json", "inference.json", "mask_preview.json", "classify.json", "segment.json"]
 OVERRIDES = [
     ["train_msc.json", "sd15_train_msc.json"],
     ["train.json", "sd15_train.json"],
@@ -32,6 +32,7 @@ PREPROCESSING = {
     "inference.json": "preprocessing",
     "mask_preview.json": "preprocessing",
     "classify.json": "train#preprocessing",
+    "segment.json": "preprocessing",
 }
 
 

@@ -4,7 +4,6 @@ scripts/downstream.py end to end with its smallest preset (and resuming it)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -18,7 +17,6 @@ from bundle.data.datalist import load_datalist
 from bundle.experiments.downstream import (
     ARMS,
     ExperimentError,
-    mean_std,
     settings_for,
     verdicts,
     write_report,
@@ -153,13 +151,6 @@ def test_verdict_says_plainly_when_the_claim_fails():
 def test_verdict_without_a_second_arm_claims_nothing():
     assert verdicts({"synthetic": {"f1": (0.6, 0.04)}}) == ["Only the full method was run; no comparison."]
     assert verdicts({"real": {"f1": (0.6, 0.04)}}) == ["The full method was not run; no comparison."]
-
-
-def test_mean_and_sample_std():
-    assert mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
-    assert mean_std([0.5]) == (0.5, 0.0)
-    assert mean_std([None, 0.4, float("nan")]) == (0.4, 0.0)
-    assert all(math.isnan(v) for v in mean_std([]))
 
 
 def test_presets_and_overrides():
