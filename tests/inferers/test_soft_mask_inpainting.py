@@ -93,8 +93,8 @@ def test_guidance_scale_one_is_the_conditional_prediction(model, batch):
     conditions = model.conditions(TEXTS, masked)
     null = model.null_conditions(2)
     with torch.no_grad():
-        conditional = model(latents, timestep.expand(2), *conditions)
-        unconditional = model(latents, timestep.expand(2), *null)
+        conditional = model(latents, timestep.expand(2), conditions)
+        unconditional = model(latents, timestep.expand(2), null)
         guided = SoftMaskInpaintingInferer(scheduler(), guidance_scale=1.0).guided_noise(
             model, latents, timestep, conditions, null
         )
