@@ -126,3 +126,15 @@ class GuidedSampler(Inferer):
             if step_hook is not None:
                 latents = step_hook(latents, index, timesteps)
         return latents
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: ConditionedDiffusionModel,
+        conditions: Conditions,
+        seeds: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Plain guided sampling: z_0 of ``inputs``' shape (the latents' ``(B, C, h, w)``) given ``conditions``, one
+        seed per image (default: ``seed`` for all). Subclasses add their inputs and a per-step hook."""
+        return self.sample(network, conditions, inputs, self.generators(inputs.shape[0], seeds))
