@@ -22,6 +22,7 @@ from bundle.engines.utils import batch_to_device, unwrap
 from bundle.networks.conditions import (
     ConditionedDiffusionModel,
     Conditions,
+    check_condition_dropout,
     draw_condition_dropout,
     drop_conditions,
 )
@@ -59,7 +60,7 @@ class DiffusionTrainer(SupervisedTrainer):
         if not isinstance(model, ConditionedDiffusionModel):
             raise TypeError(f"{type(model).__name__} is not a conditioned diffusion model (condition_groups etc.)")
         self.condition_dropout = dict(condition_dropout or {})
-        draw_condition_dropout(0, self.condition_dropout, model.condition_groups)  # refuses bad rates here
+        check_condition_dropout(self.condition_dropout, model.condition_groups)
         self.precision = precision
         device = self.state.device or torch.device("cpu")
         self.autocast_dtype = autocast_dtype(precision, device)

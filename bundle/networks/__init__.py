@@ -6,6 +6,7 @@ experiment's slice classifier."""
 from bundle.networks.conditions import (
     ConditionedDiffusionModel,
     Conditions,
+    check_condition_dropout,
     concat_conditions,
     draw_condition_dropout,
     drop_conditions,
@@ -41,6 +42,7 @@ __all__ = [
     "SliceBagClassifier",
     "SpeedOptions",
     "StableDiffusionTextStates",
+    "check_condition_dropout",
     "concat_conditions",
     "draw_condition_dropout",
     "drop_conditions",

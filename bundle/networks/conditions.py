@@ -44,6 +44,18 @@ def concat_conditions(*parts: Conditions) -> dict[str, torch.Tensor]:
     return {name: torch.cat([part[name] for part in parts]) for name in names}
 
 
+def check_condition_dropout(rates: Mapping[str, float], groups: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """The groups each way of dropping in ``rates`` drops (see :func:`draw_condition_dropout`); rates naming a group
+    not in ``groups``, negative ones or ones summing to more than 1 are refused."""
+    ways = {name: tuple(name.split(GROUP_SEPARATOR)) for name in rates}
+    unknown = sorted({group for dropped in ways.values() for group in dropped} - set(groups))
+    if unknown:
+        raise ValueError(f"condition dropout names groups {unknown} the model does not have (it has {list(groups)})")
+    if any(rate < 0 for rate in rates.values()) or sum(rates.values()) > 1 + 1e-9:
+        raise ValueError(f"condition dropout rates must be >= 0 and sum to at most 1, got {dict(rates)}")
+    return ways
+
+
 def draw_condition_dropout(
     batch_size: int,
     rates: Mapping[str, float],
@@ -60,12 +72,7 @@ def draw_condition_dropout(
             must sum to at most 1.
         groups: the model's condition groups; a rate naming another group is refused.
     """
-    ways = {name: tuple(name.split(GROUP_SEPARATOR)) for name in rates}
-    unknown = sorted({group for dropped in ways.values() for group in dropped} - set(groups))
-    if unknown:
-        raise ValueError(f"condition dropout names groups {unknown} the model does not have (it has {list(groups)})")
-    if any(rate < 0 for rate in rates.values()) or sum(rates.values()) > 1 + 1e-9:
-        raise ValueError(f"condition dropout rates must be >= 0 and sum to at most 1, got {dict(rates)}")
+    ways = check_condition_dropout(rates, groups)
     draw = torch.rand(batch_size, generator=generator)
     dropped = {group: torch.zeros(batch_size, dtype=torch.bool) for group in groups}
     start = 0.0
