@@ -56,14 +56,19 @@ class FixedConditionsModel(nn.Module):
         self.register_buffer("empty_text", torch.randn(1, text_length, cross_dim, generator=generator))
         self.register_buffer("tokens", torch.randn(1, MSC_TOKENS, msc_dim, generator=generator))
 
-    def conditions(self, texts, masked_images) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.text.expand(len(texts), -1, -1), self.tokens.expand(len(texts), -1, -1)
+    condition_groups = ("text", "msc")
 
-    def null_conditions(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.empty_text.expand(batch_size, -1, -1), torch.zeros_like(self.tokens).expand(batch_size, -1, -1)
+    def conditions(self, texts, masked_images) -> dict[str, torch.Tensor]:
+        return {"text": self.text.expand(len(texts), -1, -1), "msc": self.tokens.expand(len(texts), -1, -1)}
 
-    def forward(self, latents, timesteps, text_states, msc_tokens) -> torch.Tensor:
-        return self.unet(latents, timesteps, text_states, msc_tokens)
+    def null_conditions(self, batch_size: int) -> dict[str, torch.Tensor]:
+        return {
+            "text": self.empty_text.expand(batch_size, -1, -1),
+            "msc": torch.zeros_like(self.tokens).expand(batch_size, -1, -1),
+        }
+
+    def forward(self, latents, timesteps, conditions) -> torch.Tensor:
+        return self.unet(latents, timesteps, conditions["text"], conditions["msc"])
 
 
 def build(
@@ -141,9 +146,9 @@ def measure_sd15(
         latents = model.space.encode(images)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, 1000, (train_batch,), device=device)
-        text, tokens = model.conditions(["a lesion"] * train_batch, images)
+        conditions = model.conditions(["a lesion"] * train_batch, images)
         with autocast(precision, device):
-            predicted = model(scheduler.add_noise(latents, noise, timesteps), timesteps, text, tokens)
+            predicted = model(scheduler.add_noise(latents, noise, timesteps), timesteps, conditions)
             weight = model.space.mask(masks, latents)
             loss = (weight * (predicted.float() - noise).pow(2)).sum() / weight.sum()
         loss.backward()

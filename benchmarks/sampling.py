@@ -23,6 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from benchmarks.common import Context, Record, compare, interleaved, median, not_measured
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.metrics.image_quality import in_mask_psnr, in_mask_ssim
+from bundle.networks.conditions import concat_conditions
 from bundle.utils.precision import autocast
 
 GUIDANCE = 7.5
@@ -52,9 +53,9 @@ def diffusers_inpaint_loop(
     ``uncond + w (text - uncond)``, ``scheduler.step``, and ``(1 - mask) * add_noise(image_latents, noise,
     t_next) + mask * latents`` with the initial noise (as the pipeline does)."""
     generator = torch.Generator().manual_seed(seed)
-    text_states, tokens = network.conditions(texts, image * (1.0 - soft_mask))
-    null_text, null_tokens = network.null_conditions(len(texts))
-    prompt_embeds, image_embeds = torch.cat([null_text, text_states]), torch.cat([null_tokens, tokens])
+    conditions = concat_conditions(
+        network.null_conditions(len(texts)), network.conditions(texts, image * (1.0 - soft_mask))
+    )
     scheduler.set_timesteps(steps, device=image.device)
     timesteps = scheduler.timesteps
     image_latents = network.space.encode(image)
@@ -66,7 +67,7 @@ def diffusers_inpaint_loop(
     for i, t in enumerate(timesteps):
         latent_model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
         with autocast(precision, image.device):
-            noise_pred = network(latent_model_input, t, prompt_embeds, image_embeds)
+            noise_pred = network(latent_model_input, t, conditions)
         noise_pred = noise_pred.to(latents.dtype)
         noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
         noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)

@@ -1,7 +1,8 @@
-"""MONAI trainers and evaluators: stage 1 (the MSC), stage 2 (the guided UNet), the synthesis evaluator, and the
-case-by-case synthesis job the inference config runs."""
+"""MONAI trainers and evaluators: the diffusion trainer every conditioned diffusion model shares, stage 1 (the MSC),
+stage 2 (the guided UNet), the synthesis evaluator, and the case-by-case synthesis job the inference config runs."""
 
-from bundle.engines.guided_diffusion_trainer import GuidedDiffusionTrainer, condition_dropout
+from bundle.engines.diffusion_trainer import DiffusionTrainer
+from bundle.engines.guided_diffusion_trainer import GuidedDiffusionTrainer, medsoft_condition_dropout
 from bundle.engines.semantic_controller_trainer import SemanticControllerEvaluator, SemanticControllerTrainer
 from bundle.engines.synthesis_evaluator import SynthesisEvaluator
 from bundle.engines.synthesis_job import CaseByCaseEvaluator, DiffusionPredictor, KeyPredictor, SynthesisJob, case_seed
@@ -11,6 +12,7 @@ from bundle.engines.utils import batch_to_device, unwrap
 __all__ = [
     "CaseByCaseEvaluator",
     "DiffusionPredictor",
+    "DiffusionTrainer",
     "GuidedDiffusionTrainer",
     "KeyPredictor",
     "SemanticControllerEvaluator",
@@ -19,7 +21,7 @@ __all__ = [
     "SynthesisJob",
     "batch_to_device",
     "case_seed",
-    "condition_dropout",
+    "medsoft_condition_dropout",
     "require_gradients",
     "trainable_parameters",
     "unwrap",

@@ -1,5 +1,7 @@
-"""MONAI inferers: sampling a lesion into the soft-masked region with guidance and a blend at every step."""
+"""MONAI inferers: classifier-free guided sampling of a conditioned diffusion model with a per-step hook, and
+MedSoft-Diffusion's sampling of a lesion into the soft-masked region (a blend at every step)."""
 
-from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+from bundle.inferers.guided_sampler import GuidedSampler, noise_like, seeded_generators
+from bundle.inferers.soft_mask_inpainting import SoftMaskBlend, SoftMaskInpaintingInferer
 
-__all__ = ["SoftMaskInpaintingInferer"]
+__all__ = ["GuidedSampler", "SoftMaskBlend", "SoftMaskInpaintingInferer", "noise_like", "seeded_generators"]

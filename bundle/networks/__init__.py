@@ -1,7 +1,16 @@
-"""MedSoft-Diffusion's networks: the frozen medical CLIP, the Medical Semantic Controller (MSC), the text condition,
-the guided UNet (decoupled cross-attention for e_MSC), the diffusion space, the whole model with its profiles and
-saved form, the speed options, and the downstream experiment's slice classifier."""
+"""MedSoft-Diffusion's networks: the conditions interface of a conditioned diffusion model, the frozen medical CLIP,
+the Medical Semantic Controller (MSC), the text condition, the guided UNet (decoupled cross-attention for e_MSC),
+the diffusion space, the whole model with its profiles and saved form, the speed options, and the downstream
+experiment's slice classifier."""
 
+from bundle.networks.conditions import (
+    ConditionedDiffusionModel,
+    Conditions,
+    check_condition_dropout,
+    concat_conditions,
+    draw_condition_dropout,
+    drop_conditions,
+)
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.guided_unet import GuidedUNet, load_unet, tiny_unet, trainable_without_msc
 from bundle.networks.medical_clip import MedicalClipEncoder
@@ -22,6 +31,8 @@ from bundle.networks.text_truncation import warn_truncated_text
 
 __all__ = [
     "ClipTowerTextStates",
+    "ConditionedDiffusionModel",
+    "Conditions",
     "GuidedUNet",
     "LatentSpace",
     "MedSoftDiffusion",
@@ -31,6 +42,10 @@ __all__ = [
     "SliceBagClassifier",
     "SpeedOptions",
     "StableDiffusionTextStates",
+    "check_condition_dropout",
+    "concat_conditions",
+    "draw_condition_dropout",
+    "drop_conditions",
     "load_trained",
     "load_trained_weights",
     "trained_architecture",

@@ -1,8 +1,9 @@
 """MedSoft-Diffusion's networks together: frozen medical CLIP, MSC, text condition, guided UNet, diffusion space.
 
-The model answers two questions for the trainer and the sampler: which conditions does a batch give
-(:meth:`MedSoftDiffusion.conditions`, with :meth:`MedSoftDiffusion.null_conditions` for classifier-free
-guidance and condition dropout) and what noise does the UNet predict (:meth:`MedSoftDiffusion.forward`).
+The model is a :class:`bundle.networks.conditions.ConditionedDiffusionModel` with two condition groups, ``"text"``
+(C) and ``"msc"`` (e_MSC): it gives a batch's conditions (:meth:`MedSoftDiffusion.conditions`), their null values
+for classifier-free guidance and condition dropout (:meth:`MedSoftDiffusion.null_conditions`), and the noise the
+guided UNet predicts from them (:meth:`MedSoftDiffusion.forward`).
 Trained weights live in one folder (``models/``): see :func:`save_trained` and :func:`load_trained`.
 """
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from bundle.errors import InputError
+from bundle.networks.conditions import Conditions
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.guided_unet import GuidedUNet, load_unet, load_unet_weights, unet_architecture
 from bundle.networks.medical_clip import MedicalClipEncoder
@@ -40,6 +42,8 @@ class MedSoftDiffusion(nn.Module):
         space: :class:`PixelSpace` or :class:`LatentSpace`.
     """
 
+    condition_groups = ("text", "msc")
+
     def __init__(
         self,
         clip_encoder: MedicalClipEncoder,
@@ -62,30 +66,29 @@ class MedSoftDiffusion(nn.Module):
         return self
 
     @torch.no_grad()
-    def conditions(self, texts: Sequence[str], masked_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The text condition C ``(B, L, D)`` and e_MSC as the UNet's one MSC token ``(B, 1, E)`` for a batch."""
+    def conditions(self, texts: Sequence[str], masked_images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The conditions of a batch: ``"text"``, the text condition C ``(B, L, D)``, and ``"msc"``, e_MSC as the
+        UNet's one MSC token ``(B, 1, E)``."""
         missing = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
         if missing:
             raise ValueError(f"every item needs a lesion text; items {missing} have none")
         text_feature = self.clip_encoder.encode_text(texts)
         masked_feature = self.clip_encoder.encode_image(masked_images)
-        return self.text_states(texts), self.controller(text_feature, masked_feature)[:, None]
+        return {"text": self.text_states(texts), "msc": self.controller(text_feature, masked_feature)[:, None]}
 
     @torch.no_grad()
-    def null_conditions(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def null_conditions(self, batch_size: int) -> dict[str, torch.Tensor]:
         """The dropped conditions: the empty text's C (computed once per device) and an all-zero MSC token."""
         device = next(self.unet.parameters()).device
         if device not in self._empty_text:
             self._empty_text[device] = self.text_states([""])
         empty = self._empty_text[device].expand(batch_size, -1, -1)
         tokens = torch.zeros(batch_size, 1, self.controller.embed_dim, device=empty.device)
-        return empty, tokens
+        return {"text": empty, "msc": tokens}
 
-    def forward(
-        self, latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor, msc_tokens: torch.Tensor
-    ) -> torch.Tensor:
-        """Predicted noise epsilon for ``latents`` ``(B, C, h, w)``."""
-        return self.unet(latents, timesteps, text_states, msc_tokens)
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, conditions: Conditions) -> torch.Tensor:
+        """Predicted noise epsilon for ``latents`` ``(B, C, h, w)`` given :meth:`conditions` (or null ones)."""
+        return self.unet(latents, timesteps, conditions["text"], conditions["msc"])
 
 
 def tiny_model(

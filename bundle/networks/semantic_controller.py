@@ -5,22 +5,32 @@ one learned query; the query's output, projected back to the CLIP width, is e_MS
 Stage 1 aligns exactly that vector with the original image's feature e_r (Eq. 4), and the guided UNet attends to
 exactly that vector (one token, ``K' = e_MSC W'_k``, ``V' = e_MSC W'_v``, Eq. 5), so everything the UNet sees of the
 MSC is supervised. (Earlier versions made 4 tokens and aligned only their mean; their files are refused.)
+
+The controller is a diffusers ``ModelMixin``/``ConfigMixin``: its settings are its registered config. The bundle
+saves it as one safetensors file (``msc.safetensors``: the tensors, the config in the metadata, the format of
+earlier versions); diffusers' ``save_pretrained`` folder (``config.json`` + safetensors) loads too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from safetensors.torch import save_file
 from torch import nn
 
 from bundle.errors import InputError, check_state_dict
 from bundle.networks.weight_files import read_safetensors, safetensors_metadata
 
+METADATA_KEY = "semantic_controller"
+PRETRAINED_WEIGHTS = "diffusion_pytorch_model.safetensors"  # in a save_pretrained folder
 
-class MedicalSemanticController(nn.Module):
+
+class MedicalSemanticController(ModelMixin, ConfigMixin):
     """Transformer encoder ``[e_t ; e_v] -> e_MSC``.
 
     Args:
@@ -29,9 +39,9 @@ class MedicalSemanticController(nn.Module):
         layers, heads: transformer depth and attention heads.
     """
 
+    @register_to_config
     def __init__(self, embed_dim: int, width: int = 128, layers: int = 2, heads: int = 4) -> None:
         super().__init__()
-        self.settings = {"embed_dim": embed_dim, "width": width, "layers": layers, "heads": heads}
         self.embed_dim = embed_dim
         self.input_projection = nn.Linear(embed_dim, width)
         self.input_type = nn.Parameter(torch.zeros(2, width))  # tells e_t from e_v
@@ -55,21 +65,38 @@ class MedicalSemanticController(nn.Module):
         encoded = self.encoder(torch.cat([inputs, query], dim=1))[:, 2]
         return self.output_projection(self.output_norm(encoded))
 
+    @property
+    def settings(self) -> dict[str, int]:
+        """The registered config without diffusers' own entries: what the saved file stores."""
+        return {name: value for name, value in self.config.items() if not name.startswith("_")}
+
     def save(self, path: str | os.PathLike) -> None:
         """Weights and settings in one safetensors file."""
         state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
-        save_file(state, str(path), metadata={"semantic_controller": json.dumps(self.settings)})
+        save_file(state, str(path), metadata={METADATA_KEY: json.dumps(self.settings)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MedicalSemanticController:
-        """Rebuild a controller saved by :meth:`save`."""
-        if not os.path.isfile(path):
+        """Rebuild a controller saved by :meth:`save` (a file) or by ``save_pretrained`` (a folder); weights are read
+        as safetensors only, and their names and shapes are checked against the settings."""
+        path = Path(path)
+        if path.is_dir():
+            weights = path / PRETRAINED_WEIGHTS
+            if not (path / cls.config_name).is_file() or not weights.is_file():
+                raise InputError(path, f"not a saved semantic controller ({cls.config_name} + {PRETRAINED_WEIGHTS})")
+            settings = cls.load_config(path)
+        elif path.is_file():
+            weights = path
+            metadata = safetensors_metadata(path)
+            if METADATA_KEY not in metadata:
+                raise InputError(path, f"not a semantic controller file (no {METADATA_KEY!r} settings)")
+            settings = json.loads(metadata[METADATA_KEY])
+        else:
             raise InputError(path, "semantic controller weights are missing; run stage 1 (configs/train_msc.json)")
-        metadata = safetensors_metadata(path)
-        if "semantic_controller" not in metadata:
-            raise InputError(path, "not a semantic controller file (no 'semantic_controller' settings)")
-        settings = json.loads(metadata["semantic_controller"])
-        tokens = settings.pop("num_tokens", 1) if isinstance(settings, dict) else 1
+        if not isinstance(settings, dict):
+            raise InputError(path, f"unusable {METADATA_KEY!r} settings ({settings!r})")
+        settings = {name: value for name, value in settings.items() if not name.startswith("_")}
+        tokens = settings.pop("num_tokens", 1)
         if tokens != 1:
             raise InputError(
                 path,
@@ -81,8 +108,8 @@ class MedicalSemanticController(nn.Module):
         try:
             controller = cls(**settings)
         except (TypeError, ValueError, AssertionError) as error:
-            raise InputError(path, f"unusable 'semantic_controller' settings ({error})") from error
-        tensors = read_safetensors(path)
-        check_state_dict(path, tensors, controller.state_dict(), "semantic controller")
+            raise InputError(path, f"unusable {METADATA_KEY!r} settings ({error})") from error
+        tensors = read_safetensors(weights)
+        check_state_dict(weights, tensors, controller.state_dict(), "semantic controller")
         controller.load_state_dict(tensors)
         return controller

@@ -75,6 +75,44 @@ def test_the_background_is_blended_in_at_every_step_not_pasted_at_the_end(model,
         assert (first[inside] - second[inside]).abs().mean() > 1e-3, step
 
 
+class RecordingBlend(SoftMaskInpaintingInferer):
+    """Keeps, per step, the scheduler's result, the generators' states before the blend's draw, and the blend."""
+
+    def blend(self, known, mask, generators):
+        hook = super().blend(known, mask, generators)
+        self.steps = []
+
+        def recorded(latents, index, timesteps):
+            states = [generator.get_state() for generator in generators]
+            blended = hook(latents, index, timesteps)
+            self.steps.append((latents.clone(), index, timesteps, states, blended.clone()))
+            return blended
+
+        return recorded
+
+
+def test_each_step_is_the_papers_blend_of_the_model_step_and_the_noised_original(model, batch):
+    """x_{t-1} = M * x_model + (1 - M) * (sqrt(abar) x0 + sqrt(1 - abar) eps) at the next timestep, with eps the
+    next draw of each image's generator; after the last step the original itself; the result is the last blend."""
+    image, soft_mask = batch
+    inferer = RecordingBlend.ddim(scheduler(), num_inference_steps=5, guidance_scale=3.0, eta=0.5)
+    result = inferer(image, model, soft_mask, TEXTS, seeds=[1, 2])
+    x0 = image * 2.0 - 1.0  # z_0 on the pixels
+    alphas_cumprod = inferer.scheduler.alphas_cumprod
+    assert [step[1] for step in inferer.steps] == [0, 1, 2, 3, 4]
+    for stepped, index, timesteps, states, blended in inferer.steps:
+        if index + 1 < len(timesteps):
+            eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().set_state(s)) for s in states])
+            alpha = alphas_cumprod[timesteps[index + 1]]
+            noised = alpha.sqrt() * x0 + (1.0 - alpha).sqrt() * eps
+        else:
+            noised = x0
+        assert (stepped - noised)[soft_mask.expand_as(x0) < 1].abs().max() > 1e-3  # the blend has work to do
+        torch.testing.assert_close(blended, soft_mask * stepped + (1.0 - soft_mask) * noised, atol=1e-6, rtol=0)
+    final = ((inferer.steps[-1][-1] + 1.0) / 2.0).clamp(0.0, 1.0)
+    torch.testing.assert_close(result, torch.where(soft_mask > 0, final, image))
+
+
 def test_the_same_seed_gives_the_same_result_and_another_seed_does_not(model, batch):
     image, soft_mask = batch
     inferer = SoftMaskInpaintingInferer.ddim(scheduler(), num_inference_steps=5, eta=1.0)
@@ -93,8 +131,8 @@ def test_guidance_scale_one_is_the_conditional_prediction(model, batch):
     conditions = model.conditions(TEXTS, masked)
     null = model.null_conditions(2)
     with torch.no_grad():
-        conditional = model(latents, timestep.expand(2), *conditions)
-        unconditional = model(latents, timestep.expand(2), *null)
+        conditional = model(latents, timestep.expand(2), conditions)
+        unconditional = model(latents, timestep.expand(2), null)
         guided = SoftMaskInpaintingInferer(scheduler(), guidance_scale=1.0).guided_noise(
             model, latents, timestep, conditions, null
         )

@@ -58,3 +58,24 @@ def test_a_controller_of_the_version_with_four_mean_aligned_tokens_is_refused(tm
     save_file(tensors, str(tmp_path / "msc.safetensors"), metadata={"semantic_controller": json.dumps(settings)})
     with pytest.raises(InputError, match="msc.safetensors.*4 e_MSC tokens.*only their mean.*stage 1"):
         MedicalSemanticController.load(tmp_path / "msc.safetensors")
+
+
+def test_controller_settings_are_its_registered_config_and_a_pretrained_folder_loads(tmp_path):
+    controller = MedicalSemanticController(embed_dim=16, width=32, layers=1, heads=4)
+    assert (
+        controller.settings
+        == {"embed_dim": 16, "width": 32, "layers": 1, "heads": 4}
+        == {name: value for name, value in controller.config.items() if not name.startswith("_")}
+    )
+    controller.save_pretrained(tmp_path / "msc")  # diffusers' folder: config.json + safetensors
+    assert sorted(p.name for p in (tmp_path / "msc").iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
+    loaded = MedicalSemanticController.load(tmp_path / "msc")
+    assert loaded.settings == controller.settings
+    e_t, e_v = torch.randn(2, 16), torch.randn(2, 16)
+    assert torch.equal(loaded(e_t, e_v), controller(e_t, e_v))
+    (tmp_path / "msc" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(InputError, match="not a saved semantic controller"):
+        MedicalSemanticController.load(tmp_path / "msc")

@@ -38,7 +38,7 @@ def loss_and_grads(network, inputs):
 def test_gradient_checkpointing_and_channels_last_keep_outputs_and_gradients(model):
     generator = torch.Generator().manual_seed(2)
     conditions = model.conditions(["a lesion", "another lesion"], torch.rand(2, 1, SIZE, SIZE, generator=generator))
-    inputs = (torch.randn(2, 1, SIZE, SIZE, generator=generator), torch.tensor([10, 900]), *conditions)
+    inputs = (torch.randn(2, 1, SIZE, SIZE, generator=generator), torch.tensor([10, 900]), conditions)
     base = copy.deepcopy(model)
     reference_output, reference_grads = loss_and_grads(base, inputs)
     for options in ({"gradient_checkpointing": True}, {"channels_last": True}):

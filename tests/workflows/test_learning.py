@@ -88,7 +88,7 @@ def test_stage_two_lowers_the_masked_noise_loss(trained, untrained_and_trained, 
         for name, model in untrained_and_trained.items():
             conditions = model.conditions(held_out["text"] * repeats, held_out["masked_image"].repeat(repeats, 1, 1, 1))
             noisy = scheduler.add_noise(model.space.encode(images), noise, timesteps)
-            losses[name] = float(SoftMaskedNoiseLoss()(model(noisy, timesteps, *conditions), noise, mask))
+            losses[name] = float(SoftMaskedNoiseLoss()(model(noisy, timesteps, conditions), noise, mask))
     assert losses["trained"] < 0.6 * losses["untrained"], losses
 
 

@@ -91,14 +91,14 @@ def test_sd15_model_builds_from_the_folder_and_predicts_latent_noise(model, cont
     assert isinstance(model.space, LatentSpace) and model.space.channels == 4
     assert model.unet.trainable == "adapter" and model.unet.scale == 1.0
     images, mask = batch()
-    text_states, msc_tokens = model.conditions(TEXTS, images * (1 - mask))
-    assert text_states.shape == (2, MAX_LENGTH, TEXT_WIDTH)
-    assert msc_tokens.shape == (2, 1, controller.embed_dim)  # e_MSC, one token
-    null_text, null_tokens = model.null_conditions(2)
-    assert null_text.shape == text_states.shape and null_tokens.shape == msc_tokens.shape
+    conditions = model.conditions(TEXTS, images * (1 - mask))
+    assert conditions["text"].shape == (2, MAX_LENGTH, TEXT_WIDTH)
+    assert conditions["msc"].shape == (2, 1, controller.embed_dim)  # e_MSC, one token
+    null = model.null_conditions(2)
+    assert null["text"].shape == conditions["text"].shape and null["msc"].shape == conditions["msc"].shape
     latents = model.space.encode(images)
     with torch.no_grad():
-        noise = model(latents, torch.tensor([10, 900]), text_states, msc_tokens)
+        noise = model(latents, torch.tensor([10, 900]), conditions)
     assert noise.shape == latents.shape == (2, 4, SIZE // 2, SIZE // 2)
     assert torch.isfinite(noise).all()
 
@@ -137,9 +137,9 @@ def test_the_inferer_samples_in_latent_space(model, sd15_dir):
 def test_adapter_training_moves_only_the_msc_keys_and_values(sd15_dir, clip_encoder, controller):
     model = sd15_model(sd15_dir, clip_encoder, controller, trainable="adapter").train()
     images, mask = batch()
-    text_states, msc_tokens = model.conditions(TEXTS, images * (1 - mask))
+    conditions = model.conditions(TEXTS, images * (1 - mask))
     latents = model.space.encode(images)
-    model(latents, torch.tensor([10, 900]), text_states, msc_tokens).pow(2).mean().backward()
+    model(latents, torch.tensor([10, 900]), conditions).pow(2).mean().backward()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     with_gradient = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_gradient and with_gradient <= trainable
