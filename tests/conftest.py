@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from bundle.balancing.synthesis_requests import write_demo_requests
 from bundle.demo.dataset import generate_dataset
+from bundle.transforms.loading import LoadVolume
 from tests.helpers.paths import SHARED_DATA
 from tests.helpers.workflows import TINY, run_workflow
 
@@ -67,3 +69,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def reads(monkeypatch) -> Counter:
+    """The number of times each file is read from disk (LoadVolume, the bundle's only volume reader)."""
+    counts: Counter = Counter()
+    original = LoadVolume.__call__
+
+    def counting(self, path):
+        counts[str(path)] += 1
+        return original(self, path)
+
+    monkeypatch.setattr(LoadVolume, "__call__", counting)
+    return counts

@@ -15,37 +15,35 @@ with their case's label. The metrics are :mod:`bundle.metrics.classification`, w
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import torch
 from monai.transforms import Compose
 
 from bundle.data.class_balance import inverse_frequency_weights
 from bundle.data.datalist import load_datalist
-from bundle.data.slice_dataset import SLICE_KEYS, SliceDataset, plain_tensor
-from bundle.utils.hashing import file_identity
+from bundle.data.slice_dataset import SLICE_KEYS, SliceDataset
 
 logger = logging.getLogger(__name__)
 
-SOURCE_KEYS = ("image", "vertebra_seg", "mask_labels", "box", "point", "box_size_mm", "coordinate_space")
-"""The entry fields that decide a case's slices (the slice cache key; the label is not part of it)."""
-
-
-def slice_cache_key(entry: Mapping, tag: str = "") -> str:
-    """The cache name of an entry's slices: a hash of what decides them (:data:`SOURCE_KEYS`, the files' size
-    and modification time) and ``tag`` (the preprocessing settings)."""
-    source = {
-        key: file_identity(value) if isinstance(value, str) and os.path.exists(value) else value
-        for key in SOURCE_KEYS
-        if (value := entry.get(key)) is not None
-    }
-    text = json.dumps({"source": source, "tag": tag}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+SOURCE_KEYS = (
+    "case_id",
+    "text",
+    "image",
+    "vertebra_seg",
+    "mask_labels",
+    "box",
+    "point",
+    "box_size_mm",
+    "coordinate_space",
+)
+"""The entry fields a case's slices are made from: its files and soft-mask source, and the id and text the entry
+check asks for. Only these reach the slice cache (:class:`bundle.data.slice_cache.SliceCache`, whose key hashes
+them), so the arms of a comparison, whose datalists list the same real cases with other paths and flags
+(``synthetic``), share the cached slices of those cases; the label is read from the entry, not the cache."""
 
 
 def input_channel(item: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
@@ -63,9 +61,10 @@ class ClassificationSlices(torch.utils.data.Dataset):
     ``label`` (the class index in ``classes``), ``case_id`` and ``synthetic``; one item per slice, or with
     ``bag_size`` one per case holding its slices.
 
-    Slices come from :class:`bundle.data.slice_dataset.SliceDataset`; with ``cache_dir`` each case's slices are kept in
-    ``cache_dir/<key>.pt`` (:func:`slice_cache_key` with ``cache_tag``: use one tag per preprocessing setting),
-    so runs that share cases (every arm shares the real ones) preprocess them once.
+    Slices come from :class:`bundle.data.slice_dataset.SliceDataset`; with ``cache_dir`` each case's slices are kept
+    in its slice cache (:class:`bundle.data.slice_cache.SliceCache`: a folder per preprocessing setting, a file per
+    case keyed by its :data:`SOURCE_KEYS` and files), so runs that share cases (every arm shares the real ones)
+    preprocess them once. The augmentation runs on each item drawn, after the cache.
 
     Args:
         data: datalist entries (each with ``label`` in ``classes`` and a unique ``case_id``).
@@ -87,7 +86,6 @@ class ClassificationSlices(torch.utils.data.Dataset):
         input_keys: Sequence[str] = ("image", "soft_mask"),
         label_key: str = "label",
         cache_dir: str | os.PathLike | None = None,
-        cache_tag: str = "",
         allow_failures: bool = False,
         bag_size: int | None = None,
         augment: Callable | None = None,
@@ -104,7 +102,7 @@ class ClassificationSlices(torch.utils.data.Dataset):
         if repeated:
             raise ValueError(f"case ids must be unique: {repeated[:5]}")
         self.label_key = label_key
-        by_case = self._slices(transform, cache_dir, cache_tag)
+        by_case = self._slices(transform, cache_dir)
         if self.failures and not allow_failures:
             raise ValueError(
                 f"{len(self.failures)} of {len(self.entries)} cases could not be read: {self.failures[:3]}"
@@ -127,37 +125,19 @@ class ClassificationSlices(torch.utils.data.Dataset):
         if not self.items:
             raise ValueError(f"no usable slices in {len(self.entries)} entries")
 
-    def _slices(self, transform: Compose, cache_dir: str | os.PathLike | None, tag: str) -> dict[str, list]:
-        """Each case's slices ``{key: (1, S, S)}``, from the cache where present."""
-        cache = Path(cache_dir) if cache_dir else None
-        found: dict[str, list] = {}
-        uncached = []
-        for entry in self.entries:
-            path = cache / f"{slice_cache_key(entry, tag)}.pt" if cache else None
-            if path is not None and path.is_file():
-                found[str(entry["case_id"])] = torch.load(path, weights_only=True)
-            else:
-                uncached.append((entry, path))
-        self.failures: list[dict[str, str]] = []
-        if uncached:
-            try:
-                dataset = SliceDataset([entry for entry, _ in uncached], transform)
-                items, self.failures = [dataset[i] for i in range(len(dataset))], dataset.failures
-            except ValueError as error:  # not one entry could be read
-                items, self.failures = [], [{"case_id": str(e["case_id"]), "error": str(error)} for e, _ in uncached]
-            for entry, path in uncached:
-                case_id = str(entry["case_id"])
-                slices = [
-                    {k: plain_tensor(item[k]) for k in SLICE_KEYS} for item in items if item["case_id"] == case_id
-                ]
-                if not slices:
-                    continue
-                found[case_id] = slices
-                if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-                    torch.save(slices, temporary)
-                    os.replace(temporary, path)
+    def _slices(self, transform: Compose, cache_dir: str | os.PathLike | None) -> dict[str, list]:
+        """Each case's slices ``{key: (1, S, S)}``, from the slice cache where present."""
+        sources = [{k: entry[k] for k in SOURCE_KEYS if k in entry} for entry in self.entries]
+        try:
+            dataset = SliceDataset(sources, transform, cache_dir=cache_dir)
+        except ValueError as error:  # not one entry could be read
+            self.failures = [{"case_id": str(e["case_id"]), "error": str(error)} for e in self.entries]
+            return {}
+        self.failures = dataset.failures
+        found: dict[str, list] = defaultdict(list)
+        for index in range(len(dataset)):
+            item = dataset[index]
+            found[str(item["case_id"])].append({k: item[k] for k in SLICE_KEYS})
         return found
 
     def counts(self) -> dict[str, dict[str, int]]:

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import nibabel as nib
@@ -23,7 +22,6 @@ from bundle.data.slice_dataset import SLICE_KEYS, SliceDataset
 from bundle.demo.dataset import generate_dataset
 from bundle.demo.labels import VERTEBRA_LABELS
 from bundle.transforms.case_to_slices import case_to_slices
-from bundle.transforms.loading import LoadVolume
 from bundle.transforms.model_grid import model_grid
 from tests.helpers.paths import CONFIGS, REPO
 
@@ -47,20 +45,6 @@ def phantoms(tmp_path_factory) -> list[dict]:
 def preprocessing(sigma_mm: float = 3.0):
     grid = model_grid(list(SLICE_KEYS), spatial_size=16, pixdim_mm=2.0, window_key="soft_mask", window_margin_mm=8.0)
     return case_to_slices(grid, sigma_mm=sigma_mm, max_slices=2)
-
-
-@pytest.fixture()
-def reads(monkeypatch) -> Counter:
-    """The number of times each file is read from disk (LoadVolume, the bundle's only volume reader)."""
-    counts: Counter = Counter()
-    original = LoadVolume.__call__
-
-    def counting(self, path):
-        counts[str(path)] += 1
-        return original(self, path)
-
-    monkeypatch.setattr(LoadVolume, "__call__", counting)
-    return counts
 
 
 def tensor_bytes(value: object, seen: set | None = None) -> int:
