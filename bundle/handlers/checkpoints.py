@@ -103,7 +103,9 @@ class ResumableCheckpoints:
     and saves one after every epoch, keeping the newest only.
 
     Uses MONAI's ``CheckpointLoader`` (which loads with ``weights_only=True``) and ignite's atomic ``Checkpoint``;
-    the trainer itself is added to ``objects`` at attach time, so its epoch and iteration are restored too. A
+    the trainer itself is added to ``objects`` at attach time, so its epoch and iteration are restored too, and so is
+    its moving average of the weights when it keeps one (``ema``: ``DiffusionTrainer`` with ``ema_decay``), so a
+    resumed run continues the average instead of restarting it. A
     checkpoint that would run code when unpickled is refused before anything is loaded
     (:func:`refuse_pickled_code`), and one of another architecture with an :class:`InputError` naming it.
     """
@@ -115,6 +117,8 @@ class ResumableCheckpoints:
 
     def attach(self, engine: Engine) -> None:
         objects = {**self.objects, "trainer": engine}
+        if getattr(engine, "ema", None) is not None:
+            objects["ema"] = engine.ema
         for path in remove_leftovers(self.checkpoint_dir, IGNITE_TEMPORARY_NAME):
             logger.warning("removed %s, a checkpoint left half-written by an interrupted run", path)
         path = newest_checkpoint(self.checkpoint_dir)

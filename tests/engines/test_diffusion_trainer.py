@@ -8,37 +8,7 @@ import torch
 from diffusers import DDPMScheduler
 from ignite.engine import Events
 
-from bundle.engines.diffusion_trainer import DiffusionTrainer
-from tests.helpers.conditioned_model import TwoGroupModel
-
-SIZE = 8
-
-
-class TwoGroupTrainer(DiffusionTrainer):
-    def prepare(self, model, batch):
-        return batch["image"], {"a": batch["a"], "b": batch["b"]}, {}
-
-
-def batches(count: int, size: int = 4, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    model = TwoGroupModel()
-    return [
-        {"image": torch.randn(size, 1, SIZE, SIZE, generator=generator), **model.conditions(size, generator)}
-        for _ in range(count)
-    ]
-
-
-def trainer(model: TwoGroupModel, data, **kwargs) -> TwoGroupTrainer:
-    return TwoGroupTrainer(
-        noise_scheduler=DDPMScheduler(num_train_timesteps=1000),
-        device=torch.device("cpu"),
-        max_epochs=1,
-        train_data_loader=data,
-        network=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        loss_function=torch.nn.MSELoss(),
-        **kwargs,
-    )
+from tests.helpers.conditioned_model import TwoGroupModel, TwoGroupTrainer, batches, trainer
 
 
 @pytest.mark.parametrize(

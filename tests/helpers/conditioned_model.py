@@ -1,12 +1,16 @@
 """A small conditioned denoiser with two condition groups, for the tests of the generic diffusion trainer and guided
-sampler (MedSoft-Diffusion's own model is tested through them in the MedSoft tests)."""
+sampler (MedSoft-Diffusion's own model is tested through them in the MedSoft tests), its trainer and batches."""
 
 from __future__ import annotations
 
 import torch
+from diffusers import DDPMScheduler
 from torch import nn
 
+from bundle.engines.diffusion_trainer import DiffusionTrainer
+
 WIDTH = 4  # each condition group: (B, 2, WIDTH)
+SIZE = 8  # the latents of batches(): (B, 1, SIZE, SIZE)
 
 
 class TwoGroupModel(nn.Module):
@@ -37,3 +41,34 @@ class TwoGroupModel(nn.Module):
         for group in self.condition_groups:
             output = output + self.project[group](conditions[group].mean(dim=1))[:, :, None, None]
         return output
+
+
+class TwoGroupTrainer(DiffusionTrainer):
+    """Trains a :class:`TwoGroupModel` on :func:`batches`."""
+
+    def prepare(self, model, batch):
+        return batch["image"], {"a": batch["a"], "b": batch["b"]}, {}
+
+
+def batches(count: int, size: int = 4, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """``count`` batches of ``size`` random latents ``image`` and conditions."""
+    generator = torch.Generator().manual_seed(seed)
+    model = TwoGroupModel()
+    return [
+        {"image": torch.randn(size, 1, SIZE, SIZE, generator=generator), **model.conditions(size, generator)}
+        for _ in range(count)
+    ]
+
+
+def trainer(model: TwoGroupModel, data, max_epochs: int = 1, **kwargs) -> TwoGroupTrainer:
+    """An SGD trainer of ``model`` on ``data`` (``kwargs``: more of :class:`DiffusionTrainer`'s)."""
+    return TwoGroupTrainer(
+        noise_scheduler=DDPMScheduler(num_train_timesteps=1000),
+        device=torch.device("cpu"),
+        max_epochs=max_epochs,
+        train_data_loader=data,
+        network=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_function=torch.nn.MSELoss(),
+        **kwargs,
+    )

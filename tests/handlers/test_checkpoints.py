@@ -1,0 +1,45 @@
+"""Resumable checkpoints: a resumed run continues from where the interrupted one stopped, its moving average of
+the weights included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from bundle.handlers.checkpoints import ResumableCheckpoints, newest_checkpoint
+from tests.helpers.conditioned_model import TwoGroupModel, batches, trainer
+
+EPOCHS = 3
+
+
+def train(checkpoint_dir: Path, max_epochs: int, ema_decay: float | None = 0.5):
+    """Train a fresh model for ``max_epochs`` (resuming from ``checkpoint_dir``); noise and timesteps are seeded by
+    the iteration, so an interrupted run draws what an uninterrupted one does."""
+    model = TwoGroupModel()
+    engine = trainer(model, batches(2), max_epochs=max_epochs, ema_decay=ema_decay)
+    engine.add_event_handler(Events.ITERATION_STARTED, lambda e: torch.manual_seed(e.state.iteration))
+    ResumableCheckpoints(checkpoint_dir, {"network": model, "optimizer": engine.optimizer}).attach(engine)
+    engine.run()
+    return model, engine
+
+
+def test_a_resumed_run_ends_with_the_moving_average_of_an_uninterrupted_one(tmp_path):
+    model, engine = train(tmp_path / "whole", EPOCHS)
+    train(tmp_path / "split", 1)
+    resumed_model, resumed = train(tmp_path / "split", EPOCHS)
+    assert resumed.state.epoch == EPOCHS and resumed.state.iteration == engine.state.iteration
+    torch.testing.assert_close(resumed_model.state_dict(), model.state_dict(), rtol=0, atol=0)
+    assert int(resumed.ema.n_averaged) == int(engine.ema.n_averaged) == 2 * EPOCHS
+    averaged = engine.ema.module.state_dict()
+    assert not torch.equal(averaged["conv.weight"], model.conv.weight)  # the average is not the last weights
+    torch.testing.assert_close(resumed.ema.module.state_dict(), averaged, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.5])
+def test_the_checkpoint_holds_the_moving_average_only_when_there_is_one(tmp_path, ema_decay):
+    train(tmp_path, 1, ema_decay=ema_decay)
+    saved = torch.load(newest_checkpoint(tmp_path), weights_only=True)
+    assert set(saved) == {"network", "optimizer", "trainer"} | ({"ema"} if ema_decay else set())
