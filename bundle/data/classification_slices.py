@@ -24,26 +24,17 @@ import torch
 from monai.transforms import Compose
 
 from bundle.data.class_balance import inverse_frequency_weights
-from bundle.data.datalist import load_datalist
+from bundle.data.datalist import FILE_KEYS, load_datalist
 from bundle.data.slice_dataset import SLICE_KEYS, SliceDataset
 
 logger = logging.getLogger(__name__)
 
-SOURCE_KEYS = (
-    "case_id",
-    "text",
-    "image",
-    "vertebra_seg",
-    "mask_labels",
-    "box",
-    "point",
-    "box_size_mm",
-    "coordinate_space",
-)
-"""The entry fields a case's slices are made from: its files and soft-mask source, and the id and text the entry
-check asks for. Only these reach the slice cache (:class:`bundle.data.slice_cache.SliceCache`, whose key hashes
-them), so the arms of a comparison, whose datalists list the same real cases with other paths and flags
-(``synthetic``), share the cached slices of those cases; the label is read from the entry, not the cache."""
+SOURCE_KEYS = ("case_id", "text", *FILE_KEYS, "mask_labels", "box", "point", "box_size_mm", "coordinate_space")
+"""The entry fields a case's slices are made from (all the transform sees): its files and soft-mask source, and
+the id and text the entry check asks for. Only these reach the slice cache
+(:class:`bundle.data.slice_cache.SliceCache`, whose key hashes them), so the arms of a comparison, whose datalists
+list the same real cases with other paths and flags (``synthetic``), share the cached slices of those cases; the
+label is read from the entry, not the cache."""
 
 
 def input_channel(item: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
