@@ -108,7 +108,6 @@ def test_another_project_downloads_loads_and_runs_the_zip(packaged, shared_data,
         capture_output=True,
         text=True,
         timeout=600,
-        check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
