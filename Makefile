@@ -8,7 +8,7 @@ DEMO_DIR := demo
 DEMO_CASES ?= 60
 DEMO_SEED ?= 0
 
-.PHONY: install demo test lint clean-demo bench bench-quick
+.PHONY: install demo test lint clean-demo bench bench-quick package
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,10 @@ bench: install
 
 bench-quick: install
 	$(PY) -m benchmarks --quick --out runs/benchmarks_quick
+
+# The bundle other MONAI projects download: dist/<metadata name>.zip (configs, bundle/, models/, docs/, LICENSE).
+package: install
+	$(PY) scripts/package.py --models_dir models --output_dir dist
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -1,6 +1,6 @@
 """The package's import graph flows one way: the model's runtime never imports tooling or experiments, and each
 runtime layer imports only itself and the layers below it (utils -> data -> transforms -> networks ->
-losses/metrics -> engines/inferers -> handlers -> io)."""
+losses/metrics -> engines/inferers -> handlers -> io -> serving)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ LAYERS = (
     ("bundle.engines", "bundle.inferers"),
     ("bundle.handlers",),
     ("bundle.io",),
+    ("bundle.serving",),
 )
 TOOLING = (
     "bundle.weights.checker",

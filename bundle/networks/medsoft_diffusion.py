@@ -29,6 +29,8 @@ CLIP_FOLDER = "clip"
 CONTROLLER_FILE = "msc.safetensors"
 UNET_FOLDER = "unet"
 ADAPTER_FILE = "msc_adapter.safetensors"
+MODEL_FILE = "model.pt"
+"""The file MONAI's ``monai.bundle.load`` reads: a plain tensor state dict (``torch.load(weights_only=True)``)."""
 
 
 class MedSoftDiffusion(nn.Module):
@@ -205,7 +207,8 @@ def require_folder(folder: str | os.PathLike, names: Sequence[str], how: str) ->
 def save_trained(
     model: MedSoftDiffusion, models_dir: str | os.PathLike, save_base_unet: bool = True, unet: GuidedUNet | None = None
 ) -> None:
-    """Write the trained parts: the base UNet (unless it is a pretrained one left frozen) and the adapter.
+    """Write the trained parts: the base UNet (unless it is a pretrained one left frozen) and the adapter, and
+    ``model.pt`` for ``monai.bundle.load`` (:func:`model_state_dict`).
 
     ``unet`` replaces the model's own (e.g. its moving average).
     """
@@ -215,6 +218,24 @@ def save_trained(
     if save_base_unet:
         unet.save_base(models_dir / UNET_FOLDER)
     unet.save_adapter(models_dir / ADAPTER_FILE)
+    torch.save(model_state_dict(model, whole=save_base_unet, unet=unet), models_dir / MODEL_FILE)
+
+
+def model_state_dict(
+    model: MedSoftDiffusion, whole: bool = True, unet: GuidedUNet | None = None
+) -> dict[str, torch.Tensor]:
+    """``models/model.pt``'s tensors, named as in ``model.state_dict()`` so MONAI's ``copy_model_state`` loads them
+    into the bundle's ``network_def``: the whole model (``whole``, the ``tiny`` profile), else only what stage 1 and
+    2 trained on top of pretrained parts (``sd15``): the MSC and the guided UNet's adapter (W'_k / W'_v, LoRA).
+    ``unet`` replaces the model's own (e.g. its moving average)."""
+    unet = unet or model.unet
+    if whole:
+        state = {name: t for name, t in model.state_dict().items() if not name.startswith("unet.")}
+        state.update({f"unet.{name}": t for name, t in unet.state_dict().items()})
+    else:
+        state = {f"controller.{name}": t for name, t in model.controller.state_dict().items()}
+        state.update({f"unet.unet.{name}": t for name, t in unet.adapter_state_dict().items()})
+    return {name: t.detach().cpu().contiguous() for name, t in state.items()}
 
 
 def trained_architecture(

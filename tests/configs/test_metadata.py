@@ -1,4 +1,5 @@
-"""metadata.json validates offline against MONAI's schema, and configs/metadata.json is the same file."""
+"""metadata.json validates offline against MONAI's schema (the copy in docs/schemas, which verify_metadata reads
+instead of downloading), has the bundle's name, and configs/metadata.json is the same file."""
 
 from __future__ import annotations
 
@@ -6,26 +7,29 @@ import json
 
 import jsonschema
 import pytest
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, verify_metadata
 
-from tests.helpers.paths import CONFIGS, REPO, SHARED_DATA
+from tests.helpers.paths import CONFIGS, REPO
 
-SCHEMA = SHARED_DATA.parent / "schemas" / "meta_schema_20240725.json"
+SCHEMA = REPO / "docs" / "schemas" / "meta_schema_20240725.json"
 
 
 def test_configs_metadata_is_the_top_level_file():
     assert (CONFIGS / "metadata.json").resolve() == (REPO / "metadata.json").resolve()
 
 
-def test_metadata_validates_against_the_bundle_schema():
-    if not SCHEMA.exists():
-        pytest.skip(f"schema not found at {SCHEMA} (the shared/ folder beside the checkout)")
+def test_metadata_validates_against_the_bundle_schema(tmp_path):
     schema = json.loads(SCHEMA.read_text())
     metadata = json.loads((REPO / "metadata.json").read_text())
+    assert SCHEMA.name == metadata["schema"].rsplit("/", 1)[-1] and metadata["name"] == "spine_mri_lesion_synthesis"
     jsonschema.validate(metadata, schema)
+    verify_metadata(meta_file=str(REPO / "metadata.json"), filepath=str(SCHEMA))  # MONAI's own check, offline
     broken = {k: v for k, v in metadata.items() if k != "network_data_format"}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+    (tmp_path / "metadata.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="'network_data_format' is a required property"):
+        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(SCHEMA))
 
 
 def test_metadata_versions_match_the_pinned_requirements():

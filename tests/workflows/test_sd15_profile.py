@@ -24,7 +24,7 @@ from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.networks.diffusion_space import LatentSpace
 from bundle.networks.guided_unet import GuidedUNet
 from bundle.networks.medical_clip import MedicalClipEncoder
-from bundle.networks.medsoft_diffusion import CONTROLLER_FILE, MedSoftDiffusion, load_trained, sd15_model
+from bundle.networks.medsoft_diffusion import CONTROLLER_FILE, MODEL_FILE, MedSoftDiffusion, load_trained, sd15_model
 from bundle.networks.semantic_controller import MedicalSemanticController
 from bundle.networks.text_states import StableDiffusionTextStates
 from bundle.transforms.model_grid import grid_geometry
@@ -285,6 +285,10 @@ def test_sd15_train_and_inference_configs_resolve_and_round_trip(tmp_path, sd15_
     expected = network.unet.adapter_state_dict()
     for name, tensor in loaded.unet.adapter_state_dict().items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0)
+    model_file = torch.load(models_dir / MODEL_FILE, weights_only=True)  # monai.bundle.load's: the trained parts only
+    assert {n for n in model_file if not n.startswith("controller.")} == {f"unet.unet.{n}" for n in expected}
+    for name, tensor in expected.items():
+        torch.testing.assert_close(model_file[f"unet.unet.{name}"], tensor, rtol=0, atol=0)
     sampler = inference.get_parsed_content("scheduler")
     assert isinstance(sampler, DDIMScheduler) and sampler.config.beta_schedule == "scaled_linear"
     images, mask = batch(1)

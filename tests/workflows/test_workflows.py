@@ -13,9 +13,11 @@ import ignite.distributed.utils as ignite_distributed
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from ignite.distributed.comp_models.base import _SerialModel
 from monai.transforms import Compose
 
+from bundle.networks.medsoft_diffusion import load_trained
 from bundle.transforms.loading import LoadVolumed
 from bundle.transforms.soft_mask import SoftMaskFromSourced
 from tests.helpers.paths import CONFIGS, REPO
@@ -66,8 +68,12 @@ def test_stage_two_writes_the_model_and_resumes_from_its_checkpoint(trained, dem
         "unet/diffusion_pytorch_model.safetensors",
         "msc_adapter.safetensors",
         "scheduler_config.json",
+        "model.pt",
     ):
         assert (trained / name).is_file(), name
+    exported = torch.load(trained / "model.pt", weights_only=True)  # the whole tiny model, as the export wrote it
+    loaded = load_trained(trained).state_dict()
+    assert set(exported) == set(loaded) and all(torch.equal(exported[n], loaded[n]) for n in loaded)
     runs = trained.parent / "runs" / "train"
     assert list((runs / "checkpoints").glob("*epoch=2.pt"))
     assert list(runs.glob("samples_epoch_0002.png"))
