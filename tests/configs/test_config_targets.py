@@ -87,14 +87,14 @@ def module_imports(module: str) -> set[str]:
 
 def loaded_by(modules: set[str]) -> set[str]:
     """Every module importing ``modules`` loads: their imports, transitively, and the packages above each."""
-    loaded, todo = set(), list(modules)
-    while todo:
-        module = todo.pop()
+    loaded, pending = set(), list(modules)
+    while pending:
+        module = pending.pop()
         if module in loaded:
             continue
         loaded.add(module)
         parents = [".".join(module.split(".")[:n]) for n in range(1, module.count(".") + 1)]
-        todo += parents + sorted(module_imports(module))
+        pending += parents + sorted(module_imports(module))
     return loaded
 
 

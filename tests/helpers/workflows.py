@@ -57,16 +57,24 @@ def run_workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflo
     return flow
 
 
-def bundle_run(*arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "monai.bundle", "run", *arguments]
+def bundle_run(
+    *arguments: str, timeout: int = 600, processes: int | None = None, master_port: int = 29531
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run ARGUMENTS`` from the repository, asserting success; with ``processes``, under
+    ``torch.distributed.run`` on that many CPU processes (one OpenMP thread each)."""
+    launcher = [sys.executable]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if processes is not None:
+        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--master_port={master_port}"]
+        env["OMP_NUM_THREADS"] = "1"
     result = subprocess.run(
-        command,
+        [*launcher, "-m", "monai.bundle", "run", *arguments],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,9 +26,9 @@ from bundle.networks.medsoft_diffusion import CONTROLLER_FILE, MODEL_FILE, MedSo
 from bundle.networks.semantic_controller import MedicalSemanticController
 from bundle.networks.text_states import StableDiffusionTextStates
 from bundle.transforms.model_grid import grid_geometry
-from tests.helpers.paths import CONFIGS, CT_DICOM, CT_DICOM_SEG, REPO, SHARED_DATA, T12_LABEL
+from tests.helpers.paths import CONFIGS, CT_DICOM, CT_DICOM_SEG, SHARED_DATA, T12_LABEL
 from tests.helpers.tiny_weights import MAX_LENGTH, SIZE, TEXT_WIDTH, write_tiny_sd15
-from tests.helpers.workflows import run_workflow
+from tests.helpers.workflows import bundle_run, run_workflow
 
 TEXTS = ["a hyperintense lesion", "lesion on t2"]
 
@@ -353,15 +351,7 @@ def test_the_without_msc_arm_trains_a_text_lora_and_leaves_the_msc_attention_alo
 def test_the_without_msc_arm_trains_under_torchrun(tmp_path, demo_data, sd15_dir, biomedclip_dir, stage1_dir):
     """Two processes, gloo, DistributedDataParallel: nothing trainable may be left outside the loss."""
     configs = [*ABLATION, "multi_gpu_train.json"]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29533",
-        "-m",
-        "monai.bundle",
-        "run",
+    bundle_run(
         "--config_file",
         str([str(CONFIGS / name) for name in configs]),
         "--dataset_dir",
@@ -379,17 +369,9 @@ def test_the_without_msc_arm_trains_under_torchrun(tmp_path, demo_data, sd15_dir
         "--output_dir",
         str(tmp_path / "runs"),
         *[f"--{k}={v}" for k, v in SHORT_RUN.items()],
-    ]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        processes=2,
+        master_port=29533,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert GuidedUNet.adapter_settings(tmp_path / "models" / "msc_adapter.safetensors")["trainable"] == "text_lora"
 
 

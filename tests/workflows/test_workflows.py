@@ -5,9 +5,6 @@ and the multi-GPU override under torchrun on CPU (gloo)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import ignite.distributed.utils as ignite_distributed
 import nibabel as nib
@@ -20,7 +17,7 @@ from monai.transforms import Compose
 from bundle.networks.medsoft_diffusion import load_trained
 from bundle.transforms.loading import LoadVolumed
 from bundle.transforms.soft_mask import SoftMaskFromSourced
-from tests.helpers.paths import CONFIGS, REPO
+from tests.helpers.paths import CONFIGS
 from tests.helpers.workflows import TINY, bundle_run, run_workflow, workflow
 
 
@@ -182,15 +179,7 @@ def test_inference_over_a_datalist_keeps_going_past_a_bad_case(trained, demo_dat
 
 
 def test_multi_gpu_override_trains_with_two_processes_on_cpu(trained, demo_data, tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29531",
-        "-m",
-        "monai.bundle",
-        "run",
+    bundle_run(
         "--config_file",
         f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']",
         "--dataset_dir",
@@ -206,17 +195,9 @@ def test_multi_gpu_override_trains_with_two_processes_on_cpu(trained, demo_data,
         "--val_interval",
         "5",
         *[f"--{k}={v}" for k, v in TINY.items()],
-    ]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        processes=2,
+        master_port=29531,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert (tmp_path / "models" / "msc_adapter.safetensors").is_file()
     assert len(list((tmp_path / "runs" / "checkpoints").glob("*.pt"))) == 1  # saved by rank 0 only
 
