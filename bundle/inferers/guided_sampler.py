@@ -85,17 +85,13 @@ class GuidedSampler(Inferer):
         network: ConditionedDiffusionModel,
         latents: torch.Tensor,
         timestep: torch.Tensor,
-        conditions: Conditions,
-        null_conditions: Conditions,
+        guidance_conditions: Conditions,
     ) -> torch.Tensor:
-        """``eps_u + w (eps_c - eps_u)``, the two branches in one batch."""
+        """``eps_u + w (eps_c - eps_u)``, the two branches in one batch; ``guidance_conditions`` is
+        ``concat_conditions(null_conditions, conditions)`` (joined once per sampling, not per step)."""
         batch = latents.shape[0]
         with autocast(self.precision, latents.device):
-            noise = network(
-                torch.cat([latents, latents]),
-                timestep.expand(2 * batch),
-                concat_conditions(null_conditions, conditions),
-            )
+            noise = network(torch.cat([latents, latents]), timestep.expand(2 * batch), guidance_conditions)
         noise = noise.to(latents.dtype)
         unconditional, conditional = noise.chunk(2)
         return unconditional + self.guidance_scale * (conditional - unconditional)
@@ -114,13 +110,13 @@ class GuidedSampler(Inferer):
         Per step, after the initial noise: the guided noise, the scheduler's step (with ``eta`` and per-image
         variance noise where the scheduler takes them), then ``step_hook``.
         """
-        null_conditions = network.null_conditions(like.shape[0])
+        guidance_conditions = concat_conditions(network.null_conditions(like.shape[0]), conditions)
         self.scheduler.set_timesteps(self.num_inference_steps, device=like.device)
         timesteps = self.scheduler.timesteps
         latents = noise_like(like, generators) * self.scheduler.init_noise_sigma
         for index, timestep in enumerate(timesteps):
             model_input = self.scheduler.scale_model_input(latents, timestep)
-            noise = self.guided_noise(network, model_input, timestep, conditions, null_conditions)
+            noise = self.guided_noise(network, model_input, timestep, guidance_conditions)
             options = {"eta": self.eta, "variance_noise": noise_like(like, generators)} if self._step_takes_eta else {}
             latents = self.scheduler.step(noise, timestep, latents, **options).prev_sample
             if step_hook is not None:

@@ -7,6 +7,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from bundle.inferers.guided_sampler import GuidedSampler
+from bundle.networks.conditions import concat_conditions
 from tests.helpers.conditioned_model import TwoGroupModel
 
 SIZE = 8
@@ -31,8 +32,8 @@ def test_guidance_scale_one_is_the_conditional_prediction_over_all_groups(model_
         conditional = model(latents, timestep.expand(2), conditions)
         unconditional = model(latents, timestep.expand(2), null)
         assert (conditional - unconditional).abs().max() > 1e-3
-        one = ddim(guidance_scale=1.0).guided_noise(model, latents, timestep, conditions, null)
-        strong = ddim(guidance_scale=4.0).guided_noise(model, latents, timestep, conditions, null)
+        one = ddim(guidance_scale=1.0).guided_noise(model, latents, timestep, concat_conditions(null, conditions))
+        strong = ddim(guidance_scale=4.0).guided_noise(model, latents, timestep, concat_conditions(null, conditions))
     torch.testing.assert_close(one, conditional)
     torch.testing.assert_close(strong, unconditional + 4.0 * (conditional - unconditional))
     seen = model.seen[-1]  # one forward pass: [unconditional; conditional] for every group

@@ -8,6 +8,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+from bundle.networks.conditions import concat_conditions
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import tiny_model
 
@@ -134,11 +135,11 @@ def test_guidance_scale_one_is_the_conditional_prediction(model, batch):
         conditional = model(latents, timestep.expand(2), conditions)
         unconditional = model(latents, timestep.expand(2), null)
         guided = SoftMaskInpaintingInferer(scheduler(), guidance_scale=1.0).guided_noise(
-            model, latents, timestep, conditions, null
+            model, latents, timestep, concat_conditions(null, conditions)
         )
         assert torch.allclose(guided, conditional, atol=1e-5)
         strong = SoftMaskInpaintingInferer(scheduler(), guidance_scale=7.5).guided_noise(
-            model, latents, timestep, conditions, null
+            model, latents, timestep, concat_conditions(null, conditions)
         )
         assert torch.allclose(strong, unconditional + 7.5 * (conditional - unconditional), atol=1e-4)
 
