@@ -14,12 +14,14 @@ if [ -z "$MAIN" ] || [ -z "$OUT" ] || [ ! -x "$MAIN/bin/python" ]; then
     echo "usage: $0 MAIN_VENV OUT_VENV (MAIN_VENV/bin/python must exist: run make install first)" >&2
     exit 2
 fi
+OUT=$(realpath -m "$OUT")
 rm -rf "$OUT"
 # same base interpreter as MAIN; pip comes from MAIN through the .pth below
 "$MAIN/bin/python" -m venv --without-pip "$OUT"
 purelib() { "$1/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"; }
 SITE=$(purelib "$OUT")
-purelib "$MAIN" >"$SITE/_main_venv.pth" # the main venv's packages come after the layer's own
+# the main venv's packages, after the layer's own, with its .pth files run (the bundle's editable install)
+echo "import site; site.addsitedir('$(purelib "$MAIN")')" >"$SITE/_main_venv.pth"
 cp "$HERE/pydicom3_compat.py" "$SITE/_pydicom3_compat.py"
 echo "import _pydicom3_compat" >"$SITE/_pydicom3_compat.pth"
 "$OUT/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$HERE/requirements.txt"
@@ -34,6 +36,7 @@ if [ -n "$problems" ]; then
     echo "$OUT: unexpected dependency problems (above)" >&2
     exit 1
 fi
-"$OUT/bin/python" -c "import monailabel.app, pydicom_seg, numpy, pydicom; \
-print('MONAI Label environment ok: monailabel', monailabel.__version__, 'numpy', numpy.__version__, 'pydicom', pydicom.__version__)"
+(cd / && "$OUT/bin/python" -c "import monailabel.app, pydicom_seg, numpy, pydicom, bundle.serving; \
+print('MONAI Label environment ok: monailabel', monailabel.__version__, 'numpy', numpy.__version__, 'pydicom', \
+pydicom.__version__, 'bundle', bundle.__version__)")
 touch "$OUT/.installed"
