@@ -4,11 +4,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+LABEL_VENV := .venv-monailabel
 DEMO_DIR := demo
 DEMO_CASES ?= 60
 DEMO_SEED ?= 0
 
-.PHONY: install demo test lint clean-demo bench bench-quick package
+.PHONY: install demo test lint clean-demo bench bench-quick package monailabel-env
 
 install: $(VENV)/.installed
 
@@ -35,13 +36,19 @@ demo: install
 		--figure $(DEMO_DIR)/outputs/class_effect.png | tee $(DEMO_DIR)/class_effect.log
 	@echo "demo outputs: models/ (trained weights), $(DEMO_DIR)/runs (logs, TensorBoard, validation samples), $(DEMO_DIR)/outputs/synthesis (volumes, provenance, PNG previews, report.json), $(DEMO_DIR)/outputs/class_effect.png"
 
-test: install
+# The MONAI Label server's own environment, layered over $(VENV) (apps/monailabel/env/build.sh says why); built once.
+monailabel-env: $(LABEL_VENV)/.installed
+
+$(LABEL_VENV)/.installed: $(VENV)/.installed $(addprefix apps/monailabel/env/,build.sh requirements.txt pydicom3_compat.py)
+	apps/monailabel/env/build.sh $(VENV) $(LABEL_VENV)
+
+test: install monailabel-env
 	$(PY) -m pytest -q tests
 
 # Lint (pyflakes, line length 120, import order, complexity, bugbear) and formatting: pyproject.toml [tool.ruff].
 lint: install
-	$(PY) -m ruff check bundle scripts tests benchmarks
-	$(PY) -m ruff format --check bundle scripts tests benchmarks
+	$(PY) -m ruff check bundle scripts tests benchmarks apps
+	$(PY) -m ruff format --check bundle scripts tests benchmarks apps
 
 # Speed and scale figures against reference implementations; the full run regenerates docs/performance.md.
 bench: install
