@@ -103,3 +103,16 @@ def test_text_adherence_metric_on_validation_slices():
     assert math.isnan(TextAdherence("si_ok").compute())
     with pytest.raises(ValueError, match="statistic"):
         TextAdherence("colour")
+
+
+def test_pixel_spacings_from_the_batch_affine():
+    from monai.data import MetaTensor
+
+    from bundle.metrics.text_adherence import pixel_spacings
+
+    one = MetaTensor(torch.zeros(2, 1, 4, 4), affine=torch.diag(torch.tensor([2.0, 0.5, 1.0])))
+    assert pixel_spacings(one) == [(2.0, 0.5), (2.0, 0.5)]
+    each = MetaTensor(torch.zeros(2, 1, 4, 4))
+    each.affine = torch.stack([torch.diag(torch.tensor([1.0, 1.5, 1.0])), torch.diag(torch.tensor([0.8, 0.8, 1.0]))])
+    assert pixel_spacings(each) == [(1.0, 1.5), pytest.approx((0.8, 0.8))]
+    assert pixel_spacings(torch.zeros(3, 1, 4, 4)) == [(1.0, 1.0)] * 3
