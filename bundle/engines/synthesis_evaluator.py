@@ -14,8 +14,9 @@ from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 
 class SynthesisEvaluator(SupervisedEvaluator):
     """Samples each validation slice with its own text and returns ``pred`` (synthesised), ``label`` (the
-    original x0), ``mask`` (M_b), ``masked`` (I_m) and ``text`` (the texts, a list) for the in-mask metrics, the text
-    adherence (:class:`bundle.metrics.text_adherence.TextAdherence`) and the sample grid.
+    original x0), ``mask`` (M_b), ``masked`` (I_m), ``text`` (the texts, a list) and ``pixel_mm`` (``(B, 2)`` pixel
+    sizes, or None from a slice cache written before they were kept) for the in-mask metrics, the text adherence
+    (:class:`bundle.metrics.text_adherence.TextAdherence`) and the sample grid.
 
     ``inferer`` is a :class:`SoftMaskInpaintingInferer`; item ``i`` of the epoch's data gets seed ``seed + i``.
     """
@@ -36,4 +37,5 @@ class SynthesisEvaluator(SupervisedEvaluator):
             "mask": batch["soft_mask"],
             "masked": batch["masked_image"],
             "text": list(batch["text"]),
+            "pixel_mm": batch.get("pixel_mm"),
         }

@@ -7,7 +7,7 @@ orientation, RAS); a single 2-D sagittal slice is an array with ``X = 1``.
 
 The measure (:func:`measure_lesion`):
 
-1. ``r = (after - before) / m`` with ``m`` the median of ``before`` in the vertebral body (the marrow), and
+1. ``r = (after - before) / m`` with ``m`` the median of ``before`` in the vertebral body's marrow, and
    ``r_s`` = ``r`` smoothed in-plane with a Gaussian of :data:`SMOOTH_MM` (not through-plane), so re-synthesised
    marrow texture and noise do not count as a lesion.
 2. Candidates: the connected regions (26-neighbourhood) of ``|r_s| > ABS_THRESHOLD`` in the body's marrow (the
@@ -57,6 +57,13 @@ def vertebral_body(vertebra: np.ndarray, spacing: np.ndarray) -> np.ndarray:
         return vertebra.copy()
     largest = 1 + int(np.argmax(ndimage.sum_labels(np.ones(core.shape), core, index=range(1, count + 1))))
     return (ndimage.distance_transform_edt(core != largest, sampling=spacing) <= CORE_MM) & vertebra
+
+
+def marrow_region(body: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The body's marrow: deeper than :data:`MARROW_INSET_MM` inside it (cortex and partial volume excluded); the
+    body itself when nothing is that deep."""
+    marrow = ndimage.distance_transform_edt(body, sampling=spacing) > MARROW_INSET_MM
+    return marrow if marrow.any() else body
 
 
 @dataclass(frozen=True)
@@ -140,16 +147,12 @@ def _spacing(spacing, ndim: int = 3) -> np.ndarray:
     return spacing
 
 
-def relative_change(before: np.ndarray, after: np.ndarray, body: np.ndarray) -> np.ndarray:
-    """``(after - before) / m``, ``m`` the median of ``before`` in ``body`` (the marrow's signal)."""
-    if before.shape != after.shape or before.shape != body.shape:
-        raise ValueError(f"before {before.shape}, after {after.shape} and mask {body.shape} differ in shape")
-    if not body.any():
-        raise ValueError("the vertebra mask is empty; no lesion can be measured")
-    marrow = float(np.median(before[body]))
-    if not np.isfinite(marrow) or marrow <= 0:
-        raise ValueError(f"the marrow signal (median in the body) must be positive, got {marrow}")
-    return (np.asarray(after, np.float64) - np.asarray(before, np.float64)) / marrow
+def relative_change(before: np.ndarray, after: np.ndarray, marrow: np.ndarray) -> np.ndarray:
+    """``(after - before) / m``, ``m`` the median of ``before`` in ``marrow`` (the marrow's signal)."""
+    level = float(np.median(before[marrow]))
+    if not np.isfinite(level) or level <= 0:
+        raise ValueError(f"the marrow signal (median in the vertebral body) must be positive, got {level}")
+    return (np.asarray(after, np.float64) - np.asarray(before, np.float64)) / level
 
 
 def smooth_in_plane(change: np.ndarray, spacing: np.ndarray, sigma_mm: float = SMOOTH_MM) -> np.ndarray:
@@ -197,10 +200,14 @@ def measure_lesion(before: np.ndarray, after: np.ndarray, vertebra: np.ndarray, 
         spacing: voxel size along the three axes, mm.
     """
     spacing = _spacing(spacing)
+    if np.shape(before) != np.shape(after) or np.shape(before) != np.shape(vertebra):
+        raise ValueError(f"before {np.shape(before)}, after {np.shape(after)} and mask {np.shape(vertebra)} differ")
+    if not np.any(vertebra):
+        raise ValueError("the vertebra mask is empty; no lesion can be measured")
     body = vertebral_body(vertebra, spacing)
-    change = relative_change(before, after, body)
+    marrow = marrow_region(body, spacing)  # one slice: in-plane only
+    change = relative_change(before, after, marrow)
     smooth = smooth_in_plane(change, spacing)
-    marrow = ndimage.distance_transform_edt(body, sampling=spacing) > MARROW_INSET_MM  # one slice: in-plane only
     in_body = float(change[body].mean())
     magnitude = np.where(marrow, np.abs(smooth), 0.0)
     regions, count = ndimage.label(magnitude > ABS_THRESHOLD, _STRUCTURE)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from ignite.metrics import Metric
 
-from bundle.metrics.lesion_measure import LesionMeasure, measure_lesion
+from bundle.metrics.lesion_measure import LesionMeasure, marrow_region, measure_lesion, vertebral_body
 
 SIGNAL_WORDS = ("hyperintense", "hypointense")
 SIZE_TOLERANCE = 0.3
@@ -107,26 +107,18 @@ def slice_to_canonical(image: torch.Tensor) -> np.ndarray:
     return image.detach().cpu().double().numpy()[0, ::-1, ::-1].T[None].copy()
 
 
-def pixel_spacings(batch: torch.Tensor) -> list[tuple[float, float]]:
-    """The (row, column) pixel size of each slice of a ``(B, 1, H, W)`` model-grid batch from its MetaTensor affine
-    (one per item, or one for all); 1 mm where the batch carries none."""
-    affine = getattr(batch, "affine", None)
-    if affine is None:
-        return [(1.0, 1.0)] * len(batch)
-    affine = torch.as_tensor(affine, dtype=torch.float64).cpu()
-    affine = affine.expand(len(batch), *affine.shape[-2:]) if affine.ndim == 2 else affine
-    sizes = torch.linalg.vector_norm(affine[:, :-1, :2], dim=1)
-    return [(float(row), float(column)) for row, column in sizes]
-
-
 def slice_adherence(image: torch.Tensor, soft_mask: torch.Tensor, text: str, spacing=(1.0, 1.0)) -> dict:
     """Text adherence of the lesion in one 2-D model-grid slice ``(1, H, W)`` (``RIP``), measured against a
-    lesion-free reference: the slice's own marrow level (the median in the vertebral body), since a validation slice
-    has no normal twin. ``soft_mask > 0.5`` is the vertebra; ``spacing`` the (row, column) pixel size, mm."""
+    lesion-free reference: the slice's own marrow level (the median in the vertebral body's marrow), since a
+    validation slice has no normal twin. ``soft_mask > 0.5`` is the vertebra; ``spacing`` the (row, column) pixel
+    size, mm."""
     after = slice_to_canonical(image)
     vertebra = slice_to_canonical(soft_mask) > 0.5
-    flat = np.where(vertebra, np.median(after[vertebra]) if vertebra.any() else 0.0, 0.0)
-    measure = measure_lesion(flat, after, vertebra, (1.0, spacing[1], spacing[0]))
+    if not vertebra.any():
+        raise ValueError("the soft mask has no pixel above 0.5; no lesion can be measured")
+    plane_spacing = np.array([1.0, spacing[1], spacing[0]])
+    level = np.median(after[marrow_region(vertebral_body(vertebra, plane_spacing), plane_spacing)])
+    measure = measure_lesion(np.where(vertebra, level, 0.0), after, vertebra, plane_spacing)
     facts = requested_facts(text)
     return {"signal": facts.signal, "measure": measure.to_json(), "adherence": adherence(measure, facts)}
 
@@ -134,11 +126,12 @@ def slice_adherence(image: torch.Tensor, soft_mask: torch.Tensor, text: str, spa
 class TextAdherence(Metric):
     """Stage-2 validation: the share of validation slices whose lesion follows the text, as an ignite metric.
 
-    ``update`` takes ``(pred, mask, text)`` batches (:meth:`SynthesisEvaluator._iteration`'s ``pred``, ``mask`` and
-    ``text``); each slice is measured by :func:`slice_adherence`. ``compute`` gives one statistic: ``statistic`` in
-    ``direction_ok`` / ``size_ok`` / ``ap_ok`` / ``si_ok``, over slices whose text asks for ``signal``
-    (``hyperintense``, ``hypointense``, or None for both). Slices whose text asks for neither are not counted; an
-    epoch without such slices gives NaN (no measure), not an error.
+    ``update`` takes ``(pred, mask, text)`` or ``(pred, mask, text, pixel_mm)`` batches (the outputs of
+    :class:`bundle.engines.synthesis_evaluator.SynthesisEvaluator`; ``pixel_mm`` ``(B, 2)`` row and column pixel
+    sizes, 1 mm when absent); each slice is measured by :func:`slice_adherence`. ``compute`` gives one statistic,
+    ``statistic`` in ``direction_ok`` / ``size_ok`` / ``ap_ok`` / ``si_ok``, over slices whose text asks for
+    ``signal`` (``hyperintense``, ``hypointense``, or None for both). Slices whose text asks for neither are not
+    counted; an epoch without such slices gives NaN (no measure), not an error.
     """
 
     def __init__(
@@ -159,11 +152,12 @@ class TextAdherence(Metric):
         self.rows: list[dict] = []
 
     def update(self, output) -> None:
-        images, masks, texts = output
-        for image, mask, text, spacing in zip(images, masks, texts, pixel_spacings(images), strict=True):
+        images, masks, texts, *rest = output
+        pixel_mm = rest[0] if rest and rest[0] is not None else torch.ones(len(images), 2)
+        for image, mask, text, spacing in zip(images, masks, texts, pixel_mm, strict=True):
             signal = requested_signal(text)
             if signal in SIGNAL_WORDS and (self.signal is None or signal == self.signal):
-                self.rows.append(slice_adherence(image, mask, text, spacing))
+                self.rows.append(slice_adherence(image, mask, text, tuple(float(v) for v in spacing)))
 
     def compute(self) -> float:
         share = _share([row["adherence"][self.statistic] for row in self.rows])

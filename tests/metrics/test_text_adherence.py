@@ -105,14 +105,11 @@ def test_text_adherence_metric_on_validation_slices():
         TextAdherence("colour")
 
 
-def test_pixel_spacings_from_the_batch_affine():
-    from monai.data import MetaTensor
-
-    from bundle.metrics.text_adherence import pixel_spacings
-
-    one = MetaTensor(torch.zeros(2, 1, 4, 4), affine=torch.diag(torch.tensor([2.0, 0.5, 1.0])))
-    assert pixel_spacings(one) == [(2.0, 0.5), (2.0, 0.5)]
-    each = MetaTensor(torch.zeros(2, 1, 4, 4))
-    each.affine = torch.stack([torch.diag(torch.tensor([1.0, 1.5, 1.0])), torch.diag(torch.tensor([0.8, 0.8, 1.0]))])
-    assert pixel_spacings(each) == [(1.0, 1.5), pytest.approx((0.8, 0.8))]
-    assert pixel_spacings(torch.zeros(3, 1, 4, 4)) == [(1.0, 1.0)] * 3
+def test_text_adherence_metric_measures_sizes_in_the_slices_own_pixel_size():
+    bright, mask = rip_slice(1.4)  # a 13-px disc: 13 mm at 1 mm pixels, 26 mm at 2 mm
+    text = ["a 13 mm hyperintense lesion in the central L3"]
+    at_1mm, at_2mm = TextAdherence("size_ok"), TextAdherence("size_ok")
+    at_1mm.update((bright[None], mask[None], text, torch.tensor([[1.0, 1.0]])))
+    at_2mm.update((bright[None], mask[None], text, torch.tensor([[2.0, 2.0]])))
+    assert at_1mm.compute() == 1.0 and at_2mm.compute() == 0.0
+    assert at_2mm.rows[0]["measure"]["size_mm"] == pytest.approx(26.0, abs=2.0)

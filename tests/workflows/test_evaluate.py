@@ -64,6 +64,8 @@ def test_evaluate_config_reports_every_metric_to_json_and_tensorboard(tmp_path):
         "val_text_size_within_30pct",
         "val_text_position_ap",
         "val_text_position_si",
+        "val_text_direction_real",
+        "val_text_size_within_30pct_real",
     }
     assert names | adherence <= set(report["metrics"])
     assert all(isinstance(report["metrics"][n], float) for n in names)
