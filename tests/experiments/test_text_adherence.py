@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from bundle.balancing.synthesis_requests import write_demo_requests
 from bundle.demo.dataset import generate_dataset
+from bundle.experiments.lesion_coherence import phantom_lesions
 from bundle.experiments.text_adherence import (
     effect_figure,
     format_summary,
@@ -49,13 +50,20 @@ def test_lesions_that_follow_the_text_and_lesions_against_it(tmp_path):
     out.mkdir()
     for request in requests:  # hyperintense texts get a bright lesion (right), hypointense ones too (wrong)
         insert_lesion(request, tmp_path / "data", out, contrast=0.4)
-    report = synthesis_adherence(requests_path, out)
+    written = write_adherence_report(
+        tmp_path / "report.json", requests_path, out, datalist=tmp_path / "data" / "datalist.json"
+    )
+    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(written))
+    report = written["synthetic"]
+    real = written["real_phantom"]  # the phantom's own lesions against their twins: the text is followed
+    assert all(row["adherence"]["direction_ok"] for row in real["cases"]) and real["cases"]
     hyper, hypo = report["by_signal"]["hyperintense"], report["by_signal"]["hypointense"]
     assert hyper["direction_ok"] == 1.0 and hypo["direction_ok"] == 0.0
     assert hyper["size_ok"] == 1.0 and hyper["median_size_ratio"] == pytest.approx(1.0, abs=0.15)
     assert all(row["measure"]["direction"] == 1 for row in report["cases"])
     assert report["through_plane"]["benign"]["found"] == hyper["count"]
-    summary = format_summary({"synthetic": report})
+    summary = format_summary(written)
+    assert "real phantom lesions:" in summary
     assert "right direction 100%" in summary and "right direction 0%" in summary
     assert effect_figure(requests_path, out, tmp_path / "effect.png").stat().st_size > 10_000
 
@@ -73,3 +81,10 @@ def test_the_report_needs_something_to_measure(tmp_path):
     with pytest.raises(ValueError, match="both"):
         write_adherence_report(tmp_path / "report.json", requests_path=tmp_path / "requests.json")
     assert not (tmp_path / "report.json").exists()
+
+
+def test_real_lesions_need_a_phantom_datalist(tmp_path):
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"name": "my_hospital", "training": []}))
+    with pytest.raises(ValueError, match="not a demo phantom datalist"):
+        phantom_lesions(datalist)
