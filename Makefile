@@ -20,7 +20,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-# Demo data -> stage 1 (MSC) -> stage 2 (guided UNet) -> lesion synthesis into the normal test cases.
+# Demo data -> stage 1 (MSC) -> stage 2 (guided UNet) -> lesion synthesis into the normal test cases -> text
+# adherence of the synthesised lesions, with the phantom's real lesions as the reference.
 demo: install
 	rm -rf $(DEMO_DIR)/runs $(DEMO_DIR)/outputs
 	$(PY) scripts/demo_data.py --out_dir $(DEMO_DIR)/data --num_cases $(DEMO_CASES) --seed $(DEMO_SEED)
@@ -31,10 +32,11 @@ demo: install
 	$(PY) scripts/synthesis_requests.py --datalist $(DEMO_DIR)/data/datalist.json --output $(DEMO_DIR)/data/requests.json
 	$(PY) -m monai.bundle run --config_file configs/inference.json --datalist $(DEMO_DIR)/data/requests.json \
 		--output_dir $(DEMO_DIR)/outputs/synthesis 2>&1 | tee $(DEMO_DIR)/inference.log
-	$(PY) scripts/class_effect.py --requests $(DEMO_DIR)/data/requests.json \
-		--synthesis_dir $(DEMO_DIR)/outputs/synthesis --output $(DEMO_DIR)/outputs/class_effect.json \
-		--figure $(DEMO_DIR)/outputs/class_effect.png | tee $(DEMO_DIR)/class_effect.log
-	@echo "demo outputs: models/ (trained weights), $(DEMO_DIR)/runs (logs, TensorBoard, validation samples), $(DEMO_DIR)/outputs/synthesis (volumes, provenance, PNG previews, report.json), $(DEMO_DIR)/outputs/class_effect.png"
+	$(PY) scripts/text_adherence.py --requests $(DEMO_DIR)/data/requests.json \
+		--synthesis_dir $(DEMO_DIR)/outputs/synthesis --datalist $(DEMO_DIR)/data/datalist.json \
+		--output $(DEMO_DIR)/outputs/text_adherence.json --figure $(DEMO_DIR)/outputs/text_adherence.png \
+		| tee $(DEMO_DIR)/text_adherence.log
+	@echo "demo outputs: models/ (trained weights), $(DEMO_DIR)/runs (logs, TensorBoard, validation samples), $(DEMO_DIR)/outputs/synthesis (volumes, provenance, PNG previews, report.json), $(DEMO_DIR)/outputs/text_adherence.json and .png (does each lesion follow its text; through-plane coherence vs the phantom's real lesions)"
 
 # The MONAI Label server's own environment, layered over $(VENV) (apps/monailabel/env/build.sh says why); built once.
 monailabel-env: $(LABEL_VENV)/.installed

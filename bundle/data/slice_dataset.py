@@ -39,10 +39,21 @@ def series_order(data: Sequence[Mapping]) -> list[int]:
     return sorted(range(len(data)), key=lambda number: (first[str(data[number].get("image"))], number))
 
 
+def pixel_size(image: object) -> torch.Tensor:
+    """The (row, column) pixel size in mm of a ``(1, H, W)`` model-grid slice, from its MetaTensor affine (the
+    grid resizes each working window, so it differs between slices); ``(1, 1)`` for a tensor without one."""
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        return torch.ones(2)
+    return torch.linalg.vector_norm(torch.as_tensor(affine, dtype=torch.float64)[:-1, :2], dim=0).float()
+
+
 def _stacked(slices: Sequence[Mapping], keys: Sequence[str] = SLICE_KEYS) -> dict[str, object]:
-    """An entry's slice items as one record: ``{key: (n, 1, S, S)}``, ``"text"`` and ``"label"`` lists."""
+    """An entry's slice items as one record: ``{key: (n, 1, S, S)}``, ``"pixel_mm"`` ``(n, 2)``, ``"text"`` and
+    ``"label"`` lists."""
     return {
         **{k: torch.stack([plain_tensor(item[k]) for item in slices]) for k in keys},
+        "pixel_mm": torch.stack([pixel_size(item["image"]) for item in slices]),
         "text": [str(item.get("text", "")) for item in slices],
         "label": [str(item.get("label", "")) for item in slices],
     }
@@ -60,7 +71,8 @@ class SliceDataset(torch.utils.data.Dataset):
     Entries are taken one series after another (:func:`series_order`): a series with several labelled
     coordinates is read once. Items are in that order, the same in every run. A bad entry is logged and left
     out (listed in ``failures``); the others are kept. Items hold plain float32 tensors ``image``,
-    ``soft_mask``, ``masked_image`` ``(1, S, S)`` and ``text``, ``case_id``, ``label``.
+    ``soft_mask``, ``masked_image`` ``(1, S, S)``, ``pixel_mm`` ``(2,)`` (the slice's row and column pixel size, mm:
+    :func:`pixel_size`) and ``text``, ``case_id``, ``label``.
 
     Args:
         data: datalist entries.
@@ -150,7 +162,7 @@ class SliceDataset(torch.utils.data.Dataset):
         if isinstance(record, Path):
             return {**SliceCache.item(record, row), "case_id": self._case_ids[number]}
         return {
-            **{k: record[k][row].clone() for k in self.keys},
+            **{k: record[k][row].clone() for k in (*self.keys, "pixel_mm")},
             "text": record["text"][row],
             "case_id": self._case_ids[number],
             "label": record["label"][row],

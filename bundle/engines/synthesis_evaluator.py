@@ -14,7 +14,9 @@ from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 
 class SynthesisEvaluator(SupervisedEvaluator):
     """Samples each validation slice with its own text and returns ``pred`` (synthesised), ``label`` (the
-    original x0), ``mask`` (M_b) and ``masked`` (I_m) for the in-mask metrics and the sample grid.
+    original x0), ``mask`` (M_b), ``masked`` (I_m), ``text`` (the texts, a list) and ``pixel_mm`` (``(B, 2)`` pixel
+    sizes, or None from a slice cache written before they were kept) for the in-mask metrics, the text adherence
+    (:class:`bundle.metrics.text_adherence.TextAdherence`) and the sample grid.
 
     ``inferer`` is a :class:`SoftMaskInpaintingInferer`; item ``i`` of the epoch's data gets seed ``seed + i``.
     """
@@ -34,4 +36,6 @@ class SynthesisEvaluator(SupervisedEvaluator):
             "label": batch["image"],
             "mask": batch["soft_mask"],
             "masked": batch["masked_image"],
+            "text": list(batch["text"]),
+            "pixel_mm": batch.get("pixel_mm"),
         }

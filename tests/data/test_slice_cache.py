@@ -69,7 +69,7 @@ def assert_same_items(first: SliceDataset, second: SliceDataset) -> None:
     for index in range(len(first)):
         a, b = first[index], second[index]
         assert {k: a[k] for k in ("text", "case_id", "label")} == {k: b[k] for k in ("text", "case_id", "label")}
-        for key in SLICE_KEYS:
+        for key in (*SLICE_KEYS, "pixel_mm"):
             assert type(a[key]) is torch.Tensor and a[key].dtype == torch.float32
             assert torch.equal(a[key], b[key]), (index, key)
     assert torch.equal(first.balanced_weights(), second.balanced_weights())
@@ -81,6 +81,10 @@ def test_a_series_with_several_coordinates_is_read_once(phantoms, reads):
     images = {entry["image"] for entry in phantoms}
     assert len(images) == 2 and all(reads[image] == 1 for image in images), dict(reads)
     assert sum(reads.values()) == 2 * len(images)  # the image and its vertebra segmentation, once each
+    # each slice keeps its pixel size: the grid resizes the working window (at least 2 mm pixels here) to 16 px
+    fresh = preprocessing()(phantoms[0])[0]["image"]
+    expected = torch.linalg.vector_norm(fresh.affine[:-1, :2].double(), dim=0).float()
+    assert torch.allclose(dataset[0]["pixel_mm"], expected) and bool((expected > 2.0).all())
     # items come one series after another, each series' entries in datalist order
     assert [dataset[i]["case_id"] for i in range(0, len(dataset), 2)] == [
         e["case_id"] for e in sorted(phantoms, key=lambda e: e["image"] != phantoms[0]["image"])

@@ -41,7 +41,7 @@ def evaluate_metric(name: str, batches: list) -> float:
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
     parser.update({"bundle_root": str(REPO)})
     engine = Engine(lambda engine, batch: batch)
-    parser.get_parsed_content(f"validate#additional_metrics#{name}").attach(engine, name)
+    parser.get_parsed_content(f"validate#image_metrics#{name}").attach(engine, name)
     return float(engine.run(batches).metrics[name])
 
 

@@ -74,6 +74,12 @@ def test_stage_two_writes_the_model_and_resumes_from_its_checkpoint(trained, dem
     runs = trained.parent / "runs" / "train"
     assert list((runs / "checkpoints").glob("*epoch=2.pt"))
     assert list(runs.glob("samples_epoch_0002.png"))
+    validation = json.loads((runs / "validation_metrics.json").read_text())  # stage-2 validation's own report
+    assert validation["epoch"] == 2 and "val_in_mask_psnr" in validation["metrics"]
+    # the one validation case is normal: its text asks for no signal, so the shares are undefined, not an error
+    # (defined shares on lesion texts: tests/workflows/test_evaluate.py)
+    assert validation["metrics"]["val_text_direction_hyperintense"] == "nan"
+    assert validation["metrics"]["val_text_size_within_30pct"] == "nan"
     flow = run_workflow(
         ["train.json"],
         "train",
