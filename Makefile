@@ -4,11 +4,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+DEPLOY_VENV := .venv-deploy
 DEMO_DIR := demo
 DEMO_CASES ?= 60
 DEMO_SEED ?= 0
 
-.PHONY: install demo test lint clean-demo bench bench-quick package
+.PHONY: install demo test lint clean-demo bench bench-quick package deploy-env
 
 install: $(VENV)/.installed
 
@@ -35,13 +36,13 @@ demo: install
 		--figure $(DEMO_DIR)/outputs/class_effect.png | tee $(DEMO_DIR)/class_effect.log
 	@echo "demo outputs: models/ (trained weights), $(DEMO_DIR)/runs (logs, TensorBoard, validation samples), $(DEMO_DIR)/outputs/synthesis (volumes, provenance, PNG previews, report.json), $(DEMO_DIR)/outputs/class_effect.png"
 
-test: install
+test: install deploy-env
 	$(PY) -m pytest -q tests
 
 # Lint (pyflakes, line length 120, import order, complexity, bugbear) and formatting: pyproject.toml [tool.ruff].
 lint: install
-	$(PY) -m ruff check bundle scripts tests benchmarks
-	$(PY) -m ruff format --check bundle scripts tests benchmarks
+	$(PY) -m ruff check bundle scripts tests benchmarks apps
+	$(PY) -m ruff format --check bundle scripts tests benchmarks apps
 
 # Speed and scale figures against reference implementations; the full run regenerates docs/performance.md.
 bench: install
@@ -53,6 +54,12 @@ bench-quick: install
 # The bundle other MONAI projects download: dist/<metadata name>.zip (configs, bundle/, models/, docs/, LICENSE).
 package: install
 	$(PY) scripts/package.py --models_dir models --output_dir dist
+
+# The MONAI Deploy app's environment (apps/deploy): the App SDK and Holoscan as a layer over $(VENV), built once.
+deploy-env: $(DEPLOY_VENV)/.installed
+
+$(DEPLOY_VENV)/.installed: apps/deploy/requirements.txt apps/deploy/build_env.sh $(VENV)/.installed
+	apps/deploy/build_env.sh $(VENV) $(DEPLOY_VENV)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

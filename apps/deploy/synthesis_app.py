@@ -1,0 +1,56 @@
+"""The MONAI Deploy application: DICOM data loader -> series selector (sagittal MR, else CT) -> lesion synthesis
+(the bundle's serving API and DICOM writer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import AppContext, Application
+from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
+from synthesis_operator import LesionSynthesisOperator
+from synthesis_request import load_request
+
+from bundle.serving import Synthesizer
+
+# Spine MRI is read on sagittal series; CT is accepted too. Tried in this order, the first match is synthesized.
+SELECTION_RULES = json.dumps(
+    {
+        "selections": [
+            {"name": "sagittal MR", "conditions": {"Modality": "(?i)^MR$", "ImageOrientationPatient": "Sagittal"}},
+            {"name": "CT", "conditions": {"Modality": "(?i)^CT$"}},
+        ]
+    }
+)
+
+
+class LesionSynthesisApp(Application):
+    """Insert a text-described lesion into a DICOM series; ``-m`` is the bundle folder (configs/, bundle/, models/).
+
+    The request is read (and checked) and the network loaded before any operator runs, so a bad request or a missing
+    models folder stops the app before it writes anything.
+    """
+
+    name = "medsoft-diffusion-lesion-synthesis"
+    description = "Insert a text-described lesion into a spine MR (or CT) DICOM series; writes a synthetic series."
+
+    def compose(self) -> None:
+        context: AppContext = Application.init_app_context(self.argv)
+        request = load_request()
+        synthesizer = Synthesizer(Path(context.model_path), **request.settings)
+        input_folder, output_folder = Path(context.input_path), Path(context.output_path)
+        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, name="loader")
+        selector = DICOMSeriesSelectorOperator(self, rules=SELECTION_RULES, name="selector")
+        synthesis = LesionSynthesisOperator(
+            self,
+            synthesizer=synthesizer,
+            request=request,
+            output_folder=output_folder,
+            input_folder=input_folder,
+            rules=SELECTION_RULES,
+            name="synthesis",
+        )
+        self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
+        self.add_flow(selector, synthesis, {("study_selected_series_list", "study_selected_series_list")})

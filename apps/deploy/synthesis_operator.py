@@ -1,0 +1,104 @@
+"""The lesion-synthesis operator: the selected DICOM series -> :class:`bundle.serving.Synthesizer` -> a derived,
+marked-synthetic DICOM series written by the bundle's writer (``bundle.io.volume_writer``), with its provenance
+record and PNG preview."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
+from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
+from synthesis_request import SynthesisRequest
+
+from bundle.errors import InputError
+from bundle.serving import Synthesizer
+
+logger = logging.getLogger(__name__)
+
+
+def first_selected(studies: list[StudySelectedSeries], input_folder: Path, rules: str) -> SelectedSeries:
+    """The series to synthesize into: the first selection of the first study (rules are tried in order, so a
+    sagittal MR series wins over a CT one).
+
+    Raises:
+        InputError: no series of ``input_folder`` matched a rule.
+    """
+    selected = [series for study in studies or [] for series in study.selected_series]
+    if not selected:
+        raise InputError(input_folder, f"no DICOM series matched the selection rules ({rules})")
+    for other in selected[1:]:
+        logger.warning(
+            "series %s (%s) also matched; one series is synthesized per run",
+            other.series.SeriesInstanceUID,
+            other.selection_name,
+        )
+    return selected[0]
+
+
+def stage_series(selected: SelectedSeries, folder: Path) -> Path:
+    """Copy the selected series' files into ``folder`` (the input folder may hold other series too) and return it."""
+    folder.mkdir()
+    for index, instance in enumerate(selected.series.get_sop_instances()):
+        shutil.copyfile(instance.get_native_sop_instance().filename, folder / f"{index:05d}.dcm")
+    return folder
+
+
+class LesionSynthesisOperator(Operator):
+    """Insert the requested lesion into the selected series and write the synthetic series to ``output_folder``.
+
+    Named input:
+        study_selected_series_list: the selector's list of ``StudySelectedSeries``.
+
+    Named output:
+        synthesis: the :class:`bundle.serving.Synthesis` written (the series folder, provenance, preview).
+
+    Args:
+        synthesizer: the bundle's serving API, its network already loaded.
+        request: the validated request.
+        output_folder: where the series folder, its provenance JSON and PNG preview are written.
+        input_folder: the app's DICOM input folder, named in the error when no series matched.
+        rules: the selection rules, named in that error.
+    """
+
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args,
+        synthesizer: Synthesizer,
+        request: SynthesisRequest,
+        output_folder: Path,
+        input_folder: Path,
+        rules: str,
+        **kwargs,
+    ) -> None:
+        self.synthesizer, self.request, self.rules = synthesizer, request, rules
+        self.output_folder, self.input_folder = Path(output_folder), Path(input_folder)
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("study_selected_series_list")
+        spec.output("synthesis").condition(ConditionType.NONE)  # the provenance SR writer is optional
+
+    def compute(self, op_input, op_output, context) -> None:
+        studies = op_input.receive("study_selected_series_list")
+        selected = first_selected(studies, self.input_folder, self.rules)
+        series = selected.series
+        number = getattr(series, "SeriesNumber", None)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="synthesis_") as staging:
+            image = stage_series(selected, Path(staging) / f"series_{number if number is not None else 'x'}")
+            synthesis = self.synthesizer.synthesize(
+                image, output_dir=self.output_folder, **self.request.synthesize_arguments()
+            )
+        logger.info(
+            "%s series (%d instances) -> %s in %.1f s",
+            selected.selection_name,
+            len(series.get_sop_instances()),
+            synthesis.volume,
+            time.perf_counter() - started,
+        )
+        op_output.emit(synthesis, "synthesis")
