@@ -11,7 +11,7 @@ from monai.deploy.core import AppContext, Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 from synthesis_operator import LesionSynthesisOperator
-from synthesis_request import load_request
+from synthesis_request import SynthesisRequest, load_request
 
 from bundle.serving import Synthesizer
 
@@ -29,16 +29,21 @@ SELECTION_RULES = json.dumps(
 class LesionSynthesisApp(Application):
     """Insert a text-described lesion into a DICOM series; ``-m`` is the bundle folder (configs/, bundle/, models/).
 
-    The request is read (and checked) and the network loaded before any operator runs, so a bad request or a missing
-    models folder stops the app before it writes anything.
+    The request (``request``, else read from the environment when the app is composed) is checked and the network
+    loaded before any operator runs, so a bad request or a missing models folder stops the app before it writes
+    anything.
     """
 
     name = "medsoft-diffusion-lesion-synthesis"
     description = "Insert a text-described lesion into a spine MR (or CT) DICOM series; writes a synthetic series."
 
+    def __init__(self, *args, request: SynthesisRequest | None = None, **kwargs) -> None:
+        self.request = request
+        super().__init__(*args, **kwargs)
+
     def compose(self) -> None:
         context: AppContext = Application.init_app_context(self.argv)
-        request = load_request()
+        request = self.request or load_request()
         synthesizer = Synthesizer(Path(context.model_path), **request.settings)
         input_folder, output_folder = Path(context.input_path), Path(context.output_path)
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, name="loader")

@@ -91,9 +91,16 @@ class LesionSynthesisOperator(Operator):
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="synthesis_") as staging:
             image = stage_series(selected, Path(staging) / f"series_{number if number is not None else 'x'}")
-            synthesis = self.synthesizer.synthesize(
-                image, output_dir=self.output_folder, **self.request.synthesize_arguments()
-            )
+            try:
+                synthesis = self.synthesizer.synthesize(
+                    image, output_dir=self.output_folder, **self.request.synthesize_arguments()
+                )
+            except InputError as error:
+                if error.source != str(image):
+                    raise
+                # name the series the user gave, not its staged copy
+                described = f"{self.input_folder} ({selected.selection_name} series {series.SeriesInstanceUID})"
+                raise InputError(described, error.problem) from error
         logger.info(
             "%s series (%d instances) -> %s in %.1f s",
             selected.selection_name,
