@@ -1,5 +1,5 @@
 """The MONAI Deploy application: DICOM data loader -> series selector (sagittal MR, else CT) -> lesion synthesis
-(the bundle's serving API and DICOM writer)."""
+(the bundle's serving API and DICOM writer) -> the provenance as a DICOM SR (unless the request turns it off)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
+from provenance_sr_operator import ProvenanceSROperator
 from synthesis_operator import LesionSynthesisOperator
 from synthesis_request import SynthesisRequest, load_request
 
@@ -59,3 +60,5 @@ class LesionSynthesisApp(Application):
         )
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(selector, synthesis, {("study_selected_series_list", "study_selected_series_list")})
+        if request.provenance_sr:
+            self.add_flow(synthesis, ProvenanceSROperator(self, name="provenance_sr"), {("synthesis", "synthesis")})

@@ -9,12 +9,14 @@ A request is a JSON object::
      "point": [x, y, z], "box_size_mm": 30,        # or
      "segmentation": "seg.nii.gz", "mask_labels": [21],
      "seed": 0,
-     "settings": {"num_inference_steps": 50}}
+     "settings": {"num_inference_steps": 50},
+     "provenance_sr": true}
 
 Box and point are in DICOM patient coordinates (LPS millimetres, the frame of ``ImagePositionPatient``), the
 segmentation is a label map file of the selected series (relative paths are read from the request file's folder),
 ``settings`` are further values of ``configs/inference.json`` by id (``models_dir``, ``num_inference_steps``,
-``spatial_size``, ...). Exactly one mask source is given.
+``spatial_size``, ...), ``provenance_sr`` (default true) whether the provenance is also written as a DICOM SR.
+Exactly one mask source is given.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from bundle.errors import InputError
 REQUEST_ENV = "SYNTHESIS_REQUEST"
 REQUEST_FILE_ENV = "SYNTHESIS_REQUEST_FILE"
 MASK_SOURCES = ("box", "point", "segmentation")
-KNOWN_KEYS = frozenset(("text", "seed", "settings", "box_size_mm", "mask_labels", *MASK_SOURCES))
+KNOWN_KEYS = frozenset(("text", "seed", "settings", "provenance_sr", "box_size_mm", "mask_labels", *MASK_SOURCES))
 # DICOM patient coordinates are LPS, the bundle's world coordinates RAS: x and y change sign
 LPS_TO_RAS = (-1.0, -1.0, 1.0)
 
@@ -49,6 +51,7 @@ class SynthesisRequest:
     mask_labels: list[int] | None = None
     seed: int = 0
     settings: dict[str, object] = field(default_factory=dict)
+    provenance_sr: bool = True
 
     def synthesize_arguments(self) -> dict[str, object]:
         """The keyword arguments of :meth:`bundle.serving.Synthesizer.synthesize` for this request."""
@@ -100,6 +103,44 @@ def _labels(value: object, source: str) -> list[int]:
     return list(value)
 
 
+def _mask_source(content: Mapping, source: str, base_dir: Path) -> dict[str, object]:
+    """The one mask source of a request, box and point in RAS mm."""
+    given = [key for key in MASK_SOURCES if content.get(key) is not None]
+    if len(given) != 1:
+        raise InputError(source, f"give exactly one mask source of {list(MASK_SOURCES)}, got {given or 'none'}")
+    if given == ["box"]:
+        box = content["box"]
+        if not isinstance(box, Sequence) or isinstance(box, str) or len(box) != 2:
+            raise InputError(source, f"box must be two corners [[x0, y0, z0], [x1, y1, z1]] in patient mm, got {box!r}")
+        return {"box": [lps_to_ras(_point(corner, source, "a box corner")) for corner in box]}
+    if given == ["point"]:
+        point = {"point": lps_to_ras(_point(content["point"], source, "point"))}
+        if content.get("box_size_mm") is not None:
+            point["box_size_mm"] = _box_size(content["box_size_mm"], source)
+        return point
+    segmentation = content["segmentation"]
+    if not isinstance(segmentation, str) or not segmentation.strip():
+        raise InputError(source, f"segmentation must be a file path, got {segmentation!r}")
+    return {
+        "segmentation": (base_dir / segmentation).absolute(),
+        "mask_labels": _labels(content.get("mask_labels"), source),
+    }
+
+
+def _options(content: Mapping, source: str) -> dict[str, object]:
+    """A request's seed, config settings and SR switch."""
+    seed = content.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise InputError(source, f"seed must be a non-negative integer, got {seed!r}")
+    settings = content.get("settings", {})
+    if not isinstance(settings, Mapping):
+        raise InputError(source, f"settings must be a JSON object of inference config values, got {settings!r}")
+    provenance_sr = content.get("provenance_sr", True)
+    if not isinstance(provenance_sr, bool):
+        raise InputError(source, f"provenance_sr must be true or false, got {provenance_sr!r}")
+    return {"seed": seed, "settings": dict(settings), "provenance_sr": provenance_sr}
+
+
 def parse_request(content: object, source: str, base_dir: Path) -> SynthesisRequest:
     """Validate a request object (see the module docstring); ``source`` names it in errors, ``base_dir`` anchors a
     relative segmentation path.
@@ -116,32 +157,9 @@ def parse_request(content: object, source: str, base_dir: Path) -> SynthesisRequ
     text = content.get("text")
     if not isinstance(text, str) or not text.strip():
         raise InputError(source, "no text: the request needs 'text', the lesion to insert (e.g. 'a 10 mm lesion')")
-    given = [key for key in MASK_SOURCES if content.get(key) is not None]
-    if len(given) != 1:
-        raise InputError(source, f"give exactly one mask source of {list(MASK_SOURCES)}, got {given or 'none'}")
-    seed = content.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise InputError(source, f"seed must be a non-negative integer, got {seed!r}")
-    settings = content.get("settings", {})
-    if not isinstance(settings, Mapping):
-        raise InputError(source, f"settings must be a JSON object of inference config values, got {settings!r}")
-    request = {"text": text.strip(), "source": source, "seed": seed, "settings": dict(settings)}
-    if given == ["box"]:
-        box = content["box"]
-        if not isinstance(box, Sequence) or isinstance(box, str) or len(box) != 2:
-            raise InputError(source, f"box must be two corners [[x0, y0, z0], [x1, y1, z1]] in patient mm, got {box!r}")
-        request["box"] = [lps_to_ras(_point(corner, source, "a box corner")) for corner in box]
-    elif given == ["point"]:
-        request["point"] = lps_to_ras(_point(content["point"], source, "point"))
-        if content.get("box_size_mm") is not None:
-            request["box_size_mm"] = _box_size(content["box_size_mm"], source)
-    else:
-        segmentation = content["segmentation"]
-        if not isinstance(segmentation, str) or not segmentation.strip():
-            raise InputError(source, f"segmentation must be a file path, got {segmentation!r}")
-        request["segmentation"] = (base_dir / segmentation).absolute()
-        request["mask_labels"] = _labels(content.get("mask_labels"), source)
-    return SynthesisRequest(**request)
+    return SynthesisRequest(
+        text=text.strip(), source=source, **_mask_source(content, source, base_dir), **_options(content, source)
+    )
 
 
 def load_request(environ: Mapping[str, str] = os.environ) -> SynthesisRequest:

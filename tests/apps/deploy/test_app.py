@@ -103,6 +103,7 @@ def test_the_app_writes_a_derived_synthetic_series_changed_only_in_the_mask(depl
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = tmp_path / "out"
     names = ["series_1_synthetic", "series_1_synthetic.json", "series_1_synthetic.png"]
+    names.append("series_1_synthetic_provenance_sr.dcm")
     assert sorted(p.name for p in out.iterdir()) == names
 
     sources, written = by_position(work / "ct"), by_position(out / "series_1_synthetic")
@@ -135,6 +136,27 @@ def test_the_app_writes_a_derived_synthetic_series_changed_only_in_the_mask(depl
     }
     assert record["output"] == str(out / "series_1_synthetic") and record["num_inference_steps"] == 2
     assert record["models_dir"] == str(work / "models")
+    assert_provenance_sr(pydicom.dcmread(out / "series_1_synthetic_provenance_sr.dcm"), record, written)
+
+
+def assert_provenance_sr(report: pydicom.Dataset, record: dict, series: dict[float, pydicom.Dataset]) -> None:
+    """The SR joins the synthetic series' (de-identified) study, lists its instances as evidence and carries the
+    record's algorithm, text and parameters."""
+    first = next(iter(series.values()))
+    assert report.Modality == "SR" and report.SOPClassUID == pydicom.uid.EnhancedSRStorage
+    assert (report.StudyInstanceUID, report.PatientID) == (first.StudyInstanceUID, first.PatientID)
+    assert report.SeriesInstanceUID != first.SeriesInstanceUID
+    [evidence] = report.CurrentRequestedProcedureEvidenceSequence
+    [referenced] = evidence.ReferencedSeriesSequence
+    assert referenced.SeriesInstanceUID == first.SeriesInstanceUID
+    assert {item.ReferencedSOPInstanceUID for item in referenced.ReferencedSOPSequence} == {
+        d.SOPInstanceUID for d in series.values()
+    }
+    items = {item.ConceptNameCodeSequence[0].CodeValue: item for item in report.ContentSequence}
+    assert items["111001"].TextValue == "MedSoft-Diffusion"  # DCM Algorithm Name
+    assert items["121401"].TextValue == f"{SYNTHETIC_DESCRIPTION}: {TEXT}"  # DCM Derivation
+    parameters = json.loads(items["111002"].TextValue)  # DCM Algorithm Parameters
+    assert parameters["seed"] == record["seed"] and parameters["mask_source"] == record["mask_source"]
 
 
 def test_a_request_without_text_ends_the_run_naming_the_file_and_writes_nothing(deploy_python, work, tmp_path):

@@ -19,7 +19,7 @@ def test_a_request_file_with_a_box_in_patient_mm(tmp_path):
     content = {"text": f"  {TEXT} ", "box": [[-10, 20.5, -30], [15, -40, 5]], "seed": 3, "settings": {"eta": 0.5}}
     path.write_text(json.dumps(content))
     request = load_request({REQUEST_FILE_ENV: str(path)})
-    assert request.text == TEXT and request.seed == 3 and request.settings == {"eta": 0.5}
+    assert request.text == TEXT and request.seed == 3 and request.settings == {"eta": 0.5} and request.provenance_sr
     assert request.box == [[10.0, -20.5, -30.0], [-15.0, 40.0, 5.0]]  # LPS -> RAS: x and y change sign
     assert request.synthesize_arguments() == {"text": TEXT, "seed": 3, "coordinate_space": "world", "box": request.box}
 
@@ -63,6 +63,8 @@ def test_lps_to_ras_is_its_own_inverse():
         ({"text": TEXT, "segmentation": "seg.nii.gz"}, r"mask_labels"),
         ({"text": TEXT, "segmentation": "seg.nii.gz", "mask_labels": [1.5]}, r"mask_labels"),
         ({"text": TEXT, "point": [0, 0, 0], "seed": -1}, r"seed"),
+        ({"text": TEXT, "point": [0, 0, 0], "settings": [1]}, r"settings must be a JSON object"),
+        ({"text": TEXT, "point": [0, 0, 0], "provenance_sr": "no"}, r"provenance_sr must be true or false"),
         ({"text": TEXT, "point": [0, 0, 0], "promt": "typo"}, r"unknown request keys \['promt'\]"),
         ([TEXT], r"must be a JSON object"),
     ],
