@@ -5,9 +5,13 @@ that names the file and the problem."""
 
 import sys
 
-from bundle_path import put_bundle_first
+from bundle_path import NotABundleError, put_bundle_first
 
-put_bundle_first(sys.argv)
+try:
+    put_bundle_first(sys.argv)
+except NotABundleError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
 
 # the bundle's code must be found first; the request is checked before the app imports torch and the network
 from synthesis_request import load_request  # noqa: E402

@@ -3,6 +3,7 @@ PACS keeps what made it (algorithm, version, lesion text, seed, mask source, sam
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -36,6 +37,9 @@ PARAMETERS = (
     "slices_per_case",
 )
 MANUFACTURER = "MedSoft-Diffusion bundle"
+# Type 2 attributes of the Patient and General Study modules that highdicom copies from the evidence: present, maybe
+# empty (a source without them gives a derived series without them)
+PATIENT_STUDY_TYPE2 = ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime")
 
 
 def provenance_sr(record: dict, series: list[Dataset]) -> Dataset:
@@ -61,9 +65,12 @@ def provenance_sr(record: dict, series: list[Dataset]) -> Dataset:
     ]
     root = highdicom.sr.ContainerContentItem(codes.DCM.ImageProcessing)
     root.ContentSequence = highdicom.sr.ContentSequence(items)
-    first = min(series, key=lambda d: int(d.get("InstanceNumber") or 0))
+    first = copy.deepcopy(min(series, key=lambda d: int(d.get("InstanceNumber") or 0)))
+    for keyword in PATIENT_STUDY_TYPE2:
+        if keyword not in first:
+            setattr(first, keyword, "")
     report = highdicom.sr.EnhancedSR(
-        evidence=series,
+        evidence=[first, *(d for d in series if d.SOPInstanceUID != first.SOPInstanceUID)],
         content=root,
         series_instance_uid=generate_uid(),
         series_number=int(first.SeriesNumber) + 1,

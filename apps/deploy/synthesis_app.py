@@ -3,28 +3,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
-from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 from provenance_sr_operator import ProvenanceSROperator
+from series_selector_operator import SELECTION_RULES, SeriesSelectorOperator
 from synthesis_operator import LesionSynthesisOperator
 from synthesis_request import SynthesisRequest, load_request
 
 from bundle.serving import Synthesizer
-
-# Spine MRI is read on sagittal series; CT is accepted too. Tried in this order, the first match is synthesized.
-SELECTION_RULES = json.dumps(
-    {
-        "selections": [
-            {"name": "sagittal MR", "conditions": {"Modality": "(?i)^MR$", "ImageOrientationPatient": "Sagittal"}},
-            {"name": "CT", "conditions": {"Modality": "(?i)^CT$"}},
-        ]
-    }
-)
 
 
 class LesionSynthesisApp(Application):
@@ -48,7 +37,7 @@ class LesionSynthesisApp(Application):
         synthesizer = Synthesizer(Path(context.model_path), **request.settings)
         input_folder, output_folder = Path(context.input_path), Path(context.output_path)
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, name="loader")
-        selector = DICOMSeriesSelectorOperator(self, rules=SELECTION_RULES, name="selector")
+        selector = SeriesSelectorOperator(self, input_folder=input_folder, name="selector")
         synthesis = LesionSynthesisOperator(
             self,
             synthesizer=synthesizer,
