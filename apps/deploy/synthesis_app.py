@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bundle_path import find_bundle
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
@@ -17,7 +18,8 @@ from bundle.serving import Synthesizer
 
 
 class LesionSynthesisApp(Application):
-    """Insert a text-described lesion into a DICOM series; ``-m`` is the bundle folder (configs/, bundle/, models/).
+    """Insert a text-described lesion into a DICOM series; ``-m`` is the bundle folder (configs/, bundle/, models/) or
+    a folder holding it (:func:`bundle_path.find_bundle`).
 
     The request (``request``, else read from the environment when the app is composed) is checked and the network
     loaded before any operator runs, so a bad request or a missing models folder stops the app before it writes
@@ -34,7 +36,7 @@ class LesionSynthesisApp(Application):
     def compose(self) -> None:
         context: AppContext = Application.init_app_context(self.argv)
         request = self.request or load_request()
-        synthesizer = Synthesizer(Path(context.model_path), **request.settings)
+        synthesizer = Synthesizer(find_bundle(Path(context.model_path).resolve()), **request.settings)
         input_folder, output_folder = Path(context.input_path), Path(context.output_path)
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, name="loader")
         selector = SeriesSelectorOperator(self, input_folder=input_folder, name="selector")

@@ -46,13 +46,15 @@ def models(tmp_path_factory) -> Path:
     return make_tiny_models(tmp_path_factory.mktemp("deploy") / "models")
 
 
-def run_app(python: Path, dicom: Path, output: Path, **request_env: str) -> subprocess.CompletedProcess:
+def run_app(
+    python: Path, dicom: Path, output: Path, model: Path = REPO, **request_env: str
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHESIS_REQUEST")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **request_env)
     command = [str(python), "-W", "ignore", str(REPO / "apps" / "deploy"), "-i", str(dicom), "-o", str(output)]
     started = time.perf_counter()
     result = subprocess.run(
-        [*command, "-m", str(REPO)], cwd=output.parent, env=env, capture_output=True, text=True, timeout=600
+        [*command, "-m", str(model)], cwd=output.parent, env=env, capture_output=True, text=True, timeout=600
     )
     print(f"MONAI Deploy app run on {dicom.name}: {time.perf_counter() - started:.1f} s")
     return result
