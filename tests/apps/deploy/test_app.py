@@ -60,8 +60,12 @@ def run_app(
     return result
 
 
-def assert_ran(result: subprocess.CompletedProcess) -> None:
+def assert_wrote(result: subprocess.CompletedProcess, out: Path, series: str, with_sr: bool) -> Path:
+    """The run succeeded and ``out`` holds exactly the series folder, its provenance JSON, preview (and SR)."""
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    expected = [series, f"{series}.json", f"{series}.png"] + [f"{series}_provenance_sr.dcm"] * with_sr
+    assert sorted(p.name for p in out.iterdir()) == expected
+    return out
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -137,14 +141,7 @@ def test_sagittal_mr_is_chosen_over_ct_and_synthesized_inside_a_segmentation(dep
         json.dumps({"text": TEXT, **segmentation, "seed": 1, "settings": {**SETTINGS, "models_dir": str(models)}})
     )
     result = run_app(deploy_python, tmp_path / "study", tmp_path / "out", SYNTHESIS_REQUEST_FILE=str(request))
-    assert_ran(result)
-    out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == [
-        "series_2_synthetic",
-        "series_2_synthetic.json",
-        "series_2_synthetic.png",
-        "series_2_synthetic_provenance_sr.dcm",
-    ]
+    out = assert_wrote(result, tmp_path / "out", "series_2_synthetic", with_sr=True)
     assert "sagittal MR series" in result.stderr + result.stdout
     changed = assert_derived_series(out / "series_2_synthetic", mr)
     # instance k holds voxels (column, row, k) of the NIfTI volume: the change lies where its soft mask is > 0
@@ -166,14 +163,13 @@ def test_ct_with_a_box_in_patient_mm_from_the_environment(deploy_python, models,
         "provenance_sr": False,
         "settings": {**SETTINGS, "models_dir": str(models)},
     }
-    result = run_app(deploy_python, ct, tmp_path / "out", SYNTHESIS_REQUEST=json.dumps(request))
-    assert_ran(result)
-    out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == [
-        "series_1_synthetic",
-        "series_1_synthetic.json",
-        "series_1_synthetic.png",
-    ]
+    # -m names a folder holding the bundle, as a packaged app's /opt/holoscan/models does
+    (tmp_path / "map_models").mkdir()
+    (tmp_path / "map_models" / "spine_mri_lesion_synthesis").symlink_to(REPO, target_is_directory=True)
+    result = run_app(
+        deploy_python, ct, tmp_path / "out", tmp_path / "map_models", SYNTHESIS_REQUEST=json.dumps(request)
+    )
+    out = assert_wrote(result, tmp_path / "out", "series_1_synthetic", with_sr=False)
     changed = assert_derived_series(out / "series_1_synthetic", ct)
     # the change lies where the soft mask of the box (the request's LPS box in the bundle's RAS) is > 0
     mask, affine = soft_mask({"image": str(ct), "box": BOX_RAS, "coordinate_space": "world"})
