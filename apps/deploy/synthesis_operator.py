@@ -8,6 +8,8 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
@@ -39,12 +41,23 @@ def first_selected(studies: list[StudySelectedSeries], input_folder: Path, rules
     return selected[0]
 
 
-def stage_series(selected: SelectedSeries, folder: Path) -> Path:
-    """Copy the selected series' files into ``folder`` (the input folder may hold other series too) and return it."""
-    folder.mkdir()
-    for index, instance in enumerate(selected.series.get_sop_instances()):
-        shutil.copyfile(instance.get_native_sop_instance().filename, folder / f"{index:05d}.dcm")
-    return folder
+@contextmanager
+def series_folder(selected: SelectedSeries) -> Iterator[tuple[Path, bool]]:
+    """The folder the bundle reads the selected series from, and whether it is a staged copy: the series' own folder
+    when that holds exactly its files (the provenance then names the real input), else a temporary copy of its files
+    (their folder holds other series or files too), removed afterwards."""
+    files = [Path(i.get_native_sop_instance().filename).resolve() for i in selected.series.get_sop_instances()]
+    folder = files[0].parent
+    if {path.resolve() for path in folder.iterdir() if path.is_file()} == set(files):
+        yield folder, False
+        return
+    number = getattr(selected.series, "SeriesNumber", None)
+    with tempfile.TemporaryDirectory(prefix="synthesis_") as staging:
+        staged = Path(staging) / f"series_{number if number is not None else 'x'}"
+        staged.mkdir()
+        for index, file in enumerate(files):
+            shutil.copyfile(file, staged / f"{index:05d}.dcm")
+        yield staged, True
 
 
 class LesionSynthesisOperator(Operator):
@@ -87,16 +100,14 @@ class LesionSynthesisOperator(Operator):
         studies = op_input.receive("study_selected_series_list")
         selected = first_selected(studies, self.input_folder, self.rules)
         series = selected.series
-        number = getattr(series, "SeriesNumber", None)
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="synthesis_") as staging:
-            image = stage_series(selected, Path(staging) / f"series_{number if number is not None else 'x'}")
+        with series_folder(selected) as (image, staged):
             try:
                 synthesis = self.synthesizer.synthesize(
                     image, output_dir=self.output_folder, **self.request.synthesize_arguments()
                 )
             except InputError as error:
-                if error.source != str(image):
+                if not staged or error.source != str(image):
                     raise
                 # name the series the user gave, not its staged copy
                 described = f"{self.input_folder} ({selected.selection_name} series {series.SeriesInstanceUID})"

@@ -15,9 +15,10 @@ LPS = np.array([-1.0, -1.0, 1.0])  # RAS -> LPS (and back)
 
 
 def series_with_uids(source: Path, target: Path, sop_class: str = CTImageStorage, **tags: object) -> Path:
-    """Copy the series in ``source`` to ``target`` with one new Study, Series and Frame of Reference UID, a new SOP
-    Instance UID per instance, ``sop_class``, SeriesNumber 1 and the further ``tags`` (keyword -> value)."""
-    target.mkdir(parents=True)
+    """Copy the series in ``source`` to ``target`` (files ``<index>.dcm``) with one new Study, Series and Frame of
+    Reference UID, a new SOP Instance UID per instance, ``sop_class``, SeriesNumber 1 and the further ``tags``
+    (keyword -> value)."""
+    target.mkdir(parents=True, exist_ok=True)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     for index, path in enumerate(sorted(p for p in source.iterdir() if p.is_file())):
         dataset = pydicom.dcmread(path)
@@ -35,21 +36,22 @@ def series_with_uids(source: Path, target: Path, sop_class: str = CTImageStorage
 def mr_series_from_nifti(
     nifti: Path, target: Path, series_number: int = 2, study_uid: str | None = None, patient_position: str = "HFS"
 ) -> Path:
-    """Write the int16 volume ``nifti`` as an MR series, one instance per index ``k`` of its third axis: instance
-    ``k``'s pixel (row ``j``, column ``i``) is voxel ``(i, j, k)``, with the position, orientation and spacing of the
-    NIfTI affine (RAS) in patient coordinates (LPS). A volume whose third axis runs left-right gives a sagittal
-    series. ``patient_position`` "" leaves PatientPosition out."""
+    """Write the int16 volume ``nifti`` as an MR series, one instance ``mr_<k>.dcm`` per index ``k`` of its third
+    axis: instance ``k``'s pixel (row ``j``, column ``i``) is voxel ``(i, j, k)``, with the position, orientation and
+    spacing of the NIfTI affine (RAS) in patient coordinates (LPS). A volume whose third axis runs left-right gives a
+    sagittal series. ``patient_position`` "" leaves PatientPosition out."""
     image = nib.load(str(nifti))
     volume = np.asarray(image.dataobj).astype(np.int16)
     affine = np.asarray(image.affine, float)
     columns_step, rows_step, slices_step = (affine[:3, axis] * LPS for axis in range(3))
     study_uid, series_uid, frame_uid = study_uid or generate_uid(), generate_uid(), generate_uid()
-    target.mkdir(parents=True)
+    target.mkdir(parents=True, exist_ok=True)
     for k in range(volume.shape[2]):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        dataset = FileDataset(str(target / f"{k:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        path = target / f"mr_{k:04d}.dcm"
+        dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
         dataset.SOPClassUID, dataset.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
         dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.FrameOfReferenceUID = (
             study_uid,
@@ -72,5 +74,5 @@ def mr_series_from_nifti(
         dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
         dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, 1
         dataset.PixelData = np.ascontiguousarray(volume[:, :, k].T).tobytes()
-        dataset.save_as(target / f"{k:04d}.dcm", enforce_file_format=True)
+        dataset.save_as(path, enforce_file_format=True)
     return target

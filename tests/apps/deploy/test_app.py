@@ -78,11 +78,13 @@ def pixels(dataset: pydicom.Dataset) -> np.ndarray:
     return dataset.pixel_array * float(dataset.get("RescaleSlope", 1)) + float(dataset.get("RescaleIntercept", 0))
 
 
-def assert_derived_series(written: Path, source: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def assert_derived_series(
+    written: Path, source: Path, files: str = "*.dcm"
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Check the synthetic series against its source, instance by instance (matched by position): the geometry
-    tags equal, DERIVED and SYNTHETIC marks, new UIDs, one series. Returns the changed (rows, columns) per source
-    file name."""
-    sources = {tuple(d.ImagePositionPatient): d for d in map(pydicom.dcmread, sorted(source.iterdir()))}
+    tags equal, DERIVED and SYNTHETIC marks, new UIDs, one series. ``files`` selects the source's instances in its
+    folder. Returns the changed (rows, columns) per source file name."""
+    sources = {tuple(d.ImagePositionPatient): d for d in map(pydicom.dcmread, sorted(source.glob(files)))}
     outputs = [pydicom.dcmread(path) for path in sorted(written.iterdir())]
     assert sorted(tuple(d.ImagePositionPatient) for d in outputs) == sorted(sources)  # the same slice positions
     changed = {}
@@ -132,9 +134,10 @@ def assert_sr(report: pydicom.Dataset, record: dict, series: Path) -> None:
 
 
 def test_sagittal_mr_is_chosen_over_ct_and_synthesized_inside_a_segmentation(deploy_python, models, tmp_path):
+    # one folder holds both series: the app reads a staged copy of the selected one's files
     study = pydicom.uid.generate_uid()
-    mr = mr_series_from_nifti(SCT_T2, tmp_path / "study" / "t2_sagittal", study_uid=study)
-    series_with_uids(CT_DICOM, tmp_path / "study" / "ct", StudyInstanceUID=study)
+    mr = mr_series_from_nifti(SCT_T2, tmp_path / "study", study_uid=study)
+    series_with_uids(CT_DICOM, tmp_path / "study", StudyInstanceUID=study)
     request = tmp_path / "request.json"
     segmentation = {"segmentation": str(SCT_LEVELS), "mask_labels": [3]}
     request.write_text(
@@ -143,11 +146,11 @@ def test_sagittal_mr_is_chosen_over_ct_and_synthesized_inside_a_segmentation(dep
     result = run_app(deploy_python, tmp_path / "study", tmp_path / "out", SYNTHESIS_REQUEST_FILE=str(request))
     out = assert_wrote(result, tmp_path / "out", "series_2_synthetic", with_sr=True)
     assert "sagittal MR series" in result.stderr + result.stdout
-    changed = assert_derived_series(out / "series_2_synthetic", mr)
+    changed = assert_derived_series(out / "series_2_synthetic", mr, files="mr_*.dcm")
     # instance k holds voxels (column, row, k) of the NIfTI volume: the change lies where its soft mask is > 0
     mask, _ = soft_mask({"image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [3]})
     for name, (rows, columns) in changed.items():
-        assert (mask[columns, rows, int(Path(name).stem)] > 0).all(), name
+        assert (mask[columns, rows, int(Path(name).stem.removeprefix("mr_"))] > 0).all(), name
     record = json.loads((out / "series_2_synthetic.json").read_text())
     assert record["synthetic"] is True and record["text"] == TEXT and record["input"]["format"] == "dicom_series"
     assert record["mask_source"]["type"] == "segmentation" and record["output"] == str(out / "series_2_synthetic")
@@ -169,8 +172,9 @@ def test_ct_with_a_box_in_patient_mm_from_the_environment(deploy_python, models,
     result = run_app(
         deploy_python, ct, tmp_path / "out", tmp_path / "map_models", SYNTHESIS_REQUEST=json.dumps(request)
     )
-    out = assert_wrote(result, tmp_path / "out", "series_1_synthetic", with_sr=False)
-    changed = assert_derived_series(out / "series_1_synthetic", ct)
+    # the series alone in its folder: read in place, the output named after it
+    out = assert_wrote(result, tmp_path / "out", "ct_synthetic", with_sr=False)
+    changed = assert_derived_series(out / "ct_synthetic", ct)
     # the change lies where the soft mask of the box (the request's LPS box in the bundle's RAS) is > 0
     mask, affine = soft_mask({"image": str(ct), "box": BOX_RAS, "coordinate_space": "world"})
     for name, (rows, columns) in changed.items():
@@ -181,8 +185,9 @@ def test_ct_with_a_box_in_patient_mm_from_the_environment(deploy_python, models,
         ras = lps * [-1, -1, 1]
         voxels = np.rint(np.linalg.solve(affine, np.c_[ras, np.ones(len(ras))].T)[:3]).astype(int)
         assert (mask[tuple(voxels)] > 0).all(), name
-    record = json.loads((out / "series_1_synthetic.json").read_text())
+    record = json.loads((out / "ct_synthetic.json").read_text())
     assert record["mask_source"]["type"] == "box" and record["mask_source"]["box"] == BOX_RAS
+    assert record["input"]["path"] == str(ct)
 
 
 def test_a_request_without_text_ends_the_run_naming_the_file_and_writes_nothing(deploy_python, models, tmp_path):
