@@ -1,25 +1,15 @@
-"""The App SDK's series selector with this app's rules (a sagittal MR series, else a CT series) and its refusals
-reported as the bundle's input error."""
+"""The App SDK's series selector with this app's rules (selection_rules.py) and its refusals reported as the bundle's
+input error."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from monai.deploy.core import Fragment
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
+from selection_rules import SELECTION_RULES
 
 from bundle.errors import InputError
-
-# Spine MRI is read on sagittal series; CT is accepted too. Tried in this order, the first match is synthesized.
-SELECTION_RULES = json.dumps(
-    {
-        "selections": [
-            {"name": "sagittal MR", "conditions": {"Modality": "(?i)^MR$", "ImageOrientationPatient": "Sagittal"}},
-            {"name": "CT", "conditions": {"Modality": "(?i)^CT$"}},
-        ]
-    }
-)
 
 
 class SeriesSelectorOperator(DICOMSeriesSelectorOperator):

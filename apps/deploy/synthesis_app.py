@@ -10,7 +10,7 @@ from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from provenance_sr_operator import ProvenanceSROperator
-from series_selector_operator import SELECTION_RULES, SeriesSelectorOperator
+from series_selector_operator import SeriesSelectorOperator
 from synthesis_operator import LesionSynthesisOperator
 from synthesis_request import SynthesisRequest, load_request
 
@@ -46,7 +46,6 @@ class LesionSynthesisApp(Application):
             request=request,
             output_folder=output_folder,
             input_folder=input_folder,
-            rules=SELECTION_RULES,
             name="synthesis",
         )
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})

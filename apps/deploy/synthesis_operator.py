@@ -14,6 +14,7 @@ from pathlib import Path
 
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
+from selection_rules import SELECTION_RULES, by_priority
 from synthesis_request import SynthesisRequest
 
 from bundle.errors import InputError
@@ -22,16 +23,16 @@ from bundle.serving import Synthesizer
 logger = logging.getLogger(__name__)
 
 
-def first_selected(studies: list[StudySelectedSeries], input_folder: Path, rules: str) -> SelectedSeries:
-    """The series to synthesize into: the first selection of the first study (rules are tried in order, so a
-    sagittal MR series wins over a CT one).
+def first_selected(studies: list[StudySelectedSeries], input_folder: Path) -> SelectedSeries:
+    """The series to synthesize into: the match of the earliest rule (a sagittal MR series before a CT one), in any
+    study of the input; the others are logged and left alone.
 
     Raises:
         InputError: no series of ``input_folder`` matched a rule.
     """
-    selected = [series for study in studies or [] for series in study.selected_series]
+    selected = by_priority([series for study in studies or [] for series in study.selected_series])
     if not selected:
-        raise InputError(input_folder, f"no DICOM series matched the selection rules ({rules})")
+        raise InputError(input_folder, f"no DICOM series matched the selection rules ({SELECTION_RULES})")
     for other in selected[1:]:
         logger.warning(
             "series %s (%s) also matched; one series is synthesized per run",
@@ -74,7 +75,6 @@ class LesionSynthesisOperator(Operator):
         request: the validated request.
         output_folder: where the series folder, its provenance JSON and PNG preview are written.
         input_folder: the app's DICOM input folder, named in the error when no series matched.
-        rules: the selection rules, named in that error.
     """
 
     def __init__(
@@ -85,10 +85,9 @@ class LesionSynthesisOperator(Operator):
         request: SynthesisRequest,
         output_folder: Path,
         input_folder: Path,
-        rules: str,
         **kwargs,
     ) -> None:
-        self.synthesizer, self.request, self.rules = synthesizer, request, rules
+        self.synthesizer, self.request = synthesizer, request
         self.output_folder, self.input_folder = Path(output_folder), Path(input_folder)
         super().__init__(fragment, *args, **kwargs)
 
@@ -98,7 +97,7 @@ class LesionSynthesisOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         studies = op_input.receive("study_selected_series_list")
-        selected = first_selected(studies, self.input_folder, self.rules)
+        selected = first_selected(studies, self.input_folder)
         series = selected.series
         started = time.perf_counter()
         with series_folder(selected) as (image, staged):

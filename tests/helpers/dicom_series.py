@@ -33,9 +33,7 @@ def series_with_uids(source: Path, target: Path, sop_class: str = CTImageStorage
     return target
 
 
-def mr_series_from_nifti(
-    nifti: Path, target: Path, series_number: int = 2, study_uid: str | None = None, patient_position: str = "HFS"
-) -> Path:
+def mr_series_from_nifti(nifti: Path, target: Path, series_number: int = 2, patient_position: str = "HFS") -> Path:
     """Write the int16 volume ``nifti`` as an MR series, one instance ``mr_<k>.dcm`` per index ``k`` of its third
     axis: instance ``k``'s pixel (row ``j``, column ``i``) is voxel ``(i, j, k)``, with the position, orientation and
     spacing of the NIfTI affine (RAS) in patient coordinates (LPS). A volume whose third axis runs left-right gives a
@@ -44,7 +42,7 @@ def mr_series_from_nifti(
     volume = np.asarray(image.dataobj).astype(np.int16)
     affine = np.asarray(image.affine, float)
     columns_step, rows_step, slices_step = (affine[:3, axis] * LPS for axis in range(3))
-    study_uid, series_uid, frame_uid = study_uid or generate_uid(), generate_uid(), generate_uid()
+    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
     target.mkdir(parents=True, exist_ok=True)
     for k in range(volume.shape[2]):
         meta = FileMetaDataset()

@@ -134,10 +134,9 @@ def assert_sr(report: pydicom.Dataset, record: dict, series: Path) -> None:
 
 
 def test_sagittal_mr_is_chosen_over_ct_and_synthesized_inside_a_segmentation(deploy_python, models, tmp_path):
-    # one folder holds both series: the app reads a staged copy of the selected one's files
-    study = pydicom.uid.generate_uid()
-    mr = mr_series_from_nifti(SCT_T2, tmp_path / "study", study_uid=study)
-    series_with_uids(CT_DICOM, tmp_path / "study", StudyInstanceUID=study)
+    # one folder holds both series, of two studies: the app reads a staged copy of the selected one's files
+    mr = mr_series_from_nifti(SCT_T2, tmp_path / "study")
+    series_with_uids(CT_DICOM, tmp_path / "study")
     request = tmp_path / "request.json"
     segmentation = {"segmentation": str(SCT_LEVELS), "mask_labels": [3]}
     request.write_text(
