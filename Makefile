@@ -5,11 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LABEL_VENV := .venv-monailabel
+DEPLOY_VENV := .venv-deploy
 DEMO_DIR := demo
 DEMO_CASES ?= 60
 DEMO_SEED ?= 0
 
-.PHONY: install demo test lint clean-demo bench bench-quick package monailabel-env
+.PHONY: install demo test lint clean-demo bench bench-quick package monailabel-env deploy-env
 
 install: $(VENV)/.installed
 
@@ -44,7 +45,7 @@ monailabel-env: $(LABEL_VENV)/.installed
 $(LABEL_VENV)/.installed: $(VENV)/.installed $(addprefix apps/monailabel/env/,build.sh requirements.txt pydicom3_compat.py)
 	apps/monailabel/env/build.sh $(VENV) $(LABEL_VENV)
 
-test: install monailabel-env
+test: install monailabel-env deploy-env
 	$(PY) -m pytest -q tests
 
 # Lint (pyflakes, line length 120, import order, complexity, bugbear) and formatting: pyproject.toml [tool.ruff].
@@ -62,6 +63,12 @@ bench-quick: install
 # The bundle other MONAI projects download: dist/<metadata name>.zip (configs, bundle/, models/, docs/, LICENSE).
 package: install
 	$(PY) scripts/package.py --models_dir models --output_dir dist
+
+# The MONAI Deploy app's environment (apps/deploy): the App SDK and Holoscan as a layer over $(VENV), built once.
+deploy-env: $(DEPLOY_VENV)/.installed
+
+$(DEPLOY_VENV)/.installed: apps/deploy/requirements.txt apps/deploy/build_env.sh $(VENV)/.installed
+	apps/deploy/build_env.sh $(VENV) $(DEPLOY_VENV)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
