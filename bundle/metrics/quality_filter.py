@@ -88,12 +88,14 @@ class FeatureSpaceFilter:
         calibration: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         if set(reference) != set(thresholds):
-            raise ValueError(f"reference classes {sorted(reference)} differ from threshold classes {sorted(thresholds)}")
+            raise ValueError(
+                f"reference classes {sorted(reference)} differ from threshold classes {sorted(thresholds)}"
+            )
         self.reference = {str(c): torch.as_tensor(f).double() for c, f in reference.items()}
         self.thresholds = {str(c): float(t) for c, t in thresholds.items()}
         self.k, self.quantile, self.feature_space = int(k), float(quantile), str(feature_space)
         self.calibration = {str(c): dict(s) for c, s in (calibration or {}).items()}
-        for label, features in self.reference.items():
+        for features in self.reference.values():
             knn_distance(features[:1], features, self.k)  # shape and k checked once
 
     @classmethod
@@ -118,7 +120,9 @@ class FeatureSpaceFilter:
                 held = [str(c) for c in held_out[label]]
                 kept = [c for c in by_case if c not in held]
                 if not held or not kept or set(held) - set(by_case):
-                    raise ValueError(f"class {label!r}: held-out cases {held} must be some, not all, of {list(by_case)}")
+                    raise ValueError(
+                        f"class {label!r}: held-out cases {held} must be some, not all, of {list(by_case)}"
+                    )
             else:
                 kept, held = calibration_split(list(by_case), calibration_fraction, seed, str(label))
             reference[label] = torch.cat([torch.as_tensor(by_case[c]).double() for c in kept])
@@ -129,7 +133,9 @@ class FeatureSpaceFilter:
                 )
             scores = {c: float(knn_distance(torch.as_tensor(by_case[c]), reference[label], k).mean()) for c in held}
             calibration[label] = scores
-            thresholds[label] = float(torch.quantile(torch.tensor(list(scores.values()), dtype=torch.float64), quantile))
+            thresholds[label] = float(
+                torch.quantile(torch.tensor(list(scores.values()), dtype=torch.float64), quantile)
+            )
         return cls(reference, thresholds, k, quantile, feature_space, calibration)
 
     @property
@@ -215,7 +221,9 @@ class QualityCheck:
 
     def __init__(self, quality_filter: FeatureSpaceFilter | str | os.PathLike, extractor: FeatureFunction) -> None:
         self.filter = (
-            quality_filter if isinstance(quality_filter, FeatureSpaceFilter) else FeatureSpaceFilter.load(quality_filter)
+            quality_filter
+            if isinstance(quality_filter, FeatureSpaceFilter)
+            else FeatureSpaceFilter.load(quality_filter)
         )
         description = str(getattr(extractor, "description", ""))
         if description != self.filter.feature_space:

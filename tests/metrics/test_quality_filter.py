@@ -25,7 +25,11 @@ from bundle.transforms.case_to_slices import case_to_slices, slice_grid
 
 # class "a": reference slices (0,0), (3,0), (0,4); held-out cases h1, h2, h3
 REFERENCE = {"a1": torch.tensor([[0.0, 0.0], [3.0, 0.0]]), "a2": torch.tensor([[0.0, 4.0]])}
-HELD = {"h1": torch.tensor([[0.0, 0.0], [3.0, 4.0]]), "h2": torch.tensor([[6.0, 0.0]]), "h3": torch.tensor([[0.0, 1.0]])}
+HELD = {
+    "h1": torch.tensor([[0.0, 0.0], [3.0, 4.0]]),
+    "h2": torch.tensor([[6.0, 0.0]]),
+    "h3": torch.tensor([[0.0, 1.0]]),
+}
 
 
 def hand_filter(quantile: float) -> FeatureSpaceFilter:
