@@ -112,6 +112,7 @@ def command(data: Path, output: Path, models: Path) -> list[str]:
         "normal",
         "--models_dir",
         str(models),
+        "--quality_filter=none",  # the filtered path: tests/balancing/test_quality_balancing.py
         *[f"--{key}={value}" for key, value in FAST.items()],
     ]
 
