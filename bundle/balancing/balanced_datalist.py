@@ -210,20 +210,8 @@ def synthesis_parser(
     return parser
 
 
-def run_synthesis(
-    requests_path: Path,
-    synthetic_dir: Path,
-    config_file: str | Sequence[str],
-    bundle_root: Path,
-    seed: int,
-    models_dir: str | os.PathLike | None,
-    overrides: Mapping[str, object],
-    quality_filter: Path | None = None,
-) -> dict:
-    """Run the inference config's job on the requests (it skips cases an earlier run finished); its report."""
-    parser = synthesis_parser(
-        requests_path, synthetic_dir, config_file, bundle_root, seed, models_dir, overrides, quality_filter
-    )
+def run_synthesis(parser: ConfigParser) -> dict:
+    """Run a :func:`synthesis_parser` config's job (it skips cases an earlier run finished); its report."""
     for index in range(len(parser.get("initialize") or [])):
         parser.get_parsed_content(f"initialize#{index}")
     return parser.get_parsed_content("job").run()
@@ -453,7 +441,7 @@ def _synthesise_until_full(
         write_json_atomically(
             requests_path, {"description": description, "test": [_relative(r, output_dir) for r in requests]}
         )
-        report = run_synthesis(*arguments, overrides, quality_filter)
+        report = run_synthesis(synthesis_parser(*arguments, overrides, quality_filter))
         finished = {str(o["case_id"]): o for o in [*report.get("written", []), *report.get("skipped", [])]}
         passing = Counter(
             str(r["label"]) for r in requests if r["case_id"] in finished and _passed(finished[r["case_id"]])
