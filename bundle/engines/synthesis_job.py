@@ -16,7 +16,8 @@ from monai.transforms import Compose
 
 from bundle.data.datalist import load_datalist
 from bundle.errors import InputError, describe_failure, find_input_error
-from bundle.utils.files import check_folder_writable, write_json_atomically
+from bundle.metrics.quality_filter import QualityCheck
+from bundle.utils.files import check_folder_writable, read_json_object, write_json_atomically
 
 if TYPE_CHECKING:  # the writer is io, a layer above the engines: the job only calls it
     from bundle.io.volume_writer import SyntheticVolumeWriter
@@ -130,6 +131,11 @@ class SynthesisJob:
         skip_completed: resume an interrupted run: a case whose outputs an earlier run finished (same image,
             text and ``details``; see :meth:`bundle.io.volume_writer.SyntheticVolumeWriter.completed`) is not redone
             but listed under ``"skipped"``. ``False`` redoes (and overwrites) every case.
+        quality_check: judge each case's predicted slices against the real cases of its ``label``
+            (:class:`bundle.metrics.quality_filter.QualityCheck`). The decision goes into the case's provenance
+            record and its report entry as ``"quality"`` (score, threshold, passed); a case that fails is still
+            written (and marked). The filter's identity joins ``details``, so a case judged by another filter is
+            redone.
     """
 
     def __init__(
@@ -142,6 +148,7 @@ class SynthesisJob:
         split: str = "test",
         details: Mapping[str, object] | None = None,
         skip_completed: bool = True,
+        quality_check: QualityCheck | None = None,
     ) -> None:
         self.cases = load_datalist(cases, split) if isinstance(cases, (str, os.PathLike)) else list(cases)
         self.preprocessing = preprocessing
@@ -150,14 +157,23 @@ class SynthesisJob:
         self.output_dir = Path(output_dir)
         self.details = dict(details or {})
         self.skip_completed = skip_completed
+        self.quality_check = quality_check
+        if quality_check is not None:
+            self.details["quality_filter"] = quality_check.identity()
 
-    def run_case(self, case: Mapping) -> dict[str, str]:
+    def run_case(self, case: Mapping) -> dict[str, object]:
         items = self.preprocessing(dict(case))
         items = items if isinstance(items, list) else [items]
         self.writer.check_writable(items)  # before the expensive prediction
         with torch.no_grad():
             predictions = self.predictor(items)
-        return self.writer(items, predictions, self.details)
+        if self.quality_check is None:
+            return self.writer(items, predictions, self.details)
+        try:
+            quality = self.quality_check(case.get("label"), predictions)
+        except ValueError as error:  # a label the filter does not know
+            raise InputError(case.get("case_id", case.get("image")), str(error)) from error
+        return {**self.writer(items, predictions, {**self.details, "quality": quality}), "quality": quality}
 
     def start(self) -> None:
         """Check the output folders can be written to, remove an interrupted run's temporary files, find clashing
@@ -171,8 +187,8 @@ class SynthesisJob:
         for path in self.writer.remove_partial_outputs():
             logger.warning("removed %s, left half-written by an interrupted run", path)
         self.clashes = output_name_clashes(self.cases, self.writer.output_stem)
-        self.written: list[dict[str, str]] = []
-        self.skipped: list[dict[str, str]] = []
+        self.written: list[dict[str, object]] = []
+        self.skipped: list[dict[str, object]] = []
         self.failed: list[dict[str, object]] = []
 
     def fail(self, number: int, case: Mapping, error: BaseException) -> None:
@@ -193,6 +209,8 @@ class SynthesisJob:
             return
         earlier = self.writer.completed(case, self.details) if self.skip_completed else None
         if earlier is not None:
+            if self.quality_check is not None:
+                earlier["quality"] = read_json_object(earlier["provenance"], "the provenance record").get("quality")
             self.skipped.append({"case_id": case_id, **earlier})
             logger.info(
                 "[%d/%d] %s already written by an earlier run (%s): skipped",
@@ -221,6 +239,13 @@ class SynthesisJob:
     def finish(self) -> dict[str, object]:
         """Write and return the report: outputs written now, outputs kept from an earlier run, failures."""
         report = {"written": self.written, "skipped": self.skipped, "failed": self.failed, "num_cases": len(self.cases)}
+        if self.quality_check is not None:
+            judged = [c.get("quality") or {} for c in [*self.written, *self.skipped]]
+            report["quality"] = {
+                **self.details["quality_filter"],
+                "judged": len(judged),
+                "passed": sum(bool(q.get("passed")) for q in judged),
+            }
         write_json_atomically(self.output_dir / "report.json", report)
         logger.info(
             "%d of %d cases written, %d already written earlier, %d failed; report: %s",

@@ -16,7 +16,9 @@ def provenance_record(
 ) -> dict[str, object]:
     """The JSON-safe provenance of one synthetic output: input path and hash, code version, time, details.
 
-    ``details`` carries what produced the output: case id, mask source, text, seed, slices, model.
+    ``details`` carries what produced the output: case id, mask source, text, seed, slices, model, and, when a
+    quality filter judged the case, its decision (``quality``: score, threshold, passed) and identity
+    (``quality_filter``).
     """
     return {
         "synthetic": True,

@@ -1,5 +1,6 @@
 """Measures as ignite metrics for MONAI evaluators: image quality inside and outside the soft mask, FID / KID on an
-offline feature extractor, feature similarity (stage 1), and the downstream classifier's case-level scores."""
+offline feature extractor, feature similarity (stage 1), the downstream classifier's case-level scores, and the
+feature-space quality filter of synthetic cases."""
 
 from bundle.metrics.classification import classification_metrics
 from bundle.metrics.distribution import FrechetDistance, KernelInceptionDistance, feature_extractor
@@ -12,16 +13,19 @@ from bundle.metrics.image_quality import (
     InMaskSSIM,
     high_frequency_distance,
 )
+from bundle.metrics.quality_filter import FeatureSpaceFilter, QualityCheck
 
 __all__ = [
     "BackgroundMAE",
     "BackgroundPSNR",
+    "FeatureSpaceFilter",
     "FrechetDistance",
     "HighFrequencyDistance",
     "InMaskPSNR",
     "InMaskSSIM",
     "KernelInceptionDistance",
     "MeanCosineSimilarity",
+    "QualityCheck",
     "classification_metrics",
     "feature_extractor",
     "high_frequency_distance",

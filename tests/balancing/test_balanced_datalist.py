@@ -18,8 +18,8 @@ import pytest
 from bundle.balancing.balanced_datalist import (
     balance_datalist,
     balancing_requests,
-    run_synthesis,
     synthesis_counts,
+    synthesis_parser,
 )
 from bundle.data.class_balance import class_counts
 from bundle.data.datalist import load_datalist
@@ -93,9 +93,9 @@ def test_requests_use_every_normal_case_once_before_any_twice_and_are_reproducib
 def test_misspelt_or_reserved_inference_settings_are_refused_before_anything_runs(tmp_path):
     arguments = (tmp_path / "requests.json", tmp_path / "synthetic", "configs/inference.json", REPO, 0, None)
     with pytest.raises(ValueError, match="not settings of"):
-        run_synthesis(*arguments, {"num_inference_step": 2})
+        synthesis_parser(*arguments, {"num_inference_step": 2})
     with pytest.raises(ValueError, match="set by balancing itself"):
-        run_synthesis(*arguments, {"output_dir": str(tmp_path)})
+        synthesis_parser(*arguments, {"output_dir": str(tmp_path)})
     assert not (tmp_path / "synthetic").exists()
 
 
@@ -112,6 +112,7 @@ def command(data: Path, output: Path, models: Path) -> list[str]:
         "normal",
         "--models_dir",
         str(models),
+        "--quality_filter=none",  # the filtered path: tests/balancing/test_quality_balancing.py
         *[f"--{key}={value}" for key, value in FAST.items()],
     ]
 

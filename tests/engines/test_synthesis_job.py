@@ -5,6 +5,7 @@ overwrites an input or another entry's output. Failures name the case, the file 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -14,11 +15,14 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
+import torch
 from monai.transforms import Compose, Lambda
 
 import bundle.io.volume_writer
 import bundle.utils.files
+from bundle.engines.synthesis_job import SynthesisJob
 from bundle.errors import OutputError, describe_failure
+from bundle.metrics.quality_filter import FeatureSpaceFilter, QualityCheck
 from bundle.transforms.soft_mask import GaussianBlurMM
 from tests.helpers.paths import SCT_LEVELS, SCT_T2, TOTALSEG_MR, TOTALSEG_MR_SEG
 from tests.helpers.workflows import preview_parser, write_datalist
@@ -268,3 +272,72 @@ def test_describe_failure_unwraps_nested_composes():
     assert re.search(r"object at 0x", str(raised.value)) or re.search(r"object at 0x", str(raised.value.__cause__))
     assert describe_failure(raised.value, "/data/a.nii.gz") == "/data/a.nii.gz: KeyError: 'vertebra_seg' (in Lambda)"
     assert "\n" not in describe_failure(raised.value)
+
+
+# ------------------------------------------------------------------ the quality filter's decision
+class MeanIntensity(torch.nn.Module):
+    """A one-number feature space: a slice's mean intensity."""
+
+    description = "mean intensity"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(1, 2, 3))[:, None]
+
+
+class RecordingPredictor(CountingPredictor):
+    """Also keeps every case's predictions, to score them independently of the job."""
+
+    def __init__(self, predictor) -> None:
+        super().__init__(predictor)
+        self.predictions = {}
+
+    def __call__(self, items):
+        results = super().__call__(items)
+        self.predictions[items[0].get("case_id")] = torch.stack([torch.as_tensor(r) for r in results])
+        return results
+
+
+def judged_job(entries, tmp_path, output_dir, thresholds: dict[str, float]) -> SynthesisJob:
+    """The mask-preview job with a one-number quality filter: reference 0 for each class, k = 1."""
+    preview = make_job(entries, tmp_path / "list.json", output_dir)
+    reference = {label: torch.zeros(1, 1) for label in thresholds}
+    quality_filter = FeatureSpaceFilter(reference, thresholds, k=1, quantile=0.95, feature_space="mean intensity")
+    return SynthesisJob(
+        preview.cases,
+        preview.preprocessing,
+        RecordingPredictor(preview.predictor.predictor),
+        preview.writer,
+        output_dir,
+        details=preview.details,
+        quality_check=QualityCheck(quality_filter, MeanIntensity()),
+    )
+
+
+def test_the_quality_decision_reaches_the_provenance_and_the_report_and_a_failed_case_is_kept(shared_data, tmp_path):
+    entries = [
+        {**GOOD, "case_id": "kept", "label": "benign"},
+        {**POINT, "case_id": "rejected", "label": "malignant"},
+        {**POINT, "case_id": "unknown", "label": "fracture"},
+    ]
+    output_dir = tmp_path / "out"
+    job = judged_job(entries, tmp_path, output_dir, {"benign": 1.0, "malignant": 0.0})
+    report = job.run()
+    assert [f["case_id"] for f in report["failed"]] == ["unknown"] and report["failed"][0]["bad_input"]
+    assert "label is 'fracture'" in report["failed"][0]["error"]
+    written = {w["case_id"]: w for w in report["written"]}
+    for case_id, passed in (("kept", True), ("rejected", False)):
+        expected = float(job.predictor.predictions[case_id].mean(dim=(1, 2, 3)).mean())  # distance to 0, k = 1
+        record = json.loads(Path(written[case_id]["provenance"]).read_text())
+        assert record["quality"] == written[case_id]["quality"]
+        assert record["quality"]["score"] == pytest.approx(expected) and expected > 0
+        assert record["quality"]["passed"] is passed and record["quality"]["feature_space"] == "mean intensity"
+        assert record["quality_filter"] == job.quality_check.identity()
+        assert Path(written[case_id]["volume"]).is_file()  # a rejected case stays on disk, marked
+    on_disk = json.loads((output_dir / "report.json").read_text())
+    assert on_disk["quality"]["judged"] == 2 and on_disk["quality"]["passed"] == 1
+
+    again = judged_job(entries[:2], tmp_path, output_dir, {"benign": 1.0, "malignant": 0.0}).run()
+    assert {s["case_id"]: s["quality"] for s in again["skipped"]} == {k: written[k]["quality"] for k in written}
+    other = judged_job(entries[:2], tmp_path, output_dir, {"benign": 1.0, "malignant": 1.0}).run()
+    assert sorted(w["case_id"] for w in other["written"]) == ["kept", "rejected"]  # another filter: judged again
+    assert all(w["quality"]["passed"] for w in other["written"])
