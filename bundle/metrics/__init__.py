@@ -1,6 +1,6 @@
 """Measures as ignite metrics for MONAI evaluators: image quality inside and outside the soft mask, FID / KID on an
-offline feature extractor, feature similarity (stage 1), the downstream classifier's case-level scores, and the
-feature-space quality filter of synthetic cases."""
+offline feature extractor, feature similarity (stage 1), the downstream classifier's case-level scores, the
+feature-space quality filter of synthetic cases and the synthetic lesions' text adherence."""
 
 from bundle.metrics.classification import classification_metrics
 from bundle.metrics.distribution import FrechetDistance, KernelInceptionDistance, feature_extractor
@@ -14,6 +14,7 @@ from bundle.metrics.image_quality import (
     high_frequency_distance,
 )
 from bundle.metrics.quality_filter import FeatureSpaceFilter, QualityCheck
+from bundle.metrics.text_adherence import TextAdherence
 
 __all__ = [
     "BackgroundMAE",
@@ -26,6 +27,7 @@ __all__ = [
     "KernelInceptionDistance",
     "MeanCosineSimilarity",
     "QualityCheck",
+    "TextAdherence",
     "classification_metrics",
     "feature_extractor",
     "high_frequency_distance",
