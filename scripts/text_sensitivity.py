@@ -4,7 +4,7 @@ signal word swapped and a no-lesion text (definitions: bundle/experiments/text_s
 docs/text_adherence.md).
 
     python scripts/text_sensitivity.py --requests demo/data/requests.json --output demo/outputs/text_sensitivity.json
-        [--models_dir models] [--timesteps "[900,700,500,300]"] [--max_requests 18]
+        [--models_dir models] [--stage1_dir DIR] [--timesteps "[900,700,500,300]"] [--max_requests 18]
 """
 
 from __future__ import annotations
@@ -24,18 +24,19 @@ from bundle.utils.files import write_json_atomically
 def main(
     requests: str,
     output: str,
-    models_dir: str | None = None,
     timesteps: tuple[int, ...] = (900, 700, 500, 300),
     max_requests: int | None = None,
     seed: int = 0,
     config_file: str = "configs/inference.json",
+    **overrides,
 ) -> None:
+    """``overrides``: any ID of the inference config, e.g. ``--models_dir DIR --stage1_dir DIR``."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_ROOT / config_file))
     parser["bundle_root"] = str(BUNDLE_ROOT)
     parser["datalist"] = requests
-    if models_dir is not None:
-        parser["models_dir"] = models_dir
+    for key, value in overrides.items():
+        parser[key] = value
     torch.set_grad_enabled(False)
     preprocessing = parser.get_parsed_content("preprocessing")
     network = parser.get_parsed_content("network").eval()
