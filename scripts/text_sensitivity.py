@@ -37,7 +37,6 @@ def main(
     parser["datalist"] = requests
     for key, value in overrides.items():
         parser[key] = value
-    torch.set_grad_enabled(False)
     preprocessing = parser.get_parsed_content("preprocessing")
     network = parser.get_parsed_content("network").eval()
     noise_scheduler = parser.get_parsed_content("noise_scheduler")

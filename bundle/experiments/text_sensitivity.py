@@ -80,12 +80,12 @@ def one_step_bias(
     clean = network.space.encode(images)
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed), dtype=clean.dtype)
     masked = images * (1.0 - soft_masks)
+    conditions_of = {name: network.conditions([text] * images.shape[0], masked) for name, text in texts.items()}
     result: dict[str, dict[int, float]] = {name: {} for name in texts}
     for timestep in timesteps:
         steps = torch.full((clean.shape[0],), int(timestep), dtype=torch.long)
         noisy = noise_scheduler.add_noise(clean, noise, steps)
-        for name, text in texts.items():
-            conditions = network.conditions([text] * images.shape[0], masked)
+        for name, conditions in conditions_of.items():
             prediction = network(noisy, steps, conditions)
             estimate = noise_scheduler.step(prediction, int(timestep), noisy).pred_original_sample
             error = (network.space.decode(estimate) - images) * core
