@@ -7,6 +7,7 @@ twin where it acts on one value.
 - :mod:`~bundle.transforms.soft_mask`: the mask from vertebra labels, a box or a point, blurred in millimetres,
   the masked image, and the lesion's own mask;
 - :mod:`~bundle.transforms.morphology`: binary masks eroded or dilated by a radius in millimetres;
+- :mod:`~bundle.transforms.lesion_label`: the lesion label of an image-mask pair, eroded in millimetres;
 - :mod:`~bundle.transforms.intensity`: scanner units to the model's [0, 1] and back;
 - :mod:`~bundle.transforms.slices`: the sagittal slices that hold the mask (or the lesion);
 - :mod:`~bundle.transforms.model_grid`: a slice onto the model's square grid and back;
@@ -21,6 +22,7 @@ here, so ``bundle.transforms.model_grid`` stays the module (configs name ``bundl
 from bundle.transforms import augmentation
 from bundle.transforms.case_to_slices import slice_transform
 from bundle.transforms.intensity import ScaleIntensityToModel, ScaleIntensityToModeld, invert_intensity
+from bundle.transforms.lesion_label import EmptyLabelError, ErodeLesionLabel, ErodeLesionLabeld
 from bundle.transforms.loading import (
     LoadVolume,
     LoadVolumed,
@@ -54,6 +56,9 @@ __all__ = [
     "BoxMaskd",
     "DilateMaskMM",
     "DilateMaskMMd",
+    "EmptyLabelError",
+    "ErodeLesionLabel",
+    "ErodeLesionLabeld",
     "ErodeMaskMM",
     "ErodeMaskMMd",
     "GaussianBlurMM",
