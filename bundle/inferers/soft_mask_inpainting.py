@@ -16,6 +16,10 @@ The result is final: it is already weighted by the soft mask, so whoever writes 
 plus the VAE's reconstruction error, everywhere. So the decoded result gets that error removed with the background
 weight, ``decode(z_0) + (x0 - decode(E(x0))) * (1 - M_b)``: the background stays x0 and the blend band meets it
 without a seam, while inside the mask the model's decoded content stands as it is.
+
+With a :class:`bundle.inferers.guide_mask.GuideMaskSchedule` (MedDiff-FT's dynamic guiding mask) the region the
+blend keeps changing is that schedule's guide of each step instead of M_b (the conditions still see I_m), and the
+result equals the input outside the last guide. Without one the sampler is MedSoft-Diffusion's, unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Sequence
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from bundle.inferers.guide_mask import GuideMaskSchedule
 from bundle.inferers.guided_sampler import GuidedSampler, noise_like
 from bundle.networks.medsoft_diffusion import MedSoftDiffusion
 
@@ -37,7 +42,7 @@ class SoftMaskBlend:
     Args:
         scheduler: the sampler's scheduler (its ``add_noise``).
         known: the known latents z_0 of the input ``(B, C, h, w)``.
-        mask: m_b on the latents' grid ``(B, 1, h, w)`` in [0, 1].
+        mask: m_b on the latents' grid ``(B, 1, h, w)`` in [0, 1], or one such mask per step (a guide schedule).
         generators: the per-image generators (the sampler's, so the draws interleave with its own).
     """
 
@@ -45,27 +50,47 @@ class SoftMaskBlend:
         self,
         scheduler: SchedulerMixin,
         known: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | Sequence[torch.Tensor],
         generators: Sequence[torch.Generator],
     ) -> None:
         self.scheduler, self.known, self.mask, self.generators = scheduler, known, mask, generators
 
     def __call__(self, latents: torch.Tensor, index: int, timesteps: torch.Tensor) -> torch.Tensor:
+        mask = self.mask if isinstance(self.mask, torch.Tensor) else self.mask[index]
         if index + 1 < len(timesteps):
             noise = noise_like(self.known, self.generators)
             known_now = self.scheduler.add_noise(self.known, noise, timesteps[index + 1 : index + 2])
         else:
             known_now = self.known
-        return latents * self.mask + known_now * (1.0 - self.mask)
+        return latents * mask + known_now * (1.0 - mask)
 
 
 class SoftMaskInpaintingInferer(GuidedSampler):
     """Synthesise inside the soft mask with guidance; outside it the result follows the (masked) input.
 
-    The arguments are :class:`GuidedSampler`'s (scheduler, steps, guidance scale, eta, seed, precision).
+    The arguments are :class:`GuidedSampler`'s (scheduler, steps, guidance scale, eta, seed, precision), and:
+
+    Args:
+        guide_schedule: MedDiff-FT's dynamic guiding mask; each call then needs the lesion and host masks, and
+            the blend keeps the schedule's guide of each step (not M_b). ``None``: MedSoft-Diffusion's blend.
     """
 
-    def blend(self, known: torch.Tensor, mask: torch.Tensor, generators: Sequence[torch.Generator]) -> SoftMaskBlend:
+    def __init__(
+        self,
+        scheduler: SchedulerMixin,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        eta: float = 0.0,
+        seed: int = 0,
+        precision: str | None = "fp32",
+        guide_schedule: GuideMaskSchedule | None = None,
+    ) -> None:
+        super().__init__(scheduler, num_inference_steps, guidance_scale, eta, seed, precision)
+        self.guide_schedule = guide_schedule
+
+    def blend(
+        self, known: torch.Tensor, mask: torch.Tensor | Sequence[torch.Tensor], generators: Sequence[torch.Generator]
+    ) -> SoftMaskBlend:
         """The per-step hook of one call."""
         return SoftMaskBlend(self.scheduler, known, mask, generators)
 
@@ -77,8 +102,12 @@ class SoftMaskInpaintingInferer(GuidedSampler):
         soft_mask: torch.Tensor,
         texts: Sequence[str],
         seeds: Sequence[int] | None = None,
+        lesion_mask: torch.Tensor | None = None,
+        host_mask: torch.Tensor | None = None,
+        pixel_mm: float | Sequence[float] = 1.0,
     ) -> torch.Tensor:
-        """Synthesised images ``(B, 1, H, W)`` in [0, 1]: the lesion inside M_b, the input (exactly) where M_b is 0.
+        """Synthesised images ``(B, 1, H, W)`` in [0, 1]: the lesion inside M_b, the input (exactly) where M_b is 0
+        (with a ``guide_schedule``: inside the last guide, the input exactly outside it).
 
         Args:
             inputs: the images x0 ``(B, 1, H, W)`` in [0, 1] on the model grid.
@@ -86,6 +115,8 @@ class SoftMaskInpaintingInferer(GuidedSampler):
             soft_mask: M_b ``(B, 1, H, W)`` in [0, 1].
             texts: one lesion description per image.
             seeds: one seed per image (default: ``seed`` for all).
+            lesion_mask, host_mask: ``(B, 1, H, W)``, the guide schedule's lesion and host (only with one).
+            pixel_mm: the image grid's pixel size in mm, one value or one per image (only with a guide schedule).
         """
         batch = inputs.shape[0]
         if len(texts) != batch:
@@ -93,8 +124,17 @@ class SoftMaskInpaintingInferer(GuidedSampler):
         generators = self.generators(batch, seeds)
         conditions = network.conditions(texts, inputs * (1.0 - soft_mask))
         known = network.space.encode(inputs)
-        mask = network.space.mask(soft_mask, known)
+        if self.guide_schedule is None:
+            if lesion_mask is not None or host_mask is not None:
+                raise ValueError("lesion and host masks are only used with a guide_schedule, and this inferer has none")
+            region, mask = soft_mask, network.space.mask(soft_mask, known)
+        else:
+            if lesion_mask is None or host_mask is None:
+                raise ValueError("an inferer with a guide_schedule needs the lesion_mask and host_mask of each image")
+            self.scheduler.set_timesteps(self.num_inference_steps)
+            guides = self.guide_schedule(lesion_mask, host_mask, pixel_mm, len(self.scheduler.timesteps))
+            region, mask = guides[-1], [network.space.mask(guide, known) for guide in guides]
         latents = self.sample(network, conditions, known, generators, self.blend(known, mask, generators))
         reconstruction_error = inputs - network.space.decode(known)  # 0 on the pixels, the VAE's error in latents
-        result = (network.space.decode(latents) + reconstruction_error * (1.0 - soft_mask)).clamp(0.0, 1.0)
-        return torch.where(soft_mask > 0, result, inputs)
+        result = (network.space.decode(latents) + reconstruction_error * (1.0 - region)).clamp(0.0, 1.0)
+        return torch.where(region > 0, result, inputs)

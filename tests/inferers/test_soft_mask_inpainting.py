@@ -7,6 +7,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+from bundle.inferers.guide_mask import GuideMaskSchedule
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.networks.conditions import concat_conditions
 from bundle.networks.medical_clip import MedicalClipEncoder
@@ -74,6 +75,43 @@ def test_the_background_is_blended_in_at_every_step_not_pasted_at_the_end(model,
             continue
         assert torch.equal(first[outside], second[outside]), step
         assert (first[inside] - second[inside]).abs().mean() > 1e-3, step
+
+
+def test_a_guide_schedule_blends_with_each_steps_guide_and_keeps_the_input_outside_the_last(model, batch):
+    """MedDiff-FT's guiding mask: the latents each step starts from are the known image noised to that step outside
+    the previous step's guide (whatever the text), the region between the first and the last guide is in play early
+    on (it follows the text), and the result is the input exactly outside the last guide (the lesion in its host)."""
+    image, soft_mask = batch
+    lesion, host = torch.zeros_like(soft_mask), (soft_mask == 1).float()
+    lesion[:, :, 13:19, 12:20] = 1.0
+    lesion[:, :, 13:19, 4:8] = 1.0  # outside the host: never changed
+    schedule = GuideMaskSchedule("shrink", dilation_fraction=0.5, shrink_until=0.5)
+    guides = schedule(lesion, host, 1.0, 6)
+    final = guides[-1].bool()
+    results, trajectories = [], []
+    for texts in (TEXTS, ["a large hypointense metastasis", "a small bright haemangioma"]):
+        recording = RecordingDDIM.from_config(scheduler().config)
+        recording.started_from = []
+        inferer = SoftMaskInpaintingInferer(recording, num_inference_steps=6, eta=0.5, guide_schedule=schedule)
+        results.append(inferer(image, model, soft_mask, texts, [3, 4], lesion_mask=lesion, host_mask=host))
+        trajectories.append(recording.started_from)
+    for result in results:
+        assert torch.equal(result[~final], image[~final])
+        assert (result[final] - image[final]).abs().mean() > 0.05
+    for step in range(1, 6):
+        outside = guides[step - 1].expand_as(trajectories[0][step]) == 0
+        assert torch.equal(trajectories[0][step][outside], trajectories[1][step][outside]), step
+    ring = (guides[0] > 0) & ~final
+    assert ring.sum() > 40
+    assert (trajectories[0][1][ring] - trajectories[1][1][ring]).abs().mean() > 1e-3
+
+
+def test_lesion_masks_without_a_guide_schedule_are_refused(model, batch):
+    image, soft_mask = batch
+    with pytest.raises(ValueError, match="only used with a guide_schedule"):
+        SoftMaskInpaintingInferer(scheduler(), num_inference_steps=2)(
+            image, model, soft_mask, TEXTS, lesion_mask=soft_mask, host_mask=soft_mask
+        )
 
 
 class RecordingBlend(SoftMaskInpaintingInferer):
