@@ -35,7 +35,13 @@ from bundle.data.datalist import FILE_KEYS, load_datalist
 from bundle.data.splits import seeded_shuffle
 from bundle.metrics.quality_filter import FeatureSpaceFilter, case_features
 from bundle.utils.bundle_files import BUNDLE_ROOT
-from bundle.utils.files import read_json_object, remove_leftovers, safe_case_name, write_json_atomically
+from bundle.utils.files import (
+    read_json_object,
+    relative_paths,
+    remove_leftovers,
+    safe_case_name,
+    write_json_atomically,
+)
 from bundle.utils.hashing import sha256_of_path
 
 logger = logging.getLogger(__name__)
@@ -162,11 +168,7 @@ def check_case_ids(requests: Sequence[Mapping], training: Sequence[Mapping]) -> 
 
 def _relative(entry: Mapping, folder: Path) -> dict:
     """``entry`` with its file paths relative to ``folder`` (where the datalist that lists it lives)."""
-    out = dict(entry)
-    for key in PATH_KEYS:
-        if isinstance(out.get(key), str) and out[key]:
-            out[key] = os.path.relpath(Path(out[key]).absolute(), folder.absolute())
-    return out
+    return relative_paths(entry, folder, PATH_KEYS)
 
 
 def synthesis_parser(

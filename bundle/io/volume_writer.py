@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -189,7 +189,8 @@ def _output_name(source: Path, source_format: str, case_name: str, suffix: str) 
     return f"{case_name}{suffix}{extension}"
 
 
-def _check_not_input(output: Path, inputs: Sequence[Path]) -> None:
+def check_not_input(output: Path, inputs: Sequence[Path]) -> None:
+    """Raise :class:`InputError` naming the input when ``output`` is an input, lies in an input folder or holds one."""
     resolved = output.resolve()
     for path in inputs:
         path = path.resolve()
@@ -197,7 +198,23 @@ def _check_not_input(output: Path, inputs: Sequence[Path]) -> None:
             raise InputError(path, f"refusing to write {output}: it would overwrite an input")
 
 
-def _entry_of(items: Sequence[Mapping]) -> dict[str, object]:
+def source_order_volume(items: Sequence[Mapping], slice_values: Sequence[torch.Tensor]) -> np.ndarray:
+    """One case's per-slice values ``(H, W)`` (native slice pixels, one per item) as a volume in the source file's
+    voxel order, zero on the slices not given; the items' ``placement`` says where each slice sits."""
+    placement = items[0]["placement"]
+    axis = int(placement["slice_axis"])
+    volume = torch.zeros(placement["canonical_shape"], dtype=torch.float64)
+    for item, values in zip(items, slice_values, strict=True):
+        volume.select(axis, int(item["placement"]["slice_index"])).copy_(torch.as_tensor(values, dtype=torch.float64))
+    source_affine = np.asarray(placement["source_affine"], float)
+    canonical = MetaTensor(volume[None], affine=torch.as_tensor(placement["canonical_affine"]))
+    in_source_order = Orientation(axcodes="".join(nib.aff2axcodes(source_affine)), labels=None)(canonical)
+    if not np.allclose(np.asarray(in_source_order.affine, float), source_affine, atol=1e-3):
+        raise RuntimeError(f"{placement['source']}: cannot map the canonical grid back to the file's voxel order")
+    return in_source_order[0].numpy()
+
+
+def case_of_items(items: Sequence[Mapping]) -> dict[str, object]:
     """The case id and image path of the case that slice items come from (what output names are made of)."""
     return {"case_id": items[0].get("case_id"), "image": items[0]["placement"]["source"]}
 
@@ -273,24 +290,20 @@ class SyntheticVolumeWriter:
         placement = items[0]["placement"]
         source = Path(placement["source"])
         source_format = str(items[0][self.image_key].meta.get("volume_format") or "nifti")
-
         axis = int(placement["slice_axis"])
-        delta = torch.zeros(placement["canonical_shape"], dtype=torch.float64)
-        changes = []
-        for item, prediction in zip(items, predictions, strict=True):
-            change = self.slice_change(item, prediction)
-            changes.append(change)
-            scanner_change = invert_intensity(change[0].double(), item["intensity_scaling"], difference=True)
-            delta.select(axis, int(item["placement"]["slice_index"])).copy_(scanner_change)
         source_affine = np.asarray(placement["source_affine"], float)
-        canonical = MetaTensor(delta[None], affine=torch.as_tensor(placement["canonical_affine"]))
-        in_source_order = Orientation(axcodes="".join(nib.aff2axcodes(source_affine)), labels=None)(canonical)
-        if not np.allclose(np.asarray(in_source_order.affine, float), source_affine, atol=1e-3):
-            raise RuntimeError(f"{source}: cannot map the canonical grid back to the file's voxel order")
-        delta_source = in_source_order[0].numpy()
+        changes = [self.slice_change(item, prediction) for item, prediction in zip(items, predictions, strict=True)]
+        delta_source = source_order_volume(
+            items,
+            [
+                invert_intensity(change[0].double(), item["intensity_scaling"], difference=True)
+                for item, change in zip(items, changes, strict=True)
+            ],
+        )
+        companions = self.companion_files(items, predictions)
 
         text = str(items[0].get("text", ""))
-        stem = self.output_stem(_entry_of(items))
+        stem = self.output_stem(case_of_items(items))
         preview, provenance = self.output_dir / f"{stem}.png", self.output_dir / f"{stem}.json"
         staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".partial", dir=self.output_dir))
         try:
@@ -304,6 +317,10 @@ class SyntheticVolumeWriter:
                 identity = {"deidentification": identity or {"keep_patient_identity": True}}
             else:
                 write_itk_image(source, staging / output.name, delta_source)
+            written = {}
+            for key, (name, write) in companions.items():
+                write(staging / name)
+                written[key] = str(self.output_dir / name)
             record = provenance_record(
                 source,
                 source_format,
@@ -320,6 +337,7 @@ class SyntheticVolumeWriter:
                         "indices": [int(i["placement"]["slice_index"]) for i in items],
                     },
                     **identity,
+                    **written,
                     **(details or {}),
                 },
             )
@@ -344,7 +362,15 @@ class SyntheticVolumeWriter:
             ) from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return {"volume": str(output), "provenance": str(provenance), "preview": str(preview)}
+        return {"volume": str(output), "provenance": str(provenance), "preview": str(preview), **written}
+
+    def companion_files(
+        self, items: Sequence[Mapping], predictions: Sequence[torch.Tensor]
+    ) -> dict[str, tuple[str, Callable[[Path], None]]]:
+        """Further files of the case, written beside the volume and moved into place with it: ``{key: (file name,
+        write(path))}``; each path is returned and recorded in the provenance under its key. Called before
+        anything of the case is written, so raising here refuses the case with nothing left behind. None here."""
+        return {}
 
     def check_writable(self, items: Sequence[Mapping]) -> Path:
         """Check, before anything is predicted, that the case made of ``items`` (its slice items, as for
@@ -361,12 +387,12 @@ class SyntheticVolumeWriter:
         """
         source = Path(items[0]["placement"]["source"])
         source_format = str(items[0][self.image_key].meta.get("volume_format") or "nifti")
-        entry = _entry_of(items)
+        entry = case_of_items(items)
         stem = self.output_stem(entry)
         output = self.output_dir / _output_name(source, source_format, self.case_name(entry), self.suffix)
         inputs = [source, *[Path(p) for p in items[0].get("input_files", [])]]
         for path in (output, self.output_dir / f"{stem}.png", self.output_dir / f"{stem}.json"):
-            _check_not_input(path, inputs)
+            check_not_input(path, inputs)
         check_folder_writable(self.output_dir, needed_bytes=size_of_path(source) + OUTPUT_SIZE_MARGIN_BYTES)
         if source_format in ("dicom_series", "dicom_file"):
             check_dicom_identity(source, self.deidentifier)

@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bundle.errors import InputError, OutputError
@@ -166,3 +166,12 @@ def safe_case_name(name: str) -> str:
         return cleaned
     digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{cleaned[: SAFE_NAME_LENGTH - len(digest) - 1]}_{digest}"
+
+
+def relative_paths(entry: Mapping, folder: str | os.PathLike, keys: Sequence[str]) -> dict:
+    """``entry`` with its file paths under ``keys`` relative to ``folder`` (where the datalist listing it lives)."""
+    out = dict(entry)
+    for key in keys:
+        if isinstance(out.get(key), str) and out[key]:
+            out[key] = os.path.relpath(Path(out[key]).absolute(), Path(folder).absolute())
+    return out

@@ -1,0 +1,134 @@
+"""MedDiff-FT pairs: the host with its lesion and the eroded lesion label on the host's grid, written together or not
+at all, a label that erodes to nothing drops the pair by name, and the datalist reads back through
+``configs/segment.json``'s own training dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from bundle.errors import OutputError
+from bundle.io import pair_writer
+from bundle.io.pair_writer import LesionPairWriter, pair_entry, write_pair_datalist
+from bundle.transforms.case_to_slices import case_to_slices, slice_grid
+from bundle.transforms.lesion_label import EmptyLabelError
+from tests.helpers.paths import CONFIGS, REPO, SCT_LEVELS, SCT_T2
+
+HOST = {
+    "case_id": "sct_c3",
+    "image": str(SCT_T2),
+    "vertebra_seg": str(SCT_LEVELS),
+    "mask_labels": [3],
+    "text": "a bright lesion in the C3 vertebral body",
+    "label": "benign",
+}
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return slice_grid(32, 1.0, window_margin_mm=4.0, lesion_mask=True)
+
+
+@pytest.fixture(scope="module")
+def synthesised(shared_data, grid):
+    """The host's slice items, each with a lesion on the model grid (``lesion_mask``: a 5-pixel-radius disc at the
+    centre of the vertebra's blurred mask, cut to its core), and predictions: the host with the lesion bright."""
+    items = case_to_slices(grid, max_slices=2, lesion_mask=True)(dict(HOST))
+    rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    predictions = []
+    for item in items:
+        core = item["soft_mask"][0] > 0.8 * item["soft_mask"].max()  # C3 is small: its blurred mask peaks at 0.7
+        inside = torch.nonzero(core).float().mean(dim=0)
+        disc = ((((rows - inside[0]) ** 2 + (cols - inside[1]) ** 2) <= 25) & core).float()[None]
+        item["lesion_mask"] = disc
+        predictions.append(torch.as_tensor(item["image"]) * (1 - disc) + 0.95 * disc)
+    return items, predictions
+
+
+def write(items, predictions, grid, folder: Path, erosion_mm: float):
+    return LesionPairWriter(folder, grid, erosion_mm=erosion_mm)(items, predictions)
+
+
+def test_the_pair_has_the_hosts_grid_and_the_label_lies_where_the_lesion_surely_is(synthesised, grid, tmp_path):
+    items, predictions = synthesised
+    outputs = write(items, predictions, grid, tmp_path / "eroded", erosion_mm=1.0)
+    plain = write(items, predictions, grid, tmp_path / "plain", erosion_mm=0.0)
+    host, volume = nib.load(str(SCT_T2)), nib.load(outputs["volume"])
+    label_image = nib.load(outputs["lesion_label"])
+    assert Path(outputs["lesion_label"]).name == "sct_c3_synthetic_lesion.nii.gz"
+    for written in (volume, label_image):
+        assert written.shape == host.shape
+        np.testing.assert_array_equal(written.affine, host.affine)
+        assert b"SYNTHETIC" in written.header["descrip"].tobytes()
+    assert label_image.get_data_dtype() == np.uint8 and volume.get_data_dtype() == host.get_data_dtype()
+    label = np.asanyarray(label_image.dataobj) > 0
+    whole = np.asanyarray(nib.load(plain["lesion_label"]).dataobj) > 0
+    changed = np.asanyarray(volume.dataobj) != np.asanyarray(host.dataobj)
+    vertebra = np.rint(nib.load(str(SCT_LEVELS)).get_fdata()) == 3
+    record = json.loads(Path(outputs["provenance"]).read_text())
+    assert record["synthetic"] is True and record["lesion_label"] == outputs["lesion_label"]
+    slices = np.zeros(host.shape, bool)
+    slices[:, :, record["slices"]["indices"]] = True  # the file is P, S, R: sagittal slices are its third axis
+    assert label.sum() > 20 and not label[~slices].any() and not changed[~slices].any()
+    assert (label <= whole).all() and label.sum() < 0.7 * whole.sum()
+    assert changed[label].all()  # every label voxel is changed by the lesion
+    assert vertebra[label].all()
+
+
+def test_a_label_that_erodes_to_nothing_drops_the_pair_and_a_failed_write_leaves_nothing(
+    synthesised, grid, tmp_path, monkeypatch
+):
+    items, predictions = synthesised
+    with pytest.raises(EmptyLabelError, match="sct_c3: the lesion label .* erodes to nothing at 8 mm"):
+        write(items, predictions, grid, tmp_path / "dropped", erosion_mm=8.0)
+    assert list((tmp_path / "dropped").iterdir()) == []
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pair_writer, "write_label_nifti", disk_full)
+    with pytest.raises(OutputError, match="nothing of this case was kept"):
+        write(items, predictions, grid, tmp_path / "full", erosion_mm=1.0)
+    assert list((tmp_path / "full").iterdir()) == []
+
+
+def test_a_finished_pair_is_recognised_only_with_its_label(synthesised, grid, tmp_path):
+    items, predictions = synthesised
+    writer = LesionPairWriter(tmp_path, grid, erosion_mm=1.0)
+    outputs = writer(items, predictions)
+    assert writer.completed(HOST) == outputs
+    Path(outputs["lesion_label"]).unlink()
+    assert writer.completed(HOST) is None
+
+
+def test_the_pair_datalist_reads_back_through_the_segmentation_workflow(synthesised, grid, tmp_path):
+    items, predictions = synthesised
+    outputs = write(items, predictions, grid, tmp_path / "pairs", erosion_mm=1.0)
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"training": [dict(HOST, case_id="real_c3")], "test": [dict(HOST, case_id="t")]}))
+    datalist = write_pair_datalist(
+        tmp_path / "pairs" / "datalist.json",
+        [pair_entry(HOST, outputs)],
+        base,
+        dropped=[{"case_id": "small", "error": "erodes to nothing"}],
+    )
+    content = json.loads(datalist.read_text())
+    assert content["training"][1]["image"] == "sct_c3_synthetic.nii.gz"  # relative to the datalist
+    assert content["pairs"]["dropped"][0]["case_id"] == "small" and "synthetic" not in content["test"][0]
+    assert content["training"][0]["synthetic"] is False and content["training"][1]["synthetic"] is True
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "segment.json"))
+    parser.update({"bundle_root": str(REPO), "datalist": str(datalist)})
+    dataset = parser.get_parsed_content("train#dataset")
+    assert dataset.without_target == ["real_c3"]  # the real host has no lesion segmentation
+    assert dataset.counts()["synthetic_cases"] == 1 and dataset.counts()["slices_with_target"] >= 1
+    item = next(i for i in dataset.items if i["label"].any())
+    label = item["label"][0] > 0
+    image = item["image"][0]
+    assert image[label].mean() > 0.8 > image[~label].mean()  # the label marks the bright synthetic lesion
