@@ -68,9 +68,10 @@ class SoftMaskBlend:
 class SoftMaskInpaintingInferer(GuidedSampler):
     """Synthesise inside the soft mask with guidance; outside it the result follows the (masked) input.
 
-    The arguments are :class:`GuidedSampler`'s (scheduler, steps, guidance scale, eta, seed, precision), and:
-
     Args:
+        scheduler: the diffusers scheduler (:class:`GuidedSampler`).
+        sampler_args, sampler_options: :class:`GuidedSampler`'s other arguments, in its order or by name (steps,
+            guidance scale, eta, seed, precision).
         guide_schedule: MedDiff-FT's dynamic guiding mask; each call then needs the lesion and host masks, and
             the blend keeps the schedule's guide of each step (not M_b). ``None``: MedSoft-Diffusion's blend.
     """
@@ -78,14 +79,11 @@ class SoftMaskInpaintingInferer(GuidedSampler):
     def __init__(
         self,
         scheduler: SchedulerMixin,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
-        eta: float = 0.0,
-        seed: int = 0,
-        precision: str | None = "fp32",
+        *sampler_args,
         guide_schedule: GuideMaskSchedule | None = None,
+        **sampler_options,
     ) -> None:
-        super().__init__(scheduler, num_inference_steps, guidance_scale, eta, seed, precision)
+        super().__init__(scheduler, *sampler_args, **sampler_options)
         self.guide_schedule = guide_schedule
 
     def blend(

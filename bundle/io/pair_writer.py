@@ -63,8 +63,9 @@ class LesionPairWriter(SyntheticVolumeWriter):
     """The MedSoft writer plus the lesion label volume (see the module docstring).
 
     Args:
-        output_dir, grid, image_key, native_image_key, native_soft_mask_key, confine_to_soft_mask, suffix,
-            keep_patient_identity: :class:`SyntheticVolumeWriter`'s.
+        output_dir, grid: :class:`SyntheticVolumeWriter`'s.
+        writer_options: :class:`SyntheticVolumeWriter`'s other arguments, by name (``suffix``,
+            ``keep_patient_identity``, the item keys, ``confine_to_soft_mask``).
         label_key: each slice item's lesion mask on the model grid ``(1, S, S)`` (values above 0.5 inside).
         erosion_mm: the label's erosion in mm, in each slice's native pixel size (0: none).
     """
@@ -73,25 +74,11 @@ class LesionPairWriter(SyntheticVolumeWriter):
         self,
         output_dir: str | os.PathLike,
         grid: Compose,
-        image_key: str = "image",
-        native_image_key: str = "native_image",
-        native_soft_mask_key: str = "native_soft_mask",
-        confine_to_soft_mask: bool = True,
-        suffix: str = "_synthetic",
-        keep_patient_identity: bool = False,
         label_key: str = "lesion_mask",
         erosion_mm: float = 1.0,
+        **writer_options,
     ) -> None:
-        super().__init__(
-            output_dir,
-            grid,
-            image_key,
-            native_image_key,
-            native_soft_mask_key,
-            confine_to_soft_mask,
-            suffix,
-            keep_patient_identity,
-        )
+        super().__init__(output_dir, grid, **writer_options)
         self.label_key = label_key
         self.erosion_mm = float(erosion_mm)
         ErodeLesionLabel(self.erosion_mm)  # refuses a bad erosion here, not at the first case
