@@ -1,7 +1,7 @@
 """MedSoft-Diffusion's networks: the conditions interface of a conditioned diffusion model, the frozen medical CLIP,
 the Medical Semantic Controller (MSC), the text condition, the guided UNet (decoupled cross-attention for e_MSC),
-the diffusion space, the whole model with its profiles and saved form, the speed options, and the downstream
-experiment's slice classifier."""
+the diffusion space, the whole model with its profiles and saved form, the speed options, the downstream
+experiment's slice classifier, and MedDiff-FT's lesion-mask generator (a shape DDPM with hierarchical randomness)."""
 
 from bundle.networks.conditions import (
     ConditionedDiffusionModel,
@@ -13,6 +13,7 @@ from bundle.networks.conditions import (
 )
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.guided_unet import GuidedUNet, load_unet, tiny_unet, trainable_without_msc
+from bundle.networks.meddiffft_mask_generator import HierarchicalMaskSampler, LesionGeometry, LesionShapeModel
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import (
     MedSoftDiffusion,
@@ -34,7 +35,10 @@ __all__ = [
     "ConditionedDiffusionModel",
     "Conditions",
     "GuidedUNet",
+    "HierarchicalMaskSampler",
     "LatentSpace",
+    "LesionGeometry",
+    "LesionShapeModel",
     "MedSoftDiffusion",
     "MedicalClipEncoder",
     "MedicalSemanticController",
