@@ -83,6 +83,17 @@ class LesionPairWriter(SyntheticVolumeWriter):
         self.erosion_mm = float(erosion_mm)
         ErodeLesionLabel(self.erosion_mm)  # refuses a bad erosion here, not at the first case
 
+    def __call__(
+        self, items: Sequence[Mapping], predictions: Sequence[torch.Tensor], details: Mapping[str, object] | None = None
+    ) -> dict[str, str]:
+        """Write the pair (:meth:`SyntheticVolumeWriter.__call__`); the provenance also records
+        ``label_erosion_mm``. Returns the paths written, the label's under ``"lesion_label"``.
+
+        Raises:
+            EmptyLabelError: the case's label is empty or erodes to nothing (nothing is written).
+        """
+        return super().__call__(items, predictions, {"label_erosion_mm": self.erosion_mm, **(details or {})})
+
     def slice_label(self, item: Mapping) -> torch.Tensor:
         """The item's lesion label on its native slice pixels ``(1, H, W)``, in {0, 1}, before the erosion."""
         label = invert_to_slice((torch.as_tensor(item[self.label_key]) > 0.5).float(), item[self.image_key], self.grid)

@@ -73,6 +73,7 @@ def test_the_pair_has_the_hosts_grid_and_the_label_lies_where_the_lesion_surely_
     vertebra = np.rint(nib.load(str(SCT_LEVELS)).get_fdata()) == 3
     record = json.loads(Path(outputs["provenance"]).read_text())
     assert record["synthetic"] is True and record["lesion_label"] == outputs["lesion_label"]
+    assert record["label_erosion_mm"] == 1.0 and record["input"]["sha256"]
     slices = np.zeros(host.shape, bool)
     slices[:, :, record["slices"]["indices"]] = True  # the file is P, S, R: sagittal slices are its third axis
     assert label.sum() > 20 and not label[~slices].any() and not changed[~slices].any()
