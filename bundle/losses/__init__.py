@@ -1,6 +1,8 @@
-"""The training losses: stage 1's alignment of e_MSC with e_r, stage 2's soft-mask-weighted noise loss."""
+"""The training losses: stage 1's alignment of e_MSC with e_r, stage 2's soft-mask-weighted noise loss, and
+VG-MedGen's intensity-distribution loss."""
 
 from bundle.losses.alignment import alignment_loss
+from bundle.losses.intensity_distribution import IntensityDistributionLoss
 from bundle.losses.soft_masked_noise import SoftMaskedNoiseLoss
 
-__all__ = ["SoftMaskedNoiseLoss", "alignment_loss"]
+__all__ = ["IntensityDistributionLoss", "SoftMaskedNoiseLoss", "alignment_loss"]
