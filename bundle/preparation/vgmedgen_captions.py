@@ -221,13 +221,16 @@ def caption_fidelity(captioned: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Agreement of measured attributes (``caption_attributes``) with the ground truth (``attributes``).
 
     Over the cases with a ground-truth lesion: signal word, margin, position (both words), striations, size
-    within :data:`SIZE_TOLERANCE_MM`; over all cases: height loss found exactly when there is some and, where
-    there is, within :data:`HEIGHT_LOSS_TOLERANCE` percentage points; lesion found exactly when there is one.
-    Returns ``{name: {"agree": n, "of": m, "fraction": n / m}}`` plus per-case ``size_errors_mm``.
+    within :data:`SIZE_TOLERANCE_MM` (also per ground-truth class, ``size_<class>``); over all cases: height loss
+    found exactly when there is some and, where there is, within :data:`HEIGHT_LOSS_TOLERANCE` percentage points;
+    lesion found exactly when there is one. Returns ``{name: {"agree": n, "of": m, "fraction": n / m}}``, the
+    fraction a constant answer would reach on the two yes/no attributes (``<name>_majority``: the more frequent
+    ground-truth value), and per-case ``size_errors_mm``.
     """
     checks: dict[str, list[bool]] = {
         k: [] for k in ("lesion", "signal", "margin", "position", "size", "striations", "height_loss")
     }
+    truths: dict[str, list[bool]] = {"margin": [], "striations": []}
     size_errors = []
     for entry in captioned:
         truth, measured = entry.get("attributes"), entry.get("caption_attributes")
@@ -243,12 +246,17 @@ def caption_fidelity(captioned: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             continue
         checks["signal"].append(measured["signal"] == truth["signal"])
         checks["margin"].append(measured["margin"] == truth["margin"])
+        truths["margin"].append(truth["margin"] == "well-defined")
         checks["position"].append(
             (measured["position_ap"], measured["position_si"]) == (truth["position_ap"], truth["position_si"])
         )
         checks["striations"].append(bool(measured["striations"]) == bool(truth["striations"]))
+        truths["striations"].append(bool(truth["striations"]))
         size_errors.append(float(measured["size_mm"]) - float(truth["size_mm"]))
         checks["size"].append(abs(size_errors[-1]) <= SIZE_TOLERANCE_MM)
+        checks.setdefault(f"size_{truth['lesion_class']}", []).append(checks["size"][-1])
+    for name, values in truths.items():
+        checks[f"{name}_majority"] = [v == (2 * sum(values) >= len(values)) for v in values]
     report: dict[str, Any] = {
         name: {"agree": sum(v), "of": len(v), "fraction": sum(v) / len(v) if v else None} for name, v in checks.items()
     }
