@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 import fire
+import numpy as np
 
 from bundle.preparation.vgmedgen_captions import caption_datalist
 from bundle.utils.files import write_json_atomically
@@ -30,9 +31,13 @@ def main(
         print(f"{split}: {part['captioned']} captioned, {len(part['failures'])} failed")
         for failure in part["failures"]:
             print(f"  {failure['case_id']}: {failure['error']}")
-        for name, agreement in part.get("fidelity", {}).items():
-            if name != "size_errors_mm" and agreement["of"]:
-                print(f"  {name}: {agreement['agree']} of {agreement['of']} ({100 * agreement['fraction']:.0f} %)")
+    for name, agreement in result.get("fidelity", {}).items():
+        if name == "size_errors_mm":
+            print(f"  size error (measured - ground truth), median: {float(np.median(agreement)):.1f} mm")
+        elif name == "median_size_error_mm":
+            print("  median size error by class: " + ", ".join(f"{c} {v:+.1f} mm" for c, v in agreement.items()))
+        elif agreement["of"]:
+            print(f"  {name}: {agreement['agree']} of {agreement['of']} ({100 * agreement['fraction']:.0f} %)")
     if report:
         write_json_atomically(report, result)
     print(json.dumps({"output": output, "report": report}))

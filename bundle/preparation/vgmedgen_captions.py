@@ -225,13 +225,15 @@ def caption_fidelity(captioned: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     found exactly when there is some and, where there is, within :data:`HEIGHT_LOSS_TOLERANCE` percentage points;
     lesion found exactly when there is one. Returns ``{name: {"agree": n, "of": m, "fraction": n / m}}``, the
     fraction a constant answer would reach on the two yes/no attributes (``<name>_majority``: the more frequent
-    ground-truth value), and per-case ``size_errors_mm``.
+    ground-truth value), per-case ``size_errors_mm`` (measured - ground truth) and their median per class
+    (``median_size_error_mm``).
     """
     checks: dict[str, list[bool]] = {
         k: [] for k in ("lesion", "signal", "margin", "position", "size", "striations", "height_loss")
     }
     truths: dict[str, list[bool]] = {"margin": [], "striations": []}
-    size_errors = []
+    size_errors: list[float] = []
+    errors_by_class: dict[str, list[float]] = {}
     for entry in captioned:
         truth, measured = entry.get("attributes"), entry.get("caption_attributes")
         if not isinstance(truth, Mapping) or not isinstance(measured, Mapping):
@@ -253,6 +255,7 @@ def caption_fidelity(captioned: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         checks["striations"].append(bool(measured["striations"]) == bool(truth["striations"]))
         truths["striations"].append(bool(truth["striations"]))
         size_errors.append(float(measured["size_mm"]) - float(truth["size_mm"]))
+        errors_by_class.setdefault(str(truth["lesion_class"]), []).append(size_errors[-1])
         checks["size"].append(abs(size_errors[-1]) <= SIZE_TOLERANCE_MM)
         checks.setdefault(f"size_{truth['lesion_class']}", []).append(checks["size"][-1])
     for name, values in truths.items():
@@ -261,6 +264,7 @@ def caption_fidelity(captioned: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         name: {"agree": sum(v), "of": len(v), "fraction": sum(v) / len(v) if v else None} for name, v in checks.items()
     }
     report["size_errors_mm"] = size_errors
+    report["median_size_error_mm"] = {c: float(np.median(v)) for c, v in sorted(errors_by_class.items())}
     return report
 
 
@@ -273,17 +277,22 @@ def caption_datalist(
 ) -> dict[str, Any]:
     """Caption every entry of ``splits`` of a datalist (:func:`caption_entries`) and write the captioned datalist
     to ``output`` (atomically; the input is never overwritten). Returns the report: per split the failures and,
-    where entries carry ground-truth ``attributes`` and the source is ``"measured"``, :func:`caption_fidelity`."""
+    where entries carry ground-truth ``attributes`` and the source is ``"measured"``, :func:`caption_fidelity`,
+    and that over all the splits together as ``"fidelity"``."""
     if Path(output).resolve() == Path(datalist).resolve():
         raise ValueError(f"{output}: the captioned datalist must not overwrite its input")
     content = read_json_object(datalist, "the datalist")
     report: dict[str, Any] = {"datalist": str(datalist), "source": source, "splits": {}}
+    everything = []
     for split in splits:
         captioned, failures = caption_entries(load_datalist(datalist, split), source, captions_csv)
         content[split] = captioned
+        everything += captioned
         part: dict[str, Any] = {"captioned": len(captioned), "failures": failures}
         if source == "measured" and any(isinstance(e.get("attributes"), Mapping) for e in captioned):
             part["fidelity"] = caption_fidelity(captioned)
         report["splits"][split] = part
+    if "fidelity" in part:
+        report["fidelity"] = caption_fidelity(everything)
     write_json_atomically(output, content)
     return report

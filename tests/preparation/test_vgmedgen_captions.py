@@ -10,6 +10,7 @@ import pytest
 from bundle.data.datalist import load_datalist
 from bundle.errors import InputError
 from bundle.preparation.vgmedgen_captions import (
+    caption_datalist,
     caption_entries,
     caption_fidelity,
     caption_from_attributes,
@@ -129,3 +130,19 @@ def test_a_real_scan_is_captioned_in_its_own_mm(shared_data):
         from bundle.preparation.vgmedgen_captions import load_vertebra
 
         load_vertebra({**entry, "mask_labels": [99]})
+
+
+def test_a_captioned_datalist_is_written_beside_its_input(demo_data, tmp_path):
+    source = demo_data / "datalist.json"
+    with pytest.raises(ValueError, match="must not overwrite its input"):
+        caption_datalist(source, source, "attributes")
+    output = tmp_path / "captioned.json"
+    report = caption_datalist(source, output, "attributes")
+    written = json.loads(output.read_text())
+    original = json.loads(source.read_text())
+    assert {k: v for k, v in written.items() if k not in ("training", "test")} == {
+        k: v for k, v in original.items() if k not in ("training", "test")
+    }
+    assert [e["case_id"] for e in written["test"]] == [e["case_id"] for e in original["test"]]
+    assert all(e["caption_source"] == "attributes" and "Anatomy: " in e["text"] for e in written["training"])
+    assert report["splits"]["test"]["failures"] == [] and "fidelity" not in report
