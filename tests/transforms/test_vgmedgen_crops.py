@@ -22,7 +22,7 @@ def test_labels_mark_the_vertebra_and_only_its_lesion():
     assert labels[0].tolist() == [[1, 1, 1, 1], [2, 2, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
 
 
-def test_phantom_crops_are_the_classifiers_window_with_labels_a_visual_step_trains_on(demo_data):
+def test_phantom_crops_are_the_classifiers_window_with_vertebra_and_lesion_labels(demo_data):
     entries = load_datalist(demo_data / "datalist.json", "training") + load_datalist(demo_data / "datalist.json")
     entry = next(e for e in entries if e["label"] != "normal")
     items = vgmedgen_crop_transform(spatial_size=32)(entry)
@@ -34,12 +34,41 @@ def test_phantom_crops_are_the_classifiers_window_with_labels_a_visual_step_trai
         assert labels.shape == (1, 32, 32) and set(labels.unique().tolist()) <= {0.0, 1.0, 2.0}
         assert (labels >= 1).float().mean() > 0.05  # the target vertebra is in the window
     assert any((item["anatomy_labels"] == 2).any() for item in items)  # the lesion is in the largest slices
+
+
+def test_a_short_stage_v_training_on_phantom_crops_segments_the_vertebra(demo_data):
+    transform = vgmedgen_crop_transform(spatial_size=32)
+
+    def crops(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [item for entry in load_datalist(demo_data / "datalist.json", split) for item in transform(entry)]
+        images = torch.stack([torch.as_tensor(i["image"]).as_subclass(torch.Tensor) for i in items])
+        return images, torch.stack([i["anatomy_labels"] for i in items])
+
+    (train_images, train_labels), (test_images, test_labels) = crops("training"), crops("test")
     torch.manual_seed(0)
     model = VisualDisentangler(
         image_size=32, unet_features=(8, 8, 16, 16, 32, 8), style_channels=(8, 16, 32), spade_channels=16
     )
-    images = torch.stack([torch.as_tensor(i["image"]).as_subclass(torch.Tensor) for i in items])
-    labels = torch.stack([i["anatomy_labels"] for i in items])
-    terms = VisualDisentangleLoss()(model(images), images, labels)
-    terms["loss"].backward()
-    assert torch.isfinite(terms["loss"]) and all(p.grad is not None for p in model.segmentation.parameters())
+    loss = VisualDisentangleLoss()
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def evaluate() -> tuple[float, float]:
+        model.eval()
+        with torch.no_grad():
+            output = model(test_images)
+        model.train()
+        found, truth = output["segmentation"].argmax(dim=1, keepdim=True) == 1, test_labels == 1
+        dice = (2 * (found & truth).sum() / (found.sum() + truth.sum()).clamp(min=1)).item()
+        return (output["reconstruction"] - test_images).abs().mean().item(), dice
+
+    rec_before, dice_before = evaluate()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        index = torch.randint(0, len(train_images), (8,), generator=generator)
+        terms = loss(model(train_images[index]), train_images[index], train_labels[index])
+        optimiser.zero_grad()
+        terms["loss"].backward()
+        optimiser.step()
+    rec_after, dice_after = evaluate()
+    assert rec_after < 0.5 * rec_before, (rec_before, rec_after)
+    assert dice_after > 0.7 and dice_after > dice_before + 0.5, (dice_before, dice_after)
