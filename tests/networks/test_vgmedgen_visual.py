@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from bundle.losses.vgmedgen_visual import VisualDisentangleLoss, kl_to_standard_normal
+from bundle.losses.vgmedgen_visual import kl_to_standard_normal
 from bundle.networks.vgmedgen_visual import StyleVAE, VisualDisentangler
+from tests.helpers.visual_training import held_out, small_visual_model, train
 
 SIZE = 32
 SMALL = {"unet_features": (8, 8, 16, 16, 32, 8), "style_channels": (8, 16, 32), "spade_channels": 16}
@@ -30,16 +31,6 @@ def toy_crops(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         lesion = 0.9 if torch.rand(1, generator=generator) < 0.5 else 0.3
         images[k, 0] += torch.where(labels[k, 0] == 1, 0.5, torch.where(labels[k, 0] == 2, lesion, 0.0))
     return images, labels
-
-
-def mean_dice(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean Dice of the vertebra and lesion classes of the argmax segmentation."""
-    found = logits.argmax(dim=1, keepdim=True)
-    scores = []
-    for c in (1, 2):
-        a, b = found == c, labels == c
-        scores.append((2 * (a & b).sum() / (a.sum() + b.sum()).clamp(min=1)).item())
-    return sum(scores) / len(scores)
 
 
 def test_anatomy_is_one_hot_and_deterministic_in_eval():
@@ -78,29 +69,10 @@ def test_the_kl_term_is_zero_for_the_prior_and_the_style_is_its_mean_in_eval():
 
 
 def test_a_short_training_lowers_the_reconstruction_error_and_raises_the_dice():
-    torch.manual_seed(0)
-    model = VisualDisentangler(image_size=SIZE, **SMALL)
-    loss = VisualDisentangleLoss()
-    train_images, train_labels = toy_crops(16, seed=2)
+    model = small_visual_model(SIZE)
     test_images, test_labels = toy_crops(8, seed=3)
-
-    def evaluate() -> tuple[float, float]:
-        model.eval()
-        with torch.no_grad():
-            output = model(test_images)
-        model.train()
-        return (output["reconstruction"] - test_images).abs().mean().item(), mean_dice(
-            output["segmentation"], test_labels
-        )
-
-    rec_before, dice_before = evaluate()
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(80):
-        index = torch.arange(8) + 8 * (step % 2)
-        terms = loss(model(train_images[index]), train_images[index], train_labels[index])
-        optimiser.zero_grad()
-        terms["loss"].backward()
-        optimiser.step()
-    rec_after, dice_after = evaluate()
+    rec_before, dice_before = held_out(model, test_images, test_labels)
+    train(model, *toy_crops(16, seed=2), steps=80)
+    rec_after, dice_after = held_out(model, test_images, test_labels)
     assert rec_after < 0.5 * rec_before, (rec_before, rec_after)
-    assert dice_after > 0.6 and dice_after > dice_before + 0.3, (dice_before, dice_after)
+    assert min(dice_after) > 0.6 and sum(dice_after) > sum(dice_before) + 0.6, (dice_before, dice_after)

@@ -6,10 +6,9 @@ from __future__ import annotations
 import torch
 
 from bundle.data.datalist import load_datalist
-from bundle.losses.vgmedgen_visual import VisualDisentangleLoss
-from bundle.networks.vgmedgen_visual import VisualDisentangler
 from bundle.transforms.case_to_slices import slice_transform
 from bundle.transforms.vgmedgen_crops import AnatomyLabelsd, vgmedgen_crop_transform
+from tests.helpers.visual_training import held_out, small_visual_model, train
 
 
 def test_labels_mark_the_vertebra_and_only_its_lesion():
@@ -45,30 +44,9 @@ def test_a_short_stage_v_training_on_phantom_crops_segments_the_vertebra(demo_da
         return images, torch.stack([i["anatomy_labels"] for i in items])
 
     (train_images, train_labels), (test_images, test_labels) = crops("training"), crops("test")
-    torch.manual_seed(0)
-    model = VisualDisentangler(
-        image_size=32, unet_features=(8, 8, 16, 16, 32, 8), style_channels=(8, 16, 32), spade_channels=16
-    )
-    loss = VisualDisentangleLoss()
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-
-    def evaluate() -> tuple[float, float]:
-        model.eval()
-        with torch.no_grad():
-            output = model(test_images)
-        model.train()
-        found, truth = output["segmentation"].argmax(dim=1, keepdim=True) == 1, test_labels == 1
-        dice = (2 * (found & truth).sum() / (found.sum() + truth.sum()).clamp(min=1)).item()
-        return (output["reconstruction"] - test_images).abs().mean().item(), dice
-
-    rec_before, dice_before = evaluate()
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(100):
-        index = torch.randint(0, len(train_images), (8,), generator=generator)
-        terms = loss(model(train_images[index]), train_images[index], train_labels[index])
-        optimiser.zero_grad()
-        terms["loss"].backward()
-        optimiser.step()
-    rec_after, dice_after = evaluate()
+    model = small_visual_model(32)
+    rec_before, (dice_before, _) = held_out(model, test_images, test_labels)
+    train(model, train_images, train_labels, steps=100)
+    rec_after, (dice_after, _) = held_out(model, test_images, test_labels)
     assert rec_after < 0.5 * rec_before, (rec_before, rec_after)
     assert dice_after > 0.7 and dice_after > dice_before + 0.5, (dice_before, dice_after)
