@@ -29,7 +29,7 @@ MODALITY_PREFIXES = (
 )
 
 # (AP position, SI position) -> adjective placed before "<level> vertebral body".
-_LOCATION_WORDS = {
+LOCATION_WORDS = {
     ("anterior", "superior"): "anterosuperior",
     ("anterior", "mid"): "anterior",
     ("anterior", "inferior"): "anteroinferior",
@@ -99,7 +99,7 @@ def signal_strength_word(contrast: float) -> str:
     return ""
 
 
-def _deformity_phrase(height_loss_percent: int, posterior_bulge: bool) -> str:
+def deformity_phrase(height_loss_percent: int, posterior_bulge: bool) -> str:
     bulge = "convex bulging of the posterior cortex"
     if height_loss_percent > 0 and posterior_bulge:
         return f" with {height_loss_percent}% anterior height loss and {bulge}"
@@ -139,9 +139,9 @@ def describe_case(attributes: Mapping[str, Any], rng: np.random.Generator) -> st
         size=attributes["size_mm"],
         strength=signal_strength_word(attributes["contrast"]),
         signal=attributes["signal"],
-        location=_LOCATION_WORDS[(attributes["position_ap"], attributes["position_si"])],
+        location=LOCATION_WORDS[(attributes["position_ap"], attributes["position_si"])],
         level=attributes["level"],
         striations=", with coarse vertical trabecular striations" if attributes["striations"] else "",
-        deformity=_deformity_phrase(attributes["height_loss_percent"], attributes["posterior_bulge"]),
+        deformity=deformity_phrase(attributes["height_loss_percent"], attributes["posterior_bulge"]),
         diagnosis=diagnoses[rng.integers(len(diagnoses))],
     )

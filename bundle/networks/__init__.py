@@ -1,7 +1,8 @@
 """MedSoft-Diffusion's networks: the conditions interface of a conditioned diffusion model, the frozen medical CLIP,
 the Medical Semantic Controller (MSC), the text condition, the guided UNet (decoupled cross-attention for e_MSC),
 the diffusion space, the whole model with its profiles and saved form, the speed options, the downstream
-experiment's slice classifier, and MedDiff-FT's lesion-mask generator (a shape DDPM with hierarchical randomness)."""
+experiment's slice classifier, MedDiff-FT's lesion-mask generator (a shape DDPM with hierarchical randomness) and
+VG-MedGen's visual (anatomy / style) and text disentanglement."""
 
 from bundle.networks.conditions import (
     ConditionedDiffusionModel,
@@ -29,8 +30,15 @@ from bundle.networks.slice_classifier import SliceBagClassifier
 from bundle.networks.speed_options import SpeedOptions, optimise_unet
 from bundle.networks.text_states import ClipTowerTextStates, StableDiffusionTextStates
 from bundle.networks.text_truncation import warn_truncated_text
+from bundle.networks.vgmedgen_text import TextDisentangler
+from bundle.networks.vgmedgen_visual import AnatomyEncoder, SegmentationHead, StyleVAE, VisualDisentangler
 
 __all__ = [
+    "AnatomyEncoder",
+    "SegmentationHead",
+    "StyleVAE",
+    "TextDisentangler",
+    "VisualDisentangler",
     "ClipTowerTextStates",
     "ConditionedDiffusionModel",
     "Conditions",

@@ -104,16 +104,18 @@ def slice_transform(
     sigma_mm: float = 3.0,
     canonical_axcodes: str = "RIP",
     box_size_mm: float = 30.0,
+    lesion_mask: bool = False,
 ) -> Compose:
     """Entry -> the ``slices_per_case`` slices with the largest target-vertebra area, on a ``spatial_size``
     square grid around the soft mask (:func:`case_to_slices`, not lesion-guided: a test case has no lesion
-    segmentation to guide it)."""
+    segmentation to guide it); ``lesion_mask`` carries the lesion's own mask on the same grid."""
     return case_to_slices(
-        slice_grid(spatial_size, pixdim_mm, window_margin_mm=window_margin_mm),
+        slice_grid(spatial_size, pixdim_mm, window_margin_mm=window_margin_mm, lesion_mask=lesion_mask),
         canonical_axcodes=canonical_axcodes,
         sigma_mm=sigma_mm,
         box_size_mm=box_size_mm,
         slice_mode="all",
         max_slices=slices_per_case,
         lesion_guided=False,
+        lesion_mask=lesion_mask,
     )
