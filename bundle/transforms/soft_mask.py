@@ -166,6 +166,12 @@ class GaussianBlurMM(Transform):
             return GaussianSmooth(sigma=sigma_voxels.tolist())(mask).clamp_(0.0, 1.0)
         return _gaussian_on_support(mask, sigma_voxels)
 
+    def crop(self, mask: MetaTensor) -> tuple[slice, ...] | None:
+        """The part of a ``(C, X, Y, Z)`` mask the blur computes on: the box of its non-zero voxels grown by each
+        axis's kernel tail, clipped to the volume (``None``: no non-zero voxel)."""
+        kernels = [_gaussian_kernel(float(s)) for s in self.sigma_mm / voxel_spacing_mm(mask.affine)]
+        return _support_crop(torch.as_tensor(mask.to(torch.float32)).detach(), kernels)
+
 
 def _gaussian_on_support(mask: MetaTensor, sigma_voxels: Sequence[float]) -> MetaTensor:
     """MONAI's ``GaussianSmooth(sigma_voxels)`` of a float32 ``(C, X, Y, Z)`` mask, clipped to [0, 1], computed
@@ -177,14 +183,9 @@ def _gaussian_on_support(mask: MetaTensor, sigma_voxels: Sequence[float]) -> Met
         return mask.clone().clamp_(0.0, 1.0)
     values = (mask.as_tensor() if isinstance(mask, MetaTensor) else mask).detach()
     out = _zeros_like(mask)
-    support = _support_box(values)
-    if support is None:
+    crop = _support_crop(values, kernels)
+    if crop is None:
         return out
-    tails = [0 if kernel is None else len(kernel) // 2 for kernel in kernels]
-    crop = (slice(None),) + tuple(
-        slice(max(first - tail, 0), min(last + tail + 1, size))
-        for (first, last), tail, size in zip(support, tails, values.shape[1:], strict=True)
-    )
     block = values[crop]
     for axis, kernel in enumerate(kernels, start=1):
         if kernel is not None:
@@ -217,6 +218,18 @@ def _zeros_like(mask: torch.Tensor) -> torch.Tensor:
 
 
 _NOT_SIGN = np.uint32(0x7FFFFFFF)
+
+
+def _support_crop(values: torch.Tensor, kernels: Sequence[torch.Tensor | None]) -> tuple[slice, ...] | None:
+    """``(C, X, Y, Z)`` index of the non-zero voxels' box grown by each axis's kernel tail, clipped to the volume."""
+    support = _support_box(values)
+    if support is None:
+        return None
+    tails = [0 if kernel is None else len(kernel) // 2 for kernel in kernels]
+    return (slice(None),) + tuple(
+        slice(max(first - tail, 0), min(last + tail + 1, size))
+        for (first, last), tail, size in zip(support, tails, values.shape[1:], strict=True)
+    )
 
 
 def _support_box(values: torch.Tensor) -> list[tuple[int, int]] | None:

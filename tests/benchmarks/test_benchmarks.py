@@ -3,6 +3,7 @@ small shapes produce well-formed records and JSON. No timing is asserted."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -14,7 +15,19 @@ from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import tiny_model
 
-REQUIRED = {"name", "ours_s", "reference_s", "ratio", "reference", "target", "met"}
+REQUIRED = {
+    "name",
+    "ours_s",
+    "reference_s",
+    "ratio",
+    "reference",
+    "target",
+    "met",
+    "ours_spread_s",
+    "reference_spread_s",
+    "ratio_spread",
+    "measured",
+}
 
 
 @pytest.fixture()
@@ -30,6 +43,11 @@ def check(records: list[Record]) -> list[dict]:
         assert row["met"] in (True, False, None)
         if row["ours_s"] is not None and row["reference_s"] is not None:
             assert row["ratio"] == pytest.approx(row["ours_s"] / row["reference_s"])
+        for side in ("ours", "reference"):
+            if row[f"{side}_s"] is not None:  # every timed side has its rounds' [min, median, max]
+                low, middle, high = row[f"{side}_spread_s"]
+                assert low <= middle <= high and low <= row[f"{side}_s"] <= high and row["measured"]
+    report.require_spread(records)
     return rows
 
 
@@ -47,9 +65,15 @@ def test_interleaved_timing_alternates_and_compare_builds_a_record():
 def test_blur_benchmark_records(ctx, monkeypatch):
     monkeypatch.setattr(blur, "SHAPE", (48, 40, 12))
     rows = check(blur.run(ctx))
-    assert [r["item"] for r in rows] == [4, 4, 4]
-    assert rows[0]["extra"]["max_abs_diff_vs_monai_gaussiansmooth"] < 1e-6  # the fast path is MONAI's result
-    assert rows[0]["extra"]["max_abs_diff_vs_scipy"] < 0.05  # erf vs sampled kernel
+    assert [r["item"] for r in rows] == [4] * 5
+    like, whole_job, not_like, dense, previous = rows
+    assert "same crop" in like["name"] and "not like for like" in not_like["name"] and "worst" in dense["name"]
+    assert whole_job["ours_spread_s"] == not_like["ours_spread_s"]  # the same rounds of ours
+    assert like["reference_spread_s"] == whole_job["reference_spread_s"]  # the same rounds of scipy on the crop
+    for row in (whole_job, dense):
+        assert row["extra"]["max_abs_diff_vs_monai_gaussiansmooth"] < 1e-6  # the fast path is MONAI's result
+        assert row["extra"]["max_abs_diff_vs_scipy"] < 0.05  # erf vs sampled kernel
+    assert whole_job["extra"]["crop"] == "48x40x10"  # box 20..27, 18..21, 5..6 grown by tails 24, 24, 4 (clipped)
 
 
 def test_unet_overhead_measure_on_a_small_config(ctx):
@@ -142,12 +166,40 @@ def test_iteration_rate_from_stats_handler_lines():
         scale_out.iteration_rate("no iterations")
 
 
-def test_markdown_report_has_a_row_per_record(tmp_path):
+def test_markdown_report_has_a_row_per_record_with_the_spread_of_its_rounds(tmp_path):
     records = [
-        compare("fast thing", 1, [1.0], [2.0], "ref", "<= 1.10", 1.10, "s"),
+        compare("fast thing", 1, [1.0, 3.0, 1.5], [2.0, 2.5, 3.0], "ref", "<= 1.10", 1.10, "s"),
         not_measured("gpu thing", 8, "ref", "report", "not measured: no GPU"),
     ]
+    assert records[0].ratio_spread == [0.5, 0.5, 1.2]  # round by round: 1/2, 3/2.5, 1.5/3 (the row: 1.5/2.5)
     text = report.markdown(records, {"cpu": "test"}, {"mode": "quick"}, {1: "why"}, "pre", "post")
-    assert "| fast thing | 1.00 | 2.00 | 0.5 |" in text and "gpu thing" in text and "not measured: no GPU" in text
+    assert "| ours: median [min - max] | reference: median [min - max] | ratio: median [min - max] |" in text
+    assert "| fast thing | 1.50 [1.00 - 3.00] | 2.50 [2.00 - 3.00] | 0.6 [0.5 - 1.2] |" in text
+    assert "interleaved rounds in one process, 3 round(s)" in text
+    assert "gpu thing" in text and "not measured: no GPU" in text
     report.write_json(tmp_path / "results.json", records, {"cpu": "test"}, {})
-    assert check([Record(**row) for row in json.loads((tmp_path / "results.json").read_text())])
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert rows[0]["ours_spread_s"] == [1.0, 1.5, 3.0] and rows[0]["reference_spread_s"] == [2.0, 2.5, 3.0]
+    assert check([Record(**row) for row in rows])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"ours_spread_s": None},
+        {"reference_spread_s": None},
+        {"ours_spread_s": [1.0, 1.5]},
+        {"ours_spread_s": [2.0, 1.5, 3.0]},  # not in order
+        {"ours_s": 5.0},  # outside its spread
+        {"measured": ""},
+    ],
+)
+def test_report_refuses_a_timed_row_without_its_spread(tmp_path, change):
+    record = dataclasses.replace(
+        compare("fast thing", 1, [1.0, 3.0, 1.5], [2.0, 2.5, 3.0], "ref", "<= 1.1", 1.1), **change
+    )
+    with pytest.raises(ValueError, match="fast thing"):
+        report.markdown([record], {}, {}, {}, "pre", "post")
+    with pytest.raises(ValueError, match="fast thing"):
+        report.write_json(tmp_path / "results.json", [record], {}, {})
+    assert not (tmp_path / "results.json").exists()

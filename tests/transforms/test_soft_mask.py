@@ -244,6 +244,7 @@ def test_blur_does_torch_work_on_the_support_crop_only():
     mask = MetaTensor(torch.zeros(1, 160, 140, 40), affine=torch.diag(torch.tensor([0.5, 0.5, 3.0, 1.0])))
     mask[0, 70:90, 60:75, 18:22] = 1.0
     blur = GaussianBlurMM(3.0)  # tails 24, 24, 4 voxels: crop 68 x 63 x 12
+    assert blur.crop(mask) == (slice(None), slice(46, 114), slice(36, 99), slice(14, 26))
     blur(mask)  # kernels built and cached outside the count
     with LargestTensor() as counter:
         blurred = blur(mask)
