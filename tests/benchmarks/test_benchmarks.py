@@ -126,33 +126,39 @@ def unet_scheduler():
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
 
 
-def test_gpu_figures_code_path_runs_on_cpu_with_small_configs(ctx):
-    unet_config = {
-        "cross_attention_dim": 32,
-        "block_out_channels": (16, 32),
-        "attention_head_dim": 4,
-        "sample_size": 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "norm_num_groups": 8,
-        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-    }
-    vae_config = {
-        **gpu.SD15_VAE_CONFIG,
-        "block_out_channels": [8, 16],
-        "down_block_types": ["DownEncoderBlock2D"] * 2,
-        "up_block_types": ["UpDecoderBlock2D"] * 2,
-        "layers_per_block": 1,
-        "norm_num_groups": 4,
-        "sample_size": 16,
-    }
-    model = gpu.build(ctx.device, unet_config, vae_config, msc_dim=24, text_length=7)
-    result = gpu.measure_sd15(ctx.device, model, image_size=16, steps=2, repeats=1, precision=None, train_batch=2)
-    assert len(result["ours_s"]) == len(result["reference_s"]) == 1 and result["inference_peak_mib"] is None
-    assert set(result["training"]) == {"plain", "gradient_checkpointing"}
+def test_gpu_script_dry_run_checks_the_shapes_on_the_cpu(ctx, capsys):
+    assert gpu.main(["--dry_run", "--tiny"]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["dry_run"] == "ok" and checked["sample"] == [1, 1, 16, 16] and checked["sample_finite"]
+    assert checked["volume_sample"] == [2, 1, 16, 16] and checked["latents"] == [2, 4, 8, 8]
     rows = check(gpu.run(ctx))  # no GPU here: every row says so instead of a figure
     assert all(r["notes"] == "not measured: no GPU" and r["ratio"] is None for r in rows)
+    assert {r["name"] for r in rows} == {name for name, _, _ in gpu.ROWS.values()}
+
+
+def test_gpu_rows_from_a_measurement_carry_targets_and_spreads():
+    result = {
+        "ours_s": [1.1, 0.9, 1.0],
+        "reference_s": [1.0, 1.0, 1.0],
+        "inference_peak_mib": 5000.0,
+        "volume_s": [6.0, 5.0],
+        "volume_slices": 8,
+        "training": {
+            "plain": {"seconds_per_step": 0.5, "peak_mib": 20000.0},
+            "gradient_checkpointing": {"seconds_per_step": 0.7, "peak_mib": 9000.0},
+        },
+        "compiled": {"first_call_s": 60.0, "seconds": [0.4, 0.45, 0.6]},
+        "guided_unet_parameters_m": 872.6,
+    }
+    rows = {r["name"]: r for r in check(gpu.records_of(result, "NVIDIA H200"))}
+    image = rows[gpu.ROWS["image"][0]]
+    assert image["ours_s"] == 1.0 and image["ours_spread_s"] == [0.9, 1.0, 1.1] and image["met"] is True
+    compiled = rows[gpu.ROWS["compiled"][0]]
+    assert compiled["ours_s"] == 0.45 and compiled["met"] is True and compiled["ratio"] == pytest.approx(0.45)
+    assert rows[gpu.ROWS["inference_memory"][0]]["met"] is True
+    assert rows["SD-1.5 512 px: seconds per whole volume (8 slices batched)"]["value"] == pytest.approx(8 / 5.5)
+    other = {r["name"]: r for r in check(gpu.records_of(result, "NVIDIA A10"))}
+    assert other[gpu.ROWS["image"][0]]["met"] is None  # the targets are for H100/H200-class GPUs
 
 
 def test_iteration_rate_from_stats_handler_lines():
