@@ -77,17 +77,7 @@ def test_blur_benchmark_records(ctx, monkeypatch):
 
 
 def test_unet_overhead_measure_on_a_small_config(ctx):
-    config = {
-        "cross_attention_dim": 32,
-        "block_out_channels": (16, 32),
-        "attention_head_dim": 4,
-        "sample_size": 16,
-        "in_channels": 4,
-        "out_channels": 4,
-        "norm_num_groups": 8,
-        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-    }
+    config = {**gpu.TINY_UNET, "sample_size": 16}
     plain, guided = unet_overhead.unet_pair(config, msc_dim=24)
     assert plain.conv_in.weight.data_ptr() == guided.unet.conv_in.weight.data_ptr()  # shared base weights
     inputs = unet_overhead.make_inputs(2, 4, 16, 7, 32, 24, ctx.device)
