@@ -111,7 +111,8 @@ def run(ctx: Context) -> list[Record]:
             unit="volumes/hour",
             repeats=len(eager),
             ours_spread_s=spread(eager),
-            measured="cases one after the other in one process (with the compiled job's cases interleaved)",
+            measured="cases one after the other in one process"
+            + (", alternating with the compiled job's" if "compiled" in jobs else ""),
             notes=f"{slices['eager'] / sum(eager):.3f} slices/s; "
             + (f"warm-up case {warmup['eager']:.1f} s" if warmup_cases else "--quick: one case, timed cold"),
             extra={

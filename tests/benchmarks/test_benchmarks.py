@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchmarks import blur, gpu, report, sampling, scale_out, unet_overhead
+from benchmarks.__main__ import narrative
 from benchmarks.common import Context, Record, compare, interleaved, not_measured
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.networks.medical_clip import MedicalClipEncoder
@@ -124,6 +125,7 @@ def test_gpu_script_dry_run_checks_the_shapes_on_the_cpu(ctx, capsys):
     rows = check(gpu.run(ctx))  # no GPU here: every row says so instead of a figure
     assert all(r["notes"] == "not measured: no GPU" and r["ratio"] is None for r in rows)
     assert {r["name"] for r in rows} == {name for name, _, _ in gpu.ROWS.values()}
+    assert "GPU figures are still to be measured" in narrative(gpu.run(ctx))[8]
 
 
 def test_gpu_rows_from_a_measurement_carry_targets_and_spreads():
