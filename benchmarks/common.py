@@ -3,7 +3,9 @@ inputs (demo data and models, or stand-ins built on the spot when a fresh clone 
 
 Every ratio is ``ours_s / reference_s`` measured in the same process on the same inputs: one warm-up call
 of each candidate, then ``repeats`` rounds in which each candidate runs once (the order alternates from round
-to round so a drift in machine load hits both sides alike); the figure is the median of the rounds.
+to round so a drift in machine load hits both sides alike); the figure is the median of the rounds, and every
+timed row also carries the spread of its rounds (min, median, max). A row measured otherwise (e.g. runs in
+separate processes) says how in ``measured``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 NO_GPU = "not measured: no GPU"
+INTERLEAVED = "interleaved rounds in one process"
 logger = logging.getLogger("benchmarks")
 
 
@@ -35,7 +38,10 @@ class Record:
     """One row of ``results.json`` and of a table in ``docs/performance.md``.
 
     ``ratio`` is ``ours_s / reference_s`` (lower is faster) unless ``notes`` says otherwise; ``met`` is
-    ``None`` where there is no target, or where the figure was not measured (``notes`` says why).
+    ``None`` where there is no target, or where the figure was not measured (``notes`` says why). Each
+    ``*_spread`` is ``[min, median, max]`` over the ``repeats`` rounds (``ratio_spread``: of the round-by-round
+    ratios); a measured ``ours_s`` or ``reference_s`` without its spread is refused by the report
+    (:func:`benchmarks.report.require_spread`). ``measured`` says how the two sides were timed.
     """
 
     name: str
@@ -52,6 +58,10 @@ class Record:
     value: float | None = None
     unit: str = ""
     extra: dict = dataclasses.field(default_factory=dict)
+    ours_spread_s: list[float] | None = None
+    reference_spread_s: list[float] | None = None
+    ratio_spread: list[float] | None = None
+    measured: str = ""
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,6 +119,13 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def spread(values: Sequence[float]) -> list[float]:
+    """``[min, median, max]`` of the rounds (one round: the same number three times)."""
+    if not values:
+        raise ValueError("a spread needs at least one round")
+    return [float(min(values)), median(values), float(max(values))]
+
+
 def compare(
     name: str,
     item: int,
@@ -119,12 +136,15 @@ def compare(
     max_ratio: float | None,
     shape: str = "",
     notes: str = "",
+    measured: str = INTERLEAVED,
     **extra,
 ) -> Record:
-    """A timed row: medians of ``ours`` and ``reference_times``, their ratio, and whether it is within
-    ``max_ratio`` (``None``: no target)."""
+    """A timed row: medians of ``ours`` and ``reference_times``, their ratio, whether it is within
+    ``max_ratio`` (``None``: no target), and the spread of the rounds (the ratio's from round-by-round pairs,
+    which :func:`interleaved` gives)."""
     ours_s, reference_s = median(ours), median(reference_times)
     ratio = ours_s / reference_s
+    pairs = [o / r for o, r in zip(ours, reference_times, strict=True)] if len(ours) == len(reference_times) else []
     return Record(
         name=name,
         item=item,
@@ -138,6 +158,10 @@ def compare(
         notes=notes,
         repeats=len(ours),
         extra={"ours_all_s": list(ours), "reference_all_s": list(reference_times), **extra},
+        ours_spread_s=spread(ours),
+        reference_spread_s=spread(reference_times),
+        ratio_spread=spread(pairs) if pairs else None,
+        measured=measured,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.common import Context, Record, median
+from benchmarks.common import Context, Record, median, spread
 from benchmarks.memory import requests_subset
 
 
@@ -110,6 +110,9 @@ def run(ctx: Context) -> list[Record]:
             value=3600 / per_volume,
             unit="volumes/hour",
             repeats=len(eager),
+            ours_spread_s=spread(eager),
+            measured="cases one after the other in one process"
+            + (", alternating with the compiled job's" if "compiled" in jobs else ""),
             notes=f"{slices['eager'] / sum(eager):.3f} slices/s; "
             + (f"warm-up case {warmup['eager']:.1f} s" if warmup_cases else "--quick: one case, timed cold"),
             extra={
@@ -126,6 +129,9 @@ def run(ctx: Context) -> list[Record]:
                 item=8,
                 ours_s=None,
                 reference_s=per_volume,
+                reference_spread_s=spread(eager),
+                repeats=len(eager),
+                measured="the eager cases only (the compiled side was not timed)",
                 ratio=None,
                 reference="the same job without torch.compile",
                 target="report (an option)",
@@ -144,6 +150,9 @@ def run(ctx: Context) -> list[Record]:
                 item=8,
                 ours_s=None,
                 reference_s=per_volume,
+                reference_spread_s=spread(eager),
+                repeats=len(eager),
+                measured="the eager cases only (the compiled side was not timed)",
                 ratio=None,
                 reference="the same job without torch.compile",
                 target="report (an option)",
@@ -168,6 +177,12 @@ def run(ctx: Context) -> list[Record]:
             value=3600 / compiled_s,
             unit="volumes/hour (compiled)",
             repeats=len(compiled),
+            ours_spread_s=spread(compiled),
+            reference_spread_s=spread(eager),
+            ratio_spread=spread([c / e for c, e in zip(compiled, eager, strict=True)])
+            if len(compiled) == len(eager)
+            else None,
+            measured="cases interleaved between the compiled and the eager job in one process",
             notes=(
                 f"first case incl. compilation {warmup['compiled']:.0f} s (eager first case "
                 f"{warmup['eager']:.1f} s; the compilation time depends on the machine's load and on inductor's "

@@ -13,6 +13,7 @@ voxel spacing, so the same sigma gives the same physical profile at any resoluti
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Literal
 
@@ -163,36 +164,90 @@ class GaussianBlurMM(Transform):
         mask = mask.to(torch.float32)
         if mask.ndim != 4:
             return GaussianSmooth(sigma=sigma_voxels.tolist())(mask).clamp_(0.0, 1.0)
-        return _gaussian_on_support(mask, sigma_voxels).clamp_(0.0, 1.0)
+        return _gaussian_on_support(mask, sigma_voxels)
+
+    def crop(self, mask: MetaTensor) -> tuple[slice, ...] | None:
+        """The part of a ``(C, X, Y, Z)`` mask the blur computes on: the box of its non-zero voxels grown by each
+        axis's kernel tail, clipped to the volume (``None``: no non-zero voxel)."""
+        kernels = [_gaussian_kernel(float(s)) for s in self.sigma_mm / voxel_spacing_mm(mask.affine)]
+        return _support_crop(torch.as_tensor(mask.to(torch.float32)).detach(), kernels)
 
 
 def _gaussian_on_support(mask: MetaTensor, sigma_voxels: Sequence[float]) -> MetaTensor:
-    """MONAI's ``GaussianSmooth(sigma_voxels)`` of a ``(C, X, Y, Z)`` mask, computed on the crop of its non-zero
-    voxels grown by each axis's kernel tail (clipped to the volume, where zero padding starts anyway)."""
+    """MONAI's ``GaussianSmooth(sigma_voxels)`` of a float32 ``(C, X, Y, Z)`` mask, clipped to [0, 1], computed
+    on the crop of its non-zero voxels grown by each axis's kernel tail (clipped to the volume, where zero
+    padding starts anyway). Outside the crop nothing is computed: the volume is read once to find the support
+    and the output starts as lazily zeroed memory, so the work is the crop's, not the volume's."""
+    kernels = [_gaussian_kernel(float(s)) for s in sigma_voxels]
+    if all(kernel is None for kernel in kernels):
+        return mask.clone().clamp_(0.0, 1.0)
+    values = (mask.as_tensor() if isinstance(mask, MetaTensor) else mask).detach()
+    out = _zeros_like(mask)
+    crop = _support_crop(values, kernels)
+    if crop is None:
+        return out
+    block = values[crop]
+    for axis, kernel in enumerate(kernels, start=1):
+        if kernel is not None:
+            block = _correlate_along(block, kernel.to(block), axis)
+    (out.as_tensor() if isinstance(out, MetaTensor) else out)[crop] = block.clamp_(0.0, 1.0)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_kernel(sigma_voxels: float) -> torch.Tensor | None:
+    """MONAI's 1-D "erf" kernel truncated at 4 sigma (``GaussianSmooth``'s); ``None`` where it is the identity
+    ``[0, 1, 0]`` (sigma 0). Cached: the same sigma recurs for every mask of a series."""
     from monai.networks.layers.convutils import gaussian_1d
 
-    kernels = [gaussian_1d(torch.tensor(float(s)), truncated=4.0, approx="erf") for s in sigma_voxels]
-    blurred = [k for k in kernels if not (float(k[len(k) // 2]) == 1.0 and float(k.sum()) == 1.0)]
-    if not blurred:  # sigma 0 on every axis: MONAI's kernels are [0, 1, 0]
-        return mask.clone()
-    out = torch.zeros_like(mask)  # a MetaTensor with the mask's metadata
-    values = mask.as_tensor() if isinstance(mask, MetaTensor) else mask
-    occupied = (values.detach() != 0).any(dim=0).cpu().numpy()  # (X, Y, Z); numpy reduces it faster
-    if not occupied.any():
-        return out
-    crop: list[slice] = [slice(None)]
-    for axis, kernel in enumerate(kernels, start=1):
-        present = np.flatnonzero(occupied.any(axis=tuple(a for a in range(3) if a != axis - 1)))
-        tail = len(kernel) // 2
-        crop.append(slice(max(int(present[0]) - tail, 0), min(int(present[-1]) + tail + 1, values.shape[axis])))
-    block = values[tuple(crop)].detach()
-    for axis, kernel in enumerate(kernels, start=1):
-        tail = len(kernel) // 2
-        if float(kernel[tail]) == 1.0 and float(kernel.sum()) == 1.0:  # sigma 0: MONAI's kernel is [0, 1, 0]
-            continue
-        block = _correlate_along(block, kernel.to(block), axis)
-    (out.as_tensor() if isinstance(out, MetaTensor) else out)[tuple(crop)] = block
+    kernel = gaussian_1d(torch.tensor(sigma_voxels), truncated=4.0, approx="erf")
+    return None if float(kernel[len(kernel) // 2]) == 1.0 and float(kernel.sum()) == 1.0 else kernel
+
+
+def _zeros_like(mask: torch.Tensor) -> torch.Tensor:
+    """Zeros shaped and placed like ``mask``, with its metadata. On the CPU from ``calloc`` (numpy), whose
+    pages the system zeroes when first touched instead of a write pass over the whole volume here."""
+    if mask.device.type != "cpu":
+        return torch.zeros_like(mask)
+    zeros = torch.from_numpy(np.zeros(tuple(mask.shape), dtype=np.float32))
+    if not isinstance(mask, MetaTensor):
+        return zeros
+    out = MetaTensor(zeros)
+    out.copy_meta_from(mask)
     return out
+
+
+_NOT_SIGN = np.uint32(0x7FFFFFFF)
+
+
+def _support_crop(values: torch.Tensor, kernels: Sequence[torch.Tensor | None]) -> tuple[slice, ...] | None:
+    """``(C, X, Y, Z)`` index of the non-zero voxels' box grown by each axis's kernel tail, clipped to the volume."""
+    support = _support_box(values)
+    if support is None:
+        return None
+    tails = [0 if kernel is None else len(kernel) // 2 for kernel in kernels]
+    return (slice(None),) + tuple(
+        slice(max(first - tail, 0), min(last + tail + 1, size))
+        for (first, last), tail, size in zip(support, tails, values.shape[1:], strict=True)
+    )
+
+
+def _support_box(values: torch.Tensor) -> list[tuple[int, int]] | None:
+    """First and last index of the non-zero voxels along each spatial axis of a float32 ``(C, X, Y, Z)`` tensor
+    (``None`` when all are zero). The volume is read once, its bits OR-ed over the rows into a ``(Y, Z)`` plane
+    (a float is non-zero, NaN included, when a bit other than the sign is set); the X range then reads only the
+    rows inside the plane's box."""
+    if values.device.type == "cpu":
+        bits = values.contiguous().numpy().view(np.uint32)
+    else:  # compare on the device, bring only the 0/1 bytes over
+        bits = (values != 0).cpu().numpy().view(np.uint8)
+    plane = (np.bitwise_or.reduce(bits, axis=(0, 1)) & _NOT_SIGN) != 0
+    if not plane.any():
+        return None
+    y, z = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    rows = bits[:, :, y[0] : y[-1] + 1, z[0] : z[-1] + 1]
+    x = np.flatnonzero((np.bitwise_or.reduce(rows, axis=(0, 2, 3)) & _NOT_SIGN) != 0)
+    return [(int(a[0]), int(a[-1])) for a in (x, y, z)]
 
 
 def _correlate_along(values: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch.Tensor:

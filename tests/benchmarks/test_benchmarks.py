@@ -3,18 +3,32 @@ small shapes produce well-formed records and JSON. No timing is asserted."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from benchmarks import blur, gpu, report, sampling, scale_out, unet_overhead
+from benchmarks.__main__ import narrative
 from benchmarks.common import Context, Record, compare, interleaved, not_measured
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import tiny_model
 
-REQUIRED = {"name", "ours_s", "reference_s", "ratio", "reference", "target", "met"}
+REQUIRED = {
+    "name",
+    "ours_s",
+    "reference_s",
+    "ratio",
+    "reference",
+    "target",
+    "met",
+    "ours_spread_s",
+    "reference_spread_s",
+    "ratio_spread",
+    "measured",
+}
 
 
 @pytest.fixture()
@@ -30,6 +44,11 @@ def check(records: list[Record]) -> list[dict]:
         assert row["met"] in (True, False, None)
         if row["ours_s"] is not None and row["reference_s"] is not None:
             assert row["ratio"] == pytest.approx(row["ours_s"] / row["reference_s"])
+        for side in ("ours", "reference"):
+            if row[f"{side}_s"] is not None:  # every timed side has its rounds' [min, median, max]
+                low, middle, high = row[f"{side}_spread_s"]
+                assert low <= middle <= high and low <= row[f"{side}_s"] <= high and row["measured"]
+    report.require_spread(records)
     return rows
 
 
@@ -47,23 +66,19 @@ def test_interleaved_timing_alternates_and_compare_builds_a_record():
 def test_blur_benchmark_records(ctx, monkeypatch):
     monkeypatch.setattr(blur, "SHAPE", (48, 40, 12))
     rows = check(blur.run(ctx))
-    assert [r["item"] for r in rows] == [4, 4, 4]
-    assert rows[0]["extra"]["max_abs_diff_vs_monai_gaussiansmooth"] < 1e-6  # the fast path is MONAI's result
-    assert rows[0]["extra"]["max_abs_diff_vs_scipy"] < 0.05  # erf vs sampled kernel
+    assert [r["item"] for r in rows] == [4] * 5
+    like, whole_job, not_like, dense, previous = rows
+    assert "same crop" in like["name"] and "not like for like" in not_like["name"] and "worst" in dense["name"]
+    assert whole_job["ours_spread_s"] == not_like["ours_spread_s"]  # the same rounds of ours
+    assert like["reference_spread_s"] == whole_job["reference_spread_s"]  # the same rounds of scipy on the crop
+    for row in (whole_job, dense):
+        assert row["extra"]["max_abs_diff_vs_monai_gaussiansmooth"] < 1e-6  # the fast path is MONAI's result
+        assert row["extra"]["max_abs_diff_vs_scipy"] < 0.05  # erf vs sampled kernel
+    assert whole_job["extra"]["crop"] == "48x40x10"  # box 20..27, 18..21, 5..6 grown by tails 24, 24, 4 (clipped)
 
 
 def test_unet_overhead_measure_on_a_small_config(ctx):
-    config = {
-        "cross_attention_dim": 32,
-        "block_out_channels": (16, 32),
-        "attention_head_dim": 4,
-        "sample_size": 16,
-        "in_channels": 4,
-        "out_channels": 4,
-        "norm_num_groups": 8,
-        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-    }
+    config = {**gpu.TINY_UNET, "sample_size": 16}
     plain, guided = unet_overhead.unet_pair(config, msc_dim=24)
     assert plain.conv_in.weight.data_ptr() == guided.unet.conv_in.weight.data_ptr()  # shared base weights
     inputs = unet_overhead.make_inputs(2, 4, 16, 7, 32, 24, ctx.device)
@@ -102,33 +117,40 @@ def unet_scheduler():
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
 
 
-def test_gpu_figures_code_path_runs_on_cpu_with_small_configs(ctx):
-    unet_config = {
-        "cross_attention_dim": 32,
-        "block_out_channels": (16, 32),
-        "attention_head_dim": 4,
-        "sample_size": 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "norm_num_groups": 8,
-        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-    }
-    vae_config = {
-        **gpu.SD15_VAE_CONFIG,
-        "block_out_channels": [8, 16],
-        "down_block_types": ["DownEncoderBlock2D"] * 2,
-        "up_block_types": ["UpDecoderBlock2D"] * 2,
-        "layers_per_block": 1,
-        "norm_num_groups": 4,
-        "sample_size": 16,
-    }
-    model = gpu.build(ctx.device, unet_config, vae_config, msc_dim=24, text_length=7)
-    result = gpu.measure_sd15(ctx.device, model, image_size=16, steps=2, repeats=1, precision=None, train_batch=2)
-    assert len(result["ours_s"]) == len(result["reference_s"]) == 1 and result["inference_peak_mib"] is None
-    assert set(result["training"]) == {"plain", "gradient_checkpointing"}
+def test_gpu_script_dry_run_checks_the_shapes_on_the_cpu(ctx, capsys):
+    assert gpu.main(["--dry_run", "--tiny"]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["dry_run"] == "ok" and checked["sample"] == [1, 1, 16, 16] and checked["sample_finite"]
+    assert checked["volume_sample"] == [2, 1, 16, 16] and checked["latents"] == [2, 4, 8, 8]
     rows = check(gpu.run(ctx))  # no GPU here: every row says so instead of a figure
     assert all(r["notes"] == "not measured: no GPU" and r["ratio"] is None for r in rows)
+    assert {r["name"] for r in rows} == {name for name, _, _ in gpu.ROWS.values()}
+    assert "GPU figures are still to be measured" in narrative(gpu.run(ctx))[8]
+
+
+def test_gpu_rows_from_a_measurement_carry_targets_and_spreads():
+    result = {
+        "ours_s": [1.1, 0.9, 1.0],
+        "reference_s": [1.0, 1.0, 1.0],
+        "inference_peak_mib": 5000.0,
+        "volume_s": [6.0, 5.0],
+        "volume_slices": 8,
+        "training": {
+            "plain": {"seconds_per_step": 0.5, "peak_mib": 20000.0},
+            "gradient_checkpointing": {"seconds_per_step": 0.7, "peak_mib": 9000.0},
+        },
+        "compiled": {"first_call_s": 60.0, "seconds": [0.4, 0.45, 0.6]},
+        "guided_unet_parameters_m": 872.6,
+    }
+    rows = {r["name"]: r for r in check(gpu.records_of(result, "NVIDIA H200"))}
+    image = rows[gpu.ROWS["image"][0]]
+    assert image["ours_s"] == 1.0 and image["ours_spread_s"] == [0.9, 1.0, 1.1] and image["met"] is True
+    compiled = rows[gpu.ROWS["compiled"][0]]
+    assert compiled["ours_s"] == 0.45 and compiled["met"] is True and compiled["ratio"] == pytest.approx(0.45)
+    assert rows[gpu.ROWS["inference_memory"][0]]["met"] is True
+    assert rows["SD-1.5 512 px: seconds per whole volume (8 slices batched)"]["value"] == pytest.approx(8 / 5.5)
+    other = {r["name"]: r for r in check(gpu.records_of(result, "NVIDIA A10"))}
+    assert other[gpu.ROWS["image"][0]]["met"] is None  # the targets are for H100/H200-class GPUs
 
 
 def test_iteration_rate_from_stats_handler_lines():
@@ -142,12 +164,40 @@ def test_iteration_rate_from_stats_handler_lines():
         scale_out.iteration_rate("no iterations")
 
 
-def test_markdown_report_has_a_row_per_record(tmp_path):
+def test_markdown_report_has_a_row_per_record_with_the_spread_of_its_rounds(tmp_path):
     records = [
-        compare("fast thing", 1, [1.0], [2.0], "ref", "<= 1.10", 1.10, "s"),
+        compare("fast thing", 1, [1.0, 3.0, 1.5], [2.0, 2.5, 3.0], "ref", "<= 1.10", 1.10, "s"),
         not_measured("gpu thing", 8, "ref", "report", "not measured: no GPU"),
     ]
+    assert records[0].ratio_spread == [0.5, 0.5, 1.2]  # round by round: 1/2, 3/2.5, 1.5/3 (the row: 1.5/2.5)
     text = report.markdown(records, {"cpu": "test"}, {"mode": "quick"}, {1: "why"}, "pre", "post")
-    assert "| fast thing | 1.00 | 2.00 | 0.5 |" in text and "gpu thing" in text and "not measured: no GPU" in text
+    assert "| ours: median [min - max] | reference: median [min - max] | ratio: median [min - max] |" in text
+    assert "| fast thing | 1.50 [1.00 - 3.00] | 2.50 [2.00 - 3.00] | 0.6 [0.5 - 1.2] |" in text
+    assert "interleaved rounds in one process, 3 round(s)" in text
+    assert "gpu thing" in text and "not measured: no GPU" in text
     report.write_json(tmp_path / "results.json", records, {"cpu": "test"}, {})
-    assert check([Record(**row) for row in json.loads((tmp_path / "results.json").read_text())])
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert rows[0]["ours_spread_s"] == [1.0, 1.5, 3.0] and rows[0]["reference_spread_s"] == [2.0, 2.5, 3.0]
+    assert check([Record(**row) for row in rows])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"ours_spread_s": None},
+        {"reference_spread_s": None},
+        {"ours_spread_s": [1.0, 1.5]},
+        {"ours_spread_s": [2.0, 1.5, 3.0]},  # not in order
+        {"ours_s": 5.0},  # outside its spread
+        {"measured": ""},
+    ],
+)
+def test_report_refuses_a_timed_row_without_its_spread(tmp_path, change):
+    record = dataclasses.replace(
+        compare("fast thing", 1, [1.0, 3.0, 1.5], [2.0, 2.5, 3.0], "ref", "<= 1.1", 1.1), **change
+    )
+    with pytest.raises(ValueError, match="fast thing"):
+        report.markdown([record], {}, {}, {}, "pre", "post")
+    with pytest.raises(ValueError, match="fast thing"):
+        report.write_json(tmp_path / "results.json", [record], {}, {})
+    assert not (tmp_path / "results.json").exists()

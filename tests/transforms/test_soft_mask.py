@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -192,3 +194,59 @@ def test_support_cropped_blur_is_monai_gaussian_smooth(sigma_mm, where):
     assert torch.equal(blurred.affine, mask.affine) and blurred.meta["filename_or_obj"] == "mask.nii.gz"
     assert float((blurred - expected).abs().max()) < 1e-6
     assert not torch.equal(mask, torch.zeros_like(mask)) or float(blurred.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize(
+    "source, labels, sigma_mm",
+    [(CT_DICOM_SEG, [T12_LABEL], 3.0), (TOTALSEG_MR_SEG, [MR_VERTEBRAE_LABEL], 3.0), (SCT_LEVELS, [3, 4], 1.5)],
+)
+def test_blur_of_real_vertebra_masks_is_monai_gaussian_smooth(shared_data, source, labels, sigma_mm):
+    mask = LabelMask(labels)(LoadVolume()(source))
+    blurred = GaussianBlurMM(sigma_mm)(mask)
+    expected = monai_blur(mask, sigma_mm)
+    assert torch.equal(blurred.affine, mask.affine) and blurred.meta == mask.meta
+    assert float((blurred - expected).abs().max()) < 1e-6 and float(blurred.max()) > 0.5
+
+
+def test_blur_support_counts_signed_and_nan_values_as_monai_does():
+    """-0.0 is zero (no support), a negative value is support (then clipped), NaN is support (not dropped)."""
+    mask = MetaTensor(torch.zeros(1, 40, 30, 12), affine=torch.diag(torch.tensor([1.0, 1.0, 2.0, 1.0])))
+    mask[0, 2, 3, 4] = -0.0
+    assert float(GaussianBlurMM(2.0)(mask).abs().max()) == 0.0
+    mask[0, 30:34, 20:25, 6:8] = -0.5
+    mask[0, 10:15, 5:9, 2:4] = 1.0
+    assert float((GaussianBlurMM(2.0)(mask) - monai_blur(mask, 2.0)).abs().max()) < 1e-6
+    lone_nan = torch.zeros_like(mask)
+    lone_nan[0, 12, 6, 3] = float("nan")
+    assert bool(GaussianBlurMM(2.0)(lone_nan).isnan().any())
+
+
+def test_blur_does_torch_work_on_the_support_crop_only():
+    """Only the crop (support grown by the kernel tail) is processed by torch: no op reads or writes a
+    full-volume tensor (the support is found in one numpy read and the output starts as zero pages)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestTensor(TorchDispatchMode):
+        largest, ops = 0, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            if not func.is_view:  # a view (slice, detach) reads nothing
+                for value in torch.utils._pytree.tree_leaves((args, kwargs, result)):
+                    if isinstance(value, torch.Tensor):  # elements addressed (a broadcast axis repeats one)
+                        addressed = math.prod(
+                            n for n, step in zip(value.shape, value.stride(), strict=True) if step != 0
+                        )
+                        self.largest = max(self.largest, addressed)
+                        self.ops.append((str(func), addressed))
+            return result
+
+    mask = MetaTensor(torch.zeros(1, 160, 140, 40), affine=torch.diag(torch.tensor([0.5, 0.5, 3.0, 1.0])))
+    mask[0, 70:90, 60:75, 18:22] = 1.0
+    blur = GaussianBlurMM(3.0)  # tails 24, 24, 4 voxels: crop 68 x 63 x 12
+    assert blur.crop(mask) == (slice(None), slice(46, 114), slice(36, 99), slice(14, 26))
+    blur(mask)  # kernels built and cached outside the count
+    with LargestTensor() as counter:
+        blurred = blur(mask)
+    assert counter.largest <= 68 * 63 * 12, sorted(counter.ops, key=lambda o: -o[1])[:6]
+    assert float((blurred - monai_blur(mask, 3.0)).abs().max()) < 1e-6
