@@ -49,6 +49,7 @@ class SoftMaskBlend:
         generators: Sequence[torch.Generator],
     ) -> None:
         self.scheduler, self.known, self.mask, self.generators = scheduler, known, mask, generators
+        self.unblended: torch.Tensor | None = None
 
     def __call__(self, latents: torch.Tensor, index: int, timesteps: torch.Tensor) -> torch.Tensor:
         if index + 1 < len(timesteps):
@@ -56,6 +57,7 @@ class SoftMaskBlend:
             known_now = self.scheduler.add_noise(self.known, noise, timesteps[index + 1 : index + 2])
         else:
             known_now = self.known
+            self.unblended = latents  # the model's own z_0 everywhere, before the last blend
         return latents * self.mask + known_now * (1.0 - self.mask)
 
 
@@ -68,6 +70,39 @@ class SoftMaskInpaintingInferer(GuidedSampler):
     def blend(self, known: torch.Tensor, mask: torch.Tensor, generators: Sequence[torch.Generator]) -> SoftMaskBlend:
         """The per-step hook of one call."""
         return SoftMaskBlend(self.scheduler, known, mask, generators)
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        inputs: torch.Tensor,
+        network: MedSoftDiffusion,
+        soft_mask: torch.Tensor,
+        texts: Sequence[str],
+        seeds: Sequence[int] | None = None,
+        start: torch.Tensor | None = None,
+        strength: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(result, content)``, each ``(B, 1, H, W)`` in [0, 1]: the synthesised images (see :meth:`__call__`) and
+        the model's own image before the last blend, whose change ``content - inputs`` is the lesion at full
+        weight (inside the mask the result is ``content * M_b + inputs * (1 - M_b)``).
+
+        ``start``: images ``(B, 1, H, W)`` the reverse process starts from, noised to the ``strength`` fraction of
+        the steps (SDEdit, :meth:`GuidedSampler.sample`); ``None``: from pure noise.
+        """
+        batch = inputs.shape[0]
+        if len(texts) != batch:
+            raise ValueError(f"{len(texts)} texts for {batch} images")
+        generators = self.generators(batch, seeds)
+        conditions = network.conditions(texts, inputs * (1.0 - soft_mask))
+        known = network.space.encode(inputs)
+        mask = network.space.mask(soft_mask, known)
+        blend = self.blend(known, mask, generators)
+        initial = None if start is None else network.space.encode(start)
+        latents = self.sample(network, conditions, known, generators, blend, initial, strength)
+        reconstruction_error = inputs - network.space.decode(known)  # 0 on the pixels, the VAE's error in latents
+        result = (network.space.decode(latents) + reconstruction_error * (1.0 - soft_mask)).clamp(0.0, 1.0)
+        content = (network.space.decode(blend.unblended) + reconstruction_error).clamp(0.0, 1.0)
+        return torch.where(soft_mask > 0, result, inputs), content
 
     @torch.no_grad()
     def __call__(
@@ -87,14 +122,4 @@ class SoftMaskInpaintingInferer(GuidedSampler):
             texts: one lesion description per image.
             seeds: one seed per image (default: ``seed`` for all).
         """
-        batch = inputs.shape[0]
-        if len(texts) != batch:
-            raise ValueError(f"{len(texts)} texts for {batch} images")
-        generators = self.generators(batch, seeds)
-        conditions = network.conditions(texts, inputs * (1.0 - soft_mask))
-        known = network.space.encode(inputs)
-        mask = network.space.mask(soft_mask, known)
-        latents = self.sample(network, conditions, known, generators, self.blend(known, mask, generators))
-        reconstruction_error = inputs - network.space.decode(known)  # 0 on the pixels, the VAE's error in latents
-        result = (network.space.decode(latents) + reconstruction_error * (1.0 - soft_mask)).clamp(0.0, 1.0)
-        return torch.where(soft_mask > 0, result, inputs)
+        return self.inpaint(inputs, network, soft_mask, texts, seeds)[0]
