@@ -65,7 +65,7 @@ def _plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
 def reformat_figure(rows: Sequence[ReformatRow], output: str | os.PathLike, title: str = "") -> Path:
     """Per row: the after volume and its change (red brighter, blue darker; +-30 % of the vertebra's mean) in the
     sagittal, coronal and axial planes through :func:`lesion_centre`, cropped to the vertebra plus a margin."""
-    figure, axes = plt.subplots(len(rows), 6, figsize=(15, 2.9 * len(rows)), squeeze=False)
+    figure, axes = plt.subplots(len(rows), 6, figsize=(15, 3.1 * len(rows)), squeeze=False)
     for row, line in zip(rows, axes, strict=True):
         centre = lesion_centre(row)
         box = np.nonzero(row.vertebra)
@@ -93,7 +93,8 @@ def reformat_figure(rows: Sequence[ReformatRow], output: str | os.PathLike, titl
                 if outline.any():
                     panel.contour(outline.T, levels=[0.5], colors="yellow", linewidths=0.5)
                 what = "change" if place else "volume"
-                panel.set_title(f"{row.title}\n{name} {what} (slice {centre[axis]})", fontsize=7)
+                heading = row.title if column == 0 and place == 0 else ""
+                panel.set_title(f"{heading}\n{name} {what} (index {centre[axis]})", fontsize=7, loc="left")
                 panel.axis("off")
     if title:
         figure.suptitle(title, fontsize=9)
@@ -144,5 +145,5 @@ def request_rows(
     request = requests[case_id]
     size = lesion_size_mm(str(request["text"]))
     rows = [] if datalist is None else [real_row(datalist, str(request["label"]), size)]
-    rows += [synthetic_row(request, folder, f"{name}: {case_id} ({size:g} mm text)") for name, folder in runs.items()]
+    rows += [synthetic_row(request, folder, f"{name}: {case_id}, {size:g} mm text") for name, folder in runs.items()]
     return rows

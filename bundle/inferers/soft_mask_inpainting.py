@@ -49,7 +49,6 @@ class SoftMaskBlend:
         generators: Sequence[torch.Generator],
     ) -> None:
         self.scheduler, self.known, self.mask, self.generators = scheduler, known, mask, generators
-        self.unblended: torch.Tensor | None = None
 
     def __call__(self, latents: torch.Tensor, index: int, timesteps: torch.Tensor) -> torch.Tensor:
         if index + 1 < len(timesteps):
@@ -57,7 +56,6 @@ class SoftMaskBlend:
             known_now = self.scheduler.add_noise(self.known, noise, timesteps[index + 1 : index + 2])
         else:
             known_now = self.known
-            self.unblended = latents  # the model's own z_0 everywhere, before the last blend
         return latents * self.mask + known_now * (1.0 - self.mask)
 
 
@@ -96,12 +94,18 @@ class SoftMaskInpaintingInferer(GuidedSampler):
         conditions = network.conditions(texts, inputs * (1.0 - soft_mask))
         known = network.space.encode(inputs)
         mask = network.space.mask(soft_mask, known)
-        blend = self.blend(known, mask, generators)
+        blend, unblended = self.blend(known, mask, generators), []
+
+        def keep_unblended(latents: torch.Tensor, index: int, timesteps: torch.Tensor) -> torch.Tensor:
+            if index + 1 == len(timesteps):
+                unblended.append(latents)  # the model's own z_0 everywhere, before the last blend
+            return blend(latents, index, timesteps)
+
         initial = None if start is None else network.space.encode(start)
-        latents = self.sample(network, conditions, known, generators, blend, initial, strength)
+        latents = self.sample(network, conditions, known, generators, keep_unblended, initial, strength)
         reconstruction_error = inputs - network.space.decode(known)  # 0 on the pixels, the VAE's error in latents
         result = (network.space.decode(latents) + reconstruction_error * (1.0 - soft_mask)).clamp(0.0, 1.0)
-        content = (network.space.decode(blend.unblended) + reconstruction_error).clamp(0.0, 1.0)
+        content = (network.space.decode(unblended[0]) + reconstruction_error).clamp(0.0, 1.0)
         return torch.where(soft_mask > 0, result, inputs), content
 
     @torch.no_grad()
