@@ -22,6 +22,7 @@ from scipy import ndimage  # noqa: E402
 
 from bundle.data.datalist import load_datalist  # noqa: E402
 from bundle.experiments.lesion_coherence import phantom_lesion_change  # noqa: E402
+from bundle.experiments.text_adherence import canonical, save_figure  # noqa: E402
 from bundle.utils.files import read_json_object, safe_case_name  # noqa: E402
 from bundle.utils.lesion_text import lesion_size_mm  # noqa: E402
 
@@ -39,13 +40,6 @@ class ReformatRow:
     after: np.ndarray
     vertebra: np.ndarray
     spacing: Sequence[float]
-
-
-def _canonical(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
-
-    image = nib.as_closest_canonical(nib.load(str(path)))
-    return np.asarray(image.dataobj, dtype=np.float64), np.linalg.norm(image.affine[:3, :3], axis=0)
 
 
 def lesion_centre(row: ReformatRow) -> tuple[int, int, int]:
@@ -98,20 +92,15 @@ def reformat_figure(rows: Sequence[ReformatRow], output: str | os.PathLike, titl
                 panel.axis("off")
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output)
 
 
 def synthetic_row(request: Mapping, synthesis_dir: str | os.PathLike, title: str) -> ReformatRow:
     """A synthetic volume of ``request`` (a datalist entry with ``image``, ``vertebra_seg``, ``mask_labels``) in
     ``synthesis_dir`` against its source."""
-    before, spacing = _canonical(request["image"])
-    after, _ = _canonical(Path(synthesis_dir) / f"{safe_case_name(request['case_id'])}_synthetic.nii.gz")
-    vertebra = np.isin(_canonical(request["vertebra_seg"])[0], list(request["mask_labels"]))
+    before, spacing = canonical(request["image"])
+    after, _ = canonical(Path(synthesis_dir) / f"{safe_case_name(request['case_id'])}_synthetic.nii.gz")
+    vertebra = np.isin(np.rint(canonical(request["vertebra_seg"])[0]), list(request["mask_labels"]))
     return ReformatRow(title, before, after, vertebra, spacing)
 
 
