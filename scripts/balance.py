@@ -48,7 +48,7 @@ def main(
     **overrides,
 ) -> None:
     """Balance ``datalist``'s training list to the ``target`` class count; ``overrides`` go to the inference
-    config (e.g. ``--num_inference_steps 20 --slices_per_case 3``)."""
+    config (e.g. ``--num_inference_steps 20 --through_plane_max_slices 3``)."""
     if quality_filter is not None and str(quality_filter).lower() in ("none", "false", "off"):
         quality_filter = None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")

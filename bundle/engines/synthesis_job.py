@@ -47,10 +47,13 @@ def case_seed(base_seed: int, case_id: str) -> int:
 
 
 class DiffusionPredictor:
-    """Samples each slice item with the trained model and the soft-mask inferer, in batches.
+    """Samples each slice item with the trained model and the soft-mask inferer.
 
-    Slice ``i`` of a case uses seed ``case_seed(seed, case_id) + i``; the case seed is recorded on the items
-    (``"seed"``) for the provenance record.
+    Independent slices (``through_plane_strength`` None): in batches; slice ``i`` of a case uses seed
+    ``case_seed(seed, case_id) + i``. Coherent through-plane (``through_plane_strength`` in (0, 1]; the items of one
+    case on one shared model grid, :func:`bundle.transforms.case_to_slices.case_to_slices` with
+    ``through_plane=True``): :meth:`outward`. The case seed is recorded on the items (``"seed"``) for the
+    provenance record.
     """
 
     def __init__(
@@ -60,11 +63,20 @@ class DiffusionPredictor:
         seed: int = 0,
         batch_size: int = 8,
         device: torch.device | str = "cpu",
+        through_plane_strength: float | None = None,
     ) -> None:
         self.network, self.inferer, self.seed = network, inferer, seed
         self.batch_size, self.device = batch_size, torch.device(device)
+        if through_plane_strength is not None and not 0.0 < through_plane_strength <= 1.0:
+            raise ValueError(f"through_plane_strength must be in (0, 1] or None, got {through_plane_strength}")
+        self.through_plane_strength = through_plane_strength
+
+    def _stack(self, items: Sequence[Mapping], key: str) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(i[key]).float() for i in items]).to(self.device)
 
     def __call__(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
+        if self.through_plane_strength is not None:
+            return self.outward(items)
         results = []
         for start in range(0, len(items), self.batch_size):
             batch = items[start : start + self.batch_size]
@@ -72,15 +84,53 @@ class DiffusionPredictor:
             for offset, item in enumerate(batch, start=start):
                 item["seed"] = case_seed(self.seed, item.get("case_id", ""))
                 seeds.append(item["seed"] + offset)
-            stack = {
-                k: torch.stack([torch.as_tensor(i[k]).float() for i in batch]).to(self.device)
-                for k in ("image", "soft_mask")
-            }
             synthesised = self.inferer(
-                stack["image"], self.network, stack["soft_mask"], [str(i["text"]) for i in batch], seeds
+                self._stack(batch, "image"),
+                self.network,
+                self._stack(batch, "soft_mask"),
+                [str(i["text"]) for i in batch],
+                seeds,
             )
             results.extend(synthesised.cpu())
         return results
+
+    def outward(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
+        """One case's slices, coherent through-plane: the centre slice (``item["through_plane"]["centre_slice"]``,
+        else the middle item) from pure noise, then outward one ring at a time (the next slice on each side, in one
+        batch), each slice started from its inner neighbour's lesion: ``x0 + (content_nb - x0_nb)`` noised to
+        ``through_plane_strength`` of the steps (:meth:`SoftMaskInpaintingInferer.inpaint`), blended at every step
+        with its own soft mask. Every slice uses the case seed (the same noise)."""
+        seed = case_seed(self.seed, items[0].get("case_id", ""))
+        for item in items:
+            item["seed"] = seed
+        indices = [int(i["placement"]["slice_index"]) for i in items]
+        centre = items[0].get("through_plane", {}).get("centre_slice", indices[len(indices) // 2])
+        first = min(range(len(items)), key=lambda p: (abs(indices[p] - centre), p))
+        images, masks = self._stack(items, "image"), self._stack(items, "soft_mask")
+        texts = [str(i["text"]) for i in items]
+        results, contents = [None] * len(items), [None] * len(items)
+        result, content = self.inferer.inpaint(
+            images[first : first + 1], self.network, masks[first : first + 1], texts[first : first + 1], [seed]
+        )
+        results[first], contents[first] = result[0], content[0]
+        for ring in range(1, len(items)):
+            pairs = [(p, p + 1 if p < first else p - 1) for p in (first - ring, first + ring) if 0 <= p < len(items)]
+            if not pairs:
+                break
+            now, inner = [p for p, _ in pairs], [n for _, n in pairs]
+            start = images[now] + (torch.stack([contents[n] for n in inner]) - images[inner])
+            result, content = self.inferer.inpaint(
+                images[now],
+                self.network,
+                masks[now],
+                [texts[p] for p in now],
+                [seed] * len(now),
+                start=start.clamp(0.0, 1.0),
+                strength=self.through_plane_strength,
+            )
+            for k, p in enumerate(now):
+                results[p], contents[p] = result[k], content[k]
+        return [r.cpu() for r in results]
 
 
 def output_name_clashes(cases: Sequence[Mapping], output_stem: Callable[[Mapping], str]) -> dict[int, InputError]:

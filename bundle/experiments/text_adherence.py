@@ -73,6 +73,16 @@ def synthesis_adherence(
     return {"cases": rows, "by_signal": summarise(rows), "through_plane": through_plane_summary(rows)}
 
 
+def save_figure(figure: plt.Figure, output: str | os.PathLike) -> Path:
+    """Lay out ``figure``, write it as a PNG at ``output`` (its folder made if needed), close it; the path."""
+    figure.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=110)
+    plt.close(figure)
+    return output
+
+
 def effect_figure(
     requests_path: str | os.PathLike,
     synthesis_dir: str | os.PathLike,
@@ -117,12 +127,7 @@ def effect_figure(
             axis.set_title(f"{source}\n{title}", fontsize=8)
         for axis in row:
             axis.axis("off")
-    figure.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
-    return output
+    return save_figure(figure, output)
 
 
 def write_adherence_report(

@@ -104,16 +104,26 @@ class GuidedSampler(Inferer):
         like: torch.Tensor,
         generators: Sequence[torch.Generator],
         step_hook: StepHook | None = None,
+        start: torch.Tensor | None = None,
+        strength: float = 1.0,
     ) -> torch.Tensor:
         """The sampled z_0, of ``like``'s shape, dtype and device, from noise drawn by ``generators``.
 
         Per step, after the initial noise: the guided noise, the scheduler's step (with ``eta`` and per-image
-        variance noise where the scheduler takes them), then ``step_hook``.
+        variance noise where the scheduler takes them), then ``step_hook``. With ``start`` (latents of ``like``'s
+        shape) the reverse process starts from ``start`` noised to the ``strength`` fraction of the steps and runs
+        only those steps (SDEdit; ``strength`` 1 starts from pure noise, as without ``start``).
         """
         guidance_conditions = concat_conditions(network.null_conditions(like.shape[0]), conditions)
         self.scheduler.set_timesteps(self.num_inference_steps, device=like.device)
         timesteps = self.scheduler.timesteps
-        latents = noise_like(like, generators) * self.scheduler.init_noise_sigma
+        if start is None or strength >= 1.0:
+            latents = noise_like(like, generators) * self.scheduler.init_noise_sigma
+        else:
+            if not 0.0 < strength:
+                raise ValueError(f"strength must be in (0, 1], got {strength}")
+            timesteps = timesteps[len(timesteps) - max(1, round(strength * len(timesteps))) :]
+            latents = self.scheduler.add_noise(start.to(like), noise_like(like, generators), timesteps[:1])
         for index, timestep in enumerate(timesteps):
             model_input = self.scheduler.scale_model_input(latents, timestep)
             noise = self.guided_noise(network, model_input, timestep, guidance_conditions)

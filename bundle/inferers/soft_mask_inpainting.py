@@ -56,7 +56,8 @@ class SoftMaskBlend:
         self.scheduler, self.known, self.mask, self.generators = scheduler, known, mask, generators
 
     def __call__(self, latents: torch.Tensor, index: int, timesteps: torch.Tensor) -> torch.Tensor:
-        mask = self.mask if isinstance(self.mask, torch.Tensor) else self.mask[index]
+        # a run shortened by SDEdit's strength takes the last steps, so the per-step masks are aligned at the end
+        mask = self.mask if isinstance(self.mask, torch.Tensor) else self.mask[len(self.mask) - len(timesteps) + index]
         if index + 1 < len(timesteps):
             noise = noise_like(self.known, self.generators)
             known_now = self.scheduler.add_noise(self.known, noise, timesteps[index + 1 : index + 2])
@@ -93,6 +94,58 @@ class SoftMaskInpaintingInferer(GuidedSampler):
         return SoftMaskBlend(self.scheduler, known, mask, generators)
 
     @torch.no_grad()
+    def inpaint(
+        self,
+        inputs: torch.Tensor,
+        network: MedSoftDiffusion,
+        soft_mask: torch.Tensor,
+        texts: Sequence[str],
+        seeds: Sequence[int] | None = None,
+        start: torch.Tensor | None = None,
+        strength: float = 1.0,
+        lesion_mask: torch.Tensor | None = None,
+        host_mask: torch.Tensor | None = None,
+        pixel_mm: float | Sequence[float] = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(result, content)``, each ``(B, 1, H, W)`` in [0, 1]: the synthesised images (see :meth:`__call__`) and
+        the model's own image before the last blend, whose change ``content - inputs`` is the lesion at full
+        weight (inside the mask the result is ``content * M_b + inputs * (1 - M_b)``).
+
+        ``start``: images ``(B, 1, H, W)`` the reverse process starts from, noised to the ``strength`` fraction of
+        the steps (SDEdit, :meth:`GuidedSampler.sample`); ``None``: from pure noise. ``lesion_mask``, ``host_mask``,
+        ``pixel_mm``: as in :meth:`__call__` (a guide schedule's; a shortened run keeps the schedule's last guides).
+        """
+        batch = inputs.shape[0]
+        if len(texts) != batch:
+            raise ValueError(f"{len(texts)} texts for {batch} images")
+        generators = self.generators(batch, seeds)
+        conditions = network.conditions(texts, inputs * (1.0 - soft_mask))
+        known = network.space.encode(inputs)
+        if self.guide_schedule is None:
+            if lesion_mask is not None or host_mask is not None:
+                raise ValueError("lesion and host masks are only used with a guide_schedule, and this inferer has none")
+            region, mask = soft_mask, network.space.mask(soft_mask, known)
+        else:
+            if lesion_mask is None or host_mask is None:
+                raise ValueError("an inferer with a guide_schedule needs the lesion_mask and host_mask of each image")
+            self.scheduler.set_timesteps(self.num_inference_steps)
+            guides = self.guide_schedule(lesion_mask, host_mask, pixel_mm, len(self.scheduler.timesteps))
+            region, mask = guides[-1], [network.space.mask(guide, known) for guide in guides]
+        blend, unblended = self.blend(known, mask, generators), []
+
+        def keep_unblended(latents: torch.Tensor, index: int, timesteps: torch.Tensor) -> torch.Tensor:
+            if index + 1 == len(timesteps):
+                unblended.append(latents)  # the model's own z_0 everywhere, before the last blend
+            return blend(latents, index, timesteps)
+
+        initial = None if start is None else network.space.encode(start)
+        latents = self.sample(network, conditions, known, generators, keep_unblended, initial, strength)
+        reconstruction_error = inputs - network.space.decode(known)  # 0 on the pixels, the VAE's error in latents
+        result = (network.space.decode(latents) + reconstruction_error * (1.0 - region)).clamp(0.0, 1.0)
+        content = (network.space.decode(unblended[0]) + reconstruction_error).clamp(0.0, 1.0)
+        return torch.where(region > 0, result, inputs), content
+
+    @torch.no_grad()
     def __call__(
         self,
         inputs: torch.Tensor,
@@ -116,23 +169,6 @@ class SoftMaskInpaintingInferer(GuidedSampler):
             lesion_mask, host_mask: ``(B, 1, H, W)``, the guide schedule's lesion and host (only with one).
             pixel_mm: the image grid's pixel size in mm, one value or one per image (only with a guide schedule).
         """
-        batch = inputs.shape[0]
-        if len(texts) != batch:
-            raise ValueError(f"{len(texts)} texts for {batch} images")
-        generators = self.generators(batch, seeds)
-        conditions = network.conditions(texts, inputs * (1.0 - soft_mask))
-        known = network.space.encode(inputs)
-        if self.guide_schedule is None:
-            if lesion_mask is not None or host_mask is not None:
-                raise ValueError("lesion and host masks are only used with a guide_schedule, and this inferer has none")
-            region, mask = soft_mask, network.space.mask(soft_mask, known)
-        else:
-            if lesion_mask is None or host_mask is None:
-                raise ValueError("an inferer with a guide_schedule needs the lesion_mask and host_mask of each image")
-            self.scheduler.set_timesteps(self.num_inference_steps)
-            guides = self.guide_schedule(lesion_mask, host_mask, pixel_mm, len(self.scheduler.timesteps))
-            region, mask = guides[-1], [network.space.mask(guide, known) for guide in guides]
-        latents = self.sample(network, conditions, known, generators, self.blend(known, mask, generators))
-        reconstruction_error = inputs - network.space.decode(known)  # 0 on the pixels, the VAE's error in latents
-        result = (network.space.decode(latents) + reconstruction_error * (1.0 - region)).clamp(0.0, 1.0)
-        return torch.where(region > 0, result, inputs)
+        return self.inpaint(
+            inputs, network, soft_mask, texts, seeds, lesion_mask=lesion_mask, host_mask=host_mask, pixel_mm=pixel_mm
+        )[0]

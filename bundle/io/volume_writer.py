@@ -336,6 +336,7 @@ class SyntheticVolumeWriter:
                         "slice_axis": axis,
                         "indices": [int(i["placement"]["slice_index"]) for i in items],
                     },
+                    "through_plane": items[0].get("through_plane"),
                     **identity,
                     **written,
                     **(details or {}),

@@ -19,6 +19,7 @@ import torch
 from ignite.metrics import Metric
 
 from bundle.metrics.lesion_measure import LesionMeasure, marrow_region, measure_lesion, vertebral_body
+from bundle.utils.lesion_text import lesion_size_mm
 
 SIGNAL_WORDS = ("hyperintense", "hypointense")
 SIZE_TOLERANCE = 0.3
@@ -39,7 +40,6 @@ LOCATION_WORDS = {
 _LOCATION = re.compile(
     rf"\b({'|'.join(LOCATION_WORDS)})\s+(?:(?:portion|part|aspect) of the\s+)?[CTLS]\d{{1,2}}\b", re.IGNORECASE
 )
-_SIZE = re.compile(r"\b(\d+(?:\.\d+)?)\s*mm\b", re.IGNORECASE)
 
 
 def requested_signal(text: str) -> str:
@@ -61,10 +61,9 @@ class RequestedFacts:
 def requested_facts(text: str) -> RequestedFacts:
     """The signal, size and location a lesion text asks for, e.g. "a 13 mm hyperintense lesion in the inferior L4
     vertebral body" -> ``("hyperintense", 13.0, "central", "inferior")``."""
-    size = _SIZE.search(text)
     location = _LOCATION.search(text)
     ap, si = LOCATION_WORDS[location.group(1).lower()] if location else (None, None)
-    return RequestedFacts(requested_signal(text), float(size.group(1)) if size else None, ap, si)
+    return RequestedFacts(requested_signal(text), lesion_size_mm(text), ap, si)
 
 
 def adherence(measure: LesionMeasure, facts: RequestedFacts, size_tolerance: float = SIZE_TOLERANCE) -> dict:

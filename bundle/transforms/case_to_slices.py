@@ -18,7 +18,10 @@ from bundle.transforms.loading import LoadVolumeOnced, MatchImageGridd
 from bundle.transforms.model_grid import model_grid, require_nearest
 from bundle.transforms.slices import LesionSliceGuided, SelectMaskSlicesd
 from bundle.transforms.soft_mask import LesionMaskd, MaskImaged, SoftMaskFromSourced
+from bundle.transforms.through_plane import ThroughPlaneExtentd
 from bundle.transforms.validate_entry import ValidateEntryd
+
+SHARED_WINDOW_KEY = "window_mask"
 
 
 def slice_grid(
@@ -27,11 +30,17 @@ def slice_grid(
     window_key: str | None = "soft_mask",
     window_margin_mm: float = 16.0,
     lesion_mask: bool = False,
+    shared_window: bool = False,
 ) -> Compose:
     """The model grid of the slice items (:data:`SLICE_KEYS` resampled together,
     :func:`bundle.transforms.model_grid.model_grid`): by default the soft mask's working window; ``window_key``
-    ``None`` keeps whole slices. ``lesion_mask`` adds the lesion's mask, resampled with nearest neighbour."""
+    ``None`` keeps whole slices. ``lesion_mask`` adds the lesion's mask, resampled with nearest neighbour.
+    ``shared_window``: the window of every slice of a case is the one of all its slices together (``window_mask``
+    of :class:`bundle.transforms.through_plane.ThroughPlaneExtentd`), so neighbouring slices line up pixel by
+    pixel on the model grid."""
     carried = ["lesion_mask"] if lesion_mask else []
+    if shared_window and window_key is not None:
+        carried, window_key = [*carried, SHARED_WINDOW_KEY], SHARED_WINDOW_KEY
     return model_grid(
         [*SLICE_KEYS, *carried],
         spatial_size,
@@ -51,6 +60,8 @@ def case_to_slices(
     max_slices: int | None = None,
     lesion_guided: bool = False,
     lesion_mask: bool = False,
+    through_plane: bool = False,
+    lesion_size_mm: float | None = None,
 ) -> Compose:
     """Validate, load, make the soft mask, orient, scale, mask, pick slices, keep native copies, resample.
 
@@ -63,7 +74,12 @@ def case_to_slices(
         lesion_guided: pick slices by the entry's ``lesion_seg`` where it has one (training).
         lesion_mask: carry the lesion's binary mask as ``lesion_mask``; ``grid`` must resample that key with
             nearest neighbour (``slice_grid(..., lesion_mask=True)``).
+        through_plane: limit the soft mask across slices to the lesion's extent and keep every slice it then
+            reaches (:class:`bundle.transforms.through_plane.ThroughPlaneExtentd`, with ``lesion_size_mm`` or the
+            text's size; ``max_slices`` keeps that many nearest the lesion's centre). Not with ``lesion_guided``.
     """
+    if through_plane and lesion_guided:
+        raise ValueError("through_plane selects the slices by the lesion's extent; lesion_guided by its segmentation")
     if lesion_mask:
         require_nearest(grid, "lesion_mask")
     uses_lesion = lesion_guided or lesion_mask
@@ -72,6 +88,12 @@ def case_to_slices(
     lesion = [LesionMaskd()] if lesion_mask else []
     carried = ["lesion_mask"] if lesion_mask else []
     oriented = ["image", "mask", "soft_mask"] + (["lesion_seg"] if lesion_guided else []) + carried
+    extent = []
+    if through_plane:
+        extent = [ThroughPlaneExtentd(sigma_mm=sigma_mm, size_mm=lesion_size_mm, max_slices=max_slices)]
+        max_slices = None
+        if SHARED_WINDOW_KEY in grid.transforms[0].keys:
+            carried = [*carried, SHARED_WINDOW_KEY]
     return Compose(
         [
             ValidateEntryd(file_keys=volumes),
@@ -80,12 +102,13 @@ def case_to_slices(
             SoftMaskFromSourced(sigma_mm=sigma_mm, default_box_size_mm=box_size_mm),
             *lesion,
             Orientationd(oriented, axcodes=canonical_axcodes, labels=None, allow_missing_keys=True),
+            *extent,
             ScaleIntensityToModeld("image"),
             MaskImaged("image"),
             *guide,
             SelectMaskSlicesd(
                 [*SLICE_KEYS, *carried],
-                mask_key="slice_guide" if lesion_guided else "mask",
+                mask_key="slice_guide" if lesion_guided or through_plane else "mask",
                 mode=slice_mode,
                 max_slices=max_slices,
                 drop_keys=["vertebra_seg", "lesion_seg", "mask"],

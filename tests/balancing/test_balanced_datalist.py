@@ -31,7 +31,12 @@ from bundle.transforms.validate_entry import ValidateEntryd
 from tests.helpers.paths import REPO
 from tests.helpers.tiny_bundle import TINY_SPATIAL_SIZE, make_tiny_models
 
-FAST = {"spatial_size": TINY_SPATIAL_SIZE, "num_inference_steps": 2, "slices_per_case": 1}
+FAST = {
+    "spatial_size": TINY_SPATIAL_SIZE,
+    "num_inference_steps": 2,
+    "slices_per_case": 1,
+    "through_plane_max_slices": 1,
+}
 ENTRY_KEYS = {"case_id", "image", "vertebra_seg", "mask_labels", "label", "class_index", "text", "synthetic"}
 
 

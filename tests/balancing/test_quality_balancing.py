@@ -18,7 +18,12 @@ from bundle.metrics.quality_filter import FeatureSpaceFilter
 from tests.helpers.paths import REPO
 from tests.helpers.tiny_bundle import TINY_SPATIAL_SIZE, make_tiny_models
 
-FAST = {"spatial_size": TINY_SPATIAL_SIZE, "num_inference_steps": 2, "slices_per_case": 1}
+FAST = {
+    "spatial_size": TINY_SPATIAL_SIZE,
+    "num_inference_steps": 2,
+    "slices_per_case": 1,
+    "through_plane_max_slices": 1,
+}
 BENIGN = {"classes": ["benign"], "quality_k": 1, "overrides": FAST}  # 3 real benign training cases, 5 needed
 
 

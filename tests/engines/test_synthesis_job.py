@@ -16,13 +16,17 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from monai.transforms import Compose, Lambda
 
 import bundle.io.volume_writer
 import bundle.utils.files
-from bundle.engines.synthesis_job import SynthesisJob
+from bundle.engines.synthesis_job import DiffusionPredictor, SynthesisJob, case_seed
 from bundle.errors import OutputError, describe_failure
+from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.metrics.quality_filter import FeatureSpaceFilter, QualityCheck
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.networks.medsoft_diffusion import tiny_model
 from bundle.transforms.soft_mask import GaussianBlurMM
 from tests.helpers.paths import SCT_LEVELS, SCT_T2, TOTALSEG_MR, TOTALSEG_MR_SEG
 from tests.helpers.workflows import preview_parser, write_datalist
@@ -341,3 +345,74 @@ def test_the_quality_decision_reaches_the_provenance_and_the_report_and_a_failed
     other = judged_job(entries[:2], tmp_path, output_dir, {"benign": 1.0, "malignant": 1.0}).run()
     assert sorted(w["case_id"] for w in other["written"]) == ["kept", "rejected"]  # another filter: judged again
     assert all(w["quality"]["passed"] for w in other["written"])
+
+
+# Coherent through-plane synthesis by the predictor: outward from the centre slice, each slice started from its inner
+# neighbour's lesion, against independent per-slice sampling.
+SIZE = 32
+CORE = (slice(None), slice(8, 24), slice(8, 24))
+
+
+@pytest.fixture(scope="module")
+def sampling():
+    clip = MedicalClipEncoder.tiny(embed_dim=32, image_size=32, vision_width=32, text_width=32, heads=2)
+    model = tiny_model(spatial_size=SIZE, clip_encoder=clip, unet_channels=(16, 32), seed=0).eval()
+    schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    return model, SoftMaskInpaintingInferer.ddim(schedule, num_inference_steps=8, guidance_scale=3.0)
+
+
+def neighbouring_slices(count: int = 5) -> list[dict]:
+    """Slice items of one case: the same smooth anatomy with its own noise, a soft mask with a blend band, the centre
+    slice in the middle."""
+    generator = torch.Generator().manual_seed(0)
+    anatomy = torch.nn.functional.avg_pool2d(torch.rand(1, 1, SIZE, SIZE, generator=generator), 5, 1, 2)
+    soft_mask = torch.zeros(1, SIZE, SIZE)
+    soft_mask[:, 6:26, 6:26] = 0.5
+    soft_mask[CORE] = 1.0
+    return [
+        {
+            "image": (anatomy[0] + 0.02 * torch.randn(1, SIZE, SIZE, generator=generator)).clamp(0, 1),
+            "soft_mask": soft_mask,
+            "text": "a 9 mm hyperintense lesion in the L2 vertebral body",
+            "case_id": "case",
+            "placement": {"slice_index": 20 + i},
+            "through_plane": {"centre_slice": 20 + count // 2},
+        }
+        for i in range(count)
+    ]
+
+
+def neighbour_correlations(items, predictions) -> list[float]:
+    """Pearson correlation of the in-mask change of each pair of neighbouring slices."""
+    changes = [(p - i["image"])[CORE].flatten() for i, p in zip(items, predictions, strict=True)]
+    return [float(torch.corrcoef(torch.stack(pair))[0, 1]) for pair in zip(changes, changes[1:], strict=False)]
+
+
+def test_outward_synthesis_is_coherent_through_plane_and_independent_slices_are_not(sampling):
+    model, inferer = sampling
+    items = neighbouring_slices()
+    independent = DiffusionPredictor(model, inferer)(items)
+    coherent = DiffusionPredictor(model, inferer, through_plane_strength=0.5)(items)
+    assert max(neighbour_correlations(items, independent)) < 0.3
+    assert min(neighbour_correlations(items, coherent)) > 0.8
+    # the centre slice is sampled from noise with the case seed; every slice keeps its input outside the mask
+    seed = case_seed(0, "case")
+    assert all(item["seed"] == seed for item in items)
+    centre = inferer(items[2]["image"][None], model, items[2]["soft_mask"][None], [items[2]["text"]], [seed])
+    assert torch.equal(coherent[2], centre[0])
+    for item, prediction in zip(items, coherent, strict=True):
+        outside = item["soft_mask"] == 0
+        assert torch.equal(prediction[outside], item["image"][outside])
+        assert (prediction - item["image"])[CORE].abs().mean() > 0.02
+
+
+def test_each_slice_starts_from_its_inner_neighbour(sampling):
+    model, inferer = sampling
+    predictor = DiffusionPredictor(model, inferer, through_plane_strength=0.5)
+    reference = predictor(neighbouring_slices())
+    changed = neighbouring_slices()
+    changed[3]["image"] = changed[3]["image"].flip(-1)  # an outer slice: only it and the ones beyond may change
+    again = predictor(changed)
+    assert [torch.equal(a, b) for a, b in zip(reference, again, strict=True)] == [True, True, True, False, False]
+    with pytest.raises(ValueError, match="through_plane_strength"):
+        DiffusionPredictor(model, inferer, through_plane_strength=1.5)

@@ -193,3 +193,25 @@ def test_missing_text_is_refused(model, batch):
     image, soft_mask = batch
     with pytest.raises(ValueError, match="lesion text"):
         SoftMaskInpaintingInferer(scheduler(), num_inference_steps=2)(image, model, soft_mask, ["ok", " "])
+
+
+def test_inpaint_gives_the_content_the_result_blends_and_starts_from_an_image_at_a_strength(model, batch):
+    image, soft_mask = batch
+    inferer = SoftMaskInpaintingInferer.ddim(scheduler(), num_inference_steps=8, guidance_scale=3.0)
+    result, content = inferer.inpaint(image, model, soft_mask, TEXTS, seeds=[1, 2])
+    assert torch.equal(result, inferer(image, model, soft_mask, TEXTS, seeds=[1, 2]))
+    unclamped = (content > 0) & (content < 1)  # both are clamped to [0, 1]; the untrained model overshoots
+    blended = content * soft_mask + image * (1 - soft_mask)
+    assert unclamped.float().mean() > 0.5
+    assert torch.allclose(result[unclamped], blended[unclamped], atol=1e-5)
+    # SDEdit: from a start image, a low strength keeps close to it, strength 1 is sampling from noise
+    start = image.clone()
+    start[soft_mask == 1] = 0.9
+    inside = soft_mask == 1
+    distances = {}
+    for strength in (0.25, 1.0):
+        result = inferer.inpaint(image, model, soft_mask, TEXTS, [1, 2], start=start, strength=strength)[0]
+        distances[strength] = float((result[inside] - start[inside]).abs().mean())
+    assert distances[0.25] < 0.5 * distances[1.0]
+    from_noise = inferer.inpaint(image, model, soft_mask, TEXTS, [1, 2], start=start, strength=1.0)[0]
+    assert torch.equal(from_noise, inferer(image, model, soft_mask, TEXTS, seeds=[1, 2]))

@@ -101,3 +101,31 @@ def test_the_chain_without_lesion_masks_is_unchanged(lesion_case):
     plain = case_to_slices(grid)(dict(case))
     assert "lesion_mask" not in plain[0] and "has_lesion_mask" not in plain[0]
     assert torch.equal(plain[0]["soft_mask"], items[0]["soft_mask"])
+
+
+def test_through_plane_slices_are_the_lesions_extent_on_one_shared_window(shared_data):
+    from bundle.transforms.case_to_slices import slice_grid
+    from tests.helpers.paths import SCT_LEVELS, SCT_T2
+
+    entry = {"image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [3], "text": "a 6 mm lesion"}
+    everything = case_to_slices(slice_grid(48, 1.0, window_margin_mm=4.0))(dict(entry))
+    chain = case_to_slices(slice_grid(48, 1.0, window_margin_mm=4.0, shared_window=True), through_plane=True)
+    items = chain(dict(entry))
+    unlimited = chain({**entry, "text": "a lesion"})  # no size: every slice the soft mask reaches
+    indices = [i["placement"]["slice_index"] for i in items]
+    centre = items[0]["through_plane"]["centre_slice"]
+    assert indices == list(range(indices[0], indices[-1] + 1)) and centre in indices
+    reach = [i["placement"]["slice_index"] for i in unlimited]
+    assert set(indices) < set(reach) and set(reach) >= {i["placement"]["slice_index"] for i in everything}
+    assert float(items[0]["placement"]["canonical_affine"][0][0]) == 1.0  # 1 mm slices: half the size + 3 sigma
+    assert 3 < max(abs(i - centre) for i in indices) <= 3 + 3 * 3.0
+    assert all(i["through_plane"]["size_mm"] == 6.0 for i in items)
+    # one window: every slice's model grid maps to the same native pixels, which a per-slice window does not
+    affines = [np.asarray(i["image"].affine, float) for i in items]
+    assert all(np.allclose(a, affines[0]) for a in affines)
+    per_slice = [np.asarray(i["image"].affine, float) for i in everything]
+    assert not all(np.allclose(a, per_slice[0]) for a in per_slice)
+    centre_item = items[indices.index(centre)]
+    assert all(float(i["soft_mask"].max()) <= float(centre_item["soft_mask"].max()) + 1e-6 for i in items)
+    with pytest.raises(ValueError, match="through_plane"):
+        case_to_slices(slice_grid(48), through_plane=True, lesion_guided=True)

@@ -132,6 +132,24 @@ def test_the_inferer_samples_in_latent_space(model, sd15_dir):
     torch.testing.assert_close(again, result[1:], atol=1e-5, rtol=0)  # per-image seeds: batch-independent
 
 
+def test_the_outward_through_plane_start_works_in_latent_space(model, sd15_dir):
+    """The coherent through-plane path (a start image at a strength, the unblended content) with the VAE: the
+    result is still the input where M_b is 0, and a low strength keeps close to the start inside the mask (as the VAE
+    decodes it)."""
+    training = DDPMScheduler.from_pretrained(sd15_dir, subfolder="scheduler", local_files_only=True)
+    inferer = SoftMaskInpaintingInferer.ddim(training, num_inference_steps=4)
+    images, mask = batch()
+    result, content = inferer.inpaint(images, model, mask, TEXTS, [3, 4])
+    assert content.shape == result.shape == images.shape
+    start = (images + (content - images)).clamp(0, 1)
+    near = inferer.inpaint(images, model, mask, TEXTS, [3, 4], start=start, strength=0.25)[0]
+    assert torch.equal(near[mask == 0], images[mask == 0])
+    far = inferer.inpaint(images, model, mask, TEXTS, [5, 6], start=start, strength=1.0)[0]
+    # inside the mask the result is decoded latents: a low strength stays near the start's own decoded latents
+    reference, inside = model.space.decode(model.space.encode(start)).clamp(0, 1), mask > 0.5
+    assert (near - reference)[inside].abs().mean() < 0.7 * (far - reference)[inside].abs().mean()
+
+
 def test_adapter_training_moves_only_the_msc_keys_and_values(sd15_dir, clip_encoder, controller):
     model = sd15_model(sd15_dir, clip_encoder, controller, trainable="adapter").train()
     images, mask = batch()
