@@ -59,3 +59,19 @@ def test_lora_starts_as_the_base_model_and_training_changes_only_lora_and_fusion
     after = model.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed == trainable  # every trained weight moved; every other one is bitwise the same
+
+
+def test_load_pixart_reads_a_local_folder_in_pixart_alphas_layout_and_names_a_missing_one(tmp_path):
+    from bundle.errors import InputError
+    from bundle.networks.vgmedgen_dit import load_pixart
+
+    transformer = tiny_pixart(sample_size=16, num_layers=1, seed=4)
+    transformer.save_pretrained(tmp_path / "pixart" / "transformer")
+    config = tmp_path / "pixart" / "transformer" / "config.json"
+    config.write_text(config.read_text().replace('"PixArtTransformer2DModel"', '"Transformer2DModel"'))  # as published
+    loaded = DiTDenoiser(load_pixart(tmp_path / "pixart"), trainable="lora")
+    latents, tokens, t = torch.randn(1, 1, 16, 16), torch.randn(1, 2, 96), torch.tensor([50])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(latents, t, tokens), DiTDenoiser(transformer)(latents, t, tokens))
+    with pytest.raises(InputError, match="config.json"):
+        load_pixart(tmp_path / "elsewhere")
