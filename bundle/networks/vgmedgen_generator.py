@@ -13,19 +13,25 @@ visual features only supervise the text disentangler (stage T).
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from bundle.errors import check_state_dict
 from bundle.networks.conditions import Conditions
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.vgmedgen_dit import DiTDenoiser, tiny_pixart
 from bundle.networks.vgmedgen_fusion import HybridFeatureFusion
 from bundle.networks.vgmedgen_text import TextDisentangler
+from bundle.networks.weight_files import read_safetensors
 
 CONDITION_KEYS = ("anatomy", "style", "text_states")
+GENERATOR_FILE = "vgmedgen_generator.safetensors"
 
 
 class VGMedGen(nn.Module):
@@ -90,6 +96,32 @@ class VGMedGen(nn.Module):
         """Predicted noise ``(B, C, h, w)`` of ``latents`` given :meth:`conditions` (or null ones)."""
         tokens = self.fusion(conditions["anatomy"], conditions["style"], conditions.get("text_states"))
         return self.denoiser(latents, timesteps, tokens)
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """What stage G trains: the fusion, and the whole DiT (``trainable="full"``) or its LoRA tensors."""
+        full = self.denoiser.trainable == "full"
+        return {
+            name: tensor.detach().cpu().contiguous()
+            for name, tensor in self.state_dict().items()
+            if name.startswith("fusion.") or (name.startswith("denoiser.") and (full or "lora_" in name))
+        }
+
+    def save_trained(self, path: str | os.PathLike) -> None:
+        """Write :meth:`trained_state_dict` with its settings (fusion mode, text tokens, trainable, LoRA rank)."""
+        settings = {
+            "fusion_mode": self.fusion.mode,
+            "fuse_text_states": self.uses_text_states,
+            "trainable": self.denoiser.trainable,
+            "lora_rank": self.denoiser.lora_rank,
+        }
+        save_file(self.trained_state_dict(), str(path), metadata={"vgmedgen": json.dumps(settings)})
+
+    def load_trained(self, path: str | os.PathLike) -> None:
+        """Load a file of :meth:`save_trained`; one of another layout (fusion mode, LoRA or not, sizes) is refused
+        by name."""
+        tensors = read_safetensors(path)
+        check_state_dict(path, tensors, self.trained_state_dict(), "VG-MedGen generator")
+        self.load_state_dict(tensors, strict=False)
 
 
 def tiny_generator(

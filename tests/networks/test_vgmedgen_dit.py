@@ -75,3 +75,24 @@ def test_load_pixart_reads_a_local_folder_in_pixart_alphas_layout_and_names_a_mi
         torch.testing.assert_close(loaded(latents, t, tokens), DiTDenoiser(transformer)(latents, t, tokens))
     with pytest.raises(InputError, match="config.json"):
         load_pixart(tmp_path / "elsewhere")
+
+
+def test_the_trained_parts_round_trip_and_a_file_of_another_layout_is_refused(tmp_path):
+    from bundle.errors import InputError
+
+    model = small(seed=5, trainable="lora")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    assert all(n.startswith("fusion.") or "lora_" in n for n in model.trained_state_dict())
+    model.save_trained(tmp_path / "g.safetensors")
+    fresh = small(seed=5, trainable="lora")
+    fresh.load_trained(tmp_path / "g.safetensors")
+    latents, t, conditions = torch.randn(2, 1, 16, 16), torch.tensor([9, 99]), model.conditions(TEXTS)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(latents, t, conditions), model.eval()(latents, t, conditions))
+    with pytest.raises(InputError, match="g.safetensors"):
+        small(seed=5, trainable="lora", fusion_mode="concat").load_trained(tmp_path / "g.safetensors")
+    with pytest.raises(InputError, match="g.safetensors"):
+        small(seed=5).load_trained(tmp_path / "g.safetensors")  # a full DiT expects all of its weights

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from bundle.engines.utils import unwrap
+from bundle.networks.vgmedgen_generator import GENERATOR_FILE
 from tests.helpers.workflows import workflow
 
 TINY_G = {"spatial_size": 16, "slices_per_case": 1, "batch_size": 4, "dit_layers": 1, "max_epochs": 1}
@@ -19,7 +20,8 @@ def test_stage_g_config_passes_the_property_check_and_trains_an_epoch(overrides,
         ["vgmedgen_train.json"],
         "train",
         dataset_dir=str(demo_data),
-        output_dir=str(tmp_path),
+        output_dir=str(tmp_path / "runs"),
+        models_dir=str(tmp_path / "models"),
         **TINY_G,
         **overrides,
     )
@@ -32,5 +34,8 @@ def test_stage_g_config_passes_the_property_check_and_trains_an_epoch(overrides,
         assert model.denoiser.trainable == overrides.get("trainable", "full")
         flow.run()
         assert trainer.state.iteration > 0 and math.isfinite(trainer.state.output["loss"].item())
+        reloaded = flow.network_def  # the exported weights load back into the same architecture
+        reloaded.load_trained(tmp_path / "models" / GENERATOR_FILE)
+        assert (tmp_path / "models" / "scheduler_config.json").is_file()
     finally:
         flow.finalize()
