@@ -97,6 +97,10 @@ class VGMedGen(nn.Module):
         tokens = self.fusion(conditions["anatomy"], conditions["style"], conditions.get("text_states"))
         return self.denoiser(latents, timesteps, tokens)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the DiT's activations in the backward pass (the trainer's ``gradient_checkpointing``)."""
+        self.denoiser.transformer.enable_gradient_checkpointing()
+
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         """What stage G trains: the fusion, and the whole DiT (``trainable="full"``) or its LoRA tensors."""
         full = self.denoiser.trainable == "full"

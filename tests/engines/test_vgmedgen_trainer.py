@@ -4,6 +4,7 @@ guided samples follow the caption."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
@@ -92,6 +93,19 @@ def test_condition_dropout_puts_the_null_prompt_in_place_of_the_whole_prompt():
     assert set(seen[0]) == {"anatomy", "style", "text_states"}
     for key, value in seen[0].items():
         torch.testing.assert_close(value, null[key])
+
+
+def test_gradient_checkpointing_gives_the_same_step():
+    losses = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = tiny_generator(spatial_size=SIZE, num_layers=2)
+        trainer = make_trainer(model, batches(toy_crops(4, seed=0), 4), gradient_checkpointing=checkpointing)
+        torch.manual_seed(1)
+        trainer.run()
+        assert model.denoiser.transformer.gradient_checkpointing == checkpointing
+        losses.append(trainer.state.output["loss"].item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
 def brighter_pairs(model, trainer) -> int:
