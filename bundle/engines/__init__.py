@@ -1,5 +1,6 @@
 """MONAI trainers and evaluators: the diffusion trainer every conditioned diffusion model shares, stage 1 (the MSC),
-stage 2 (the guided UNet), the synthesis evaluator, and the case-by-case synthesis job the inference config runs."""
+stage 2 (the guided UNet), VG-MedGen's stage G (fusion + DiT), the synthesis evaluator, and the case-by-case
+synthesis job the inference config runs."""
 
 from bundle.engines.diffusion_trainer import DiffusionTrainer
 from bundle.engines.guided_diffusion_trainer import GuidedDiffusionTrainer, medsoft_condition_dropout
@@ -8,6 +9,7 @@ from bundle.engines.synthesis_evaluator import SynthesisEvaluator
 from bundle.engines.synthesis_job import CaseByCaseEvaluator, DiffusionPredictor, KeyPredictor, SynthesisJob, case_seed
 from bundle.engines.trainable import require_gradients, trainable_parameters
 from bundle.engines.utils import batch_to_device, unwrap
+from bundle.engines.vgmedgen_trainer import VGMedGenTrainer
 
 __all__ = [
     "CaseByCaseEvaluator",
@@ -19,6 +21,7 @@ __all__ = [
     "SemanticControllerTrainer",
     "SynthesisEvaluator",
     "SynthesisJob",
+    "VGMedGenTrainer",
     "batch_to_device",
     "case_seed",
     "medsoft_condition_dropout",

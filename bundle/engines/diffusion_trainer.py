@@ -84,9 +84,12 @@ class DiffusionTrainer(SupervisedTrainer):
     def prepare(self, model: torch.nn.Module, batch: Mapping) -> tuple[torch.Tensor, Conditions, dict]:
         """z_0 ``(B, C, h, w)``, the batch's conditions, and the keyword arguments :meth:`compute_loss` passes on."""
 
-    def compute_loss(self, predicted: torch.Tensor, noise: torch.Tensor, loss_inputs: Mapping) -> torch.Tensor:
+    def compute_loss(
+        self, predicted: torch.Tensor, noise: torch.Tensor, loss_inputs: Mapping, timesteps: torch.Tensor
+    ) -> torch.Tensor:
         """The loss of the predicted noise against the added noise: ``loss_function(predicted, noise, **loss_inputs)``
-        (``loss_inputs`` from :meth:`prepare`, e.g. the soft mask)."""
+        (``loss_inputs`` from :meth:`prepare`, e.g. the soft mask; ``timesteps`` ``(B,)`` for terms on the
+        estimate of z_0)."""
         return self.loss_function(predicted, noise, **loss_inputs)
 
     def _iteration(self, engine: DiffusionTrainer, batchdata: Mapping) -> dict[str, torch.Tensor]:
@@ -104,7 +107,7 @@ class DiffusionTrainer(SupervisedTrainer):
         engine.optimizer.zero_grad(set_to_none=True)
         with autocast(self.autocast_dtype, latents.device):
             predicted = engine.network(noisy, timesteps, conditions)
-            loss = self.compute_loss(predicted, noise, loss_inputs)
+            loss = self.compute_loss(predicted, noise, loss_inputs, timesteps)
         first = not self._gradients_checked  # the first batch of this run (also after resuming)
         if first and not loss.requires_grad:  # no trainable parameter in the graph: backward would fail obscurely
             require_gradients(engine.network)

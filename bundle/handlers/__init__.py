@@ -3,7 +3,7 @@ validation samples, the evaluation report, the downstream classifier's report.""
 
 from bundle.handlers.checkpoints import ResumableCheckpoints, newest_checkpoint, refuse_pickled_code
 from bundle.handlers.classification_report import CaseClassificationReport, run_details
-from bundle.handlers.export import ExportGuidedUNet, ExportSemanticController
+from bundle.handlers.export import ExportGuidedUNet, ExportSemanticController, ExportVGMedGen
 from bundle.handlers.metrics_report import MetricsReport
 from bundle.handlers.sample_grid import SampleGridWriter
 
@@ -11,6 +11,7 @@ __all__ = [
     "CaseClassificationReport",
     "ExportGuidedUNet",
     "ExportSemanticController",
+    "ExportVGMedGen",
     "MetricsReport",
     "ResumableCheckpoints",
     "SampleGridWriter",

@@ -16,6 +16,7 @@ from ignite.engine import Engine, Events
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import CLIP_FOLDER, CONTROLLER_FILE, MedSoftDiffusion, save_trained
 from bundle.networks.semantic_controller import MedicalSemanticController
+from bundle.networks.vgmedgen_generator import GENERATOR_FILE, VGMedGen
 from bundle.utils.files import make_readable, remove_leftovers
 
 logger = logging.getLogger(__name__)
@@ -104,4 +105,17 @@ class ExportGuidedUNet(_ExportEachEpoch):
     def export(self, folder: Path) -> None:
         unet = self._ema.module if self._ema is not None else self.model.unet
         save_trained(self.model, folder, save_base_unet=self.save_base_unet, unet=unet)
+        self.noise_scheduler.save_config(folder)
+
+
+class ExportVGMedGen(_ExportEachEpoch):
+    """Writes what VG-MedGen's stage G trained (``vgmedgen_generator.safetensors``: the fusion and the DiT or its
+    LoRA, with their settings) and the noise schedule (``scheduler_config.json``) the sampler must share."""
+
+    def __init__(self, model: VGMedGen, models_dir: str | os.PathLike, noise_scheduler) -> None:
+        super().__init__(models_dir)
+        self.model, self.noise_scheduler = model, noise_scheduler
+
+    def export(self, folder: Path) -> None:
+        self.model.save_trained(folder / GENERATOR_FILE)
         self.noise_scheduler.save_config(folder)

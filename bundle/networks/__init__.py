@@ -2,7 +2,7 @@
 the Medical Semantic Controller (MSC), the text condition, the guided UNet (decoupled cross-attention for e_MSC),
 the diffusion space, the whole model with its profiles and saved form, the speed options, the downstream
 experiment's slice classifier, MedDiff-FT's lesion-mask generator (a shape DDPM with hierarchical randomness) and
-VG-MedGen's visual (anatomy / style) and text disentanglement."""
+VG-MedGen's visual (anatomy / style) and text disentanglement, hybrid feature fusion, PixArt DiT and generator."""
 
 from bundle.networks.conditions import (
     ConditionedDiffusionModel,
@@ -30,6 +30,9 @@ from bundle.networks.slice_classifier import SliceBagClassifier
 from bundle.networks.speed_options import SpeedOptions, optimise_unet
 from bundle.networks.text_states import ClipTowerTextStates, StableDiffusionTextStates
 from bundle.networks.text_truncation import warn_truncated_text
+from bundle.networks.vgmedgen_dit import DiTDenoiser, load_pixart, tiny_pixart
+from bundle.networks.vgmedgen_fusion import HybridFeatureFusion
+from bundle.networks.vgmedgen_generator import VGMedGen, tiny_generator
 from bundle.networks.vgmedgen_text import TextDisentangler
 from bundle.networks.vgmedgen_visual import AnatomyEncoder, SegmentationHead, StyleVAE, VisualDisentangler
 
@@ -38,6 +41,12 @@ __all__ = [
     "SegmentationHead",
     "StyleVAE",
     "TextDisentangler",
+    "DiTDenoiser",
+    "HybridFeatureFusion",
+    "VGMedGen",
+    "load_pixart",
+    "tiny_generator",
+    "tiny_pixart",
     "VisualDisentangler",
     "ClipTowerTextStates",
     "ConditionedDiffusionModel",

@@ -16,7 +16,15 @@ from bundle.errors import InputError
 from bundle.utils.bundle_files import common_settings
 from tests.helpers.paths import CONFIGS, REPO
 
-STANDALONE = ["train_msc.json", "train.json", "inference.json", "mask_preview.json", "classify.json", "segment.json"]
+STANDALONE = [
+    "train_msc.json",
+    "train.json",
+    "inference.json",
+    "mask_preview.json",
+    "classify.json",
+    "segment.json",
+    "vgmedgen_train.json",
+]
 OVERRIDES = [
     ["train_msc.json", "sd15_train_msc.json"],
     ["train.json", "sd15_train.json"],
@@ -33,6 +41,7 @@ PREPROCESSING = {
     "mask_preview.json": "preprocessing",
     "classify.json": "train#preprocessing",
     "segment.json": "preprocessing",
+    "vgmedgen_train.json": "train#preprocessing",
 }
 
 

@@ -103,7 +103,14 @@ def test_a_base_config_imports_what_its_expressions_name():
     path is an attribute chain from ``bundle`` when MONAI evaluates a ``$`` expression), e.g. through the package
     ``__init__`` that imports its modules."""
     paths = named_paths()
-    for config in ("train_msc.json", "train.json", "inference.json", "mask_preview.json", "classify.json"):
+    for config in (
+        "train_msc.json",
+        "train.json",
+        "inference.json",
+        "mask_preview.json",
+        "classify.json",
+        "vgmedgen_train.json",
+    ):
         imported = {
             line.split()[1]
             for line in json.loads((CONFIGS / config).read_text())["imports"]

@@ -1,0 +1,162 @@
+"""VG-MedGen's generator (stage G): prompt -> frozen text encoder -> frozen text disentangler (t_a, t_s) -> hybrid
+feature fusion with the prompt's token states -> DiT.
+
+The model is a :class:`bundle.networks.conditions.ConditionedDiffusionModel` whose condition groups are the
+prompt's features, ``"anatomy"`` ``(B, a)``, ``"style"`` ``(B, s)`` and (when fused) its token states
+``"text_states"`` ``(B, L, D)``; the trainer drops them together (classifier-free guidance needs the whole prompt
+absent). The conditions are frozen
+features; the fusion, which trains, runs in :meth:`VGMedGen.forward`, so condition dropout and guidance replace its
+inputs, and the null prompt (zero vectors, the empty text's token states) is one the fusion learns to read.
+As the paper says, the DiT is conditioned on the *text*-disentangled features in training and generation; the
+visual features only supervise the text disentangler (stage T).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from bundle.errors import check_state_dict
+from bundle.networks.conditions import Conditions
+from bundle.networks.diffusion_space import LatentSpace, PixelSpace
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.networks.vgmedgen_dit import DiTDenoiser, tiny_pixart
+from bundle.networks.vgmedgen_fusion import HybridFeatureFusion
+from bundle.networks.vgmedgen_text import TextDisentangler
+from bundle.networks.weight_files import read_safetensors
+
+CONDITION_KEYS = ("anatomy", "style", "text_states")
+GENERATOR_FILE = "vgmedgen_generator.safetensors"
+
+
+class VGMedGen(nn.Module):
+    """The text encoder and disentangler (frozen), the fusion and the DiT (trainable as ``denoiser.trainable``).
+
+    Args:
+        text_encoder: frozen text encoder with ``encode_text`` (pooled ``(B, E)``) and ``text_states``
+            (``(B, L, D)``), e.g. :class:`MedicalClipEncoder`.
+        disentangler: the stage-T :class:`TextDisentangler` on ``encode_text``'s features (frozen here).
+        fusion: :class:`HybridFeatureFusion` of width ``denoiser.caption_channels``.
+        denoiser: :class:`DiTDenoiser`.
+        space: :class:`PixelSpace` (tiny) or :class:`LatentSpace`.
+    """
+
+    def __init__(
+        self,
+        text_encoder: MedicalClipEncoder,
+        disentangler: TextDisentangler,
+        fusion: HybridFeatureFusion,
+        denoiser: DiTDenoiser,
+        space: PixelSpace | LatentSpace,
+    ) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.disentangler = disentangler.eval().requires_grad_(False)
+        self.fusion = fusion
+        self.denoiser = denoiser
+        self.space = space
+        self.uses_text_states = fusion.text is not None
+        self.condition_groups = CONDITION_KEYS if self.uses_text_states else CONDITION_KEYS[:2]
+        self._null: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def train(self, mode: bool = True) -> VGMedGen:
+        super().train(mode)
+        self.disentangler.eval()
+        return self
+
+    @torch.no_grad()
+    def conditions(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The prompt's frozen features: ``"anatomy"`` t_a, ``"style"`` t_s and (when fused) ``"text_states"``."""
+        missing = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+        if missing:
+            raise ValueError(f"every item needs a text; items {missing} have none")
+        anatomy, style, _ = self.disentangler(self.text_encoder.encode_text(list(texts)))
+        conditions = {"anatomy": anatomy, "style": style}
+        if self.uses_text_states:
+            conditions["text_states"] = self.text_encoder.text_states(list(texts))
+        return conditions
+
+    @torch.no_grad()
+    def null_conditions(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """The absent prompt: zero anatomy and style vectors and the empty text's token states."""
+        device = next(self.denoiser.parameters()).device
+        if device not in self._null:
+            null = {"anatomy": torch.zeros(1, self.fusion.anatomy_dim), "style": torch.zeros(1, self.fusion.style_dim)}
+            if self.uses_text_states:
+                null["text_states"] = self.text_encoder.text_states([""])
+            self._null[device] = {key: value.to(device) for key, value in null.items()}
+        return {key: value.expand(batch_size, *value.shape[1:]) for key, value in self._null[device].items()}
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, conditions: Conditions) -> torch.Tensor:
+        """Predicted noise ``(B, C, h, w)`` of ``latents`` given :meth:`conditions` (or null ones)."""
+        tokens = self.fusion(conditions["anatomy"], conditions["style"], conditions.get("text_states"))
+        return self.denoiser(latents, timesteps, tokens)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the DiT's activations in the backward pass (the trainer's ``gradient_checkpointing``)."""
+        self.denoiser.transformer.enable_gradient_checkpointing()
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """What stage G trains: the fusion, and the whole DiT (``trainable="full"``) or its LoRA tensors."""
+        full = self.denoiser.trainable == "full"
+        return {
+            name: tensor.detach().cpu().contiguous()
+            for name, tensor in self.state_dict().items()
+            if name.startswith("fusion.") or (name.startswith("denoiser.") and (full or "lora_" in name))
+        }
+
+    def save_trained(self, path: str | os.PathLike) -> None:
+        """Write :meth:`trained_state_dict` with its settings (fusion mode, text tokens, trainable, LoRA rank)."""
+        settings = {
+            "fusion_mode": self.fusion.mode,
+            "fuse_text_states": self.uses_text_states,
+            "trainable": self.denoiser.trainable,
+            "lora_rank": self.denoiser.lora_rank,
+        }
+        save_file(self.trained_state_dict(), str(path), metadata={"vgmedgen": json.dumps(settings)})
+
+    def load_trained(self, path: str | os.PathLike) -> None:
+        """Load a file of :meth:`save_trained`; one of another layout (fusion mode, LoRA or not, sizes) is refused
+        by name."""
+        tensors = read_safetensors(path)
+        check_state_dict(path, tensors, self.trained_state_dict(), "VG-MedGen generator")
+        self.load_state_dict(tensors, strict=False)
+
+
+def tiny_generator(
+    spatial_size: int = 48,
+    text_encoder: MedicalClipEncoder | None = None,
+    disentangler: TextDisentangler | None = None,
+    fusion_mode: str = "hffm",
+    fuse_text_states: bool = True,
+    anatomy_dim: int = 8,
+    style_dim: int = 8,
+    num_layers: int = 6,
+    trainable: str = "full",
+    lora_rank: int = 8,
+    seed: int = 0,
+) -> VGMedGen:
+    """The ``tiny`` profile: pixel space, a small random PixArt (width 96), the small CLIP's text tower.
+
+    ``disentangler`` None builds an untrained one (seeded; stage T's weights are loaded by the caller when it has
+    them). ``fusion_mode``: see :class:`HybridFeatureFusion`; ``trainable``, ``lora_rank``: see :class:`DiTDenoiser`.
+    """
+    text_encoder = text_encoder or MedicalClipEncoder.tiny(seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        disentangler = disentangler or TextDisentangler(text_encoder.embed_dim, anatomy_dim, style_dim)
+        transformer = tiny_pixart(spatial_size, PixelSpace.channels, num_layers=num_layers, seed=seed)
+        fusion = HybridFeatureFusion(
+            anatomy_dim,
+            style_dim,
+            transformer.config.caption_channels,
+            mode=fusion_mode,
+            text_dim=text_encoder.text_state_dim if fuse_text_states else None,
+        )
+        denoiser = DiTDenoiser(transformer, trainable, lora_rank)  # LoRA's random init last: same fusion either way
+    return VGMedGen(text_encoder, disentangler, fusion, denoiser, PixelSpace())
