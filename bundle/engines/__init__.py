@@ -3,6 +3,7 @@ stage 2 (the guided UNet), the synthesis evaluator, and the case-by-case synthes
 
 from bundle.engines.diffusion_trainer import DiffusionTrainer
 from bundle.engines.guided_diffusion_trainer import GuidedDiffusionTrainer, medsoft_condition_dropout
+from bundle.engines.inpainting_trainer import InpaintingDiffusionTrainer, RandomHostMasks
 from bundle.engines.semantic_controller_trainer import SemanticControllerEvaluator, SemanticControllerTrainer
 from bundle.engines.synthesis_evaluator import SynthesisEvaluator
 from bundle.engines.synthesis_job import CaseByCaseEvaluator, DiffusionPredictor, KeyPredictor, SynthesisJob, case_seed
@@ -10,6 +11,8 @@ from bundle.engines.trainable import require_gradients, trainable_parameters
 from bundle.engines.utils import batch_to_device, unwrap
 
 __all__ = [
+    "RandomHostMasks",
+    "InpaintingDiffusionTrainer",
     "CaseByCaseEvaluator",
     "DiffusionPredictor",
     "DiffusionTrainer",

@@ -2,11 +2,14 @@
 MedSoft-Diffusion's sampling of a lesion into the soft-masked region (a blend at every step), optionally with
 MedDiff-FT's dynamic guiding mask (the blended region scheduled over the steps)."""
 
-from bundle.inferers.guide_mask import GuideMaskSchedule
+from bundle.inferers.guide_mask import FirstGuideMasks, GuideMaskSchedule
+from bundle.inferers.guided_inpainting import GuidedInpaintingInferer
 from bundle.inferers.guided_sampler import GuidedSampler, noise_like, seeded_generators
 from bundle.inferers.soft_mask_inpainting import SoftMaskBlend, SoftMaskInpaintingInferer
 
 __all__ = [
+    "FirstGuideMasks",
+    "GuidedInpaintingInferer",
     "GuideMaskSchedule",
     "GuidedSampler",
     "SoftMaskBlend",

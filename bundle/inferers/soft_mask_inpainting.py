@@ -31,6 +31,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from bundle.inferers.guide_mask import GuideMaskSchedule
 from bundle.inferers.guided_sampler import GuidedSampler, noise_like
+from bundle.networks.conditions import Conditions
 from bundle.networks.medsoft_diffusion import MedSoftDiffusion
 
 
@@ -92,6 +93,18 @@ class SoftMaskInpaintingInferer(GuidedSampler):
         """The per-step hook of one call."""
         return SoftMaskBlend(self.scheduler, known, mask, generators)
 
+    def model_conditions(
+        self,
+        network: MedSoftDiffusion,
+        texts: Sequence[str],
+        inputs: torch.Tensor,
+        soft_mask: torch.Tensor,
+        guides: Sequence[torch.Tensor] | None,
+    ) -> Conditions:
+        """The model's conditions of one call: MedSoft-Diffusion's text and MSC of ``I_m`` (with or without a guide
+        schedule)."""
+        return network.conditions(texts, inputs * (1.0 - soft_mask))
+
     @torch.no_grad()
     def __call__(
         self,
@@ -120,11 +133,11 @@ class SoftMaskInpaintingInferer(GuidedSampler):
         if len(texts) != batch:
             raise ValueError(f"{len(texts)} texts for {batch} images")
         generators = self.generators(batch, seeds)
-        conditions = network.conditions(texts, inputs * (1.0 - soft_mask))
         known = network.space.encode(inputs)
         if self.guide_schedule is None:
             if lesion_mask is not None or host_mask is not None:
                 raise ValueError("lesion and host masks are only used with a guide_schedule, and this inferer has none")
+            guides = None
             region, mask = soft_mask, network.space.mask(soft_mask, known)
         else:
             if lesion_mask is None or host_mask is None:
@@ -132,6 +145,7 @@ class SoftMaskInpaintingInferer(GuidedSampler):
             self.scheduler.set_timesteps(self.num_inference_steps)
             guides = self.guide_schedule(lesion_mask, host_mask, pixel_mm, len(self.scheduler.timesteps))
             region, mask = guides[-1], [network.space.mask(guide, known) for guide in guides]
+        conditions = self.model_conditions(network, texts, inputs, soft_mask, guides)
         latents = self.sample(network, conditions, known, generators, self.blend(known, mask, generators))
         reconstruction_error = inputs - network.space.decode(known)  # 0 on the pixels, the VAE's error in latents
         result = (network.space.decode(latents) + reconstruction_error * (1.0 - region)).clamp(0.0, 1.0)

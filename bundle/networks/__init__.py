@@ -11,9 +11,11 @@ from bundle.networks.conditions import (
     concat_conditions,
     draw_condition_dropout,
     drop_conditions,
+    guidance_null_conditions,
 )
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.guided_unet import GuidedUNet, load_unet, tiny_unet, trainable_without_msc
+from bundle.networks.meddiffft_inpainting import InpaintingDiffusion, tiny_inpainting_model
 from bundle.networks.meddiffft_mask_generator import HierarchicalMaskSampler, LesionGeometry, LesionShapeModel
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import (
@@ -34,6 +36,9 @@ from bundle.networks.vgmedgen_text import TextDisentangler
 from bundle.networks.vgmedgen_visual import AnatomyEncoder, SegmentationHead, StyleVAE, VisualDisentangler
 
 __all__ = [
+    "guidance_null_conditions",
+    "tiny_inpainting_model",
+    "InpaintingDiffusion",
     "AnatomyEncoder",
     "SegmentationHead",
     "StyleVAE",
