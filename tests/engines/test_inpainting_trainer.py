@@ -11,6 +11,7 @@ from diffusers import DDPMScheduler
 from ignite.engine import Events
 
 from bundle.engines.inpainting_trainer import InpaintingDiffusionTrainer, RandomHostMasks
+from bundle.experiments.meddiffft_finetune import held_out_masked_loss
 from bundle.inferers.guide_mask import FirstGuideMasks, GuideMaskSchedule
 from bundle.losses.soft_masked_noise import SoftMaskedNoiseLoss
 from bundle.networks.meddiffft_inpainting import InpaintingDiffusion, tiny_inpainting_model
@@ -50,10 +51,14 @@ def toy_items(count: int, seed: int, lesion: bool) -> list[dict]:
     return [toy_item(generator, lesion) for _ in range(count)]
 
 
+def scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+
+
 def train(model: InpaintingDiffusion, items: list[dict], mask_source, steps: int, lr: float) -> list[float]:
     loader = torch.utils.data.DataLoader(items, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
     trainer = InpaintingDiffusionTrainer(
-        DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False),
+        scheduler(),
         mask_source,
         device=torch.device("cpu"),
         max_epochs=-(-steps // len(loader)),
@@ -69,23 +74,6 @@ def train(model: InpaintingDiffusion, items: list[dict], mask_source, steps: int
     )
     trainer.run()
     return losses
-
-
-@torch.no_grad()
-def masked_loss(model: InpaintingDiffusion, items: list[dict], masks: torch.Tensor) -> float:
-    """The noise loss inside the masks at fixed noise and timesteps (t in [100, 900))."""
-    generator = torch.Generator().manual_seed(7)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
-    images = torch.stack([item["image"] for item in items])
-    losses = []
-    for _ in range(4):
-        noise = torch.randn(images.shape, generator=generator)
-        timesteps = torch.randint(100, 900, (len(items),), generator=generator)
-        latents = model.space.encode(images)
-        conditions = model.conditions([item["text"] for item in items], images, masks)
-        predicted = model(scheduler.add_noise(latents, noise, timesteps), timesteps, conditions)
-        losses.append(float(SoftMaskedNoiseLoss()(predicted, noise, masks)))
-    return sum(losses) / len(losses)
 
 
 def test_random_host_masks_lie_inside_the_host_and_vary():
@@ -115,7 +103,9 @@ def test_a_short_fine_tune_lowers_the_masked_loss_on_held_out_lesions(one_torch_
     held_out = toy_items(16, seed=4, lesion=True)
     batch = torch.utils.data.default_collate(held_out)
     masks = FirstGuideMasks(schedule)(batch)
-    before, after = masked_loss(stand_in, held_out, masks), masked_loss(model, held_out, masks)
+    before, after = (
+        held_out_masked_loss(net, batch["image"], batch["text"], masks, scheduler()) for net in (stand_in, model)
+    )
     print(
         f"pretrain loss {sum(pretrain[:10]) / 10:.3f} -> {sum(pretrain[-10:]) / 10:.3f}, fine-tune "
         f"{sum(finetune[:5]) / 5:.3f} -> {sum(finetune[-5:]) / 5:.3f} ({time.perf_counter() - start:.0f} s); held-out "
