@@ -1,5 +1,6 @@
 """MONAI trainers and evaluators: the diffusion trainer every conditioned diffusion model shares, stage 1 (the MSC),
-stage 2 (the guided UNet), the synthesis evaluator, and the case-by-case synthesis job the inference config runs."""
+stage 2 (the guided UNet), MedDiff-FT's inpainting trainer with its random host masks, the synthesis evaluator,
+and the case-by-case synthesis job the inference config runs."""
 
 from bundle.engines.diffusion_trainer import DiffusionTrainer
 from bundle.engines.guided_diffusion_trainer import GuidedDiffusionTrainer, medsoft_condition_dropout

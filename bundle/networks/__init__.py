@@ -1,7 +1,8 @@
 """MedSoft-Diffusion's networks: the conditions interface of a conditioned diffusion model, the frozen medical CLIP,
 the Medical Semantic Controller (MSC), the text condition, the guided UNet (decoupled cross-attention for e_MSC),
 the diffusion space, the whole model with its profiles and saved form, the speed options, the downstream
-experiment's slice classifier, MedDiff-FT's lesion-mask generator (a shape DDPM with hierarchical randomness) and
+experiment's slice classifier, MedDiff-FT's inpainting model and lesion-mask generator (a shape DDPM with
+hierarchical randomness) and
 VG-MedGen's visual (anatomy / style) and text disentanglement."""
 
 from bundle.networks.conditions import (
