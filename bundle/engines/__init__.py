@@ -1,9 +1,10 @@
 """MONAI trainers and evaluators: the diffusion trainer every conditioned diffusion model shares, stage 1 (the MSC),
-stage 2 (the guided UNet), VG-MedGen's stage G (fusion + DiT), the synthesis evaluator, and the case-by-case
-synthesis job the inference config runs."""
+stage 2 (the guided UNet), VG-MedGen's stage G (fusion + DiT), MedDiff-FT's inpainting trainer with its random
+host masks, the synthesis evaluator, and the case-by-case synthesis job the inference config runs."""
 
 from bundle.engines.diffusion_trainer import DiffusionTrainer
 from bundle.engines.guided_diffusion_trainer import GuidedDiffusionTrainer, medsoft_condition_dropout
+from bundle.engines.inpainting_trainer import InpaintingDiffusionTrainer, RandomHostMasks
 from bundle.engines.semantic_controller_trainer import SemanticControllerEvaluator, SemanticControllerTrainer
 from bundle.engines.synthesis_evaluator import SynthesisEvaluator
 from bundle.engines.synthesis_job import CaseByCaseEvaluator, DiffusionPredictor, KeyPredictor, SynthesisJob, case_seed
@@ -12,6 +13,8 @@ from bundle.engines.utils import batch_to_device, unwrap
 from bundle.engines.vgmedgen_trainer import VGMedGenTrainer
 
 __all__ = [
+    "RandomHostMasks",
+    "InpaintingDiffusionTrainer",
     "CaseByCaseEvaluator",
     "DiffusionPredictor",
     "DiffusionTrainer",

@@ -19,7 +19,7 @@ a guide never grows from one step to the next, and never leaves the host.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -109,3 +109,35 @@ class GuideMaskSchedule:
             ]
             guides.append(torch.stack(grown) * host)
         return guides
+
+    def first_guide(
+        self, lesion_mask: torch.Tensor, host_mask: torch.Tensor, pixel_mm: float | Sequence[float]
+    ) -> torch.Tensor:
+        """The guide of a run's first step (the largest), ``(B, 1, H, W)``: see :meth:`__call__`."""
+        return self(lesion_mask, host_mask, pixel_mm, num_steps=2)[0]
+
+
+class FirstGuideMasks:
+    """A batch's inpainting masks for fine-tuning an inpainting model: each lesion's first guiding mask (the lesion
+    dilated by r_max, inside its host), the region the sampler first lets the model change.
+
+    Args:
+        schedule: the guide schedule the sampler uses.
+        lesion_key, host_key: the batch's lesion masks and host masks ``(B, 1, H, W)``; ``pixel_mm`` ``(B, 2)``.
+    """
+
+    def __init__(
+        self, schedule: GuideMaskSchedule, lesion_key: str = "lesion_mask", host_key: str = "soft_mask"
+    ) -> None:
+        self.schedule, self.lesion_key, self.host_key = schedule, lesion_key, host_key
+
+    def __call__(self, batch: Mapping) -> torch.Tensor:
+        """The masks ``(B, 1, H, W)``; all zeros for an item whose lesion has no pixel inside its host (a small
+        lesion can vanish on the model grid), which the trainer leaves out."""
+        lesion, host = (batch[self.lesion_key].cpu() > 0.5).float(), (batch[self.host_key].cpu() > 0.5).float()
+        masks = torch.zeros_like(lesion)
+        inside = (lesion * host).flatten(1).any(dim=1)
+        if inside.any():
+            pixel_mm = [float(size.mean()) for size, used in zip(batch["pixel_mm"], inside, strict=True) if used]
+            masks[inside] = self.schedule.first_guide(lesion[inside], host[inside], pixel_mm)
+        return masks

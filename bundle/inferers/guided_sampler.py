@@ -17,7 +17,12 @@ from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from monai.inferers import Inferer
 
-from bundle.networks.conditions import ConditionedDiffusionModel, Conditions, concat_conditions
+from bundle.networks.conditions import (
+    ConditionedDiffusionModel,
+    Conditions,
+    concat_conditions,
+    guidance_null_conditions,
+)
 from bundle.utils.precision import autocast, autocast_dtype
 
 StepHook = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
@@ -88,7 +93,8 @@ class GuidedSampler(Inferer):
         guidance_conditions: Conditions,
     ) -> torch.Tensor:
         """``eps_u + w (eps_c - eps_u)``, the two branches in one batch; ``guidance_conditions`` is
-        ``concat_conditions(null_conditions, conditions)`` (joined once per sampling, not per step)."""
+        ``concat_conditions(null, conditions)`` (joined once per sampling, not per step; groups the model never
+        drops are the same in both branches)."""
         batch = latents.shape[0]
         with autocast(self.precision, latents.device):
             noise = network(torch.cat([latents, latents]), timestep.expand(2 * batch), guidance_conditions)
@@ -114,7 +120,8 @@ class GuidedSampler(Inferer):
         shape) the reverse process starts from ``start`` noised to the ``strength`` fraction of the steps and runs
         only those steps (SDEdit; ``strength`` 1 starts from pure noise, as without ``start``).
         """
-        guidance_conditions = concat_conditions(network.null_conditions(like.shape[0]), conditions)
+        null = guidance_null_conditions(network.null_conditions(like.shape[0]), conditions)
+        guidance_conditions = concat_conditions(null, conditions)
         self.scheduler.set_timesteps(self.num_inference_steps, device=like.device)
         timesteps = self.scheduler.timesteps
         if start is None or strength >= 1.0:

@@ -31,6 +31,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from bundle.inferers.guide_mask import GuideMaskSchedule
 from bundle.inferers.guided_sampler import GuidedSampler, noise_like
+from bundle.networks.conditions import Conditions
 from bundle.networks.medsoft_diffusion import MedSoftDiffusion
 
 
@@ -93,6 +94,18 @@ class SoftMaskInpaintingInferer(GuidedSampler):
         """The per-step hook of one call."""
         return SoftMaskBlend(self.scheduler, known, mask, generators)
 
+    def model_conditions(
+        self,
+        network: MedSoftDiffusion,
+        texts: Sequence[str],
+        inputs: torch.Tensor,
+        soft_mask: torch.Tensor,
+        guides: Sequence[torch.Tensor] | None,
+    ) -> Conditions:
+        """The model's conditions of one call: MedSoft-Diffusion's text and MSC of ``I_m`` (with or without a guide
+        schedule)."""
+        return network.conditions(texts, inputs * (1.0 - soft_mask))
+
     @torch.no_grad()
     def inpaint(
         self,
@@ -119,11 +132,11 @@ class SoftMaskInpaintingInferer(GuidedSampler):
         if len(texts) != batch:
             raise ValueError(f"{len(texts)} texts for {batch} images")
         generators = self.generators(batch, seeds)
-        conditions = network.conditions(texts, inputs * (1.0 - soft_mask))
         known = network.space.encode(inputs)
         if self.guide_schedule is None:
             if lesion_mask is not None or host_mask is not None:
                 raise ValueError("lesion and host masks are only used with a guide_schedule, and this inferer has none")
+            guides = None
             region, mask = soft_mask, network.space.mask(soft_mask, known)
         else:
             if lesion_mask is None or host_mask is None:
@@ -131,6 +144,7 @@ class SoftMaskInpaintingInferer(GuidedSampler):
             self.scheduler.set_timesteps(self.num_inference_steps)
             guides = self.guide_schedule(lesion_mask, host_mask, pixel_mm, len(self.scheduler.timesteps))
             region, mask = guides[-1], [network.space.mask(guide, known) for guide in guides]
+        conditions = self.model_conditions(network, texts, inputs, soft_mask, guides)
         blend, unblended = self.blend(known, mask, generators), []
 
         def keep_unblended(latents: torch.Tensor, index: int, timesteps: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """MedSoft-Diffusion's networks: the conditions interface of a conditioned diffusion model, the frozen medical CLIP,
 the Medical Semantic Controller (MSC), the text condition, the guided UNet (decoupled cross-attention for e_MSC),
 the diffusion space, the whole model with its profiles and saved form, the speed options, the downstream
-experiment's slice classifier, MedDiff-FT's lesion-mask generator (a shape DDPM with hierarchical randomness) and
-VG-MedGen's visual (anatomy / style) and text disentanglement, hybrid feature fusion, PixArt DiT and generator."""
+experiment's slice classifier, MedDiff-FT's inpainting model and lesion-mask generator (a shape DDPM with
+hierarchical randomness) and VG-MedGen's visual (anatomy / style) and text disentanglement, hybrid feature fusion,
+PixArt DiT and generator."""
 
 from bundle.networks.conditions import (
     ConditionedDiffusionModel,
@@ -11,9 +12,11 @@ from bundle.networks.conditions import (
     concat_conditions,
     draw_condition_dropout,
     drop_conditions,
+    guidance_null_conditions,
 )
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.guided_unet import GuidedUNet, load_unet, tiny_unet, trainable_without_msc
+from bundle.networks.meddiffft_inpainting import InpaintingDiffusion, tiny_inpainting_model
 from bundle.networks.meddiffft_mask_generator import HierarchicalMaskSampler, LesionGeometry, LesionShapeModel
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import (
@@ -37,6 +40,9 @@ from bundle.networks.vgmedgen_text import TextDisentangler
 from bundle.networks.vgmedgen_visual import AnatomyEncoder, SegmentationHead, StyleVAE, VisualDisentangler
 
 __all__ = [
+    "guidance_null_conditions",
+    "tiny_inpainting_model",
+    "InpaintingDiffusion",
     "AnatomyEncoder",
     "SegmentationHead",
     "StyleVAE",

@@ -25,8 +25,10 @@ GROUP_SEPARATOR = "+"
 class ConditionedDiffusionModel(Protocol):
     """What the diffusion trainer and the guided sampler need of a model.
 
-    ``condition_groups`` names the groups ``null_conditions`` (and the model's own way of computing conditions for
-    a batch) give; ``forward`` predicts the noise of ``latents`` ``(B, C, h, w)`` at ``timesteps`` ``(B,)``.
+    ``condition_groups`` names the groups ``null_conditions`` gives: those condition dropout and classifier-free
+    guidance can drop. A model's conditions may hold further groups that are never dropped (an inpainting model's
+    mask and masked image): both branches of guidance see them as they are (:func:`guidance_null_conditions`).
+    ``forward`` predicts the noise of ``latents`` ``(B, C, h, w)`` at ``timesteps`` ``(B,)``.
     """
 
     condition_groups: tuple[str, ...]
@@ -42,6 +44,12 @@ def concat_conditions(*parts: Conditions) -> dict[str, torch.Tensor]:
     if any(list(part) != names for part in parts[1:]):
         raise ValueError(f"conditions of different groups cannot be joined: {[list(part) for part in parts]}")
     return {name: torch.cat([part[name] for part in parts]) for name in names}
+
+
+def guidance_null_conditions(null_conditions: Conditions, conditions: Conditions) -> dict[str, torch.Tensor]:
+    """The unconditional branch of ``conditions``: the null condition of each group ``null_conditions`` has, the
+    batch's own value of the others (groups that are never dropped, such as an inpainting mask)."""
+    return {name: null_conditions.get(name, value) for name, value in conditions.items()}
 
 
 def check_condition_dropout(rates: Mapping[str, float], groups: tuple[str, ...]) -> dict[str, tuple[str, ...]]:

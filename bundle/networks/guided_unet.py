@@ -45,8 +45,11 @@ def tiny_unet(
     layers_per_block: int = 1,
     norm_num_groups: int = 8,
     seed: int = 0,
+    out_channels: int | None = None,
 ) -> UNet2DConditionModel:
     """A small random-initialised ``UNet2DConditionModel`` of SD 1.5's block layout (the ``tiny`` profile).
+
+    ``out_channels`` defaults to ``in_channels`` (an inpainting UNet has more inputs than outputs).
 
     The full-resolution level has no attention (as SD 1.5's would be too slow on a CPU at 64 px); every lower
     level and the middle block have cross-attention. Initialisation is deterministic given ``seed``.
@@ -57,7 +60,7 @@ def tiny_unet(
         return UNet2DConditionModel(
             sample_size=sample_size,
             in_channels=in_channels,
-            out_channels=in_channels,
+            out_channels=in_channels if out_channels is None else out_channels,
             block_out_channels=tuple(block_out_channels),
             layers_per_block=layers_per_block,
             down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),

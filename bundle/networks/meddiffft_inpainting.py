@@ -1,0 +1,110 @@
+"""MedDiff-FT's inpainting diffusion model: a UNet that sees the noisy image, the inpainting mask and the masked image.
+
+Stable Diffusion inpainting's layout: the UNet's input is ``cat([z_t, m, z_masked])`` along the channels, ``m`` the
+binary mask on z's grid (nearest neighbour, as diffusers' inpainting pipeline resizes it) and ``z_masked`` the
+diffusion variable of the image with the mask's inside set to 0 (``image * (mask < 0.5)``, as the release does). In
+latent space that is 4 + 1 + 4 = 9 channels (SD inpainting's UNet); the ``tiny`` profile diffuses on the pixels,
+1 + 1 + 1 = 3. The text condition C goes to the UNet's cross-attention.
+
+The model is a :class:`bundle.networks.conditions.ConditionedDiffusionModel` with the condition groups ``"text"``
+(droppable: its null value is the empty text's C) and ``"inpaint"`` (mask and masked image, never dropped: both
+branches of classifier-free guidance see them, as in diffusers).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from torch import nn
+
+from bundle.networks.conditions import Conditions
+from bundle.networks.diffusion_space import LatentSpace, PixelSpace
+from bundle.networks.guided_unet import load_unet, tiny_unet
+from bundle.networks.medical_clip import MedicalClipEncoder
+from bundle.networks.medsoft_diffusion import CLIP_FOLDER, UNET_FOLDER, require_folder
+from bundle.networks.text_states import ClipTowerTextStates
+
+
+class InpaintingDiffusion(nn.Module):
+    """An inpainting UNet (``in_channels`` = 2 x the space's channels + 1) with its text condition and space.
+
+    Args:
+        unet: the inpainting ``UNet2DConditionModel``; it trains in full.
+        text_states: texts -> the UNet's text condition C ``(B, L, D)`` (frozen).
+        space: :class:`PixelSpace` or :class:`LatentSpace`.
+    """
+
+    condition_groups = ("text",)
+
+    def __init__(self, unet: UNet2DConditionModel, text_states: nn.Module, space: PixelSpace | LatentSpace) -> None:
+        super().__init__()
+        channels = space.channels
+        if unet.config.in_channels != 2 * channels + 1 or unet.config.out_channels != channels:
+            raise ValueError(
+                f"an inpainting UNet in a space of {channels} channel(s) needs {2 * channels + 1} inputs and "
+                f"{channels} outputs, got {unet.config.in_channels} and {unet.config.out_channels}"
+            )
+        self.unet = unet
+        self.text_states = text_states.requires_grad_(False)
+        self.space = space
+
+    @torch.no_grad()
+    def conditions(self, texts: Sequence[str], images: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``"text"``: C ``(B, L, D)``; ``"inpaint"``: ``cat([m, z_masked])`` ``(B, 1 + C, h, w)`` of the images
+        ``(B, 1, H, W)`` in [0, 1] and their masks ``(B, 1, H, W)`` (above 0.5: the region to paint)."""
+        if len(texts) != images.shape[0]:
+            raise ValueError(f"{len(texts)} texts for {images.shape[0]} images")
+        inside = (mask > 0.5).to(images.dtype)
+        masked = self.space.encode(images * (1.0 - inside))
+        small = F.interpolate(inside, size=masked.shape[-2:], mode="nearest")
+        return {"text": self.text_states(list(texts)), "inpaint": torch.cat([small, masked], dim=1)}
+
+    @torch.no_grad()
+    def null_conditions(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """The dropped text: the empty text's C."""
+        return {"text": self.text_states([""]).expand(batch_size, -1, -1)}
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, conditions: Conditions) -> torch.Tensor:
+        """Predicted noise ``(B, C, h, w)`` for ``latents`` ``(B, C, h, w)`` given :meth:`conditions`."""
+        sample = torch.cat([latents, conditions["inpaint"].to(latents.dtype)], dim=1)
+        return self.unet(sample, timesteps, encoder_hidden_states=conditions["text"]).sample
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """The ``tiny`` model as a folder: ``unet/`` (diffusers) and ``clip/`` (the text tower's CLIP)."""
+        if not isinstance(self.text_states, ClipTowerTextStates):
+            raise ValueError("only the tiny profile's model (text from the medical CLIP's tower) saves as a folder")
+        folder = Path(folder)
+        self.unet.save_pretrained(folder / UNET_FOLDER, safe_serialization=True)
+        self.text_states.encoder.save_local_dir(folder / CLIP_FOLDER)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> InpaintingDiffusion:
+        """A model :meth:`save` wrote (e.g. the stand-in foundation, to fine-tune)."""
+        how = "train the stand-in foundation first (configs/meddiffft_pretrain.json)"
+        folder = require_folder(folder, (f"{UNET_FOLDER}/config.json", f"{CLIP_FOLDER}"), how)
+        clip_encoder = MedicalClipEncoder.from_local_dir(folder / CLIP_FOLDER)
+        return cls(load_unet(folder / UNET_FOLDER), ClipTowerTextStates(clip_encoder), PixelSpace())
+
+
+def tiny_inpainting_model(
+    spatial_size: int = 48,
+    clip_encoder: MedicalClipEncoder | None = None,
+    unet_channels: Sequence[int] = (32, 64, 64),
+    seed: int = 0,
+) -> InpaintingDiffusion:
+    """The ``tiny`` profile: pixel space, a random 3-channel-input UNet, C from the small medical CLIP's text tower."""
+    clip_encoder = clip_encoder or MedicalClipEncoder.tiny(seed=seed)
+    unet = tiny_unet(
+        sample_size=spatial_size,
+        in_channels=2 * PixelSpace.channels + 1,
+        out_channels=PixelSpace.channels,
+        block_out_channels=unet_channels,
+        cross_attention_dim=clip_encoder.text_state_dim,
+        seed=seed,
+    )
+    return InpaintingDiffusion(unet, ClipTowerTextStates(clip_encoder), PixelSpace())

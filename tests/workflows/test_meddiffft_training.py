@@ -1,0 +1,67 @@
+"""MedDiff-FT's training configs run as MONAI workflows: the stand-in foundation on normal slices, then the
+fine-tuning override on K lesion cases from it (and the ablation from a random UNet), each leaving a model folder
+that loads; fine-tuning starts from the stand-in's weights, its ablation from a random UNet."""
+
+from __future__ import annotations
+
+import torch
+from monai.bundle import ConfigParser
+
+from bundle.networks.meddiffft_inpainting import InpaintingDiffusion, tiny_inpainting_model
+from tests.helpers.paths import CONFIGS, REPO
+from tests.helpers.workflows import run_workflow
+
+SMALL = {"spatial_size": 32, "batch_size": 4, "slices_per_case": 1, "unet_channels": [16, 32], "max_epochs": 1}
+
+
+def test_pretrain_then_fine_tune_from_the_configs(demo_data, tmp_path, one_torch_thread):
+    models = tmp_path / "models"
+    common = {"dataset_dir": str(demo_data), "models_dir": str(models), **SMALL}
+    pretrain = run_workflow(["meddiffft_pretrain.json"], "train", output_dir=str(tmp_path / "pre"), **common)
+    cases = pretrain.parser.get_parsed_content("training_cases")
+    assert cases and all(entry["label"] == "normal" for entry in cases)
+    stand_in = InpaintingDiffusion.load(models / "meddiffft_foundation")
+    finetune = run_workflow(
+        ["meddiffft_pretrain.json", "meddiffft_finetune.json"],
+        "train",
+        output_dir=str(tmp_path / "ft"),
+        real_lesion_cases=2,
+        **common,
+    )
+    cases = finetune.parser.get_parsed_content("training_cases")
+    assert len(cases) == 2 and all(entry["label"] != "normal" for entry in cases)
+    assert finetune.parser.get_parsed_content("train#trainer").state.iteration > 0
+    tuned = InpaintingDiffusion.load(models / "meddiffft")
+    before, after = stand_in.unet.state_dict(), tuned.unet.state_dict()
+    assert max(float((after[name] - before[name]).abs().max()) for name in before) > 0  # it trained
+    assert torch.equal(tuned.text_states(["x"]), stand_in.text_states(["x"]))
+    ablation = run_workflow(
+        ["meddiffft_pretrain.json", "meddiffft_finetune.json", "meddiffft_ablation_no_foundation.json"],
+        "train",
+        output_dir=str(tmp_path / "nf"),
+        real_lesion_cases=2,
+        **common,
+    )
+    assert (models / "meddiffft_no_foundation" / "unet" / "config.json").is_file()
+    assert ablation.parser.get_parsed_content("training_cases") == cases
+
+
+def starting_weights(config_files: list[str], models: str) -> dict[str, torch.Tensor]:
+    """The UNet weights a fine-tuning config starts from (its ``network_def`` before training)."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / name) for name in config_files])
+    parser.update({"bundle_root": str(REPO), "models_dir": models, **SMALL})
+    return parser.get_parsed_content("network_def").unet.state_dict()
+
+
+def test_fine_tuning_starts_from_the_stand_in_and_its_ablation_from_a_random_unet(tmp_path):
+    stand_in = tiny_inpainting_model(32, unet_channels=(16, 32), seed=3)
+    stand_in.save(tmp_path / "meddiffft_foundation")
+    loaded = starting_weights(["meddiffft_pretrain.json", "meddiffft_finetune.json"], str(tmp_path))
+    assert all(torch.equal(loaded[name], value) for name, value in stand_in.unet.state_dict().items())
+    scratch = starting_weights(
+        ["meddiffft_pretrain.json", "meddiffft_finetune.json", "meddiffft_ablation_no_foundation.json"], str(tmp_path)
+    )
+    fresh = tiny_inpainting_model(32, unet_channels=(16, 32), seed=0).unet.state_dict()
+    assert all(torch.equal(scratch[name], value) for name, value in fresh.items())
+    assert not all(torch.equal(scratch[name], value) for name, value in stand_in.unet.state_dict().items())
