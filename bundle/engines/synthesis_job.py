@@ -189,8 +189,9 @@ class SynthesisJob:
             redone.
         checks: the warnings on each case (:class:`bundle.metrics.synthesis_checks.SynthesisChecks`: negligible
             change, change outside the mask, lesion against the text, rejected by the quality filter): in the case's
-            provenance record and report entry as ``"warnings"`` (each code, message, measured, threshold) and in
-            the log. The thresholds join ``details``, so a case checked with other thresholds is redone.
+            provenance record and report entry as ``"warnings"`` (each code, message, measured, threshold), with
+            the figures of every case as ``"checks"``, and in the log. The thresholds join ``details``, so a case
+            checked with other thresholds is redone.
     """
 
     def __init__(
@@ -233,7 +234,7 @@ class SynthesisJob:
             except ValueError as error:  # a label the filter does not know
                 raise InputError(case.get("case_id", case.get("image")), str(error)) from error
         if self.checks is not None:
-            judgement["warnings"] = self.checks(items, predictions, judgement.get("quality"))
+            judgement["checks"], judgement["warnings"] = self.checks(items, predictions, judgement.get("quality"))
         return {**self.writer(items, predictions, {**self.details, **judgement}), **judgement}
 
     def log_warnings(self, number: int, case_id: str, outputs: Mapping[str, object]) -> None:
@@ -278,7 +279,7 @@ class SynthesisJob:
             if self.quality_check is not None:
                 earlier["quality"] = record.get("quality")
             if self.checks is not None:
-                earlier["warnings"] = record.get("warnings", [])
+                earlier["checks"], earlier["warnings"] = record.get("checks"), record.get("warnings", [])
             self.skipped.append({"case_id": case_id, **earlier})
             self.log_warnings(number, case_id, earlier)
             logger.info(

@@ -17,7 +17,8 @@ scaled to [0, 1], so a change is a fraction of the input's intensity range) and 
   and a case where the lesion can be measured (``against_text``).
 * **rejected by the quality filter**: its decision ``passed`` is false (``quality_filter_rejected``).
 
-Each warning is ``{"code", "message", "measured", "threshold"}``, JSON-safe.
+Each warning is ``{"code", "message", "measured", "threshold"}``, JSON-safe; the figures of every case, warned or
+not, come with them (:meth:`SynthesisChecks.measure`).
 """
 
 from __future__ import annotations
@@ -112,44 +113,54 @@ class SynthesisChecks:
         verdict = adherence(measure, facts)["direction_ok"]
         return {"signal": facts.signal, "direction": measure.direction, "direction_ok": verdict}
 
-    def __call__(
-        self,
-        items: Sequence[Mapping],
-        predictions: Sequence[torch.Tensor],
-        quality: Mapping[str, object] | None = None,
-    ) -> list[dict[str, object]]:
-        """One case's warnings (an empty list when nothing is doubtful). ``quality``: the quality filter's
-        decision (:meth:`bundle.metrics.quality_filter.FeatureSpaceFilter.judge`), if it judged the case."""
-        found = []
-        changes = self.slice_changes(items, predictions)
+    def measure(self, items: Sequence[Mapping], predictions: Sequence[torch.Tensor]) -> dict[str, object]:
+        """One case's figures, JSON-safe: ``slice_changes`` (slice index -> in-mask change, judged slices only),
+        ``largest_change``, ``negligible_slices`` (their indices), ``negligible_slice_share``, ``outside_change``
+        and ``direction`` (:meth:`direction`, None where not measured); None where no slice is judged."""
         indices = [int(item.get("placement", {}).get("slice_index", n)) for n, item in enumerate(items)]
+        changes = self.slice_changes(items, predictions)
         judged = {index: change for index, change in zip(indices, changes, strict=True) if change is not None}
-        if judged:
-            largest = max(judged.values())
-            if largest < self.min_change:
-                found.append(
-                    warning(
-                        "negligible_change",
-                        f"the largest change inside the mask is {largest:.2%} of the intensity range "
-                        f"(threshold {self.min_change:.2%})",
-                        largest,
-                        self.min_change,
-                    )
+        negligible = sorted(index for index, change in judged.items() if change < self.min_change)
+        return {
+            "slice_changes": {str(index): change for index, change in judged.items()},
+            "largest_change": max(judged.values()) if judged else None,
+            "negligible_slices": negligible,
+            "negligible_slice_share": len(negligible) / len(judged) if judged else None,
+            "outside_change": self.outside_change(items, predictions),
+            "direction": self.direction(items, predictions),
+        }
+
+    def warnings(
+        self, measured: Mapping[str, object], quality: Mapping[str, object] | None = None
+    ) -> list[dict[str, object]]:
+        """The warnings of one case's :meth:`measure` (an empty list when nothing is doubtful). ``quality``: the
+        quality filter's decision (:meth:`bundle.metrics.quality_filter.FeatureSpaceFilter.judge`), if it judged
+        the case."""
+        found = []
+        largest, share = measured["largest_change"], measured["negligible_slice_share"]
+        if largest is not None and largest < self.min_change:
+            found.append(
+                warning(
+                    "negligible_change",
+                    f"the largest change inside the mask is {largest:.2%} of the intensity range "
+                    f"(threshold {self.min_change:.2%})",
+                    largest,
+                    self.min_change,
                 )
-            negligible = sorted(index for index, change in judged.items() if change < self.min_change)
-            share = len(negligible) / len(judged)
-            if share > self.max_negligible_slice_share:
-                found.append(
-                    warning(
-                        "negligible_slices",
-                        f"{len(negligible)} of {len(judged)} slices (slice indices {negligible}) changed by less "
-                        f"than {self.min_change:.2%} of the intensity range inside the mask: a share of {share:.0%} "
-                        f"(threshold {self.max_negligible_slice_share:.0%})",
-                        share,
-                        self.max_negligible_slice_share,
-                    )
+            )
+        if share is not None and share > self.max_negligible_slice_share:
+            negligible = measured["negligible_slices"]
+            found.append(
+                warning(
+                    "negligible_slices",
+                    f"{len(negligible)} of {len(measured['slice_changes'])} slices (slice indices {negligible}) "
+                    f"changed by less than {self.min_change:.2%} of the intensity range inside the mask: a share of "
+                    f"{share:.0%} (threshold {self.max_negligible_slice_share:.0%})",
+                    share,
+                    self.max_negligible_slice_share,
                 )
-        outside = self.outside_change(items, predictions)
+            )
+        outside = measured["outside_change"]
         if outside > self.max_outside_change:
             found.append(
                 warning(
@@ -160,7 +171,7 @@ class SynthesisChecks:
                     self.max_outside_change,
                 )
             )
-        verdict = self.direction(items, predictions)
+        verdict = measured["direction"]
         if verdict is not None and not verdict["direction_ok"]:
             wanted = DIRECTIONS[verdict["signal"]]
             found.append(
@@ -183,3 +194,13 @@ class SynthesisChecks:
                 )
             )
         return found
+
+    def __call__(
+        self,
+        items: Sequence[Mapping],
+        predictions: Sequence[torch.Tensor],
+        quality: Mapping[str, object] | None = None,
+    ) -> tuple[dict[str, object], list[dict[str, object]]]:
+        """One case's :meth:`measure` and its :meth:`warnings`."""
+        measured = self.measure(items, predictions)
+        return measured, self.warnings(measured, quality)

@@ -384,6 +384,8 @@ def test_a_negligible_change_is_marked_in_the_report_the_provenance_and_the_log(
     assert set(still["negligible_slices"]) == {"code", "message", "measured", "threshold"}
     record = json.loads(Path(written["still"]["provenance"]).read_text())
     assert record["warnings"] == written["still"]["warnings"]
+    assert record["checks"] == written["still"]["checks"] and written["still"]["checks"]["largest_change"] == 0.0
+    assert written["changed"]["checks"]["largest_change"] > 0.1  # I_m: the vertebra darkened to about 0
     assert record["synthesis_checks"] == SynthesisChecks().settings()
     on_disk = json.loads((output_dir / "report.json").read_text())
     assert on_disk["warnings"]["cases_warned"] == 1

@@ -37,19 +37,26 @@ def lesion(item: dict, contrast: float) -> torch.Tensor:
     return item["image"] + contrast * disc
 
 
+def warnings_of(items, predictions, quality=None) -> list[dict]:
+    return SynthesisChecks()(items, predictions, quality)[1]
+
+
 def codes(found: list[dict]) -> list[str]:
     return [w["code"] for w in found]
 
 
 def test_a_normal_lesion_gives_no_warning():
     items = case()
-    assert SynthesisChecks()(items, [lesion(i, 0.3) for i in items]) == []
+    measured, found = SynthesisChecks()(items, [lesion(i, 0.3) for i in items])
+    assert found == [] and measured["largest_change"] == pytest.approx(0.3, rel=1e-3)
+    assert measured["direction"] == {"signal": "hyperintense", "direction": 1, "direction_ok": True}
+    assert measured["outside_change"] == 0.0 and measured["negligible_slices"] == []
 
 
 def test_a_tiny_change_warns_per_case_and_per_slice_with_the_figure_and_the_threshold():
     items = case(slices=15)  # the real case: 3 of 15 slices changed by 0.2 % of the intensity range
     predictions = [lesion(i, 0.002 if k < 3 else 0.0) for k, i in enumerate(items)]
-    found = {w["code"]: w for w in SynthesisChecks()(items, predictions)}
+    found = {w["code"]: w for w in warnings_of(items, predictions)}
     assert {"negligible_change", "negligible_slices"} <= set(found)
     assert found["negligible_change"]["measured"] == pytest.approx(0.002, rel=1e-3)
     assert found["negligible_change"]["threshold"] == 0.01
@@ -61,8 +68,8 @@ def test_some_unchanged_slices_warn_only_beyond_the_allowed_share():
     items = case(slices=4)
     two_unchanged = [lesion(i, 0.3 if k < 2 else 0.0) for k, i in enumerate(items)]
     three_unchanged = [lesion(i, 0.3 if k < 1 else 0.0) for k, i in enumerate(items)]
-    assert codes(SynthesisChecks()(items, two_unchanged)) == []
-    found = SynthesisChecks()(items, three_unchanged)
+    assert codes(warnings_of(items, two_unchanged)) == []
+    found = warnings_of(items, three_unchanged)
     assert codes(found) == ["negligible_slices"] and found[0]["measured"] == 0.75
     assert "[11, 12, 13]" in found[0]["message"]
 
@@ -72,7 +79,7 @@ def test_a_change_outside_the_soft_mask_warns():
     predictions = [lesion(i, 0.3) for i in items]
     predictions[2] = predictions[2].clone()
     predictions[2][0, 2:6, 2:6] += 0.1  # a corner far beyond the blurred mask
-    found = SynthesisChecks()(items, predictions)
+    found = warnings_of(items, predictions)
     assert codes(found) == ["change_outside_mask"]
     assert found[0]["measured"] == pytest.approx(0.1, rel=1e-3) and found[0]["threshold"] == 0.05
 
@@ -80,18 +87,18 @@ def test_a_change_outside_the_soft_mask_warns():
 def test_a_lesion_against_the_text_warns_and_one_along_it_or_without_a_signal_does_not():
     items = case("a 12 mm hyperintense lesion in the central L3 vertebral body")
     darker = [lesion(i, -0.3) for i in items]
-    found = SynthesisChecks()(items, darker)
+    found = warnings_of(items, darker)
     assert codes(found) == ["against_text"] and found[0]["measured"] == -1 and found[0]["threshold"] == 1
     assert "hyperintense" in found[0]["message"] and "darker" in found[0]["message"]
     hypointense = case("a 12 mm hypointense lesion in the central L3 vertebral body")
-    assert SynthesisChecks()(hypointense, darker) == []
-    assert SynthesisChecks()(case("a lesion"), darker) == []
+    assert warnings_of(hypointense, darker) == []
+    assert warnings_of(case("a lesion"), darker) == []
 
 
 def test_a_rejected_case_warns_with_its_score_and_threshold():
     items = case()
     predictions = [lesion(i, 0.3) for i in items]
     rejected = {"score": 0.4, "threshold": 0.25, "passed": False}
-    found = SynthesisChecks()(items, predictions, rejected)
+    found = warnings_of(items, predictions, rejected)
     assert codes(found) == ["quality_filter_rejected"] and (found[0]["measured"], found[0]["threshold"]) == (0.4, 0.25)
-    assert SynthesisChecks()(items, predictions, {**rejected, "score": 0.1, "passed": True}) == []
+    assert warnings_of(items, predictions, {**rejected, "score": 0.1, "passed": True}) == []
