@@ -17,6 +17,7 @@ from monai.transforms import Compose
 from bundle.data.datalist import load_datalist
 from bundle.errors import InputError, describe_failure, find_input_error
 from bundle.metrics.quality_filter import QualityCheck
+from bundle.metrics.synthesis_checks import SynthesisChecks
 from bundle.utils.files import check_folder_writable, read_json_object, write_json_atomically
 
 if TYPE_CHECKING:  # the writer is io, a layer above the engines: the job only calls it
@@ -186,6 +187,11 @@ class SynthesisJob:
             record and its report entry as ``"quality"`` (score, threshold, passed); a case that fails is still
             written (and marked). The filter's identity joins ``details``, so a case judged by another filter is
             redone.
+        checks: the warnings on each case (:class:`bundle.metrics.synthesis_checks.SynthesisChecks`: negligible
+            change, change outside the mask, lesion against the text, rejected by the quality filter): in the case's
+            provenance record and report entry as ``"warnings"`` (each code, message, measured, threshold), with
+            the figures of every case as ``"checks"``, and in the log. The thresholds join ``details``, so a case
+            checked with other thresholds is redone.
     """
 
     def __init__(
@@ -199,6 +205,7 @@ class SynthesisJob:
         details: Mapping[str, object] | None = None,
         skip_completed: bool = True,
         quality_check: QualityCheck | None = None,
+        checks: SynthesisChecks | None = None,
     ) -> None:
         self.cases = load_datalist(cases, split) if isinstance(cases, (str, os.PathLike)) else list(cases)
         self.preprocessing = preprocessing
@@ -210,6 +217,9 @@ class SynthesisJob:
         self.quality_check = quality_check
         if quality_check is not None:
             self.details["quality_filter"] = quality_check.identity()
+        self.checks = checks
+        if checks is not None:
+            self.details["synthesis_checks"] = checks.settings()
 
     def run_case(self, case: Mapping) -> dict[str, object]:
         items = self.preprocessing(dict(case))
@@ -217,13 +227,19 @@ class SynthesisJob:
         self.writer.check_writable(items)  # before the expensive prediction
         with torch.no_grad():
             predictions = self.predictor(items)
-        if self.quality_check is None:
-            return self.writer(items, predictions, self.details)
-        try:
-            quality = self.quality_check(case.get("label"), predictions)
-        except ValueError as error:  # a label the filter does not know
-            raise InputError(case.get("case_id", case.get("image")), str(error)) from error
-        return {**self.writer(items, predictions, {**self.details, "quality": quality}), "quality": quality}
+        judgement = {}
+        if self.quality_check is not None:
+            try:
+                judgement["quality"] = self.quality_check(case.get("label"), predictions)
+            except ValueError as error:  # a label the filter does not know
+                raise InputError(case.get("case_id", case.get("image")), str(error)) from error
+        if self.checks is not None:
+            judgement["checks"], judgement["warnings"] = self.checks(items, predictions, judgement.get("quality"))
+        return {**self.writer(items, predictions, {**self.details, **judgement}), **judgement}
+
+    def log_warnings(self, number: int, case_id: str, outputs: Mapping[str, object]) -> None:
+        for found in outputs.get("warnings") or []:
+            logger.warning("[%d/%d] %s: %s: %s", number, len(self.cases), case_id, found["code"], found["message"])
 
     def start(self) -> None:
         """Check the output folders can be written to, remove an interrupted run's temporary files, find clashing
@@ -259,9 +275,13 @@ class SynthesisJob:
             return
         earlier = self.writer.completed(case, self.details) if self.skip_completed else None
         if earlier is not None:
+            record = read_json_object(earlier["provenance"], "the provenance record")
             if self.quality_check is not None:
-                earlier["quality"] = read_json_object(earlier["provenance"], "the provenance record").get("quality")
+                earlier["quality"] = record.get("quality")
+            if self.checks is not None:
+                earlier["checks"], earlier["warnings"] = record.get("checks"), record.get("warnings", [])
             self.skipped.append({"case_id": case_id, **earlier})
+            self.log_warnings(number, case_id, earlier)
             logger.info(
                 "[%d/%d] %s already written by an earlier run (%s): skipped",
                 number,
@@ -277,6 +297,7 @@ class SynthesisJob:
             self.fail(number, case, error)
             return
         self.written.append({"case_id": case_id, **outputs})
+        self.log_warnings(number, case_id, outputs)
         logger.info(
             "[%d/%d] %s -> %s (%.1f s)",
             number,
@@ -295,6 +316,13 @@ class SynthesisJob:
                 **self.details["quality_filter"],
                 "judged": len(judged),
                 "passed": sum(bool(q.get("passed")) for q in judged),
+            }
+        if self.checks is not None:
+            codes = [w["code"] for c in [*self.written, *self.skipped] for w in c.get("warnings") or []]
+            report["warnings"] = {
+                **self.checks.settings(),
+                "cases_warned": sum(bool(c.get("warnings")) for c in [*self.written, *self.skipped]),
+                "by_code": {code: codes.count(code) for code in sorted(set(codes))},
             }
         write_json_atomically(self.output_dir / "report.json", report)
         logger.info(

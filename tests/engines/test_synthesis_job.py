@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -21,10 +22,11 @@ from monai.transforms import Compose, Lambda
 
 import bundle.io.volume_writer
 import bundle.utils.files
-from bundle.engines.synthesis_job import DiffusionPredictor, SynthesisJob, case_seed
+from bundle.engines.synthesis_job import DiffusionPredictor, KeyPredictor, SynthesisJob, case_seed
 from bundle.errors import OutputError, describe_failure
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.metrics.quality_filter import FeatureSpaceFilter, QualityCheck
+from bundle.metrics.synthesis_checks import SynthesisChecks
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import tiny_model
 from bundle.transforms.soft_mask import GaussianBlurMM
@@ -345,6 +347,55 @@ def test_the_quality_decision_reaches_the_provenance_and_the_report_and_a_failed
     other = judged_job(entries[:2], tmp_path, output_dir, {"benign": 1.0, "malignant": 1.0}).run()
     assert sorted(w["case_id"] for w in other["written"]) == ["kept", "rejected"]  # another filter: judged again
     assert all(w["quality"]["passed"] for w in other["written"])
+
+
+# ------------------------------------------------------------------ the warnings on doubtful cases
+class StillOrMasked:
+    """The job's predictor: the input unchanged for case ``still`` (a negligible change), ``I_m`` for the others."""
+
+    def __call__(self, items):
+        key = "image" if items[0].get("case_id") == "still" else "masked_image"
+        return KeyPredictor(key)(items)
+
+
+def checked_job(entries, tmp_path, output_dir) -> SynthesisJob:
+    preview = make_job(entries, tmp_path / "list.json", output_dir)
+    return SynthesisJob(
+        preview.cases,
+        preview.preprocessing,
+        StillOrMasked(),
+        preview.writer,
+        output_dir,
+        details=preview.details,
+        checks=SynthesisChecks(),
+    )
+
+
+def test_a_negligible_change_is_marked_in_the_report_the_provenance_and_the_log(shared_data, tmp_path, caplog):
+    entries = [{**GOOD, "case_id": "still"}, {**GOOD, "case_id": "changed"}]
+    output_dir = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="bundle.engines.synthesis_job"):
+        report = checked_job(entries, tmp_path, output_dir).run()
+    written = {w["case_id"]: w for w in report["written"]}
+    assert written["changed"]["warnings"] == []
+    still = {w["code"]: w for w in written["still"]["warnings"]}
+    assert set(still) == {"negligible_change", "negligible_slices"}
+    assert still["negligible_change"]["measured"] == 0.0 and still["negligible_change"]["threshold"] == 0.01
+    assert set(still["negligible_slices"]) == {"code", "message", "measured", "threshold"}
+    record = json.loads(Path(written["still"]["provenance"]).read_text())
+    assert record["warnings"] == written["still"]["warnings"]
+    assert record["checks"] == written["still"]["checks"] and written["still"]["checks"]["largest_change"] == 0.0
+    assert written["changed"]["checks"]["largest_change"] > 0.1  # I_m: the vertebra darkened to about 0
+    assert record["synthesis_checks"] == SynthesisChecks().settings()
+    on_disk = json.loads((output_dir / "report.json").read_text())
+    assert on_disk["warnings"]["cases_warned"] == 1
+    assert on_disk["warnings"]["by_code"] == {"negligible_change": 1, "negligible_slices": 1}
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("still" in m and "negligible_change" in m and "0.00%" in m and "1.00%" in m for m in logged)
+    assert not any("changed:" in m for m in logged)
+
+    again = checked_job(entries, tmp_path, output_dir).run()  # a resumed run keeps the warnings of its cases
+    assert {s["case_id"]: s["warnings"] for s in again["skipped"]} == {k: w["warnings"] for k, w in written.items()}
 
 
 # Coherent through-plane synthesis by the predictor: outward from the centre slice, each slice started from its inner
