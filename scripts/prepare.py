@@ -9,7 +9,8 @@ Usage (from the repository root)::
         [--fractions "[0.7,0.1,0.2]"] [--seed 0]
 
 Both write ``<out_dir>/datalist.json``, ``<out_dir>/skipped.json`` (the cases left out, with reasons) and
-``<out_dir>/summary.json`` (class counts per split). The layouts are described in docs/data_preparation.md.
+``<out_dir>/summary.json`` (class counts per split and the warnings: an empty or tiny split, a class with too few
+training cases, ...; also printed). The layouts are described in docs/data_preparation.md.
 Exit status 1 with a message when the dataset folder is unusable or no case could be prepared.
 """
 
@@ -21,13 +22,21 @@ import fire
 
 from bundle.errors import InputError
 from bundle.preparation.patient_split import DEFAULT_FRACTIONS
+from bundle.preparation.preparation_checks import PreparationChecks
 from bundle.preparation.prepared import Prepared, format_summary, write_prepared
 from bundle.preparation.rsna import CONDITIONS, DEFAULT_BOX_SIZE_MM, collect_rsna
 from bundle.preparation.vertumor import collect_vertumor
 
 
-def _write(prepared: Prepared, out_dir: str, fractions: Sequence[float], seed: int, relative_paths: bool) -> None:
-    files = write_prepared(prepared, out_dir, fractions, seed, relative_paths)
+def _write(
+    prepared: Prepared,
+    out_dir: str,
+    fractions: Sequence[float],
+    seed: int,
+    relative_paths: bool,
+    checks: PreparationChecks,
+) -> None:
+    files = write_prepared(prepared, out_dir, fractions, seed, relative_paths, checks)
     for line in format_summary(files.summary):
         print(line)
     print(f"datalist: {files.datalist}")
@@ -49,6 +58,8 @@ def vertumor(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     relative_paths: bool = False,
+    min_split_entries: int = PreparationChecks.min_split_entries,
+    min_class_cases: int = PreparationChecks.min_class_cases,
 ) -> None:
     """A VerTumor1200-like folder: labels.csv / labels.json, images/, segmentations/.
 
@@ -62,10 +73,14 @@ def vertumor(
         fractions: training, validation, test shares (of entries; whole patients go to one split).
         seed: seed of the patient split.
         relative_paths: write file paths relative to ``out_dir`` instead of absolute.
+        min_split_entries, min_class_cases: warn (log and summary.json ``warnings``) about a split with fewer
+            entries, a class with fewer training entries (:class:`PreparationChecks`).
     """
     try:
         prepared = collect_vertumor(root, labels, label_scheme, images_dir, segmentations_dir)
-        _write(prepared, out_dir, fractions, seed, relative_paths)
+        _write(
+            prepared, out_dir, fractions, seed, relative_paths, PreparationChecks(min_split_entries, min_class_cases)
+        )
     except (InputError, ValueError, OSError) as error:
         raise SystemExit(f"prepare.py: error: {error}") from None
 
@@ -82,6 +97,8 @@ def rsna(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     relative_paths: bool = False,
+    min_split_entries: int = PreparationChecks.min_split_entries,
+    min_class_cases: int = PreparationChecks.min_class_cases,
 ) -> None:
     """The RSNA 2024 lumbar-spine layout: CSVs and train_images/<study>/<series>/<instance>.dcm.
 
@@ -96,10 +113,14 @@ def rsna(
         fractions: training, validation, test shares (of entries; whole studies go to one split).
         seed: seed of the patient split.
         relative_paths: write file paths relative to ``out_dir`` instead of absolute.
+        min_split_entries, min_class_cases: warn (log and summary.json ``warnings``) about a split with fewer
+            entries, a class with fewer training entries (:class:`PreparationChecks`).
     """
     try:
         prepared = collect_rsna(root, conditions, box_size_mm, images_dir, series_csv, coordinates_csv, labels_csv)
-        _write(prepared, out_dir, fractions, seed, relative_paths)
+        _write(
+            prepared, out_dir, fractions, seed, relative_paths, PreparationChecks(min_split_entries, min_class_cases)
+        )
     except (InputError, ValueError, OSError) as error:
         raise SystemExit(f"prepare.py: error: {error}") from None
 

@@ -20,6 +20,7 @@ from bundle.data.class_balance import class_counts
 from bundle.data.datalist import FILE_KEYS
 from bundle.errors import InputError
 from bundle.preparation.patient_split import DEFAULT_FRACTIONS, SPLITS, normalise_fractions, patient_split
+from bundle.preparation.preparation_checks import PreparationChecks
 from bundle.utils.files import write_atomically, write_json_atomically
 
 
@@ -114,6 +115,7 @@ def write_prepared(
     fractions: Sequence[float] | Mapping[str, float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     relative_paths: bool = False,
+    checks: PreparationChecks | None = None,
 ) -> PreparedFiles:
     """Split ``prepared.entries`` by patient and write, each atomically, into ``out_dir``:
 
@@ -122,6 +124,9 @@ def write_prepared(
       ``relative_paths`` (:func:`bundle.data.datalist.load_datalist` resolves them against the datalist's folder);
     - ``skipped.json``: the list of ``{"case", "file", "kind", "reason"}``;
     - ``summary.json``: the same summary as in the datalist.
+
+    The summary's ``"warnings"`` lists what ``checks`` (default :class:`PreparationChecks` with its default
+    thresholds) found: an empty or tiny split, a class too rare to train on, ...; each is also logged.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +140,7 @@ def write_prepared(
                     if isinstance(entry.get(key), str):
                         entry[key] = os.path.relpath(Path(entry[key]).absolute(), base)
     summary = summarise(splits, prepared)
+    summary["warnings"] = (checks or PreparationChecks())(splits, shares, prepared.classes, prepared.skipped)
     datalist = {
         **prepared.metadata,
         "split": {
