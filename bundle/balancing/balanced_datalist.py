@@ -34,6 +34,9 @@ from bundle.data.class_balance import class_counts
 from bundle.data.datalist import FILE_KEYS, load_datalist
 from bundle.data.splits import seeded_shuffle
 from bundle.metrics.quality_filter import FeatureSpaceFilter, case_features
+from bundle.metrics.synthesis_checks import warning
+from bundle.preparation.patient_split import SPLITS, normalise_fractions
+from bundle.preparation.preparation_checks import PreparationChecks
 from bundle.utils.bundle_files import BUNDLE_ROOT
 from bundle.utils.files import (
     read_json_object,
@@ -280,6 +283,7 @@ def balance_datalist(
     quality_quantile: float = 0.95,
     calibration_fraction: float = 0.3,
     max_attempts: int = 5,
+    checks: PreparationChecks | None = None,
 ) -> dict:
     """Write ``output_dir/datalist.json``: ``datalist``'s training cases plus synthetic ones so every disease
     class matches ``target``'s count; its test cases unchanged. Returns the ``balancing`` summary.
@@ -305,6 +309,8 @@ def balance_datalist(
         quality_k, quality_quantile, calibration_fraction: the fitted filter's settings
             (:meth:`bundle.metrics.quality_filter.FeatureSpaceFilter.fit`).
         max_attempts: synthesis attempts at most (the first included) before giving up on a class.
+        checks: the thresholds of the summary's ``warnings`` (:func:`balancing_warnings`; default
+            :class:`PreparationChecks`' defaults).
     """
     datalist, output_dir = Path(datalist), Path(output_dir).absolute()
     bundle_root = Path(bundle_root) if bundle_root is not None else BUNDLE_ROOT
@@ -407,6 +413,7 @@ def balance_datalist(
     balanced["training"] = [{**_relative(e, output_dir), "synthetic": False} for e in training] + [
         _relative(s, output_dir) for s in synthetic
     ]
+    summary["warnings"] = balancing_warnings(content, training, unfilled, checks)
     balanced["balancing"] = summary
     write_json_atomically(output_dir / DATALIST_NAME, balanced)
     logger.info(
@@ -457,6 +464,38 @@ def _synthesise_until_full(
         ]
         check_case_ids(requests, training)
     return requests, finished, report, attempts
+
+
+def balancing_warnings(
+    content: Mapping[str, object],
+    training: Sequence[Mapping],
+    unfilled: Mapping[str, int],
+    checks: PreparationChecks | None = None,
+) -> list[dict[str, object]]:
+    """The warnings of a balanced datalist, each also logged: what ``checks`` (:class:`PreparationChecks`) finds on
+    the source datalist ``content`` with its real ``training`` entries (an empty or tiny validation or test
+    split, judged by the source's ``split`` fractions where it records them, else each split it has; a class
+    with too few real training cases), then ``unfilled_class`` for each class still short of synthetic cases."""
+    recorded = (content.get("split") or {}).get("fractions")
+    fractions = (
+        normalise_fractions(recorded)
+        if recorded
+        else {name: float(name == "training" or name in content) for name in SPLITS}
+    )
+    splits = {name: list(training if name == "training" else content.get(name) or []) for name in SPLITS}
+    found = (checks or PreparationChecks())(splits, fractions, sorted(class_counts(training)), [])
+    for name, short in unfilled.items():
+        found.append(
+            warning(
+                "unfilled_class",
+                f"class {name!r} is {short} synthetic cases short of the target: the quality filter rejected them "
+                "or synthesis failed (see synthetic/report.json); raise max_attempts or check the inputs",
+                {"class": name, "short": short},
+                0,
+            )
+        )
+        logger.warning(found[-1]["message"])
+    return found
 
 
 def _quality_summary(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from bundle.balancing.balanced_datalist import (
     balance_datalist,
     balancing_requests,
+    balancing_warnings,
     synthesis_counts,
     synthesis_parser,
 )
@@ -25,6 +27,7 @@ from bundle.data.class_balance import class_counts
 from bundle.data.datalist import load_datalist
 from bundle.data.slice_dataset import SliceDataset
 from bundle.demo.dataset import generate_dataset
+from bundle.preparation.preparation_checks import PreparationChecks
 from bundle.transforms.case_to_slices import case_to_slices
 from bundle.transforms.model_grid import model_grid
 from bundle.transforms.validate_entry import ValidateEntryd
@@ -238,3 +241,16 @@ def test_running_again_after_it_finished_redoes_nothing(balanced, one_torch_thre
     assert summary["complete"] and not report["written"] and len(report["skipped"]) == report["num_cases"]
     after = json.loads((output / "datalist.json").read_text())
     assert after["training"] == before["training"] and after["test"] == before["test"]
+
+
+def test_balancing_warns_about_an_empty_test_split_a_rare_class_and_an_unfilled_class(caplog):
+    training = [{"case_id": f"n{i}", "label": "normal"} for i in range(12)] + [{"case_id": "t0", "label": "tumor"}]
+    content = {"training": training, "validation": training[:6], "test": [], "split": {"fractions": [0.7, 0.1, 0.2]}}
+    with caplog.at_level(logging.WARNING):
+        found = balancing_warnings(content, training, {"tumor": 2})
+    assert [item["code"] for item in found] == ["empty_split", "few_class_cases", "unfilled_class"]
+    assert found[1]["measured"] == {"class": "tumor", "count": 1}
+    assert found[2]["measured"] == {"class": "tumor", "short": 2}
+    assert "2 synthetic cases short" in caplog.text
+    # a datalist without a test split and without recorded fractions is not expected to have one
+    assert balancing_warnings({"training": training}, training[:12], {}, PreparationChecks(min_class_cases=1)) == []
