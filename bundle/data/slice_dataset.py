@@ -22,6 +22,14 @@ from bundle.errors import find_input_error
 logger = logging.getLogger(__name__)
 
 SLICE_KEYS = ("image", "soft_mask", "masked_image")
+
+
+def slice_keys(lesion_mask: bool = False) -> tuple[str, ...]:
+    """The model-grid images a slice item keeps: :data:`SLICE_KEYS`, and ``"lesion_mask"`` when the preprocessing
+    carries the lesion's own mask (``case_to_slices(lesion_mask=True)``)."""
+    return SLICE_KEYS + (("lesion_mask",) if lesion_mask else ())
+
+
 """The model-grid images of a slice item: x0, the soft mask M_b and the masked image I_m, each ``(1, S, S)``."""
 
 
