@@ -188,6 +188,7 @@ def test_the_balanced_datalist_lists_real_and_synthetic_cases_with_provenance(ba
     counts = class_counts(real_training)
     needed = synthesis_counts(counts)
     assert content["balancing"]["synthetic_needed"] == needed and content["balancing"]["complete"]
+    assert content["balancing"]["warnings"] == balancing_warnings(original, real_training, {})  # none unfilled
     assert class_counts(training) == {label: counts["normal"] for label in counts}  # every class at the target
     assert Counter(e["label"] for e in training if e["synthetic"]) == Counter(needed)
 
