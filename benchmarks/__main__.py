@@ -179,11 +179,17 @@ def narrative(records: list[Record]) -> dict[int, str]:
         3: item3,
         7: MULTI_NODE,
         8: "End to end: `inference.json`'s job in this process (load, preprocess, sample, write volume, "
-        "provenance and preview). The SD-1.5 rows need a GPU (bf16 autocast there; `python -m benchmarks.gpu` "
-        "measures them alone, `--dry_run` checks the same code's shapes on a CPU)"
+        "provenance and preview). The SD-1.5 rows need a GPU (`python -m benchmarks.gpu` measures them alone, "
+        "`--dry_run` checks the same code's shapes on a CPU)"
         + (
             ": **the GPU figures are still to be measured** (this run had no GPU)."
             if all(r.notes == NO_GPU for r in records if r.name.startswith("SD-1.5 512 px"))
+            else "; without a GPU here, they are the rows of the stored GPU run (`benchmarks/results/gpu.json`, "
+            "written by `python -m benchmarks.gpu --store`), each saying where and when it was measured. "
+            "Eager sampling on the GPU is bound by the host launching the UNet's kernels one by one (diffusers' "
+            "own loop takes as long); `torch.compile` with CUDA graphs (`speed_options.compile_options: "
+            '{"mode": "reduce-overhead"}`) removes most of that.'
+            if any("benchmarks/results/gpu.json" in r.measured for r in records)
             else "."
         ),
     }

@@ -32,7 +32,8 @@ StepHook = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 def noise_like(latents: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Standard normal noise of ``latents``' shape, item ``i`` drawn from ``generators[i]`` (on the CPU)."""
     shape = latents.shape[1:]
-    return torch.stack([torch.randn(shape, generator=g, dtype=latents.dtype) for g in generators]).to(latents.device)
+    noise = torch.stack([torch.randn(shape, generator=g, dtype=latents.dtype) for g in generators])
+    return noise.to(latents.device, non_blocking=True)  # a host-to-device copy that does not wait for the GPU
 
 
 def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
@@ -131,11 +132,14 @@ class GuidedSampler(Inferer):
                 raise ValueError(f"strength must be in (0, 1], got {strength}")
             timesteps = timesteps[len(timesteps) - max(1, round(strength * len(timesteps))) :]
             latents = self.scheduler.add_noise(start.to(like), noise_like(like, generators), timesteps[:1])
+        # the scheduler reads its tables with host timesteps: on a GPU, indexing them with device ones would make
+        # the host wait for the GPU at every step
+        host_timesteps = timesteps.cpu()
         for index, timestep in enumerate(timesteps):
-            model_input = self.scheduler.scale_model_input(latents, timestep)
+            model_input = self.scheduler.scale_model_input(latents, host_timesteps[index])
             noise = self.guided_noise(network, model_input, timestep, guidance_conditions)
             options = {"eta": self.eta, "variance_noise": noise_like(like, generators)} if self._step_takes_eta else {}
-            latents = self.scheduler.step(noise, timestep, latents, **options).prev_sample
+            latents = self.scheduler.step(noise, host_timesteps[index], latents, **options).prev_sample
             if step_hook is not None:
                 latents = step_hook(latents, index, timesteps)
         return latents

@@ -35,7 +35,9 @@ class PixelSpace(nn.Module):
 class LatentSpace(nn.Module):
     """A frozen ``AutoencoderKL``: grey images are repeated to RGB in [-1, 1]; z is the scaled posterior mean.
 
-    The mask is area-averaged to the latent grid (8x smaller for SD 1.5's VAE).
+    The mask is area-averaged to the latent grid (8x smaller for SD 1.5's VAE). The VAE may hold bf16/fp16
+    weights (:func:`bundle.networks.speed_options.cast_frozen_weights`): its inputs are cast to them, and z and
+    the decoded images come back in float32.
     """
 
     def __init__(self, vae: AutoencoderKL) -> None:
@@ -63,11 +65,11 @@ class LatentSpace(nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         rgb = images.repeat(1, 3, 1, 1) * 2.0 - 1.0
-        return self.vae.encode(rgb).latent_dist.mean * self.scaling_factor
+        return self.vae.encode(rgb.to(self.vae.dtype)).latent_dist.mean.float() * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        rgb = self.vae.decode(latents / self.scaling_factor).sample
+        rgb = self.vae.decode((latents / self.scaling_factor).to(self.vae.dtype)).sample.float()
         return ((rgb.mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def mask(self, soft_mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:

@@ -117,40 +117,81 @@ def unet_scheduler():
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
 
 
-def test_gpu_script_dry_run_checks_the_shapes_on_the_cpu(ctx, capsys):
+def test_gpu_script_dry_run_checks_the_shapes_on_the_cpu(ctx, capsys, monkeypatch, tmp_path):
     assert gpu.main(["--dry_run", "--tiny"]) == 0
     checked = json.loads(capsys.readouterr().out)
     assert checked["dry_run"] == "ok" and checked["sample"] == [1, 1, 16, 16] and checked["sample_finite"]
     assert checked["volume_sample"] == [2, 1, 16, 16] and checked["latents"] == [2, 4, 8, 8]
-    rows = check(gpu.run(ctx))  # no GPU here: every row says so instead of a figure
+    assert "IPAdapterAttnProcessor2_0" in checked["attention_processors"]  # the MSC attention runs through SDPA
+    monkeypatch.setattr(gpu, "STORED", tmp_path / "none.json")
+    rows = check(gpu.run(ctx))  # no GPU here and no stored GPU run: every row says so instead of a figure
     assert all(r["notes"] == "not measured: no GPU" and r["ratio"] is None for r in rows)
     assert {r["name"] for r in rows} == {name for name, _, _ in gpu.ROWS.values()}
     assert "GPU figures are still to be measured" in narrative(gpu.run(ctx))[8]
 
 
-def test_gpu_rows_from_a_measurement_carry_targets_and_spreads():
+def test_a_run_without_a_gpu_shows_the_stored_gpu_run_and_says_where_it_was_measured(ctx):
+    stored = json.loads(gpu.STORED.read_text())
+    rows = check(gpu.run(ctx))
+    assert [r["name"] for r in rows] == [row["name"] for row in stored["rows"]]
+    assert all(stored["device"] in r["measured"] and "benchmarks/results/gpu.json" in r["measured"] for r in rows)
+    assert "GPU figures are still to be measured" not in narrative(gpu.run(ctx))[8]
+
+
+def measured_result(**changes) -> dict:
     result = {
-        "ours_s": [1.1, 0.9, 1.0],
-        "reference_s": [1.0, 1.0, 1.0],
+        "errors": {},
+        "ours_s": [2.1, 1.9, 2.0],
+        "reference_s": [2.0, 2.0, 2.0],
+        "cast_s": [1.0, 0.9, 1.1],
+        "autocast_s": [2.0, 2.0, 2.0],
+        "best_eager": "bf16 weights cast once",
+        "best_eager_s": [1.0, 0.9, 1.1],
+        "channels_last_s": [1.2, 1.2, 1.2],
+        "default_layout_s": [1.0, 0.9, 1.1],
         "inference_peak_mib": 5000.0,
+        "inference_peak_model": "bf16 weights cast once",
         "volume_s": [6.0, 5.0],
         "volume_slices": 8,
+        "vae_bf16": {"max_abs": 0.01, "mean_abs": 0.001, "finite": True},
         "training": {
             "plain": {"seconds_per_step": 0.5, "peak_mib": 20000.0},
             "gradient_checkpointing": {"seconds_per_step": 0.7, "peak_mib": 9000.0},
         },
-        "compiled": {"first_call_s": 60.0, "seconds": [0.4, 0.45, 0.6]},
+        "compiled": {
+            "default": {"first_call_s": 60.0, "seconds": [0.6, 0.65, 0.7]},
+            "reduce-overhead": {"first_call_s": 50.0, "seconds": [0.4, 0.45, 0.6]},
+        },
         "guided_unet_parameters_m": 872.6,
     }
-    rows = {r["name"]: r for r in check(gpu.records_of(result, "NVIDIA H200"))}
-    image = rows[gpu.ROWS["image"][0]]
+    return {**result, **changes}
+
+
+def test_gpu_rows_from_a_measurement_carry_targets_and_spreads():
+    rows = {r["name"]: r for r in check(gpu.records_of(measured_result(), "NVIDIA H200"))}
+    assert set(rows) == {name for name, _, _ in gpu.ROWS.values()}
+    image = rows[gpu.ROWS["image"][0]]  # the fastest eager variant (weights cast once)
     assert image["ours_s"] == 1.0 and image["ours_spread_s"] == [0.9, 1.0, 1.1] and image["met"] is True
+    assert "cast once" in image["notes"]
+    assert rows[gpu.ROWS["cast"][0]]["ratio"] == pytest.approx(0.5)
+    assert rows[gpu.ROWS["sampler"][0]]["ratio"] == pytest.approx(1.0) and rows[gpu.ROWS["sampler"][0]]["met"]
     compiled = rows[gpu.ROWS["compiled"][0]]
-    assert compiled["ours_s"] == 0.45 and compiled["met"] is True and compiled["ratio"] == pytest.approx(0.45)
+    assert compiled["ours_s"] == 0.65 and compiled["met"] is False and compiled["ratio"] == pytest.approx(0.65)
+    graphs = rows[gpu.ROWS["compiled_graphs"][0]]
+    assert graphs["ours_s"] == 0.45 and graphs["met"] is True and "reduce-overhead" in graphs["notes"]
     assert rows[gpu.ROWS["inference_memory"][0]]["met"] is True
     assert rows["SD-1.5 512 px: seconds per whole volume (8 slices batched)"]["value"] == pytest.approx(8 / 5.5)
-    other = {r["name"]: r for r in check(gpu.records_of(result, "NVIDIA A10"))}
+    other = {r["name"]: r for r in check(gpu.records_of(measured_result(), "NVIDIA A10"))}
     assert other[gpu.ROWS["image"][0]]["met"] is None  # the targets are for H100/H200-class GPUs
+
+
+def test_a_gpu_section_that_failed_gives_rows_that_say_why_and_keeps_the_others():
+    result = measured_result(errors={"compiled_reduce-overhead": "BackendCompilerFailed: boom"})
+    del result["compiled"]["reduce-overhead"]
+    rows = {r["name"]: r for r in check(gpu.records_of(result, "NVIDIA H200"))}
+    graphs = rows[gpu.ROWS["compiled_graphs"][0]]
+    assert graphs["ours_s"] is None and graphs["notes"] == "BackendCompilerFailed: boom"
+    assert rows[gpu.ROWS["compiled"][0]]["ours_s"] == 0.65
 
 
 def test_iteration_rate_from_stats_handler_lines():
