@@ -35,7 +35,7 @@ from tests.helpers.workflows import preview_parser, write_datalist
 
 GOOD = {"image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [3], "text": "lesion"}
 POINT = {"image": str(SCT_T2), "point": [30, 27, 26], "box_size_mm": 12, "text": "lesion"}
-OUTPUTS = ("_synthetic.json", "_synthetic.nii.gz", "_synthetic.png")
+OUTPUTS = ("_synthetic.json", "_synthetic.nii.gz", "_synthetic.png", "_synthetic_thumbnail.png")
 
 
 class CountingPredictor:
