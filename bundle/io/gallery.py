@@ -10,7 +10,9 @@ small inline script: no server, no network, nothing fetched but the thumbnails b
 
 For automatic checks the page marks ``<html>`` when it has loaded: ``data-rows`` (rows drawn), ``data-images``
 (``"<loaded> of <total>"``), ``data-broken`` (the images that did not load) and ``data-ready-ms`` (time from
-navigation start to the page drawn); the query ``?all`` draws every row with eager images.
+navigation start to the page drawn); the query ``?all`` draws every row with eager images. The query also sets the
+filters and the order (``?class=benign&decision=rejected&warnings=with&sort=score-desc``), e.g. for a link to the
+doubtful cases.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import matplotlib
 import numpy as np
-from matplotlib.image import imsave
+from PIL import Image
 from scipy import ndimage
 
 from bundle.utils.files import read_json_object, write_atomically
@@ -100,7 +105,7 @@ def render_thumbnail(
     gap = np.ones((THUMBNAIL_HEIGHT, PANEL_GAP, 3))
     strip = np.concatenate([part for panel in panels for part in (panel, gap)][:-1], axis=1)
     buffer = io.BytesIO()
-    imsave(buffer, (strip * 255).round().astype(np.uint8), format="png")
+    Image.fromarray((strip * 255).round().astype(np.uint8)).save(buffer, format="PNG", optimize=True)
     return write_atomically(path, buffer.getvalue())
 
 
@@ -108,7 +113,12 @@ def _relative(path: object, folder: Path) -> str | None:
     """``path`` as a URL relative to ``folder`` (where the page is), or ``None``."""
     if not path:
         return None
-    return Path(os.path.relpath(Path(str(path)).absolute(), folder.absolute())).as_posix()
+    return quote(Path(os.path.relpath(Path(str(path)).absolute(), folder.absolute())).as_posix())
+
+
+def _figure(value: object) -> object:
+    """A figure for the page's JSON: a non-finite number (no JSON for it) becomes ``None``."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _decision(quality: Mapping | None) -> str:
@@ -134,11 +144,11 @@ def gallery_case(entry: Mapping, status: str, folder: Path) -> dict[str, object]
         "label": record.get("label"),
         "text": record.get("text"),
         "seed": record.get("seed"),
-        "score": quality.get("score"),
-        "threshold": quality.get("threshold"),
+        "score": _figure(quality.get("score")),
+        "threshold": _figure(quality.get("threshold")),
         "decision": _decision(quality),
         "warnings": [
-            {key: w.get(key) for key in ("code", "message", "measured", "threshold")}
+            {key: _figure(w.get(key)) for key in ("code", "message", "measured", "threshold")}
             for w in entry.get("warnings") or record.get("warnings") or []
         ],
         "thumbnail": _relative(thumbnail, folder),
@@ -156,6 +166,14 @@ def gallery_cases(report: Mapping, folder: Path) -> list[dict[str, object]]:
         for f in report.get("failed", [])
     ]
     return cases
+
+
+def read_gallery_cases(page: str | os.PathLike) -> list[dict[str, object]]:
+    """The case rows embedded in a written page (``index.html``)."""
+    found = re.search(r'<script type="application/json" id="cases">(.*?)</script>', Path(page).read_text(), re.S)
+    if found is None:
+        raise ValueError(f"{page}: no embedded case data; not a review gallery page")
+    return json.loads(found.group(1))
 
 
 class ReviewGallery:
@@ -237,7 +255,8 @@ td.text { min-width: 22em; max-width: 32em; }
 <script>
 "use strict";
 const cases = JSON.parse(document.getElementById("cases").textContent);
-const everything = new URLSearchParams(location.search).has("all");
+const query = new URLSearchParams(location.search);
+const everything = query.has("all");
 const pageSize = everything ? Infinity : __PAGE_SIZE__;
 const element = (id) => document.getElementById(id);
 let page = 0;
@@ -349,6 +368,7 @@ element("summary").textContent = cases.length + " cases: " +
   count((c) => c.decision === "passed") + " passed and " + count((c) => c.decision === "rejected") +
   " rejected by the quality filter; " + count((c) => c.warnings.length > 0) + " with warnings.";
 for (const id of ["class", "decision", "warnings", "sort"]) {
+  if (query.has(id)) element(id).value = query.get(id);
   element(id).addEventListener("change", () => { page = 0; draw(); });
 }
 element("previous").addEventListener("click", () => { page = Math.max(0, page - 1); draw(); });

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from matplotlib.image import imread
 
-from bundle.engines.synthesis_job import KeyPredictor, SynthesisJob
-from bundle.io.gallery import PANELS, THUMBNAIL_HEIGHT, ReviewGallery, render_thumbnail
-from bundle.metrics.quality_filter import FeatureSpaceFilter, QualityCheck
+from bundle.experiments.headless_browser import dump_dom, root_attributes, screenshot
+from bundle.io.gallery import PANELS, THUMBNAIL_HEIGHT, ReviewGallery, read_gallery_cases, render_thumbnail
 from bundle.metrics.synthesis_checks import SynthesisChecks
-from tests.helpers.browser import dump_dom, root_attributes, screenshot
 from tests.helpers.paths import SCT_LEVELS, SCT_T2
+from tests.helpers.synthesis_jobs import StillOrMasked, job_from_preview, mean_intensity_check
 from tests.helpers.workflows import preview_parser, write_datalist
 
 pytestmark = pytest.mark.usefixtures("shared_data")
@@ -35,44 +33,18 @@ ENTRIES = [
 ]
 
 
-class MeanIntensity(torch.nn.Module):
-    """A one-number feature space for the quality filter: a slice's mean intensity."""
-
-    description = "mean intensity"
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return images.mean(dim=(1, 2, 3))[:, None]
-
-
-class StillOrMasked:
-    """The input unchanged for case ``still`` (warned: negligible change), ``I_m`` (the vertebra darkened) else."""
-
-    def __call__(self, items):
-        return KeyPredictor("image" if items[0].get("case_id") == "still" else "masked_image")(items)
-
-
 def run(folder: Path) -> dict:
     """The soft-mask job of ``configs/mask_preview.json`` with warnings, a quality filter and the gallery."""
     output_dir = folder / "out"
     preview = preview_parser(
         datalist=str(write_datalist(folder / "list.json", ENTRIES)), output_dir=str(output_dir)
     ).get_parsed_content("job")
-    thresholds = {"benign": 1.0, "malignant": 0.0}  # distance of the mean intensity to 0: malignant fails
-    quality_filter = FeatureSpaceFilter(
-        {label: torch.zeros(1, 1) for label in thresholds},
-        thresholds,
-        k=1,
-        quantile=0.95,
-        feature_space="mean intensity",
-    )
-    job = SynthesisJob(
-        preview.cases,
-        preview.preprocessing,
-        StillOrMasked(),
-        preview.writer,
+    thresholds = {"benign": 1.0, "malignant": 0.0}  # the score is the mean intensity: malignant fails
+    job = job_from_preview(
+        preview,
         output_dir,
-        details=preview.details,
-        quality_check=QualityCheck(quality_filter, MeanIntensity()),
+        StillOrMasked(),
+        quality_check=mean_intensity_check(thresholds),
         checks=SynthesisChecks(),
         gallery=ReviewGallery(output_dir),
     )
@@ -87,11 +59,6 @@ def gallery(tmp_path_factory) -> Path:
     return folder / "out" / "index.html"
 
 
-def page_data(page: Path) -> list[dict]:
-    embedded = re.search(r'<script type="application/json" id="cases">(.*?)</script>', page.read_text(), re.S)
-    return json.loads(embedded.group(1))
-
-
 def test_every_case_has_its_row_and_every_thumbnail_loads(gallery):
     dom = dump_dom(gallery, "?all")
     page = root_attributes(dom)
@@ -100,7 +67,7 @@ def test_every_case_has_its_row_and_every_thumbnail_loads(gallery):
     assert rows == ["still", "darkened", "point", "unknown_class"]
     assert dom.count("<img ") == 3 and '<img src="x.png"' not in dom  # the text is shown as text, not markup
     assert "a hypointense lesion&lt;/script&gt;&lt;img" in dom
-    cases = {c["id"]: c for c in page_data(gallery)}
+    cases = {c["id"]: c for c in read_gallery_cases(gallery)}
     assert cases["darkened"]["decision"] == "rejected" and cases["point"]["decision"] == "passed"
     assert cases["darkened"]["score"] > cases["darkened"]["threshold"] == 0.0
     assert cases["unknown_class"]["decision"] == "failed" and "fracture" in cases["unknown_class"]["error"]
@@ -112,6 +79,30 @@ def test_every_case_has_its_row_and_every_thumbnail_loads(gallery):
         assert (gallery.parent / cases[case]["volume"]).is_file()
         assert (gallery.parent / cases[case]["provenance"]).is_file()
         assert f'href="{cases[case]["provenance"]}"' in dom
+
+
+@pytest.mark.parametrize(
+    ("query", "shown"),
+    [
+        ("warnings=with", ["still", "darkened", "point"]),
+        ("warnings=without", ["unknown_class"]),
+        ("class=benign", ["still", "point"]),
+        ("decision=rejected", ["darkened"]),
+        ("decision=failed", ["unknown_class"]),
+    ],
+)
+def test_the_filters_choose_the_rows(gallery, query, shown):
+    dom = dump_dom(gallery, f"?all&{query}")
+    assert re.findall(r'<tr class="case" data-case="([^"]+)"', dom) == shown
+
+
+@pytest.mark.parametrize("order", ["score-desc", "score-asc"])
+def test_sorting_by_score_puts_the_unscored_case_last(gallery, order):
+    scores = {c["id"]: c["score"] for c in read_gallery_cases(gallery) if c.get("score") is not None}
+    assert len(set(scores.values())) == 3  # three distinct scores: the order is not the run's by chance
+    expected = sorted(scores, key=scores.get, reverse=order == "score-desc") + ["unknown_class"]
+    dom = dump_dom(gallery, f"?all&sort={order}")
+    assert re.findall(r'<tr class="case" data-case="([^"]+)"', dom) == expected
 
 
 def test_a_missing_thumbnail_is_reported_as_broken(gallery, tmp_path):
@@ -136,7 +127,7 @@ def test_a_rerun_rewrites_the_page_whole_with_the_kept_cases(gallery, tmp_path):
     (folder / "out" / "index.html").write_text("stale")
     report = run(folder)
     assert sorted(s["case_id"] for s in report["skipped"]) == ["darkened", "point", "still"]
-    statuses = {c["id"]: c["status"] for c in page_data(folder / "out" / "index.html")}
+    statuses = {c["id"]: c["status"] for c in read_gallery_cases(folder / "out" / "index.html")}
     assert statuses == {"still": "kept", "darkened": "kept", "point": "kept", "unknown_class": "failed"}
     assert not [p for p in (folder / "out").iterdir() if p.name.startswith(".")]  # no temporary file left
 
@@ -156,3 +147,13 @@ def test_the_thumbnail_shows_the_slice_of_largest_change_and_the_through_plane_e
     assert synthetic[48, 48].mean() == pytest.approx(0.5, abs=0.02)  # the slice changed most (by 0.5)
     difference = strip[:, 200:296]
     assert difference[48, 48, 0] > difference[48, 48, 2]  # a brighter change is red on the diverging scale
+
+
+def test_a_non_finite_score_leaves_the_page_data_valid_json(tmp_path):
+    record = tmp_path / "a b_synthetic.json"  # a name a URL must escape
+    record.write_text(json.dumps({"case_id": "a b", "text": "a lesion", "label": "benign", "seed": 3}))
+    written = {"case_id": "a b", "provenance": str(record), "volume": str(tmp_path / "a b_synthetic.nii.gz")}
+    report = {"written": [{**written, "quality": {"score": float("inf"), "threshold": 1.0, "passed": False}}]}
+    (case,) = read_gallery_cases(ReviewGallery(tmp_path)(report))  # a browser's JSON.parse has no Infinity
+    assert case["score"] is None and case["threshold"] == 1.0 and case["decision"] == "rejected"
+    assert case["provenance"] == "a%20b_synthetic.json" and case["seed"] == 3 and case["label"] == "benign"
