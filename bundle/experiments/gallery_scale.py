@@ -5,8 +5,8 @@ size on disk and its load time in headless Chromium.
 gets its own id and its own copy of its source case's thumbnail (so the browser loads distinct files, as in a real
 run); its other fields and its links (volume, provenance record) are the source case's. :func:`measure_load` opens
 the page ``repeats`` times (a fresh browser profile each time, real time) and reads the timings the page writes on
-``<html>``: ``data-ready-ms`` (navigation start to the first page of rows drawn) and ``data-load-ms`` (to the load
-event: the images of the first page in view loaded).
+``<html>``: ``data-ready-ms`` (navigation start to the rows drawn) and ``data-load-ms`` (to the load event: the
+images in view loaded; with ``?all`` every image).
 """
 
 from __future__ import annotations
@@ -40,14 +40,12 @@ def scaled_gallery(run_dir: str | os.PathLike, output_dir: str | os.PathLike, nu
     return ReviewGallery(output_dir, title=f"{num_cases} cases from {run_dir.name}").write(cases)
 
 
-def measure_load(page: Path, repeats: int = 3) -> dict[str, object]:
-    """The page's and its thumbnails' bytes, and the median (and all) of ``repeats`` loads in headless Chromium."""
-    folder = page.parent
-    thumbnails = list(folder.glob("*.png"))
+def measure_load(page: Path, repeats: int = 3, query: str = "") -> dict[str, object]:
+    """The median (and all) of ``repeats`` loads of ``page`` (with the URL ``query``) in headless Chromium."""
     loads = []
     for _ in range(repeats):
         started = time.perf_counter()
-        attributes = root_attributes(dump_dom(page, virtual_time_ms=None))
+        attributes = root_attributes(dump_dom(page, query, virtual_time_ms=None))
         wall = time.perf_counter() - started
         loads.append(
             {
@@ -57,17 +55,21 @@ def measure_load(page: Path, repeats: int = 3) -> dict[str, object]:
                 "browser_wall_s": round(wall, 2),
             }
         )
+    return {"median": {key: statistics.median(load[key] for load in loads) for key in loads[0]}, "loads": loads}
+
+
+def gallery_scale(run_dir: str | os.PathLike, output_dir: str | os.PathLike, num_cases: int = 1000) -> Mapping:
+    """:func:`scaled_gallery`, its bytes, then :func:`measure_load` as it opens (a page of rows, lazy images) and with
+    ``?all`` (every row, every image loaded before the load event: what the pages and lazy loading save)."""
+    page = scaled_gallery(run_dir, output_dir, num_cases)
+    thumbnails = list(page.parent.glob("*.png"))
     return {
+        "num_cases": num_cases,
+        "source_run": str(Path(run_dir)),
         "page": str(page),
         "html_bytes": page.stat().st_size,
         "thumbnails": len(thumbnails),
         "thumbnail_bytes": sum(p.stat().st_size for p in thumbnails),
-        "median": {key: statistics.median(load[key] for load in loads) for key in loads[0]},
-        "loads": loads,
+        "as_opened": measure_load(page),
+        "all_rows": measure_load(page, query="?all"),
     }
-
-
-def gallery_scale(run_dir: str | os.PathLike, output_dir: str | os.PathLike, num_cases: int = 1000) -> Mapping:
-    """:func:`scaled_gallery` then :func:`measure_load`."""
-    page = scaled_gallery(run_dir, output_dir, num_cases)
-    return {"num_cases": num_cases, "source_run": str(Path(run_dir)), **measure_load(page)}

@@ -55,10 +55,10 @@ def dump_dom(page: Path, query: str = "", virtual_time_ms: int | None = 5000) ->
     return open_page(page.absolute().as_uri() + query, *budget, "--dump-dom")
 
 
-def screenshot(page: Path, png: Path, window: tuple[int, int] = (1400, 900)) -> Path:
-    """A PNG of ``page`` as a ``window``-sized browser window shows it."""
+def screenshot(page: Path, png: Path, window: tuple[int, int] = (1400, 900), query: str = "") -> Path:
+    """A PNG of ``page`` (with the URL ``query``) as a ``window``-sized browser window shows it."""
     open_page(
-        page.absolute().as_uri(),
+        page.absolute().as_uri() + query,
         "--virtual-time-budget=5000",
         f"--screenshot={png.absolute()}",
         f"--window-size={window[0]},{window[1]}",

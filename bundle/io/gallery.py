@@ -224,8 +224,10 @@ h1 { font-size: 18px; margin: 0 0 6px; }
 table { border-collapse: collapse; width: 100%; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px 6px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; position: sticky; top: 0; }
-td.thumb img { height: 96px; display: block; background: #000; }
-td.text { min-width: 22em; max-width: 32em; }
+td.thumb img { height: 80px; display: block; background: #000; }
+td.case, td.files { white-space: nowrap; }
+td.text { min-width: 16em; max-width: 26em; font-size: 12px; }
+td.warnings { min-width: 14em; max-width: 24em; font-size: 12px; }
 .warn { color: #a34400; margin: 0 0 3px; }
 .rejected, .failed { color: #b00020; font-weight: 600; }
 .passed { color: #1b7a1b; }
@@ -241,14 +243,14 @@ td.text { min-width: 22em; max-width: 32em; }
 <option>not judged</option><option>failed</option></select></label>
 <label>warnings <select id="warnings"><option value="*">all</option><option value="with">with warnings</option>
 <option value="without">without</option></select></label>
-<label>sort <select id="sort"><option value="run">run order</option>
+<label>sort <select id="sort"><option value="run">report order</option>
 <option value="score-desc">score, highest first</option>
 <option value="score-asc">score, lowest first</option></select></label>
 <button id="previous">&larr;</button><span id="page"></span><button id="next">&rarr;</button>
 </div>
 <table>
-<thead><tr><th>case</th><th>__PANELS__</th><th>text</th><th>class</th><th>seed</th><th>score / threshold</th>
-<th>decision</th><th>warnings</th><th>files</th></tr></thead>
+<thead><tr><th>case · class · seed</th><th>__PANELS__</th><th>text</th><th>score / threshold</th><th>decision</th>
+<th>warnings</th><th>files</th></tr></thead>
 <tbody id="rows"></tbody>
 </table>
 <script type="application/json" id="cases">__CASES__</script>
@@ -306,12 +308,15 @@ function draw() {
     const row = rows.insertRow();
     row.className = "case";
     row.dataset.case = c.id;
-    const name = cell(row, c.id);
-    name.append(document.createElement("br"));
-    const status = document.createElement("span");
-    status.className = "muted";
-    status.textContent = c.status;
-    name.append(status);
+    const name = cell(row, c.id, "case");
+    const seed = c.seed === undefined || c.seed === null ? null : "seed " + c.seed;
+    for (const [text, className] of [[c.status, "muted"], [c.label, ""], [seed, "muted"]]) {
+      if (text === undefined || text === null) continue;
+      const line = document.createElement("div");
+      line.className = className;
+      line.textContent = String(text);
+      name.append(line);
+    }
     const thumb = cell(row, null, "thumb");
     if (c.thumbnail) {
       const img = document.createElement("img");
@@ -324,11 +329,9 @@ function draw() {
       thumb.className = "failed";
     }
     cell(row, c.text, "text");
-    cell(row, c.label);
-    cell(row, c.seed);
     cell(row, c.score === undefined || c.score === null ? "" : figure(c.score) + " / " + figure(c.threshold));
     cell(row, c.decision, c.decision.replace(" ", "-"));
-    const warned = cell(row);
+    const warned = cell(row, null, "warnings");
     for (const w of c.warnings) {
       const p = document.createElement("p");
       p.className = "warn";
@@ -338,7 +341,7 @@ function draw() {
       p.append(code, ": " + w.message);
       warned.append(p);
     }
-    const files = cell(row);
+    const files = cell(row, null, "files");
     link(files, c.volume, "volume");
     link(files, c.provenance, "provenance");
   }
