@@ -192,6 +192,8 @@ class SynthesisJob:
             provenance record and report entry as ``"warnings"`` (each code, message, measured, threshold), with
             the figures of every case as ``"checks"``, and in the log. The thresholds join ``details``, so a case
             checked with other thresholds is redone.
+        gallery: called with the report once ``report.json`` is written, to write the run's review page (in the
+            configs :class:`bundle.io.gallery.ReviewGallery`: ``OUTPUT/index.html``); it returns the page's path.
     """
 
     def __init__(
@@ -206,6 +208,7 @@ class SynthesisJob:
         skip_completed: bool = True,
         quality_check: QualityCheck | None = None,
         checks: SynthesisChecks | None = None,
+        gallery: Callable[[Mapping[str, object]], os.PathLike] | None = None,
     ) -> None:
         self.cases = load_datalist(cases, split) if isinstance(cases, (str, os.PathLike)) else list(cases)
         self.preprocessing = preprocessing
@@ -218,6 +221,7 @@ class SynthesisJob:
         if quality_check is not None:
             self.details["quality_filter"] = quality_check.identity()
         self.checks = checks
+        self.gallery = gallery
         if checks is not None:
             self.details["synthesis_checks"] = checks.settings()
 
@@ -308,7 +312,8 @@ class SynthesisJob:
         )
 
     def finish(self) -> dict[str, object]:
-        """Write and return the report: outputs written now, outputs kept from an earlier run, failures."""
+        """Write and return the report: outputs written now, outputs kept from an earlier run, failures; then the
+        review page (``gallery``)."""
         report = {"written": self.written, "skipped": self.skipped, "failed": self.failed, "num_cases": len(self.cases)}
         if self.quality_check is not None:
             judged = [c.get("quality") or {} for c in [*self.written, *self.skipped]]
@@ -333,6 +338,8 @@ class SynthesisJob:
             len(self.failed),
             self.output_dir / "report.json",
         )
+        if self.gallery is not None:
+            logger.info("review gallery: %s", self.gallery(report))
         return report
 
     def run(self) -> dict[str, object]:

@@ -12,7 +12,8 @@ Formats: NIfTI in, NIfTI out (same dtype, affine, qform/sform, header; ``descrip
 (a series folder or one file), a new DICOM series out, uncompressed (new Study/Series/SOP Instance UIDs,
 every geometry tag kept, marked synthetic and referencing its source instances, de-identified unless
 ``keep_patient_identity``: :mod:`bundle.io.synthetic_dicom`); any other ITK format out in the same format with
-the same geometry. Beside it: a provenance JSON and a PNG preview. A case's outputs appear together or not at
+the same geometry. Beside it: a provenance JSON, a PNG preview and the case's thumbnail strip for the review gallery
+(:mod:`bundle.io.gallery`). A case's outputs appear together or not at
 all: they are written into a temporary folder in the output folder and moved into place at the end, the
 provenance record last (it marks the case complete); no output is ever an input path.
 """
@@ -38,6 +39,7 @@ from pydicom.uid import generate_uid
 
 from bundle.data.dicom_series import match_instances, source_instances
 from bundle.errors import InputError, OutputError
+from bundle.io.gallery import render_thumbnail
 from bundle.io.preview import render_preview
 from bundle.io.provenance import provenance_record
 from bundle.io.synthetic_dicom import (
@@ -278,7 +280,8 @@ class SyntheticVolumeWriter:
     ) -> dict[str, str]:
         """Write the case made of ``items`` (one per slice, from ``SelectMaskSlicesd``) and their predictions.
 
-        Returns the paths written: ``{"volume", "provenance", "preview"}``. They appear together or not at all.
+        Returns the paths written: ``{"volume", "provenance", "preview", "thumbnail"}``. They appear together or not
+        at all.
 
         Raises:
             InputError: an output would overwrite an input (see :meth:`check_writable`).
@@ -305,6 +308,7 @@ class SyntheticVolumeWriter:
         text = str(items[0].get("text", ""))
         stem = self.output_stem(case_of_items(items))
         preview, provenance = self.output_dir / f"{stem}.png", self.output_dir / f"{stem}.json"
+        thumbnail = self.thumbnail_path(stem)
         staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".partial", dir=self.output_dir))
         try:
             identity: dict[str, object] = {}
@@ -353,6 +357,7 @@ class SyntheticVolumeWriter:
                 native_image + changes[shown][0].numpy(),
                 title=text,
             )
+            self.render_thumbnail(staging / thumbnail.name, items, changes)
             write_json_atomically(staging / provenance.name, record)
             # the provenance record goes last: its presence marks the case as complete (see ``completed``)
             move_into_place(staging, self.output_dir, last=provenance.name)
@@ -363,7 +368,32 @@ class SyntheticVolumeWriter:
             ) from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return {"volume": str(output), "provenance": str(provenance), "preview": str(preview), **written}
+        return {
+            "volume": str(output),
+            "provenance": str(provenance),
+            "preview": str(preview),
+            "thumbnail": str(thumbnail),
+            **written,
+        }
+
+    def render_thumbnail(self, path: Path, items: Sequence[Mapping], changes: Sequence[torch.Tensor]) -> None:
+        """The case's strip for the review gallery (:func:`bundle.io.gallery.render_thumbnail`), from its native
+        slices in slice order."""
+        order = sorted(range(len(items)), key=lambda i: int(items[i]["placement"]["slice_index"]))
+        placement = items[0]["placement"]
+        spacing = np.linalg.norm(np.asarray(placement["canonical_affine"], float)[:3, :3], axis=0)
+        axis = int(placement["slice_axis"])
+        render_thumbnail(
+            path,
+            [torch.as_tensor(items[i][self.native_image_key])[0].numpy() for i in order],
+            [torch.as_tensor(items[i][self.native_soft_mask_key])[0].numpy() for i in order],
+            [changes[i][0].numpy() for i in order],
+            slice_spacing_mm=float(spacing[axis]),
+            pixel_spacing_mm=[float(s) for k, s in enumerate(spacing) if k != axis],
+        )
+
+    def thumbnail_path(self, stem: str) -> Path:
+        return self.output_dir / f"{stem}_thumbnail.png"
 
     def companion_files(
         self, items: Sequence[Mapping], predictions: Sequence[torch.Tensor]
@@ -392,7 +422,12 @@ class SyntheticVolumeWriter:
         stem = self.output_stem(entry)
         output = self.output_dir / _output_name(source, source_format, self.case_name(entry), self.suffix)
         inputs = [source, *[Path(p) for p in items[0].get("input_files", [])]]
-        for path in (output, self.output_dir / f"{stem}.png", self.output_dir / f"{stem}.json"):
+        for path in (
+            output,
+            self.output_dir / f"{stem}.png",
+            self.output_dir / f"{stem}.json",
+            self.thumbnail_path(stem),
+        ):
             check_not_input(path, inputs)
         check_folder_writable(self.output_dir, needed_bytes=size_of_path(source) + OUTPUT_SIZE_MARGIN_BYTES)
         if source_format in ("dicom_series", "dicom_file"):
@@ -427,8 +462,13 @@ class SyntheticVolumeWriter:
         same_details = all(record.get(key) == value for key, value in (details or {}).items())
         if not (same_input and same_details and record.get("text") == case.get("text") and volume.exists()):
             return None
-        preview = record_path.with_suffix(".png")
-        return {"volume": str(volume), "provenance": str(record_path), "preview": str(preview)}
+        preview, thumbnail = record_path.with_suffix(".png"), self.thumbnail_path(self.output_stem(case))
+        return {
+            "volume": str(volume),
+            "provenance": str(record_path),
+            "preview": str(preview),
+            "thumbnail": str(thumbnail),
+        }
 
     def remove_partial_outputs(self) -> list[Path]:
         """Delete the temporary files and folders a killed run left in ``output_dir``; returns what was removed.

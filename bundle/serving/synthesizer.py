@@ -5,12 +5,13 @@ synthetic volume per request, by the same code as ``python -m monai.bundle run -
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from monai.bundle import ConfigParser
@@ -19,6 +20,8 @@ from bundle.errors import InputError, find_input_error
 from bundle.utils.files import read_json_object
 
 INFERENCE_CONFIG = "configs/inference.json"
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -37,11 +40,15 @@ def bad_input_as_input_error() -> Iterator[None]:
 @dataclass(frozen=True)
 class Synthesis:
     """What one request wrote: the synthetic volume (a NIfTI file, a DICOM series folder, ...), its provenance
-    record (JSON) and a PNG preview."""
+    record (JSON), a PNG preview and the review gallery's thumbnail strip; and the warnings on the result (each
+    ``code``, ``message``, ``measured``, ``threshold``: :class:`bundle.metrics.synthesis_checks.SynthesisChecks`),
+    empty when it is not doubtful."""
 
     volume: Path
     provenance: Path
     preview: Path
+    thumbnail: Path | None = None
+    warnings: list[dict] = field(default_factory=list)
 
     @property
     def record(self) -> dict:
@@ -104,7 +111,10 @@ class Synthesizer:
     ) -> Synthesis:
         """Insert the lesion ``text`` describes into ``image`` inside the soft mask of one source: the ``mask``
         segmentation's ``mask_labels``, a ``box`` (two corners) or a ``point`` (with a ``box_size_mm`` box around it),
-        in ``coordinate_space`` (``"voxel"`` indices or ``"world"`` mm). Writes into ``output_dir``.
+        in ``coordinate_space`` (``"voxel"`` indices or ``"world"`` mm). Writes into ``output_dir``. A doubtful result
+        (negligible change, change outside the mask, lesion against the text, rejected by the quality filter) is
+        still returned, its warnings in :attr:`Synthesis.warnings` and each logged (``logger.warning``, with the
+        measured figure and the threshold).
 
         ``settings`` are further config values for this request only (e.g. ``num_inference_steps``).
 
@@ -134,4 +144,21 @@ class Synthesizer:
             job = self._parser(request).get_parsed_content("job")
             job.start()
             outputs = job.run_case(job.cases[0])
-        return Synthesis(Path(outputs["volume"]), Path(outputs["provenance"]), Path(outputs["preview"]))
+        warnings = list(outputs.get("warnings") or [])
+        for found in warnings:
+            logger.warning(
+                "%s: %s: %s (measured %s, threshold %s)",
+                outputs["volume"],
+                found["code"],
+                found["message"],
+                found.get("measured"),
+                found.get("threshold"),
+            )
+        thumbnail = outputs.get("thumbnail")
+        return Synthesis(
+            Path(outputs["volume"]),
+            Path(outputs["provenance"]),
+            Path(outputs["preview"]),
+            None if thumbnail is None else Path(thumbnail),
+            warnings,
+        )

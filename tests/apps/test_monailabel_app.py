@@ -117,6 +117,7 @@ def test_a_box_request_returns_the_command_lines_volume_bit_for_bit(server, mode
     assert record["synthetic"] and record["text"] == TEXT and record["output"] == volume.name
     assert record["mask_source"]["type"] == "box" and record["num_inference_steps"] == STEPS
     assert result["seconds"] > 0
+    assert result["warnings"] == record["warnings"]  # a doubtful result's warnings reach the client (empty if none)
     monkeypatch.setenv("OMP_NUM_THREADS", TORCH_THREADS)
     bundle_run(
         *["--config_file", str(CONFIGS / "inference.json"), "--models_dir", str(models)],

@@ -27,6 +27,7 @@ from bundle.data.class_balance import class_counts
 from bundle.data.datalist import load_datalist
 from bundle.data.slice_dataset import SliceDataset
 from bundle.demo.dataset import generate_dataset
+from bundle.io.gallery import read_gallery_cases
 from bundle.preparation.preparation_checks import PreparationChecks
 from bundle.transforms.case_to_slices import case_to_slices
 from bundle.transforms.model_grid import model_grid
@@ -177,6 +178,16 @@ def test_an_interrupted_run_resumes_without_duplicates_or_half_written_cases(bal
     listed = sorted(Path(output / e["image"]).resolve() for e in training if e["synthetic"])
     assert listed == sorted(p.resolve() for p in synthetic.glob("*_synthetic.nii.gz"))  # each case once
     assert sorted(e["case_id"] for e in training if e["synthetic"]) == sorted(done)
+
+
+def test_the_review_gallery_shows_every_synthetic_case(balanced):
+    synthetic = balanced["output"] / "synthetic"
+    report = json.loads((synthetic / "report.json").read_text())
+    rows = {c["id"]: c for c in read_gallery_cases(synthetic / "index.html")}
+    assert set(rows) == {c["case_id"] for c in report["written"] + report["skipped"]}
+    kept = {p.name.removesuffix("_synthetic.json") for p in balanced["finished_first"]}
+    assert {i for i, c in rows.items() if c["status"] == "kept"} == kept
+    assert all((synthetic / c["thumbnail"]).is_file() and (synthetic / c["volume"]).is_file() for c in rows.values())
 
 
 def test_the_balanced_datalist_lists_real_and_synthetic_cases_with_provenance(balanced):

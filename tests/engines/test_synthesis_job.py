@@ -22,20 +22,20 @@ from monai.transforms import Compose, Lambda
 
 import bundle.io.volume_writer
 import bundle.utils.files
-from bundle.engines.synthesis_job import DiffusionPredictor, KeyPredictor, SynthesisJob, case_seed
+from bundle.engines.synthesis_job import DiffusionPredictor, SynthesisJob, case_seed
 from bundle.errors import OutputError, describe_failure
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
-from bundle.metrics.quality_filter import FeatureSpaceFilter, QualityCheck
 from bundle.metrics.synthesis_checks import SynthesisChecks
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import tiny_model
 from bundle.transforms.soft_mask import GaussianBlurMM
 from tests.helpers.paths import SCT_LEVELS, SCT_T2, TOTALSEG_MR, TOTALSEG_MR_SEG
+from tests.helpers.synthesis_jobs import StillOrMasked, job_from_preview, mean_intensity_check
 from tests.helpers.workflows import preview_parser, write_datalist
 
 GOOD = {"image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [3], "text": "lesion"}
 POINT = {"image": str(SCT_T2), "point": [30, 27, 26], "box_size_mm": 12, "text": "lesion"}
-OUTPUTS = ("_synthetic.json", "_synthetic.nii.gz", "_synthetic.png")
+OUTPUTS = ("_synthetic.json", "_synthetic.nii.gz", "_synthetic.png", "_synthetic_thumbnail.png")
 
 
 class CountingPredictor:
@@ -281,15 +281,6 @@ def test_describe_failure_unwraps_nested_composes():
 
 
 # ------------------------------------------------------------------ the quality filter's decision
-class MeanIntensity(torch.nn.Module):
-    """A one-number feature space: a slice's mean intensity."""
-
-    description = "mean intensity"
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return images.mean(dim=(1, 2, 3))[:, None]
-
-
 class RecordingPredictor(CountingPredictor):
     """Also keeps every case's predictions, to score them independently of the job."""
 
@@ -306,17 +297,8 @@ class RecordingPredictor(CountingPredictor):
 def judged_job(entries, tmp_path, output_dir, thresholds: dict[str, float]) -> SynthesisJob:
     """The mask-preview job with a one-number quality filter: reference 0 for each class, k = 1."""
     preview = make_job(entries, tmp_path / "list.json", output_dir)
-    reference = {label: torch.zeros(1, 1) for label in thresholds}
-    quality_filter = FeatureSpaceFilter(reference, thresholds, k=1, quantile=0.95, feature_space="mean intensity")
-    return SynthesisJob(
-        preview.cases,
-        preview.preprocessing,
-        RecordingPredictor(preview.predictor.predictor),
-        preview.writer,
-        output_dir,
-        details=preview.details,
-        quality_check=QualityCheck(quality_filter, MeanIntensity()),
-    )
+    predictor = RecordingPredictor(preview.predictor.predictor)
+    return job_from_preview(preview, output_dir, predictor, quality_check=mean_intensity_check(thresholds))
 
 
 def test_the_quality_decision_reaches_the_provenance_and_the_report_and_a_failed_case_is_kept(shared_data, tmp_path):
@@ -350,25 +332,9 @@ def test_the_quality_decision_reaches_the_provenance_and_the_report_and_a_failed
 
 
 # ------------------------------------------------------------------ the warnings on doubtful cases
-class StillOrMasked:
-    """The job's predictor: the input unchanged for case ``still`` (a negligible change), ``I_m`` for the others."""
-
-    def __call__(self, items):
-        key = "image" if items[0].get("case_id") == "still" else "masked_image"
-        return KeyPredictor(key)(items)
-
-
 def checked_job(entries, tmp_path, output_dir) -> SynthesisJob:
     preview = make_job(entries, tmp_path / "list.json", output_dir)
-    return SynthesisJob(
-        preview.cases,
-        preview.preprocessing,
-        StillOrMasked(),
-        preview.writer,
-        output_dir,
-        details=preview.details,
-        checks=SynthesisChecks(),
-    )
+    return job_from_preview(preview, output_dir, StillOrMasked(), checks=SynthesisChecks())
 
 
 def test_a_negligible_change_is_marked_in_the_report_the_provenance_and_the_log(shared_data, tmp_path, caplog):

@@ -268,6 +268,7 @@ def test_inputs_that_cannot_be_written_back_are_refused_by_file(shared_data, tmp
         "good_synthetic",
         "good_synthetic.json",
         "good_synthetic.png",
+        "good_synthetic_thumbnail.png",
         "report.json",
     ]
 

@@ -4,6 +4,7 @@ point), bit-identical to the command line, bad input raised as InputError, concu
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,6 +76,26 @@ def test_nifti_with_a_segmentation_keeps_the_geometry_and_changes_the_mask_only(
     assert_changed_in_mask_only(served.volume, SCT_T2, {"vertebra_seg": str(SCT_LEVELS), "mask_labels": [3]})
     record = served.record
     assert record["mask_source"]["type"] == "segmentation" and record["text"] == TEXT and record["synthetic"]
+
+
+def test_a_doubtful_result_is_returned_with_its_warnings_and_logged(synthesizer, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="bundle.serving.synthesizer"):
+        # every change below the whole intensity range counts as negligible: this result is doubtful
+        doubtful = synthesizer.synthesize(SCT_T2, TEXT, tmp_path / "doubtful", box=BOX, warn_min_change=1.0)
+    warned = {w["code"]: w for w in doubtful.warnings}
+    assert warned["negligible_change"]["threshold"] == 1.0 and 0 < warned["negligible_change"]["measured"] < 1.0
+    assert doubtful.warnings == doubtful.record["warnings"] and doubtful.thumbnail.is_file()
+    measured = warned["negligible_change"]["measured"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "bundle.serving.synthesizer"]
+    assert any(
+        "negligible_change" in m and f"measured {measured}, threshold 1.0" in m and str(doubtful.volume) in m
+        for m in logged
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bundle.serving.synthesizer"):
+        plain = synthesizer.synthesize(SCT_T2, TEXT, tmp_path / "plain", box=BOX, warn_min_change=0.0)
+    assert "negligible_change" not in {w["code"] for w in plain.warnings}
+    assert not any("negligible_change" in r.getMessage() for r in caplog.records)
 
 
 def test_box_and_point_sources(synthesizer, tmp_path):

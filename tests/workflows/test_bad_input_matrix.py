@@ -38,7 +38,7 @@ from tests.helpers.workflows import run_job, write_datalist
 IDENTITY = {"predictor#key": "image"}
 
 GOOD_SCT = {"image": str(SCT_T2), "vertebra_seg": str(SCT_LEVELS), "mask_labels": [3], "text": "lesion"}
-NIFTI_OUTPUTS = ("_synthetic.json", "_synthetic.nii.gz", "_synthetic.png")
+NIFTI_OUTPUTS = ("_synthetic.json", "_synthetic.nii.gz", "_synthetic.png", "_synthetic_thumbnail.png")
 
 
 # ------------------------------------------------------------------ DICOM series
@@ -94,6 +94,7 @@ def test_bad_dicom_series_are_refused_and_the_good_series_is_written(shared_data
         "ct_good_synthetic",
         "ct_good_synthetic.json",
         "ct_good_synthetic.png",
+        "ct_good_synthetic_thumbnail.png",
         "report.json",
     ]
     assert len(list((output_dir / "ct_good_synthetic").iterdir())) == 20
@@ -361,6 +362,7 @@ def test_header_and_data_file_formats_are_written_whole(shared_data, tmp_path, e
             "two_synthetic.json",
             f"two_synthetic{extension}",
             "two_synthetic.png",
+            "two_synthetic_thumbnail.png",
             "report.json",
         ]
     )

@@ -74,7 +74,13 @@ def test_bad_cases_are_reported_and_the_good_one_is_written(shared_data, tmp_pat
             assert re.search(pattern, failures[name]), (name, failures[name])
     assert [w["case_id"] for w in report["written"]] == ["good"]
     left = sorted(p.name for p in output_dir.iterdir())
-    assert left == ["good_synthetic.json", "good_synthetic.nii.gz", "good_synthetic.png", "report.json"]
+    assert left == [
+        "good_synthetic.json",
+        "good_synthetic.nii.gz",
+        "good_synthetic.png",
+        "good_synthetic_thumbnail.png",
+        "report.json",
+    ]
 
 
 def test_loader_messages_name_the_file(tmp_path, bad_files):

@@ -131,8 +131,9 @@ def test_killed_inference_skips_the_finished_cases_and_leaves_no_partial_file(tr
     for name, mtime in finished.items():  # the finished cases were not written again
         assert (out / name).stat().st_mtime_ns == mtime, name
     assert partial_files(out) == []
-    expected = sorted(f"{r['case_id']}_synthetic{ext}" for r in requests for ext in (".json", ".nii.gz", ".png"))
-    assert sorted(p.name for p in out.iterdir() if p.name != "report.json") == expected
+    suffixes = (".json", ".nii.gz", ".png", "_thumbnail.png")
+    expected = sorted(f"{r['case_id']}_synthetic{ext}" for r in requests for ext in suffixes)
+    assert sorted(p.name for p in out.iterdir() if p.name not in ("report.json", "index.html")) == expected
 
 
 def test_a_finished_case_is_redone_when_its_request_changed(shared_data, tmp_path):

@@ -61,9 +61,11 @@ def run_app(
 
 
 def assert_wrote(result: subprocess.CompletedProcess, out: Path, series: str, with_sr: bool) -> Path:
-    """The run succeeded and ``out`` holds exactly the series folder, its provenance JSON, preview (and SR)."""
+    """The run succeeded and ``out`` holds exactly the series folder, its provenance JSON, preview, thumbnail (and
+    SR)."""
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     expected = [series, f"{series}.json", f"{series}.png"] + [f"{series}_provenance_sr.dcm"] * with_sr
+    expected.append(f"{series}_thumbnail.png")  # the review gallery's strip
     assert sorted(p.name for p in out.iterdir()) == expected
     return out
 

@@ -27,8 +27,9 @@ def client_error(error: InputError) -> HTTPException:
 
 class LesionSynthesis(InferTask):
     """Type "others": returns a synthetic copy of the study (never stored as a label) and, in the result JSON, its
-    provenance record (``provenance``: source, text, seed, mask source, model and sampler settings) and the time
-    the synthesis took (``seconds``).
+    provenance record (``provenance``: source, text, seed, mask source, model and sampler settings), the warnings on a
+    doubtful result (``warnings``: each code, message, measured figure and threshold; empty when none; also logged)
+    and the time the synthesis took (``seconds``).
 
     Request params: ``text`` (the lesion), the vertebra as one of an uploaded ``label``, ``mask_tag`` (a datastore
     label of the study) with ``mask_labels`` (default 1), a ``box`` or a clicked ``foreground`` point with
@@ -59,7 +60,7 @@ class LesionSynthesis(InferTask):
             seconds = time.perf_counter() - started
             record, sent = synthesis.record, result_file(synthesis.volume)
             record["output"] = sent.name  # the file of this answer (the work folder is gone)
-            return str(sent), {"provenance": record, "seconds": round(seconds, 3)}
+            return str(sent), {"provenance": record, "warnings": synthesis.warnings, "seconds": round(seconds, 3)}
         except InputError as error:
             raise client_error(error) from error
         finally:
