@@ -90,7 +90,8 @@ class PairHosts:
 
 
 class LesionPairs:
-    """The pair job's cases and its preprocessing.
+    """The pair job's cases and its preprocessing. A pair whose drawn lesion fits nowhere inside its host is still
+    requested and fails in the job by name (listed as dropped), so the others go on.
 
     Args:
         hosts: the :class:`PairHosts` the sampler draws into (its ``hosts`` are ``hosts.masks``).
@@ -115,11 +116,14 @@ class LesionPairs:
         if num_pairs < 1 or not lesion_cases:
             raise ValueError(f"need num_pairs >= 1 and real lesion cases, got {num_pairs} and {len(lesion_cases)}")
         self.hosts, self.sampler, self.preprocessing = hosts, sampler, preprocessing
-        self.draws: dict[int, MaskDraw] = {}
+        self.draws: dict[int, MaskDraw | InputError] = {}
         self.requests: list[dict] = []
         for index in range(int(num_pairs)):
-            draw = self.draws[index] = sampler.draw(index)
-            host = hosts.entries[draw.host_index]
+            host = hosts.entries[sampler.host_of(index)]
+            try:
+                self.draws[index] = sampler.draw(index)
+            except InputError as error:  # the lesion fits nowhere in its host: this pair fails, the others go on
+                self.draws[index] = error
             source = lesion_cases[index % len(lesion_cases)]
             self.requests.append(
                 {
@@ -138,6 +142,8 @@ class LesionPairs:
         """A request's host slice item with ``lesion_mask`` (the drawn mask ``(1, H, W)``), ``seed`` (the drawn
         sampler seed) and ``lesion_pair`` (each level's value, for the provenance record)."""
         draw = self.draws[int(entry["pair_index"])]
+        if isinstance(draw, InputError):
+            raise InputError(entry.get("case_id"), f"no lesion drawn: {draw}")
         item = slice_items(entry, self.preprocessing)[0]
         if tuple(item["soft_mask"].shape) != tuple(draw.mask.shape):
             raise InputError(entry.get("case_id"), "the host slice differs from the one its lesion was drawn on")
@@ -150,6 +156,7 @@ class LesionPairs:
             "diameter_mm": round(draw.diameter_mm, 3),
             "aspect": round(draw.aspect, 3),
             "lesion_pixels": int(draw.mask.sum()),
+            "lesions_drawn": draw.tries,
             "mask_sampler": type(self.sampler).__name__,
             "frozen_levels": sorted(self.sampler.frozen),
         }

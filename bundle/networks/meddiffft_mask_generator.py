@@ -18,9 +18,10 @@ for every draw) to see what it contributes:
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,6 +227,7 @@ class MaskDraw:
     diameter_mm: float
     aspect: float
     sampler_seed: int
+    tries: int = 1  # lesions drawn until one fitted its host
 
 
 class HierarchicalMaskSampler:
@@ -238,6 +240,8 @@ class HierarchicalMaskSampler:
         pixel_mm: one pixel size (mm) per host.
         seed: the seed all levels derive their streams from.
         frozen: levels (of :data:`LEVELS`) that take the same value at every draw (their draw-0 value).
+        max_tries: a lesion that fits nowhere inside its host is drawn again (the next values of the same streams:
+            sizes conditioned on fitting the host), up to this many lesions per draw.
     """
 
     def __init__(
@@ -248,6 +252,7 @@ class HierarchicalMaskSampler:
         pixel_mm: Sequence[float],
         seed: int = 0,
         frozen: Sequence[str] = (),
+        max_tries: int = 20,
     ) -> None:
         unknown = sorted(set(frozen) - set(LEVELS))
         if unknown:
@@ -256,24 +261,41 @@ class HierarchicalMaskSampler:
             raise ValueError(f"need at least one host, each with its pixel size; got {len(hosts)}, {len(pixel_mm)}")
         self.shape_model, self.geometry = shape_model, geometry
         self.hosts, self.pixel_mm = list(hosts), [float(s) for s in pixel_mm]
-        self.seed, self.frozen = int(seed), frozenset(frozen)
+        self.seed, self.frozen, self.max_tries = int(seed), frozenset(frozen), max(1, int(max_tries))
 
     def generator(self, level: str, draw: int) -> torch.Generator:
         return level_generator(self.seed, level, 0 if level in self.frozen else draw)
 
-    def lesion(self, index: int) -> tuple[torch.Tensor, float, float]:
-        """Levels 1 and 2 of draw ``index``: the shape frame ``(1, F, F)``, its diameter (mm) and aspect."""
+    def lesions(self, index: int) -> Iterator[tuple[torch.Tensor, float, float]]:
+        """Levels 1 and 2 of draw ``index``: one shape frame ``(1, F, F)``, then diameters (mm) and aspects for it
+        from the size stream."""
         shape = self.shape_model.sample(1, self.generator("shape", index))[0]
-        return (shape, *self.geometry.draw(self.generator("size", index)))
+        sizes = self.generator("size", index)
+        while True:
+            yield (shape, *self.geometry.draw(sizes))
+
+    def host_of(self, index: int) -> int:
+        """Level 4 of draw ``index``: which host receives the lesion."""
+        return int(torch.randint(len(self.hosts), (1,), generator=self.generator("host", index)))
 
     def draw(self, index: int) -> MaskDraw:
-        """Draw number ``index`` (the same index and settings give the same draw)."""
-        host_index = int(torch.randint(len(self.hosts), (1,), generator=self.generator("host", index)))
-        shape, diameter, aspect = self.lesion(index)
-        sized = sized_shape(shape, diameter, aspect, self.pixel_mm[host_index])
-        mask = place(sized, self.hosts[host_index], self.generator("placement", index), f"host {host_index}")
+        """Draw number ``index`` (the same index and settings give the same draw).
+
+        Raises:
+            InputError: naming the host, when the drawn lesion fits nowhere inside it.
+        """
+        host_index = self.host_of(index)
+        placement = self.generator("placement", index)
+        for tries, (shape, diameter, aspect) in enumerate(itertools.islice(self.lesions(index), self.max_tries), 1):
+            sized = sized_shape(shape, diameter, aspect, self.pixel_mm[host_index])
+            try:
+                mask = place(sized, self.hosts[host_index], placement, f"host {host_index}")
+                break
+            except InputError as error:
+                if tries == self.max_tries:
+                    raise InputError(f"host {host_index}", f"{error.problem} ({tries} lesions drawn)") from error
         sampler_seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator("seed", index)))
-        return MaskDraw(mask, host_index, shape, diameter, aspect, sampler_seed)
+        return MaskDraw(mask, host_index, shape, diameter, aspect, sampler_seed, tries)
 
 
 def fit_shape_model(
@@ -296,7 +318,7 @@ class RealMaskSampler(HierarchicalMaskSampler):
     Args:
         real_masks: the real lesion masks ``(H, W)``, each on square pixels of ``real_pixel_mm``.
         real_pixel_mm: one pixel size (mm) per real mask.
-        hosts, pixel_mm, seed, frozen: :class:`HierarchicalMaskSampler`'s.
+        hosts, pixel_mm, seed, frozen, max_tries: :class:`HierarchicalMaskSampler`'s.
     """
 
     def __init__(
@@ -307,13 +329,17 @@ class RealMaskSampler(HierarchicalMaskSampler):
         pixel_mm: Sequence[float],
         seed: int = 0,
         frozen: Sequence[str] = (),
+        max_tries: int = 20,
     ) -> None:
         if not real_masks or len(real_masks) != len(real_pixel_mm):
             raise ValueError(f"need real masks, each with its pixel size; got {len(real_masks)}, {len(real_pixel_mm)}")
-        super().__init__(None, None, hosts, pixel_mm, seed, frozen)
+        super().__init__(None, None, hosts, pixel_mm, seed, frozen, max_tries)
         self.frames = [shape_frame(mask) for mask in real_masks]
         self.sizes = [mask_geometry(mask, size) for mask, size in zip(real_masks, real_pixel_mm, strict=True)]
 
-    def lesion(self, index: int) -> tuple[torch.Tensor, float, float]:
-        real = int(torch.randint(len(self.frames), (1,), generator=self.generator("shape", index)))
-        return (self.frames[real], *self.sizes[real])
+    def lesions(self, index: int) -> Iterator[tuple[torch.Tensor, float, float]]:
+        """Real masks drawn uniformly from the shape stream, each with its own size and aspect."""
+        shapes = self.generator("shape", index)
+        while True:
+            real = int(torch.randint(len(self.frames), (1,), generator=shapes))
+            yield (self.frames[real], *self.sizes[real])
