@@ -318,7 +318,8 @@ class RealMaskSampler(HierarchicalMaskSampler):
     Args:
         real_masks: the real lesion masks ``(H, W)``, each on square pixels of ``real_pixel_mm``.
         real_pixel_mm: one pixel size (mm) per real mask.
-        hosts, pixel_mm, seed, frozen, max_tries: :class:`HierarchicalMaskSampler`'s.
+        hosts, pixel_mm: :class:`HierarchicalMaskSampler`'s.
+        levels: :class:`HierarchicalMaskSampler`'s ``seed``, ``frozen``, ``max_tries``, by name.
     """
 
     def __init__(
@@ -327,13 +328,11 @@ class RealMaskSampler(HierarchicalMaskSampler):
         real_pixel_mm: Sequence[float],
         hosts: Sequence[torch.Tensor],
         pixel_mm: Sequence[float],
-        seed: int = 0,
-        frozen: Sequence[str] = (),
-        max_tries: int = 20,
+        **levels,
     ) -> None:
         if not real_masks or len(real_masks) != len(real_pixel_mm):
             raise ValueError(f"need real masks, each with its pixel size; got {len(real_masks)}, {len(real_pixel_mm)}")
-        super().__init__(None, None, hosts, pixel_mm, seed, frozen, max_tries)
+        super().__init__(None, None, hosts, pixel_mm, **levels)
         self.frames = [shape_frame(mask) for mask in real_masks]
         self.sizes = [mask_geometry(mask, size) for mask, size in zip(real_masks, real_pixel_mm, strict=True)]
 
