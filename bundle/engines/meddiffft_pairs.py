@@ -21,7 +21,7 @@ import torch
 from bundle.data.slice_dataset import pixel_size
 from bundle.engines.synthesis_job import DiffusionPredictor
 from bundle.errors import InputError
-from bundle.networks.meddiffft_mask_generator import HierarchicalMaskSampler, MaskDraw, host_interior
+from bundle.networks.meddiffft_mask_generator import HierarchicalMaskSampler, MaskDraw, host_interior, one_component
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +60,16 @@ class PairHosts:
         entries: the normal cases (datalist entries).
         preprocessing: entry -> its slice items (the pair job's; the first item is the host slice).
         inset_mm: how far inside the host structure's edge (the soft mask above 0.5) a lesion stays.
+        largest_part: keep only the host structure's largest connected part: on a sagittal slice through the body,
+            the vertebral body without the posterior elements a vertebra label also covers (e.g. the phantom's).
 
     A host that cannot be read, or whose host structure erodes to nothing, is left out with a warning
     (``refused`` lists them); none left is an error.
     """
 
-    def __init__(self, entries: Sequence[Mapping], preprocessing: Preprocessing, inset_mm: float = 1.0) -> None:
+    def __init__(
+        self, entries: Sequence[Mapping], preprocessing: Preprocessing, inset_mm: float = 1.0, largest_part: bool = True
+    ) -> None:
         self.entries: list[dict] = []
         self.masks: list[torch.Tensor] = []
         self.pixel_mm: list[float] = []
@@ -76,6 +80,8 @@ class PairHosts:
                 item = slice_items(entry, preprocessing)[0]
                 pixel = pixel_size(item["image"])
                 interior = host_interior(torch.as_tensor(item["soft_mask"]).as_subclass(torch.Tensor), pixel, inset_mm)
+                if largest_part:
+                    interior = one_component(interior[None, None])[0, 0]
                 if not interior.any():
                     raise InputError(case_id, f"the host structure erodes to nothing at {inset_mm} mm")
             except Exception as error:  # one bad host does not lose the others

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from scipy import ndimage
 
 from bundle.networks.meddiffft_inpainting import tiny_inpainting_model
 from bundle.networks.meddiffft_mask_generator import HierarchicalMaskSampler, RealMaskSampler, shape_frame
@@ -109,6 +110,16 @@ def test_the_quality_filter_drops_the_pairs_it_rejects_before_anything_is_writte
     assert dropped == {o["case_id"] for o in report["rejected"]}
     assert content["pairs"]["written"] == len(report["written"])
     assert report["rejected"], "a random model's pairs should not all look like real lesion slices"
+
+
+def test_the_host_is_the_vertebral_body_without_the_posterior_elements(demo_data, models):
+    hosts = pair_parser([], demo_data, models).get_parsed_content("hosts")
+    whole = pair_parser([], demo_data, models, host_body_only=False).get_parsed_content("hosts")
+    parts = [ndimage.label(mask.numpy())[1] for mask in whole.masks]
+    assert max(parts) > 1  # the phantom's vertebra label also covers the posterior elements
+    for body, mask in zip(hosts.masks, whole.masks, strict=True):
+        assert ndimage.label(body.numpy())[1] == 1 and (body <= mask).all()
+        assert body.sum() == max(np.bincount(ndimage.label(mask.numpy())[0].ravel())[1:])  # its largest part
 
 
 def test_each_ablation_override_changes_what_it_names(demo_data, models):
