@@ -70,6 +70,7 @@ class PairHosts:
     def __init__(
         self, entries: Sequence[Mapping], preprocessing: Preprocessing, inset_mm: float = 1.0, largest_part: bool = True
     ) -> None:
+        self.largest_part = largest_part
         self.entries: list[dict] = []
         self.masks: list[torch.Tensor] = []
         self.pixel_mm: list[float] = []
@@ -79,9 +80,7 @@ class PairHosts:
             try:
                 item = slice_items(entry, preprocessing)[0]
                 pixel = pixel_size(item["image"])
-                interior = host_interior(torch.as_tensor(item["soft_mask"]).as_subclass(torch.Tensor), pixel, inset_mm)
-                if largest_part:
-                    interior = one_component(interior[None, None])[0, 0]
+                interior = host_interior(self.structure(item["soft_mask"]), pixel, inset_mm)
                 if not interior.any():
                     raise InputError(case_id, f"the host structure erodes to nothing at {inset_mm} mm")
             except Exception as error:  # one bad host does not lose the others
@@ -93,6 +92,12 @@ class PairHosts:
             self.pixel_mm.append(float(pixel.mean()))
         if not self.entries:
             raise ValueError(f"none of the {len(entries)} host cases can receive a lesion: {self.refused}")
+
+    def structure(self, soft_mask: torch.Tensor) -> torch.Tensor:
+        """A slice's host structure ``(1, H, W)`` in {0, 1}: its soft mask above 0.5, cut to the largest connected
+        part with ``largest_part``."""
+        inside = (torch.as_tensor(soft_mask).as_subclass(torch.Tensor) > 0.5).float()
+        return one_component(inside[None])[0] if self.largest_part else inside
 
 
 class LesionPairs:
@@ -145,8 +150,9 @@ class LesionPairs:
             )
 
     def __call__(self, entry: Mapping) -> list[dict]:
-        """A request's host slice item with ``lesion_mask`` (the drawn mask ``(1, H, W)``), ``seed`` (the drawn
-        sampler seed) and ``lesion_pair`` (each level's value, for the provenance record)."""
+        """A request's host slice item with ``lesion_mask`` (the drawn mask ``(1, H, W)``), ``host_mask`` (the host
+        structure the guides stay in, :meth:`PairHosts.structure`), ``seed`` (the drawn sampler seed) and
+        ``lesion_pair`` (each level's value, for the provenance record)."""
         draw = self.draws[int(entry["pair_index"])]
         if isinstance(draw, InputError):
             raise InputError(entry.get("case_id"), f"no lesion drawn: {draw}")
@@ -154,6 +160,7 @@ class LesionPairs:
         if tuple(item["soft_mask"].shape) != tuple(draw.mask.shape):
             raise InputError(entry.get("case_id"), "the host slice differs from the one its lesion was drawn on")
         item["lesion_mask"] = draw.mask
+        item["host_mask"] = self.hosts.structure(item["soft_mask"])
         item["seed"] = draw.sampler_seed
         item["lesion_pair"] = {
             "pair_index": int(entry["pair_index"]),
@@ -172,7 +179,7 @@ class LesionPairs:
 class GuidedPairPredictor(DiffusionPredictor):
     """Paints each item's ``lesion_mask`` with the inpainting model under the guide schedule
     (:class:`bundle.inferers.guided_inpainting.GuidedInpaintingInferer` with a ``guide_schedule``): the host
-    structure is the item's soft mask above 0.5, the seed the item's own (the draw's); arguments as
+    structure is the item's ``host_mask``, the seed the item's own (the draw's); arguments as
     :class:`DiffusionPredictor`'s (no through-plane mode)."""
 
     def __call__(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
@@ -187,7 +194,7 @@ class GuidedPairPredictor(DiffusionPredictor):
                 [str(item["text"]) for item in batch],
                 [int(item["seed"]) for item in batch],
                 lesion_mask=lesion,
-                host_mask=(self._stack(batch, "soft_mask") > 0.5).float(),
+                host_mask=self._stack(batch, "host_mask"),
                 pixel_mm=[float(pixel_size(item["image"]).mean()) for item in batch],
             )
             results.extend(painted.cpu())

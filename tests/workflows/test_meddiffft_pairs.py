@@ -120,6 +120,11 @@ def test_the_host_is_the_vertebral_body_without_the_posterior_elements(demo_data
     for body, mask in zip(hosts.masks, whole.masks, strict=True):
         assert ndimage.label(body.numpy())[1] == 1 and (body <= mask).all()
         assert body.sum() == max(np.bincount(ndimage.label(mask.numpy())[0].ravel())[1:])  # its largest part
+    pairs = pair_parser([], demo_data, models, num_pairs=2).get_parsed_content("pairs")
+    for request in pairs.requests:
+        item = pairs(request)[0]
+        assert ndimage.label(item["host_mask"][0].numpy())[1] == 1  # the guides stay in the body too
+        assert (item["lesion_mask"] <= item["host_mask"]).all() and item["lesion_mask"].any()
 
 
 def test_each_ablation_override_changes_what_it_names(demo_data, models):
