@@ -10,7 +10,7 @@ DEMO_DIR := demo
 DEMO_CASES ?= 60
 DEMO_SEED ?= 0
 
-.PHONY: install demo test lint clean-demo bench bench-quick package monailabel-env deploy-env
+.PHONY: install demo meddiffft-demo test lint clean-demo bench bench-quick package monailabel-env deploy-env
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,21 @@ demo: install
 		--output $(DEMO_DIR)/outputs/text_adherence.json --figure $(DEMO_DIR)/outputs/text_adherence.png \
 		| tee $(DEMO_DIR)/text_adherence.log
 	@echo "demo outputs: models/ (trained weights), $(DEMO_DIR)/runs (logs, TensorBoard, validation samples), $(DEMO_DIR)/outputs/synthesis (volumes, provenance, PNG previews, report.json), $(DEMO_DIR)/outputs/text_adherence.json and .png (does each lesion follow its text; through-plane coherence vs the phantom's real lesions)"
+
+# MedDiff-FT (docs/meddiffft.md), tiny profile: demo data (if absent) -> stand-in foundation on the normal slices ->
+# fine-tuning on K = 8 lesion cases -> image-lesion pairs in normal host vertebrae (mask generator, dynamic guiding
+# mask, quality filter, eroded labels) with a datalist configs/segment.json reads.
+meddiffft-demo: install
+	rm -rf $(DEMO_DIR)/runs/meddiffft_pretrain $(DEMO_DIR)/runs/meddiffft_finetune $(DEMO_DIR)/outputs/meddiffft_pairs
+	test -f $(DEMO_DIR)/data/datalist.json || \
+		$(PY) scripts/demo_data.py --out_dir $(DEMO_DIR)/data --num_cases $(DEMO_CASES) --seed $(DEMO_SEED)
+	$(PY) -m monai.bundle run --config_file configs/meddiffft_pretrain.json --dataset_dir $(DEMO_DIR)/data \
+		--output_dir $(DEMO_DIR)/runs/meddiffft_pretrain 2>&1 | tee $(DEMO_DIR)/meddiffft_pretrain.log
+	$(PY) -m monai.bundle run --config_file "['configs/meddiffft_pretrain.json','configs/meddiffft_finetune.json']" \
+		--dataset_dir $(DEMO_DIR)/data --output_dir $(DEMO_DIR)/runs/meddiffft_finetune 2>&1 | tee $(DEMO_DIR)/meddiffft_finetune.log
+	$(PY) -m monai.bundle run --config_file configs/meddiffft_pairs.json --dataset_dir $(DEMO_DIR)/data \
+		--pairs_dir $(DEMO_DIR)/outputs/meddiffft_pairs 2>&1 | tee $(DEMO_DIR)/meddiffft_pairs.log
+	@echo "MedDiff-FT demo outputs: models/meddiffft_foundation, models/meddiffft (weights), $(DEMO_DIR)/runs/meddiffft_* (logs, TensorBoard), $(DEMO_DIR)/outputs/meddiffft_pairs (synthetic volumes, eroded lesion labels, provenance, PNG previews, report.json, datalist.json for configs/segment.json)"
 
 # The MONAI Label server's own environment, layered over $(VENV) (apps/monailabel/env/build.sh says why); built once.
 monailabel-env: $(LABEL_VENV)/.installed

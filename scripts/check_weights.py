@@ -50,7 +50,8 @@ def main(
     ``--biomedbert``: its text model's config/tokenizer folder, default ``biomedbert/`` beside it).
 
     Args:
-        profile: ``sd15`` (the published sizes) or ``structure`` (layout and consistency only).
+        profile: ``sd15`` (the published sizes), ``sd15_inpaint`` (SD 1.5 inpainting: a 9-input UNet, for
+            MedDiff-FT), ``structure`` or ``structure_inpaint`` (layout and consistency only).
         hashes: SHA-256 of each weight file against bundle/weights/known_weight_hashes.json (``--nohashes`` skips it).
         convert: rewrite refused pickled weights as safetensors first (``torch.load(weights_only=True)``).
         latent: the VAE is needed (``--nolatent`` for a pixel-space UNet).

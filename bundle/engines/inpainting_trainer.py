@@ -14,8 +14,7 @@ from bundle.engines.diffusion_trainer import DiffusionTrainer
 from bundle.errors import InputError
 from bundle.networks.conditions import Conditions
 from bundle.networks.meddiffft_inpainting import InpaintingDiffusion
-from bundle.networks.meddiffft_mask_generator import place
-from bundle.transforms.morphology import ErodeMaskMM
+from bundle.networks.meddiffft_mask_generator import host_interior, place
 
 MaskSource = Callable[[Mapping], torch.Tensor]
 """A collated batch -> its inpainting masks ``(B, 1, H, W)`` on the image grid."""
@@ -67,7 +66,7 @@ class RandomHostMasks:
         hosts, pixel_mm = batch[self.host_key].cpu(), batch["pixel_mm"].cpu()
         masks = []
         for host, size in zip(hosts, pixel_mm, strict=True):
-            inner = ErodeMaskMM(self.inset_mm, spacing_mm=[float(s) for s in size])(host)[0]
+            inner = host_interior(host, size, self.inset_mm)
             shape = self.shape(float(size.mean()))
             while True:
                 try:

@@ -185,8 +185,11 @@ class SynthesisJob:
         quality_check: judge each case's predicted slices against the real cases of its ``label``
             (:class:`bundle.metrics.quality_filter.QualityCheck`). The decision goes into the case's provenance
             record and its report entry as ``"quality"`` (score, threshold, passed); a case that fails is still
-            written (and marked). The filter's identity joins ``details``, so a case judged by another filter is
-            redone.
+            written (and marked), unless ``write_rejected`` is ``False``. A case's ``quality_label``, where it has
+            one, is the class it is judged as (else its ``label``). The filter's identity joins ``details``, so a
+            case judged by another filter is redone.
+        write_rejected: write the cases the quality filter rejects (marked). ``False``: nothing of such a case is
+            written; the report lists it under ``"rejected"`` with the filter's decision.
         checks: the warnings on each case (:class:`bundle.metrics.synthesis_checks.SynthesisChecks`: negligible
             change, change outside the mask, lesion against the text, rejected by the quality filter): in the case's
             provenance record and report entry as ``"warnings"`` (each code, message, measured, threshold), with
@@ -209,6 +212,7 @@ class SynthesisJob:
         quality_check: QualityCheck | None = None,
         checks: SynthesisChecks | None = None,
         gallery: Callable[[Mapping[str, object]], os.PathLike] | None = None,
+        write_rejected: bool = True,
     ) -> None:
         self.cases = load_datalist(cases, split) if isinstance(cases, (str, os.PathLike)) else list(cases)
         self.preprocessing = preprocessing
@@ -218,6 +222,7 @@ class SynthesisJob:
         self.details = dict(details or {})
         self.skip_completed = skip_completed
         self.quality_check = quality_check
+        self.write_rejected = write_rejected
         if quality_check is not None:
             self.details["quality_filter"] = quality_check.identity()
         self.checks = checks
@@ -234,9 +239,11 @@ class SynthesisJob:
         judgement = {}
         if self.quality_check is not None:
             try:
-                judgement["quality"] = self.quality_check(case.get("label"), predictions)
+                judgement["quality"] = self.quality_check(case.get("quality_label", case.get("label")), predictions)
             except ValueError as error:  # a label the filter does not know
                 raise InputError(case.get("case_id", case.get("image")), str(error)) from error
+            if not self.write_rejected and not judgement["quality"]["passed"]:
+                return judgement
         if self.checks is not None:
             judgement["checks"], judgement["warnings"] = self.checks(items, predictions, judgement.get("quality"))
         return {**self.writer(items, predictions, {**self.details, **judgement}), **judgement}
@@ -258,6 +265,7 @@ class SynthesisJob:
             logger.warning("removed %s, left half-written by an interrupted run", path)
         self.clashes = output_name_clashes(self.cases, self.writer.output_stem)
         self.written: list[dict[str, object]] = []
+        self.rejected: list[dict[str, object]] = []
         self.skipped: list[dict[str, object]] = []
         self.failed: list[dict[str, object]] = []
 
@@ -300,6 +308,17 @@ class SynthesisJob:
         except Exception as error:  # report the case and go on; 'bad_input' tells a fault of the code from the input's
             self.fail(number, case, error)
             return
+        if "volume" not in outputs:
+            self.rejected.append({"case_id": case_id, **outputs})
+            logger.info(
+                "[%d/%d] %s rejected by the quality filter (score %.4g > threshold %.4g): not written",
+                number,
+                len(self.cases),
+                case_id,
+                outputs["quality"]["score"],
+                outputs["quality"]["threshold"],
+            )
+            return
         self.written.append({"case_id": case_id, **outputs})
         self.log_warnings(number, case_id, outputs)
         logger.info(
@@ -315,8 +334,10 @@ class SynthesisJob:
         """Write and return the report: outputs written now, outputs kept from an earlier run, failures; then the
         review page (``gallery``)."""
         report = {"written": self.written, "skipped": self.skipped, "failed": self.failed, "num_cases": len(self.cases)}
+        if not self.write_rejected:
+            report["rejected"] = self.rejected
         if self.quality_check is not None:
-            judged = [c.get("quality") or {} for c in [*self.written, *self.skipped]]
+            judged = [c.get("quality") or {} for c in [*self.written, *self.skipped, *self.rejected]]
             report["quality"] = {
                 **self.details["quality_filter"],
                 "judged": len(judged),

@@ -158,9 +158,12 @@ def gallery_case(entry: Mapping, status: str, folder: Path) -> dict[str, object]
 
 
 def gallery_cases(report: Mapping, folder: Path) -> list[dict[str, object]]:
-    """Every case of a synthesis report as a row: written now, kept from an earlier run, failed (with its error)."""
+    """Every case of a synthesis report as a row: written now, kept from an earlier run, rejected by the quality
+    filter and not written (a job with ``write_rejected=False``: score and decision, no images), failed (with its
+    error)."""
     cases = [gallery_case(e, "written", folder) for e in report.get("written", [])]
     cases += [gallery_case(e, "kept", folder) for e in report.get("skipped", [])]
+    cases += [gallery_case(e, "not written", folder) for e in report.get("rejected", [])]
     cases += [
         {"id": str(f.get("case_id")), "status": "failed", "decision": "failed", "warnings": [], "error": f.get("error")}
         for f in report.get("failed", [])
@@ -367,7 +370,8 @@ for (const label of labels) {
 const count = (test) => cases.filter(test).length;
 element("summary").textContent = cases.length + " cases: " +
   count((c) => c.status === "written") + " written now, " + count((c) => c.status === "kept") +
-  " kept from an earlier run, " + count((c) => c.status === "failed") + " failed; " +
+  " kept from an earlier run, " + count((c) => c.status === "not written") + " rejected and not written, " +
+  count((c) => c.status === "failed") + " failed; " +
   count((c) => c.decision === "passed") + " passed and " + count((c) => c.decision === "rejected") +
   " rejected by the quality filter; " + count((c) => c.warnings.length > 0) + " with warnings.";
 for (const id of ["class", "decision", "warnings", "sort"]) {

@@ -87,12 +87,14 @@ class LesionPairWriter(SyntheticVolumeWriter):
         self, items: Sequence[Mapping], predictions: Sequence[torch.Tensor], details: Mapping[str, object] | None = None
     ) -> dict[str, str]:
         """Write the pair (:meth:`SyntheticVolumeWriter.__call__`); the provenance also records
-        ``label_erosion_mm``. Returns the paths written, the label's under ``"lesion_label"``.
+        ``label_erosion_mm`` and, from the pair job, the first item's ``lesion_pair`` (how its mask was drawn).
+        Returns the paths written, the label's under ``"lesion_label"``.
 
         Raises:
             EmptyLabelError: the case's label is empty or erodes to nothing (nothing is written).
         """
-        return super().__call__(items, predictions, {"label_erosion_mm": self.erosion_mm, **(details or {})})
+        drawn = {"lesion_pair": items[0]["lesion_pair"]} if items and "lesion_pair" in items[0] else {}
+        return super().__call__(items, predictions, {"label_erosion_mm": self.erosion_mm, **drawn, **(details or {})})
 
     def slice_label(self, item: Mapping) -> torch.Tensor:
         """The item's lesion label on its native slice pixels ``(1, H, W)``, in {0, 1}, before the erosion."""
@@ -191,3 +193,27 @@ def write_pair_datalist(
         "base_datalist": None if base_datalist is None else str(Path(base_datalist).resolve()),
     }
     return write_json_atomically(path, content)
+
+
+def write_job_pairs(
+    path: str | os.PathLike,
+    requests: Sequence[Mapping],
+    report: Mapping[str, Sequence[Mapping]],
+    base_datalist: str | os.PathLike | None = None,
+) -> Path:
+    """The pair job's datalist (:func:`write_pair_datalist`): each written (or earlier written) pair that passed the
+    quality filter, or was judged by none, as a :func:`pair_entry` of its request; the failed and the rejected ones
+    (report ``"rejected"``, with their score and threshold) are listed as dropped."""
+    by_id = {str(request["case_id"]): request for request in requests}
+    done = [*report.get("written", []), *report.get("skipped", [])]
+    passed = [o for o in done if (o.get("quality") or {}).get("passed", True)]
+    rejected = [o for o in [*done, *report.get("rejected", [])] if not (o.get("quality") or {}).get("passed", True)]
+    dropped = [
+        *report.get("failed", []),
+        *[
+            {"case_id": o["case_id"], "error": "rejected by the quality filter", "quality": o["quality"]}
+            for o in rejected
+        ],
+    ]
+    pairs = [pair_entry(by_id[str(o["case_id"])], o) for o in passed]
+    return write_pair_datalist(path, pairs, base_datalist, dropped)

@@ -256,9 +256,11 @@ def case_features(
     preprocessing: Callable[[dict], list[Mapping]],
     extractor: FeatureFunction,
     key: str = "image",
+    label: str | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """``{label: {case_id: (S, D)}}``: each entry's slice items (``preprocessing``, e.g. the synthesis job's),
     their ``key`` images through ``extractor``. The same preprocessing and extractor must score the synthetic cases.
+    ``label``: file every entry under this one class (e.g. all real lesion cases pooled) instead of its own.
 
     Raises:
         InputError: naming the case that could not be read.
@@ -273,5 +275,7 @@ def case_features(
         items = items if isinstance(items, list) else [items]
         images = torch.stack([torch.as_tensor(i[key]).as_subclass(torch.Tensor).float() for i in items])
         with torch.no_grad():
-            found.setdefault(str(entry["label"]), {})[case_id] = extractor(images.clamp(0, 1)).double().cpu()
+            found.setdefault(str(entry["label"] if label is None else label), {})[case_id] = (
+                extractor(images.clamp(0, 1)).double().cpu()
+            )
     return found

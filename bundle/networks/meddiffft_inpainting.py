@@ -13,6 +13,7 @@ branches of classifier-free guidance see them, as in diffusers).
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,9 @@ from bundle.networks.guided_unet import load_unet, tiny_unet
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import CLIP_FOLDER, UNET_FOLDER, require_folder
 from bundle.networks.text_states import ClipTowerTextStates
+
+FINETUNE_CHOICES = ("full", "lora")
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention's projections, self- and cross-attention
 
 
 class InpaintingDiffusion(nn.Module):
@@ -53,6 +57,23 @@ class InpaintingDiffusion(nn.Module):
         self.text_states = text_states.requires_grad_(False)
         self.space = space
 
+    def with_finetune(self, finetune: str = "full", lora_rank: int = 8) -> InpaintingDiffusion:
+        """Choose what fine-tuning trains, in place: ``"full"`` (the whole UNet: the authors' release) or ``"lora"``
+        (peft LoRA of rank ``lora_rank`` on :data:`LORA_TARGETS` of the UNet; the base UNet frozen). Returns self."""
+        if finetune not in FINETUNE_CHOICES:
+            raise ValueError(f"finetune must be one of {FINETUNE_CHOICES}, got {finetune!r}")
+        if finetune == "lora":
+            from peft import LoraConfig
+
+            self.unet.add_adapter(
+                LoraConfig(
+                    r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS)
+                )
+            )
+        for name, parameter in self.unet.named_parameters():
+            parameter.requires_grad_(finetune == "full" or "lora_" in name)
+        return self
+
     @torch.no_grad()
     def conditions(self, texts: Sequence[str], images: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """``"text"``: C ``(B, L, D)``; ``"inpaint"``: ``cat([m, z_masked])`` ``(B, 1 + C, h, w)`` of the images
@@ -75,11 +96,17 @@ class InpaintingDiffusion(nn.Module):
         return self.unet(sample, timesteps, encoder_hidden_states=conditions["text"]).sample
 
     def save(self, folder: str | os.PathLike) -> None:
-        """The ``tiny`` model as a folder: ``unet/`` (diffusers) and ``clip/`` (the text tower's CLIP)."""
+        """The ``tiny`` model as a folder: ``unet/`` (diffusers; a LoRA merged into its weights) and ``clip/`` (the
+        text tower's CLIP)."""
         if not isinstance(self.text_states, ClipTowerTextStates):
             raise ValueError("only the tiny profile's model (text from the medical CLIP's tower) saves as a folder")
         folder = Path(folder)
-        self.unet.save_pretrained(folder / UNET_FOLDER, safe_serialization=True)
+        unet = self.unet
+        if getattr(unet, "_hf_peft_config_loaded", False):  # LoRA: saved merged into a plain UNet
+            unet = copy.deepcopy(unet)
+            unet.fuse_lora()
+            unet.unload_lora()
+        unet.save_pretrained(folder / UNET_FOLDER, safe_serialization=True)
         self.text_states.encoder.save_local_dir(folder / CLIP_FOLDER)
 
     @classmethod

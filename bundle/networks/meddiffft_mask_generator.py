@@ -18,9 +18,10 @@ for every draw) to see what it contributes:
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ from scipy import ndimage
 from torch import nn
 
 from bundle.errors import InputError
+from bundle.transforms.morphology import ErodeMaskMM
 
 LEVELS = ("shape", "size", "placement", "host", "seed")
 
@@ -58,6 +60,22 @@ def one_component(masks: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def mask_geometry(mask: torch.Tensor, pixel_mm: float) -> tuple[float, float]:
+    """A 2-D mask's ``(H, W)`` equivalent diameter (mm) on square ``pixel_mm`` pixels and its bounding box's aspect
+    (height / width)."""
+    inside = torch.nonzero(torch.as_tensor(mask) > 0.5).float()
+    if inside.numel() == 0:
+        raise ValueError("an empty mask has no geometry")
+    extent = inside.max(dim=0).values - inside.min(dim=0).values + 1
+    return 2.0 * math.sqrt(len(inside) * float(pixel_mm) ** 2 / math.pi), float(extent[0] / extent[1])
+
+
+def host_interior(host: torch.Tensor, pixel_mm: Sequence[float], inset_mm: float) -> torch.Tensor:
+    """The host structure ``(1, H, W)`` (values above 0.5 inside, e.g. a vertebra's soft mask) eroded by ``inset_mm``
+    on ``pixel_mm`` (row, column) pixels: where a lesion may lie, ``(H, W)`` in {0, 1}."""
+    return ErodeMaskMM(inset_mm, spacing_mm=[float(s) for s in pixel_mm])((torch.as_tensor(host) > 0.5).float())[0]
+
+
 @dataclass
 class LesionGeometry:
     """Log-normal size and aspect of lesions: ``log(diameter_mm) ~ N(log_diameter_mean, log_diameter_std)`` (the
@@ -73,15 +91,7 @@ class LesionGeometry:
         """Maximum-likelihood fit to 2-D masks ``(H, W)``, one square pixel size (mm) per mask."""
         if len(masks) < 2 or len(masks) != len(pixel_mm):
             raise ValueError(f"need at least two masks, each with its pixel size; got {len(masks)}, {len(pixel_mm)}")
-        diameters, aspects = [], []
-        for mask, size in zip(masks, pixel_mm, strict=True):
-            inside = torch.nonzero(torch.as_tensor(mask) > 0.5).float()
-            if inside.numel() == 0:
-                raise ValueError("an empty mask has no geometry")
-            diameters.append(2.0 * math.sqrt(len(inside) * float(size) ** 2 / math.pi))
-            extent = inside.max(dim=0).values - inside.min(dim=0).values + 1
-            aspects.append(float(extent[0] / extent[1]))
-        log_d, log_a = torch.tensor(diameters).log(), torch.tensor(aspects).log()
+        log_d, log_a = torch.tensor([mask_geometry(m, s) for m, s in zip(masks, pixel_mm, strict=True)]).log().T
         return cls(
             float(log_d.mean()), float(log_d.std(correction=0)), float(log_a.mean()), float(log_a.std(correction=0))
         )
@@ -217,6 +227,7 @@ class MaskDraw:
     diameter_mm: float
     aspect: float
     sampler_seed: int
+    tries: int = 1  # lesions drawn until one fitted its host
 
 
 class HierarchicalMaskSampler:
@@ -229,16 +240,19 @@ class HierarchicalMaskSampler:
         pixel_mm: one pixel size (mm) per host.
         seed: the seed all levels derive their streams from.
         frozen: levels (of :data:`LEVELS`) that take the same value at every draw (their draw-0 value).
+        max_tries: a lesion that fits nowhere inside its host is drawn again (the next values of the same streams:
+            sizes conditioned on fitting the host), up to this many lesions per draw.
     """
 
     def __init__(
         self,
-        shape_model: LesionShapeModel,
-        geometry: LesionGeometry,
+        shape_model: LesionShapeModel | None,
+        geometry: LesionGeometry | None,
         hosts: Sequence[torch.Tensor],
         pixel_mm: Sequence[float],
         seed: int = 0,
         frozen: Sequence[str] = (),
+        max_tries: int = 20,
     ) -> None:
         unknown = sorted(set(frozen) - set(LEVELS))
         if unknown:
@@ -247,18 +261,84 @@ class HierarchicalMaskSampler:
             raise ValueError(f"need at least one host, each with its pixel size; got {len(hosts)}, {len(pixel_mm)}")
         self.shape_model, self.geometry = shape_model, geometry
         self.hosts, self.pixel_mm = list(hosts), [float(s) for s in pixel_mm]
-        self.seed, self.frozen = int(seed), frozenset(frozen)
+        self.seed, self.frozen, self.max_tries = int(seed), frozenset(frozen), max(1, int(max_tries))
 
     def generator(self, level: str, draw: int) -> torch.Generator:
         return level_generator(self.seed, level, 0 if level in self.frozen else draw)
 
-    def draw(self, index: int) -> MaskDraw:
-        """Draw number ``index`` (the same index and settings give the same draw)."""
-        host_index = int(torch.randint(len(self.hosts), (1,), generator=self.generator("host", index)))
+    def lesions(self, index: int) -> Iterator[tuple[torch.Tensor, float, float]]:
+        """Levels 1 and 2 of draw ``index``: one shape frame ``(1, F, F)``, then diameters (mm) and aspects for it
+        from the size stream."""
         shape = self.shape_model.sample(1, self.generator("shape", index))[0]
-        diameter, aspect = self.geometry.draw(self.generator("size", index))
-        pixel = self.pixel_mm[host_index]
-        sized = sized_shape(shape, diameter, aspect, pixel)
-        mask = place(sized, self.hosts[host_index], self.generator("placement", index), f"host {host_index}")
+        sizes = self.generator("size", index)
+        while True:
+            yield (shape, *self.geometry.draw(sizes))
+
+    def host_of(self, index: int) -> int:
+        """Level 4 of draw ``index``: which host receives the lesion."""
+        return int(torch.randint(len(self.hosts), (1,), generator=self.generator("host", index)))
+
+    def draw(self, index: int) -> MaskDraw:
+        """Draw number ``index`` (the same index and settings give the same draw).
+
+        Raises:
+            InputError: naming the host, when the drawn lesion fits nowhere inside it.
+        """
+        host_index = self.host_of(index)
+        placement = self.generator("placement", index)
+        for tries, (shape, diameter, aspect) in enumerate(itertools.islice(self.lesions(index), self.max_tries), 1):
+            sized = sized_shape(shape, diameter, aspect, self.pixel_mm[host_index])
+            try:
+                mask = place(sized, self.hosts[host_index], placement, f"host {host_index}")
+                break
+            except InputError as error:
+                if tries == self.max_tries:
+                    raise InputError(f"host {host_index}", f"{error.problem} ({tries} lesions drawn)") from error
         sampler_seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator("seed", index)))
-        return MaskDraw(mask, host_index, shape, diameter, aspect, sampler_seed)
+        return MaskDraw(mask, host_index, shape, diameter, aspect, sampler_seed, tries)
+
+
+def fit_shape_model(
+    masks: Sequence[torch.Tensor], steps: int, frame: int = 16, batch_size: int = 16, seed: int = 0
+) -> LesionShapeModel:
+    """Level 1 trained on real lesion masks ``(H, W)``: a :class:`LesionShapeModel` fitted for ``steps`` optimiser
+    steps on their shape frames (:func:`shape_frame`)."""
+    if not masks:
+        raise ValueError("the lesion shape model needs at least one real lesion mask")
+    model = LesionShapeModel(frame=frame, seed=seed)
+    model.fit(torch.stack([shape_frame(mask, frame) for mask in masks]), steps, batch_size=batch_size, seed=seed)
+    return model
+
+
+class RealMaskSampler(HierarchicalMaskSampler):
+    """The ablation "real masks re-placed": level 1 draws one of the real lesion masks (uniformly) and level 2 is
+    that mask's own size and aspect (in mm, so it keeps its physical size on a host of another pixel size); placement,
+    host and seed are drawn as by :class:`HierarchicalMaskSampler` (the real lesion moved into a normal host).
+
+    Args:
+        real_masks: the real lesion masks ``(H, W)``, each on square pixels of ``real_pixel_mm``.
+        real_pixel_mm: one pixel size (mm) per real mask.
+        hosts, pixel_mm: :class:`HierarchicalMaskSampler`'s.
+        levels: :class:`HierarchicalMaskSampler`'s ``seed``, ``frozen``, ``max_tries``, by name.
+    """
+
+    def __init__(
+        self,
+        real_masks: Sequence[torch.Tensor],
+        real_pixel_mm: Sequence[float],
+        hosts: Sequence[torch.Tensor],
+        pixel_mm: Sequence[float],
+        **levels,
+    ) -> None:
+        if not real_masks or len(real_masks) != len(real_pixel_mm):
+            raise ValueError(f"need real masks, each with its pixel size; got {len(real_masks)}, {len(real_pixel_mm)}")
+        super().__init__(None, None, hosts, pixel_mm, **levels)
+        self.frames = [shape_frame(mask) for mask in real_masks]
+        self.sizes = [mask_geometry(mask, size) for mask, size in zip(real_masks, real_pixel_mm, strict=True)]
+
+    def lesions(self, index: int) -> Iterator[tuple[torch.Tensor, float, float]]:
+        """Real masks drawn uniformly from the shape stream, each with its own size and aspect."""
+        shapes = self.generator("shape", index)
+        while True:
+            real = int(torch.randint(len(self.frames), (1,), generator=shapes))
+            yield (self.frames[real], *self.sizes[real])

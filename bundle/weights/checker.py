@@ -70,6 +70,7 @@ class WeightProfile:
     name: str
     values: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     shapes: Mapping[str, Mapping[str, tuple[int, ...]]] = field(default_factory=dict)
+    inpainting: bool = False  # the UNet sees [noisy latents, mask, masked-image latents]: 2 x latent + 1 inputs
 
 
 SD15 = WeightProfile(
@@ -121,8 +122,17 @@ SD15 = WeightProfile(
         },
     },
 )
+# SD 1.5 inpainting (stable-diffusion-v1-5/stable-diffusion-inpainting, MedDiff-FT's base): SD 1.5's layout and sizes,
+# its UNet with 9 input channels (4 noisy latents + 1 mask + 4 masked-image latents)
+SD15_INPAINT = WeightProfile(
+    "sd15_inpaint",
+    values={**SD15.values, "unet": {**SD15.values["unet"], "in_channels": 9}},
+    shapes={**SD15.shapes, "unet": {**SD15.shapes["unet"], "conv_in.weight": (320, 9, 3, 3)}},
+    inpainting=True,
+)
 STRUCTURE = WeightProfile("structure")
-PROFILES = {profile.name: profile for profile in (SD15, STRUCTURE)}
+STRUCTURE_INPAINT = WeightProfile("structure_inpaint", inpainting=True)
+PROFILES = {profile.name: profile for profile in (SD15, SD15_INPAINT, STRUCTURE, STRUCTURE_INPAINT)}
 
 # ------------------------------------------------------------------ known hashes
 KNOWN_HASHES_FILE = Path(__file__).with_name("known_weight_hashes.json")
@@ -402,7 +412,7 @@ def check_sd15(
     if latent:
         _check_vae(findings, folder, vae, headers.get("vae"), profile)
     _check_text_encoder(findings, folder, text, headers.get("text_encoder"), configs.get("tokenizer"), profile)
-    _check_sd15_agreement(findings, folder, unet, vae if latent else None, text, latent)
+    _check_sd15_agreement(findings, folder, unet, vae if latent else None, text, latent, profile.inpainting)
 
     if hashes:
         _check_sd15_hashes(findings, folder, parts, headers, known, progress)
@@ -607,10 +617,17 @@ def _check_text_encoder(
 
 
 def _check_sd15_agreement(
-    findings: _Findings, folder: Path, unet: dict | None, vae: dict | None, text: dict | None, latent: bool = True
+    findings: _Findings,
+    folder: Path,
+    unet: dict | None,
+    vae: dict | None,
+    text: dict | None,
+    latent: bool = True,
+    inpainting: bool = False,
 ) -> None:
     """The checks :func:`bundle.networks.medsoft_diffusion.sd15_model` makes across sub-folders, reported instead of
-    raised."""
+    raised. ``inpainting``: the UNet takes 2 x latent_channels + 1 inputs (noisy latents, mask, masked-image latents;
+    :class:`bundle.networks.meddiffft_inpainting.InpaintingDiffusion`)."""
     path = folder / "unet/config.json"
     if unet is not None and text is not None:
         cross = unet.get("cross_attention_dim")
@@ -627,16 +644,23 @@ def _check_sd15_agreement(
             findings.add(OK, path, f"cross_attention_dim = text encoder hidden_size = {text.get('hidden_size')}")
     if unet is not None and vae is not None:
         channels = vae.get("latent_channels")
-        if unet.get("in_channels") != channels or unet.get("out_channels") != channels:
+        inputs = 2 * channels + 1 if inpainting and _int(channels) else channels
+        if unet.get("in_channels") != inputs or unet.get("out_channels") != channels:
             findings.add(
                 WRONG_SHAPE,
                 path,
                 f"the UNet has {unet.get('in_channels')} input and "
                 f"{unet.get('out_channels')} output channels; the VAE's latents have "
-                f"{channels}",
+                f"{channels}"
+                + (
+                    f", so an inpainting UNet needs {inputs} inputs (noisy latents, mask, masked-image latents)"
+                    if inpainting
+                    else ""
+                ),
             )
         else:
-            findings.add(OK, path, f"in/out channels = VAE latent_channels = {channels}")
+            what = f"in channels = 2 x {channels} + 1 (inpainting), out" if inpainting else "in/out"
+            findings.add(OK, path, f"{what} channels = VAE latent_channels = {channels}")
     if unet is not None and not latent and (unet.get("in_channels"), unet.get("out_channels")) != (1, 1):
         findings.add(
             WRONG_SHAPE,

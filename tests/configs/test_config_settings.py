@@ -24,6 +24,7 @@ STANDALONE = [
     "classify.json",
     "segment.json",
     "vgmedgen_train.json",
+    "meddiffft_pairs.json",
 ]
 OVERRIDES = [
     ["train_msc.json", "sd15_train_msc.json"],
@@ -42,6 +43,7 @@ PREPROCESSING = {
     "classify.json": "train#preprocessing",
     "segment.json": "preprocessing",
     "vgmedgen_train.json": "train#preprocessing",
+    "meddiffft_pairs.json": "host_preprocessing",
 }
 
 

@@ -294,11 +294,12 @@ class RecordingPredictor(CountingPredictor):
         return results
 
 
-def judged_job(entries, tmp_path, output_dir, thresholds: dict[str, float]) -> SynthesisJob:
-    """The mask-preview job with a one-number quality filter: reference 0 for each class, k = 1."""
+def judged_job(entries, tmp_path, output_dir, thresholds: dict[str, float], **options) -> SynthesisJob:
+    """The mask-preview job with a one-number quality filter: reference 0 for each class, k = 1; ``options``: the
+    job's other settings (``write_rejected``)."""
     preview = make_job(entries, tmp_path / "list.json", output_dir)
     predictor = RecordingPredictor(preview.predictor.predictor)
-    return job_from_preview(preview, output_dir, predictor, quality_check=mean_intensity_check(thresholds))
+    return job_from_preview(preview, output_dir, predictor, quality_check=mean_intensity_check(thresholds), **options)
 
 
 def test_the_quality_decision_reaches_the_provenance_and_the_report_and_a_failed_case_is_kept(shared_data, tmp_path):
@@ -329,6 +330,20 @@ def test_the_quality_decision_reaches_the_provenance_and_the_report_and_a_failed
     other = judged_job(entries[:2], tmp_path, output_dir, {"benign": 1.0, "malignant": 1.0}).run()
     assert sorted(w["case_id"] for w in other["written"]) == ["kept", "rejected"]  # another filter: judged again
     assert all(w["quality"]["passed"] for w in other["written"])
+
+
+def test_without_write_rejected_a_rejected_case_is_reported_and_nothing_of_it_written(shared_data, tmp_path):
+    entries = [
+        {**GOOD, "case_id": "kept", "label": "normal", "quality_label": "lesion"},
+        {**POINT, "case_id": "rejected", "label": "normal", "quality_label": "strict"},
+    ]
+    output_dir = tmp_path / "out"
+    report = judged_job(entries, tmp_path, output_dir, {"lesion": 1.0, "strict": 0.0}, write_rejected=False).run()
+    assert [w["case_id"] for w in report["written"]] == ["kept"]  # judged as its quality_label, not its label
+    assert [r["case_id"] for r in report["rejected"]] == ["rejected"] and not report["failed"]
+    assert report["rejected"][0]["quality"]["passed"] is False and report["rejected"][0]["quality"]["score"] > 0
+    assert not list(output_dir.glob("rejected*"))
+    assert report["quality"]["judged"] == 2 and report["quality"]["passed"] == 1
 
 
 # ------------------------------------------------------------------ the warnings on doubtful cases

@@ -122,6 +122,24 @@ def write_tiny_sd15(folder: Path) -> Path:
     return folder
 
 
+def write_tiny_sd15_inpaint(folder: Path) -> Path:
+    """:func:`write_tiny_sd15` with SD inpainting's UNet: 9 inputs (4 noisy latents, the mask, 4 masked-image
+    latents), 4 outputs, saved with ``save_pretrained`` in the same layout."""
+    write_tiny_sd15(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        unet = tiny_unet(
+            sample_size=SIZE // 2,
+            in_channels=9,
+            out_channels=4,
+            block_out_channels=(16, 32),
+            cross_attention_dim=TEXT_WIDTH,
+            norm_num_groups=8,
+        )
+    unet.save_pretrained(folder / "unet")  # replaces the 4-input UNet's files
+    return folder
+
+
 def write_tiny_bert(folder: Path, context_length: int = TINY_CLIP_CONTEXT, width: int = TINY_BERT_WIDTH) -> Path:
     """A tiny BERT config + hand-written WordPiece vocabulary, standing in for BiomedBERT (no download)."""
     folder.mkdir(parents=True)

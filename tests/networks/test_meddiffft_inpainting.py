@@ -76,3 +76,30 @@ def test_the_saved_model_predicts_as_the_trained_one(model, tmp_path):
     latents, timesteps = torch.randn(2, 1, 32, 32), torch.tensor([3, 700])
     assert torch.allclose(loaded(latents, timesteps, conditions), model(latents, timesteps, conditions), atol=1e-6)
     assert torch.equal(loaded.text_states(["a lesion"]), model.text_states(["a lesion"]))
+
+
+def test_lora_fine_tuning_trains_only_the_adapter_and_saves_merged(tmp_path):
+    model = tiny_inpainting_model(32, unet_channels=(16, 32), seed=4).with_finetune("lora", lora_rank=4)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    assert any(".attn2.to_k.lora_A" in name for name in trainable) and any(".attn1.to_q." in n for n in trainable)
+    base = {name: p.detach().clone() for name, p in model.unet.named_parameters() if not p.requires_grad}
+    images, mask = images_and_mask()
+    conditions = model.conditions(["a lesion"] * 2, images, mask)
+    latents, timesteps = torch.randn(2, 1, 32, 32), torch.tensor([3, 700])
+    before = model(latents, timesteps, conditions).detach()
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    for _ in range(3):
+        optimiser.zero_grad()
+        model(latents, timesteps, conditions).square().mean().backward()
+        optimiser.step()
+    after = model(latents, timesteps, conditions).detach()
+    assert not torch.allclose(after, before, atol=1e-4)  # the adapter trained
+    assert all(torch.equal(p, base[name]) for name, p in model.unet.named_parameters() if name in base)
+    model.save(tmp_path / "lora")
+    loaded = InpaintingDiffusion.load(tmp_path / "lora")
+    assert not any("lora" in name for name, _ in loaded.unet.named_parameters())  # a plain UNet
+    assert torch.allclose(loaded(latents, timesteps, conditions), after, atol=1e-5)  # with the adapter merged
+    assert any("lora_" in name for name, _ in model.unet.named_parameters())  # saving left the model as it was
+    with pytest.raises(ValueError, match="finetune must be one of"):
+        tiny_inpainting_model(32, unet_channels=(16, 32)).with_finetune("adapter")

@@ -17,6 +17,7 @@ from bundle.networks.meddiffft_mask_generator import (
     HierarchicalMaskSampler,
     LesionGeometry,
     LesionShapeModel,
+    RealMaskSampler,
     place,
     shape_frame,
     sized_shape,
@@ -139,3 +140,44 @@ def test_each_level_of_randomness_can_be_frozen_on_its_own(shape_model):
     )
     with pytest.raises(ValueError, match="unknown levels"):
         HierarchicalMaskSampler(shape_model, geometry, hosts, [1.0] * 3, frozen=("colour",))
+
+
+def disc(radius: float, size: int = 32) -> torch.Tensor:
+    rows, cols = torch.meshgrid(torch.arange(size) - size / 2, torch.arange(size) - size / 2, indexing="ij")
+    return ((rows**2 + cols**2) <= radius**2).float()
+
+
+def test_real_masks_are_re_placed_at_their_own_physical_size_inside_the_host():
+    real = [disc(3.0), torch.zeros(32, 32)]
+    real[1][10:14, 8:20] = 1.0  # a 4 x 12 px bar
+    host = torch.zeros(64, 64)
+    host[8:56, 8:56] = 1.0
+    sampler = RealMaskSampler(real, [2.0, 2.0], [host], [1.0], seed=3)  # real masks on 2 mm pixels, host on 1 mm
+    areas, positions = set(), set()
+    for index in range(12):
+        draw = sampler.draw(index)
+        mask = draw.mask[0]
+        assert (mask <= host).all() and draw.tries == 1
+        rows, cols = torch.nonzero(mask).T
+        extent = (int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1))
+        assert extent in {(8, 24), (13, 13), (12, 12), (14, 14)}  # the bar or the disc at twice the pixels
+        areas.add(extent)
+        positions.add((int(rows.min()), int(cols.min())))
+    assert len(areas) >= 2 and len(positions) >= 6  # both real masks, re-placed at many positions
+    assert sampler.draw(5).mask.equal(sampler.draw(5).mask)
+    frozen = RealMaskSampler(real, [2.0, 2.0], [host], [1.0], seed=3, frozen=("shape",))
+    assert len({frozen.draw(i).mask.sum().item() for i in range(6)}) == 1
+
+
+def test_a_lesion_too_large_for_its_host_is_drawn_again_from_the_size_stream():
+    host = torch.zeros(40, 40)
+    host[10:22, 10:22] = 1.0  # a 12 x 12 px host on 1 mm pixels
+    geometry = LesionGeometry(math.log(12.0), 0.6, 0.0, 0.1)  # diameters around 12 mm: often too large
+    sampler = HierarchicalMaskSampler(LesionShapeModel(seed=0), geometry, [host], [1.0], seed=0)
+    draws = [sampler.draw(index) for index in range(6)]
+    assert all((draw.mask[0] <= host).all() and draw.mask.any() for draw in draws)
+    assert any(draw.tries > 1 for draw in draws)
+    retried = next(index for index, draw in enumerate(draws) if draw.tries > 1)
+    once = HierarchicalMaskSampler(LesionShapeModel(seed=0), geometry, [host], [1.0], seed=0, max_tries=1)
+    with pytest.raises(InputError, match="host 0"):
+        once.draw(retried)

@@ -31,6 +31,7 @@ from bundle.weights.checker import (
     NOTE,
     OK,
     SD15,
+    STRUCTURE_INPAINT,
     UNKNOWN_HASH,
     UNREADABLE,
     WRONG_SHAPE,
@@ -51,6 +52,7 @@ from tests.helpers.tiny_weights import (
     write_tiny_bert,
     write_tiny_biomedclip,
     write_tiny_sd15,
+    write_tiny_sd15_inpaint,
 )
 
 SCRIPT = REPO / "scripts" / "check_weights.py"
@@ -221,6 +223,35 @@ def test_a_tensor_of_the_wrong_shape_is_reported(copy):
     wrong = messages(check(copy), WRONG_SHAPE)
     assert "conv_in.weight is (16, 3, 3, 3), expected (16, 4, 3, 3)" in wrong
     assert "text.proj.2.weight is (17, 24), expected (16, 24)" in wrong
+
+
+def test_an_sd_inpainting_folder_passes_the_inpainting_profile_and_a_wrong_one_is_refused_by_file_and_shape(
+    pretrained, tmp_path
+):
+    inpaint = write_tiny_sd15_inpaint(tmp_path / "sd-inpainting")
+    report = check_weights(inpaint, profile=STRUCTURE_INPAINT, hashes=False)
+    assert report.usable, report.summary()
+    assert "in channels = 2 x 4 + 1 (inpainting), out channels = VAE latent_channels = 4" in messages(report, OK)
+    assert UNet2DConditionModel.from_pretrained(inpaint / "unet").config.in_channels == 9
+
+    plain = check_weights(pretrained / "stable-diffusion-v1-5", profile=STRUCTURE_INPAINT, hashes=False)
+    assert not plain.usable  # SD 1.5's own 4-input UNet is not an inpainting UNet
+    assert (
+        f"{pretrained / 'stable-diffusion-v1-5' / 'unet/config.json'}: the UNet has 4 input and 4 output channels; "
+        "the VAE's latents have 4, so an inpainting UNet needs 9 inputs" in messages(plain, WRONG_SHAPE)
+    )
+    assert check_weights(inpaint, profile="structure", hashes=False).usable is False  # and the other way round
+
+    weights = inpaint / UNET_WEIGHTS
+    tensors = tensors_of(weights)
+    tensors["conv_in.weight"] = tensors["conv_in.weight"][:, :4].clone()  # config says 9, the file holds 4
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    assert f"{weights}: conv_in.weight is (16, 4, 3, 3), expected (16, 9, 3, 3)" in messages(
+        check_weights(inpaint, profile=STRUCTURE_INPAINT, hashes=False), WRONG_SHAPE
+    )
+    published = messages(check_weights(inpaint, profile="sd15_inpaint", hashes=False), WRONG_SHAPE)
+    assert "in_channels is 9" not in published  # the published inpainting profile expects 9 inputs
+    assert "conv_in.weight is (16, 4, 3, 3), expected (320, 9, 3, 3)" in published
 
 
 def test_latent_channels_must_match_the_unet(copy):

@@ -65,3 +65,15 @@ def test_fine_tuning_starts_from_the_stand_in_and_its_ablation_from_a_random_une
     fresh = tiny_inpainting_model(32, unet_channels=(16, 32), seed=0).unet.state_dict()
     assert all(torch.equal(scratch[name], value) for name, value in fresh.items())
     assert not all(torch.equal(scratch[name], value) for name, value in stand_in.unet.state_dict().items())
+
+
+def test_the_finetune_switch_chooses_lora_or_the_full_unet(tmp_path):
+    tiny_inpainting_model(32, unet_channels=(16, 32), seed=3).save(tmp_path / "meddiffft_foundation")
+    for finetune in ("full", "lora"):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / name) for name in ("meddiffft_pretrain.json", "meddiffft_finetune.json")])
+        parser.update({"bundle_root": str(REPO), "models_dir": str(tmp_path), "finetune": finetune, **SMALL})
+        trained = [name for name, p in parser.get_parsed_content("network").named_parameters() if p.requires_grad]
+        optimised = parser.get_parsed_content("optimizer").param_groups[0]["params"]
+        assert len(optimised) == len(trained) > 0
+        assert all("lora_" in name for name in trained) == (finetune == "lora")

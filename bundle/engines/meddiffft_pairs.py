@@ -1,0 +1,201 @@
+"""MedDiff-FT's pair job: lesion masks drawn into normal host vertebrae, painted by the fine-tuned inpainting model.
+
+A *pair request* is a normal host case (a datalist entry) with the index of a mask draw. :class:`PairHosts` cuts each
+host case's slice on the model grid and its host structure (the vertebra's soft mask above 0.5, eroded by
+``inset_mm``: where a lesion may lie); the mask sampler
+(:class:`bundle.networks.meddiffft_mask_generator.HierarchicalMaskSampler`, or the ablation's
+:class:`~bundle.networks.meddiffft_mask_generator.RealMaskSampler`) draws each pair's host, lesion shape, size,
+placement and sampler seed; :class:`LesionPairs` turns the draws into the synthesis job's cases (the host entry with
+a real lesion case's text and class, in turn) and is the job's preprocessing (the host's slice item with the drawn
+lesion mask and seed); :class:`GuidedPairPredictor` paints each item under the dynamic guiding mask, the host
+structure being the slice's soft mask above 0.5.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+from bundle.data.slice_dataset import pixel_size
+from bundle.engines.synthesis_job import DiffusionPredictor
+from bundle.errors import InputError
+from bundle.networks.meddiffft_mask_generator import HierarchicalMaskSampler, MaskDraw, host_interior, one_component
+
+logger = logging.getLogger(__name__)
+
+Preprocessing = Callable[[dict], list[dict]]
+# a normal host's entry keys that describe the host, not the pair (the pair takes a real lesion case's text and class)
+HOST_ONLY_KEYS = ("attributes", "class_index", "lesion_seg", "label", "text")
+
+
+def slice_items(entry: Mapping, preprocessing: Preprocessing) -> list[dict]:
+    """An entry's slice items on the model grid (``preprocessing`` may return one item or a list)."""
+    items = preprocessing(dict(entry))
+    return items if isinstance(items, list) else [items]
+
+
+def real_lesion_masks(
+    entries: Sequence[Mapping], preprocessing: Preprocessing, key: str = "lesion_mask"
+) -> tuple[list[torch.Tensor], list[float]]:
+    """The real lesion cases' lesion masks on the model grid, ``(H, W)`` each, and their pixel sizes (mm): every
+    slice item of each entry whose mask is not empty (a small lesion can vanish on the grid)."""
+    masks, sizes = [], []
+    for entry in entries:
+        for item in slice_items(entry, preprocessing):
+            mask = torch.as_tensor(item[key]).as_subclass(torch.Tensor)[0] > 0.5
+            if mask.any():
+                masks.append(mask.float())
+                sizes.append(float(pixel_size(item["image"]).mean()))
+    if not masks:
+        raise ValueError(f"none of the {len(entries)} real lesion cases has a lesion on the model grid")
+    return masks, sizes
+
+
+class PairHosts:
+    """The normal host cases and, for each, where a lesion may lie on its slice of the model grid.
+
+    Args:
+        entries: the normal cases (datalist entries).
+        preprocessing: entry -> its slice items (the pair job's; the first item is the host slice).
+        inset_mm: how far inside the host structure's edge (the soft mask above 0.5) a lesion stays.
+        largest_part: keep only the host structure's largest connected part: on a sagittal slice through the body,
+            the vertebral body without the posterior elements a vertebra label also covers (e.g. the phantom's).
+
+    A host that cannot be read, or whose host structure erodes to nothing, is left out with a warning
+    (``refused`` lists them); none left is an error.
+    """
+
+    def __init__(
+        self, entries: Sequence[Mapping], preprocessing: Preprocessing, inset_mm: float = 1.0, largest_part: bool = True
+    ) -> None:
+        self.largest_part = largest_part
+        self.entries: list[dict] = []
+        self.masks: list[torch.Tensor] = []
+        self.pixel_mm: list[float] = []
+        self.refused: list[dict[str, str]] = []
+        for entry in entries:
+            case_id = str(entry.get("case_id", entry.get("image")))
+            try:
+                item = slice_items(entry, preprocessing)[0]
+                pixel = pixel_size(item["image"])
+                interior = host_interior(self.structure(item["soft_mask"]), pixel, inset_mm)
+                if not interior.any():
+                    raise InputError(case_id, f"the host structure erodes to nothing at {inset_mm} mm")
+            except Exception as error:  # one bad host does not lose the others
+                logger.warning("host %s left out: %s", case_id, error)
+                self.refused.append({"case_id": case_id, "error": str(error)})
+                continue
+            self.entries.append(dict(entry))
+            self.masks.append(interior)
+            self.pixel_mm.append(float(pixel.mean()))
+        if not self.entries:
+            raise ValueError(f"none of the {len(entries)} host cases can receive a lesion: {self.refused}")
+
+    def structure(self, soft_mask: torch.Tensor) -> torch.Tensor:
+        """A slice's host structure ``(1, H, W)`` in {0, 1}: its soft mask above 0.5, cut to the largest connected
+        part with ``largest_part``."""
+        inside = (torch.as_tensor(soft_mask).as_subclass(torch.Tensor) > 0.5).float()
+        return one_component(inside[None])[0] if self.largest_part else inside
+
+
+class LesionPairs:
+    """The pair job's cases and its preprocessing. A pair whose drawn lesion fits nowhere inside its host is still
+    requested and fails in the job by name (listed as dropped), so the others go on.
+
+    Args:
+        hosts: the :class:`PairHosts` the sampler draws into (its ``hosts`` are ``hosts.masks``).
+        sampler: draws each pair's mask (:meth:`HierarchicalMaskSampler.draw`).
+        lesion_cases: the real lesion cases whose texts and classes the pairs take, in turn (pair ``i`` takes case
+            ``i mod len``).
+        num_pairs: how many pairs to request.
+        preprocessing: entry -> its slice items, as given to :class:`PairHosts`.
+        quality_label: the class the quality filter judges every pair as (the filter fitted on the pooled real
+            lesion slices).
+    """
+
+    def __init__(
+        self,
+        hosts: PairHosts,
+        sampler: HierarchicalMaskSampler,
+        lesion_cases: Sequence[Mapping],
+        num_pairs: int,
+        preprocessing: Preprocessing,
+        quality_label: str = "lesion",
+    ) -> None:
+        if num_pairs < 1 or not lesion_cases:
+            raise ValueError(f"need num_pairs >= 1 and real lesion cases, got {num_pairs} and {len(lesion_cases)}")
+        self.hosts, self.sampler, self.preprocessing = hosts, sampler, preprocessing
+        self.draws: dict[int, MaskDraw | InputError] = {}
+        self.requests: list[dict] = []
+        for index in range(int(num_pairs)):
+            host = hosts.entries[sampler.host_of(index)]
+            try:
+                self.draws[index] = sampler.draw(index)
+            except InputError as error:  # the lesion fits nowhere in its host: this pair fails, the others go on
+                self.draws[index] = error
+            source = lesion_cases[index % len(lesion_cases)]
+            self.requests.append(
+                {
+                    **{key: value for key, value in host.items() if key not in HOST_ONLY_KEYS},
+                    "case_id": f"{host.get('case_id', 'host')}_meddiffft_{index:04d}",
+                    "label": source["label"],
+                    "text": source["text"],
+                    "quality_label": quality_label,
+                    "pair_index": index,
+                    "host_case": host.get("case_id"),
+                    "text_case": source.get("case_id"),
+                }
+            )
+
+    def __call__(self, entry: Mapping) -> list[dict]:
+        """A request's host slice item with ``lesion_mask`` (the drawn mask ``(1, H, W)``), ``host_mask`` (the host
+        structure the guides stay in, :meth:`PairHosts.structure`), ``seed`` (the drawn sampler seed) and
+        ``lesion_pair`` (each level's value, for the provenance record)."""
+        draw = self.draws[int(entry["pair_index"])]
+        if isinstance(draw, InputError):
+            raise InputError(entry.get("case_id"), f"no lesion drawn: {draw}")
+        item = slice_items(entry, self.preprocessing)[0]
+        if tuple(item["soft_mask"].shape) != tuple(draw.mask.shape):
+            raise InputError(entry.get("case_id"), "the host slice differs from the one its lesion was drawn on")
+        item["lesion_mask"] = draw.mask
+        item["host_mask"] = self.hosts.structure(item["soft_mask"])
+        item["seed"] = draw.sampler_seed
+        item["lesion_pair"] = {
+            "pair_index": int(entry["pair_index"]),
+            "host_case": entry.get("host_case"),
+            "text_case": entry.get("text_case"),
+            "diameter_mm": round(draw.diameter_mm, 3),
+            "aspect": round(draw.aspect, 3),
+            "lesion_pixels": int(draw.mask.sum()),
+            "lesions_drawn": draw.tries,
+            "mask_sampler": type(self.sampler).__name__,
+            "frozen_levels": sorted(self.sampler.frozen),
+        }
+        return [item]
+
+
+class GuidedPairPredictor(DiffusionPredictor):
+    """Paints each item's ``lesion_mask`` with the inpainting model under the guide schedule
+    (:class:`bundle.inferers.guided_inpainting.GuidedInpaintingInferer` with a ``guide_schedule``): the host
+    structure is the item's ``host_mask``, the seed the item's own (the draw's); arguments as
+    :class:`DiffusionPredictor`'s (no through-plane mode)."""
+
+    def __call__(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
+        results = []
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start : start + self.batch_size]
+            lesion = (self._stack(batch, "lesion_mask") > 0.5).float()
+            painted = self.inferer(
+                self._stack(batch, "image"),
+                self.network,
+                lesion,
+                [str(item["text"]) for item in batch],
+                [int(item["seed"]) for item in batch],
+                lesion_mask=lesion,
+                host_mask=self._stack(batch, "host_mask"),
+                pixel_mm=[float(pixel_size(item["image"]).mean()) for item in batch],
+            )
+            results.extend(painted.cpu())
+        return results
