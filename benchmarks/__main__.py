@@ -19,7 +19,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import blur, gpu, memory, sampling, scale_out, throughput, training, unet_overhead
+from benchmarks import (
+    blur,
+    gpu,
+    memory,
+    sampling,
+    scale_out,
+    throughput,
+    training,
+    unet_overhead,
+    volume_batching,
+)
 from benchmarks.common import NO_GPU, REPO, Context, Record, machine, temporary_work_dir
 from benchmarks.report import markdown, write_json
 
@@ -31,6 +41,7 @@ BENCHMARKS = {
     "memory": memory.run,
     "scale_out": scale_out.run,
     "throughput": throughput.run,
+    "volume_batching": volume_batching.run,
     "gpu": gpu.run,
 }
 ITEM_OF = {
@@ -41,6 +52,7 @@ ITEM_OF = {
     "memory": 6,
     "scale_out": 7,
     "throughput": 8,
+    "volume_batching": 8,
     "gpu": 8,
 }
 
