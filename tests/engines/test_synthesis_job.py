@@ -21,7 +21,7 @@ from monai.transforms import Compose, Lambda
 
 import bundle.io.volume_writer
 import bundle.utils.files
-from bundle.engines.synthesis_job import DiffusionPredictor, KeyPredictor, SynthesisJob, case_seed
+from bundle.engines.synthesis_job import CaseByCaseEvaluator, DiffusionPredictor, KeyPredictor, SynthesisJob, case_seed
 from bundle.errors import OutputError, describe_failure
 from bundle.metrics.quality_filter import FeatureSpaceFilter, QualityCheck
 from bundle.metrics.synthesis_checks import SynthesisChecks
@@ -137,7 +137,10 @@ def test_cases_predicted_together_are_written_alone_and_a_failing_case_loses_onl
     output_dir = tmp_path / "out"
     job = make_job(entries, tmp_path / "list.json", output_dir, **{"job#cases_per_batch": 4})
     job.predictor = TogetherOrAlone(job.predictor.predictor)
-    report = job.run()
+    evaluator = CaseByCaseEvaluator(job)  # how inference.json runs the job: an iteration per group of cases
+    evaluator.run()
+    report = evaluator.report
+    assert evaluator.state.iteration == 2
     assert job.predictor.together == [["one", "bad", "two"]]  # the group's ready cases, in one call
     assert job.predictor.cases == ["one", "two", "three"]  # after the shared call failed: one by one
     assert [w["case_id"] for w in report["written"]] == ["one", "two", "three"]
