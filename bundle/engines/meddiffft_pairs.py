@@ -183,18 +183,18 @@ class GuidedPairPredictor(DiffusionPredictor):
     :class:`DiffusionPredictor`'s (no through-plane mode)."""
 
     def __call__(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
-        results = []
-        for start in range(0, len(items), self.batch_size):
-            batch = items[start : start + self.batch_size]
-            lesion = (self._stack(batch, "lesion_mask") > 0.5).float()
+        results, size = [], self.batcher.max_batch_slices
+        for start in range(0, len(items), size):
+            batch = items[start : start + size]
+            lesion = (self.batcher.stack([item["lesion_mask"] for item in batch]) > 0.5).float()
             painted = self.inferer(
-                self._stack(batch, "image"),
+                self.batcher.stack([item["image"] for item in batch]),
                 self.network,
                 lesion,
                 [str(item["text"]) for item in batch],
                 [int(item["seed"]) for item in batch],
                 lesion_mask=lesion,
-                host_mask=self._stack(batch, "host_mask"),
+                host_mask=self.batcher.stack([item["host_mask"] for item in batch]),
                 pixel_mm=[float(pixel_size(item["image"]).mean()) for item in batch],
             )
             results.extend(painted.cpu())

@@ -15,6 +15,7 @@ from monai.engines import Evaluator
 from monai.transforms import Compose
 
 from bundle.data.datalist import load_datalist
+from bundle.engines.slice_batching import CrossCaseBatcher, SliceTask
 from bundle.errors import InputError, describe_failure, find_input_error
 from bundle.metrics.quality_filter import QualityCheck
 from bundle.metrics.synthesis_checks import SynthesisChecks
@@ -48,13 +49,18 @@ def case_seed(base_seed: int, case_id: str) -> int:
 
 
 class DiffusionPredictor:
-    """Samples each slice item with the trained model and the soft-mask inferer.
+    """Samples each slice item with the trained model and the soft-mask inferer; :meth:`predict_cases` samples
+    several cases' slices together (:class:`bundle.engines.slice_batching.CrossCaseBatcher`).
 
-    Independent slices (``through_plane_strength`` None): in batches; slice ``i`` of a case uses seed
-    ``case_seed(seed, case_id) + i``. Coherent through-plane (``through_plane_strength`` in (0, 1]; the items of one
-    case on one shared model grid, :func:`bundle.transforms.case_to_slices.case_to_slices` with
-    ``through_plane=True``): :meth:`outward`. The case seed is recorded on the items (``"seed"``) for the
-    provenance record.
+    Independent slices (``through_plane_strength`` None): slice ``i`` of a case uses seed ``case_seed(seed,
+    case_id) + i``. Coherent through-plane (``through_plane_strength`` in (0, 1]; the items of one case on one shared
+    model grid, :func:`bundle.transforms.case_to_slices.case_to_slices` with ``through_plane=True``):
+    :meth:`outward`. The case seed is recorded on the items (``"seed"``) for the provenance record. A case's result
+    does not depend on the other cases sampled with it (per-image seeds; up to float rounding of the batched UNet).
+
+    Args:
+        batch_size: the most slice images in one sampler call, from one case or several (the memory budget; the
+            UNet's batch is twice that with classifier-free guidance).
     """
 
     def __init__(
@@ -67,71 +73,70 @@ class DiffusionPredictor:
         through_plane_strength: float | None = None,
     ) -> None:
         self.network, self.inferer, self.seed = network, inferer, seed
-        self.batch_size, self.device = batch_size, torch.device(device)
+        self.device = torch.device(device)
+        self.batcher = CrossCaseBatcher(network, inferer, batch_size, self.device)
         if through_plane_strength is not None and not 0.0 < through_plane_strength <= 1.0:
             raise ValueError(f"through_plane_strength must be in (0, 1] or None, got {through_plane_strength}")
         self.through_plane_strength = through_plane_strength
 
-    def _stack(self, items: Sequence[Mapping], key: str) -> torch.Tensor:
-        return torch.stack([torch.as_tensor(i[key]).float() for i in items]).to(self.device)
-
     def __call__(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
-        if self.through_plane_strength is not None:
-            return self.outward(items)
-        results = []
-        for start in range(0, len(items), self.batch_size):
-            batch = items[start : start + self.batch_size]
-            seeds = []
-            for offset, item in enumerate(batch, start=start):
-                item["seed"] = case_seed(self.seed, item.get("case_id", ""))
-                seeds.append(item["seed"] + offset)
-            synthesised = self.inferer(
-                self._stack(batch, "image"),
-                self.network,
-                self._stack(batch, "soft_mask"),
-                [str(i["text"]) for i in batch],
-                seeds,
-            )
-            results.extend(synthesised.cpu())
-        return results
+        """One case's slice items -> one result per item."""
+        return self.predict_cases([items])[0]
 
-    def outward(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
-        """One case's slices, coherent through-plane: the centre slice (``item["through_plane"]["centre_slice"]``,
-        else the middle item) from pure noise, then outward one ring at a time (the next slice on each side, in one
-        batch), each slice started from its inner neighbour's lesion: ``x0 + (content_nb - x0_nb)`` noised to
+    def predict_cases(self, cases: Sequence[Sequence[Mapping]]) -> list[list[torch.Tensor]]:
+        """The slice items of several cases -> each case's results, one per item (the CPU)."""
+        seeds = [case_seed(self.seed, items[0].get("case_id", "")) for items in cases]
+        for items, seed in zip(cases, seeds, strict=True):
+            for item in items:
+                item["seed"] = seed
+        if self.through_plane_strength is not None:
+            return self.outward(cases, seeds)
+        tasks = [
+            SliceTask(item["image"], item["soft_mask"], str(item["text"]), seed + index)
+            for items, seed in zip(cases, seeds, strict=True)
+            for index, item in enumerate(items)
+        ]
+        results = iter(result for result, _ in self.batcher(tasks))
+        return [[next(results) for _ in items] for items in cases]
+
+    def outward(self, cases: Sequence[Sequence[Mapping]], seeds: Sequence[int]) -> list[list[torch.Tensor]]:
+        """Coherent through-plane, each case's slices from its centre slice (``item["through_plane"]["centre_slice"]``,
+        else the middle item) from pure noise, then outward one ring at a time (the next slice on each side), each
+        slice started from its inner neighbour's lesion: ``x0 + (content_nb - x0_nb)`` noised to
         ``through_plane_strength`` of the steps (:meth:`SoftMaskInpaintingInferer.inpaint`), blended at every step
-        with its own soft mask. Every slice uses the case seed (the same noise)."""
-        seed = case_seed(self.seed, items[0].get("case_id", ""))
-        for item in items:
-            item["seed"] = seed
-        indices = [int(i["placement"]["slice_index"]) for i in items]
-        centre = items[0].get("through_plane", {}).get("centre_slice", indices[len(indices) // 2])
-        first = min(range(len(items)), key=lambda p: (abs(indices[p] - centre), p))
-        images, masks = self._stack(items, "image"), self._stack(items, "soft_mask")
-        texts = [str(i["text"]) for i in items]
-        results, contents = [None] * len(items), [None] * len(items)
-        result, content = self.inferer.inpaint(
-            images[first : first + 1], self.network, masks[first : first + 1], texts[first : first + 1], [seed]
-        )
-        results[first], contents[first] = result[0], content[0]
-        for ring in range(1, len(items)):
-            pairs = [(p, p + 1 if p < first else p - 1) for p in (first - ring, first + ring) if 0 <= p < len(items)]
-            if not pairs:
-                break
-            now, inner = [p for p, _ in pairs], [n for _, n in pairs]
-            start = images[now] + (torch.stack([contents[n] for n in inner]) - images[inner])
-            result, content = self.inferer.inpaint(
-                images[now],
-                self.network,
-                masks[now],
-                [texts[p] for p in now],
-                [seed] * len(now),
-                start=start.clamp(0.0, 1.0),
-                strength=self.through_plane_strength,
+        with its own soft mask. Every slice of a case uses the case seed (the same noise). The cases go through the
+        stages together: all centre slices, then every case's first ring, and so on."""
+        firsts = []
+        for items in cases:
+            indices = [int(i["placement"]["slice_index"]) for i in items]
+            centre = items[0].get("through_plane", {}).get("centre_slice", indices[len(indices) // 2])
+            firsts.append(min(range(len(items)), key=lambda p: (abs(indices[p] - centre), p)))
+        images = [[torch.as_tensor(i["image"]).float().to(self.device) for i in items] for items in cases]
+        results = [[None] * len(items) for items in cases]
+        contents = [[None] * len(items) for items in cases]
+        stage = [
+            (
+                c,
+                first,
+                SliceTask(images[c][first], cases[c][first]["soft_mask"], str(cases[c][first]["text"]), seeds[c]),
             )
-            for k, p in enumerate(now):
-                results[p], contents[p] = result[k], content[k]
-        return [r.cpu() for r in results]
+            for c, first in enumerate(firsts)
+        ]
+        strength, ring = 1.0, 0
+        while stage:
+            outputs = self.batcher([task for *_, task in stage], strength)
+            for (c, p, _), (result, content) in zip(stage, outputs, strict=True):
+                results[c][p], contents[c][p] = result, content
+            strength, ring, stage = self.through_plane_strength, ring + 1, []
+            for c, first in enumerate(firsts):
+                for p in (first - ring, first + ring):
+                    if 0 <= p < len(cases[c]):
+                        inner = p + 1 if p < first else p - 1
+                        start = (images[c][p] + (contents[c][inner] - images[c][inner])).clamp(0.0, 1.0)
+                        item = cases[c][p]
+                        task = SliceTask(images[c][p], item["soft_mask"], str(item["text"]), seeds[c], start)
+                        stage.append((c, p, task))
+        return results
 
 
 def output_name_clashes(cases: Sequence[Mapping], output_stem: Callable[[Mapping], str]) -> dict[int, InputError]:
@@ -197,6 +202,11 @@ class SynthesisJob:
             checked with other thresholds is redone.
         gallery: called with the report once ``report.json`` is written, to write the run's review page (in the
             configs :class:`bundle.io.gallery.ReviewGallery`: ``OUTPUT/index.html``); it returns the page's path.
+        cases_per_batch: how many cases are prepared and predicted together: with a predictor that has
+            ``predict_cases`` (:class:`DiffusionPredictor`) their slices share the sampler calls, each of at most the
+            predictor's ``batch_size`` slices. A case's outputs are still written (or refused) on their own; if the
+            shared prediction fails, each case is predicted alone, so a failing case loses only itself. 1: case by
+            case.
     """
 
     def __init__(
@@ -213,7 +223,11 @@ class SynthesisJob:
         checks: SynthesisChecks | None = None,
         gallery: Callable[[Mapping[str, object]], os.PathLike] | None = None,
         write_rejected: bool = True,
+        cases_per_batch: int = 1,
     ) -> None:
+        if int(cases_per_batch) < 1:
+            raise ValueError(f"cases_per_batch must be at least 1, got {cases_per_batch}")
+        self.cases_per_batch = int(cases_per_batch)
         self.cases = load_datalist(cases, split) if isinstance(cases, (str, os.PathLike)) else list(cases)
         self.preprocessing = preprocessing
         self.predictor = predictor
@@ -230,12 +244,35 @@ class SynthesisJob:
         if checks is not None:
             self.details["synthesis_checks"] = checks.settings()
 
-    def run_case(self, case: Mapping) -> dict[str, object]:
+    def prepare_case(self, case: Mapping) -> list[Mapping]:
+        """A case's slice items, after checking its outputs can be written (before the expensive prediction)."""
         items = self.preprocessing(dict(case))
         items = items if isinstance(items, list) else [items]
-        self.writer.check_writable(items)  # before the expensive prediction
+        self.writer.check_writable(items)
+        return items
+
+    def predict(self, cases: Sequence[Sequence[Mapping]]) -> list[Sequence[torch.Tensor] | Exception]:
+        """Each case's predictions, or the exception that stopped them: all cases in one call where the predictor
+        takes several (``predict_cases``); if that fails, each case alone, so a failing case loses only itself."""
+        together = getattr(self.predictor, "predict_cases", None)
         with torch.no_grad():
-            predictions = self.predictor(items)
+            if together is not None and len(cases) > 1:
+                try:
+                    return list(together(cases))
+                except Exception as error:
+                    logger.warning(
+                        "predicting %d cases together failed (%s); predicting them one by one", len(cases), error
+                    )
+            outcomes: list[Sequence[torch.Tensor] | Exception] = []
+            for items in cases:
+                try:
+                    outcomes.append(self.predictor(items))
+                except Exception as error:
+                    outcomes.append(error)
+            return outcomes
+
+    def write_case(self, case: Mapping, items: Sequence[Mapping], predictions: Sequence[torch.Tensor]) -> dict:
+        """Judge and write one predicted case; returns its outputs (and judgement)."""
         judgement = {}
         if self.quality_check is not None:
             try:
@@ -247,6 +284,13 @@ class SynthesisJob:
         if self.checks is not None:
             judgement["checks"], judgement["warnings"] = self.checks(items, predictions, judgement.get("quality"))
         return {**self.writer(items, predictions, {**self.details, **judgement}), **judgement}
+
+    def run_case(self, case: Mapping) -> dict[str, object]:
+        """Prepare, predict and write one case; raises what stops it."""
+        items = self.prepare_case(case)
+        with torch.no_grad():
+            predictions = self.predictor(items)
+        return self.write_case(case, items, predictions)
 
     def log_warnings(self, number: int, case_id: str, outputs: Mapping[str, object]) -> None:
         for found in outputs.get("warnings") or []:
@@ -279,56 +323,82 @@ class SynthesisJob:
         # not the input's fault (a fault of the code, a full disk): the traceback says where
         logger.error("[%d/%d] %s failed: %s", number, len(self.cases), case_id, problem, exc_info=not bad_input)
 
-    def process(self, number: int, case: Mapping) -> None:
-        """Run case ``number`` (1-based) and record its outputs, or its failure without raising."""
+    def done_earlier(self, number: int, case: Mapping) -> bool:
+        """Whether case ``number`` needs no prediction: refused for a clashing output name (recorded as failed), or
+        written by an earlier run (recorded as skipped)."""
         case_id = str(case.get("case_id", case.get("image")))
         if number in self.clashes:
             self.fail(number, case, self.clashes[number])
-            return
+            return True
         earlier = self.writer.completed(case, self.details) if self.skip_completed else None
-        if earlier is not None:
-            record = read_json_object(earlier["provenance"], "the provenance record")
-            if self.quality_check is not None:
-                earlier["quality"] = record.get("quality")
-            if self.checks is not None:
-                earlier["checks"], earlier["warnings"] = record.get("checks"), record.get("warnings", [])
-            self.skipped.append({"case_id": case_id, **earlier})
-            self.log_warnings(number, case_id, earlier)
-            logger.info(
-                "[%d/%d] %s already written by an earlier run (%s): skipped",
-                number,
-                len(self.cases),
-                case_id,
-                earlier["provenance"],
-            )
-            return
-        started = time.perf_counter()
-        try:
-            outputs = self.run_case(case)
-        except Exception as error:  # report the case and go on; 'bad_input' tells a fault of the code from the input's
-            self.fail(number, case, error)
-            return
-        if "volume" not in outputs:
-            self.rejected.append({"case_id": case_id, **outputs})
-            logger.info(
-                "[%d/%d] %s rejected by the quality filter (score %.4g > threshold %.4g): not written",
-                number,
-                len(self.cases),
-                case_id,
-                outputs["quality"]["score"],
-                outputs["quality"]["threshold"],
-            )
-            return
-        self.written.append({"case_id": case_id, **outputs})
-        self.log_warnings(number, case_id, outputs)
+        if earlier is None:
+            return False
+        record = read_json_object(earlier["provenance"], "the provenance record")
+        if self.quality_check is not None:
+            earlier["quality"] = record.get("quality")
+        if self.checks is not None:
+            earlier["checks"], earlier["warnings"] = record.get("checks"), record.get("warnings", [])
+        self.skipped.append({"case_id": case_id, **earlier})
+        self.log_warnings(number, case_id, earlier)
         logger.info(
-            "[%d/%d] %s -> %s (%.1f s)",
+            "[%d/%d] %s already written by an earlier run (%s): skipped",
             number,
             len(self.cases),
             case_id,
-            outputs["volume"],
-            time.perf_counter() - started,
+            earlier["provenance"],
         )
+        return True
+
+    def process(self, number: int, case: Mapping) -> None:
+        """Run case ``number`` (1-based) and record its outputs, or its failure without raising."""
+        self.process_cases(number, [case])
+
+    def process_cases(self, first_number: int, cases: Sequence[Mapping]) -> None:
+        """Run ``cases`` (numbered from ``first_number``, 1-based), predicted together (:meth:`predict`), and record
+        each one's outputs or failure without raising."""
+        started = time.perf_counter()
+        ready = []
+        for number, case in enumerate(cases, start=first_number):
+            if self.done_earlier(number, case):
+                continue
+            try:
+                ready.append((number, case, self.prepare_case(case)))
+            except (
+                Exception
+            ) as error:  # report the case and go on; 'bad_input' tells a fault of the code's from the input's
+                self.fail(number, case, error)
+        predicted = self.predict([items for _, _, items in ready]) if ready else []
+        for (number, case, items), predictions in zip(ready, predicted, strict=True):
+            try:
+                if isinstance(predictions, Exception):
+                    raise predictions
+                outputs = self.write_case(case, items, predictions)
+            except Exception as error:
+                self.fail(number, case, error)
+                continue
+            case_id = str(case.get("case_id", case.get("image")))
+            if "volume" not in outputs:
+                self.rejected.append({"case_id": case_id, **outputs})
+                logger.info(
+                    "[%d/%d] %s rejected by the quality filter (score %.4g > threshold %.4g): not written",
+                    number,
+                    len(self.cases),
+                    case_id,
+                    outputs["quality"]["score"],
+                    outputs["quality"]["threshold"],
+                )
+                continue
+            self.written.append({"case_id": case_id, **outputs})
+            self.log_warnings(number, case_id, outputs)
+            logger.info(
+                "[%d/%d] %s -> %s (%.1f s%s)",
+                number,
+                len(self.cases),
+                case_id,
+                outputs["volume"],
+                time.perf_counter() - started,
+                f", {len(ready)} cases together" if len(ready) > 1 else "",
+            )
 
     def finish(self) -> dict[str, object]:
         """Write and return the report: outputs written now, outputs kept from an earlier run, failures; then the
@@ -366,15 +436,15 @@ class SynthesisJob:
     def run(self) -> dict[str, object]:
         """Run every case; returns (and writes) the report of written outputs and failures."""
         self.start()
-        for number, case in enumerate(self.cases, start=1):
-            self.process(number, case)
+        for first in range(0, len(self.cases), self.cases_per_batch):
+            self.process_cases(first + 1, self.cases[first : first + self.cases_per_batch])
         return self.finish()
 
 
 class CaseByCaseEvaluator(Evaluator):
     """A MONAI evaluator over a :class:`SynthesisJob`'s cases, so MONAI's workflow tools (the property
-    checker, MONAI Label / Deploy, handlers) drive the job: each iteration is one case; the report is written
-    when the run completes."""
+    checker, MONAI Label / Deploy, handlers) drive the job: each iteration is the job's ``cases_per_batch`` cases
+    (:meth:`SynthesisJob.process_cases`); the report is written when the run completes."""
 
     def __init__(
         self, job: SynthesisJob, device: torch.device | str = "cpu", val_handlers: Sequence | None = None
@@ -382,8 +452,11 @@ class CaseByCaseEvaluator(Evaluator):
         self.job = job
         super().__init__(
             device=torch.device(device),
-            val_data_loader=[[case] for case in job.cases],
-            epoch_length=len(job.cases),
+            val_data_loader=[
+                job.cases[first : first + job.cases_per_batch]
+                for first in range(0, len(job.cases), job.cases_per_batch)
+            ],
+            epoch_length=-(-len(job.cases) // job.cases_per_batch),
             val_handlers=val_handlers,
             decollate=False,
         )
@@ -394,5 +467,5 @@ class CaseByCaseEvaluator(Evaluator):
         self.report = self.job.finish()
 
     def _iteration(self, engine: CaseByCaseEvaluator, batchdata: list[Mapping]) -> dict[str, object]:
-        self.job.process(engine.state.iteration, batchdata[0])
+        self.job.process_cases((engine.state.iteration - 1) * self.job.cases_per_batch + 1, batchdata)
         return {"written": len(self.job.written), "failed": len(self.job.failed)}

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import blur, gpu, report, sampling, scale_out, unet_overhead
+from benchmarks import blur, gpu, report, sampling, scale_out, unet_overhead, volume_batching
 from benchmarks.__main__ import narrative
 from benchmarks.common import Context, Record, compare, interleaved, not_measured
 from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
@@ -109,6 +109,18 @@ def test_diffusers_reference_loop_keeps_the_background(ctx):
     ours = SoftMaskInpaintingInferer.ddim(scheduler, num_inference_steps=3)(image, model, mask, ["a lesion"], [0])
     for result in (reference, ours):
         assert result.shape == image.shape and torch.allclose(result[mask == 0], image[mask == 0], atol=1e-5)
+
+
+def test_volume_batching_measures_both_sides_on_the_same_volumes(one_torch_thread):
+    clip = MedicalClipEncoder.tiny(embed_dim=32, image_size=32, vision_width=32, text_width=32, heads=2)
+    model = tiny_model(spatial_size=32, clip_encoder=clip, unet_channels=(16, 32), seed=0).eval()
+    result = volume_batching.measure_volume_batching(
+        torch.device("cpu"), model, image_size=32, steps=2, cases=2, slices=3, budget=4, precision="fp32", repeats=1
+    )
+    assert len(result["batched_s"]) == len(result["per_case_s"]) == 1
+    (row,) = check([volume_batching.volume_batching_record(result, "tiny", "CPU")])
+    assert row["ours_s"] == pytest.approx(result["batched_s"][0] / 2) and row["unit"] == "volumes/hour (together)"
+    assert "2 random stand-in volumes of 3 slices" in row["shape"] and "at most 4 slices per call" in row["shape"]
 
 
 def unet_scheduler():

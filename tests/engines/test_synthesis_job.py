@@ -17,19 +17,16 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 import torch
-from diffusers import DDPMScheduler
 from monai.transforms import Compose, Lambda
 
 import bundle.io.volume_writer
 import bundle.utils.files
-from bundle.engines.synthesis_job import DiffusionPredictor, SynthesisJob, case_seed
+from bundle.engines.synthesis_job import CaseByCaseEvaluator, DiffusionPredictor, SynthesisJob, case_seed
 from bundle.errors import OutputError, describe_failure
-from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
 from bundle.metrics.synthesis_checks import SynthesisChecks
-from bundle.networks.medical_clip import MedicalClipEncoder
-from bundle.networks.medsoft_diffusion import tiny_model
 from bundle.transforms.soft_mask import GaussianBlurMM
 from tests.helpers.paths import SCT_LEVELS, SCT_T2, TOTALSEG_MR, TOTALSEG_MR_SEG
+from tests.helpers.slice_sampling import CORE, neighbouring_slices, tiny_sampling
 from tests.helpers.synthesis_jobs import StillOrMasked, job_from_preview, mean_intensity_check
 from tests.helpers.workflows import preview_parser, write_datalist
 
@@ -105,6 +102,54 @@ def test_equal_case_ids_are_refused_and_the_others_written(shared_data, tmp_path
     assert all(f["bad_input"] for f in report["failed"])
     assert [w["case_id"] for w in report["written"]] == ["good"] and job.predictor.cases == ["good"]
     assert listing(output_dir) == outputs_of("good")
+
+
+# ------------------------------------------------------------------ cases predicted together
+class TogetherOrAlone(CountingPredictor):
+    """Predicts several cases in one call (``predict_cases``, recording each call's cases), which fails when one of
+    them says FAIL; alone, only that case fails."""
+
+    def __init__(self, predictor) -> None:
+        super().__init__(predictor)
+        self.together = []
+
+    def __call__(self, items):
+        if "FAIL" in items[0]["text"]:
+            raise RuntimeError("cannot sample this case")
+        return super().__call__(items)
+
+    def predict_cases(self, cases):
+        self.together.append([items[0].get("case_id") for items in cases])
+        if any("FAIL" in items[0]["text"] for items in cases):
+            raise RuntimeError("cannot sample one of these cases")
+        return [self.predictor(items) for items in cases]
+
+
+def test_cases_predicted_together_are_written_alone_and_a_failing_case_loses_only_itself(shared_data, tmp_path):
+    missing = tmp_path / "missing.nii.gz"
+    entries = [
+        {**POINT, "case_id": "one"},
+        {**POINT, "case_id": "unreadable", "image": str(missing)},  # fails before prediction
+        {**POINT, "case_id": "bad", "text": "FAIL"},  # fails in the shared prediction, then alone
+        {**GOOD, "case_id": "two"},
+        {**GOOD, "case_id": "three"},  # the second group
+    ]
+    output_dir = tmp_path / "out"
+    job = make_job(entries, tmp_path / "list.json", output_dir, **{"job#cases_per_batch": 4})
+    job.predictor = TogetherOrAlone(job.predictor.predictor)
+    evaluator = CaseByCaseEvaluator(job)  # how inference.json runs the job: an iteration per group of cases
+    evaluator.run()
+    report = evaluator.report
+    assert evaluator.state.iteration == 2
+    assert job.predictor.together == [["one", "bad", "two"]]  # the group's ready cases, in one call
+    assert job.predictor.cases == ["one", "two", "three"]  # after the shared call failed: one by one
+    assert [w["case_id"] for w in report["written"]] == ["one", "two", "three"]
+    failed = {f["case_id"]: f for f in report["failed"]}
+    assert sorted(failed) == ["bad", "unreadable"] and str(missing) in failed["unreadable"]["error"]
+    assert failed["bad"]["error"] == f"{SCT_T2}: RuntimeError: cannot sample this case"
+    assert listing(output_dir) == outputs_of("one", "two", "three")
+    with pytest.raises(ValueError, match="cases_per_batch"):
+        SynthesisJob(job.cases, job.preprocessing, job.predictor, job.writer, output_dir, cases_per_batch=0)
 
 
 # ------------------------------------------------------------------ all or nothing
@@ -381,37 +426,9 @@ def test_a_negligible_change_is_marked_in_the_report_the_provenance_and_the_log(
 
 # Coherent through-plane synthesis by the predictor: outward from the centre slice, each slice started from its inner
 # neighbour's lesion, against independent per-slice sampling.
-SIZE = 32
-CORE = (slice(None), slice(8, 24), slice(8, 24))
-
-
 @pytest.fixture(scope="module")
 def sampling():
-    clip = MedicalClipEncoder.tiny(embed_dim=32, image_size=32, vision_width=32, text_width=32, heads=2)
-    model = tiny_model(spatial_size=SIZE, clip_encoder=clip, unet_channels=(16, 32), seed=0).eval()
-    schedule = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
-    return model, SoftMaskInpaintingInferer.ddim(schedule, num_inference_steps=8, guidance_scale=3.0)
-
-
-def neighbouring_slices(count: int = 5) -> list[dict]:
-    """Slice items of one case: the same smooth anatomy with its own noise, a soft mask with a blend band, the centre
-    slice in the middle."""
-    generator = torch.Generator().manual_seed(0)
-    anatomy = torch.nn.functional.avg_pool2d(torch.rand(1, 1, SIZE, SIZE, generator=generator), 5, 1, 2)
-    soft_mask = torch.zeros(1, SIZE, SIZE)
-    soft_mask[:, 6:26, 6:26] = 0.5
-    soft_mask[CORE] = 1.0
-    return [
-        {
-            "image": (anatomy[0] + 0.02 * torch.randn(1, SIZE, SIZE, generator=generator)).clamp(0, 1),
-            "soft_mask": soft_mask,
-            "text": "a 9 mm hyperintense lesion in the L2 vertebral body",
-            "case_id": "case",
-            "placement": {"slice_index": 20 + i},
-            "through_plane": {"centre_slice": 20 + count // 2},
-        }
-        for i in range(count)
-    ]
+    return tiny_sampling()
 
 
 def neighbour_correlations(items, predictions) -> list[float]:

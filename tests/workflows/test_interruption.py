@@ -111,6 +111,8 @@ def test_killed_inference_skips_the_finished_cases_and_leaves_no_partial_file(tr
         "32",
         "--slices_per_case",
         "2",
+        "--cases_per_batch",
+        "2",  # cases are written a group at a time: the kill lands while the second group is sampled
     ]
     log = tmp_path / "killed.log"
     process = start(*arguments, log=log)
