@@ -37,14 +37,17 @@ from bundle.networks.medsoft_diffusion import MedSoftDiffusion
 
 class SoftMaskBlend:
     """The per-step hook of soft-mask inpainting: after step ``index`` the latents become
-    ``latents * mask + known_t * (1 - mask)``, ``known_t`` the known latents noised (with fresh per-image noise) to
-    the next timestep, and after the last step the known latents themselves.
+    ``latents * mask + known_t * (1 - mask)``, ``known_t`` the known latents noised to the next timestep, and after
+    the last step the known latents themselves.
 
     Args:
         scheduler: the sampler's scheduler (its ``add_noise``).
         known: the known latents z_0 of the input ``(B, C, h, w)``.
         mask: m_b on the latents' grid ``(B, 1, h, w)`` in [0, 1], or one such mask per step (a guide schedule).
         generators: the per-image generators (the sampler's, so the draws interleave with its own).
+        fixed_noise: ``False``: fresh per-image noise for ``known_t`` at every step (the paper's blend). ``True``:
+            one draw per image, reused at every step, so the known region follows one deterministic trajectory
+            ``sqrt(a_t) z_0 + sqrt(1 - a_t) n``, the kind a multistep solver (DPM-Solver++, UniPC) extrapolates.
     """
 
     def __init__(
@@ -53,14 +56,16 @@ class SoftMaskBlend:
         known: torch.Tensor,
         mask: torch.Tensor | Sequence[torch.Tensor],
         generators: Sequence[torch.Generator],
+        fixed_noise: bool = False,
     ) -> None:
         self.scheduler, self.known, self.mask, self.generators = scheduler, known, mask, generators
+        self.noise = noise_like(known, generators) if fixed_noise else None
 
     def __call__(self, latents: torch.Tensor, index: int, timesteps: torch.Tensor) -> torch.Tensor:
         # a run shortened by SDEdit's strength takes the last steps, so the per-step masks are aligned at the end
         mask = self.mask if isinstance(self.mask, torch.Tensor) else self.mask[len(self.mask) - len(timesteps) + index]
         if index + 1 < len(timesteps):
-            noise = noise_like(self.known, self.generators)
+            noise = noise_like(self.known, self.generators) if self.noise is None else self.noise
             known_now = self.scheduler.add_noise(self.known, noise, timesteps[index + 1 : index + 2])
         else:
             known_now = self.known
@@ -76,6 +81,8 @@ class SoftMaskInpaintingInferer(GuidedSampler):
             guidance scale, eta, seed, precision).
         guide_schedule: MedDiff-FT's dynamic guiding mask; each call then needs the lesion and host masks, and
             the blend keeps the schedule's guide of each step (not M_b). ``None``: MedSoft-Diffusion's blend.
+        blend_noise: the noise of the re-noised known region, :class:`SoftMaskBlend`'s: "fresh" (every step) or
+            "fixed" (one draw per image, for few-step multistep solvers).
     """
 
     def __init__(
@@ -83,16 +90,20 @@ class SoftMaskInpaintingInferer(GuidedSampler):
         scheduler: SchedulerMixin,
         *sampler_args,
         guide_schedule: GuideMaskSchedule | None = None,
+        blend_noise: str = "fresh",
         **sampler_options,
     ) -> None:
         super().__init__(scheduler, *sampler_args, **sampler_options)
+        if blend_noise not in ("fresh", "fixed"):
+            raise ValueError(f"blend_noise must be 'fresh' or 'fixed', got {blend_noise!r}")
         self.guide_schedule = guide_schedule
+        self.blend_noise = blend_noise
 
     def blend(
         self, known: torch.Tensor, mask: torch.Tensor | Sequence[torch.Tensor], generators: Sequence[torch.Generator]
     ) -> SoftMaskBlend:
         """The per-step hook of one call."""
-        return SoftMaskBlend(self.scheduler, known, mask, generators)
+        return SoftMaskBlend(self.scheduler, known, mask, generators, fixed_noise=self.blend_noise == "fixed")
 
     def model_conditions(
         self,

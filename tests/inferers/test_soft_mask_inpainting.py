@@ -215,3 +215,31 @@ def test_inpaint_gives_the_content_the_result_blends_and_starts_from_an_image_at
     assert distances[0.25] < 0.5 * distances[1.0]
     from_noise = inferer.inpaint(image, model, soft_mask, TEXTS, [1, 2], start=start, strength=1.0)[0]
     assert torch.equal(from_noise, inferer(image, model, soft_mask, TEXTS, seeds=[1, 2]))
+
+
+@pytest.mark.parametrize("blend_noise", ["fresh", "fixed"])
+def test_fixed_blend_noise_keeps_the_known_region_on_one_noise_trajectory(model, batch, blend_noise):
+    """With ``blend_noise="fixed"`` the known region each step starts from is z_0 noised with the same draw at every
+    step, ``(z_t - sqrt(abar_t) z_0) / sqrt(1 - abar_t)`` is one tensor; with fresh noise it changes per step."""
+    image, soft_mask = batch
+    recording = RecordingDDIM.from_config(scheduler().config)
+    recording.started_from = []
+    inferer = SoftMaskInpaintingInferer(recording, num_inference_steps=5, blend_noise=blend_noise)
+    result = inferer(image, model, soft_mask, TEXTS, seeds=[1, 2])
+    x0, outside = image * 2.0 - 1.0, (soft_mask == 0)
+    noises = []
+    for timestep, latents in zip(recording.timesteps[1:], recording.started_from[1:], strict=True):
+        abar = recording.alphas_cumprod[int(timestep)]
+        noises.append(((latents - abar.sqrt() * x0) / (1 - abar).sqrt())[outside])
+    changes = [(later - noises[0]).abs().max() for later in noises[1:]]
+    if blend_noise == "fixed":
+        assert max(changes) < 1e-4
+    else:
+        assert min(changes) > 0.5
+    assert torch.allclose(result[outside], image[outside], atol=1e-6)
+    assert (result[soft_mask == 1] - image[soft_mask == 1]).abs().mean() > 0.05
+
+
+def test_an_unknown_blend_noise_is_refused():
+    with pytest.raises(ValueError, match="blend_noise must be 'fresh' or 'fixed'"):
+        SoftMaskInpaintingInferer(scheduler(), blend_noise="same")
