@@ -201,3 +201,28 @@ def test_report_refuses_a_timed_row_without_its_spread(tmp_path, change):
     with pytest.raises(ValueError, match="fast thing"):
         report.write_json(tmp_path / "results.json", [record], {}, {})
     assert not (tmp_path / "results.json").exists()
+
+
+def test_few_steps_table_judges_each_arm_against_ddim50s_lowest_seed(tmp_path):
+    """An arm passes only when PSNR, SSIM and both signals' right-direction shares are each at least DDIM 50's
+    lowest seed; one measure below it fails the arm and is named."""
+    from benchmarks import few_steps
+
+    quality = {
+        "ddim50_s0": {"psnr": 25.0, "ssim": 0.90},
+        "ddim50_s1": {"psnr": 24.0, "ssim": 0.89},
+        "dpm20": {"psnr": 24.5, "ssim": 0.895},
+        "unipc20_trailing": {"psnr": 23.0, "ssim": 0.95},
+    }
+    (tmp_path / "slice_quality.json").write_text(json.dumps(quality))
+    for name, direction in (("ddim50_s0", 1.0), ("ddim50_s1", 8 / 9), ("dpm20", 1.0), ("unipc20_trailing", 1.0)):
+        folder = tmp_path / "volumes" / name
+        folder.mkdir(parents=True)
+        signal = {"direction_ok": direction, "size_ok": 0.5}
+        adherence = {"synthetic": {"by_signal": {"hyperintense": signal, "hypointense": signal}}}
+        (folder / "text_adherence.json").write_text(json.dumps(adherence))
+        (folder / "inference.log").write_text("INFO - [1/2] case_a -> x.nii.gz (4.0 s)\nINFO - [2/2] b -> y (6.0 s)\n")
+    rows = {line.split(" | ")[0].strip("| "): line for line in few_steps.table(tmp_path).splitlines()}
+    assert rows["dpm20"].endswith("| yes |") and "| 5.0 |" in rows["dpm20"]
+    assert rows["unipc20_trailing"].endswith("| no: below on psnr |")
+    assert "24.00 - 25.00" in rows["DDIM 50 spread over its seeds (min - max)"]
