@@ -26,7 +26,8 @@ def sampling_scheduler(
         name: "ddim" (DDIM), "dpmsolver++" (DPM-Solver++ 2M) or "unipc" (UniPC, bh2, predicting x0).
         timestep_spacing: "leading", "trailing" or "linspace"; ``None`` keeps the training scheduler's.
     """
-    config = dict(training_scheduler.config)
+    # diffusers would give the sampler its own defaults for what the training scheduler left at its defaults
+    config = {k: v for k, v in training_scheduler.config.items() if k != "_use_default_values"}
     if timestep_spacing is not None:
         config["timestep_spacing"] = timestep_spacing
     cosine = config.get("beta_schedule") == "squaredcos_cap_v2"

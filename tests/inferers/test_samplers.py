@@ -10,9 +10,8 @@ from bundle.inferers.samplers import COSINE_LAMBDA_MIN_CLIPPED, sampling_schedul
 
 
 def training(beta_schedule: str = "squaredcos_cap_v2") -> DDPMScheduler:
-    return DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule=beta_schedule, clip_sample=False, timestep_spacing="leading"
-    )
+    """A training scheduler with DDPM's default spacing, "leading" (the samplers' own default is "linspace")."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule, clip_sample=False)
 
 
 @pytest.mark.parametrize(
