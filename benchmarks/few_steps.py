@@ -9,7 +9,9 @@ Not part of ``make bench`` (about an hour at one thread on the demo: 18 requests
   ``DIR/slice_quality.json``;
 - ``volumes``: ``configs/inference.json`` on the demo's 18 requests (the default 3-D mode) and
   ``scripts/text_adherence.py`` on its outputs (does each lesion go the way its text says: hyper- / hypointense,
-  size), under ``DIR/volumes/<arm>``; the seconds per case are the median of the job's per-case log lines;
+  size), under ``DIR/volumes/<arm>``;
+- ``timing``: seconds per call of each arm's sampler on the same 4 held-out slices, interleaved rounds in one
+  process, and the ratio to DDIM 50 (``DIR/timing.json``);
 - ``table``: the Markdown table of both, with DDIM 50's spread over its seeds (min - max) and whether each
   20-step arm meets the rule: in-mask PSNR, SSIM and the right-direction share of both signals each at least
   DDIM 50's lowest seed (within the spread or above it), to ``DIR/few_steps.md``.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import REPO, Context, thread_env
+from benchmarks.common import REPO, Context, interleaved, median, spread, thread_env
 
 ARMS = {  # name: (sampler, timestep spacing (None: the training one), steps, blend noise, seed index)
     "ddim50_s0": ("ddim", None, 50, "fresh", 0),
@@ -50,7 +51,6 @@ ARMS = {  # name: (sampler, timestep spacing (None: the training one), steps, bl
 }
 SLICE_SEED_STRIDE = 10_000
 GUIDANCE = 7.5
-PER_CASE = re.compile(r"\] \S+ -> .* \(([0-9.]+) s\)$")
 
 
 def slice_quality(arms: list[str], out: Path, threads: int) -> None:
@@ -88,6 +88,42 @@ def slice_quality(arms: list[str], out: Path, threads: int) -> None:
         print(name, results[name], flush=True)
 
 
+def timing(arms: list[str], out: Path, threads: int, batch: int = 4, repeats: int = 5) -> None:
+    """Seconds per call of each arm's sampler on the same ``batch`` held-out slices, interleaved rounds in one
+    process (:func:`benchmarks.common.interleaved`), to ``DIR/timing.json``: median, [min, max] and the median of
+    the round-by-round ratios to DDIM 50."""
+    from bundle.inferers.samplers import sampling_scheduler
+    from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+
+    torch.set_num_threads(threads)
+    ctx = Context(quick=False, work_dir=out / "context", threads=threads, device=torch.device("cpu"))
+    model, training = ctx.model(), ctx.noise_scheduler()
+    items = ctx.validation_slices(16)[:batch]
+    image, mask = torch.stack([i["image"] for i in items]), torch.stack([i["soft_mask"] for i in items])
+    texts, seeds = [str(i["text"]) for i in items], list(range(batch))
+    calls = {}
+    for name in dict.fromkeys(["ddim50_s0", *arms]):
+        sampler, spacing, steps, blend, _ = ARMS[name]
+        inferer = SoftMaskInpaintingInferer(
+            sampling_scheduler(training, sampler, spacing), num_inference_steps=steps, blend_noise=blend
+        )
+        calls[name] = lambda inferer=inferer: inferer(image, model, mask, texts, seeds)
+    times = interleaved(calls, repeats=repeats)
+    reference = times["ddim50_s0"]
+    results = {
+        name: {
+            "median_s": median(values),
+            "spread_s": spread(values),
+            "ratio_to_ddim50": median([v / r for v, r in zip(values, reference, strict=True)]),
+            "slices": batch,
+            "rounds": repeats,
+        }
+        for name, values in times.items()
+    }
+    (out / "timing.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1), flush=True)
+
+
 def volumes(arms: list[str], out: Path, threads: int) -> None:
     demo = REPO / "demo" / "data"
     for name in arms:
@@ -112,22 +148,19 @@ def volumes(arms: list[str], out: Path, threads: int) -> None:
 
 
 def arm_row(name: str, out: Path) -> dict[str, float | None]:
-    """One arm's figures: PSNR / SSIM (slices), seconds per case and adherence (volumes), where measured."""
+    """One arm's figures, where measured: PSNR / SSIM (slices), seconds and ratio to DDIM 50 (timing), adherence
+    (volumes)."""
     slices = json.loads((out / "slice_quality.json").read_text()).get(name, {})
-    folder = out / "volumes" / name
-    row = {"psnr": slices.get("psnr"), "ssim": slices.get("ssim"), "s_per_case": None}
+    timed = json.loads((out / "timing.json").read_text()).get(name, {}) if (out / "timing.json").is_file() else {}
+    row = {"psnr": slices.get("psnr"), "ssim": slices.get("ssim")}
+    row.update({"seconds": timed.get("median_s"), "ratio": timed.get("ratio_to_ddim50")})
     row.update({f"{signal}_{measure}": None for signal in ("hyper", "hypo") for measure in ("direction", "size")})
-    if (folder / "text_adherence.json").is_file():
-        by_signal = json.loads((folder / "text_adherence.json").read_text())["synthetic"]["by_signal"]
+    adherence = out / "volumes" / name / "text_adherence.json"
+    if adherence.is_file():
+        by_signal = json.loads(adherence.read_text())["synthetic"]["by_signal"]
         for signal, key in (("hyper", "hyperintense"), ("hypo", "hypointense")):
             row[f"{signal}_direction"] = 100 * by_signal[key]["direction_ok"]
             row[f"{signal}_size"] = 100 * by_signal[key]["size_ok"]
-        seconds = [
-            float(m.group(1))
-            for line in (folder / "inference.log").read_text().splitlines()
-            if (m := PER_CASE.search(line))
-        ]
-        row["s_per_case"] = statistics.median(seconds) if seconds else None
     return row
 
 
@@ -141,10 +174,11 @@ def table(out: Path) -> str:
         key: (min(v), max(v)) for key in keys if len(v := [row[key] for row in seeds if row[key] is not None]) >= 2
     }
     lines = [
-        "| arm | sampler | spacing | blend noise | steps | s / case | in-mask PSNR (dB) | in-mask SSIM "
+        "| arm | sampler | spacing | blend noise | steps | s per batch | time vs DDIM 50 | in-mask PSNR (dB) "
+        "| in-mask SSIM "
         "| hyper right direction % | hypo right direction % | hyper size +-30% | hypo size +-30% "
         "| within DDIM-50 spread |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(value, digits):
@@ -161,7 +195,7 @@ def table(out: Path) -> str:
             verdict = "no: below on " + ", ".join(low) if low else ("yes" if complete else "incomplete")
         lines.append(
             f"| {name} | {sampler} | {spacing or 'leading (training)'} | {blend} | {steps} "
-            f"| {cell(row['s_per_case'], 1)} | {cell(row['psnr'], 2)} | {cell(row['ssim'], 3)} "
+            f"| {cell(row['seconds'], 1)} | {cell(row['ratio'], 2)} | {cell(row['psnr'], 2)} | {cell(row['ssim'], 3)} "
             f"| {cell(row['hyper_direction'], 0)} | {cell(row['hypo_direction'], 0)} "
             f"| {cell(row['hyper_size'], 0)} | {cell(row['hypo_size'], 0)} | {verdict} |"
         )
@@ -170,7 +204,7 @@ def table(out: Path) -> str:
         f"{spread[k][0]:.{digits.get(k, 0)}f} - {spread[k][1]:.{digits.get(k, 0)}f}" if k in spread else "-"
         for k in keys
     ]
-    lines.append(f"| DDIM 50 spread over its seeds (min - max) | ddim | | fresh | 50 | | {' | '.join(bounds)} | |")
+    lines.append(f"| DDIM 50 spread over its seeds (min - max) | ddim | | fresh | 50 | | | {' | '.join(bounds)} | |")
     return "\n".join(lines)
 
 
@@ -178,13 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.few_steps", description=__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--part", default="all", choices=("all", "slices", "volumes", "table"))
+    parser.add_argument("--part", default="all", choices=("all", "slices", "timing", "volumes", "table"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     out, arms = Path(args.out), [a for a in args.arms.split(",") if a]
     out.mkdir(parents=True, exist_ok=True)
     if args.part in ("all", "slices"):
         slice_quality(arms, out, args.threads)
+    if args.part in ("all", "timing"):
+        timing([a for a in arms if not a.startswith("ddim50")], out, args.threads)
     if args.part in ("all", "volumes"):
         volumes(arms, out, args.threads)
     text = table(out)

@@ -221,8 +221,12 @@ def test_few_steps_table_judges_each_arm_against_ddim50s_lowest_seed(tmp_path):
         signal = {"direction_ok": direction, "size_ok": 0.5}
         adherence = {"synthetic": {"by_signal": {"hyperintense": signal, "hypointense": signal}}}
         (folder / "text_adherence.json").write_text(json.dumps(adherence))
-        (folder / "inference.log").write_text("INFO - [1/2] case_a -> x.nii.gz (4.0 s)\nINFO - [2/2] b -> y (6.0 s)\n")
+    timing = {
+        "ddim50_s0": {"median_s": 5.0, "ratio_to_ddim50": 1.0},
+        "dpm20": {"median_s": 2.1, "ratio_to_ddim50": 0.42},
+    }
+    (tmp_path / "timing.json").write_text(json.dumps(timing))
     rows = {line.split(" | ")[0].strip("| "): line for line in few_steps.table(tmp_path).splitlines()}
-    assert rows["dpm20"].endswith("| yes |") and "| 5.0 |" in rows["dpm20"]
+    assert rows["dpm20"].endswith("| yes |") and "| 2.1 | 0.42 |" in rows["dpm20"]
     assert rows["unipc20_trailing"].endswith("| no: below on psnr |")
     assert "24.00 - 25.00" in rows["DDIM 50 spread over its seeds (min - max)"]
