@@ -41,13 +41,12 @@ ARMS = {  # name: (sampler, timestep spacing (None: the training one), steps, bl
     "ddim50_s2": ("ddim", None, 50, "fresh", 2),
     "ddim20": ("ddim", None, 20, "fresh", 0),
     "ddim20_trailing": ("ddim", "trailing", 20, "fresh", 0),
-    "ddim20_trailing_fixed": ("ddim", "trailing", 20, "fixed", 0),
     "dpm20": ("dpmsolver++", None, 20, "fresh", 0),
     "dpm20_fixed": ("dpmsolver++", None, 20, "fixed", 0),
     "dpm20_trailing": ("dpmsolver++", "trailing", 20, "fresh", 0),
     "dpm20_trailing_fixed": ("dpmsolver++", "trailing", 20, "fixed", 0),
-    "unipc20_trailing": ("unipc", "trailing", 20, "fresh", 0),
-    "unipc20_trailing_fixed": ("unipc", "trailing", 20, "fixed", 0),
+    "unipc20": ("unipc", None, 20, "fresh", 0),
+    "unipc20_fixed": ("unipc", None, 20, "fixed", 0),
 }
 SLICE_SEED_STRIDE = 10_000
 GUIDANCE = 7.5

@@ -4,7 +4,8 @@ A sampler shares the training scheduler's noise schedule (betas, ``num_train_tim
 only what its solver needs: DPM-Solver++ (2M) clips lambda(t) at ``lambda_min_clipped`` = -5.1 for the cosine
 (``squaredcos_cap_v2``) schedule, whose lambda(t) falls to about -10 at the last training step and makes the
 solver's first step unstable (diffusers' advice for that schedule), and ends on sigma 0. ``timestep_spacing``
-overrides the training scheduler's spacing ("trailing" starts few-step runs at the last training step).
+overrides the training scheduler's spacing ("trailing" starts few-step runs at the last training step). DDIM and
+UniPC have no such clip, so under the cosine schedule they refuse the spacings that start at that step.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ def sampling_scheduler(
     if timestep_spacing is not None:
         config["timestep_spacing"] = timestep_spacing
     cosine = config.get("beta_schedule") == "squaredcos_cap_v2"
+    if cosine and name != "dpmsolver++" and config.get("timestep_spacing") in ("trailing", "linspace"):
+        raise ValueError(
+            f"{name} with {config['timestep_spacing']!r} spacing starts at the cosine schedule's last training step, "
+            "where alpha_bar is about 1e-9 and the predicted x0 explodes (in-mask PSNR 8 dB on the demo); use "
+            "'leading' or dpmsolver++ (its lambda clip)"
+        )
     if name == "ddim":
         return DDIMScheduler.from_config(config)
     if name == "dpmsolver++":

@@ -212,10 +212,10 @@ def test_few_steps_table_judges_each_arm_against_ddim50s_lowest_seed(tmp_path):
         "ddim50_s0": {"psnr": 25.0, "ssim": 0.90},
         "ddim50_s1": {"psnr": 24.0, "ssim": 0.89},
         "dpm20": {"psnr": 24.5, "ssim": 0.895},
-        "unipc20_trailing": {"psnr": 23.0, "ssim": 0.95},
+        "unipc20": {"psnr": 23.0, "ssim": 0.95},
     }
     (tmp_path / "slice_quality.json").write_text(json.dumps(quality))
-    for name, direction in (("ddim50_s0", 1.0), ("ddim50_s1", 8 / 9), ("dpm20", 1.0), ("unipc20_trailing", 1.0)):
+    for name, direction in (("ddim50_s0", 1.0), ("ddim50_s1", 8 / 9), ("dpm20", 1.0), ("unipc20", 1.0)):
         folder = tmp_path / "volumes" / name
         folder.mkdir(parents=True)
         signal = {"direction_ok": direction, "size_ok": 0.5}
@@ -228,5 +228,5 @@ def test_few_steps_table_judges_each_arm_against_ddim50s_lowest_seed(tmp_path):
     (tmp_path / "timing.json").write_text(json.dumps(timing))
     rows = {line.split(" | ")[0].strip("| "): line for line in few_steps.table(tmp_path).splitlines()}
     assert rows["dpm20"].endswith("| yes |") and "| 2.1 | 0.42 |" in rows["dpm20"]
-    assert rows["unipc20_trailing"].endswith("| no: below on psnr |")
+    assert rows["unipc20"].endswith("| no: below on psnr |")
     assert "24.00 - 25.00" in rows["DDIM 50 spread over its seeds (min - max)"]

@@ -25,7 +25,15 @@ def test_each_sampler_keeps_the_training_noise_schedule_and_spacing(name, kind):
         assert type(sampler) is kind
         assert torch.allclose(sampler.alphas_cumprod, trained.alphas_cumprod)
         assert sampler.config.prediction_type == "epsilon" and sampler.config.timestep_spacing == "leading"
-    assert sampling_scheduler(training(), name, "trailing").config.timestep_spacing == "trailing"
+    assert sampling_scheduler(training("scaled_linear"), name, "trailing").config.timestep_spacing == "trailing"
+
+
+@pytest.mark.parametrize("name", ["ddim", "unipc"])
+@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
+def test_unclipped_samplers_refuse_to_start_at_the_cosine_schedules_last_step(name, spacing):
+    with pytest.raises(ValueError, match="last training step"):
+        sampling_scheduler(training(), name, spacing)
+    assert sampling_scheduler(training(), "dpmsolver++", spacing).config.timestep_spacing == spacing
 
 
 def test_dpm_solver_is_2m_clipped_for_the_cosine_schedule_only():
