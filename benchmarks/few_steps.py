@@ -35,18 +35,19 @@ import torch
 
 from benchmarks.common import REPO, Context, interleaved, median, spread, thread_env
 
-ARMS = {  # name: (sampler, timestep spacing (None: the training one), steps, blend noise, seed index)
-    "ddim50_s0": ("ddim", None, 50, "fresh", 0),
-    "ddim50_s1": ("ddim", None, 50, "fresh", 1),
-    "ddim50_s2": ("ddim", None, 50, "fresh", 2),
-    "ddim20": ("ddim", None, 20, "fresh", 0),
-    "ddim20_trailing": ("ddim", "trailing", 20, "fresh", 0),
-    "dpm20": ("dpmsolver++", None, 20, "fresh", 0),
-    "dpm20_fixed": ("dpmsolver++", None, 20, "fixed", 0),
-    "dpm20_trailing": ("dpmsolver++", "trailing", 20, "fresh", 0),
-    "dpm20_trailing_fixed": ("dpmsolver++", "trailing", 20, "fixed", 0),
-    "unipc20": ("unipc", None, 20, "fresh", 0),
-    "unipc20_fixed": ("unipc", None, 20, "fixed", 0),
+ARMS = {  # name: (sampler, timestep spacing (None: the training one), steps, blend noise, seed index, eta)
+    "ddim50_s0": ("ddim", None, 50, "fresh", 0, 0.0),
+    "ddim50_s1": ("ddim", None, 50, "fresh", 1, 0.0),
+    "ddim50_s2": ("ddim", None, 50, "fresh", 2, 0.0),
+    "ddim20": ("ddim", None, 20, "fresh", 0, 0.0),
+    "ddim20_trailing": ("ddim", "trailing", 20, "fresh", 0, 0.0),
+    "dpm20": ("dpmsolver++", None, 20, "fresh", 0, 0.0),
+    "dpm20_fixed": ("dpmsolver++", None, 20, "fixed", 0, 0.0),
+    "dpm20_trailing": ("dpmsolver++", "trailing", 20, "fresh", 0, 0.0),
+    "dpm20_trailing_fixed": ("dpmsolver++", "trailing", 20, "fixed", 0, 0.0),
+    "ddim20_eta1": ("ddim", None, 20, "fresh", 0, 1.0),
+    "unipc20": ("unipc", None, 20, "fresh", 0, 0.0),
+    "unipc20_fixed": ("unipc", None, 20, "fixed", 0, 0.0),
 }
 SLICE_SEED_STRIDE = 10_000
 GUIDANCE = 7.5
@@ -69,12 +70,12 @@ def slice_quality(arms: list[str], out: Path, threads: int) -> None:
     originals = torch.stack([item["image"] for item in slices])
     masks = torch.stack([item["soft_mask"] for item in slices])
     for name in arms:
-        sampler, spacing, steps, blend, seed = ARMS[name]
+        sampler, spacing, steps, blend, seed, eta = ARMS[name]
         inferer = SoftMaskInpaintingInferer(
             sampling_scheduler(training, sampler, spacing),
             num_inference_steps=steps,
             guidance_scale=GUIDANCE,
-            eta=0.0,
+            eta=eta,
             blend_noise=blend,
         )
         started = time.perf_counter()
@@ -102,9 +103,9 @@ def timing(arms: list[str], out: Path, threads: int, batch: int = 4, repeats: in
     texts, seeds = [str(i["text"]) for i in items], list(range(batch))
     calls = {}
     for name in dict.fromkeys(["ddim50_s0", *arms]):
-        sampler, spacing, steps, blend, _ = ARMS[name]
+        sampler, spacing, steps, blend, _, eta = ARMS[name]
         inferer = SoftMaskInpaintingInferer(
-            sampling_scheduler(training, sampler, spacing), num_inference_steps=steps, blend_noise=blend
+            sampling_scheduler(training, sampler, spacing), num_inference_steps=steps, eta=eta, blend_noise=blend
         )
         calls[name] = lambda inferer=inferer: inferer(image, model, mask, texts, seeds)
     times = interleaved(calls, repeats=repeats)
@@ -126,10 +127,10 @@ def timing(arms: list[str], out: Path, threads: int, batch: int = 4, repeats: in
 def volumes(arms: list[str], out: Path, threads: int) -> None:
     demo = REPO / "demo" / "data"
     for name in arms:
-        sampler, spacing, steps, blend, seed = ARMS[name]
+        sampler, spacing, steps, blend, seed, eta = ARMS[name]
         folder = out / "volumes" / name
         folder.mkdir(parents=True, exist_ok=True)
-        options = {"seed": seed, "num_inference_steps": steps, "sampler": sampler, "blend_noise": blend}
+        options = {"seed": seed, "num_inference_steps": steps, "sampler": sampler, "blend_noise": blend, "eta": eta}
         if spacing is not None:
             options["timestep_spacing"] = spacing
         command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
@@ -184,7 +185,7 @@ def table(out: Path) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
     for name in measured:
-        sampler, spacing, steps, blend, _ = ARMS[name]
+        sampler, spacing, steps, blend, _, eta = ARMS[name]
         row = rows[name]
         if name.startswith("ddim50"):
             verdict = "(reference seed)"
@@ -193,7 +194,8 @@ def table(out: Path) -> str:
             complete = all(row[key] is not None for key in keys[:4])
             verdict = "no: below on " + ", ".join(low) if low else ("yes" if complete else "incomplete")
         lines.append(
-            f"| {name} | {sampler} | {spacing or 'leading (training)'} | {blend} | {steps} "
+            f"| {name} | {sampler}{f' (eta {eta:g})' if eta else ''} | {spacing or 'leading (training)'} "
+            f"| {blend} | {steps} "
             f"| {cell(row['seconds'], 1)} | {cell(row['ratio'], 2)} | {cell(row['psnr'], 2)} | {cell(row['ssim'], 3)} "
             f"| {cell(row['hyper_direction'], 0)} | {cell(row['hypo_direction'], 0)} "
             f"| {cell(row['hyper_size'], 0)} | {cell(row['hypo_size'], 0)} | {verdict} |"
