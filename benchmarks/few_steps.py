@@ -153,7 +153,10 @@ def arm_row(name: str, out: Path) -> dict[str, float | None]:
     slices = json.loads((out / "slice_quality.json").read_text()).get(name, {})
     timed = json.loads((out / "timing.json").read_text()).get(name, {}) if (out / "timing.json").is_file() else {}
     row = {"psnr": slices.get("psnr"), "ssim": slices.get("ssim")}
-    row.update({"seconds": timed.get("median_s"), "ratio": timed.get("ratio_to_ddim50")})
+    row["ratio"], row["time"] = timed.get("ratio_to_ddim50"), "-"
+    if "spread_s" in timed:
+        fastest, middle, slowest = timed["spread_s"]
+        row["time"] = f"{middle:.1f} [{fastest:.1f} - {slowest:.1f}]"
     row.update({f"{signal}_{measure}": None for signal in ("hyper", "hypo") for measure in ("direction", "size")})
     adherence = out / "volumes" / name / "text_adherence.json"
     if adherence.is_file():
@@ -174,8 +177,8 @@ def table(out: Path) -> str:
         key: (min(v), max(v)) for key in keys if len(v := [row[key] for row in seeds if row[key] is not None]) >= 2
     }
     lines = [
-        "| arm | sampler | spacing | blend noise | steps | s per batch | time vs DDIM 50 | in-mask PSNR (dB) "
-        "| in-mask SSIM "
+        "| arm | sampler | spacing | blend noise | steps | s per 4 slices [min - max] | time vs DDIM 50 "
+        "| in-mask PSNR (dB) | in-mask SSIM "
         "| hyper right direction % | hypo right direction % | hyper size +-30% | hypo size +-30% "
         "| within DDIM-50 spread |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -196,7 +199,7 @@ def table(out: Path) -> str:
         lines.append(
             f"| {name} | {sampler}{f' (eta {eta:g})' if eta else ''} | {spacing or 'leading (training)'} "
             f"| {blend} | {steps} "
-            f"| {cell(row['seconds'], 1)} | {cell(row['ratio'], 2)} | {cell(row['psnr'], 2)} | {cell(row['ssim'], 3)} "
+            f"| {row['time']} | {cell(row['ratio'], 2)} | {cell(row['psnr'], 2)} | {cell(row['ssim'], 3)} "
             f"| {cell(row['hyper_direction'], 0)} | {cell(row['hypo_direction'], 0)} "
             f"| {cell(row['hyper_size'], 0)} | {cell(row['hypo_size'], 0)} | {verdict} |"
         )

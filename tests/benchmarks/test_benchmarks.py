@@ -223,10 +223,10 @@ def test_few_steps_table_judges_each_arm_against_ddim50s_lowest_seed(tmp_path):
         (folder / "text_adherence.json").write_text(json.dumps(adherence))
     timing = {
         "ddim50_s0": {"median_s": 5.0, "ratio_to_ddim50": 1.0},
-        "dpm20": {"median_s": 2.1, "ratio_to_ddim50": 0.42},
+        "dpm20": {"median_s": 2.1, "spread_s": [2.0, 2.1, 2.5], "ratio_to_ddim50": 0.42},
     }
     (tmp_path / "timing.json").write_text(json.dumps(timing))
     rows = {line.split(" | ")[0].strip("| "): line for line in few_steps.table(tmp_path).splitlines()}
-    assert rows["dpm20"].endswith("| yes |") and "| 2.1 | 0.42 |" in rows["dpm20"]
+    assert rows["dpm20"].endswith("| yes |") and "| 2.1 [2.0 - 2.5] | 0.42 |" in rows["dpm20"]
     assert rows["unipc20"].endswith("| no: below on psnr |")
     assert "24.00 - 25.00" in rows["DDIM 50 spread over its seeds (min - max)"]
