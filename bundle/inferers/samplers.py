@@ -35,7 +35,7 @@ def sampling_scheduler(
     if cosine and name != "dpmsolver++" and config.get("timestep_spacing") in ("trailing", "linspace"):
         raise ValueError(
             f"{name} with {config['timestep_spacing']!r} spacing starts at the cosine schedule's last training step, "
-            "where alpha_bar is about 1e-9 and the predicted x0 explodes (in-mask PSNR 8 dB on the demo); use "
+            "where alpha_bar is about 2e-9 and the predicted x0 explodes (in-mask PSNR 8 dB on the demo); use "
             "'leading' or dpmsolver++ (its lambda clip)"
         )
     if name == "ddim":
