@@ -35,7 +35,7 @@ import torch
 
 from benchmarks.common import REPO, Context, interleaved, median, spread, thread_env
 
-ARMS = {  # name: (sampler, timestep spacing (None: the training one), steps, blend noise, seed index, eta)
+ARMS = {  # name: (sampler, timestep spacing (None: the training one), steps, blend, seed index, eta)
     "ddim50_s0": ("ddim", None, 50, "fresh", 0, 0.0),
     "ddim50_s1": ("ddim", None, 50, "fresh", 1, 0.0),
     "ddim50_s2": ("ddim", None, 50, "fresh", 2, 0.0),
@@ -45,12 +45,19 @@ ARMS = {  # name: (sampler, timestep spacing (None: the training one), steps, bl
     "dpm20_fixed": ("dpmsolver++", None, 20, "fixed", 0, 0.0),
     "dpm20_trailing": ("dpmsolver++", "trailing", 20, "fresh", 0, 0.0),
     "dpm20_trailing_fixed": ("dpmsolver++", "trailing", 20, "fixed", 0, 0.0),
+    "ddim20_x0": ("ddim", None, 20, "x0", 0, 0.0),
     "ddim20_eta1": ("ddim", None, 20, "fresh", 0, 1.0),
     "unipc20": ("unipc", None, 20, "fresh", 0, 0.0),
     "unipc20_fixed": ("unipc", None, 20, "fixed", 0, 0.0),
 }
 SLICE_SEED_STRIDE = 10_000
 GUIDANCE = 7.5
+
+
+def blend_options(blend: str) -> dict[str, object]:
+    """The inferer's blend settings of an arm's blend: "fresh" / "fixed" (``blend_noise``), "x0" (fresh noise and
+    ``blend_x0``, :class:`bundle.inferers.soft_mask_inpainting.PredictedX0Blend`)."""
+    return {"blend_noise": "fixed" if blend == "fixed" else "fresh", "blend_x0": blend == "x0"}
 
 
 def slice_quality(arms: list[str], out: Path, threads: int) -> None:
@@ -76,7 +83,7 @@ def slice_quality(arms: list[str], out: Path, threads: int) -> None:
             num_inference_steps=steps,
             guidance_scale=GUIDANCE,
             eta=eta,
-            blend_noise=blend,
+            **blend_options(blend),
         )
         started = time.perf_counter()
         synthetic = sample_all(model, inferer, slices, seed * SLICE_SEED_STRIDE, ctx.device)
@@ -105,7 +112,7 @@ def timing(arms: list[str], out: Path, threads: int, batch: int = 4, repeats: in
     for name in dict.fromkeys(["ddim50_s0", *arms]):
         sampler, spacing, steps, blend, _, eta = ARMS[name]
         inferer = SoftMaskInpaintingInferer(
-            sampling_scheduler(training, sampler, spacing), num_inference_steps=steps, eta=eta, blend_noise=blend
+            sampling_scheduler(training, sampler, spacing), num_inference_steps=steps, eta=eta, **blend_options(blend)
         )
         calls[name] = lambda inferer=inferer: inferer(image, model, mask, texts, seeds)
     times = interleaved(calls, repeats=repeats)
@@ -130,7 +137,7 @@ def volumes(arms: list[str], out: Path, threads: int) -> None:
         sampler, spacing, steps, blend, seed, eta = ARMS[name]
         folder = out / "volumes" / name
         folder.mkdir(parents=True, exist_ok=True)
-        options = {"seed": seed, "num_inference_steps": steps, "sampler": sampler, "blend_noise": blend, "eta": eta}
+        options = {"seed": seed, "num_inference_steps": steps, "sampler": sampler, "eta": eta, **blend_options(blend)}
         if spacing is not None:
             options["timestep_spacing"] = spacing
         command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]

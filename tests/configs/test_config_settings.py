@@ -125,11 +125,20 @@ def test_inference_picks_the_sampler_its_spacing_and_the_blend_noise_by_name(sam
     training = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
-    parser.update({"bundle_root": str(REPO), "sampler": sampler, "timestep_spacing": "leading", "blend_noise": "fixed"})
+    parser.update(
+        {
+            "bundle_root": str(REPO),
+            "sampler": sampler,
+            "timestep_spacing": "leading",
+            "blend_noise": "fixed",
+            "blend_x0": True,
+        }
+    )
     parser["noise_scheduler"] = training
     inferer = parser.get_parsed_content("inferer")
     assert type(inferer.scheduler).__name__.lower().startswith(sampler.rstrip("+"))
     assert inferer.scheduler.config.timestep_spacing == "leading" and inferer.blend_noise == "fixed"
+    assert inferer.blend_x0 is True
     assert inferer.scheduler.config.beta_schedule == "squaredcos_cap_v2"
 
 
