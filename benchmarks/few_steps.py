@@ -46,6 +46,8 @@ ARMS = {  # name: (sampler, timestep spacing (None: the training one), steps, bl
     "dpm20_trailing": ("dpmsolver++", "trailing", 20, "fresh", 0, 0.0),
     "dpm20_trailing_fixed": ("dpmsolver++", "trailing", 20, "fixed", 0, 0.0),
     "ddim20_x0": ("ddim", None, 20, "x0", 0, 0.0),
+    "ddim20_x0_s1": ("ddim", None, 20, "x0", 1, 0.0),
+    "ddim20_x0_s2": ("ddim", None, 20, "x0", 2, 0.0),
     "ddim20_eta1": ("ddim", None, 20, "fresh", 0, 1.0),
     "unipc20": ("unipc", None, 20, "fresh", 0, 0.0),
     "unipc20_fixed": ("unipc", None, 20, "fixed", 0, 0.0),
@@ -184,7 +186,7 @@ def table(out: Path) -> str:
         key: (min(v), max(v)) for key in keys if len(v := [row[key] for row in seeds if row[key] is not None]) >= 2
     }
     lines = [
-        "| arm | sampler | spacing | blend noise | steps | s per 4 slices [min - max] | time vs DDIM 50 "
+        "| arm | sampler | spacing | blend | steps | s per 4 slices [min - max] | time vs DDIM 50 "
         "| in-mask PSNR (dB) | in-mask SSIM "
         "| hyper right direction % | hypo right direction % | hyper size +-30% | hypo size +-30% "
         "| within DDIM-50 spread |",
