@@ -133,14 +133,8 @@ initialised tiny model; the item-3 quality rows then say they need the trained c
 
 def narrative(records: list[Record]) -> dict[int, str]:
     inference = json.loads((REPO / "configs" / "inference.json").read_text())
-    scheduler = str(inference.get("scheduler", ""))
-    default_sampler = next(
-        (
-            name
-            for name in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DDIMScheduler")
-            if name in scheduler
-        ),
-        scheduler,
+    default_sampler = {"ddim": "DDIM", "dpmsolver++": "DPM-Solver++ (2M)", "unipc": "UniPC"}.get(
+        inference.get("sampler"), str(inference.get("sampler"))
     )
     default_steps = inference.get("num_inference_steps")
     rows = [r for r in records if r.item == 3 and "quality_holds" in r.extra]

@@ -5,15 +5,19 @@ MedDiff-FT's dynamic guiding mask (the blended region scheduled over the steps) 
 from bundle.inferers.guide_mask import FirstGuideMasks, GuideMaskSchedule
 from bundle.inferers.guided_inpainting import GuidedInpaintingInferer
 from bundle.inferers.guided_sampler import GuidedSampler, noise_like, seeded_generators
-from bundle.inferers.soft_mask_inpainting import SoftMaskBlend, SoftMaskInpaintingInferer
+from bundle.inferers.samplers import SAMPLERS, sampling_scheduler
+from bundle.inferers.soft_mask_inpainting import PredictedX0Blend, SoftMaskBlend, SoftMaskInpaintingInferer
 
 __all__ = [
     "FirstGuideMasks",
     "GuidedInpaintingInferer",
     "GuideMaskSchedule",
     "GuidedSampler",
+    "PredictedX0Blend",
+    "SAMPLERS",
     "SoftMaskBlend",
     "SoftMaskInpaintingInferer",
     "noise_like",
+    "sampling_scheduler",
     "seeded_generators",
 ]

@@ -28,6 +28,9 @@ from bundle.utils.precision import autocast, autocast_dtype
 StepHook = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 """``(latents after step index, index, the scheduler's timesteps) -> the latents the next step starts from``."""
 
+NoiseHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(guided noise, the latents it was predicted at, timestep) -> the noise the scheduler's step takes``."""
+
 
 def noise_like(latents: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Standard normal noise of ``latents``' shape, item ``i`` drawn from ``generators[i]`` (on the CPU)."""
@@ -113,13 +116,15 @@ class GuidedSampler(Inferer):
         step_hook: StepHook | None = None,
         start: torch.Tensor | None = None,
         strength: float = 1.0,
+        noise_hook: NoiseHook | None = None,
     ) -> torch.Tensor:
         """The sampled z_0, of ``like``'s shape, dtype and device, from noise drawn by ``generators``.
 
         Per step, after the initial noise: the guided noise, the scheduler's step (with ``eta`` and per-image
         variance noise where the scheduler takes them), then ``step_hook``. With ``start`` (latents of ``like``'s
         shape) the reverse process starts from ``start`` noised to the ``strength`` fraction of the steps and runs
-        only those steps (SDEdit; ``strength`` 1 starts from pure noise, as without ``start``).
+        only those steps (SDEdit; ``strength`` 1 starts from pure noise, as without ``start``). ``noise_hook`` may
+        change the guided noise before the step (e.g. :class:`bundle.inferers.soft_mask_inpainting.PredictedX0Blend`).
         """
         null = guidance_null_conditions(network.null_conditions(like.shape[0]), conditions)
         guidance_conditions = concat_conditions(null, conditions)
@@ -138,6 +143,8 @@ class GuidedSampler(Inferer):
         for index, timestep in enumerate(timesteps):
             model_input = self.scheduler.scale_model_input(latents, host_timesteps[index])
             noise = self.guided_noise(network, model_input, timestep, guidance_conditions)
+            if noise_hook is not None:
+                noise = noise_hook(noise, latents, timestep)
             options = {"eta": self.eta, "variance_noise": noise_like(like, generators)} if self._step_takes_eta else {}
             latents = self.scheduler.step(noise, host_timesteps[index], latents, **options).prev_sample
             if step_hook is not None:

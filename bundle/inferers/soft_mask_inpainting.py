@@ -37,14 +37,17 @@ from bundle.networks.medsoft_diffusion import MedSoftDiffusion
 
 class SoftMaskBlend:
     """The per-step hook of soft-mask inpainting: after step ``index`` the latents become
-    ``latents * mask + known_t * (1 - mask)``, ``known_t`` the known latents noised (with fresh per-image noise) to
-    the next timestep, and after the last step the known latents themselves.
+    ``latents * mask + known_t * (1 - mask)``, ``known_t`` the known latents noised to the next timestep, and after
+    the last step the known latents themselves.
 
     Args:
         scheduler: the sampler's scheduler (its ``add_noise``).
         known: the known latents z_0 of the input ``(B, C, h, w)``.
         mask: m_b on the latents' grid ``(B, 1, h, w)`` in [0, 1], or one such mask per step (a guide schedule).
         generators: the per-image generators (the sampler's, so the draws interleave with its own).
+        fixed_noise: ``False``: fresh per-image noise for ``known_t`` at every step (the paper's blend). ``True``:
+            one draw per image, reused at every step, so the known region follows one deterministic trajectory
+            ``sqrt(a_t) z_0 + sqrt(1 - a_t) n``, the kind a multistep solver (DPM-Solver++, UniPC) extrapolates.
     """
 
     def __init__(
@@ -53,18 +56,43 @@ class SoftMaskBlend:
         known: torch.Tensor,
         mask: torch.Tensor | Sequence[torch.Tensor],
         generators: Sequence[torch.Generator],
+        fixed_noise: bool = False,
     ) -> None:
         self.scheduler, self.known, self.mask, self.generators = scheduler, known, mask, generators
+        self.noise = noise_like(known, generators) if fixed_noise else None
 
     def __call__(self, latents: torch.Tensor, index: int, timesteps: torch.Tensor) -> torch.Tensor:
         # a run shortened by SDEdit's strength takes the last steps, so the per-step masks are aligned at the end
         mask = self.mask if isinstance(self.mask, torch.Tensor) else self.mask[len(self.mask) - len(timesteps) + index]
         if index + 1 < len(timesteps):
-            noise = noise_like(self.known, self.generators)
+            noise = noise_like(self.known, self.generators) if self.noise is None else self.noise
             known_now = self.scheduler.add_noise(self.known, noise, timesteps[index + 1 : index + 2])
         else:
             known_now = self.known
         return latents * mask + known_now * (1.0 - mask)
+
+
+class PredictedX0Blend:
+    """A blend for few steps, before each step: the noise the scheduler takes is the one whose predicted z_0 is the
+    model's inside the mask and the known latents outside, ``x0 = x0_model * mask + known * (1 - mask)`` with
+    ``x0_model = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)``, returned as ``eps' = (z_t - sqrt(a_t) x0) / sqrt(1 - a_t)``
+    (epsilon prediction). The step then lands on latents consistent with the known region instead of leaving the
+    per-step blend to correct it, which 20 steps give too few chances to do.
+
+    Args:
+        alphas_cumprod: the scheduler's cumulative alphas ``(num_train_timesteps,)``.
+        known: the known latents z_0 ``(B, C, h, w)``.
+        mask: m_b on the latents' grid ``(B, 1, h, w)`` in [0, 1].
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> None:
+        self.alphas_cumprod, self.known, self.mask = alphas_cumprod, known, mask
+
+    def __call__(self, noise: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        alpha = self.alphas_cumprod[int(timestep)].to(latents)
+        predicted = (latents - (1.0 - alpha).sqrt() * noise) / alpha.sqrt()
+        blended = predicted * self.mask + self.known * (1.0 - self.mask)
+        return (latents - alpha.sqrt() * blended) / (1.0 - alpha).sqrt()
 
 
 class SoftMaskInpaintingInferer(GuidedSampler):
@@ -76,6 +104,10 @@ class SoftMaskInpaintingInferer(GuidedSampler):
             guidance scale, eta, seed, precision).
         guide_schedule: MedDiff-FT's dynamic guiding mask; each call then needs the lesion and host masks, and
             the blend keeps the schedule's guide of each step (not M_b). ``None``: MedSoft-Diffusion's blend.
+        blend_noise: the noise of the re-noised known region, :class:`SoftMaskBlend`'s: "fresh" (every step) or
+            "fixed" (one draw per image, for few-step multistep solvers).
+        blend_x0: also blend the model's predicted z_0 with the known latents before each step
+            (:class:`PredictedX0Blend`; epsilon prediction, no guide schedule).
     """
 
     def __init__(
@@ -83,16 +115,24 @@ class SoftMaskInpaintingInferer(GuidedSampler):
         scheduler: SchedulerMixin,
         *sampler_args,
         guide_schedule: GuideMaskSchedule | None = None,
+        blend_noise: str = "fresh",
+        blend_x0: bool = False,
         **sampler_options,
     ) -> None:
         super().__init__(scheduler, *sampler_args, **sampler_options)
+        if blend_noise not in ("fresh", "fixed"):
+            raise ValueError(f"blend_noise must be 'fresh' or 'fixed', got {blend_noise!r}")
+        if blend_x0 and (guide_schedule is not None or scheduler.config.prediction_type != "epsilon"):
+            raise ValueError("blend_x0 needs epsilon prediction and no guide_schedule")
         self.guide_schedule = guide_schedule
+        self.blend_noise = blend_noise
+        self.blend_x0 = blend_x0
 
     def blend(
         self, known: torch.Tensor, mask: torch.Tensor | Sequence[torch.Tensor], generators: Sequence[torch.Generator]
     ) -> SoftMaskBlend:
         """The per-step hook of one call."""
-        return SoftMaskBlend(self.scheduler, known, mask, generators)
+        return SoftMaskBlend(self.scheduler, known, mask, generators, fixed_noise=self.blend_noise == "fixed")
 
     def model_conditions(
         self,
@@ -153,7 +193,8 @@ class SoftMaskInpaintingInferer(GuidedSampler):
             return blend(latents, index, timesteps)
 
         initial = None if start is None else network.space.encode(start)
-        latents = self.sample(network, conditions, known, generators, keep_unblended, initial, strength)
+        x0_blend = PredictedX0Blend(self.scheduler.alphas_cumprod, known, mask) if self.blend_x0 else None
+        latents = self.sample(network, conditions, known, generators, keep_unblended, initial, strength, x0_blend)
         reconstruction_error = inputs - network.space.decode(known)  # 0 on the pixels, the VAE's error in latents
         result = (network.space.decode(latents) + reconstruction_error * (1.0 - region)).clamp(0.0, 1.0)
         content = (network.space.decode(unblended[0]) + reconstruction_error).clamp(0.0, 1.0)

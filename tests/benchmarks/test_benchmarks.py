@@ -254,3 +254,32 @@ def test_report_refuses_a_timed_row_without_its_spread(tmp_path, change):
     with pytest.raises(ValueError, match="fast thing"):
         report.write_json(tmp_path / "results.json", [record], {}, {})
     assert not (tmp_path / "results.json").exists()
+
+
+def test_few_steps_table_judges_each_arm_against_ddim50s_lowest_seed(tmp_path):
+    """An arm passes only when PSNR, SSIM and both signals' right-direction shares are each at least DDIM 50's
+    lowest seed; one measure below it fails the arm and is named."""
+    from benchmarks import few_steps
+
+    quality = {
+        "ddim50_s0": {"psnr": 25.0, "ssim": 0.90},
+        "ddim50_s1": {"psnr": 24.0, "ssim": 0.89},
+        "dpm20": {"psnr": 24.5, "ssim": 0.895},
+        "unipc20": {"psnr": 23.0, "ssim": 0.95},
+    }
+    (tmp_path / "slice_quality.json").write_text(json.dumps(quality))
+    for name, direction in (("ddim50_s0", 1.0), ("ddim50_s1", 8 / 9), ("dpm20", 1.0), ("unipc20", 1.0)):
+        folder = tmp_path / "volumes" / name
+        folder.mkdir(parents=True)
+        signal = {"direction_ok": direction, "size_ok": 0.5}
+        adherence = {"synthetic": {"by_signal": {"hyperintense": signal, "hypointense": signal}}}
+        (folder / "text_adherence.json").write_text(json.dumps(adherence))
+    timing = {
+        "ddim50_s0": {"median_s": 5.0, "ratio_to_ddim50": 1.0},
+        "dpm20": {"median_s": 2.1, "spread_s": [2.0, 2.1, 2.5], "ratio_to_ddim50": 0.42},
+    }
+    (tmp_path / "timing.json").write_text(json.dumps(timing))
+    rows = {line.split(" | ")[0].strip("| "): line for line in few_steps.table(tmp_path).splitlines()}
+    assert rows["dpm20"].endswith("| yes |") and "| 2.1 [2.0 - 2.5] | 0.42 |" in rows["dpm20"]
+    assert rows["unipc20"].endswith("| no: below on psnr |")
+    assert "24.00 - 25.00" in rows["DDIM 50 spread over its seeds (min - max)"]

@@ -116,3 +116,37 @@ def test_the_sd15_overrides_agree_on_folders_and_grid():
     for key in ("biomedclip_dir", "biomedbert_dir", "spatial_size", "pixdim_mm", "model_grid#window_key"):
         assert len({json.dumps(o[key]) for o in overrides}) == 1, key
     assert overrides[1]["sd15_dir"] == overrides[2]["sd15_dir"]
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "unipc"])
+def test_inference_picks_the_sampler_its_spacing_and_the_blend_noise_by_name(sampler):
+    """``inference.json``'s ``sampler``, ``timestep_spacing`` and ``blend_noise`` reach the inferer; the sampler keeps
+    the training scheduler's noise schedule."""
+    from diffusers import DDPMScheduler
+
+    training = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update(
+        {
+            "bundle_root": str(REPO),
+            "sampler": sampler,
+            "timestep_spacing": "leading",
+            "blend_noise": "fixed",
+            "blend_x0": True,
+        }
+    )
+    parser["noise_scheduler"] = training
+    inferer = parser.get_parsed_content("inferer")
+    assert type(inferer.scheduler).__name__.lower().startswith(sampler.rstrip("+"))
+    assert inferer.scheduler.config.timestep_spacing == "leading" and inferer.blend_noise == "fixed"
+    assert inferer.blend_x0 is True
+    assert inferer.scheduler.config.beta_schedule == "squaredcos_cap_v2"
+
+
+def test_inference_defaults_to_ddim_50_with_the_papers_blend():
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(REPO)})
+    assert (parser["sampler"], parser["num_inference_steps"], parser["blend_noise"]) == ("ddim", 50, "fresh")
+    assert parser["timestep_spacing"] is None

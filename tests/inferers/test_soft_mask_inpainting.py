@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from bundle.inferers.guide_mask import GuideMaskSchedule
-from bundle.inferers.soft_mask_inpainting import SoftMaskInpaintingInferer
+from bundle.inferers.soft_mask_inpainting import PredictedX0Blend, SoftMaskInpaintingInferer
 from bundle.networks.conditions import concat_conditions
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import tiny_model
@@ -215,3 +215,62 @@ def test_inpaint_gives_the_content_the_result_blends_and_starts_from_an_image_at
     assert distances[0.25] < 0.5 * distances[1.0]
     from_noise = inferer.inpaint(image, model, soft_mask, TEXTS, [1, 2], start=start, strength=1.0)[0]
     assert torch.equal(from_noise, inferer(image, model, soft_mask, TEXTS, seeds=[1, 2]))
+
+
+@pytest.mark.parametrize("blend_noise", ["fresh", "fixed"])
+def test_fixed_blend_noise_keeps_the_known_region_on_one_noise_trajectory(model, batch, blend_noise):
+    """With ``blend_noise="fixed"`` the known region each step starts from is z_0 noised with the same draw at every
+    step, ``(z_t - sqrt(abar_t) z_0) / sqrt(1 - abar_t)`` is one tensor; with fresh noise it changes per step."""
+    image, soft_mask = batch
+    recording = RecordingDDIM.from_config(scheduler().config)
+    recording.started_from = []
+    inferer = SoftMaskInpaintingInferer(recording, num_inference_steps=5, blend_noise=blend_noise)
+    result = inferer(image, model, soft_mask, TEXTS, seeds=[1, 2])
+    x0, outside = image * 2.0 - 1.0, (soft_mask == 0)
+    noises = []
+    for timestep, latents in zip(recording.timesteps[1:], recording.started_from[1:], strict=True):
+        abar = recording.alphas_cumprod[int(timestep)]
+        noises.append(((latents - abar.sqrt() * x0) / (1 - abar).sqrt())[outside])
+    changes = [(later - noises[0]).abs().max() for later in noises[1:]]
+    if blend_noise == "fixed":
+        assert max(changes) < 1e-4
+    else:
+        assert min(changes) > 0.5
+    assert torch.allclose(result[outside], image[outside], atol=1e-6)
+    assert (result[soft_mask == 1] - image[soft_mask == 1]).abs().mean() > 0.05
+
+
+def test_an_unknown_blend_noise_is_refused():
+    with pytest.raises(ValueError, match="blend_noise must be 'fresh' or 'fixed'"):
+        SoftMaskInpaintingInferer(scheduler(), blend_noise="same")
+
+
+def test_the_predicted_x0_blend_gives_the_noise_of_the_known_latents_outside_and_the_models_inside():
+    generator = torch.Generator().manual_seed(0)
+    latents, noise, known = (torch.randn(2, 1, 8, 8, generator=generator) for _ in range(3))
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:6, 2:6] = 1.0
+    mask[:, :, 1, 2:6] = 0.25
+    alphas_cumprod = scheduler().alphas_cumprod
+    timestep = torch.tensor(600)
+    alpha = alphas_cumprod[600]
+    blended = PredictedX0Blend(alphas_cumprod, known, mask)(noise, latents, timestep)
+    implied = (latents - (1 - alpha).sqrt() * blended) / alpha.sqrt()
+    model_x0 = (latents - (1 - alpha).sqrt() * noise) / alpha.sqrt()
+    torch.testing.assert_close(implied, model_x0 * mask + known * (1 - mask), rtol=1e-4, atol=1e-4)
+    assert (implied[mask == 0] - model_x0[mask == 0]).abs().mean() > 0.5  # it does change the outside
+
+
+def test_blend_x0_changes_the_sample_keeps_the_input_outside_and_needs_epsilon_without_a_guide_schedule(model, batch):
+    image, soft_mask = batch
+    plain = SoftMaskInpaintingInferer.ddim(scheduler(), num_inference_steps=5)(image, model, soft_mask, TEXTS, [1, 2])
+    inferer = SoftMaskInpaintingInferer.ddim(scheduler(), num_inference_steps=5, blend_x0=True)
+    result = inferer(image, model, soft_mask, TEXTS, seeds=[1, 2])
+    outside, inside = soft_mask == 0, soft_mask == 1
+    assert torch.allclose(result[outside], image[outside], atol=1e-6)
+    assert (result[inside] - plain[inside]).abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="blend_x0 needs epsilon prediction"):
+        SoftMaskInpaintingInferer(scheduler(), blend_x0=True, guide_schedule=GuideMaskSchedule("shrink"))
+    v_prediction = DDIMScheduler.from_config(scheduler().config, prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="blend_x0 needs epsilon prediction"):
+        SoftMaskInpaintingInferer(v_prediction, blend_x0=True)
