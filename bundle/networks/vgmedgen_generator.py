@@ -143,8 +143,9 @@ def tiny_generator(
 ) -> VGMedGen:
     """The ``tiny`` profile: pixel space, a small random PixArt (width 96), the small CLIP's text tower.
 
-    ``disentangler`` None builds an untrained one (seeded; stage T's weights are loaded by the caller when it has
-    them). ``fusion_mode``: see :class:`HybridFeatureFusion`; ``trainable``, ``lora_rank``: see :class:`DiTDenoiser`.
+    ``disentangler``: stage T's (:func:`bundle.networks.vgmedgen_text.load_text_disentangler`, as
+    ``configs/vgmedgen_train.json`` passes it); None builds a seeded, untrained one (tests of stage G alone).
+    ``fusion_mode``: see :class:`HybridFeatureFusion`; ``trainable``, ``lora_rank``: see :class:`DiTDenoiser`.
     """
     text_encoder = text_encoder or MedicalClipEncoder.tiny(seed=seed)
     with torch.random.fork_rng(devices=[]):
