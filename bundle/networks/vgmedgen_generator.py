@@ -16,19 +16,20 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from bundle.errors import check_state_dict
+from bundle.errors import InputError, check_state_dict
 from bundle.networks.conditions import Conditions
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.vgmedgen_dit import DiTDenoiser, tiny_pixart
 from bundle.networks.vgmedgen_fusion import HybridFeatureFusion
-from bundle.networks.vgmedgen_text import TextDisentangler
-from bundle.networks.weight_files import read_safetensors
+from bundle.networks.vgmedgen_text import TextDisentangler, load_text_disentangler
+from bundle.networks.weight_files import read_safetensors, safetensors_metadata
 
 CONDITION_KEYS = ("anatomy", "style", "text_states")
 GENERATOR_FILE = "vgmedgen_generator.safetensors"
@@ -161,3 +162,30 @@ def tiny_generator(
         )
         denoiser = DiTDenoiser(transformer, trainable, lora_rank)  # LoRA's random init last: same fusion either way
     return VGMedGen(text_encoder, disentangler, fusion, denoiser, PixelSpace())
+
+
+def load_tiny_generator(
+    models_dir: str | os.PathLike,
+    spatial_size: int = 48,
+    num_layers: int = 6,
+    text_encoder: MedicalClipEncoder | None = None,
+    stage_t_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> VGMedGen:
+    """The trained ``tiny`` generator in one call: stage T's disentangler (``stage_t_dir``, default ``models_dir``),
+    the fusion and DiT settings from :data:`GENERATOR_FILE`'s metadata, then its weights. A missing file is an
+    :class:`InputError` naming it and the stage that writes it; ``spatial_size`` and ``num_layers`` must be the
+    training's (a mismatch is refused by tensor name and shape)."""
+    path = Path(models_dir) / GENERATOR_FILE
+    if not path.is_file():
+        raise InputError(path, "file not found; run stage G (configs/vgmedgen_train.json) to write it")
+    metadata = safetensors_metadata(path)
+    if "vgmedgen" not in metadata:
+        raise InputError(path, "not a VG-MedGen generator file (no 'vgmedgen' settings in its metadata)")
+    text_encoder = text_encoder or MedicalClipEncoder.tiny(seed=seed)
+    disentangler = load_text_disentangler(stage_t_dir or models_dir, text_encoder.embed_dim)
+    model = tiny_generator(
+        spatial_size, text_encoder, disentangler, num_layers=num_layers, seed=seed, **json.loads(metadata["vgmedgen"])
+    )
+    model.load_trained(path)
+    return model.eval()
