@@ -36,6 +36,7 @@ def generated(demo_data, vgmedgen_models, tmp_path_factory):
     parser = inference_parser(dataset_dir=str(demo_data), models_dir=str(vgmedgen_models), output_dir=str(output))
     assert parser.get_parsed_content("sampler").scheduler.config.algorithm_type == "dpmsolver++"
     report = parser.get_parsed_content("job").run()
+    assert parser.get_parsed_content("crop_pixel_mm") == [2.0, 2.0]
     return output, report
 
 
@@ -47,7 +48,7 @@ def test_every_request_gives_a_marked_one_slice_crop_with_its_files(generated, d
     for case in report["written"]:
         volume = nib.load(case["volume"])
         assert volume.shape == (1, 32, 32)
-        assert np.allclose(volume.header.get_zooms(), (1.25, 1.25, 1.25))
+        assert np.allclose(volume.header.get_zooms(), (2.0, 2.0, 2.0))
         assert nib.aff2axcodes(volume.affine) == ("R", "I", "P")
         assert volume.header["descrip"].tobytes().decode().rstrip("\0") == SYNTHETIC_DESCRIPTION
         assert 0 <= volume.get_fdata().min() and volume.get_fdata().max() <= 1000

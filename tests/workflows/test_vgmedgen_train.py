@@ -1,7 +1,8 @@
 """VG-MedGen's training configs in order on the phantom, one tiny epoch each: stage V
 (configs/vgmedgen_train_visual.json), stage T (configs/vgmedgen_train_text.json, on stage V's exported
 disentangler) and stage G (configs/vgmedgen_train.json, on stage T's), each passing MONAI's property check; stage G
-for the default HFFM and for the naive-concatenation ablation with a LoRA-adapted DiT."""
+as it is, with a LoRA-adapted DiT, and with each ablation override (naive concatenation, no intensity loss), each
+changing what it names."""
 
 from __future__ import annotations
 
@@ -27,10 +28,18 @@ def test_stage_v_and_t_export_what_they_trained(vgmedgen_models):
     assert text.settings["input_dim"] == 64  # the tiny CLIP's pooled width
 
 
-@pytest.mark.parametrize("overrides", [{}, {"fusion_mode": "concat", "trainable": "lora"}])
-def test_stage_g_reads_stage_t_and_trains_an_epoch(overrides, demo_data, vgmedgen_models, tmp_path):
+@pytest.mark.parametrize(
+    ("ablation", "overrides"),
+    [
+        (None, {}),
+        (None, {"trainable": "lora"}),
+        ("vgmedgen_ablation_naive_concat.json", {}),
+        ("vgmedgen_ablation_no_intensity.json", {}),
+    ],
+)
+def test_stage_g_reads_stage_t_and_trains_an_epoch(ablation, overrides, demo_data, vgmedgen_models, tmp_path):
     flow = workflow(
-        ["vgmedgen_train.json"],
+        ["vgmedgen_train.json", *([ablation] if ablation else [])],
         "train",
         dataset_dir=str(demo_data),
         output_dir=str(tmp_path / "runs"),
@@ -44,8 +53,10 @@ def test_stage_g_reads_stage_t_and_trains_an_epoch(overrides, demo_data, vgmedge
         assert flow.check_properties() in (None, [])
         trainer = flow.trainer
         model = unwrap(trainer.network)
-        assert model.fusion.mode == overrides.get("fusion_mode", "hffm")
+        assert model.fusion.mode == ("concat" if ablation == "vgmedgen_ablation_naive_concat.json" else "hffm")
         assert model.denoiser.trainable == overrides.get("trainable", "full")
+        no_intensity = ablation == "vgmedgen_ablation_no_intensity.json"
+        assert trainer.intensity_weight == (0.0 if no_intensity else 0.05)
         saved = read_safetensors(vgmedgen_models / TEXT_FILE)
         assert all(torch.equal(model.disentangler.state_dict()[name], saved[name]) for name in saved)
         flow.run()
