@@ -15,7 +15,8 @@ import pytest
 from monai.bundle import ConfigParser
 
 from bundle.data.datalist import load_datalist
-from bundle.engines.vgmedgen_generation import NO_VERTEBRA
+from bundle.engines.vgmedgen_generation import NO_VERTEBRA, CaptionGenerationJob
+from bundle.errors import InputError
 from bundle.io.crop_writer import SYNTHETIC_DESCRIPTION
 from bundle.io.gallery import read_gallery_cases
 from tests.helpers.paths import CONFIGS, REPO
@@ -84,3 +85,11 @@ def test_the_classifier_reads_the_datalist_as_it_is(generated, demo_data):
         items = transform(entry)
         assert len(items) == 1 and items[0]["image"].shape == (1, 32, 32)
         assert float(items[0]["image"].std()) > 0  # the generated crop, not an empty window
+
+
+@pytest.mark.parametrize("request_entry", [{"text": " ", "label": "benign"}, {"text": "Benign L2 vertebra."}])
+def test_a_request_without_text_or_class_is_refused_by_name(request_entry, tmp_path):
+    with pytest.raises(InputError, match="case_7: a generation request needs"):
+        CaptionGenerationJob(
+            None, None, None, [{"case_id": "case_7", "class_index": 1, **request_entry}], None, tmp_path, 32, [2, 2]
+        )
