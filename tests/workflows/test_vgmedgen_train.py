@@ -16,6 +16,7 @@ from bundle.networks.vgmedgen_generator import GENERATOR_FILE
 from bundle.networks.vgmedgen_text import TEXT_FILE, TextDisentangler
 from bundle.networks.vgmedgen_visual import VISUAL_FILE, VisualDisentangler
 from bundle.networks.weight_files import read_safetensors
+from bundle.preparation.vgmedgen_captions import caption_datalist
 from tests.helpers.workflows import TINY_VGMEDGEN, workflow
 
 TINY_G = {**TINY_VGMEDGEN, "dit_layers": 1}
@@ -79,3 +80,19 @@ def test_stage_g_without_stage_t_names_the_missing_file(demo_data, tmp_path):
     cause = str(raised.value.__cause__)
     assert cause.startswith(str(tmp_path / "models" / TEXT_FILE)), cause
     assert "file not found; run stage T (configs/vgmedgen_train_text.json)" in cause
+
+
+def test_the_class_label_ablation_trains_stages_t_and_g_on_class_captions(demo_data, vgmedgen_models, tmp_path):
+    caption_datalist(demo_data / "datalist.json", tmp_path / "datalist_vgmedgen_class.json", source="class")
+    # stage V is the main one; stages T and G are the ablation's own
+    paths = {"dataset_dir": str(tmp_path), "models_dir": str(tmp_path / "models"), "stage_v_dir": str(vgmedgen_models)}
+    for config in ("vgmedgen_train_text.json", "vgmedgen_train.json"):
+        flow = workflow([config, "vgmedgen_ablation_class_label.json"], "train", **paths, **TINY_G)
+        flow.initialize()
+        try:
+            texts = {entry["text"] for entry in flow.parser.get_parsed_content("train#dataset#data")}
+            assert texts == {"Normal vertebra.", "Benign vertebra.", "Malignant vertebra."}
+            flow.run()
+        finally:
+            flow.finalize()
+    assert (tmp_path / "models" / TEXT_FILE).is_file() and (tmp_path / "models" / GENERATOR_FILE).is_file()
