@@ -28,7 +28,7 @@ from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.vgmedgen_dit import DiTDenoiser, tiny_pixart
 from bundle.networks.vgmedgen_fusion import HybridFeatureFusion
-from bundle.networks.vgmedgen_text import TextDisentangler, load_text_disentangler
+from bundle.networks.vgmedgen_text import TextDisentangler, WholeEmbedding, load_text_disentangler
 from bundle.networks.weight_files import read_safetensors, safetensors_metadata
 
 CONDITION_KEYS = ("anatomy", "style", "text_states")
@@ -118,6 +118,7 @@ class VGMedGen(nn.Module):
             "fuse_text_states": self.uses_text_states,
             "trainable": self.denoiser.trainable,
             "lora_rank": self.denoiser.lora_rank,
+            "disentangle": not isinstance(self.disentangler, WholeEmbedding),
         }
         save_file(self.trained_state_dict(), str(path), metadata={"vgmedgen": json.dumps(settings)})
 
@@ -141,14 +142,25 @@ def tiny_generator(
     trainable: str = "full",
     lora_rank: int = 8,
     seed: int = 0,
+    disentangle: bool = True,
 ) -> VGMedGen:
     """The ``tiny`` profile: pixel space, a small random PixArt (width 96), the small CLIP's text tower.
 
     ``disentangler``: stage T's (:func:`bundle.networks.vgmedgen_text.load_text_disentangler`, as
     ``configs/vgmedgen_train.json`` passes it); None builds a seeded, untrained one (tests of stage G alone).
     ``fusion_mode``: see :class:`HybridFeatureFusion`; ``trainable``, ``lora_rank``: see :class:`DiTDenoiser`.
+    ``disentangle`` False: the "without disentanglement" ablation, the whole text embedding in place of t_a and t_s
+    (:class:`WholeEmbedding`; ``disentangler`` must then be None), with ``"concat"`` fusion only.
     """
     text_encoder = text_encoder or MedicalClipEncoder.tiny(seed=seed)
+    if not disentangle:
+        if disentangler is not None or fusion_mode != "concat":
+            raise ValueError(
+                "without disentanglement the whole text embedding is one condition: give no disentangler and "
+                f"fusion_mode 'concat' (got {type(disentangler).__name__}, {fusion_mode!r})"
+            )
+        disentangler = WholeEmbedding(text_encoder.embed_dim)
+        anatomy_dim, style_dim = disentangler.anatomy_dim, disentangler.style_dim
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         disentangler = disentangler or TextDisentangler(text_encoder.embed_dim, anatomy_dim, style_dim)
@@ -172,7 +184,8 @@ def load_tiny_generator(
     stage_t_dir: str | os.PathLike | None = None,
     seed: int = 0,
 ) -> VGMedGen:
-    """The trained ``tiny`` generator in one call: stage T's disentangler (``stage_t_dir``, default ``models_dir``),
+    """The trained ``tiny`` generator in one call: stage T's disentangler (``stage_t_dir``, default ``models_dir``;
+    none for the "without disentanglement" ablation),
     the fusion and DiT settings from :data:`GENERATOR_FILE`'s metadata, then its weights. A missing file is an
     :class:`InputError` naming it and the stage that writes it; ``spatial_size`` and ``num_layers`` must be the
     training's (a mismatch is refused by tensor name and shape)."""
@@ -183,9 +196,12 @@ def load_tiny_generator(
     if "vgmedgen" not in metadata:
         raise InputError(path, "not a VG-MedGen generator file (no 'vgmedgen' settings in its metadata)")
     text_encoder = text_encoder or MedicalClipEncoder.tiny(seed=seed)
-    disentangler = load_text_disentangler(stage_t_dir or models_dir, text_encoder.embed_dim)
-    model = tiny_generator(
-        spatial_size, text_encoder, disentangler, num_layers=num_layers, seed=seed, **json.loads(metadata["vgmedgen"])
+    settings = json.loads(metadata["vgmedgen"])
+    disentangler = (
+        load_text_disentangler(stage_t_dir or models_dir, text_encoder.embed_dim)
+        if settings.get("disentangle", True)
+        else None
     )
+    model = tiny_generator(spatial_size, text_encoder, disentangler, num_layers=num_layers, seed=seed, **settings)
     model.load_trained(path)
     return model.eval()

@@ -60,6 +60,20 @@ class TextDisentangler(nn.Module):
         return load_with_settings(cls, path, SETTINGS_KEY, "run stage T (configs/vgmedgen_train_text.json) to write it")
 
 
+class WholeEmbedding(nn.Module):
+    """The "without disentanglement" ablation's stand-in for stage T: no parameters, the whole embedding ``E``
+    ``(B, input_dim)`` passed on, split into its two halves only to fill the fusion's two inputs (with ``"concat"``
+    fusion they are joined again, so the DiT's condition token is one MLP of the whole ``E``), and ``E`` itself."""
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__()
+        self.anatomy_dim = input_dim // 2
+        self.style_dim = input_dim - self.anatomy_dim
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return embedding[:, : self.anatomy_dim], embedding[:, self.anatomy_dim :], embedding
+
+
 def load_text_disentangler(models_dir: str | os.PathLike, input_dim: int | None = None) -> TextDisentangler:
     """Stage T's disentangler from ``models_dir`` (:data:`TEXT_FILE`), for stage G and generation; ``input_dim``
     (the text encoder's embedding width) is checked when given."""

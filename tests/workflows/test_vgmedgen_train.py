@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from bundle.engines.utils import unwrap
-from bundle.networks.vgmedgen_generator import GENERATOR_FILE
-from bundle.networks.vgmedgen_text import TEXT_FILE, TextDisentangler
+from bundle.networks.vgmedgen_generator import GENERATOR_FILE, load_tiny_generator
+from bundle.networks.vgmedgen_text import TEXT_FILE, TextDisentangler, WholeEmbedding
 from bundle.networks.vgmedgen_visual import VISUAL_FILE, VisualDisentangler
 from bundle.networks.weight_files import read_safetensors
 from bundle.preparation.vgmedgen_captions import caption_datalist
@@ -96,3 +96,31 @@ def test_the_class_label_ablation_trains_stages_t_and_g_on_class_captions(demo_d
         finally:
             flow.finalize()
     assert (tmp_path / "models" / TEXT_FILE).is_file() and (tmp_path / "models" / GENERATOR_FILE).is_file()
+
+
+def test_the_no_disentanglement_ablation_conditions_on_the_whole_text_embedding(demo_data, tmp_path):
+    flow = workflow(
+        ["vgmedgen_train.json", "vgmedgen_ablation_no_disentanglement.json"],
+        "train",
+        dataset_dir=str(demo_data),
+        output_dir=str(tmp_path / "runs"),
+        models_dir=str(tmp_path / "models"),
+        stage_t_dir=str(tmp_path / "no_stage_t"),  # not read
+        **TINY_G,
+    )
+    flow.initialize()
+    try:
+        model = unwrap(flow.trainer.network)
+        assert isinstance(model.disentangler, WholeEmbedding) and model.fusion.mode == "concat"
+        texts = ["Benign L2 vertebra.", "Normal L4 vertebra."]
+        conditions = model.conditions(texts)
+        embedding = model.text_encoder.encode_text(texts)
+        assert torch.equal(torch.cat([conditions["anatomy"], conditions["style"]], dim=1), embedding)
+        flow.run()
+    finally:
+        flow.finalize()
+    size, layers = TINY_G["spatial_size"], TINY_G["dit_layers"]
+    loaded = load_tiny_generator(tmp_path / "models", size, layers, stage_t_dir=tmp_path / "no_stage_t")
+    assert isinstance(loaded.disentangler, WholeEmbedding)
+    trained = model.trained_state_dict()
+    assert all(torch.equal(tensor, trained[name]) for name, tensor in loaded.trained_state_dict().items())
