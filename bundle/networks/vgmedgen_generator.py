@@ -185,10 +185,9 @@ def load_tiny_generator(
     seed: int = 0,
 ) -> VGMedGen:
     """The trained ``tiny`` generator in one call: stage T's disentangler (``stage_t_dir``, default ``models_dir``;
-    none for the "without disentanglement" ablation),
-    the fusion and DiT settings from :data:`GENERATOR_FILE`'s metadata, then its weights. A missing file is an
-    :class:`InputError` naming it and the stage that writes it; ``spatial_size`` and ``num_layers`` must be the
-    training's (a mismatch is refused by tensor name and shape)."""
+    none for the "without disentanglement" ablation), the fusion and DiT settings from :data:`GENERATOR_FILE`'s
+    metadata, then its weights. A missing file is an :class:`InputError` naming it and the stage that writes it;
+    ``spatial_size`` and ``num_layers`` must be the training's (a mismatch is refused by tensor name and shape)."""
     path = Path(models_dir) / GENERATOR_FILE
     if not path.is_file():
         raise InputError(path, "file not found; run stage G (configs/vgmedgen_train.json) to write it")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bundle.engines.utils import unwrap
+from bundle.errors import InputError
 from bundle.networks.vgmedgen_generator import GENERATOR_FILE, load_tiny_generator
 from bundle.networks.vgmedgen_text import TEXT_FILE, TextDisentangler, WholeEmbedding
 from bundle.networks.vgmedgen_visual import VISUAL_FILE, VisualDisentangler
@@ -124,3 +125,12 @@ def test_the_no_disentanglement_ablation_conditions_on_the_whole_text_embedding(
     assert isinstance(loaded.disentangler, WholeEmbedding)
     trained = model.trained_state_dict()
     assert all(torch.equal(tensor, trained[name]) for name, tensor in loaded.trained_state_dict().items())
+
+
+def test_loading_the_generator_names_a_missing_file(vgmedgen_models, tmp_path):
+    with pytest.raises(InputError, match=rf"{GENERATOR_FILE}: file not found; run stage G"):
+        load_tiny_generator(tmp_path)
+    (tmp_path / GENERATOR_FILE).write_bytes((vgmedgen_models / GENERATOR_FILE).read_bytes())
+    with pytest.raises(InputError, match=rf"{TEXT_FILE}: file not found; run stage T"):
+        load_tiny_generator(tmp_path, 32, 1)
+    assert load_tiny_generator(tmp_path, 32, 1, stage_t_dir=vgmedgen_models).fusion.mode == "hffm"
