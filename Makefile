@@ -10,7 +10,7 @@ DEMO_DIR := demo
 DEMO_CASES ?= 60
 DEMO_SEED ?= 0
 
-.PHONY: install demo meddiffft-demo test lint clean-demo bench bench-quick package monailabel-env deploy-env
+.PHONY: install demo meddiffft-demo vgmedgen-demo test lint clean-demo bench bench-quick package monailabel-env deploy-env
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,36 @@ meddiffft-demo: install
 	$(PY) -m monai.bundle run --config_file configs/meddiffft_pairs.json --dataset_dir $(DEMO_DIR)/data \
 		--pairs_dir $(DEMO_DIR)/outputs/meddiffft_pairs 2>&1 | tee $(DEMO_DIR)/meddiffft_pairs.log
 	@echo "MedDiff-FT demo outputs: models/meddiffft_foundation, models/meddiffft (weights), $(DEMO_DIR)/runs/meddiffft_* (logs, TensorBoard), $(DEMO_DIR)/outputs/meddiffft_pairs (synthetic volumes, eroded lesion labels, provenance, PNG previews, report.json, datalist.json for configs/segment.json)"
+
+# VG-MedGen (docs/vgmedgen.md), tiny profile: demo data (made when missing) -> measured captions -> stage V (visual
+# disentanglement) -> stage T (text disentanglement) -> stage G (fusion + DiT) -> crops generated from the
+# training cases' captions (one-slice volumes, provenance, previews, index.html, a datalist configs/classify.json reads).
+VGMEDGEN_DIR ?= $(DEMO_DIR)/vgmedgen
+VGMEDGEN_MODELS ?= models/vgmedgen
+VGMEDGEN_EPOCHS_V ?= 10
+VGMEDGEN_EPOCHS_T ?= 20
+VGMEDGEN_EPOCHS_G ?= 8
+
+vgmedgen-demo: install
+	test -f $(DEMO_DIR)/data/datalist.json || $(PY) scripts/demo_data.py --out_dir $(DEMO_DIR)/data \
+		--num_cases $(DEMO_CASES) --seed $(DEMO_SEED)
+	rm -rf $(VGMEDGEN_DIR)
+	mkdir -p $(VGMEDGEN_DIR)
+	$(PY) scripts/vgmedgen_captions.py --datalist $(DEMO_DIR)/data/datalist.json \
+		--output $(VGMEDGEN_DIR)/datalist.json --report $(VGMEDGEN_DIR)/captions.json
+	$(PY) -m monai.bundle run --config_file configs/vgmedgen_train_visual.json --datalist $(VGMEDGEN_DIR)/datalist.json \
+		--models_dir $(VGMEDGEN_MODELS) --output_dir $(VGMEDGEN_DIR)/runs/visual --max_epochs $(VGMEDGEN_EPOCHS_V) \
+		2>&1 | tee $(VGMEDGEN_DIR)/train_visual.log
+	$(PY) -m monai.bundle run --config_file configs/vgmedgen_train_text.json --datalist $(VGMEDGEN_DIR)/datalist.json \
+		--models_dir $(VGMEDGEN_MODELS) --output_dir $(VGMEDGEN_DIR)/runs/text --max_epochs $(VGMEDGEN_EPOCHS_T) \
+		2>&1 | tee $(VGMEDGEN_DIR)/train_text.log
+	$(PY) -m monai.bundle run --config_file configs/vgmedgen_train.json --datalist $(VGMEDGEN_DIR)/datalist.json \
+		--models_dir $(VGMEDGEN_MODELS) --output_dir $(VGMEDGEN_DIR)/runs/generator --max_epochs $(VGMEDGEN_EPOCHS_G) \
+		2>&1 | tee $(VGMEDGEN_DIR)/train_generator.log
+	$(PY) -m monai.bundle run --config_file configs/vgmedgen_inference.json --datalist $(VGMEDGEN_DIR)/datalist.json \
+		--models_dir $(VGMEDGEN_MODELS) --output_dir $(VGMEDGEN_DIR)/outputs \
+		2>&1 | tee $(VGMEDGEN_DIR)/inference.log
+	@echo "VG-MedGen demo outputs: $(VGMEDGEN_MODELS) (stage V, T and G weights), $(VGMEDGEN_DIR)/outputs (crops, provenance, previews, index.html, report.json, datalist.json for configs/classify.json)"
 
 # The MONAI Label server's own environment, layered over $(VENV) (apps/monailabel/env/build.sh says why); built once.
 monailabel-env: $(LABEL_VENV)/.installed

@@ -6,6 +6,8 @@ measured attributes with its ground truth (docs/vgmedgen.md).
     python scripts/vgmedgen_captions.py --datalist demo/data/datalist.json \
         --output demo/data/datalist_vgmedgen.json --report demo/outputs/vgmedgen_captions.json
     # --source attributes (ground truth) | --source file --captions_csv captions.csv (columns case_id, caption)
+    # --source class (class labels only: the ablation configs/vgmedgen_ablation_class_label.json reads
+    #   demo/data/datalist_vgmedgen_class.json)
 """
 
 from __future__ import annotations

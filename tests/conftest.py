@@ -13,7 +13,7 @@ from bundle.balancing.synthesis_requests import write_demo_requests
 from bundle.demo.dataset import generate_dataset
 from bundle.transforms.loading import LoadVolume
 from tests.helpers.paths import SHARED_DATA
-from tests.helpers.workflows import TINY, run_workflow
+from tests.helpers.workflows import TINY, TINY_VGMEDGEN, run_checked, run_workflow
 
 
 @pytest.fixture(scope="session")
@@ -83,3 +83,17 @@ def reads(monkeypatch) -> Counter:
 
     monkeypatch.setattr(LoadVolume, "__call__", counting)
     return counts
+
+
+@pytest.fixture(scope="session")
+def vgmedgen_models(demo_data, tmp_path_factory) -> Path:
+    """VG-MedGen's stages V, T and G in order, one tiny epoch each (32 x 32 crops, a one-layer DiT); returns their
+    models folder."""
+    root = tmp_path_factory.mktemp("vgmedgen")
+    common = {"dataset_dir": str(demo_data), "models_dir": str(root / "models"), **TINY_VGMEDGEN}
+    visual = run_checked("vgmedgen_train_visual.json", output_dir=str(root / "runs_v"), **common)
+    assert {"rec", "kl", "dice", "reg"} <= set(visual.state.output)  # every term reaches the handlers
+    text = run_checked("vgmedgen_train_text.json", output_dir=str(root / "runs_t"), **common)
+    assert {"anatomy", "style", "rec"} <= set(text.state.output)
+    run_checked("vgmedgen_train.json", output_dir=str(root / "runs_g"), dit_layers=1, **common)
+    return root / "models"

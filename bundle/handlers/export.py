@@ -119,3 +119,15 @@ class ExportVGMedGen(_ExportEachEpoch):
     def export(self, folder: Path) -> None:
         self.model.save_trained(folder / GENERATOR_FILE)
         self.noise_scheduler.save_config(folder)
+
+
+class ExportSavedModule(_ExportEachEpoch):
+    """Writes ``module.save(models_dir / file_name)``: a network saved in one safetensors file with its settings
+    (VG-MedGen's stage-V and stage-T disentanglers)."""
+
+    def __init__(self, module, models_dir: str | os.PathLike, file_name: str) -> None:
+        super().__init__(models_dir)
+        self.module, self.file_name = module, file_name
+
+    def export(self, folder: Path) -> None:
+        self.module.save(folder / self.file_name)

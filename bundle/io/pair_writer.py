@@ -166,11 +166,13 @@ def write_pair_datalist(
     pairs: Sequence[Mapping],
     base_datalist: str | os.PathLike | None = None,
     dropped: Sequence[Mapping] = (),
+    summary_key: str = "pairs",
 ) -> Path:
     """Write a datalist at ``path`` for ``configs/segment.json``: the base datalist's ``training`` cases (marked
     ``synthetic: false``) and then ``pairs`` (:func:`pair_entry`) as ``training``, the base's other lists as they
     are (``test``), file paths relative to ``path``'s folder; ``dropped`` (e.g. the job report's failures: case id
-    and why) is kept under ``"pairs"`` with the counts. Written atomically."""
+    and why) is kept under ``summary_key`` with the counts (VG-MedGen's generated crops use it too, under
+    ``"generated"``). Written atomically."""
     path = Path(path)
     folder = path.parent
     content: dict[str, object] = {"training": [], "test": []}
@@ -187,7 +189,7 @@ def write_pair_datalist(
                 ]
         content.setdefault("training", [])
     content["training"] = [*content["training"], *[relative_paths(p, folder, PAIR_PATH_KEYS) for p in pairs]]
-    content["pairs"] = {
+    content[summary_key] = {
         "written": len(pairs),
         "dropped": [dict(d) for d in dropped],
         "base_datalist": None if base_datalist is None else str(Path(base_datalist).resolve()),

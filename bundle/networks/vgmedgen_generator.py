@@ -16,19 +16,20 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from bundle.errors import check_state_dict
+from bundle.errors import InputError, check_state_dict
 from bundle.networks.conditions import Conditions
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.vgmedgen_dit import DiTDenoiser, tiny_pixart
 from bundle.networks.vgmedgen_fusion import HybridFeatureFusion
-from bundle.networks.vgmedgen_text import TextDisentangler
-from bundle.networks.weight_files import read_safetensors
+from bundle.networks.vgmedgen_text import TextDisentangler, WholeEmbedding, load_text_disentangler
+from bundle.networks.weight_files import read_safetensors, safetensors_metadata
 
 CONDITION_KEYS = ("anatomy", "style", "text_states")
 GENERATOR_FILE = "vgmedgen_generator.safetensors"
@@ -117,6 +118,7 @@ class VGMedGen(nn.Module):
             "fuse_text_states": self.uses_text_states,
             "trainable": self.denoiser.trainable,
             "lora_rank": self.denoiser.lora_rank,
+            "disentangle": not isinstance(self.disentangler, WholeEmbedding),
         }
         save_file(self.trained_state_dict(), str(path), metadata={"vgmedgen": json.dumps(settings)})
 
@@ -140,13 +142,25 @@ def tiny_generator(
     trainable: str = "full",
     lora_rank: int = 8,
     seed: int = 0,
+    disentangle: bool = True,
 ) -> VGMedGen:
     """The ``tiny`` profile: pixel space, a small random PixArt (width 96), the small CLIP's text tower.
 
-    ``disentangler`` None builds an untrained one (seeded; stage T's weights are loaded by the caller when it has
-    them). ``fusion_mode``: see :class:`HybridFeatureFusion`; ``trainable``, ``lora_rank``: see :class:`DiTDenoiser`.
+    ``disentangler``: stage T's (:func:`bundle.networks.vgmedgen_text.load_text_disentangler`, as
+    ``configs/vgmedgen_train.json`` passes it); None builds a seeded, untrained one (tests of stage G alone).
+    ``fusion_mode``: see :class:`HybridFeatureFusion`; ``trainable``, ``lora_rank``: see :class:`DiTDenoiser`.
+    ``disentangle`` False: the "without disentanglement" ablation, the whole text embedding in place of t_a and t_s
+    (:class:`WholeEmbedding`; ``disentangler`` must then be None), with ``"concat"`` fusion only.
     """
     text_encoder = text_encoder or MedicalClipEncoder.tiny(seed=seed)
+    if not disentangle:
+        if disentangler is not None or fusion_mode != "concat":
+            raise ValueError(
+                "without disentanglement the whole text embedding is one condition: give no disentangler and "
+                f"fusion_mode 'concat' (got {type(disentangler).__name__}, {fusion_mode!r})"
+            )
+        disentangler = WholeEmbedding(text_encoder.embed_dim)
+        anatomy_dim, style_dim = disentangler.anatomy_dim, disentangler.style_dim
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         disentangler = disentangler or TextDisentangler(text_encoder.embed_dim, anatomy_dim, style_dim)
@@ -160,3 +174,33 @@ def tiny_generator(
         )
         denoiser = DiTDenoiser(transformer, trainable, lora_rank)  # LoRA's random init last: same fusion either way
     return VGMedGen(text_encoder, disentangler, fusion, denoiser, PixelSpace())
+
+
+def load_tiny_generator(
+    models_dir: str | os.PathLike,
+    spatial_size: int = 48,
+    num_layers: int = 6,
+    text_encoder: MedicalClipEncoder | None = None,
+    stage_t_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> VGMedGen:
+    """The trained ``tiny`` generator in one call: stage T's disentangler (``stage_t_dir``, default ``models_dir``;
+    none for the "without disentanglement" ablation), the fusion and DiT settings from :data:`GENERATOR_FILE`'s
+    metadata, then its weights. A missing file is an :class:`InputError` naming it and the stage that writes it;
+    ``spatial_size`` and ``num_layers`` must be the training's (a mismatch is refused by tensor name and shape)."""
+    path = Path(models_dir) / GENERATOR_FILE
+    if not path.is_file():
+        raise InputError(path, "file not found; run stage G (configs/vgmedgen_train.json) to write it")
+    metadata = safetensors_metadata(path)
+    if "vgmedgen" not in metadata:
+        raise InputError(path, "not a VG-MedGen generator file (no 'vgmedgen' settings in its metadata)")
+    text_encoder = text_encoder or MedicalClipEncoder.tiny(seed=seed)
+    settings = json.loads(metadata["vgmedgen"])
+    disentangler = (
+        load_text_disentangler(stage_t_dir or models_dir, text_encoder.embed_dim)
+        if settings.get("disentangle", True)
+        else None
+    )
+    model = tiny_generator(spatial_size, text_encoder, disentangler, num_layers=num_layers, seed=seed, **settings)
+    model.load_trained(path)
+    return model.eval()

@@ -20,6 +20,7 @@ Shapes: images ``(B, 1, S, S)`` in [0, 1] (the working window of
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -27,6 +28,11 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.nets import BasicUNet, SPADENet
 from torch import nn
+
+from bundle.networks.weight_files import load_with_settings, save_with_settings
+
+VISUAL_FILE = "vgmedgen_visual.safetensors"
+SETTINGS_KEY = "vgmedgen_visual_disentangler"
 
 
 class AnatomyEncoder(nn.Module):
@@ -135,6 +141,15 @@ class VisualDisentangler(nn.Module):
         spade_channels: int = 32,
     ) -> None:
         super().__init__()
+        self.settings = {
+            "image_size": image_size,
+            "anatomy_channels": anatomy_channels,
+            "num_classes": num_classes,
+            "z_dim": z_dim,
+            "unet_features": list(unet_features),
+            "style_channels": list(style_channels),
+            "spade_channels": spade_channels,
+        }
         self.anatomy = AnatomyEncoder(anatomy_channels, unet_features)
         self.segmentation = SegmentationHead(anatomy_channels, num_classes)
         self.style = StyleVAE(anatomy_channels, image_size, style_channels, z_dim, spade_channels)
@@ -170,3 +185,14 @@ class VisualDisentangler(nn.Module):
         finally:
             self.train(was_training)
         return anatomy.mean(dim=(2, 3)), mu
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Weights and settings in one safetensors file."""
+        save_with_settings(self, path, SETTINGS_KEY, self.settings)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> VisualDisentangler:
+        """Rebuild a disentangler saved by :meth:`save` (names and shapes checked; a missing file is named)."""
+        return load_with_settings(
+            cls, path, SETTINGS_KEY, "run stage V (configs/vgmedgen_train_visual.json) to write it"
+        )

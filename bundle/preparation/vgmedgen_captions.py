@@ -18,7 +18,9 @@ Where the attributes come from (:data:`CAPTION_SOURCES`):
   target vertebra ``vertebra_seg == mask_labels`` and the entry's ``lesion_seg``), in mm from the voxel spacing;
 - ``"attributes"``: the datalist's own ground-truth ``attributes`` (the phantom writes them; an "ideal captioner");
 - ``"file"``: captions made offline by any vision-language model, a CSV with columns ``case_id`` and ``caption``
-  (:func:`read_caption_csv`); such a caption is used as the whole text (no anatomy/style split is invented).
+  (:func:`read_caption_csv`); such a caption is used as the whole text (no anatomy/style split is invented);
+- ``"class"``: the class label only, "<Class> vertebra." (the paper's ablation without attribute captioning,
+  :func:`class_caption`).
 
 The captioned unit is the case's target vertebra: every working-window crop of the case
 (:func:`bundle.transforms.case_to_slices.slice_transform`, the classifier's crop) carries the case's ``text``.
@@ -44,7 +46,7 @@ from bundle.metrics.lesion_attributes import measure_attributes
 from bundle.transforms.loading import LoadVolume, match_image_grid, voxel_spacing_mm
 from bundle.utils.files import read_json_object, write_json_atomically
 
-CAPTION_SOURCES = ("measured", "attributes", "file")
+CAPTION_SOURCES = ("measured", "attributes", "file", "class")
 SIZE_TOLERANCE_MM = 3.0
 HEIGHT_LOSS_TOLERANCE = 10
 
@@ -56,6 +58,11 @@ class Caption:
     anatomy_text: str
     style_text: str
     text: str
+
+
+def class_caption(label: str) -> str:
+    """The class-label-only caption of the "without attribute captioning" ablation, e.g. "Malignant vertebra."."""
+    return f"{label.strip().capitalize()} vertebra."
 
 
 def load_vertebra(entry: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
@@ -195,6 +202,10 @@ def caption_entries(
                 if case not in from_file:
                     raise InputError(captions_csv, f"has no caption for case {case!r}")
                 attributes, caption = None, Caption("", "", from_file[case])
+            elif source == "class":
+                if not str(entry.get("label") or "").strip():
+                    raise InputError(case, "has no class 'label' to caption from")
+                attributes, caption = None, Caption("", "", class_caption(str(entry["label"])))
             else:
                 if source == "attributes" and not isinstance(entry.get("attributes"), Mapping):
                     raise InputError(case, "has no ground-truth 'attributes' object to caption from")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,6 +48,25 @@ def workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflow:
         bundle_root=str(REPO),
         **overrides,
     )
+
+
+TINY_VGMEDGEN = {"spatial_size": 32, "slices_per_case": 1, "batch_size": 4, "max_epochs": 1}
+"""VG-MedGen's training configs at test size (stage G adds ``dit_layers`` 1)."""
+
+
+def run_checked(config: str, **overrides):
+    """Initialise a config's train workflow, check MONAI's properties, run it; returns its trainer (which ran at least
+    one iteration to a finite loss)."""
+    flow = workflow([config], "train", **overrides)
+    flow.initialize()
+    try:
+        assert flow.check_properties() in (None, [])
+        flow.run()
+        trainer = flow.trainer
+        assert trainer.state.iteration > 0 and math.isfinite(trainer.state.output["loss"].item())
+        return trainer
+    finally:
+        flow.finalize()
 
 
 def run_workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflow:

@@ -96,3 +96,8 @@ def test_the_trained_parts_round_trip_and_a_file_of_another_layout_is_refused(tm
         small(seed=5, trainable="lora", fusion_mode="concat").load_trained(tmp_path / "g.safetensors")
     with pytest.raises(InputError, match="g.safetensors"):
         small(seed=5).load_trained(tmp_path / "g.safetensors")  # a full DiT expects all of its weights
+
+
+def test_without_disentanglement_only_concat_fusion_and_no_disentangler_are_accepted():
+    with pytest.raises(ValueError, match="give no disentangler and fusion_mode 'concat'.*'hffm'"):
+        tiny_generator(16, disentangle=False, num_layers=1)

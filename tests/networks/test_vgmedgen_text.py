@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bundle.errors import InputError
 from bundle.losses.vgmedgen_text import TextAlignmentLoss
-from bundle.networks.vgmedgen_text import TextDisentangler
+from bundle.networks.vgmedgen_text import TEXT_FILE, TextDisentangler, load_text_disentangler
 
 
 def test_shapes_and_eval_is_deterministic():
@@ -60,3 +61,22 @@ def test_a_short_training_aligns_held_out_texts_with_their_own_targets():
     cosine = torch.nn.functional.cosine_similarity
     assert cosine(t_a, a).mean() > 0.8 and cosine(t_s, s).mean() > 0.8
     assert cosine(t_a, s).mean().abs() < 0.3  # the anatomy vector is not the style target
+
+
+def test_save_and_load_round_trip_and_a_check_of_the_embedding_width(tmp_path):
+    torch.manual_seed(0)
+    model = TextDisentangler(32, anatomy_dim=8, style_dim=4, hidden=16)
+    model.save(tmp_path / TEXT_FILE)
+    loaded = load_text_disentangler(tmp_path, input_dim=32)
+    assert loaded.settings == model.settings
+    embedding = torch.randn(3, 32)
+    assert all(torch.equal(a, b) for a, b in zip(model.eval()(embedding), loaded.eval()(embedding), strict=True))
+    with pytest.raises(InputError, match="for 32-wide text embeddings; this text encoder makes 64"):
+        load_text_disentangler(tmp_path, input_dim=64)
+    with pytest.raises(InputError, match=rf"{TEXT_FILE}: file not found; run stage T"):
+        load_text_disentangler(tmp_path / "empty")
+    wide = TextDisentangler(32, hidden=16)
+    wide.decoder = TextDisentangler(32, hidden=8).decoder  # tensors that do not fit the stored settings
+    wide.save(tmp_path / "odd.safetensors")
+    with pytest.raises(InputError, match="odd.safetensors: weights of another architecture"):
+        TextDisentangler.load(tmp_path / "odd.safetensors")

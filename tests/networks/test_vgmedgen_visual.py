@@ -4,33 +4,16 @@ lowers the reconstruction error and raises the segmentation head's Dice."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from safetensors.torch import save_file
 
+from bundle.errors import InputError
 from bundle.losses.vgmedgen_visual import kl_to_standard_normal
-from bundle.networks.vgmedgen_visual import StyleVAE, VisualDisentangler
-from tests.helpers.visual_training import held_out, small_visual_model, train
+from bundle.networks.vgmedgen_visual import VISUAL_FILE, StyleVAE, VisualDisentangler
+from tests.helpers.visual_training import SIZE, held_out, small_visual_model, toy_crops, train
 
-SIZE = 32
 SMALL = {"unet_features": (8, 8, 16, 16, 32, 8), "style_channels": (8, 16, 32), "spade_channels": 16}
-
-
-def toy_crops(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crops ``(N, 1, 32, 32)`` of a bright box "vertebra" holding a brighter or darker disc "lesion" in noise,
-    and their labels (0 background, 1 vertebra, 2 lesion)."""
-    generator = torch.Generator().manual_seed(seed)
-    images = 0.1 + 0.02 * torch.randn(count, 1, SIZE, SIZE, generator=generator)
-    labels = torch.zeros(count, 1, SIZE, SIZE)
-    rows, cols = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
-    for k in range(count):
-        top, left = torch.randint(2, 10, (2,), generator=generator).tolist()
-        height, width = torch.randint(16, 21, (2,), generator=generator).tolist()
-        labels[k, 0, top : top + height, left : left + width] = 1
-        cy, cx = top + height // 2, left + width // 2
-        radius = float(torch.randint(3, 6, (1,), generator=generator))
-        labels[k, 0][((rows - cy) ** 2 + (cols - cx) ** 2) <= radius**2] = 2
-        lesion = 0.9 if torch.rand(1, generator=generator) < 0.5 else 0.3
-        images[k, 0] += torch.where(labels[k, 0] == 1, 0.5, torch.where(labels[k, 0] == 2, lesion, 0.0))
-    return images, labels
 
 
 def test_anatomy_is_one_hot_and_deterministic_in_eval():
@@ -76,3 +59,22 @@ def test_a_short_training_lowers_the_reconstruction_error_and_raises_the_dice():
     rec_after, dice_after = held_out(model, test_images, test_labels)
     assert rec_after < 0.5 * rec_before, (rec_before, rec_after)
     assert min(dice_after) > 0.6 and sum(dice_after) > sum(dice_before) + 0.6, (dice_before, dice_after)
+
+
+def test_save_and_load_round_trip_and_bad_files(tmp_path):
+    torch.manual_seed(0)
+    model = VisualDisentangler(image_size=SIZE, **SMALL)
+    model.save(tmp_path / VISUAL_FILE)
+    loaded = VisualDisentangler.load(tmp_path / VISUAL_FILE)
+    state = loaded.state_dict()
+    assert all(torch.equal(state[name], tensor) for name, tensor in model.state_dict().items())
+    images, _ = toy_crops(2, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(model.features(images), loaded.features(images), strict=True))
+    with pytest.raises(InputError, match=rf"{VISUAL_FILE}: file not found; run stage V"):
+        VisualDisentangler.load(tmp_path / "elsewhere" / VISUAL_FILE)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(InputError, match="other.safetensors: not a vgmedgen_visual_disentangler file"):
+        VisualDisentangler.load(tmp_path / "other.safetensors")
+    (tmp_path / "pickle.safetensors").write_bytes(b"\x80\x04not safetensors")
+    with pytest.raises(InputError, match="pickle.safetensors: not a safetensors file"):
+        VisualDisentangler.load(tmp_path / "pickle.safetensors")

@@ -146,3 +146,11 @@ def test_a_captioned_datalist_is_written_beside_its_input(demo_data, tmp_path):
     assert [e["case_id"] for e in written["test"]] == [e["case_id"] for e in original["test"]]
     assert all(e["caption_source"] == "attributes" and "Anatomy: " in e["text"] for e in written["training"])
     assert report["splits"]["test"]["failures"] == [] and "fidelity" not in report
+
+
+def test_class_label_captions_name_the_class_only():
+    entries = [{"case_id": "a", "label": "malignant"}, {"case_id": "b", "label": "normal"}, {"case_id": "c"}]
+    captioned, failures = caption_entries(entries, source="class")
+    assert [e["text"] for e in captioned] == ["Malignant vertebra.", "Normal vertebra."]
+    assert all(e["caption_source"] == "class" and e["caption_attributes"] is None for e in captioned)
+    assert [f["case_id"] for f in failures] == ["c"] and "no class 'label'" in failures[0]["error"]

@@ -1,27 +1,52 @@
-"""configs/vgmedgen_train.json (VG-MedGen stage G): MONAI's property check, and one tiny epoch on the phantom for the
-default HFFM and for the naive-concatenation ablation with a LoRA-adapted DiT."""
+"""VG-MedGen's training configs in order on the phantom, one tiny epoch each: stage V
+(configs/vgmedgen_train_visual.json), stage T (configs/vgmedgen_train_text.json, on stage V's exported
+disentangler) and stage G (configs/vgmedgen_train.json, on stage T's), each passing MONAI's property check; stage G
+as it is, with a LoRA-adapted DiT, and with each ablation override (naive concatenation, no intensity loss), each
+changing what it names."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+import torch
 
 from bundle.engines.utils import unwrap
-from bundle.networks.vgmedgen_generator import GENERATOR_FILE
-from tests.helpers.workflows import workflow
+from bundle.errors import InputError
+from bundle.networks.vgmedgen_generator import GENERATOR_FILE, load_tiny_generator
+from bundle.networks.vgmedgen_text import TEXT_FILE, TextDisentangler, WholeEmbedding
+from bundle.networks.vgmedgen_visual import VISUAL_FILE, VisualDisentangler
+from bundle.networks.weight_files import read_safetensors
+from bundle.preparation.vgmedgen_captions import caption_datalist
+from tests.helpers.workflows import TINY_VGMEDGEN, workflow
 
-TINY_G = {"spatial_size": 16, "slices_per_case": 1, "batch_size": 4, "dit_layers": 1, "max_epochs": 1}
+TINY_G = {**TINY_VGMEDGEN, "dit_layers": 1}
 
 
-@pytest.mark.parametrize("overrides", [{}, {"fusion_mode": "concat", "trainable": "lora"}])
-def test_stage_g_config_passes_the_property_check_and_trains_an_epoch(overrides, demo_data, tmp_path):
+def test_stage_v_and_t_export_what_they_trained(vgmedgen_models):
+    visual = VisualDisentangler.load(vgmedgen_models / VISUAL_FILE)
+    assert visual.settings["image_size"] == TINY_VGMEDGEN["spatial_size"]
+    text = TextDisentangler.load(vgmedgen_models / TEXT_FILE)
+    assert text.settings["input_dim"] == 64  # the tiny CLIP's pooled width
+
+
+@pytest.mark.parametrize(
+    ("ablation", "overrides"),
+    [
+        (None, {}),
+        (None, {"trainable": "lora"}),
+        ("vgmedgen_ablation_naive_concat.json", {}),
+        ("vgmedgen_ablation_no_intensity.json", {}),
+    ],
+)
+def test_stage_g_reads_stage_t_and_trains_an_epoch(ablation, overrides, demo_data, vgmedgen_models, tmp_path):
     flow = workflow(
-        ["vgmedgen_train.json"],
+        ["vgmedgen_train.json", *([ablation] if ablation else [])],
         "train",
         dataset_dir=str(demo_data),
         output_dir=str(tmp_path / "runs"),
         models_dir=str(tmp_path / "models"),
+        stage_t_dir=str(vgmedgen_models),
         **TINY_G,
         **overrides,
     )
@@ -30,12 +55,82 @@ def test_stage_g_config_passes_the_property_check_and_trains_an_epoch(overrides,
         assert flow.check_properties() in (None, [])
         trainer = flow.trainer
         model = unwrap(trainer.network)
-        assert model.fusion.mode == overrides.get("fusion_mode", "hffm")
+        assert model.fusion.mode == ("concat" if ablation == "vgmedgen_ablation_naive_concat.json" else "hffm")
         assert model.denoiser.trainable == overrides.get("trainable", "full")
+        no_intensity = ablation == "vgmedgen_ablation_no_intensity.json"
+        assert trainer.intensity_weight == (0.0 if no_intensity else 0.05)
+        saved = read_safetensors(vgmedgen_models / TEXT_FILE)
+        assert all(torch.equal(model.disentangler.state_dict()[name], saved[name]) for name in saved)
         flow.run()
         assert trainer.state.iteration > 0 and math.isfinite(trainer.state.output["loss"].item())
+        assert all(torch.equal(model.disentangler.state_dict()[name], saved[name]) for name in saved)  # frozen
         reloaded = flow.network_def  # the exported weights load back into the same architecture
         reloaded.load_trained(tmp_path / "models" / GENERATOR_FILE)
         assert (tmp_path / "models" / "scheduler_config.json").is_file()
     finally:
         flow.finalize()
+
+
+def test_stage_g_without_stage_t_names_the_missing_file(demo_data, tmp_path):
+    flow = workflow(
+        ["vgmedgen_train.json"], "train", dataset_dir=str(demo_data), models_dir=str(tmp_path / "models"), **TINY_G
+    )
+    flow.initialize()
+    with pytest.raises(RuntimeError) as raised:  # MONAI's config parser wraps the error
+        flow.parser.get_parsed_content("network_def")
+    cause = str(raised.value.__cause__)
+    assert cause.startswith(str(tmp_path / "models" / TEXT_FILE)), cause
+    assert "file not found; run stage T (configs/vgmedgen_train_text.json)" in cause
+
+
+def test_the_class_label_ablation_trains_stages_t_and_g_on_class_captions(demo_data, vgmedgen_models, tmp_path):
+    caption_datalist(demo_data / "datalist.json", tmp_path / "datalist_vgmedgen_class.json", source="class")
+    # stage V is the main one; stages T and G are the ablation's own
+    paths = {"dataset_dir": str(tmp_path), "models_dir": str(tmp_path / "models"), "stage_v_dir": str(vgmedgen_models)}
+    for config in ("vgmedgen_train_text.json", "vgmedgen_train.json"):
+        flow = workflow([config, "vgmedgen_ablation_class_label.json"], "train", **paths, **TINY_G)
+        flow.initialize()
+        try:
+            texts = {entry["text"] for entry in flow.parser.get_parsed_content("train#dataset#data")}
+            assert texts == {"Normal vertebra.", "Benign vertebra.", "Malignant vertebra."}
+            flow.run()
+        finally:
+            flow.finalize()
+    assert (tmp_path / "models" / TEXT_FILE).is_file() and (tmp_path / "models" / GENERATOR_FILE).is_file()
+
+
+def test_the_no_disentanglement_ablation_conditions_on_the_whole_text_embedding(demo_data, tmp_path):
+    flow = workflow(
+        ["vgmedgen_train.json", "vgmedgen_ablation_no_disentanglement.json"],
+        "train",
+        dataset_dir=str(demo_data),
+        output_dir=str(tmp_path / "runs"),
+        models_dir=str(tmp_path / "models"),
+        stage_t_dir=str(tmp_path / "no_stage_t"),  # not read
+        **TINY_G,
+    )
+    flow.initialize()
+    try:
+        model = unwrap(flow.trainer.network)
+        assert isinstance(model.disentangler, WholeEmbedding) and model.fusion.mode == "concat"
+        texts = ["Benign L2 vertebra.", "Normal L4 vertebra."]
+        conditions = model.conditions(texts)
+        embedding = model.text_encoder.encode_text(texts)
+        assert torch.equal(torch.cat([conditions["anatomy"], conditions["style"]], dim=1), embedding)
+        flow.run()
+    finally:
+        flow.finalize()
+    size, layers = TINY_G["spatial_size"], TINY_G["dit_layers"]
+    loaded = load_tiny_generator(tmp_path / "models", size, layers, stage_t_dir=tmp_path / "no_stage_t")
+    assert isinstance(loaded.disentangler, WholeEmbedding)
+    trained = model.trained_state_dict()
+    assert all(torch.equal(tensor, trained[name]) for name, tensor in loaded.trained_state_dict().items())
+
+
+def test_loading_the_generator_names_a_missing_file(vgmedgen_models, tmp_path):
+    with pytest.raises(InputError, match=rf"{GENERATOR_FILE}: file not found; run stage G"):
+        load_tiny_generator(tmp_path)
+    (tmp_path / GENERATOR_FILE).write_bytes((vgmedgen_models / GENERATOR_FILE).read_bytes())
+    with pytest.raises(InputError, match=rf"{TEXT_FILE}: file not found; run stage T"):
+        load_tiny_generator(tmp_path, 32, 1)
+    assert load_tiny_generator(tmp_path, 32, 1, stage_t_dir=vgmedgen_models).fusion.mode == "hffm"

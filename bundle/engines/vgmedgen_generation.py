@@ -1,0 +1,140 @@
+"""VG-MedGen's generation job: crops sampled from captions by the trained generator (stage G) with the shared
+:class:`bundle.inferers.guided_sampler.GuidedSampler` (classifier-free guidance), each segmented by the trained
+stage-V head and handed to a writer (in the config :class:`bundle.io.crop_writer.GeneratedCropWriter`), then a
+report, a datalist the classifier reads and the review page.
+
+Requests are datalist entries with ``text``, ``label`` and ``class_index`` (e.g. the captioned training split);
+each gives ``copies`` crops, crop ``k`` of request ``i`` with seed ``seed + i * copies + k`` (reproducible one by
+one, whatever the batch). A crop in which the stage-V head finds no vertebra is not written (the classifier could
+not place its working window on it) and a crop that fails to be written is listed with its error; the others are
+written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from bundle.errors import InputError, OutputError
+from bundle.inferers.guided_sampler import GuidedSampler
+from bundle.networks.vgmedgen_generator import VGMedGen
+from bundle.networks.vgmedgen_visual import VisualDisentangler
+from bundle.utils.files import write_json_atomically
+
+logger = logging.getLogger(__name__)
+
+REQUEST_KEYS = ("text", "label", "class_index")
+NO_VERTEBRA = (
+    "the stage-V segmentation head finds no vertebra in the generated crop, so the classifier could not place its "
+    "working window on it"
+)
+
+
+class CaptionGenerationJob:
+    """Generate, segment and write crops for ``requests`` (see the module docstring).
+
+    Args:
+        network: the trained :class:`VGMedGen`.
+        sampler: the :class:`GuidedSampler` (DPM-Solver++ 20 steps, guidance 4.5 in the config).
+        segmenter: the trained stage-V :class:`VisualDisentangler` (its segmentation head labels each crop).
+        requests: entries with ``text``, ``label``, ``class_index`` (and ``case_id``).
+        writer: ``(crop (1, S, S), segmentation (S, S), pixel_mm, details) -> {"volume", ..., "provenance"}``.
+        output_dir: where ``report.json`` goes.
+        spatial_size: ``S``; pixel_mm: the crop's pixel size (rows, columns).
+        copies: crops per request; seed: the first crop's seed; batch_size: crops sampled together.
+        datalist: ``(path, crops, dropped) -> path`` writing the classifier's datalist from the written crops'
+            entries (in the config :func:`bundle.io.pair_writer.write_pair_datalist` over
+            :func:`bundle.io.crop_writer.crop_entry`), or None.
+        entry: ``(details, outputs) -> datalist entry`` (:func:`bundle.io.crop_writer.crop_entry`).
+        gallery: ``report -> page path`` (:class:`bundle.io.gallery.ReviewGallery`), or None.
+    """
+
+    def __init__(
+        self,
+        network: VGMedGen,
+        sampler: GuidedSampler,
+        segmenter: VisualDisentangler,
+        requests: Sequence[Mapping],
+        writer: Callable[..., Mapping[str, str]],
+        output_dir: str | os.PathLike,
+        spatial_size: int,
+        pixel_mm: Sequence[float],
+        copies: int = 1,
+        seed: int = 0,
+        batch_size: int = 8,
+        datalist: Callable[..., os.PathLike] | None = None,
+        entry: Callable[[Mapping, Mapping], Mapping] | None = None,
+        gallery: Callable[[Mapping[str, object]], os.PathLike] | None = None,
+    ) -> None:
+        for index, request in enumerate(requests):
+            missing = [key for key in REQUEST_KEYS if key not in request]
+            if missing or not str(request.get("text", "")).strip():
+                raise InputError(
+                    request.get("case_id", f"request {index}"), f"a generation request needs {REQUEST_KEYS}"
+                )
+        self.network, self.sampler, self.segmenter = network.eval(), sampler, segmenter.eval()
+        self.requests, self.writer = list(requests), writer
+        self.output_dir = Path(output_dir)
+        self.spatial_size, self.pixel_mm = int(spatial_size), [float(p) for p in pixel_mm]
+        self.copies, self.seed, self.batch_size = int(copies), int(seed), int(batch_size)
+        self.datalist, self.entry, self.gallery = datalist, entry, gallery
+
+    def crops(self) -> list[dict[str, object]]:
+        """Every crop's details: case id, text, label, class index, seed, source request."""
+        crops = []
+        for i, request in enumerate(self.requests):
+            source = str(request.get("case_id", f"request_{i:04d}"))
+            for k in range(self.copies):
+                crops.append(
+                    {
+                        "case_id": f"vgmedgen_{source}_{k:02d}",
+                        "text": request["text"],
+                        "label": request["label"],
+                        "class_index": request["class_index"],
+                        "seed": self.seed + i * self.copies + k,
+                        "source_case": source,
+                    }
+                )
+        return crops
+
+    @torch.no_grad()
+    def generate(self, texts: Sequence[str], seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crops ``(B, 1, S, S)`` in [0, 1] for ``texts`` with one seed each, and their segmentation ``(B, S, S)``."""
+        device = next(self.network.denoiser.parameters()).device
+        like = torch.zeros(len(texts), self.network.space.channels, self.spatial_size, self.spatial_size, device=device)
+        latents = self.sampler(like, self.network, self.network.conditions(list(texts)), seeds=list(seeds))
+        crops = self.network.space.decode(latents)
+        return crops, self.segmenter(crops)["segmentation"].argmax(dim=1)
+
+    def run(self) -> dict[str, object]:
+        crops = self.crops()
+        written, failed, entries = [], [], []
+        for start in range(0, len(crops), self.batch_size):
+            batch = crops[start : start + self.batch_size]
+            images, labels = self.generate([c["text"] for c in batch], [c["seed"] for c in batch])
+            for details, image, label in zip(batch, images, labels, strict=True):
+                if not bool((label >= 1).any()):
+                    failed.append({"case_id": details["case_id"], "error": NO_VERTEBRA})
+                    logger.warning("%s not written: %s", details["case_id"], NO_VERTEBRA)
+                    continue
+                try:
+                    outputs = self.writer(image.cpu(), label.cpu(), self.pixel_mm, details)
+                except (OutputError, OSError) as error:
+                    failed.append({"case_id": details["case_id"], "error": str(error)})
+                    logger.error("%s failed: %s", details["case_id"], error)
+                    continue
+                written.append({"case_id": details["case_id"], **outputs})
+                if self.entry is not None:
+                    entries.append(self.entry(details, outputs))
+            logger.info("%d of %d crops generated", min(start + self.batch_size, len(crops)), len(crops))
+        report: dict[str, object] = {"written": written, "skipped": [], "failed": failed, "num_cases": len(crops)}
+        if self.datalist is not None:
+            report["datalist"] = str(self.datalist(self.output_dir / "datalist.json", entries, dropped=failed))
+        write_json_atomically(self.output_dir / "report.json", report)
+        if self.gallery is not None:
+            logger.info("review gallery: %s", self.gallery(report))
+        return report
