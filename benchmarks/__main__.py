@@ -58,7 +58,8 @@ ITEM_OF = {
 
 PREAMBLE = """Written by `python -m benchmarks` (`make bench`: the full run; the command that wrote this file is in
 the settings table below); `python -m benchmarks --quick --out DIR` is the short version (fewer rounds, smaller
-shapes where a row says so). Every figure in this file comes from that one run. A ratio is
+shapes where a row says so). Every figure in this file comes from that one run, except where a row's *measured*
+line names a stored GPU run (`benchmarks/results/gpu.json`, on a machine without a GPU). A ratio is
 **ours_s / reference_s** on the same inputs, lower is faster; unless a row's *measured* line says otherwise,
 both sides ran in one process: one warm-up call of each, then rounds in which each side runs once (the order
 alternates), and the table gives the median of the rounds with their spread **[min - max]** (the ratio's

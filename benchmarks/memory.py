@@ -67,8 +67,8 @@ def run(ctx: Context) -> list[Record]:
             "peak RSS: inference (make demo's inference.json)",
             inference,
             (
-                f"inference.json as make demo runs it (50 DDIM steps, batch 8, 3 slices per case) on {cases} "
-                f"request(s); models: {ctx.models_note()}"
+                "inference.json as make demo runs it (50 DDIM steps, batch 8, every slice the lesion reaches) on "
+                f"{cases} request(s); models: {ctx.models_note()}"
             ),
         ),
     ):

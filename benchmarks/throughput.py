@@ -75,7 +75,8 @@ def run(ctx: Context) -> list[Record]:
     shape = (
         f"{len(cases) - warmup_cases} timed demo request(s) after {warmup_cases} warm-up case(s), "
         f"inference.json defaults ({steps} DDIM "
-        f"steps, guidance 7.5, batch 8, 48 px, 3 slices per case), {ctx.threads} CPU thread(s); "
+        "steps, guidance 7.5, batch 8, 48 px, every slice the lesion reaches, outward from the centre), "
+        f"{ctx.threads} CPU thread(s); "
         f"models: {ctx.models_note()}"
     )
     records = []
