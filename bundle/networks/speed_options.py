@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bundle.utils.precision import HALF_DTYPES
+
 
 def diffusers_unet(model: torch.nn.Module) -> torch.nn.Module:
     """The diffusers ``UNet2DConditionModel`` inside a MedSoftDiffusion / GuidedUNet (or ``model`` itself)."""
@@ -20,21 +22,18 @@ def diffusers_unet(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def cast_frozen_weights(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
     """Cast the weights used at every sampling step once to ``dtype`` (``"bf16"`` or ``"fp16"``), in place: the
     denoiser (``model.unet``, with its MSC attention, or ``model`` itself) and a latent space's VAE
     (``model.space.vae``). Under autocast of the same dtype the UNet's matrix products then read these weights as
     they are instead of casting float32 weights at each call. The encoders that run once per image (text, medical
     CLIP, MSC) stay float32. For sampling only: weights that train must stay float32."""
-    if dtype not in WEIGHT_DTYPES:
-        raise ValueError(f"weights dtype must be one of {sorted(WEIGHT_DTYPES)}, got {dtype!r}")
-    getattr(model, "unet", model).to(WEIGHT_DTYPES[dtype])
+    if dtype not in HALF_DTYPES:
+        raise ValueError(f"weights dtype must be one of {sorted(HALF_DTYPES)}, got {dtype!r}")
+    getattr(model, "unet", model).to(HALF_DTYPES[dtype])
     vae = getattr(getattr(model, "space", None), "vae", None)
     if isinstance(vae, torch.nn.Module):
-        vae.to(WEIGHT_DTYPES[dtype])
+        vae.to(HALF_DTYPES[dtype])
     return model
 
 

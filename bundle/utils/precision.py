@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast_dtype(precision: str | None, device: torch.device | str) -> torch.dtype | None:
@@ -30,7 +30,7 @@ def autocast_dtype(precision: str | None, device: torch.device | str) -> torch.d
     if precision == "auto":
         supported = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if supported else None
-    return _DTYPES.get(precision)
+    return HALF_DTYPES.get(precision)
 
 
 @contextlib.contextmanager
