@@ -14,6 +14,7 @@ branches of classifier-free guidance see them, as in diffusers).
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,15 +24,20 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from torch import nn
 
+from bundle.errors import InputError
 from bundle.networks.conditions import Conditions
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.guided_unet import load_unet, tiny_unet
 from bundle.networks.medical_clip import MedicalClipEncoder
-from bundle.networks.medsoft_diffusion import CLIP_FOLDER, UNET_FOLDER, require_folder
-from bundle.networks.text_states import ClipTowerTextStates
+from bundle.networks.medsoft_diffusion import CLIP_FOLDER, UNET_FOLDER, require_folder, require_sd15_folder
+from bundle.networks.text_states import ClipTowerTextStates, StableDiffusionTextStates
+from bundle.utils.files import read_json_object
+from bundle.weights.layouts import SD15_INPAINT_HOW
 
 FINETUNE_CHOICES = ("full", "lora")
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention's projections, self- and cross-attention
+BASE_FILE = "base_model.json"
+"""A saved latent model's record of its base folder (the frozen VAE and text encoder are read from there)."""
 
 
 class InpaintingDiffusion(nn.Module):
@@ -41,11 +47,23 @@ class InpaintingDiffusion(nn.Module):
         unet: the inpainting ``UNet2DConditionModel``; it trains in full.
         text_states: texts -> the UNet's text condition C ``(B, L, D)`` (frozen).
         space: :class:`PixelSpace` or :class:`LatentSpace`.
+        base_dir: the SD inpainting folder the frozen VAE and text encoder come from (:func:`sd_inpaint_model`);
+            ``None`` for the ``tiny`` profile.
+        masked_value: what the mask's inside becomes in the masked image, in the images' [0, 1]: 0.5 (mid grey,
+            0 after the [-1, 1] scaling: what SD inpainting was trained with, diffusers' ``image * (mask < 0.5)`` on
+            the scaled image) or 0 (black: the ``tiny`` profile's, which its stand-ins were trained with).
     """
 
     condition_groups = ("text",)
 
-    def __init__(self, unet: UNet2DConditionModel, text_states: nn.Module, space: PixelSpace | LatentSpace) -> None:
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        text_states: nn.Module,
+        space: PixelSpace | LatentSpace,
+        base_dir: str | os.PathLike | None = None,
+        masked_value: float = 0.5,
+    ) -> None:
         super().__init__()
         channels = space.channels
         if unet.config.in_channels != 2 * channels + 1 or unet.config.out_channels != channels:
@@ -56,6 +74,8 @@ class InpaintingDiffusion(nn.Module):
         self.unet = unet
         self.text_states = text_states.requires_grad_(False)
         self.space = space
+        self.base_dir = None if base_dir is None else Path(base_dir).absolute()
+        self.masked_value = masked_value
 
     def with_finetune(self, finetune: str = "full", lora_rank: int = 8) -> InpaintingDiffusion:
         """Choose what fine-tuning trains, in place: ``"full"`` (the whole UNet: the authors' release) or ``"lora"``
@@ -77,11 +97,12 @@ class InpaintingDiffusion(nn.Module):
     @torch.no_grad()
     def conditions(self, texts: Sequence[str], images: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """``"text"``: C ``(B, L, D)``; ``"inpaint"``: ``cat([m, z_masked])`` ``(B, 1 + C, h, w)`` of the images
-        ``(B, 1, H, W)`` in [0, 1] and their masks ``(B, 1, H, W)`` (above 0.5: the region to paint)."""
+        ``(B, 1, H, W)`` in [0, 1] and their masks ``(B, 1, H, W)`` (above 0.5: the region to paint, which is
+        ``masked_value`` in the masked image)."""
         if len(texts) != images.shape[0]:
             raise ValueError(f"{len(texts)} texts for {images.shape[0]} images")
         inside = (mask > 0.5).to(images.dtype)
-        masked = self.space.encode(images * (1.0 - inside))
+        masked = self.space.encode(images * (1.0 - inside) + self.masked_value * inside)
         small = F.interpolate(inside, size=masked.shape[-2:], mode="nearest")
         return {"text": self.text_states(list(texts)), "inpaint": torch.cat([small, masked], dim=1)}
 
@@ -96,10 +117,11 @@ class InpaintingDiffusion(nn.Module):
         return self.unet(sample, timesteps, encoder_hidden_states=conditions["text"]).sample
 
     def save(self, folder: str | os.PathLike) -> None:
-        """The ``tiny`` model as a folder: ``unet/`` (diffusers; a LoRA merged into its weights) and ``clip/`` (the
-        text tower's CLIP)."""
-        if not isinstance(self.text_states, ClipTowerTextStates):
-            raise ValueError("only the tiny profile's model (text from the medical CLIP's tower) saves as a folder")
+        """The fine-tuned model as a folder: ``unet/`` (diffusers, safetensors; a LoRA merged into its weights) and
+        what rebuilds the frozen rest: ``clip/`` (the ``tiny`` profile's medical CLIP) or ``base_model.json`` (the
+        SD inpainting folder whose VAE and text encoder it uses; they are not copied)."""
+        if self.base_dir is None and not isinstance(self.text_states, ClipTowerTextStates):
+            raise ValueError("only a tiny model or one from sd_inpaint_model (its base folder known) can be saved")
         folder = Path(folder)
         unet = self.unet
         if getattr(unet, "_hf_peft_config_loaded", False):  # LoRA: saved merged into a plain UNet
@@ -107,15 +129,52 @@ class InpaintingDiffusion(nn.Module):
             unet.fuse_lora()
             unet.unload_lora()
         unet.save_pretrained(folder / UNET_FOLDER, safe_serialization=True)
-        self.text_states.encoder.save_local_dir(folder / CLIP_FOLDER)
+        if self.base_dir is not None:
+            (folder / BASE_FILE).write_text(json.dumps({"sd_inpaint_dir": str(self.base_dir)}, indent=2) + "\n")
+        else:
+            self.text_states.encoder.save_local_dir(folder / CLIP_FOLDER)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> InpaintingDiffusion:
-        """A model :meth:`save` wrote (e.g. the stand-in foundation, to fine-tune)."""
-        how = "train the stand-in foundation first (configs/meddiffft_pretrain.json)"
-        folder = require_folder(folder, (f"{UNET_FOLDER}/config.json", f"{CLIP_FOLDER}"), how)
+    def load(cls, folder: str | os.PathLike, sd_inpaint_dir: str | os.PathLike | None = None) -> InpaintingDiffusion:
+        """A model :meth:`save` wrote (the stand-in foundation to fine-tune, the fine-tuned model to sample).
+
+        ``sd_inpaint_dir``: for a latent model, the SD inpainting folder its VAE and text encoder come from
+        (default: the one ``base_model.json`` records, the folder it was fine-tuned from)."""
+        how = "fine-tune a model first (configs/meddiffft_finetune.json; the tiny profile's stand-in foundation: "
+        how += "configs/meddiffft_pretrain.json)"
+        folder = require_folder(folder, (f"{UNET_FOLDER}/config.json",), how)
+        if (folder / BASE_FILE).is_file() or sd_inpaint_dir is not None:
+            if sd_inpaint_dir is None:
+                record = read_json_object(folder / BASE_FILE, "the base model record", hint=how)
+                if not isinstance(record.get("sd_inpaint_dir"), str):
+                    raise InputError(folder / BASE_FILE, "no 'sd_inpaint_dir': not a record save() wrote")
+                sd_inpaint_dir = record["sd_inpaint_dir"]
+            return sd_inpaint_model(sd_inpaint_dir, unet_dir=folder / UNET_FOLDER)
+        folder = require_folder(folder, (CLIP_FOLDER,), f"neither {BASE_FILE} nor {CLIP_FOLDER}/ found; {how}")
         clip_encoder = MedicalClipEncoder.from_local_dir(folder / CLIP_FOLDER)
-        return cls(load_unet(folder / UNET_FOLDER), ClipTowerTextStates(clip_encoder), PixelSpace())
+        return cls(load_unet(folder / UNET_FOLDER), ClipTowerTextStates(clip_encoder), PixelSpace(), masked_value=0.0)
+
+
+def sd_inpaint_model(
+    sd_inpaint_dir: str | os.PathLike, unet_dir: str | os.PathLike | None = None
+) -> InpaintingDiffusion:
+    """The full profile: Stable Diffusion inpainting from a local folder in diffusers format (SD 1.5's layout:
+    ``unet/`` of 2 x 4 + 1 = 9 inputs, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``).
+
+    The diffusion runs in the folder's VAE's latent space (:class:`LatentSpace`, frozen), C is its CLIP text
+    encoder's token states (:class:`StableDiffusionTextStates`, frozen), the UNet is the folder's (or ``unet_dir``'s,
+    a fine-tuned one :meth:`InpaintingDiffusion.save` wrote) and trains as
+    :meth:`InpaintingDiffusion.with_finetune` chooses. The layout and the configs' agreement (text width, 9 inputs)
+    are checked from the config files before any weights are read; ``scripts/check_weights.py --profile
+    sd15_inpaint`` (which the full-profile configs run first) also checks SD 1.5's sizes and the tensors' shapes.
+
+    Raises:
+        InputError: a file of the layout is missing (named) or a config cannot be read.
+        ValueError: the UNet is not an inpainting UNet of the VAE's latents or does not fit the text encoder.
+    """
+    folder = require_sd15_folder(sd_inpaint_dir, latent=True, inpainting=True, how=SD15_INPAINT_HOW)
+    unet = load_unet(folder / UNET_FOLDER if unet_dir is None else unet_dir)
+    return InpaintingDiffusion(unet, StableDiffusionTextStates(folder), LatentSpace.from_folder(folder), folder)
 
 
 def tiny_inpainting_model(
@@ -134,4 +193,4 @@ def tiny_inpainting_model(
         cross_attention_dim=clip_encoder.text_state_dim,
         seed=seed,
     )
-    return InpaintingDiffusion(unet, ClipTowerTextStates(clip_encoder), PixelSpace())
+    return InpaintingDiffusion(unet, ClipTowerTextStates(clip_encoder), PixelSpace(), masked_value=0.0)

@@ -152,9 +152,39 @@ def sd15_model(
             are not the diffusion space's, or the controller does not fit the medical CLIP.
     """
     from bundle.networks.text_states import StableDiffusionTextStates
+
+    sd15_dir = require_sd15_folder(sd15_dir, latent)
+    if controller.embed_dim != clip_encoder.embed_dim:
+        raise ValueError(
+            f"the controller's width {controller.embed_dim} is not the medical CLIP's feature size "
+            f"{clip_encoder.embed_dim}; train stage 1 with this CLIP"
+        )
+    unet = GuidedUNet(
+        load_unet(sd15_dir / "unet"),
+        msc_dim=controller.embed_dim,
+        scale=scale,
+        trainable=trainable,
+        lora_rank=lora_rank,
+    )
+    space = LatentSpace.from_folder(sd15_dir) if latent else PixelSpace()
+    return MedSoftDiffusion(clip_encoder, controller, unet, StableDiffusionTextStates(sd15_dir), space)
+
+
+def require_sd15_folder(
+    sd15_dir: str | os.PathLike, latent: bool = True, inpainting: bool = False, how: str | None = None
+) -> Path:
+    """``sd15_dir`` as a Path, after checking from its config files (no weights read) that it has SD 1.5's diffusers
+    layout (:func:`bundle.weights.layouts.sd15_files`), that the UNet's cross-attention width is the text encoder's
+    hidden size and that its channels fit the diffusion space: the VAE's latent channels (``latent``; ``inpainting``:
+    2 x latent + 1 inputs, noisy latents, mask and masked-image latents) or 1 on the pixels.
+
+    Raises:
+        InputError: a file of the layout is missing (the first one is named) or a config cannot be read.
+        ValueError: the UNet does not fit the text encoder or the diffusion space.
+    """
     from bundle.weights.layouts import SD15_HOW, sd15_files
 
-    how = SD15_HOW  # the layout is defined once, in bundle.weights.layouts (scripts/check_weights.py checks it)
+    how = how or SD15_HOW  # the layout is defined once, in bundle.weights.layouts (scripts/check_weights.py checks it)
 
     def read_config(path: Path) -> dict:
         return read_json_object(path, "the config", hint=how)
@@ -171,26 +201,15 @@ def sd15_model(
             f"encoder's hidden_size {text_width}; unet/ and text_encoder/ must come from one model"
         )
     channels = read_config(sd15_dir / "vae/config.json").get("latent_channels") if latent else PixelSpace.channels
-    if unet_config.get("in_channels") != channels or unet_config.get("out_channels") != channels:
+    inputs = 2 * channels + 1 if inpainting and isinstance(channels, int) else channels
+    if unet_config.get("in_channels") != inputs or unet_config.get("out_channels") != channels:
         space = f"the VAE's {channels} latent channels" if latent else f"pixel space ({channels} channel)"
+        need = f"{inputs} inputs (noisy latents, mask, masked-image latents) and {channels}" if inpainting else channels
         raise ValueError(
-            f"{sd15_dir}: the UNet has {unet_config.get('in_channels')} input and "
-            f"{unet_config.get('out_channels')} output channels; {space} need {channels}"
+            f"{sd15_dir / 'unet/config.json'}: the UNet has {unet_config.get('in_channels')} input and "
+            f"{unet_config.get('out_channels')} output channels; {space} need {need}"
         )
-    if controller.embed_dim != clip_encoder.embed_dim:
-        raise ValueError(
-            f"the controller's width {controller.embed_dim} is not the medical CLIP's feature size "
-            f"{clip_encoder.embed_dim}; train stage 1 with this CLIP"
-        )
-    unet = GuidedUNet(
-        load_unet(sd15_dir / "unet"),
-        msc_dim=controller.embed_dim,
-        scale=scale,
-        trainable=trainable,
-        lora_rank=lora_rank,
-    )
-    space = LatentSpace.from_folder(sd15_dir) if latent else PixelSpace()
-    return MedSoftDiffusion(clip_encoder, controller, unet, StableDiffusionTextStates(sd15_dir), space)
+    return sd15_dir
 
 
 def require_folder(folder: str | os.PathLike, names: Sequence[str], how: str) -> Path:

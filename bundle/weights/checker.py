@@ -976,3 +976,24 @@ def check_weights(
     if biomedclip is not None:
         report.findings += check_biomedclip(biomedclip, biomedbert, profile, hashes, known, progress)
     return report
+
+
+def usable_sd15_folder(
+    folder: str | os.PathLike, profile: str | WeightProfile = "sd15_inpaint", latent: bool = True
+) -> Path:
+    """``folder`` as a Path once :func:`check_sd15` finds it usable under ``profile`` (without hashes: the configs
+    and the safetensors headers only, no tensor is read), for a config to check its pretrained folder before the
+    model loads; else an :class:`InputError` naming the first problem's file and what is wrong (the config value or
+    tensor shape found and the one expected), with how many more ``scripts/check_weights.py`` would list."""
+    report = check_weights(sd15=folder, profile=profile, hashes=False, latent=latent)
+    failures = report.failures()
+    if failures:
+        name = profile if isinstance(profile, str) else profile.name
+        more = (
+            f"; {len(failures) - 1} more problem(s): `python scripts/check_weights.py --sd15 {folder} --profile "
+            f"{name} --nohashes` lists them"
+            if len(failures) > 1
+            else ""
+        )
+        raise InputError(failures[0].path, f"{failures[0].status}: {failures[0].message}{more}")
+    return Path(folder)

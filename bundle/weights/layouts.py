@@ -23,6 +23,14 @@ SD15_HOW = (
 )
 
 
+SD15_INPAINT_REPO = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+
+
+SD15_INPAINT_HOW = SD15_HOW.replace(SD15_REPO, SD15_INPAINT_REPO).replace(
+    "stable-diffusion-v1-5 in", "stable-diffusion-inpainting (SD 1.5 layout, a UNet of 9 inputs) in"
+)
+
+
 @dataclass(frozen=True)
 class Sd15Part:
     """One sub-folder of the SD 1.5 folder: its required files, its safetensors weight file (if any) and the
