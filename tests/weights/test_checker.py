@@ -38,6 +38,7 @@ from bundle.weights.checker import (
     WeightProfile,
     check_weights,
     load_known_hashes,
+    usable_sd15_folder,
 )
 from bundle.weights.conversion import convert_to_safetensors, pickles_to_convert
 from bundle.weights.layouts import OPEN_CLIP_WEIGHT_NAMES, SD15_PARTS, sd15_files
@@ -252,6 +253,26 @@ def test_an_sd_inpainting_folder_passes_the_inpainting_profile_and_a_wrong_one_i
     published = messages(check_weights(inpaint, profile="sd15_inpaint", hashes=False), WRONG_SHAPE)
     assert "in_channels is 9" not in published  # the published inpainting profile expects 9 inputs
     assert "conv_in.weight is (16, 4, 3, 3), expected (320, 9, 3, 3)" in published
+
+
+def test_a_config_checks_its_folder_first_and_the_first_problem_is_named_by_file_and_shape(tmp_path):
+    inpaint = write_tiny_sd15_inpaint(tmp_path / "sd-inpainting")
+    assert usable_sd15_folder(str(inpaint), "structure_inpaint") == inpaint
+    with pytest.raises(InputError, match=r"WRONG SHAPE: cross_attention_dim is 32, .* expects 768; \d+ more") as sizes:
+        usable_sd15_folder(inpaint)  # the published SD 1.5 inpainting sizes
+    assert sizes.value.source == str(inpaint / "unet/config.json") and "--profile sd15_inpaint" in str(sizes.value)
+    weights = inpaint / UNET_WEIGHTS
+    tensors = tensors_of(weights)
+    tensors["conv_in.weight"] = tensors["conv_in.weight"][:, :4].clone()
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(
+        InputError, match=r"conv_in.weight is \(16, 4, 3, 3\), expected \(16, 9, 3, 3\) \(block_out"
+    ) as shape:
+        usable_sd15_folder(inpaint, "structure_inpaint")
+    assert shape.value.source == str(weights)
+    with pytest.raises(InputError, match="folder not found") as missing:
+        usable_sd15_folder(tmp_path / "nowhere", "structure_inpaint")
+    assert missing.value.source == str(tmp_path / "nowhere")
 
 
 def test_latent_channels_must_match_the_unet(copy):
