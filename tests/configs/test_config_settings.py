@@ -34,6 +34,8 @@ OVERRIDES = [
     ["train.json", "ablation_no_smis.json"],
     ["train.json", "evaluate.json"],
     ["train.json", "multi_gpu_train.json"],
+    ["meddiffft_pretrain.json", "meddiffft_finetune.json", "sd15_inpaint_meddiffft_finetune.json"],
+    ["meddiffft_pairs.json", "sd15_inpaint_meddiffft_pairs.json"],
 ]
 PREPROCESSING = {
     "train_msc.json": "train#preprocessing",
@@ -89,9 +91,7 @@ def test_the_override_files_only_override(names, tmp_path, monkeypatch):
     else:
         assert loaded.get_parsed_content("spatial_size") == common_settings(REPO)["spatial_size"]
     assert loaded.get_parsed_content("soft_mask_sigma_mm") == overrides.get("soft_mask_sigma_mm", 3.0)
-    assert isinstance(
-        loaded.get_parsed_content("train#preprocessing" if "train" in names[0] else "preprocessing"), Compose
-    )
+    assert isinstance(loaded.get_parsed_content(PREPROCESSING.get(names[0], "train#preprocessing")), Compose)
 
 
 def test_a_command_line_setting_replaces_the_shared_one():
@@ -116,6 +116,13 @@ def test_the_sd15_overrides_agree_on_folders_and_grid():
     for key in ("biomedclip_dir", "biomedbert_dir", "spatial_size", "pixdim_mm", "model_grid#window_key"):
         assert len({json.dumps(o[key]) for o in overrides}) == 1, key
     assert overrides[1]["sd15_dir"] == overrides[2]["sd15_dir"]
+
+
+def test_the_meddiffft_full_overrides_agree_on_the_folder_and_grid():
+    finetune, pairs = (config(f"sd15_inpaint_meddiffft_{name}.json") for name in ("finetune", "pairs"))
+    for key in ("+imports", "sd_inpaint_dir", "sd_inpaint_profile", "sd_inpaint_folder", "spatial_size"):
+        assert finetune[key] == pairs[key], key
+    assert pairs["biomedclip_dir"] == config("sd15_inference.json")["biomedclip_dir"]
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "unipc"])
