@@ -89,15 +89,8 @@ def test_the_configs_refuse_a_folder_of_other_sizes_by_file_before_loading(sd_in
 
 def test_fine_tuning_on_the_folder_then_one_pair_from_the_saved_model(demo_data, sd_inpaint_dir, tmp_path):
     models = tmp_path / "models"
-    flow = run_workflow(
-        FINETUNE,
-        "train",
-        dataset_dir=str(demo_data),
-        models_dir=str(models),
-        output_dir=str(tmp_path / "runs"),
-        **folders(sd_inpaint_dir),
-        **SHORT,
-    )
+    paths = {"dataset_dir": str(demo_data), "models_dir": str(models), "output_dir": str(tmp_path / "runs")}
+    flow = run_workflow(FINETUNE, "train", **paths, **folders(sd_inpaint_dir), **SHORT)
     assert flow.parser.get_parsed_content("train#trainer").state.iteration > 0
     tuned = InpaintingDiffusion.load(models / "meddiffft")
     assert tuned.base_dir == sd_inpaint_dir and (models / "meddiffft" / "base_model.json").is_file()
