@@ -2,9 +2,10 @@
 
 Stable Diffusion inpainting's layout: the UNet's input is ``cat([z_t, m, z_masked])`` along the channels, ``m`` the
 binary mask on z's grid (nearest neighbour, as diffusers' inpainting pipeline resizes it) and ``z_masked`` the
-diffusion variable of the image with the mask's inside set to 0 (``image * (mask < 0.5)``, as the release does). In
-latent space that is 4 + 1 + 4 = 9 channels (SD inpainting's UNet); the ``tiny`` profile diffuses on the pixels,
-1 + 1 + 1 = 3. The text condition C goes to the UNet's cross-attention.
+diffusion variable of the image with the mask's inside set to 0 on the [-1, 1] scale (``image * (mask < 0.5)`` on the
+scaled image, as the release and diffusers do; the ``tiny`` profile's inside is black instead). In latent space that
+is 4 + 1 + 4 = 9 channels (SD inpainting's UNet: :func:`sd_inpaint_model`, the full profile); the ``tiny`` profile
+diffuses on the pixels, 1 + 1 + 1 = 3. The text condition C goes to the UNet's cross-attention.
 
 The model is a :class:`bundle.networks.conditions.ConditionedDiffusionModel` with the condition groups ``"text"``
 (droppable: its null value is the empty text's C) and ``"inpaint"`` (mask and masked image, never dropped: both
@@ -143,6 +144,8 @@ class InpaintingDiffusion(nn.Module):
         how = "fine-tune a model first (configs/meddiffft_finetune.json; the tiny profile's stand-in foundation: "
         how += "configs/meddiffft_pretrain.json)"
         folder = require_folder(folder, (f"{UNET_FOLDER}/config.json",), how)
+        if (folder / CLIP_FOLDER).exists() and sd_inpaint_dir is not None:
+            raise InputError(folder, "a tiny-profile model (it holds clip/), not one fine-tuned from SD inpainting")
         if (folder / BASE_FILE).is_file() or sd_inpaint_dir is not None:
             if sd_inpaint_dir is None:
                 record = read_json_object(folder / BASE_FILE, "the base model record", hint=how)

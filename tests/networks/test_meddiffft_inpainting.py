@@ -187,6 +187,10 @@ def test_a_model_folder_without_its_frozen_parts_is_refused(sd_inpaint_dir, tmp_
     with pytest.raises(InputError, match="neither base_model.json nor clip/") as error:
         InpaintingDiffusion.load(tmp_path / "tuned")
     assert error.value.source == str(tmp_path / "tuned" / "clip")
+    tiny_inpainting_model(32, unet_channels=(16, 32)).save(tmp_path / "tiny")
+    with pytest.raises(InputError, match="a tiny-profile model") as tiny:
+        InpaintingDiffusion.load(tmp_path / "tiny", sd_inpaint_dir=sd_inpaint_dir)
+    assert tiny.value.source == str(tmp_path / "tiny")
     built = sd_inpaint_model(sd_inpaint_dir)
     model = InpaintingDiffusion(built.unet, built.text_states, built.space)  # its base folder not known
     with pytest.raises(ValueError, match="only a tiny model or one from sd_inpaint_model"):
