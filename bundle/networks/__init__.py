@@ -16,7 +16,7 @@ from bundle.networks.conditions import (
 )
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.guided_unet import GuidedUNet, load_unet, tiny_unet, trainable_without_msc
-from bundle.networks.meddiffft_inpainting import InpaintingDiffusion, tiny_inpainting_model
+from bundle.networks.meddiffft_inpainting import InpaintingDiffusion, sd_inpaint_model, tiny_inpainting_model
 from bundle.networks.meddiffft_mask_generator import HierarchicalMaskSampler, LesionGeometry, LesionShapeModel
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import (
@@ -42,6 +42,7 @@ from bundle.networks.vgmedgen_visual import AnatomyEncoder, SegmentationHead, St
 __all__ = [
     "guidance_null_conditions",
     "tiny_inpainting_model",
+    "sd_inpaint_model",
     "InpaintingDiffusion",
     "AnatomyEncoder",
     "SegmentationHead",
