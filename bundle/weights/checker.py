@@ -32,7 +32,7 @@ from bundle.weights.layouts import (
     TEXT_MODEL_CONFIG,
     TEXT_MODEL_OPTIONAL,
     TEXT_MODEL_VOCABS,
-    Sd15Part,
+    FolderPart,
     is_pickle_name,
     open_clip_weights,
     sd15_files,
@@ -421,7 +421,7 @@ def check_sd15(
     return list(findings)
 
 
-def _check_sd15_files(findings: _Findings, folder: Path, parts: list[Sd15Part]) -> None:
+def _check_sd15_files(findings: _Findings, folder: Path, parts: list[FolderPart]) -> None:
     """Every required file present; pickled weights refused unless the safetensors file is there too."""
     for part in parts:
         for name in part.files:
@@ -461,7 +461,7 @@ def _read_sd15_configs(findings: _Findings, folder: Path, latent: bool) -> dict[
 def _check_sd15_hashes(
     findings: _Findings,
     folder: Path,
-    parts: list[Sd15Part],
+    parts: list[FolderPart],
     headers: Mapping[str, tuple | None],
     known: Mapping[str, dict],
     progress: Callable[[Path, int, int], None] | None,
