@@ -124,6 +124,7 @@ class CaptionGenerationJob:
 
     def run(self) -> dict[str, object]:
         crops = self.crops()
+        self.output_dir.mkdir(parents=True, exist_ok=True)  # the report is written even when no crop is
         written, failed, entries = [], [], []
         for start in range(0, len(crops), self.batch_size):
             batch = crops[start : start + self.batch_size]

@@ -67,7 +67,7 @@ TINY_CLIP_IMAGE = 160  # timm's test_vit: 16-pixel patches, a 10 x 10 grid + the
 TINY_CLIP_CONTEXT = 24
 TINY_BERT_WIDTH = 32
 PIXART_CAPTION = 24  # the tiny PixArt's caption_channels (PixArt-alpha's: 4096, T5's width)
-CLINICAL_BERT_LENGTH = 40  # the tiny clinical BERT's positions
+CLINICAL_BERT_LENGTH = 160  # the tiny clinical BERT's positions (more than the 128 tokens the configs use)
 
 
 def tiny_vae() -> AutoencoderKL:
