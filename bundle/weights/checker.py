@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1108,7 +1108,8 @@ def check_clinical_bert(
     if not folder.is_dir():
         findings.add(MISSING, folder, f"folder not found; {CLINICAL_BERT_HOW}")
         return list(findings)
-    _check_part_files(findings, folder, [CLINICAL_BERT_PART])
+    # the weights here; config.json and the vocabulary with the BERT folder's own checks
+    _check_part_files(findings, folder, [replace(CLINICAL_BERT_PART, files=(CLINICAL_BERT_PART.weights,))])
     absent = "optional: the published Bio_ClinicalBERT has none; the tokenizer then lower-cases, transformers' default"
     config = _check_bert_folder(findings, folder, CLINICAL_BERT_HOW, profile, "clinical_bert", absent)
     header = _read_part_headers(findings, folder, [CLINICAL_BERT_PART]).get(CLINICAL_BERT_PART.name)
