@@ -142,14 +142,14 @@ def _assemble(
     disentangler: TextDisentangler | None,
     transformer: Callable[[], PixArtTransformer2DModel],
     space: PixelSpace | LatentSpace,
-    fusion_mode: str,
-    fuse_text_states: bool,
-    anatomy_dim: int,
-    style_dim: int,
-    trainable: str,
-    lora_rank: int,
-    seed: int,
-    disentangle: bool,
+    fusion_mode: str = "hffm",
+    fuse_text_states: bool = True,
+    anatomy_dim: int = 8,
+    style_dim: int = 8,
+    trainable: str = "full",
+    lora_rank: int = 8,
+    seed: int = 0,
+    disentangle: bool = True,
 ) -> VGMedGen:
     """Both profiles' model: the disentangler (or the whole embedding), the fusion to the transformer's caption width
     and the denoiser, built in this order under ``seed`` (the global RNG state is left as it was)."""
@@ -224,41 +224,23 @@ def pixart_generator(
     pixart_dir: str | os.PathLike,
     text_encoder: TextEncoder,
     disentangler: TextDisentangler | None = None,
-    fusion_mode: str = "hffm",
-    fuse_text_states: bool = True,
-    anatomy_dim: int = 8,
-    style_dim: int = 8,
     trainable: str = "lora",
-    lora_rank: int = 8,
-    seed: int = 0,
-    disentangle: bool = True,
+    **options,
 ) -> VGMedGen:
-    """The ``full`` profile: PixArt-alpha's transformer (frozen; LoRA of rank ``lora_rank`` on the attention
-    projections trains) and its VAE as the :class:`LatentSpace`, from a local diffusers folder
-    (:data:`bundle.weights.layouts.PIXART_PARTS`: ``transformer/``, ``vae/``, ``scheduler/``; T5 is not read), with
-    ``text_encoder`` (Bio_ClinicalBERT, :class:`bundle.networks.clinical_text.ClinicalTextEncoder`) feeding stage T's
-    ``disentangler``. The fusion projects the conditions to the transformer's ``caption_channels`` (4096, T5's width,
-    for PixArt-alpha); its own caption projection, frozen, follows. Other arguments: as :func:`tiny_generator`.
-    A missing file is an :class:`InputError` naming it and how to get the folder."""
+    """The ``full`` profile: PixArt-alpha's transformer (frozen; with ``trainable="lora"``, LoRA of rank
+    ``lora_rank`` on the attention projections trains) and its VAE as the :class:`LatentSpace`, from a local diffusers
+    folder (:data:`bundle.weights.layouts.PIXART_PARTS`: ``transformer/``, ``vae/``, ``scheduler/``; T5 is not read),
+    with ``text_encoder`` (Bio_ClinicalBERT, :class:`bundle.networks.clinical_text.ClinicalTextEncoder`) feeding stage
+    T's ``disentangler``. The fusion projects the conditions to the transformer's ``caption_channels`` (4096, T5's
+    width, for PixArt-alpha); its own caption projection, frozen, follows. ``options``: ``fusion_mode``,
+    ``fuse_text_states``, ``anatomy_dim``, ``style_dim``, ``lora_rank``, ``seed``, ``disentangle``, as
+    :func:`tiny_generator`. A missing file is an :class:`InputError` naming it and how to get the folder."""
     folder = Path(pixart_dir)
     missing = [name for name in pixart_files() if not (folder / name).is_file()]
     if missing:
         raise InputError(folder / missing[0], f"missing; {PIXART_HOW}")
     space = LatentSpace.from_folder(folder, "PixArt-alpha")
-    return _assemble(
-        text_encoder,
-        disentangler,
-        lambda: load_pixart(folder),
-        space,
-        fusion_mode,
-        fuse_text_states,
-        anatomy_dim,
-        style_dim,
-        trainable,
-        lora_rank,
-        seed,
-        disentangle,
-    )
+    return _assemble(text_encoder, disentangler, lambda: load_pixart(folder), space, trainable=trainable, **options)
 
 
 def _load_trained(

@@ -452,10 +452,7 @@ def check_sd15(
     _check_text_encoder(findings, folder, text, headers.get("text_encoder"), configs.get("tokenizer"), profile)
     _check_sd15_agreement(findings, folder, unet, vae if latent else None, text, latent, profile.inpainting)
 
-    if hashes:
-        _check_part_hashes(findings, folder, parts, headers, known, progress)
-    else:
-        findings.add(NOTE, folder, "hashes not computed (--nohashes)")
+    _check_part_hashes(findings, folder, parts, headers, known, progress, hashes)
     return list(findings)
 
 
@@ -523,8 +520,13 @@ def _check_part_hashes(
     headers: Mapping[str, tuple | None],
     known: Mapping[str, dict],
     progress: Callable[[Path, int, int], None] | None,
+    hashes: bool = True,
 ) -> None:
-    """The hash of each weight file the loader would read (a pickle only where no safetensors file is there)."""
+    """The hash of each weight file the loader would read (a pickle only where no safetensors file is there); without
+    ``hashes``, a note that none was computed."""
+    if not hashes:
+        findings.add(NOTE, folder, "hashes not computed (--nohashes)")
+        return
     for part in parts:
         if part.weights and headers.get(part.name) is not None:
             _check_hash(findings, folder / part.weights, known, part.weights, progress, headers[part.name][1])
@@ -1047,10 +1049,7 @@ def check_pixart(
             )
         else:
             findings.add(OK, folder / "transformer/config.json", f"in_channels = VAE latent_channels = {channels}")
-    if hashes:
-        _check_part_hashes(findings, folder, list(PIXART_PARTS), headers, known, progress)
-    else:
-        findings.add(NOTE, folder, "hashes not computed (--nohashes)")
+    _check_part_hashes(findings, folder, list(PIXART_PARTS), headers, known, progress, hashes)
     return list(findings)
 
 
@@ -1127,10 +1126,8 @@ def check_clinical_bert(
                 (config["max_position_embeddings"], width),
                 "max_position_embeddings, hidden_size",
             )
-    if hashes:
-        _check_part_hashes(findings, folder, [CLINICAL_BERT_PART], {CLINICAL_BERT_PART.name: header}, known, progress)
-    else:
-        findings.add(NOTE, folder, "hashes not computed (--nohashes)")
+    headers = {CLINICAL_BERT_PART.name: header}
+    _check_part_hashes(findings, folder, [CLINICAL_BERT_PART], headers, known, progress, hashes)
     return list(findings)
 
 

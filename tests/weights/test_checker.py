@@ -404,18 +404,36 @@ def _header_only_safetensors(path: Path, shapes: dict[str, tuple[int, ...]]) -> 
         stream.truncate(8 + len(encoded) + offset)
 
 
-def test_the_published_profile_passes_folders_of_the_published_architectures(tmp_path):
-    """The sd15 profile's figures against the models the libraries build from SD 1.5's and BiomedCLIP's
-    configs (on the meta device: shapes without memory), run through the whole checker."""
-    sd15, clip, bert = tmp_path / "stable-diffusion-v1-5", tmp_path / "biomedclip", tmp_path / "biomedbert"
-    BertConfig(
-        vocab_size=30522,
+def bert_base(vocab_size: int) -> BertConfig:
+    """BERT-base's published sizes (BiomedBERT: 30522 words; Bio_ClinicalBERT, cased: 28996)."""
+    return BertConfig(
+        vocab_size=vocab_size,
         hidden_size=768,
         num_hidden_layers=12,
         num_attention_heads=12,
         intermediate_size=3072,
         max_position_embeddings=512,
-    ).save_pretrained(bert)
+    )
+
+
+def sd_vae() -> AutoencoderKL:
+    """SD 1.5's VAE (also PixArt-alpha's, sd-vae-ft-ema), built on the current device."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+    )
+
+
+def test_the_published_profile_passes_folders_of_the_published_architectures(tmp_path):
+    """The sd15 profile's figures against the models the libraries build from SD 1.5's and BiomedCLIP's
+    configs (on the meta device: shapes without memory), run through the whole checker."""
+    sd15, clip, bert = tmp_path / "stable-diffusion-v1-5", tmp_path / "biomedclip", tmp_path / "biomedbert"
+    bert_base(30522).save_pretrained(bert)
     (bert / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
     text_cfg = {
         "hf_model_name": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
@@ -435,15 +453,7 @@ def test_the_published_profile_passes_folders_of_the_published_architectures(tmp
     }
     with torch.device("meta"):
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-        )
+        vae = sd_vae()
         text = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=49408,
@@ -648,14 +658,7 @@ def test_the_published_pixart_alpha_profile_passes_folders_of_the_published_arch
     """The pixart_alpha profile's figures against the models diffusers / transformers build from PixArt-XL-2-512x512's
     and Bio_ClinicalBERT's configs (meta device), run through the whole checker; the tiny folders fail it."""
     pixart, bert = tmp_path / PIXART, tmp_path / CLINICAL_BERT
-    config = BertConfig(
-        vocab_size=28996,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=512,
-    )
+    config = bert_base(28996)
     with torch.device("meta"):
         transformer = PixArtTransformer2DModel(
             num_attention_heads=16,
@@ -671,13 +674,7 @@ def test_the_published_pixart_alpha_profile_passes_folders_of_the_published_arch
             attention_bias=True,
             activation_fn="gelu-approximate",
         )
-        vae = AutoencoderKL(
-            latent_channels=4,
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-        )
+        vae = sd_vae()
         model = BertModel(config)
     shapes = {n: tuple(t.shape) for n, t in transformer.state_dict().items()}
     assert 600e6 < sum(torch.Size(s).numel() for s in shapes.values()) < 620e6  # PixArt-alpha XL/2: ~611 M
