@@ -97,6 +97,8 @@ def full_models(demo_data, vgmedgen_models, folders, tmp_path_factory):
         assert trainer.state.iteration > 0 and math.isfinite(trainer.state.output["loss"].item())
         after = dict(model.denoiser.transformer.named_parameters())
         assert all(torch.equal(after[n], p) for n, p in base.items())  # PixArt itself stays frozen
+        lora_b = [p for n, p in after.items() if "lora_B" in n]  # peft starts B at 0: trained through checkpointing
+        assert lora_b and all(p.abs().max() > 0 for p in lora_b)
         saved = read_safetensors(root / "models" / GENERATOR_FILE)
         assert saved.keys() == model.trained_state_dict().keys()
         assert any("lora_" in n for n in saved) and all(n.startswith("fusion.") or "lora_" in n for n in saved)
