@@ -13,6 +13,7 @@ from bundle.balancing.synthesis_requests import write_demo_requests
 from bundle.demo.dataset import generate_dataset
 from bundle.transforms.loading import LoadVolume
 from tests.helpers.paths import SHARED_DATA
+from tests.helpers.tiny_weights import write_tiny_clinical_bert, write_tiny_pixart
 from tests.helpers.workflows import TINY, TINY_VGMEDGEN, run_checked, run_workflow
 
 
@@ -97,3 +98,13 @@ def vgmedgen_models(demo_data, tmp_path_factory) -> Path:
     assert {"anatomy", "style", "rec"} <= set(text.state.output)
     run_checked("vgmedgen_train.json", output_dir=str(root / "runs_g"), dit_layers=1, **common)
     return root / "models"
+
+
+@pytest.fixture(scope="session")
+def vgmedgen_pretrained(tmp_path_factory) -> Path:
+    """VG-MedGen's full-profile folders at toy sizes, saved with ``save_pretrained`` in the published layouts:
+    ``PixArt-XL-2-512x512/`` (transformer/, vae/, scheduler/; no T5) and ``Bio_ClinicalBERT/``."""
+    root = tmp_path_factory.mktemp("vgmedgen_pretrained")
+    write_tiny_pixart(root / "PixArt-XL-2-512x512")
+    write_tiny_clinical_bert(root / "Bio_ClinicalBERT")
+    return root

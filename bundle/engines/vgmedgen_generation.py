@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from bundle.errors import InputError, OutputError
 from bundle.inferers.guided_sampler import GuidedSampler
@@ -108,10 +109,22 @@ class CaptionGenerationJob:
         like = torch.zeros(len(texts), self.network.space.channels, self.spatial_size, self.spatial_size, device=device)
         latents = self.sampler(like, self.network, self.network.conditions(list(texts)), seeds=list(seeds))
         crops = self.network.space.decode(latents)
-        return crops, self.segmenter(crops)["segmentation"].argmax(dim=1)
+        return crops, self.segment(crops)
+
+    def segment(self, crops: torch.Tensor) -> torch.Tensor:
+        """The stage-V head's labels ``(B, S, S)`` of crops ``(B, 1, S, S)``; crops of another size than the head's
+        (the full profile's 512 px) are area-resized to it, as the classifier sees its window, and the labels
+        brought back (nearest)."""
+        size = int(self.segmenter.settings["image_size"])
+        if crops.shape[-1] == size:
+            return self.segmenter(crops)["segmentation"].argmax(dim=1)
+        small = F.interpolate(crops, size=(size, size), mode="area")
+        labels = self.segmenter(small)["segmentation"].argmax(dim=1, keepdim=True).float()
+        return F.interpolate(labels, size=crops.shape[-2:], mode="nearest")[:, 0].long()
 
     def run(self) -> dict[str, object]:
         crops = self.crops()
+        self.output_dir.mkdir(parents=True, exist_ok=True)  # the report is written even when no crop is
         written, failed, entries = [], [], []
         for start in range(0, len(crops), self.batch_size):
             batch = crops[start : start + self.batch_size]

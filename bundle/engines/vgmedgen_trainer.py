@@ -6,7 +6,10 @@ intensity-distribution loss on the one-step estimate of the clean image.
 ``x0_hat = (z_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)`` is differentiable in the model's output, so the
 colour term trains the fusion and the DiT (the authors' release sampled the image under ``torch.no_grad()``: its
 term had no gradient). It counts on the items whose timestep is below ``intensity_max_timestep`` only: at high noise
-the estimate divides by a vanishing ``sqrt(abar_t)``.
+the estimate divides by a vanishing ``sqrt(abar_t)``. In a latent space (the full profile) the estimate is decoded by
+the frozen VAE on the graph (:meth:`bundle.networks.diffusion_space.LatentSpace.images`) and compared with the
+decoded real latents: a perfect noise prediction costs nothing, and the DiT is not pushed to make up the VAE's own
+reconstruction error. In pixel space both are the images themselves.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from bundle.engines.diffusion_trainer import DiffusionTrainer
 from bundle.engines.utils import unwrap
 from bundle.losses.intensity_distribution import IntensityDistributionLoss
 from bundle.networks.conditions import GROUP_SEPARATOR, Conditions
-from bundle.networks.diffusion_space import PixelSpace
 from bundle.networks.vgmedgen_generator import VGMedGen
 
 
@@ -50,11 +52,7 @@ class VGMedGenTrainer(DiffusionTrainer):
         model = unwrap(kwargs["network"])
         dropout = {GROUP_SEPARATOR.join(model.condition_groups): condition_dropout}
         super().__init__(noise_scheduler, condition_dropout=dropout, **kwargs)
-        if intensity_weight and not isinstance(model.space, PixelSpace):
-            raise ValueError(
-                "the intensity term on the x0 estimate is built for pixel space only (a latent space would need the "
-                "VAE decoder on the graph); set intensity_weight 0"
-            )
+        self.space = model.space
         self.intensity_weight = float(intensity_weight)
         self.intensity_max_timestep = int(intensity_max_timestep)
         self.intensity_loss = IntensityDistributionLoss(reduction="none")
@@ -79,9 +77,14 @@ class VGMedGenTrainer(DiffusionTrainer):
     ) -> torch.Tensor:
         """``L_int`` of the x0 estimate against the real image, averaged over the items with ``t`` below the limit
         (0 when there is none). With ``z_t = sqrt(abar) z_0 + sqrt(1 - abar) eps``, the estimate is
-        ``z_0 - sqrt((1 - abar) / abar) (eps_hat - eps)``; pixel space's images are ``(z + 1) / 2``."""
-        abar = self.noise_scheduler.alphas_cumprod.to(latents.device)[timesteps].view(-1, 1, 1, 1)
+        ``z_0 - sqrt((1 - abar) / abar) (eps_hat - eps)``; both are decoded by the model's space (only the counted
+        items: the VAE decoder is the costly part)."""
+        counted = timesteps < self.intensity_max_timestep
+        if not bool(counted.any()):
+            return predicted.new_zeros(())
+        latents, noise, predicted = latents[counted], noise[counted], predicted[counted]
+        abar = self.noise_scheduler.alphas_cumprod.to(latents.device)[timesteps[counted]].view(-1, 1, 1, 1)
         estimate = latents - ((1 - abar) / abar).sqrt() * (predicted.float() - noise)
-        counted = (timesteps < self.intensity_max_timestep).float()
-        per_item = self.intensity_loss((estimate + 1) / 2, (latents + 1) / 2)
-        return (per_item * counted).sum() / counted.sum().clamp(min=1)
+        with torch.no_grad():
+            real = self.space.images(latents)
+        return self.intensity_loss(self.space.images(estimate), real).mean()

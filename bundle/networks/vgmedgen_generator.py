@@ -15,22 +15,29 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
+from diffusers import PixArtTransformer2DModel
 from safetensors.torch import save_file
 from torch import nn
 
 from bundle.errors import InputError, check_state_dict
+from bundle.networks.clinical_text import ClinicalTextEncoder
 from bundle.networks.conditions import Conditions
 from bundle.networks.diffusion_space import LatentSpace, PixelSpace
 from bundle.networks.medical_clip import MedicalClipEncoder
-from bundle.networks.vgmedgen_dit import DiTDenoiser, tiny_pixart
+from bundle.networks.vgmedgen_dit import DiTDenoiser, load_pixart, tiny_pixart
 from bundle.networks.vgmedgen_fusion import HybridFeatureFusion
 from bundle.networks.vgmedgen_text import TextDisentangler, WholeEmbedding, load_text_disentangler
 from bundle.networks.weight_files import read_safetensors, safetensors_metadata
+from bundle.weights.layouts import PIXART_HOW, pixart_files
 
+TextEncoder = MedicalClipEncoder | ClinicalTextEncoder
+"""``encode_text`` ``(B, E)`` and ``text_states`` ``(B, L, D)``: the small CLIP's text tower (tiny) or
+Bio_ClinicalBERT (full)."""
 CONDITION_KEYS = ("anatomy", "style", "text_states")
 GENERATOR_FILE = "vgmedgen_generator.safetensors"
 
@@ -40,7 +47,7 @@ class VGMedGen(nn.Module):
 
     Args:
         text_encoder: frozen text encoder with ``encode_text`` (pooled ``(B, E)``) and ``text_states``
-            (``(B, L, D)``), e.g. :class:`MedicalClipEncoder`.
+            (``(B, L, D)``): :class:`MedicalClipEncoder` (tiny) or :class:`ClinicalTextEncoder` (full).
         disentangler: the stage-T :class:`TextDisentangler` on ``encode_text``'s features (frozen here).
         fusion: :class:`HybridFeatureFusion` of width ``denoiser.caption_channels``.
         denoiser: :class:`DiTDenoiser`.
@@ -49,7 +56,7 @@ class VGMedGen(nn.Module):
 
     def __init__(
         self,
-        text_encoder: MedicalClipEncoder,
+        text_encoder: TextEncoder,
         disentangler: TextDisentangler,
         fusion: HybridFeatureFusion,
         denoiser: DiTDenoiser,
@@ -130,9 +137,53 @@ class VGMedGen(nn.Module):
         self.load_state_dict(tensors, strict=False)
 
 
+def _assemble(
+    text_encoder: TextEncoder,
+    disentangler: TextDisentangler | None,
+    transformer: Callable[[], PixArtTransformer2DModel],
+    space: PixelSpace | LatentSpace,
+    fusion_mode: str = "hffm",
+    fuse_text_states: bool = True,
+    anatomy_dim: int = 8,
+    style_dim: int = 8,
+    trainable: str = "full",
+    lora_rank: int = 8,
+    seed: int = 0,
+    disentangle: bool = True,
+) -> VGMedGen:
+    """Both profiles' model: the disentangler (or the whole embedding), the fusion to the transformer's caption width
+    and the denoiser, built in this order under ``seed`` (the global RNG state is left as it was)."""
+    if not disentangle:
+        if disentangler is not None or fusion_mode != "concat":
+            raise ValueError(
+                "without disentanglement the whole text embedding is one condition: give no disentangler and "
+                f"fusion_mode 'concat' (got {type(disentangler).__name__}, {fusion_mode!r})"
+            )
+        disentangler = WholeEmbedding(text_encoder.embed_dim)
+        anatomy_dim, style_dim = disentangler.anatomy_dim, disentangler.style_dim
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        disentangler = disentangler or TextDisentangler(text_encoder.embed_dim, anatomy_dim, style_dim)
+        dit = transformer()
+        if dit.config.in_channels != space.channels:
+            raise ValueError(
+                f"the transformer takes {dit.config.in_channels} input channels, the diffusion space has "
+                f"{space.channels}: the transformer and the VAE must come from one model"
+            )
+        fusion = HybridFeatureFusion(
+            anatomy_dim,
+            style_dim,
+            dit.config.caption_channels,
+            mode=fusion_mode,
+            text_dim=text_encoder.text_state_dim if fuse_text_states else None,
+        )
+        denoiser = DiTDenoiser(dit, trainable, lora_rank)  # LoRA's random init last: same fusion either way
+    return VGMedGen(text_encoder, disentangler, fusion, denoiser, space)
+
+
 def tiny_generator(
     spatial_size: int = 48,
-    text_encoder: MedicalClipEncoder | None = None,
+    text_encoder: TextEncoder | None = None,
     disentangler: TextDisentangler | None = None,
     fusion_mode: str = "hffm",
     fuse_text_states: bool = True,
@@ -153,27 +204,68 @@ def tiny_generator(
     (:class:`WholeEmbedding`; ``disentangler`` must then be None), with ``"concat"`` fusion only.
     """
     text_encoder = text_encoder or MedicalClipEncoder.tiny(seed=seed)
-    if not disentangle:
-        if disentangler is not None or fusion_mode != "concat":
-            raise ValueError(
-                "without disentanglement the whole text embedding is one condition: give no disentangler and "
-                f"fusion_mode 'concat' (got {type(disentangler).__name__}, {fusion_mode!r})"
-            )
-        disentangler = WholeEmbedding(text_encoder.embed_dim)
-        anatomy_dim, style_dim = disentangler.anatomy_dim, disentangler.style_dim
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        disentangler = disentangler or TextDisentangler(text_encoder.embed_dim, anatomy_dim, style_dim)
-        transformer = tiny_pixart(spatial_size, PixelSpace.channels, num_layers=num_layers, seed=seed)
-        fusion = HybridFeatureFusion(
-            anatomy_dim,
-            style_dim,
-            transformer.config.caption_channels,
-            mode=fusion_mode,
-            text_dim=text_encoder.text_state_dim if fuse_text_states else None,
-        )
-        denoiser = DiTDenoiser(transformer, trainable, lora_rank)  # LoRA's random init last: same fusion either way
-    return VGMedGen(text_encoder, disentangler, fusion, denoiser, PixelSpace())
+    return _assemble(
+        text_encoder,
+        disentangler,
+        lambda: tiny_pixart(spatial_size, PixelSpace.channels, num_layers=num_layers, seed=seed),
+        PixelSpace(),
+        fusion_mode,
+        fuse_text_states,
+        anatomy_dim,
+        style_dim,
+        trainable,
+        lora_rank,
+        seed,
+        disentangle,
+    )
+
+
+def pixart_generator(
+    pixart_dir: str | os.PathLike,
+    text_encoder: TextEncoder,
+    disentangler: TextDisentangler | None = None,
+    trainable: str = "lora",
+    **options,
+) -> VGMedGen:
+    """The ``full`` profile: PixArt-alpha's transformer (frozen; with ``trainable="lora"``, LoRA of rank
+    ``lora_rank`` on the attention projections trains) and its VAE as the :class:`LatentSpace`, from a local diffusers
+    folder (:data:`bundle.weights.layouts.PIXART_PARTS`: ``transformer/``, ``vae/``, ``scheduler/``; T5 is not read),
+    with ``text_encoder`` (Bio_ClinicalBERT, :class:`bundle.networks.clinical_text.ClinicalTextEncoder`) feeding stage
+    T's ``disentangler``. The fusion projects the conditions to the transformer's ``caption_channels`` (4096, T5's
+    width, for PixArt-alpha); its own caption projection, frozen, follows. ``options``: ``fusion_mode``,
+    ``fuse_text_states``, ``anatomy_dim``, ``style_dim``, ``lora_rank``, ``seed``, ``disentangle``, as
+    :func:`tiny_generator`. A missing file is an :class:`InputError` naming it and how to get the folder."""
+    folder = Path(pixart_dir)
+    missing = [name for name in pixart_files() if not (folder / name).is_file()]
+    if missing:
+        raise InputError(folder / missing[0], f"missing; {PIXART_HOW}")
+    space = LatentSpace.from_folder(folder, "PixArt-alpha")
+    return _assemble(text_encoder, disentangler, lambda: load_pixart(folder), space, trainable=trainable, **options)
+
+
+def _load_trained(
+    models_dir: str | os.PathLike,
+    text_encoder: TextEncoder,
+    stage_t_dir: str | os.PathLike | None,
+    build: Callable[..., VGMedGen],
+) -> VGMedGen:
+    """Stage T's disentangler (none for the "without disentanglement" ablation), ``build(text_encoder, disentangler,
+    **settings)`` with the settings of :data:`GENERATOR_FILE`'s metadata, then its weights."""
+    path = Path(models_dir) / GENERATOR_FILE
+    if not path.is_file():
+        raise InputError(path, "file not found; run stage G (configs/vgmedgen_train.json) to write it")
+    metadata = safetensors_metadata(path)
+    if "vgmedgen" not in metadata:
+        raise InputError(path, "not a VG-MedGen generator file (no 'vgmedgen' settings in its metadata)")
+    settings = json.loads(metadata["vgmedgen"])
+    disentangler = (
+        load_text_disentangler(stage_t_dir or models_dir, text_encoder.embed_dim)
+        if settings.get("disentangle", True)
+        else None
+    )
+    model = build(text_encoder=text_encoder, disentangler=disentangler, **settings)
+    model.load_trained(path)
+    return model.eval()
 
 
 def load_tiny_generator(
@@ -188,19 +280,18 @@ def load_tiny_generator(
     none for the "without disentanglement" ablation), the fusion and DiT settings from :data:`GENERATOR_FILE`'s
     metadata, then its weights. A missing file is an :class:`InputError` naming it and the stage that writes it;
     ``spatial_size`` and ``num_layers`` must be the training's (a mismatch is refused by tensor name and shape)."""
-    path = Path(models_dir) / GENERATOR_FILE
-    if not path.is_file():
-        raise InputError(path, "file not found; run stage G (configs/vgmedgen_train.json) to write it")
-    metadata = safetensors_metadata(path)
-    if "vgmedgen" not in metadata:
-        raise InputError(path, "not a VG-MedGen generator file (no 'vgmedgen' settings in its metadata)")
     text_encoder = text_encoder or MedicalClipEncoder.tiny(seed=seed)
-    settings = json.loads(metadata["vgmedgen"])
-    disentangler = (
-        load_text_disentangler(stage_t_dir or models_dir, text_encoder.embed_dim)
-        if settings.get("disentangle", True)
-        else None
-    )
-    model = tiny_generator(spatial_size, text_encoder, disentangler, num_layers=num_layers, seed=seed, **settings)
-    model.load_trained(path)
-    return model.eval()
+    build = partial(tiny_generator, spatial_size, num_layers=num_layers, seed=seed)
+    return _load_trained(models_dir, text_encoder, stage_t_dir, build)
+
+
+def load_pixart_generator(
+    models_dir: str | os.PathLike,
+    pixart_dir: str | os.PathLike,
+    text_encoder: TextEncoder,
+    stage_t_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> VGMedGen:
+    """The trained ``full`` generator: PixArt-alpha from ``pixart_dir`` with the fusion and the LoRA tensors of
+    :data:`GENERATOR_FILE` (``configs/pixart_vgmedgen_train.json`` writes it), as :func:`load_tiny_generator`."""
+    return _load_trained(models_dir, text_encoder, stage_t_dir, partial(pixart_generator, pixart_dir, seed=seed))

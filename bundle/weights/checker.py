@@ -1,12 +1,14 @@
-"""A checker for the pretrained folders of the ``sd15`` profile (``scripts/check_weights.py``).
+"""A checker for the pretrained folders of the ``sd15`` profile and of VG-MedGen's full profile
+(``scripts/check_weights.py``).
 
 It checks the file lists of :mod:`bundle.weights.layouts`, which the loaders read too, and goes further than the
 loaders' first-missing-file errors: it names *every* missing file, refuses pickled weights (``.bin`` / ``.ckpt``
 / ``.pt``: unpickling can run code, and their tensor shapes cannot be read without unpickling), and checks sizes
 without loading a tensor: config values against a :class:`WeightProfile` (the published SD 1.5 / BiomedCLIP
 figures, or :data:`STRUCTURE` for any sizes), and tensor shapes from the safetensors headers against what the
-configs imply. Optionally it hashes each weight file (SHA-256, streamed) and compares with the published hashes
-listed in ``bundle/weights/known_weight_hashes.json``.
+configs imply (for PixArt, e.g., the patch embedding of ``in_channels`` and ``patch_size``, the caption
+projection of ``caption_channels``, latent channels the VAE's). Optionally it hashes each weight file (SHA-256,
+streamed) and compares with the published hashes listed in ``bundle/weights/known_weight_hashes.json``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +26,22 @@ from bundle.utils.hashing import sha256_file
 from bundle.weights.layouts import (
     BIOMEDBERT_REPO,
     BIOMEDCLIP_REPO,
+    CLINICAL_BERT_HOW,
+    CLINICAL_BERT_PART,
     DEFAULT_BIOMEDBERT,
     OPEN_CLIP_CONFIG,
     OPEN_CLIP_WEIGHT_NAMES,
     OPEN_CLIP_WEIGHTS,
+    PIXART_HOW,
+    PIXART_PARTS,
     SD15_PARTS,
     TEXT_MODEL_CONFIG,
     TEXT_MODEL_OPTIONAL,
     TEXT_MODEL_VOCABS,
-    Sd15Part,
+    FolderPart,
     is_pickle_name,
     open_clip_weights,
+    pixart_files,
     sd15_files,
 )
 
@@ -63,7 +70,8 @@ class WeightProfile:
     """Expected figures: ``values[part][dotted.config.key]`` and ``shapes[part][tensor name]``.
 
     Parts: ``unet``, ``vae``, ``text_encoder`` (SD 1.5), ``biomedclip`` (keys inside ``model_cfg`` of
-    open_clip_config.json), ``biomedbert`` (its config.json). The checks derived from the configs themselves
+    open_clip_config.json), ``biomedbert`` (its config.json); ``transformer``, ``vae`` (PixArt-alpha),
+    ``clinical_bert`` (Bio_ClinicalBERT's config.json and weights). The checks derived from the configs themselves
     (e.g. ``conv_in.weight`` is ``(block_out_channels[0], in_channels, 3, 3)``) run whatever the profile.
     """
 
@@ -130,9 +138,42 @@ SD15_INPAINT = WeightProfile(
     shapes={**SD15.shapes, "unet": {**SD15.shapes["unet"], "conv_in.weight": (320, 9, 3, 3)}},
     inpainting=True,
 )
+# VG-MedGen's full profile: PixArt-XL-2-512x512 (its transformer/config.json; the VAE is SD's, sd-vae-ft-ema) and
+# emilyalsentzer/Bio_ClinicalBERT (BERT-base cased: 28996 words)
+PIXART_ALPHA = WeightProfile(
+    "pixart_alpha",
+    values={
+        "transformer": {
+            "in_channels": 4,
+            "out_channels": 8,
+            "num_layers": 28,
+            "num_attention_heads": 16,
+            "attention_head_dim": 72,
+            "caption_channels": 4096,
+            "sample_size": 64,
+            "patch_size": 2,
+        },
+        "vae": SD15.values["vae"],
+        "clinical_bert": {
+            "model_type": "bert",
+            "hidden_size": 768,
+            "vocab_size": 28996,
+            "max_position_embeddings": 512,
+        },
+    },
+    shapes={
+        "transformer": {
+            "pos_embed.proj.weight": (1152, 4, 2, 2),
+            "caption_projection.linear_1.weight": (1152, 4096),
+            "proj_out.weight": (32, 1152),
+        },
+        "vae": SD15.shapes["vae"],
+        "clinical_bert": {"embeddings.word_embeddings.weight": (28996, 768)},
+    },
+)
 STRUCTURE = WeightProfile("structure")
 STRUCTURE_INPAINT = WeightProfile("structure_inpaint", inpainting=True)
-PROFILES = {profile.name: profile for profile in (SD15, SD15_INPAINT, STRUCTURE, STRUCTURE_INPAINT)}
+PROFILES = {profile.name: profile for profile in (SD15, SD15_INPAINT, PIXART_ALPHA, STRUCTURE, STRUCTURE_INPAINT)}
 
 # ------------------------------------------------------------------ known hashes
 KNOWN_HASHES_FILE = Path(__file__).with_name("known_weight_hashes.json")
@@ -397,12 +438,9 @@ def check_sd15(
         findings.add(MISSING, folder, f"folder not found; it should hold {', '.join(sd15_files(latent))}")
         return list(findings)
     parts = [part for part in SD15_PARTS if latent or not part.latent_only]
-    _check_sd15_files(findings, folder, parts)
-    configs = _read_sd15_configs(findings, folder, latent)
-    headers: dict[str, tuple[dict, dict] | None] = {}
-    for part in parts:
-        if part.weights and (folder / part.weights).is_file():
-            headers[part.name] = _read_header(findings, folder / part.weights)
+    _check_part_files(findings, folder, parts)
+    configs = _read_configs(findings, folder, [entry for entry in SD15_CONFIGS if latent or entry[0] != "vae"])
+    headers = _read_part_headers(findings, folder, parts)
 
     unet, vae, text = configs.get("unet"), configs.get("vae"), configs.get("text_encoder")
     for part, config in (("unet", unet), ("vae", vae), ("text_encoder", text)):
@@ -414,14 +452,11 @@ def check_sd15(
     _check_text_encoder(findings, folder, text, headers.get("text_encoder"), configs.get("tokenizer"), profile)
     _check_sd15_agreement(findings, folder, unet, vae if latent else None, text, latent, profile.inpainting)
 
-    if hashes:
-        _check_sd15_hashes(findings, folder, parts, headers, known, progress)
-    else:
-        findings.add(NOTE, folder, "hashes not computed (--nohashes)")
+    _check_part_hashes(findings, folder, parts, headers, known, progress, hashes)
     return list(findings)
 
 
-def _check_sd15_files(findings: _Findings, folder: Path, parts: list[Sd15Part]) -> None:
+def _check_part_files(findings: _Findings, folder: Path, parts: list[FolderPart]) -> None:
     """Every required file present; pickled weights refused unless the safetensors file is there too."""
     for part in parts:
         for name in part.files:
@@ -438,17 +473,28 @@ def _check_sd15_files(findings: _Findings, folder: Path, parts: list[Sd15Part]) 
                 findings.add(NOT_ACCEPTED, folder / name, convert_hint(folder / name, folder / part.weights))
 
 
-def _read_sd15_configs(findings: _Findings, folder: Path, latent: bool) -> dict[str, dict | None]:
-    """The SD 1.5 folder's config files that exist (the VAE's only for latent diffusion), by part."""
+SD15_CONFIGS = (
+    ("unet", "unet/config.json", "a UNet config"),
+    ("vae", "vae/config.json", "a VAE config"),
+    ("text_encoder", "text_encoder/config.json", "a CLIP text config"),
+    ("scheduler", "scheduler/scheduler_config.json", "a scheduler config"),
+    ("tokenizer", "tokenizer/tokenizer_config.json", "a tokenizer config"),
+)
+PIXART_CONFIGS = (
+    ("transformer", "transformer/config.json", "a PixArt transformer config"),
+    ("vae", "vae/config.json", "a VAE config"),
+    ("scheduler", "scheduler/scheduler_config.json", "a scheduler config"),
+)
+
+
+def _read_configs(
+    findings: _Findings, folder: Path, entries: list[tuple[str, str, str]] | tuple[tuple[str, str, str], ...]
+) -> dict[str, dict | None]:
+    """A diffusers folder's config files that exist, by part (``entries``: part, file, what it should be); a
+    scheduler config must name its class."""
     configs: dict[str, dict | None] = {}
-    for part, name, what in (
-        ("unet", "unet/config.json", "a UNet config"),
-        ("vae", "vae/config.json", "a VAE config"),
-        ("text_encoder", "text_encoder/config.json", "a CLIP text config"),
-        ("scheduler", "scheduler/scheduler_config.json", "a scheduler config"),
-        ("tokenizer", "tokenizer/tokenizer_config.json", "a tokenizer config"),
-    ):
-        if (folder / name).is_file() and (latent or part != "vae"):
+    for part, name, what in entries:
+        if (folder / name).is_file():
             configs[part] = _read_json(findings, folder / name, what)
     scheduler = configs.get("scheduler")
     if scheduler is not None and "_class_name" not in scheduler:
@@ -458,15 +504,29 @@ def _read_sd15_configs(findings: _Findings, folder: Path, latent: bool) -> dict[
     return configs
 
 
-def _check_sd15_hashes(
+def _read_part_headers(findings: _Findings, folder: Path, parts) -> dict[str, tuple[dict, dict] | None]:
+    """The safetensors header of each part's weight file that exists, by part."""
+    return {
+        part.name: _read_header(findings, folder / part.weights)
+        for part in parts
+        if part.weights and (folder / part.weights).is_file()
+    }
+
+
+def _check_part_hashes(
     findings: _Findings,
     folder: Path,
-    parts: list[Sd15Part],
+    parts: list[FolderPart],
     headers: Mapping[str, tuple | None],
     known: Mapping[str, dict],
     progress: Callable[[Path, int, int], None] | None,
+    hashes: bool = True,
 ) -> None:
-    """The hash of each weight file the loader would read (a pickle only where no safetensors file is there)."""
+    """The hash of each weight file the loader would read (a pickle only where no safetensors file is there); without
+    ``hashes``, a note that none was computed."""
+    if not hashes:
+        findings.add(NOTE, folder, "hashes not computed (--nohashes)")
+        return
     for part in parts:
         if part.weights and headers.get(part.name) is not None:
             _check_hash(findings, folder / part.weights, known, part.weights, progress, headers[part.name][1])
@@ -771,19 +831,25 @@ def _check_clip_config(
                 f"the text tower is {hf_name}; no --biomedbert given, so the "
                 "folder beside the BiomedCLIP one is checked (the configs' layout)",
             )
-        bert = _check_text_model(findings, Path(text_model_dir), hf_name, profile)
+        how = (
+            f"a folder with {TEXT_MODEL_CONFIG} and the tokenizer files (vocab.txt, tokenizer_config.json) of "
+            f"{hf_name}, e.g. `huggingface-cli download {BIOMEDBERT_REPO} config.json vocab.txt "
+            f"tokenizer_config.json --local-dir <folder>`"
+        )
+        absent = f"optional: {BIOMEDBERT_REPO} publishes one with do_lower_case true, which is also the default"
+        bert = _check_bert_folder(findings, Path(text_model_dir), how, profile, "biomedbert", absent)
     _check_values(findings, config_path, model_cfg, profile, "biomedclip")
     _check_clip_sizes(findings, config_path, model_cfg, bert)
     if header is not None:
         _check_clip_tensors(findings, weights, header[0], model_cfg, bert, profile)
 
 
-def _check_text_model(findings: _Findings, folder: Path, hf_name: str, profile: WeightProfile) -> dict | None:
-    how = (
-        f"a folder with {TEXT_MODEL_CONFIG} and the tokenizer files (vocab.txt, tokenizer_config.json) of "
-        f"{hf_name}, e.g. `huggingface-cli download {BIOMEDBERT_REPO} config.json vocab.txt "
-        f"tokenizer_config.json --local-dir <folder>`"
-    )
+def _check_bert_folder(
+    findings: _Findings, folder: Path, how: str, profile: WeightProfile, part: str, absent_tokenizer_config: str
+) -> dict | None:
+    """A BERT folder's config.json (the profile's ``part`` values, the sizes the weights need) and tokenizer
+    vocabulary; returns the config when its sizes are usable. ``absent_tokenizer_config``: the note when
+    tokenizer_config.json is not there."""
     if not folder.is_dir():
         findings.add(MISSING, folder, f"text-model folder not found; it should be {how}")
         return None
@@ -803,15 +869,10 @@ def _check_text_model(findings: _Findings, folder: Path, hf_name: str, profile: 
         findings.add(OK, vocab, "tokenizer vocabulary present")
     for name in TEXT_MODEL_OPTIONAL:
         if not (folder / name).is_file():
-            findings.add(
-                NOTE,
-                folder / name,
-                f"absent (optional: {BIOMEDBERT_REPO} publishes one with "
-                "do_lower_case true, which is also the default)",
-            )
+            findings.add(NOTE, folder / name, f"absent ({absent_tokenizer_config})")
     if config is None:
         return None
-    _check_values(findings, folder / TEXT_MODEL_CONFIG, config, profile, "biomedbert")
+    _check_values(findings, folder / TEXT_MODEL_CONFIG, config, profile, part)
     if not _need(
         findings,
         folder / TEXT_MODEL_CONFIG,
@@ -951,30 +1012,159 @@ def _check_hf_text(tensors: _Tensors, text: Mapping[str, Any], bert: Mapping[str
         tensors.expect("text.proj.weight", (embed, width), "embed_dim, hidden_size")
 
 
-# ------------------------------------------------------------------ both
+# ------------------------------------------------------------------ PixArt-alpha + Bio_ClinicalBERT
+def check_pixart(
+    folder: str | os.PathLike,
+    profile: WeightProfile = PIXART_ALPHA,
+    hashes: bool = True,
+    known: Mapping[str, dict] | None = None,
+    progress: Callable[[Path, int, int], None] | None = None,
+) -> list[Finding]:
+    """Check a PixArt-alpha folder in diffusers layout for VG-MedGen's full profile: ``transformer/``, ``vae/``,
+    ``scheduler/`` (T5's ``text_encoder/`` and ``tokenizer/`` are not read, so not required); every problem is
+    reported, none raised."""
+    folder = Path(folder)
+    findings = _Findings()
+    known = load_known_hashes() if known is None and hashes else (known or {})
+    if not folder.is_dir():
+        findings.add(MISSING, folder, f"folder not found; it should hold {', '.join(pixart_files())}; {PIXART_HOW}")
+        return list(findings)
+    _check_part_files(findings, folder, list(PIXART_PARTS))
+    configs = _read_configs(findings, folder, PIXART_CONFIGS)
+    headers = _read_part_headers(findings, folder, PIXART_PARTS)
+    transformer, vae = configs.get("transformer"), configs.get("vae")
+    for part, config in (("transformer", transformer), ("vae", vae)):
+        if config is not None:
+            _check_values(findings, folder / f"{part}/config.json", config, profile, part)
+    _check_transformer(findings, folder, transformer, headers.get("transformer"), profile)
+    _check_vae(findings, folder, vae, headers.get("vae"), profile)
+    if transformer is not None and vae is not None:
+        channels = vae.get("latent_channels")
+        if transformer.get("in_channels") != channels:
+            findings.add(
+                WRONG_SHAPE,
+                folder / "transformer/config.json",
+                f"the transformer takes {transformer.get('in_channels')} input channels, the VAE's latents have "
+                f"{channels}: transformer/ and vae/ must come from one model",
+            )
+        else:
+            findings.add(OK, folder / "transformer/config.json", f"in_channels = VAE latent_channels = {channels}")
+    _check_part_hashes(findings, folder, list(PIXART_PARTS), headers, known, progress, hashes)
+    return list(findings)
+
+
+def _check_transformer(
+    findings: _Findings, folder: Path, config: dict | None, header: tuple | None, profile: WeightProfile
+) -> None:
+    """PixArt's transformer: a learned-sigma or plain output (what :class:`DiTDenoiser` accepts) and the tensors of
+    its patch embedding, caption projection and output projection against its config."""
+    path = folder / "transformer/config.json"
+    if config is not None and _need(findings, path, config, {"in_channels": _int, "out_channels": _int}):
+        inputs, outputs = config["in_channels"], config["out_channels"]
+        if outputs not in (inputs, 2 * inputs):
+            findings.add(
+                WRONG_SHAPE,
+                path,
+                f"out_channels {outputs} is neither in_channels {inputs} nor twice it (learned sigma)",
+            )
+    if header is None:
+        return
+    tensors = _Tensors(findings, folder / "transformer/diffusion_pytorch_model.safetensors", header[0])
+    tensors.pins(profile, "transformer")
+    sizes = ("in_channels", "out_channels", "patch_size", "num_attention_heads", "attention_head_dim")
+    sizes += ("caption_channels",)
+    if config is None or not _need(findings, path, config, dict.fromkeys(sizes, _int)):
+        return
+    width, patch = config["num_attention_heads"] * config["attention_head_dim"], config["patch_size"]
+    tensors.expect(
+        "pos_embed.proj.weight",
+        (width, config["in_channels"], patch, patch),
+        "num_attention_heads x attention_head_dim, in_channels, patch_size",
+    )
+    tensors.expect(
+        "caption_projection.linear_1.weight",
+        (width, config["caption_channels"]),
+        "the width, caption_channels (the conditions VG-MedGen's fusion makes)",
+    )
+    tensors.expect(
+        "proj_out.weight", (patch * patch * config["out_channels"], width), "patch_size^2 x out_channels, the width"
+    )
+
+
+def check_clinical_bert(
+    folder: str | os.PathLike,
+    profile: WeightProfile = PIXART_ALPHA,
+    hashes: bool = True,
+    known: Mapping[str, dict] | None = None,
+    progress: Callable[[Path, int, int], None] | None = None,
+) -> list[Finding]:
+    """Check a BERT folder (Bio_ClinicalBERT) for VG-MedGen's full-profile text encoder: config.json, safetensors
+    weights (a pickle is refused; ``--convert``), the tokenizer vocabulary, and the embedding shapes the config
+    implies; every problem is reported, none raised."""
+    folder = Path(folder)
+    findings = _Findings()
+    known = load_known_hashes() if known is None and hashes else (known or {})
+    if not folder.is_dir():
+        findings.add(MISSING, folder, f"folder not found; {CLINICAL_BERT_HOW}")
+        return list(findings)
+    # the weights here; config.json and the vocabulary with the BERT folder's own checks
+    _check_part_files(findings, folder, [replace(CLINICAL_BERT_PART, files=(CLINICAL_BERT_PART.weights,))])
+    absent = "optional: the published Bio_ClinicalBERT has none; the tokenizer then lower-cases, transformers' default"
+    config = _check_bert_folder(findings, folder, CLINICAL_BERT_HOW, profile, "clinical_bert", absent)
+    header = _read_part_headers(findings, folder, [CLINICAL_BERT_PART]).get(CLINICAL_BERT_PART.name)
+    if header is not None:
+        # a BertModel saves bare names; Bio_ClinicalBERT's BertForPreTraining file (converted) has ``bert.``
+        tensors = _Tensors(findings, folder / CLINICAL_BERT_PART.weights, header[0], ("bert.", ""))
+        tensors.pins(profile, "clinical_bert")
+        if config is not None:
+            width = config["hidden_size"]
+            tensors.expect(
+                "embeddings.word_embeddings.weight", (config["vocab_size"], width), "vocab_size, hidden_size"
+            )
+            tensors.expect(
+                "embeddings.position_embeddings.weight",
+                (config["max_position_embeddings"], width),
+                "max_position_embeddings, hidden_size",
+            )
+    headers = {CLINICAL_BERT_PART.name: header}
+    _check_part_hashes(findings, folder, [CLINICAL_BERT_PART], headers, known, progress, hashes)
+    return list(findings)
+
+
+# ------------------------------------------------------------------ all
 def check_weights(
     sd15: str | os.PathLike | None = None,
     biomedclip: str | os.PathLike | None = None,
     biomedbert: str | os.PathLike | None = None,
-    profile: str | WeightProfile = "sd15",
+    profile: str | WeightProfile | None = None,
     hashes: bool = True,
     known: Mapping[str, dict] | None = None,
     progress: Callable[[Path, int, int], None] | None = None,
     latent: bool = True,
+    pixart: str | os.PathLike | None = None,
+    clinical_bert: str | os.PathLike | None = None,
 ) -> Report:
-    """Check the folders given (either may be None) and return every finding."""
+    """Check the folders given (any may be None, not all) and return every finding.
+
+    ``profile`` None: each folder against its own model's published figures (``sd15`` for SD 1.5 and BiomedCLIP,
+    ``pixart_alpha`` for PixArt-alpha and Bio_ClinicalBERT); a named profile applies to every folder."""
     if isinstance(profile, str):
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; one of {sorted(PROFILES)}")
         profile = PROFILES[profile]
-    if sd15 is None and biomedclip is None:
-        raise ValueError("nothing to check: give an SD 1.5 folder and/or a BiomedCLIP folder")
+    if sd15 is None and biomedclip is None and pixart is None and clinical_bert is None:
+        raise ValueError("nothing to check: give an SD 1.5, BiomedCLIP, PixArt or clinical BERT folder")
     known = load_known_hashes() if known is None and hashes else (known or {})
+    medsoft, vgmedgen = profile or SD15, profile or PIXART_ALPHA
     report = Report()
     if sd15 is not None:
-        report.findings += check_sd15(sd15, profile, hashes, known, progress, latent)
+        report.findings += check_sd15(sd15, medsoft, hashes, known, progress, latent)
     if biomedclip is not None:
-        report.findings += check_biomedclip(biomedclip, biomedbert, profile, hashes, known, progress)
+        report.findings += check_biomedclip(biomedclip, biomedbert, medsoft, hashes, known, progress)
+    if pixart is not None:
+        report.findings += check_pixart(pixart, vgmedgen, hashes, known, progress)
+    if clinical_bert is not None:
+        report.findings += check_clinical_bert(clinical_bert, vgmedgen, hashes, known, progress)
     return report
 
 

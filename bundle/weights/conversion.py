@@ -6,20 +6,32 @@ import os
 from pathlib import Path
 
 from bundle.errors import InputError
-from bundle.weights.layouts import OPEN_CLIP_WEIGHTS, SD15_PARTS, is_pickle_name, open_clip_weights
+from bundle.weights.layouts import (
+    CLINICAL_BERT_PART,
+    OPEN_CLIP_WEIGHTS,
+    PIXART_PARTS,
+    SD15_PARTS,
+    is_pickle_name,
+    open_clip_weights,
+)
 
 
 def pickles_to_convert(
-    sd15: str | os.PathLike | None = None, biomedclip: str | os.PathLike | None = None
+    sd15: str | os.PathLike | None = None,
+    biomedclip: str | os.PathLike | None = None,
+    pixart: str | os.PathLike | None = None,
+    clinical_bert: str | os.PathLike | None = None,
 ) -> list[tuple[Path, Path]]:
     """(pickle, safetensors target) pairs the checker would report as NOT ACCEPTED."""
     pairs = []
-    if sd15 is not None:
-        for part in SD15_PARTS:
-            target = Path(sd15) / part.weights if part.weights else None
+    for folder, parts in ((sd15, SD15_PARTS), (pixart, PIXART_PARTS), (clinical_bert, (CLINICAL_BERT_PART,))):
+        if folder is None:
+            continue
+        for part in parts:
+            target = Path(folder) / part.weights if part.weights else None
             if target is None or target.is_file():
                 continue
-            source = next((Path(sd15) / name for name in part.pickles if (Path(sd15) / name).is_file()), None)
+            source = next((Path(folder) / name for name in part.pickles if (Path(folder) / name).is_file()), None)
             if source is not None:
                 pairs.append((source, target))
     if biomedclip is not None:

@@ -10,7 +10,8 @@ from diffusers import DDPMScheduler
 
 from bundle.engines.vgmedgen_trainer import VGMedGenTrainer
 from bundle.inferers.guided_sampler import GuidedSampler
-from bundle.networks.vgmedgen_generator import tiny_generator
+from bundle.networks.clinical_text import ClinicalTextEncoder
+from bundle.networks.vgmedgen_generator import pixart_generator, tiny_generator
 
 SIZE = 16
 TEXTS = (
@@ -71,6 +72,29 @@ def test_the_intensity_term_has_a_gradient_into_the_dit_and_the_fusion():
     for part in (model.denoiser.transformer.proj_out, model.denoiser.transformer.caption_projection.linear_1):
         assert part.weight.grad.abs().sum() > 0
     assert model.fusion.anatomy[1].weight.grad.abs().sum() > 0 and model.fusion.type_embeddings.grad.abs().sum() > 0
+
+
+def test_in_latent_space_the_intensity_term_decodes_the_estimate_through_the_vae_with_a_gradient(vgmedgen_pretrained):
+    """The full profile (PixArt's VAE): the x0 estimate is decoded on the graph, so the term trains LoRA and the
+    fusion; a perfect prediction costs nothing; the frozen VAE gets no gradient."""
+    text_encoder = ClinicalTextEncoder.from_folder(vgmedgen_pretrained / "Bio_ClinicalBERT", 16)
+    model = pixart_generator(vgmedgen_pretrained / "PixArt-XL-2-512x512", text_encoder, seed=3)
+    trainer = make_trainer(model, [], intensity_weight=0.05)
+    batch = batches(toy_crops(4, seed=1), 4)[0]
+    latents = model.space.encode(batch["image"])
+    noise = torch.randn_like(latents)
+    timesteps = torch.tensor([10, 100, 300, 800])
+    assert trainer.intensity_term(noise, noise, latents, timesteps).abs().item() < 1e-6
+    predicted = model(
+        trainer.noise_scheduler.add_noise(latents, noise, timesteps), timesteps, model.conditions(batch["text"])
+    )
+    term = trainer.intensity_term(predicted, noise, latents, timesteps)
+    assert term.item() > 0
+    term.backward()
+    lora = [p for n, p in model.named_parameters() if "lora_B" in n]  # lora_A's gradient is 0 while B starts at 0
+    assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+    assert model.fusion.style[1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.space.parameters())
 
 
 def test_only_items_below_the_timestep_limit_count():

@@ -4,7 +4,10 @@
   ``tokenizer/``, ``scheduler/``), the same classes at toy sizes;
 * :func:`write_tiny_bert` + :func:`write_tiny_biomedclip`: BiomedCLIP as an open_clip ``local-dir:`` folder
   (timm ViT image tower, Hugging Face BERT text tower with open_clip's MLP projection) and the BiomedBERT
-  config/tokenizer folder it needs.
+  config/tokenizer folder it needs;
+* :func:`write_tiny_pixart` + :func:`write_tiny_clinical_bert`: VG-MedGen's full profile, PixArt-alpha in diffusers
+  format (``transformer/``, ``vae/``, ``scheduler/``; no T5) and Bio_ClinicalBERT (config.json, model.safetensors,
+  vocab.txt).
 
 Nothing is downloaded; each writer takes well under a few seconds on one CPU thread.
 """
@@ -16,12 +19,13 @@ from pathlib import Path
 
 import open_clip
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler
+from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PNDMScheduler
 from safetensors.torch import save_file
-from transformers import BertConfig, CLIPTextConfig, CLIPTextModel
+from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel
 
 from bundle.networks.guided_unet import tiny_unet
 from bundle.networks.medical_clip import CONFIG_NAME, WEIGHTS_NAME
+from bundle.networks.vgmedgen_dit import tiny_pixart
 
 TEXT_WIDTH = 32
 MAX_LENGTH = 77
@@ -62,6 +66,23 @@ TINY_CLIP_EMBED = 16
 TINY_CLIP_IMAGE = 160  # timm's test_vit: 16-pixel patches, a 10 x 10 grid + the class token
 TINY_CLIP_CONTEXT = 24
 TINY_BERT_WIDTH = 32
+PIXART_CAPTION = 24  # the tiny PixArt's caption_channels (PixArt-alpha's: 4096, T5's width)
+CLINICAL_BERT_LENGTH = 160  # the tiny clinical BERT's positions (more than the 128 tokens the configs use)
+
+
+def tiny_vae() -> AutoencoderKL:
+    """SD's VAE at toy sizes: RGB in, 4 latent channels, 2x smaller latents (SD's: 8x)."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=SIZE,
+    )
 
 
 def write_tiny_sd15(folder: Path) -> Path:
@@ -75,17 +96,7 @@ def write_tiny_sd15(folder: Path) -> Path:
             cross_attention_dim=TEXT_WIDTH,
             norm_num_groups=8,
         ).save_pretrained(folder / "unet")
-        AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            block_out_channels=(16, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=SIZE,
-        ).save_pretrained(folder / "vae")
+        tiny_vae().save_pretrained(folder / "vae")
         # CLIP's BPE files as SD 1.5 ships them (vocab.json + merges.txt, no tokenizer.json)
         tokens = ["<|startoftext|>", "<|endoftext|>", *LETTERS, *(c + "</w>" for c in LETTERS), "le", "si", "on</w>"]
         tokenizer = folder / "tokenizer"
@@ -213,4 +224,40 @@ def write_tiny_biomedclip(folder: Path, bert_dir: Path) -> Path:
         str(folder / WEIGHTS_NAME),
         metadata={"format": "pt"},
     )
+    return folder
+
+
+def write_tiny_pixart(folder: Path) -> Path:
+    """A random-weight folder in PixArt-alpha 512's diffusers layout without T5: ``transformer/`` (4 latent channels
+    in, 8 out: learned sigma; its config names ``Transformer2DModel`` as the published one does), ``vae/`` and
+    ``scheduler/`` (a DPM-Solver config with PixArt's linear betas)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformer = tiny_pixart(
+            sample_size=SIZE // 2,
+            in_channels=4,
+            num_layers=1,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            caption_channels=PIXART_CAPTION,
+            seed=0,
+        )
+        transformer.save_pretrained(folder / "transformer")
+        tiny_vae().save_pretrained(folder / "vae")
+    config = folder / "transformer" / "config.json"
+    config.write_text(config.read_text().replace('"PixArtTransformer2DModel"', '"Transformer2DModel"'))
+    DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02).save_pretrained(
+        folder / "scheduler"
+    )
+    return folder
+
+
+def write_tiny_clinical_bert(folder: Path) -> Path:
+    """A random BERT in Bio_ClinicalBERT's layout: config.json, model.safetensors and vocab.txt (it publishes no
+    tokenizer_config.json)."""
+    write_tiny_bert(folder, context_length=CLINICAL_BERT_LENGTH)
+    (folder / "tokenizer_config.json").unlink()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        BertModel(BertConfig.from_pretrained(folder), add_pooling_layer=False).save_pretrained(folder)
     return folder

@@ -15,14 +15,16 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, PixArtTransformer2DModel, UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import BertConfig, CLIPTextConfig, CLIPTextModel
+from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel
 
 from bundle.errors import InputError
+from bundle.networks.clinical_text import ClinicalTextEncoder
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.medsoft_diffusion import require_folder
+from bundle.networks.vgmedgen_generator import pixart_generator
 from bundle.utils.hashing import sha256_file
 from bundle.weights.checker import (
     KNOWN_HASHES_FILE,
@@ -30,6 +32,7 @@ from bundle.weights.checker import (
     NOT_ACCEPTED,
     NOTE,
     OK,
+    PIXART_ALPHA,
     SD15,
     STRUCTURE_INPAINT,
     UNKNOWN_HASH,
@@ -41,10 +44,12 @@ from bundle.weights.checker import (
     usable_sd15_folder,
 )
 from bundle.weights.conversion import convert_to_safetensors, pickles_to_convert
-from bundle.weights.layouts import OPEN_CLIP_WEIGHT_NAMES, SD15_PARTS, sd15_files
+from bundle.weights.layouts import CLINICAL_BERT_PART, OPEN_CLIP_WEIGHT_NAMES, SD15_PARTS, pixart_files, sd15_files
 from tests.helpers.paths import REPO
 from tests.helpers.tiny_weights import (
+    CLINICAL_BERT_LENGTH,
     MAX_LENGTH,
+    PIXART_CAPTION,
     TEXT_WIDTH,
     TINY_BERT_WIDTH,
     TINY_CLIP_CONTEXT,
@@ -420,18 +425,36 @@ def _header_only_safetensors(path: Path, shapes: dict[str, tuple[int, ...]]) -> 
         stream.truncate(8 + len(encoded) + offset)
 
 
-def test_the_published_profile_passes_folders_of_the_published_architectures(tmp_path):
-    """The sd15 profile's figures against the models the libraries build from SD 1.5's and BiomedCLIP's
-    configs (on the meta device: shapes without memory), run through the whole checker."""
-    sd15, clip, bert = tmp_path / "stable-diffusion-v1-5", tmp_path / "biomedclip", tmp_path / "biomedbert"
-    BertConfig(
-        vocab_size=30522,
+def bert_base(vocab_size: int) -> BertConfig:
+    """BERT-base's published sizes (BiomedBERT: 30522 words; Bio_ClinicalBERT, cased: 28996)."""
+    return BertConfig(
+        vocab_size=vocab_size,
         hidden_size=768,
         num_hidden_layers=12,
         num_attention_heads=12,
         intermediate_size=3072,
         max_position_embeddings=512,
-    ).save_pretrained(bert)
+    )
+
+
+def sd_vae() -> AutoencoderKL:
+    """SD 1.5's VAE (also PixArt-alpha's, sd-vae-ft-ema), built on the current device."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+    )
+
+
+def test_the_published_profile_passes_folders_of_the_published_architectures(tmp_path):
+    """The sd15 profile's figures against the models the libraries build from SD 1.5's and BiomedCLIP's
+    configs (on the meta device: shapes without memory), run through the whole checker."""
+    sd15, clip, bert = tmp_path / "stable-diffusion-v1-5", tmp_path / "biomedclip", tmp_path / "biomedbert"
+    bert_base(30522).save_pretrained(bert)
     (bert / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
     text_cfg = {
         "hf_model_name": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
@@ -451,15 +474,7 @@ def test_the_published_profile_passes_folders_of_the_published_architectures(tmp
     }
     with torch.device("meta"):
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-        )
+        vae = sd_vae()
         text = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=49408,
@@ -552,3 +567,176 @@ def test_the_script_exits_0_for_usable_folders_and_1_naming_each_missing_file(pr
 
     done = run_script()
     assert done.returncode != 0 and "--sd15" in done.stderr
+
+
+# ------------------------------------------------------------------ VG-MedGen's full profile
+
+PIXART, CLINICAL_BERT = "PixArt-XL-2-512x512", "Bio_ClinicalBERT"
+
+
+@pytest.fixture
+def vg_copy(vgmedgen_pretrained, tmp_path) -> Path:
+    """A private copy of the tiny PixArt and clinical-BERT folders, to break."""
+    return shutil.copytree(vgmedgen_pretrained, tmp_path / "pretrained")
+
+
+def check_vg(root: Path, **kwargs):
+    kwargs = {"profile": "structure", "hashes": False, **kwargs}
+    return check_weights(pixart=root / PIXART, clinical_bert=root / CLINICAL_BERT, **kwargs)
+
+
+def _edit(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_complete_pixart_and_clinical_bert_folders_pass_without_t5_and_the_loaders_read_them(vgmedgen_pretrained):
+    assert not (vgmedgen_pretrained / PIXART / "text_encoder").exists()  # T5 is not needed
+    report = check_vg(vgmedgen_pretrained, hashes=True)
+    assert report.usable, report.summary()
+    ok = messages(report, OK)
+    assert (
+        "pos_embed.proj.weight (16, 4, 2, 2)" in ok
+        and f"caption_projection.linear_1.weight (16, {PIXART_CAPTION})" in ok
+    )
+    assert "in_channels = VAE latent_channels = 4" in ok
+    assert f"embeddings.position_embeddings.weight ({CLINICAL_BERT_LENGTH}, {TINY_BERT_WIDTH})" in ok
+    assert len(report.with_status(UNKNOWN_HASH)) == 3  # transformer, VAE, BERT
+    encoder = ClinicalTextEncoder.from_folder(vgmedgen_pretrained / CLINICAL_BERT)
+    assert pixart_generator(vgmedgen_pretrained / PIXART, encoder).fusion.text.out_features == PIXART_CAPTION
+
+
+@pytest.mark.parametrize(
+    "name",
+    [*(f"{PIXART}/{name}" for name in pixart_files()), *(f"{CLINICAL_BERT}/{n}" for n in CLINICAL_BERT_PART.files)],
+)
+def test_each_missing_pixart_or_clinical_bert_file_is_named(vg_copy, name):
+    (vg_copy / name).unlink()
+    report = check_vg(vg_copy)
+    assert not report.usable
+    assert [f.path for f in report.with_status(MISSING)] == [vg_copy / name]
+
+
+def test_a_missing_vocabulary_and_missing_folders_are_named(vg_copy, tmp_path):
+    (vg_copy / CLINICAL_BERT / "vocab.txt").unlink()
+    report = check_vg(vg_copy)
+    assert [f.path for f in report.with_status(MISSING)] == [vg_copy / CLINICAL_BERT / "vocab.txt"]
+    report = check_weights(pixart=tmp_path / "none", clinical_bert=tmp_path / "nobert", hashes=False)
+    missing = messages(report, MISSING)
+    assert (
+        "none: folder not found; it should hold transformer/config.json" in missing and "PixArt-XL-2-512x512" in missing
+    )
+    assert "nobert: folder not found; expected a local copy of emilyalsentzer/Bio_ClinicalBERT" in missing
+
+
+def test_a_transformer_that_does_not_fit_its_vae_or_its_weights_is_reported(vg_copy):
+    _edit(vg_copy / PIXART / "transformer/config.json", in_channels=8, out_channels=12)
+    wrong = messages(check_vg(vg_copy), WRONG_SHAPE)
+    assert "the transformer takes 8 input channels, the VAE's latents have 4" in wrong
+    assert "out_channels 12 is neither in_channels 8 nor twice it" in wrong
+    assert (
+        "diffusion_pytorch_model.safetensors: pos_embed.proj.weight is (16, 4, 2, 2), expected (16, 8, 2, 2)" in wrong
+    )
+
+
+def test_tensors_of_the_wrong_shape_are_reported_by_file_and_name(vg_copy):
+    weights = vg_copy / PIXART / "transformer/diffusion_pytorch_model.safetensors"
+    tensors = tensors_of(weights)
+    tensors["caption_projection.linear_1.weight"] = torch.zeros(16, 30)
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    _edit(vg_copy / CLINICAL_BERT / "config.json", vocab_size=30)
+    wrong = messages(check_vg(vg_copy), WRONG_SHAPE)
+    assert f"{weights}: caption_projection.linear_1.weight is (16, 30), expected (16, {PIXART_CAPTION})" in wrong
+    bert = vg_copy / CLINICAL_BERT / "model.safetensors"
+    assert (
+        f"{bert}: embeddings.word_embeddings.weight is (22, {TINY_BERT_WIDTH}), expected (30, {TINY_BERT_WIDTH})"
+        in wrong
+    )
+
+
+def test_a_pickled_clinical_bert_is_refused_then_converted_with_its_bert_prefix_and_read(vg_copy, vgmedgen_pretrained):
+    """Bio_ClinicalBERT publishes pytorch_model.bin of a BertForPreTraining (names with ``bert.``)."""
+    folder = vg_copy / CLINICAL_BERT
+    torch.save(
+        {f"bert.{n}": t for n, t in load_file(str(folder / "model.safetensors")).items()}, folder / "pytorch_model.bin"
+    )
+    (folder / "model.safetensors").unlink()
+    report = check_vg(vg_copy)
+    assert [f.path for f in report.with_status(NOT_ACCEPTED)] == [folder / "pytorch_model.bin"]
+    assert pickles_to_convert(clinical_bert=folder) == [(folder / "pytorch_model.bin", folder / "model.safetensors")]
+    convert_to_safetensors(folder / "pytorch_model.bin", folder / "model.safetensors")
+    report = check_vg(vg_copy)
+    assert report.usable, report.summary()
+    texts = ["a hypointense lesion in the l3 vertebral body."]
+    converted = ClinicalTextEncoder.from_folder(folder).encode_text(texts)
+    torch.testing.assert_close(
+        converted, ClinicalTextEncoder.from_folder(vgmedgen_pretrained / CLINICAL_BERT).encode_text(texts)
+    )
+
+
+def test_the_published_pixart_alpha_profile_passes_folders_of_the_published_architectures(
+    tmp_path, vgmedgen_pretrained
+):
+    """The pixart_alpha profile's figures against the models diffusers / transformers build from PixArt-XL-2-512x512's
+    and Bio_ClinicalBERT's configs (meta device), run through the whole checker; the tiny folders fail it."""
+    pixart, bert = tmp_path / PIXART, tmp_path / CLINICAL_BERT
+    config = bert_base(28996)
+    with torch.device("meta"):
+        transformer = PixArtTransformer2DModel(
+            num_attention_heads=16,
+            attention_head_dim=72,
+            in_channels=4,
+            out_channels=8,
+            num_layers=28,
+            cross_attention_dim=1152,
+            caption_channels=4096,
+            sample_size=64,
+            patch_size=2,
+            norm_type="ada_norm_single",
+            attention_bias=True,
+            activation_fn="gelu-approximate",
+        )
+        vae = sd_vae()
+        model = BertModel(config)
+    shapes = {n: tuple(t.shape) for n, t in transformer.state_dict().items()}
+    assert 600e6 < sum(torch.Size(s).numel() for s in shapes.values()) < 620e6  # PixArt-alpha XL/2: ~611 M
+    transformer.save_config(pixart / "transformer")
+    _header_only_safetensors(pixart / "transformer/diffusion_pytorch_model.safetensors", shapes)
+    vae.save_config(pixart / "vae")
+    _header_only_safetensors(
+        pixart / "vae/diffusion_pytorch_model.safetensors", {n: tuple(t.shape) for n, t in vae.state_dict().items()}
+    )
+    shutil.copytree(vgmedgen_pretrained / PIXART / "scheduler", pixart / "scheduler")
+    config.save_pretrained(bert)
+    (bert / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    _header_only_safetensors(
+        bert / "model.safetensors", {f"bert.{n}": tuple(t.shape) for n, t in model.state_dict().items()}
+    )
+
+    report = check_weights(pixart=pixart, clinical_bert=bert, hashes=False)  # each folder's own published figures
+    assert report.usable, report.summary()
+    pinned = [f for f in report.with_status(OK) if "pixart_alpha profile" in f.message]
+    assert len(pinned) == sum(len(v) for v in PIXART_ALPHA.values.values()) + sum(
+        len(v) for v in PIXART_ALPHA.shapes.values()
+    )
+    tiny = messages(check_vg(vgmedgen_pretrained, profile=None), WRONG_SHAPE)
+    assert f"caption_channels is {PIXART_CAPTION}, the pixart_alpha profile expects 4096" in tiny
+    assert f"hidden_size is {TINY_BERT_WIDTH}, the pixart_alpha profile expects 768" in tiny
+
+
+def test_the_script_checks_the_vgmedgen_folders_and_names_a_missing_file(vgmedgen_pretrained, vg_copy):
+    done = run_script(
+        "--pixart",
+        str(vgmedgen_pretrained / PIXART),
+        "--clinical_bert",
+        str(vgmedgen_pretrained / CLINICAL_BERT),
+        "--profile",
+        "structure",
+        "--nohashes",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "usable" in done.stdout
+    deleted = vg_copy / PIXART / "vae/diffusion_pytorch_model.safetensors"
+    deleted.unlink()
+    done = run_script("--pixart", str(vg_copy / PIXART), "--profile", "structure", "--nohashes")
+    assert done.returncode == 1 and f"MISSING       {deleted}" in done.stdout
+    assert "PixArt-alpha: expected a local copy of PixArt-alpha 512" in done.stderr
