@@ -187,7 +187,7 @@ class NoLesionSampler:
         raise InputError("host", "no lesion fits")
 
 
-def test_the_prompt_mode_gives_each_pair_its_lesion_cases_text_or_the_fixed_prompt():
+def test_pairs_take_their_lesion_cases_text_or_the_fixed_prompt_and_the_label_mode_reaches_the_writer():
     hosts = SimpleNamespace(entries=[{"case_id": "host", "image": "host.nii.gz", "text": "a normal vertebra"}])
     cases = [{"case_id": f"c{i}", "label": "benign", "text": f"lesion {i}"} for i in range(3)]
     for prompt, expected in (
@@ -201,3 +201,6 @@ def test_the_prompt_mode_gives_each_pair_its_lesion_cases_text_or_the_fixed_prom
     parser.read_config(str(CONFIGS / "meddiffft_pairs.json"))
     parser.update({"prompt_mode": "fixed"})
     assert parser.get_parsed_content("pairs#prompt")(["lesion 0"]) == ["a photo of hta"]
+    parser.update({"label_mode": "change", "change_threshold": 0.2, "pairs_dir": "unused"})
+    writer = parser.get_parsed_content("writer")
+    assert (writer.label_mode, writer.change_threshold) == ("change", 0.2)
