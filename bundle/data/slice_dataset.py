@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -89,6 +89,8 @@ class SliceDataset(torch.utils.data.Dataset):
         cache_dir: where the slice cache lives (``None``: in memory).
         keys: the model-grid images kept per slice (default :data:`SLICE_KEYS`; add ``"lesion_mask"`` when the
             transform carries it).
+        augment: a random dictionary transform of each item drawn, after the cache (e.g. MONAI's ``RandFlipd`` on
+            the image and its masks together); its results are plain float32 tensors again. ``None``: none.
     """
 
     def __init__(
@@ -98,9 +100,11 @@ class SliceDataset(torch.utils.data.Dataset):
         max_items: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         keys: Sequence[str] = SLICE_KEYS,
+        augment: Callable[[dict], Mapping] | None = None,
     ) -> None:
         self.data = list(data)
         self.keys = tuple(keys)
+        self.augment = augment
         self.cache = SliceCache(cache_dir, transform) if cache_dir is not None else None
         self.failures: list[dict[str, object]] = []  # case_id, error, bad_input
         self.labels: list[str] = []
@@ -165,6 +169,14 @@ class SliceDataset(torch.utils.data.Dataset):
         return len(self._index)
 
     def __getitem__(self, index: int) -> dict[str, object]:
+        item = self.stored_item(index)
+        if self.augment is None:
+            return item
+        changed = self.augment(item)
+        return {**changed, **{k: plain_tensor(changed[k]) for k in self.keys}}
+
+    def stored_item(self, index: int) -> dict[str, object]:
+        """Item ``index`` as preprocessed (before ``augment``)."""
         number, row = self._index[index]
         record = self._records[number]
         if isinstance(record, Path):

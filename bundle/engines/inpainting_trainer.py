@@ -13,7 +13,7 @@ import torch
 from bundle.engines.diffusion_trainer import DiffusionTrainer
 from bundle.errors import InputError
 from bundle.networks.conditions import Conditions
-from bundle.networks.meddiffft_inpainting import InpaintingDiffusion
+from bundle.networks.meddiffft_inpainting import InpaintingDiffusion, LesionPrompt
 from bundle.networks.meddiffft_mask_generator import host_interior, place
 
 MaskSource = Callable[[Mapping], torch.Tensor]
@@ -89,14 +89,23 @@ class InpaintingDiffusionTrainer(DiffusionTrainer):
         mask_source: the inpainting masks of a batch (:class:`bundle.transforms.inpaint_masks.RandomHostMasks`,
             :class:`bundle.inferers.guide_mask.FirstGuideMasks`).
         text_dropout: the rate at which the text is dropped (for classifier-free guidance at sampling).
+        prompt: the text each item is conditioned on (:class:`LesionPrompt`; default: the item's own ``text``).
         kwargs: those of :class:`DiffusionTrainer`; ``loss_function``
             :class:`bundle.losses.soft_masked_noise.SoftMaskedNoiseLoss` (``mask_weighted=False``: the release's
             plain MSE over the whole image).
     """
 
-    def __init__(self, noise_scheduler, mask_source: MaskSource, text_dropout: float = 0.1, **kwargs) -> None:
+    def __init__(
+        self,
+        noise_scheduler,
+        mask_source: MaskSource,
+        text_dropout: float = 0.1,
+        prompt: LesionPrompt | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(noise_scheduler, condition_dropout={"text": text_dropout}, **kwargs)
         self.mask_source = mask_source
+        self.prompt = prompt or LesionPrompt()
 
     def prepare(self, model: InpaintingDiffusion, batch: Mapping) -> tuple[torch.Tensor, Conditions, dict]:
         images = batch["image"]
@@ -105,7 +114,7 @@ class InpaintingDiffusionTrainer(DiffusionTrainer):
         if not kept.any():
             raise ValueError(f"no item of the batch has an inpainting mask (cases {list(batch['case_id'])})")
         images, mask = images[kept], mask[kept]
-        texts = [text for text, keep in zip(batch["text"], kept.tolist(), strict=True) if keep]
+        texts = self.prompt([text for text, keep in zip(batch["text"], kept.tolist(), strict=True) if keep])
         latents = model.space.encode(images)
         conditions = model.conditions(texts, images, mask)
         return latents, conditions, {"mask": conditions["inpaint"][:, :1]}

@@ -21,6 +21,7 @@ import torch
 from bundle.data.slice_dataset import pixel_size
 from bundle.engines.synthesis_job import DiffusionPredictor
 from bundle.errors import InputError
+from bundle.networks.meddiffft_inpainting import LesionPrompt
 from bundle.networks.meddiffft_mask_generator import HierarchicalMaskSampler, MaskDraw, host_interior, one_component
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,8 @@ class LesionPairs:
         preprocessing: entry -> its slice items, as given to :class:`PairHosts`.
         quality_label: the class the quality filter judges every pair as (the filter fitted on the pooled real
             lesion slices).
+        prompt: the text a pair is painted with, from its real lesion case's text (:class:`LesionPrompt`, as in the
+            fine-tuning; default: that text itself). It is the request's ``text`` (so the provenance records it).
     """
 
     def __init__(
@@ -123,7 +126,9 @@ class LesionPairs:
         num_pairs: int,
         preprocessing: Preprocessing,
         quality_label: str = "lesion",
+        prompt: LesionPrompt | None = None,
     ) -> None:
+        prompt = prompt or LesionPrompt()
         if num_pairs < 1 or not lesion_cases:
             raise ValueError(f"need num_pairs >= 1 and real lesion cases, got {num_pairs} and {len(lesion_cases)}")
         self.hosts, self.sampler, self.preprocessing = hosts, sampler, preprocessing
@@ -141,7 +146,7 @@ class LesionPairs:
                     **{key: value for key, value in host.items() if key not in HOST_ONLY_KEYS},
                     "case_id": f"{host.get('case_id', 'host')}_meddiffft_{index:04d}",
                     "label": source["label"],
-                    "text": source["text"],
+                    "text": prompt([source["text"]])[0],
                     "quality_label": quality_label,
                     "pair_index": index,
                     "host_case": host.get("case_id"),

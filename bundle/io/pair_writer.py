@@ -8,8 +8,11 @@ preview) with one more file per case, ``<case>_synthetic_lesion.nii.gz``: the le
 grid mapped back to the slice's native pixels (the writer's own inverse of the grid), cut to the soft mask's
 support (nothing changes outside it) and eroded by ``erosion_mm`` in the slice's pixel size
 (:class:`bundle.transforms.lesion_label.ErodeLesionLabel`), so label voxels are where the synthetic lesion surely
-is. A case whose label is empty, or erodes to nothing, is refused before anything is written
-(:class:`bundle.transforms.lesion_label.EmptyLabelError`, naming the case): the job lists it as failed and goes on.
+is. With ``label_mode="change"`` the label is also cut to the voxels the model changed by more than
+``change_threshold`` (in the model grid's normalised intensities, the writer's own change mapped back): the eroded
+mask AND ``|synthetic - host| > tau``. A case whose label is empty, or erodes to nothing, is refused before anything
+is written (:class:`bundle.transforms.lesion_label.EmptyLabelError`, naming the case): the job lists it as failed and
+goes on.
 The label is written into the case's temporary folder with the volume and moved into place with it, so a case's
 files appear together or not at all.
 
@@ -32,12 +35,13 @@ from monai.transforms import Compose
 
 from bundle.data.datalist import load_datalist
 from bundle.io.volume_writer import SyntheticVolumeWriter, case_of_items, check_not_input, source_order_volume
-from bundle.transforms.lesion_label import ErodeLesionLabel
+from bundle.transforms.lesion_label import EmptyLabelError, ErodeLesionLabel
 from bundle.transforms.model_grid import invert_to_slice
 from bundle.utils.files import read_json_object, relative_paths, write_json_atomically
 
 LABEL_SUFFIX = "_lesion"
 LABEL_DESCRIPTION = "SYNTHETIC lesion label (MedDiff-FT pair)"
+LABEL_MODES = ("mask", "change")
 PAIR_PATH_KEYS = ("image", "vertebra_seg", "lesion_seg", "provenance", "source_image")
 
 
@@ -68,6 +72,9 @@ class LesionPairWriter(SyntheticVolumeWriter):
             ``keep_patient_identity``, the item keys, ``confine_to_soft_mask``).
         label_key: each slice item's lesion mask on the model grid ``(1, S, S)`` (values above 0.5 inside).
         erosion_mm: the label's erosion in mm, in each slice's native pixel size (0: none).
+        label_mode: ``"mask"``: the eroded lesion mask; ``"change"``: the eroded lesion mask where the model also
+            changed the host by more than ``change_threshold``.
+        change_threshold: tau, in the model grid's normalised intensity units (the images' [0, 1]); ``"change"`` only.
     """
 
     def __init__(
@@ -76,11 +83,18 @@ class LesionPairWriter(SyntheticVolumeWriter):
         grid: Compose,
         label_key: str = "lesion_mask",
         erosion_mm: float = 1.0,
+        label_mode: str = "mask",
+        change_threshold: float = 0.05,
         **writer_options,
     ) -> None:
         super().__init__(output_dir, grid, **writer_options)
+        if label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+        if not change_threshold >= 0:
+            raise ValueError(f"change_threshold must be >= 0, got {change_threshold}")
         self.label_key = label_key
         self.erosion_mm = float(erosion_mm)
+        self.label_mode, self.change_threshold = label_mode, float(change_threshold)
         ErodeLesionLabel(self.erosion_mm)  # refuses a bad erosion here, not at the first case
 
     def __call__(
@@ -94,24 +108,40 @@ class LesionPairWriter(SyntheticVolumeWriter):
             EmptyLabelError: the case's label is empty or erodes to nothing (nothing is written).
         """
         drawn = {"lesion_pair": items[0]["lesion_pair"]} if items and "lesion_pair" in items[0] else {}
-        return super().__call__(items, predictions, {"label_erosion_mm": self.erosion_mm, **drawn, **(details or {})})
+        label = {"label_erosion_mm": self.erosion_mm, "label_mode": self.label_mode}
+        if self.label_mode == "change":
+            label["label_change_threshold"] = self.change_threshold
+        return super().__call__(items, predictions, {**label, **drawn, **(details or {})})
 
     def slice_label(self, item: Mapping) -> torch.Tensor:
         """The item's lesion label on its native slice pixels ``(1, H, W)``, in {0, 1}, before the erosion."""
         label = invert_to_slice((torch.as_tensor(item[self.label_key]) > 0.5).float(), item[self.image_key], self.grid)
         return ((label > 0.5) & (torch.as_tensor(item[self.native_soft_mask_key]) > 0)).float()
 
-    def label_slices(self, items: Sequence[Mapping]) -> torch.Tensor:
+    def label_slices(self, items: Sequence[Mapping], predictions: Sequence[torch.Tensor]) -> torch.Tensor:
         """The case's eroded labels, one channel per slice item ``(N, H, W)`` (a case's slices share one pixel
-        grid: they are cut from one volume along one axis).
+        grid: they are cut from one volume along one axis); with ``label_mode="change"`` cut to where the model's
+        change (:meth:`slice_change`) exceeds ``change_threshold``.
 
         Raises:
-            EmptyLabelError: naming the case, when its label is empty or erodes to nothing.
+            EmptyLabelError: naming the case, when its label is empty, erodes to nothing or, in ``"change"`` mode,
+                has no voxel changed by more than the threshold.
         """
         labels = torch.cat([self.slice_label(item) for item in items])
         spacing = affine_to_spacing(items[0][self.native_image_key].affine, r=2).tolist()
-        case = items[0].get("case_id") or items[0]["placement"]["source"]
-        return ErodeLesionLabel(self.erosion_mm, spacing_mm=spacing)(labels, source=str(case))
+        case = str(items[0].get("case_id") or items[0]["placement"]["source"])
+        eroded = ErodeLesionLabel(self.erosion_mm, spacing_mm=spacing)(labels, source=case)
+        if self.label_mode == "mask":
+            return eroded
+        changes = torch.cat([self.slice_change(item, p) for item, p in zip(items, predictions, strict=True)])
+        changed = eroded * (changes.abs() > self.change_threshold)
+        if not changed.any():
+            raise EmptyLabelError(
+                case,
+                f"no voxel of the eroded lesion label ({int(eroded.sum())} voxels) changed by more than "
+                f"{self.change_threshold:g}; the pair is dropped",
+            )
+        return changed
 
     def label_name(self, items: Sequence[Mapping]) -> str:
         """The label volume's file name: the case's output stem + ``_lesion.nii.gz``."""
@@ -123,7 +153,7 @@ class LesionPairWriter(SyntheticVolumeWriter):
         placement = items[0]["placement"]
         source, affine = Path(placement["source"]), np.asarray(placement["source_affine"], float)
         source_format = str(items[0][self.image_key].meta.get("volume_format") or "nifti")
-        label = source_order_volume(items, list(self.label_slices(items))) > 0.5
+        label = source_order_volume(items, list(self.label_slices(items, predictions))) > 0.5
 
         def write(path: Path) -> None:
             write_label_nifti(path, label, source, source_format, affine)

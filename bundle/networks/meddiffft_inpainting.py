@@ -39,6 +39,30 @@ FINETUNE_CHOICES = ("full", "lora")
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention's projections, self- and cross-attention
 BASE_FILE = "base_model.json"
 """A saved latent model's record of its base folder (the frozen VAE and text encoder are read from there)."""
+PROMPT_MODES = ("entry", "fixed")
+RELEASE_PROMPT = "a photo of hta"
+"""The authors' release's one prompt for every image (DreamBooth style: a rare token, "hta")."""
+
+
+class LesionPrompt:
+    """The text the inpainting model is conditioned on, per case, in fine-tuning and in the pair job alike.
+
+    Args:
+        mode: ``"entry"``: the case's own text (the lesion's description in the datalist); ``"fixed"``: ``text`` for
+            every case, as the release does.
+        text: the fixed prompt (``"fixed"`` only).
+    """
+
+    def __init__(self, mode: str = "entry", text: str = RELEASE_PROMPT) -> None:
+        if mode not in PROMPT_MODES:
+            raise ValueError(f"prompt mode must be one of {PROMPT_MODES}, got {mode!r}")
+        if mode == "fixed" and not str(text).strip():
+            raise ValueError("the fixed prompt is empty")
+        self.mode, self.text = mode, str(text)
+
+    def __call__(self, texts: Sequence[str]) -> list[str]:
+        """The prompts of cases whose own texts are ``texts``."""
+        return [str(text) for text in texts] if self.mode == "entry" else [self.text] * len(texts)
 
 
 class InpaintingDiffusion(nn.Module):

@@ -76,3 +76,89 @@ def test_unknown_groups_and_models_without_conditions_are_refused():
             optimizer=torch.optim.SGD(TwoGroupModel().parameters(), lr=0.1),
             loss_function=torch.nn.MSELoss(),
         )
+
+
+class FixedNoiseTrainer(TwoGroupTrainer):
+    """Noise and timesteps from the batch (``noise``, ``timesteps``), so two ways of batching the same items see the
+    same draws."""
+
+    def prepare(self, model, batch):
+        self.fixed = batch["noise"], batch["timesteps"]
+        return super().prepare(model, batch)
+
+    def draw_noise(self, latents):
+        return self.fixed
+
+
+def with_noise(data: list[dict], seed: int = 1) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        {
+            **batch,
+            "noise": torch.randn(batch["image"].shape, generator=generator),
+            "timesteps": torch.randint(0, 1000, (len(batch["image"]),), generator=generator),
+        }
+        for batch in data
+    ]
+
+
+def fixed_noise_trainer(model: TwoGroupModel, data, **kwargs) -> FixedNoiseTrainer:
+    return FixedNoiseTrainer(
+        noise_scheduler=DDPMScheduler(num_train_timesteps=1000),
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_function=torch.nn.MSELoss(),
+        **kwargs,
+    )
+
+
+def test_accumulating_n_batches_equals_one_step_on_their_union_and_steps_every_n_batches():
+    small = with_noise(batches(4, size=2))
+    union = [{key: torch.cat([a[key], b[key]]) for key in a} for a, b in zip(small[::2], small[1::2], strict=True)]
+    reference = TwoGroupModel()
+    fixed_noise_trainer(reference, union).run()
+    model = TwoGroupModel()
+    engine = fixed_noise_trainer(model, small, gradient_accumulation_steps=2)
+    steps, weights = [], []
+    engine.optimizer.register_step_post_hook(lambda *_: steps.append(engine.state.iteration))
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda _: weights.append(model.conv.weight.detach().clone()))
+    engine.run()
+    assert steps == [2, 4]
+    assert torch.equal(weights[0], TwoGroupModel().conv.weight)  # no step after the first batch
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+    plain = TwoGroupModel()
+    fixed_noise_trainer(plain, small).run()  # a step per small batch: another result
+    assert not torch.allclose(plain.conv.weight, reference.conv.weight, atol=1e-4)
+
+
+def test_the_last_batches_of_an_epoch_step_whatever_their_count():
+    model = TwoGroupModel()
+    engine = trainer(model, batches(3), max_epochs=2, gradient_accumulation_steps=2)
+    steps = []
+    engine.optimizer.register_step_post_hook(lambda *_: steps.append(engine.state.iteration))
+    engine.run()
+    assert steps == [2, 3, 5, 6]
+
+
+def test_clipping_bounds_the_gradient_norm_of_each_step():
+    def gradient_norm(max_grad_norm):
+        model = TwoGroupModel()
+        torch.manual_seed(0)  # the same noise and timesteps
+        trainer(model, batches(1), max_grad_norm=max_grad_norm).run()  # gradients stay after the last step
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
+
+    unclipped = gradient_norm(None)
+    assert unclipped > 0.05
+    assert gradient_norm(0.01) == pytest.approx(0.01, rel=1e-4)
+    assert gradient_norm(10 * unclipped) == pytest.approx(unclipped, rel=1e-6)  # a larger bound changes nothing
+
+
+def test_bad_clipping_and_accumulation_settings_are_refused():
+    with pytest.raises(ValueError, match="max_grad_norm must be positive"):
+        trainer(TwoGroupModel(), batches(1), max_grad_norm=0.0)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps must be a whole number >= 1"):
+        trainer(TwoGroupModel(), batches(1), gradient_accumulation_steps=0)

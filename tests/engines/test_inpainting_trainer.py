@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import time
 
+import pytest
 import torch
 from diffusers import DDPMScheduler
 from ignite.engine import Events
@@ -14,7 +15,12 @@ from bundle.engines.inpainting_trainer import InpaintingDiffusionTrainer, Random
 from bundle.experiments.meddiffft_finetune import held_out_masked_loss
 from bundle.inferers.guide_mask import FirstGuideMasks, GuideMaskSchedule
 from bundle.losses.soft_masked_noise import SoftMaskedNoiseLoss
-from bundle.networks.meddiffft_inpainting import InpaintingDiffusion, tiny_inpainting_model
+from bundle.networks.meddiffft_inpainting import (
+    RELEASE_PROMPT,
+    InpaintingDiffusion,
+    LesionPrompt,
+    tiny_inpainting_model,
+)
 from bundle.transforms.morphology import ErodeMaskMM
 
 SIZE = 24
@@ -114,3 +120,29 @@ def test_a_short_fine_tune_lowers_the_masked_loss_on_held_out_lesions(one_torch_
     )
     assert sum(pretrain[-10:]) < sum(pretrain[:10])
     assert after < 0.8 * before
+
+
+def test_the_prompt_mode_chooses_the_entrys_own_text_or_one_fixed_prompt():
+    model = tiny_inpainting_model(SIZE, unet_channels=(16, 32), seed=0)
+    generator = torch.Generator().manual_seed(5)
+    batch = torch.utils.data.default_collate([toy_item(generator, lesion=True), toy_item(generator, lesion=False)])
+    batch["soft_mask"] = torch.ones_like(batch["soft_mask"])
+    states = {}
+    for mode in ("entry", "fixed"):
+        trainer = InpaintingDiffusionTrainer(
+            scheduler(),
+            RandomHostMasks((4.0, 6.0), inset_mm=0.0, seed=0),
+            prompt=LesionPrompt(mode),
+            network=model,
+            optimizer=torch.optim.SGD(model.unet.parameters(), lr=0.1),
+            loss_function=SoftMaskedNoiseLoss(),
+            train_data_loader=[batch],
+            max_epochs=1,
+            device=torch.device("cpu"),
+        )
+        states[mode] = trainer.prepare(model, batch)[1]["text"]
+    assert not torch.allclose(states["entry"][0], states["entry"][1])  # each case's own description
+    torch.testing.assert_close(states["entry"], model.text_states(batch["text"]))
+    torch.testing.assert_close(states["fixed"], model.text_states([RELEASE_PROMPT] * 2))
+    with pytest.raises(ValueError, match="prompt mode must be one of"):
+        LesionPrompt("class")

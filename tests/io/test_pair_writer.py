@@ -141,3 +141,34 @@ def test_the_pair_datalist_reads_back_through_the_segmentation_workflow(synthesi
     label = item["label"][0] > 0
     image = item["image"][0]
     assert image[label].mean() > 0.8 > image[~label].mean()  # the label marks the bright synthetic lesion
+
+
+def test_the_change_label_mode_keeps_only_the_part_of_the_mask_the_model_changed(synthesised, grid, tmp_path):
+    items, _ = synthesised
+    predictions = []
+    for item in items:  # the model brightens only the left half of the lesion mask (up to its median column)
+        left = torch.zeros_like(item["lesion_mask"])
+        columns = torch.nonzero(item["lesion_mask"][0])[:, 1]
+        left[..., : int(columns.float().median()) + 1] = 1
+        predictions.append(torch.as_tensor(item["image"]) + 0.5 * item["lesion_mask"] * left)
+    whole_pair = LesionPairWriter(tmp_path / "mask", grid, erosion_mm=0.0)(items, predictions)
+    writer = LesionPairWriter(tmp_path / "change", grid, erosion_mm=0.0, label_mode="change", change_threshold=0.1)
+    outputs = writer(items, predictions)
+    host = np.asanyarray(nib.load(str(SCT_T2)).dataobj).astype(float)
+    changed = np.abs(np.asanyarray(nib.load(outputs["volume"]).dataobj) - host) > 0
+    whole = np.asanyarray(nib.load(whole_pair["lesion_label"]).dataobj) > 0
+    label = np.asanyarray(nib.load(outputs["lesion_label"]).dataobj) > 0
+    assert (~changed[whole]).sum() > 10  # the mask label includes the unchanged right half
+    assert label.sum() > 10 and (label <= whole).all() and changed[label].all()
+    assert 0.3 < label.sum() / whole.sum() < 0.7
+    record = json.loads(Path(outputs["provenance"]).read_text())
+    assert record["label_mode"] == "change" and record["label_change_threshold"] == 0.1
+    with pytest.raises(
+        EmptyLabelError, match="sct_c3: no voxel of the eroded lesion label .* changed by more than 0.6"
+    ):
+        LesionPairWriter(tmp_path / "faint", grid, erosion_mm=0.0, label_mode="change", change_threshold=0.6)(
+            items, predictions
+        )
+    assert list((tmp_path / "faint").iterdir()) == []
+    with pytest.raises(ValueError, match="label_mode must be one of"):
+        LesionPairWriter(tmp_path, grid, label_mode="changed")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -15,8 +16,10 @@ import torch
 from monai.bundle import ConfigParser
 from scipy import ndimage
 
+from bundle.engines.meddiffft_pairs import LesionPairs
+from bundle.errors import InputError
 from bundle.io.gallery import read_gallery_cases
-from bundle.networks.meddiffft_inpainting import tiny_inpainting_model
+from bundle.networks.meddiffft_inpainting import LesionPrompt, tiny_inpainting_model
 from bundle.networks.meddiffft_mask_generator import HierarchicalMaskSampler, RealMaskSampler, shape_frame
 from tests.helpers.paths import CONFIGS, REPO
 
@@ -170,3 +173,34 @@ def test_each_ablation_override_changes_what_it_names(demo_data, models):
     for parser in (static, no_erosion, no_filter, no_foundation, real):
         dirs.add(parser.get_parsed_content("pairs_dir"))
     assert len(dirs) == 6  # each arm writes its own pairs
+
+
+class NoLesionSampler:
+    """Draws host 0 and no lesion for every pair (the pair would fail in the job; its request is still made)."""
+
+    frozen = ()
+
+    def host_of(self, index: int) -> int:
+        return 0
+
+    def draw(self, index: int):
+        raise InputError("host", "no lesion fits")
+
+
+def test_pairs_take_their_lesion_cases_text_or_the_fixed_prompt_and_the_label_mode_reaches_the_writer():
+    hosts = SimpleNamespace(entries=[{"case_id": "host", "image": "host.nii.gz", "text": "a normal vertebra"}])
+    cases = [{"case_id": f"c{i}", "label": "benign", "text": f"lesion {i}"} for i in range(3)]
+    for prompt, expected in (
+        (None, ["lesion 0", "lesion 1", "lesion 2", "lesion 0"]),
+        (LesionPrompt("fixed", "a photo of sks"), ["a photo of sks"] * 4),
+    ):
+        pairs = LesionPairs(hosts, NoLesionSampler(), cases, 4, preprocessing=None, prompt=prompt)
+        assert [request["text"] for request in pairs.requests] == expected
+        assert [request["text_case"] for request in pairs.requests] == ["c0", "c1", "c2", "c0"]
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "meddiffft_pairs.json"))
+    parser.update({"prompt_mode": "fixed"})
+    assert parser.get_parsed_content("pairs#prompt")(["lesion 0"]) == ["a photo of hta"]
+    parser.update({"label_mode": "change", "change_threshold": 0.2, "pairs_dir": "unused"})
+    writer = parser.get_parsed_content("writer")
+    assert (writer.label_mode, writer.change_threshold) == ("change", 0.2)

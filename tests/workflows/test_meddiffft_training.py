@@ -77,3 +77,28 @@ def test_the_finetune_switch_chooses_lora_or_the_full_unet(tmp_path):
         optimised = parser.get_parsed_content("optimizer").param_groups[0]["params"]
         assert len(optimised) == len(trained) > 0
         assert all("lora_" in name for name in trained) == (finetune == "lora")
+
+
+def test_the_training_options_reach_the_trainer_and_the_dataset(demo_data, tmp_path):
+    tiny_inpainting_model(32, unet_channels=(16, 32), seed=3).save(tmp_path / "meddiffft_foundation")
+    names = [str(CONFIGS / name) for name in ("meddiffft_pretrain.json", "meddiffft_finetune.json")]
+    common = {"bundle_root": str(REPO), "models_dir": str(tmp_path), "dataset_dir": str(demo_data), **SMALL}
+    parser = ConfigParser()
+    parser.read_config(names)
+    parser.update(common)
+    assert parser.get_parsed_content("train#augmentation") is None  # today's default: no flips, clipping, ...
+    assert parser.get_parsed_content("max_grad_norm") is None
+    assert parser.get_parsed_content("gradient_accumulation_steps") == 1
+    assert parser.get_parsed_content("prompt").mode == "entry"
+    parser = ConfigParser()
+    parser.read_config(names)
+    options = {"flip_prob": 1.0, "max_grad_norm": 0.5, "gradient_accumulation_steps": 2, "prompt_mode": "fixed"}
+    parser.update({**common, "real_lesion_cases": 1, "output_dir": str(tmp_path / "run"), **options})
+    trainer = parser.get_parsed_content("train#trainer")
+    assert (trainer.max_grad_norm, trainer.gradient_accumulation_steps) == (0.5, 2)
+    assert trainer.prompt(["a case's own text"]) == ["a photo of hta"]
+    dataset = parser.get_parsed_content("train#dataset")
+    item, stored = dataset[0], dataset.stored_item(0)
+    for key in ("image", "soft_mask", "lesion_mask"):  # flipped left-right together (prob 1)
+        assert not torch.equal(stored[key], stored[key].flip(-1)), key
+        assert torch.equal(item[key], stored[key].flip(-1)), key
