@@ -1,0 +1,139 @@
+"""VG-MedGen's evidence measures on hand-made cases whose answer is known: text-control prompt pairs and how a crop
+answers them, the style swap's measures, the classifier arms' training lists, the verdict rule and the arm list."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bundle.experiments import vgmedgen_measures as m
+from bundle.experiments.runner import ExperimentError
+from bundle.experiments.vgmedgen_evidence import PRESETS, classifier_arms, settings_for
+
+CAPTION = (
+    "Malignant L3 vertebra. Anatomy: 21 mm oval lesion with well-defined margins in the anterior L3 vertebral body. "
+    "Style: mildly hypointense to the surrounding marrow (13 %), homogeneous."
+)
+
+
+def crop(vertebra_value: float, lesion_value: float | None = None, lesion_side: int = 0) -> tuple[torch.Tensor, ...]:
+    """A 16 x 16 crop: background 0.1, a 10 x 10 vertebra, optionally a square lesion of ``lesion_side``."""
+    image = torch.full((1, 16, 16), 0.1)
+    image[0, 3:13, 3:13] = vertebra_value
+    if lesion_value is not None and lesion_side:
+        image[0, 5 : 5 + lesion_side, 5 : 5 + lesion_side] = lesion_value
+    segmentation = torch.zeros(16, 16, dtype=torch.long)
+    segmentation[3:13, 3:13] = 1
+    return image, segmentation
+
+
+def test_prompt_pairs_change_exactly_one_phrase():
+    pairs = m.control_pairs([CAPTION, "Normal L2 vertebra. Anatomy: no focal lesion. Style: homogeneous."], 5)
+    assert len(pairs["signal"]) == len(pairs["size"]) == 1  # the normal caption has neither phrase
+    low, high = pairs["signal"][0]
+    assert "hypointense" in low and "hyperintense" in high and "hypointense" not in high
+    assert low.replace("hypointense", "X") == high.replace("hyperintense", "X")
+    small, large = pairs["size"][0]
+    assert "6 mm oval" in small and "24 mm oval" in large and "21 mm" not in small + large
+    assert small.replace("6 mm", "X") == large.replace("24 mm", "X")
+    with pytest.raises(ValueError, match="no size"):
+        m.with_size("Normal L2 vertebra.", 10)
+
+
+def test_text_control_measures_follow_the_known_direction():
+    bright, seg = crop(0.5, 0.9, 4)
+    dark, _ = crop(0.5, 0.2, 4)
+    assert m.signal_measure(bright, seg) > m.signal_measure(dark, seg)
+    small, _ = crop(0.5, 0.9, 2)
+    large, _ = crop(0.5, 0.2, 6)  # a dark lesion: the area counts whatever the signal
+    assert m.lesion_area_measure(large, seg) > m.lesion_area_measure(small, seg) > 0
+    assert m.lesion_area_measure(crop(0.5)[0], seg) == 0.0
+    # no vertebra found: the whole crop is the region
+    assert m.signal_measure(bright, torch.zeros(16, 16, dtype=torch.long)) == pytest.approx(float(bright.mean()))
+    assert m.moved_fraction([1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 3.0, 5.0]) == 0.5  # a tie is a miss
+    with pytest.raises(ValueError):
+        m.moved_fraction([], [])
+
+
+def test_style_swap_measures():
+    a = torch.zeros(8, 8, dtype=torch.bool)
+    a[2:6, 2:6] = True
+    b = torch.zeros(8, 8, dtype=torch.bool)
+    b[2:6, 4:8] = True
+    assert m.dice(a, a) == 1.0 and m.dice(a, b) == pytest.approx(0.5) and m.dice(a & False, a & False) == 1.0
+    own, donor = [0.2, 0.8, 0.5], [0.8, 0.2, 0.51]
+    assert m.toward_donor(own, [0.6, 0.9, 0.9], donor) == 0.5  # the third pair is too close to count
+    assert math.isnan(m.toward_donor([0.5], [0.9], [0.5]))
+
+
+def entries(labels):
+    return [{"case_id": f"{label}_{i}", "label": label} for i, label in enumerate(labels)]
+
+
+def test_arms_are_assembled_from_the_real_list_and_the_generated_crops():
+    real = entries(["normal"] * 6 + ["benign"] * 3 + ["malignant"])
+    generated = [{**e, "synthetic": True} for e in entries(["normal"] * 4 + ["benign"] * 5 + ["malignant"] * 3)]
+    assert m.arm_training("real", real, None) == real == m.arm_training("oversampling", real, generated)
+    assert m.arm_training("synthetic_only", real, generated) == generated
+    filled = m.arm_training("full", real, generated)
+    counts = m.class_counts(filled)
+    assert counts == {
+        "normal": {"real": 6, "synthetic": 0},
+        "benign": {"real": 3, "synthetic": 3},
+        "malignant": {"real": 1, "synthetic": 3},  # only 3 generated: fewer than the 5 needed
+    }
+    assert filled[: len(real)] == real
+    with pytest.raises(ValueError, match="needs generated"):
+        m.arm_training("no_intensity", real, None)
+
+
+def test_classifier_arms_and_presets():
+    assert classifier_arms(["full", "no_intensity"]) == [
+        "real",
+        "oversampling",
+        "full",
+        "no_intensity",
+        "synthetic_only",
+    ]
+    assert len(PRESETS["default"]["seeds"]) >= 3
+    assert settings_for("quick", seeds=[3])["seeds"] == [3]
+    with pytest.raises(ExperimentError, match="generators"):
+        settings_for("quick", generators=["no_intensity"])
+    with pytest.raises(ExperimentError, match="unknown"):
+        settings_for("quick", epochs=3)
+
+
+def test_verdict_rule():
+    holds, line = m.verdict("A above B", (0.8, 0.05), (0.6, 0.05))
+    assert holds and "(clearly)" in line
+    holds, line = m.verdict("A above B", (0.62, 0.05), (0.6, 0.05))
+    assert holds and "within the seed spread" in line
+    holds, line = m.verdict("A above B", (0.5, 0.05), (0.6, 0.05))
+    assert not holds and "**no**" in line and "-0.100" in line
+    holds, _ = m.verdict("A's FID below B's", (10.0, 1.0), (20.0, 1.0), higher=False)
+    assert holds
+    assert not m.verdict("x", (float("nan"), 0.0), (1.0, 0.0))[0]
+    assert m.threshold_verdict("t", (0.8, 0.1), 0.8)[0] and not m.threshold_verdict("t", (0.79, 0.1), 0.8)[0]
+
+
+def test_attribute_targets_of_a_lesion_and_a_normal_case():
+    lesion = {
+        "lesion_class": "malignant",
+        "size_mm": 16,
+        "height_loss_percent": 20,
+        "position_ap": "anterior",
+        "position_si": "inferior",
+        "signal": "hypointense",
+        "contrast": 0.3,
+    }
+    assert m.attribute_targets(lesion) == {
+        "size_mm": 16.0,
+        "height_loss": 20.0,
+        "position_ap": 1.0,
+        "position_si": -1.0,
+        "signal": -1.0,
+        "signed_contrast": pytest.approx(-0.3),
+    }
+    assert set(m.attribute_targets({"lesion_class": "normal"}).values()) == {0.0}
