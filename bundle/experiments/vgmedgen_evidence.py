@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import platform
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -673,7 +674,7 @@ def section_lines(results: Mapping, settings: Mapping, command: str, elapsed: fl
     seeds = sorted(results["disentanglement"])
     lines = [
         SECTION_START,
-        "## 9. Evidence (issue 17): the paper's questions on the phantom",
+        "## 10. Evidence: results (written by the command of section 9)",
         "",
         "*Written by the command below; do not edit by hand: rerun it.*",
         "",
@@ -682,8 +683,9 @@ def section_lines(results: Mapping, settings: Mapping, command: str, elapsed: fl
         "```",
         "",
         f"Preset **{settings['preset']}**; seeds {', '.join(map(str, settings['seeds']))} "
-        f"({len(seeds)} finished stage V/T); wall time of this invocation {elapsed / 60:.1f} min "
-        f"(steps finished by earlier invocations of the same run are reused); {platform.platform()}, "
+        f"({len(seeds)} finished stage V/T); time: {sum(results['seconds'].values()) / 60:.1f} min, the sum of "
+        f"the steps' times as each finished (this invocation's wall time {elapsed / 60:.1f} min; steps finished by "
+        f"an earlier invocation of the same run are reused); {platform.platform()}, "
         f"torch threads {torch.get_num_threads()}. Data: {settings['train_cases']} imbalanced training cases "
         f"and {settings['test_cases']} class-balanced test cases of the phantom (difficulty {settings['difficulty']}, "
         f"seed {settings['data_seed']}); stage epochs V {settings['epochs_v']}, T {settings['epochs_t']}, "
@@ -726,9 +728,18 @@ def section_lines(results: Mapping, settings: Mapping, command: str, elapsed: fl
         "| step | minutes |",
         "| --- | ---: |",
     ]
-    lines += [f"| {k} | {v / 60:.1f} |" for k, v in results["seconds"].items()]
+    lines += [f"| {k} | {v / 60:.1f} |" for k, v in step_groups(results["seconds"]).items()]
     lines += ["", f"*Written {datetime.now(timezone.utc).isoformat(timespec='seconds')}.*", SECTION_END]
     return lines
+
+
+def step_groups(seconds: Mapping[str, float]) -> dict[str, float]:
+    """Step seconds summed over seeds: ``stage_g_full_seed0`` and ``stage_g_full_seed1`` count as ``stage_g_full``."""
+    groups: dict[str, float] = {}
+    for name, value in seconds.items():
+        key = re.sub(r"_seed\d+$", "", name)
+        groups[key] = groups.get(key, 0.0) + float(value)
+    return groups
 
 
 def _disentanglement_lines(results: Mapping) -> tuple[list[str], list[str]]:

@@ -3,6 +3,7 @@ answers them, the style swap's measures, the classifier arms' training lists, th
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from bundle.experiments import vgmedgen_measures as m
 from bundle.experiments.runner import ExperimentError
-from bundle.experiments.vgmedgen_evidence import PRESETS, classifier_arms, settings_for
+from bundle.experiments.vgmedgen_evidence import PRESETS, classifier_arms, settings_for, step_groups
 
 CAPTION = (
     "Malignant L3 vertebra. Anatomy: 21 mm oval lesion with well-defined margins in the anterior L3 vertebral body. "
@@ -137,3 +138,63 @@ def test_attribute_targets_of_a_lesion_and_a_normal_case():
         "signed_contrast": pytest.approx(-0.3),
     }
     assert set(m.attribute_targets({"lesion_class": "normal"}).values()) == {0.0}
+
+
+def test_step_times_are_summed_over_seeds():
+    groups = step_groups({"data": 3.0, "stage_g_full_seed0": 10.0, "stage_g_full_seed1": 12.0, "stage_v_seed0": 1.0})
+    assert groups == {"data": 3.0, "stage_g_full": 22.0, "stage_v": 1.0}
+
+
+def test_the_doc_section_is_rewritten_from_finished_steps_and_the_rest_kept(tmp_path):
+    from bundle.experiments.runner import Steps
+    from bundle.experiments.vgmedgen_evidence import SECTION_END, SECTION_START, write_section
+
+    work, doc = tmp_path / "work", tmp_path / "doc.md"
+    settings = settings_for("quick", seeds=[0, 1], generators=["full", "no_intensity"])
+    steps = Steps(work)
+    probes = {"visual anatomy": {"anatomy": 0.6, "style": 0.1}, "visual style": {"anatomy": 0.1, "style": 0.5}}
+    for seed in (0, 1):
+        table = {kind: dict.fromkeys([*m.ANATOMY_ATTRIBUTES, *m.STYLE_ATTRIBUTES], 0.2) for kind in probes}
+        details = {
+            "vertebra_dice": 0.9,
+            "lesion_dice": 0.1,
+            "swap_anatomy_dice": 0.85,
+            "swap_toward_donor": 0.7,
+            "probes": table,
+            "probe_means": probes,
+        }
+        steps.run(f"disentanglement_seed{seed}", lambda d=details: d)
+        for name, fid in (("full", 1.0 + seed), ("no_intensity", 5.0 + seed)):
+            generated = {
+                "written": 10,
+                "failed": 0,
+                "fid_domain": fid,
+                "kid_domain": 0.1,
+                "fid_clip": 0.2,
+                "kid_clip": 0.01,
+                "hfd": 0.3,
+                "control_signal": 0.9,
+                "control_size": 0.5,
+                "named_extractor": "tiny CLIP",
+            }
+            steps.run(f"generate_{name}_seed{seed}", lambda g=generated: g)
+    for seed, f1 in ((0, 0.6), (1, 0.62)):
+        for arm, value in (("real", f1 - 0.2), ("full", f1)):
+            folder = work / "classify" / arm / f"seed_{seed}"
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps({"f1": value, "recall": value, "auc": 0.8}))
+            steps.run(
+                f"classify_{arm}_seed{seed}", lambda: {"training_counts": {"normal": {"real": 6, "synthetic": 0}}}
+            )
+    doc.write_text("# Title\n\nbefore\n\n" + SECTION_START + "\nold numbers\n" + SECTION_END + "\n\nafter\n")
+    for _ in range(2):  # rewriting twice leaves one section
+        write_section(doc, work, settings, "python -m bundle.experiments.vgmedgen_evidence --preset quick", 60.0)
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nbefore\n") and text.endswith("\nafter\n") and "old numbers" not in text
+    assert text.count(SECTION_START) == 1 and "--preset quick" in text
+    assert "visual anatomy vector predicts anatomy attributes better than style attributes (mean R²): **yes**" in text
+    assert "text control, signal phrase, full model (>= 80 % of pairs): **yes**" in text
+    assert "text control, size phrase, full model (>= 80 % of pairs): **no**" in text
+    assert "full model's domain FID below without intensity loss: **yes** (clearly)" in text
+    assert "macro F1 of real + VG-MedGen above real only: **yes** (clearly)" in text
+    assert "| real + VG-MedGen | normal 6 | 0.610 ± 0.014 |" in text
