@@ -205,6 +205,11 @@ def real_crops(datalist: Path, path: Path, settings: Mapping) -> dict:
     return {"crops": counts}
 
 
+CROP_KEYS = {
+    f"{split}_{key}" for split in ("training", "test") for key in ("image", "labels", "targets", "class", "entry")
+}
+
+
 def load_crops(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -573,6 +578,8 @@ def run(work_dir: str | Path, settings: Mapping, doc: str | Path | None, command
     datalist = work / "data" / "datalist.json"
     steps.run("captions", lambda: caption_data(datalist, work / "data"))
     crops_path = work / "real_crops.safetensors"
+    if crops_path.is_file() and CROP_KEYS - set(load_crops(crops_path)):
+        steps.forget("real_crops")  # written by an earlier version without every key: made again
     steps.run("real_crops", lambda: real_crops(work / "data" / "datalist_measured.json", crops_path, settings))
     crops = load_crops(crops_path)
     steps.run(
@@ -580,46 +587,43 @@ def run(work_dir: str | Path, settings: Mapping, doc: str | Path | None, command
         lambda: train_domain_extractor(crops, work / "domain_extractor.safetensors", int(settings["extractor_epochs"])),
     )
     failures: dict[str, str] = {}
-    for seed in settings["seeds"]:
-        try:
-            train_seed(steps, work, int(seed), settings)
-            steps.run(f"disentanglement_seed{seed}", lambda s=int(seed): evaluate_disentanglement(work, s, crops))
-        except Exception as error:  # one seed's failure must not lose the others
-            logger.error("seed %s failed: %s", seed, error)
-            failures[f"seed{seed}"] = f"{type(error).__name__}: {error}"
-    trained = [int(s) for s in settings["seeds"] if steps.done(f"disentanglement_seed{s}")]
-    _, generation_failures = seeded_runs(
-        steps,
-        list(settings["generators"]),
-        trained,
-        run=lambda g, s: generate_and_measure(work, s, g, settings, crops),
-        result=lambda g, s: steps.done(f"generate_{g}_seed{s}")["details"],
-        prefix="generate",
-    )
-    failures.update(generation_failures)
-    arms = [a for a in classifier_arms(settings["generators"])]
-
-    def classifier_ready(arm: str, seed: int) -> bool:
-        generator = "full" if arm == "synthetic_only" else arm
-        return arm in ("real", "oversampling") or bool(steps.done(f"generate_{generator}_seed{seed}"))
-
-    for arm in arms:
-        seeds = [s for s in settings["seeds"] if classifier_ready(arm, int(s))]
-        _, classifier_failures = seeded_runs(
-            steps,
-            [arm],
-            [int(s) for s in seeds],
-            run=lambda a, s: classify(work, a, s, settings),
-            result=lambda a, s: {},
-            prefix="classify",
-        )
-        failures.update(classifier_failures)
+    # one seed end to end before the next, the section rewritten after each: a stopped run reports whole seeds
+    for seed in [int(s) for s in settings["seeds"]]:
+        failures.update(run_seed(steps, work, seed, settings, crops))
+        if doc is not None:
+            write_section(Path(doc), work, settings, command, time.monotonic() - start)
     elapsed = time.monotonic() - start
-    if doc is not None:
-        write_section(Path(doc), work, settings, command, elapsed)
     if failures:
         raise ExperimentError(f"{len(failures)} step(s) failed: {failures}; run the same command again to retry them")
     return {"seconds": elapsed}
+
+
+def run_seed(steps: Steps, work: Path, seed: int, settings: Mapping, crops: Mapping) -> dict[str, str]:
+    """Stages V, T and G, disentanglement, generation and the classifier arms of one seed; returns the failures."""
+    try:
+        train_seed(steps, work, seed, settings)
+        steps.run(f"disentanglement_seed{seed}", lambda: evaluate_disentanglement(work, seed, crops))
+    except Exception as error:  # one seed's failure must not lose the others
+        logger.error("seed %s failed: %s", seed, error)
+        return {f"seed{seed}": f"{type(error).__name__}: {error}"}
+    _, failures = seeded_runs(
+        steps,
+        list(settings["generators"]),
+        [seed],
+        run=lambda g, s: generate_and_measure(work, s, g, settings, crops),
+        result=lambda g, s: {},
+        prefix="generate",
+    )
+    ready = [
+        arm
+        for arm in classifier_arms(settings["generators"])
+        if arm in ("real", "oversampling")
+        or steps.done(f"generate_{'full' if arm == 'synthetic_only' else arm}_seed{seed}")
+    ]
+    _, classifier_failures = seeded_runs(
+        steps, ready, [seed], run=lambda a, s: classify(work, a, s, settings), result=lambda a, s: {}, prefix="classify"
+    )
+    return {**failures, **classifier_failures}
 
 
 # --------------------------------------------------------------------------------------------------- report
@@ -743,155 +747,153 @@ def step_groups(seconds: Mapping[str, float]) -> dict[str, float]:
 
 
 def _disentanglement_lines(results: Mapping) -> tuple[list[str], list[str]]:
-    lines: list[str] = []
-    verdict_lines: list[str] = []
     dis = results["disentanglement"]
-    if dis:
-        lines += [
-            "",
-            "### Disentanglement (stage V on the real test crops; probes: held-out R² of a ridge probe)",
-            "",
-            "| measure | value |",
-            "| --- | --- |",
-            f"| segmentation head, vertebra Dice | {cell(*_ms(dis, 'vertebra_dice'))} |",
-            f"| segmentation head, lesion Dice | {cell(*_ms(dis, 'lesion_dice'))} |",
-            f"| style swap: vertebra Dice, swapped vs original | {cell(*_ms(dis, 'swap_anatomy_dice'))} |",
-            f"| style swap: share moved toward the donor's intensity | {cell(*_ms(dis, 'swap_toward_donor'))} |",
-            "",
-            "| vector | "
-            + " | ".join(measures.ANATOMY_ATTRIBUTES + measures.STYLE_ATTRIBUTES)
-            + " | mean R², anatomy attributes | mean R², style attributes |",
-            "| --- |" + " ---: |" * (len(measures.ANATOMY_ATTRIBUTES) + len(measures.STYLE_ATTRIBUTES) + 2),
+    if not dis:
+        return [], []
+    verdict_lines: list[str] = []
+    lines = [
+        "",
+        "### Disentanglement (stage V on the real test crops; probes: held-out R² of a ridge probe)",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| segmentation head, vertebra Dice | {cell(*_ms(dis, 'vertebra_dice'))} |",
+        f"| segmentation head, lesion Dice | {cell(*_ms(dis, 'lesion_dice'))} |",
+        f"| style swap: vertebra Dice, swapped vs original | {cell(*_ms(dis, 'swap_anatomy_dice'))} |",
+        f"| style swap: share moved toward the donor's intensity | {cell(*_ms(dis, 'swap_toward_donor'))} |",
+        "",
+        "| vector | "
+        + " | ".join(measures.ANATOMY_ATTRIBUTES + measures.STYLE_ATTRIBUTES)
+        + " | mean R², anatomy attributes | mean R², style attributes |",
+        "| --- |" + " ---: |" * (len(measures.ANATOMY_ATTRIBUTES) + len(measures.STYLE_ATTRIBUTES) + 2),
+    ]
+    kinds = list(next(iter(dis.values()))["probes"])
+    for kind in kinds:
+        runs = {s: r for s, r in dis.items() if kind in r["probes"]}
+        row = [
+            cell(*mean_std([r["probes"][kind][a] for r in runs.values()]))
+            for a in (*measures.ANATOMY_ATTRIBUTES, *measures.STYLE_ATTRIBUTES)
         ]
-        kinds = list(next(iter(dis.values()))["probes"])
-        for kind in kinds:
-            runs = {s: r for s, r in dis.items() if kind in r["probes"]}
-            row = [
-                cell(*mean_std([r["probes"][kind][a] for r in runs.values()]))
-                for a in (*measures.ANATOMY_ATTRIBUTES, *measures.STYLE_ATTRIBUTES)
-            ]
-            means = {
-                side: mean_std([r["probe_means"][kind][side] for r in runs.values()]) for side in ("anatomy", "style")
-            }
-            lines.append(f"| {kind} | " + " | ".join(row) + f" | {cell(*means['anatomy'])} | {cell(*means['style'])} |")
-            own, other = ("anatomy", "style") if "anatomy" in kind else ("style", "anatomy")
-            verdict_lines.append(
-                measures.verdict(
-                    f"the {kind} vector predicts {own} attributes better than {other} attributes (mean R²)",
-                    means[own],
-                    means[other],
-                )[1]
-            )
+        means = {side: mean_std([r["probe_means"][kind][side] for r in runs.values()]) for side in ("anatomy", "style")}
+        lines.append(f"| {kind} | " + " | ".join(row) + f" | {cell(*means['anatomy'])} | {cell(*means['style'])} |")
+        own, other = ("anatomy", "style") if "anatomy" in kind else ("style", "anatomy")
         verdict_lines.append(
-            measures.threshold_verdict(
-                "style swap keeps anatomy (vertebra Dice >= 0.8)", _ms(dis, "swap_anatomy_dice"), 0.8
+            measures.verdict(
+                f"the {kind} vector predicts {own} attributes better than {other} attributes (mean R²)",
+                means[own],
+                means[other],
             )[1]
         )
-        verdict_lines.append(
-            measures.threshold_verdict(
-                "style swap moves intensity toward the donor (share > 0.5)", _ms(dis, "swap_toward_donor"), 0.5 + 1e-9
-            )[1]
-        )
+    verdict_lines.append(
+        measures.threshold_verdict(
+            "style swap keeps anatomy (vertebra Dice >= 0.8)", _ms(dis, "swap_anatomy_dice"), 0.8
+        )[1]
+    )
+    verdict_lines.append(
+        measures.threshold_verdict(
+            "style swap moves intensity toward the donor (share > 0.5)", _ms(dis, "swap_toward_donor"), 0.5 + 1e-9
+        )[1]
+    )
     return lines, verdict_lines
 
 
 def _generation_lines(results: Mapping) -> tuple[list[str], list[str]]:
-    lines: list[str] = []
-    verdict_lines: list[str] = []
     gen = results["generation"]
-    if gen:
-        lines += [
-            "",
-            "### Text control and Table-1 analogue (generated crops vs the real test crops)",
-            "",
-            "Generated from the training captions (each class filled to about the normal count). FID / KID on the "
-            f"*domain* extractor (a small CNN trained on the real training crops, test-crop accuracy "
-            f"{results['extractor'].get('test_crop_accuracy', float('nan')):.2f}) and on the *named* one ("
-            f"{next(iter(next(iter(gen.values())).values())).get('named_extractor', '?')}); HFD = high-frequency "
-            "distance (`bundle.metrics.image_quality.high_frequency_distance`). Lower is better for all six. Text "
-            "control: the share of prompt pairs (one phrase changed, same seed) whose crops move the requested way "
-            "(signal: brighter vertebra for hyper- than hypointense; size: larger lesion-like area for 24 than 6 mm).",
-            "",
-            "| generator | crops | FID domain | KID domain | FID named | KID named | HFD | text control: signal | "
-            "text control: size |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for name, runs in gen.items():
-            lines.append(
-                f"| {GENERATORS[name]['title']} | {sum(r['written'] for r in runs.values()) // len(runs)} | "
-                + " | ".join(
-                    cell(*_ms(runs, k))
-                    for k in (
-                        "fid_domain",
-                        "kid_domain",
-                        "fid_clip",
-                        "kid_clip",
-                        "hfd",
-                        "control_signal",
-                        "control_size",
-                    )
+    if not gen:
+        return [], []
+    verdict_lines: list[str] = []
+    lines = [
+        "",
+        "### Text control and Table-1 analogue (generated crops vs the real test crops)",
+        "",
+        "Generated from the training captions (each class filled to about the normal count). FID / KID on the "
+        f"*domain* extractor (a small CNN trained on the real training crops, test-crop accuracy "
+        f"{results['extractor'].get('test_crop_accuracy', float('nan')):.2f}) and on the *named* one ("
+        f"{next(iter(next(iter(gen.values())).values())).get('named_extractor', '?')}); HFD = high-frequency "
+        "distance (`bundle.metrics.image_quality.high_frequency_distance`). Lower is better for all six. Text "
+        "control: the share of prompt pairs (one phrase changed, same seed) whose crops move the requested way "
+        "(signal: brighter vertebra for hyper- than hypointense; size: larger lesion-like area for 24 than 6 mm).",
+        "",
+        "| generator | crops | FID domain | KID domain | FID named | KID named | HFD | text control: signal | "
+        "text control: size |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, runs in gen.items():
+        lines.append(
+            f"| {GENERATORS[name]['title']} | {sum(r['written'] for r in runs.values()) // len(runs)} | "
+            + " | ".join(
+                cell(*_ms(runs, k))
+                for k in (
+                    "fid_domain",
+                    "kid_domain",
+                    "fid_clip",
+                    "kid_clip",
+                    "hfd",
+                    "control_signal",
+                    "control_size",
                 )
-                + " |"
             )
-        full = gen.get("full", {})
-        if full:
-            for kind in ("signal", "size"):
-                verdict_lines.append(
-                    measures.threshold_verdict(
-                        f"text control, {kind} phrase, full model (>= 80 % of pairs)", _ms(full, f"control_{kind}"), 0.8
-                    )[1]
-                )
-            for name in gen:
-                if name == "full":
-                    continue
-                verdict_lines.append(
-                    measures.verdict(
-                        f"full model's domain FID below {GENERATORS[name]['title']}",
-                        _ms(full, "fid_domain"),
-                        _ms(gen[name], "fid_domain"),
-                        higher=False,
-                    )[1]
-                )
+            + " |"
+        )
+    full = gen.get("full", {})
+    if full:
+        for kind in ("signal", "size"):
+            verdict_lines.append(
+                measures.threshold_verdict(
+                    f"text control, {kind} phrase, full model (>= 80 % of pairs)", _ms(full, f"control_{kind}"), 0.8
+                )[1]
+            )
+        for name in gen:
+            if name == "full":
+                continue
+            verdict_lines.append(
+                measures.verdict(
+                    f"full model's domain FID below {GENERATORS[name]['title']}",
+                    _ms(full, "fid_domain"),
+                    _ms(gen[name], "fid_domain"),
+                    higher=False,
+                )[1]
+            )
     return lines, verdict_lines
 
 
 def _classification_lines(results: Mapping) -> tuple[list[str], list[str]]:
-    lines: list[str] = []
-    verdict_lines: list[str] = []
     cls = results["classification"]
-    if cls:
-        lines += [
-            "",
-            "### Table-2 analogue (classifier `configs/classify.json` on the real test cases)",
-            "",
-            "Macro F1, balanced accuracy (BACC = macro recall) and macro one-vs-rest AUC, case level. "
-            "**Real + MedSoft: not run** (no MedSoft synthetic cases of these phantom cases exist cheaply; "
-            "`docs/downstream.md` has MedSoft's own arms on other data).",
-            "",
-            "| arm | training cases (real + synthetic) | F1 | BACC | AUC |",
-            "| --- | --- | ---: | ---: | ---: |",
-        ]
-        for arm, runs in cls.items():
-            counts = next(iter(runs.values())).get("training_counts", {})
-            text = ", ".join(
-                f"{k} {v['real']}" + (f" + {v['synthetic']}" if v["synthetic"] else "") for k, v in counts.items()
+    if not cls:
+        return [], []
+    verdict_lines: list[str] = []
+    lines = [
+        "",
+        "### Table-2 analogue (classifier `configs/classify.json` on the real test cases)",
+        "",
+        "Macro F1, balanced accuracy (BACC = macro recall) and macro one-vs-rest AUC, case level. "
+        "**Real + MedSoft: not run** (MedSoft inserts lesions into whole normal volumes: its two training stages "
+        "and a volume synthesis per case are not part of this run; `docs/downstream.md` has its own arms).",
+        "",
+        "| arm | training cases (real + synthetic) | F1 | BACC | AUC |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for arm, runs in cls.items():
+        counts = next(iter(runs.values())).get("training_counts", {})
+        text = ", ".join(
+            f"{k} {v['real']}" + (f" + {v['synthetic']}" if v["synthetic"] else "") for k, v in counts.items()
+        )
+        lines.append(
+            f"| {CLASSIFIER_ARMS[arm]} | {text} | "
+            + " | ".join(cell(*_ms(runs, k)) for k in ("f1", "recall", "auc"))
+            + " |"
+        )
+    if "full" in cls:
+        for other in cls:
+            if other == "full":
+                continue
+            verdict_lines.append(
+                measures.verdict(
+                    f"macro F1 of real + VG-MedGen above {CLASSIFIER_ARMS[other]}",
+                    _ms(cls["full"], "f1"),
+                    _ms(cls[other], "f1"),
+                )[1]
             )
-            lines.append(
-                f"| {CLASSIFIER_ARMS[arm]} | {text} | "
-                + " | ".join(cell(*_ms(runs, k)) for k in ("f1", "recall", "auc"))
-                + " |"
-            )
-        if "full" in cls:
-            for other in cls:
-                if other == "full":
-                    continue
-                verdict_lines.append(
-                    measures.verdict(
-                        f"macro F1 of real + VG-MedGen above {CLASSIFIER_ARMS[other]}",
-                        _ms(cls["full"], "f1"),
-                        _ms(cls[other], "f1"),
-                    )[1]
-                )
     return lines, verdict_lines
 
 
