@@ -284,7 +284,7 @@ def stage_folders(work: Path, seed: int) -> dict[str, Path]:
 
 
 def train_seed(steps: Steps, work: Path, seed: int, settings: Mapping) -> None:
-    """Stage V, the stage-T models the chosen generators need, and every chosen generator, for one seed."""
+    """Stage V and the stage-T models the chosen generators need, for one seed."""
     folders, runs = stage_folders(work, seed), work / "runs" / f"seed_{seed}"
     captions = {"measured": work / "data" / "datalist_measured.json", "class": work / "data" / "datalist_class.json"}
     common = {"seed": seed, "batch_size": int(settings["batch_size"])}
@@ -317,19 +317,23 @@ def train_seed(steps: Steps, work: Path, seed: int, settings: Mapping) -> None:
                 },
             ),
         )
-    for name in settings["generators"]:
-        spec = GENERATORS[name]
-        overrides = {
-            **common,
-            "datalist": captions[str(spec["captions"])],
-            "models_dir": folders[f"g_{name}"],
-            "output_dir": runs / f"generator_{name}",
-            "max_epochs": int(settings["epochs_g"]),
-        }
-        if spec["stage_t"] is not None:
-            overrides["stage_t_dir"] = folders[f"t_{spec['stage_t']}"]
-        configs = ["vgmedgen_train.json", *spec["configs"]]
-        steps.run(f"stage_g_{name}_seed{seed}", lambda c=configs, o=overrides: train_stage(c, o))
+
+
+def train_generator(steps: Steps, work: Path, seed: int, name: str, settings: Mapping) -> None:
+    """Stage G of one generator (its override on ``configs/vgmedgen_train.json``), reading the seed's stage T."""
+    folders, spec = stage_folders(work, seed), GENERATORS[name]
+    overrides = {
+        "seed": seed,
+        "batch_size": int(settings["batch_size"]),
+        "datalist": work / "data" / f"datalist_{spec['captions']}.json",
+        "models_dir": folders[f"g_{name}"],
+        "output_dir": work / "runs" / f"seed_{seed}" / f"generator_{name}",
+        "max_epochs": int(settings["epochs_g"]),
+    }
+    if spec["stage_t"] is not None:
+        overrides["stage_t_dir"] = folders[f"t_{spec['stage_t']}"]
+    configs = ["vgmedgen_train.json", *spec["configs"]]
+    steps.run(f"stage_g_{name}_seed{seed}", lambda: train_stage(configs, overrides))
 
 
 # ---------------------------------------------------------------------------------------- disentanglement
@@ -599,31 +603,38 @@ def run(work_dir: str | Path, settings: Mapping, doc: str | Path | None, command
 
 
 def run_seed(steps: Steps, work: Path, seed: int, settings: Mapping, crops: Mapping) -> dict[str, str]:
-    """Stages V, T and G, disentanglement, generation and the classifier arms of one seed; returns the failures."""
+    """One seed: stages V and T, disentanglement, the real-data classifier arms, then per generator stage G, its
+    generation and its classifier arm(s), so that a stopped run holds whole generators. Returns the failures."""
     try:
         train_seed(steps, work, seed, settings)
         steps.run(f"disentanglement_seed{seed}", lambda: evaluate_disentanglement(work, seed, crops))
     except Exception as error:  # one seed's failure must not lose the others
         logger.error("seed %s failed: %s", seed, error)
         return {f"seed{seed}": f"{type(error).__name__}: {error}"}
-    _, failures = seeded_runs(
-        steps,
-        list(settings["generators"]),
-        [seed],
-        run=lambda g, s: generate_and_measure(work, s, g, settings, crops),
-        result=lambda g, s: {},
-        prefix="generate",
-    )
-    ready = [
-        arm
-        for arm in classifier_arms(settings["generators"])
-        if arm in ("real", "oversampling")
-        or steps.done(f"generate_{'full' if arm == 'synthetic_only' else arm}_seed{seed}")
-    ]
-    _, classifier_failures = seeded_runs(
-        steps, ready, [seed], run=lambda a, s: classify(work, a, s, settings), result=lambda a, s: {}, prefix="classify"
-    )
-    return {**failures, **classifier_failures}
+
+    def classify_arms(arms: Sequence[str]) -> dict[str, str]:
+        return seeded_runs(
+            steps,
+            arms,
+            [seed],
+            run=lambda a, s: classify(work, a, s, settings),
+            result=lambda a, s: {},
+            prefix="classify",
+        )[1]
+
+    failures = classify_arms(["real", "oversampling"])
+    for name in settings["generators"]:
+        try:
+            train_generator(steps, work, seed, name, settings)
+            steps.run(
+                f"generate_{name}_seed{seed}", lambda n=name: generate_and_measure(work, seed, n, settings, crops)
+            )
+        except Exception as error:  # one generator's failure must not lose the others
+            logger.error("generator %s seed %s failed: %s", name, seed, error)
+            failures[f"generate_{name}_seed{seed}"] = f"{type(error).__name__}: {error}"
+            continue
+        failures.update(classify_arms([name, "synthetic_only"] if name == "full" else [name]))
+    return failures
 
 
 # --------------------------------------------------------------------------------------------------- report
