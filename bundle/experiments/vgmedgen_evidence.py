@@ -825,13 +825,14 @@ def _generation_lines(results: Mapping) -> tuple[list[str], list[str]]:
         "control: the share of prompt pairs (one phrase changed, same seed) whose crops move the requested way "
         "(signal: brighter vertebra for hyper- than hypointense; size: larger lesion-like area for 24 than 6 mm).",
         "",
-        "| generator | crops | FID domain | KID domain | FID named | KID named | HFD | text control: signal | "
+        "| generator | seeds | crops per seed | FID domain | KID domain | FID named | KID named | HFD | "
+        "text control: signal | "
         "text control: size |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, runs in gen.items():
         lines.append(
-            f"| {GENERATORS[name]['title']} | {sum(r['written'] for r in runs.values()) // len(runs)} | "
+            f"| {GENERATORS[name]['title']} | {len(runs)} | {sum(r['written'] for r in runs.values()) // len(runs)} | "
             + " | ".join(
                 cell(*_ms(runs, k))
                 for k in (
@@ -881,8 +882,8 @@ def _classification_lines(results: Mapping) -> tuple[list[str], list[str]]:
         "**Real + MedSoft: not run** (MedSoft inserts lesions into whole normal volumes: its two training stages "
         "and a volume synthesis per case are not part of this run; `docs/downstream.md` has its own arms).",
         "",
-        "| arm | training cases (real + synthetic) | F1 | BACC | AUC |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| arm | seeds | training cases (real + synthetic) | F1 | BACC | AUC |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for arm, runs in cls.items():
         counts = next(iter(runs.values())).get("training_counts", {})
@@ -890,7 +891,7 @@ def _classification_lines(results: Mapping) -> tuple[list[str], list[str]]:
             f"{k} {v['real']}" + (f" + {v['synthetic']}" if v["synthetic"] else "") for k, v in counts.items()
         )
         lines.append(
-            f"| {CLASSIFIER_ARMS[arm]} | {text} | "
+            f"| {CLASSIFIER_ARMS[arm]} | {len(runs)} | {text} | "
             + " | ".join(cell(*_ms(runs, k)) for k in ("f1", "recall", "auc"))
             + " |"
         )

@@ -197,4 +197,4 @@ def test_the_doc_section_is_rewritten_from_finished_steps_and_the_rest_kept(tmp_
     assert "text control, size phrase, full model (>= 80 % of pairs): **no**" in text
     assert "full model's domain FID below without intensity loss: **yes** (clearly)" in text
     assert "macro F1 of real + VG-MedGen above real only: **yes** (clearly)" in text
-    assert "| real + VG-MedGen | normal 6 | 0.610 ± 0.014 |" in text
+    assert "| real + VG-MedGen | 2 | normal 6 | 0.610 ± 0.014 |" in text
