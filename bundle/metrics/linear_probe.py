@@ -3,8 +3,10 @@
 VG-MedGen's disentanglement claim is that the anatomy vector carries anatomy (lesion size, height loss,
 position) and the style vector carries style (signal, contrast), each not the other's. A probe fits
 ``y = X w + b`` on training vectors in closed form (features standardised with the training set's mean and
-spread, ridge penalty ``alpha`` on ``w``) and scores the test vectors by R^2 = 1 - SSE / SST (SST about the test
-targets' own mean): 1 for a perfect prediction, 0 for predicting the mean, below 0 for worse than that.
+spread, ridge penalty ``alpha`` on ``w``; by default ``alpha`` is chosen among :data:`ALPHAS` by 5-fold
+cross-validation on the training vectors, so a vector with nothing to say is shrunk toward the mean instead of
+fitting noise) and scores the test vectors by R^2 = 1 - SSE / SST (SST about the test targets' own mean): 1 for a
+perfect prediction, 0 for predicting the mean, below 0 for worse than that.
 """
 
 from __future__ import annotations
@@ -12,6 +14,27 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+
+ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+
+
+def cv_alpha(features: torch.Tensor, targets: torch.Tensor, alphas: Sequence[float] = ALPHAS, folds: int = 5) -> float:
+    """The ridge penalty of ``alphas`` with the smallest ``folds``-fold cross-validated squared error on
+    ``(features, targets)``, in contiguous folds (the items of one case, listed together, stay in one fold)."""
+    x, y = features.double(), targets.double().reshape(-1)
+    fold = torch.arange(len(y)) * folds // len(y)
+    best, best_error = float(alphas[0]), float("inf")
+    for alpha in alphas:
+        error = 0.0
+        for k in range(folds):
+            held = fold == k
+            if int(held.sum()) == 0 or int((~held).sum()) < 2:
+                continue
+            mean, scale, weights, bias = ridge_fit(x[~held], y[~held], alpha)
+            error += float((((x[held] - mean) / scale) @ weights + bias - y[held]).pow(2).sum())
+        if error < best_error:
+            best, best_error = float(alpha), error
+    return best
 
 
 def ridge_fit(features: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0) -> tuple[torch.Tensor, ...]:
@@ -34,9 +57,12 @@ def probe_r2(
     train_targets: torch.Tensor,
     test_features: torch.Tensor,
     test_targets: torch.Tensor,
-    alpha: float = 1.0,
+    alpha: float | None = None,
 ) -> float:
-    """Held-out R^2 of a ridge probe (module docstring); NaN when the test targets are constant."""
+    """Held-out R^2 of a ridge probe (module docstring; ``alpha`` None: :func:`cv_alpha`); NaN when the test
+    targets are constant."""
+    if alpha is None:
+        alpha = cv_alpha(train_features, train_targets)
     mean, scale, weights, bias = ridge_fit(train_features, train_targets, alpha)
     prediction = ((test_features.double() - mean) / scale) @ weights + bias
     y = test_targets.double().reshape(-1)
@@ -49,7 +75,7 @@ def probe_r2(
 def probe_table(
     vectors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
     targets: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-    alpha: float = 1.0,
+    alpha: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """``{vector: {attribute: held-out R^2}}`` for every vector kind ``(train (N, D), test (M, D))`` and every
     attribute ``(train (N,), test (M,))``."""

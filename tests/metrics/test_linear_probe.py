@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bundle.metrics.linear_probe import mean_r2, probe_r2, probe_table, ridge_fit
+from bundle.metrics.linear_probe import cv_alpha, mean_r2, probe_r2, probe_table, ridge_fit
 
 
 def disentangled_toy(n: int, seed: int):
@@ -55,3 +55,16 @@ def test_constant_test_targets_and_bad_shapes():
     with pytest.raises(ValueError, match="N >= 2"):
         ridge_fit(torch.randn(5, 2), torch.randn(4))
     assert math.isnan(mean_r2({"a": float("nan")}, ["a", "b"]))
+
+
+def test_cross_validation_picks_a_small_penalty_for_signal_and_a_large_one_for_noise():
+    generator = torch.Generator().manual_seed(5)
+    features = torch.randn(60, 6, generator=generator)
+    assert cv_alpha(features, features[:, 0] + 0.01 * torch.randn(60, generator=generator)) <= 1.0
+    assert cv_alpha(features, torch.randn(60, generator=generator)) >= 100.0
+    # a probe on noise features is shrunk to about the mean: R^2 near 0 rather than far below
+    many = torch.randn(40, 30, generator=generator)
+    noise = torch.randn(40, generator=generator)
+    assert probe_r2(many[:25], noise[:25], many[25:], noise[25:]) > probe_r2(
+        many[:25], noise[:25], many[25:], noise[25:], alpha=0.01
+    )
