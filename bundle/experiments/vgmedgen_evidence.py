@@ -793,6 +793,7 @@ def _disentanglement_lines(results: Mapping) -> tuple[list[str], list[str]]:
                 f"the {kind} vector predicts {own} attributes better than {other} attributes (mean R²)",
                 means[own],
                 means[other],
+                seeds=len(runs),
             )[1]
         )
     verdict_lines.append(
@@ -828,7 +829,7 @@ def _generation_lines(results: Mapping) -> tuple[list[str], list[str]]:
         "| generator | seeds | crops per seed | FID domain | KID domain | FID named | KID named | HFD | "
         "text control: signal | "
         "text control: size |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- |" + " ---: |" * 9,
     ]
     for name, runs in gen.items():
         lines.append(
@@ -864,6 +865,7 @@ def _generation_lines(results: Mapping) -> tuple[list[str], list[str]]:
                     _ms(full, "fid_domain"),
                     _ms(gen[name], "fid_domain"),
                     higher=False,
+                    seeds=min(len(full), len(gen[name])),
                 )[1]
             )
     return lines, verdict_lines
@@ -878,12 +880,13 @@ def _classification_lines(results: Mapping) -> tuple[list[str], list[str]]:
         "",
         "### Table-2 analogue (classifier `configs/classify.json` on the real test cases)",
         "",
-        "Macro F1, balanced accuracy (BACC = macro recall) and macro one-vs-rest AUC, case level. "
+        "Macro F1, balanced accuracy (BACC = macro recall) and macro one-vs-rest AUC, case level; how many classes "
+        "the classifier predicts at all on the test cases (1: one class for every case). "
         "**Real + MedSoft: not run** (MedSoft inserts lesions into whole normal volumes: its two training stages "
         "and a volume synthesis per case are not part of this run; `docs/downstream.md` has its own arms).",
         "",
-        "| arm | seeds | training cases (real + synthetic) | F1 | BACC | AUC |",
-        "| --- | ---: | --- | ---: | ---: | ---: |",
+        "| arm | seeds | training cases (real + synthetic) | F1 | BACC | AUC | classes predicted, per seed |",
+        "| --- | ---: | --- | ---: | ---: | ---: | --- |",
     ]
     for arm, runs in cls.items():
         counts = next(iter(runs.values())).get("training_counts", {})
@@ -893,7 +896,7 @@ def _classification_lines(results: Mapping) -> tuple[list[str], list[str]]:
         lines.append(
             f"| {CLASSIFIER_ARMS[arm]} | {len(runs)} | {text} | "
             + " | ".join(cell(*_ms(runs, k)) for k in ("f1", "recall", "auc"))
-            + " |"
+            + f" | {', '.join(str(measures.predicted_classes(r.get('confusion_matrix', []))) for r in runs.values())} |"
         )
     if "full" in cls:
         for other in cls:
@@ -904,6 +907,7 @@ def _classification_lines(results: Mapping) -> tuple[list[str], list[str]]:
                     f"macro F1 of real + VG-MedGen above {CLASSIFIER_ARMS[other]}",
                     _ms(cls["full"], "f1"),
                     _ms(cls[other], "f1"),
+                    seeds=min(len(cls["full"]), len(cls[other])),
                 )[1]
             )
     return lines, verdict_lines

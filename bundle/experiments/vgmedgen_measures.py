@@ -153,11 +153,19 @@ def class_counts(entries: Sequence[Mapping]) -> dict[str, dict[str, int]]:
     return counts
 
 
+def predicted_classes(confusion: Sequence[Sequence[int]]) -> int:
+    """How many classes a classifier predicted at all, from its confusion matrix (rows true, columns predicted)."""
+    return sum(1 for column in zip(*confusion, strict=True) if sum(column) > 0) if confusion else 0
+
+
 # --------------------------------------------------------------------------------------------------- verdicts
-def verdict(claim: str, a: tuple[float, float], b: tuple[float, float], higher: bool = True) -> tuple[bool, str]:
+def verdict(
+    claim: str, a: tuple[float, float], b: tuple[float, float], higher: bool = True, seeds: int = 2
+) -> tuple[bool, str]:
     """The claim "A better than B" on ``(mean, std)`` over seeds (``higher``: larger is better): holds when A is on
     the better side; *clearly* when the difference exceeds the larger standard deviation, else *within the seed
-    spread*. Returns ``(holds, line)``; the line is printed whatever the outcome."""
+    spread*; with fewer than 2 ``seeds`` (the smaller count of the two) there is no spread to judge by, and the line
+    says so. Returns ``(holds, line)``; the line is printed whatever the outcome."""
     if higher:
         comparison = Comparison.of(a, b)
     else:
@@ -165,7 +173,13 @@ def verdict(claim: str, a: tuple[float, float], b: tuple[float, float], higher: 
     if comparison.difference != comparison.difference:
         return False, f"- {claim}: **not measured** (a value is undefined)."
     holds = comparison.above
-    how = "clearly" if comparison.clearly_above else "within the seed spread" if comparison.within_spread else "no"
+    how = (
+        "one seed: no spread to judge by"
+        if seeds < 2
+        else "clearly"
+        if comparison.clearly_above
+        else "within the seed spread"
+    )
     sign = "+" if a[0] - b[0] >= 0 else "-"
     return holds, (
         f"- {claim}: **{'yes' if holds else 'no'}**{f' ({how})' if holds else ''}: {a[0]:.3f} ± {a[1]:.3f} vs "

@@ -86,6 +86,8 @@ def test_arms_are_assembled_from_the_real_list_and_the_generated_crops():
         "malignant": {"real": 1, "synthetic": 3},  # only 3 generated: fewer than the 5 needed
     }
     assert filled[: len(real)] == real
+    assert m.predicted_classes([[3, 0, 0], [2, 0, 0], [1, 0, 0]]) == 1
+    assert m.predicted_classes([[3, 0, 0], [1, 1, 0], [0, 0, 2]]) == 3
     with pytest.raises(ValueError, match="needs generated"):
         m.arm_training("no_intensity", real, None)
 
@@ -116,6 +118,8 @@ def test_verdict_rule():
     holds, _ = m.verdict("A's FID below B's", (10.0, 1.0), (20.0, 1.0), higher=False)
     assert holds
     assert not m.verdict("x", (float("nan"), 0.0), (1.0, 0.0))[0]
+    holds, line = m.verdict("A above B", (0.8, 0.0), (0.6, 0.0), seeds=1)
+    assert holds and "one seed: no spread" in line and "clearly" not in line
     assert m.threshold_verdict("t", (0.8, 0.1), 0.8)[0] and not m.threshold_verdict("t", (0.79, 0.1), 0.8)[0]
 
 
@@ -182,7 +186,9 @@ def test_the_doc_section_is_rewritten_from_finished_steps_and_the_rest_kept(tmp_
         for arm, value in (("real", f1 - 0.2), ("full", f1)):
             folder = work / "classify" / arm / f"seed_{seed}"
             folder.mkdir(parents=True)
-            (folder / "metrics.json").write_text(json.dumps({"f1": value, "recall": value, "auc": 0.8}))
+            (folder / "metrics.json").write_text(
+                json.dumps({"f1": value, "recall": value, "auc": 0.8, "confusion_matrix": [[2, 1], [0, 3]]})
+            )
             steps.run(
                 f"classify_{arm}_seed{seed}", lambda: {"training_counts": {"normal": {"real": 6, "synthetic": 0}}}
             )
@@ -197,4 +203,4 @@ def test_the_doc_section_is_rewritten_from_finished_steps_and_the_rest_kept(tmp_
     assert "text control, size phrase, full model (>= 80 % of pairs): **no**" in text
     assert "full model's domain FID below without intensity loss: **yes** (clearly)" in text
     assert "macro F1 of real + VG-MedGen above real only: **yes** (clearly)" in text
-    assert "| real + VG-MedGen | 2 | normal 6 | 0.610 ± 0.014 |" in text
+    assert "| real + VG-MedGen | 2 | normal 6 | 0.610 ± 0.014 |" in text and "| 2, 2 |" in text
