@@ -95,7 +95,7 @@ CLASSIFIER_ARMS: dict[str, str] = {
 }
 
 PRESETS: dict[str, dict[str, object]] = {
-    # sized to run in about 45 minutes on 2 shared CPU cores: few cases and epochs, 2 seeds
+    # few cases and epochs, 2 seeds: about an hour on 2 CPU cores shared with other jobs (docs/vgmedgen.md section 10)
     "quick": {
         "train_cases": 30,
         "test_cases": 24,
@@ -110,7 +110,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "seeds": [0, 1],
         "generators": list(GENERATORS),
     },
-    # the paper's questions with 3 seeds and the demo's training lengths (about 3 hours on 2 CPU cores: not run yet)
+    # 3 seeds, the demo's training lengths: not run; extrapolated from the quick run, about 3 h on 2 quiet CPU cores
     "default": {
         "train_cases": 60,
         "test_cases": 45,
@@ -120,7 +120,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "inference_steps": 20,
         "control_pairs": 12,
         "extractor_epochs": 30,
-        "classifier_epochs": 10,
+        "classifier_epochs": 20,
         "samples_per_epoch": 96,
         "seeds": [0, 1, 2],
         "generators": list(GENERATORS),
