@@ -10,7 +10,7 @@ DEMO_DIR := demo
 DEMO_CASES ?= 60
 DEMO_SEED ?= 0
 
-.PHONY: install demo meddiffft-demo vgmedgen-demo test lint clean-demo bench bench-quick package monailabel-env deploy-env
+.PHONY: install demo meddiffft-demo vgmedgen-demo vgmedgen-experiment test lint clean-demo bench bench-quick package monailabel-env deploy-env
 
 install: $(VENV)/.installed
 
@@ -83,6 +83,15 @@ vgmedgen-demo: install
 		--models_dir $(VGMEDGEN_MODELS) --output_dir $(VGMEDGEN_DIR)/outputs \
 		2>&1 | tee $(VGMEDGEN_DIR)/inference.log
 	@echo "VG-MedGen demo outputs: $(VGMEDGEN_MODELS) (stage V, T and G weights), $(VGMEDGEN_DIR)/outputs (crops, provenance, previews, index.html, report.json, datalist.json for configs/classify.json)"
+
+# VG-MedGen's evidence (docs/vgmedgen.md section 9, rewritten by the command): caption fidelity, disentanglement, text
+# control, the Table-1 and Table-2 analogues against the four ablations, several seeds. A killed run resumes.
+VGMEDGEN_PRESET ?= default
+
+vgmedgen-experiment: install
+	mkdir -p runs
+	$(PY) -m bundle.experiments.vgmedgen_evidence --preset $(VGMEDGEN_PRESET) \
+		--work_dir runs/vgmedgen_evidence_$(VGMEDGEN_PRESET) 2>&1 | tee runs/vgmedgen_evidence_$(VGMEDGEN_PRESET).log
 
 # The MONAI Label server's own environment, layered over $(VENV) (apps/monailabel/env/build.sh says why); built once.
 monailabel-env: $(LABEL_VENV)/.installed

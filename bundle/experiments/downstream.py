@@ -37,11 +37,12 @@ from bundle.experiments.runner import (
     Steps,
     cell,
     claim_work_dir,
+    run_config_workflow,
     seeded_runs,
     summarise,
 )
 from bundle.metrics.classification import METRIC_NAMES
-from bundle.utils.bundle_files import BUNDLE_ROOT, CONFIGS_DIR
+from bundle.utils.bundle_files import BUNDLE_ROOT
 from bundle.utils.files import write_json_atomically
 
 logger = logging.getLogger(__name__)
@@ -206,27 +207,6 @@ def make_data(data_dir: Path, settings: Mapping) -> Path:
     return write_json_atomically(data_dir / "datalist.json", datalist)
 
 
-def _workflow(config_names: Sequence[str], overrides: Mapping[str, object]):
-    from monai.bundle import ConfigWorkflow
-
-    configs = CONFIGS_DIR
-    files = [str(configs / name) for name in config_names]
-    flow = ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        workflow_type="train",
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        bundle_root=str(BUNDLE_ROOT),
-        **overrides,
-    )
-    flow.initialize()
-    try:
-        flow.run()
-    finally:
-        flow.finalize()
-    return flow
-
-
 def train_stage1(datalist: Path, models_dir: Path, runs_dir: Path, settings: Mapping) -> dict:
     overrides = {
         "datalist": str(datalist),
@@ -237,7 +217,7 @@ def train_stage1(datalist: Path, models_dir: Path, runs_dir: Path, settings: Map
         "spatial_size": int(settings["synthesis_spatial_size"]),
         "slices_per_case": int(settings["synthesis_slices"]),
     }
-    _workflow(["train_msc.json"], overrides)
+    run_config_workflow(["train_msc.json"], overrides)
     return {"config": ["configs/train_msc.json"], "overrides": overrides}
 
 
@@ -257,7 +237,7 @@ def train_stage2(
         "val_inference_steps": int(settings["inference_steps"]),
     }
     configs = list(MODELS[model]["configs"])
-    _workflow(configs, overrides)
+    run_config_workflow(configs, overrides)
     return {"config": [f"configs/{name}" for name in configs], "overrides": overrides}
 
 
@@ -297,7 +277,7 @@ def balance(
 
 def classify(arm: str, seed: int, datalist: Path, output_dir: Path, cache_dir: Path, settings: Mapping) -> dict:
     overrides = classify_overrides(arm, seed, datalist, output_dir, cache_dir, settings)
-    _workflow(["classify.json"], overrides)
+    run_config_workflow(["classify.json"], overrides)
     metrics = json.loads((output_dir / "metrics.json").read_text())
     return {"overrides": overrides, **{name: metrics[name] for name in METRIC_NAMES}}
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bundle.utils.bundle_files import BUNDLE_ROOT, CONFIGS_DIR
 from bundle.utils.files import write_json_atomically
 
 logger = logging.getLogger(__name__)
@@ -199,3 +200,25 @@ class Comparison:
 def cell(mean: float, std: float) -> str:
     """``mean ± std`` with three decimals (``n/a`` when undefined), for report tables."""
     return "n/a" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
+
+
+def run_config_workflow(config_names: Sequence[str], overrides: Mapping[str, object]):
+    """Run the bundle's ``configs/<name>`` (several are merged in order) as a MONAI train workflow with
+    ``overrides``; returns the finished workflow."""
+    from monai.bundle import ConfigWorkflow
+
+    files = [str(CONFIGS_DIR / name) for name in config_names]
+    flow = ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        workflow_type="train",
+        meta_file=str(CONFIGS_DIR / "metadata.json"),
+        logging_file=str(CONFIGS_DIR / "logging.conf"),
+        bundle_root=str(BUNDLE_ROOT),
+        **overrides,
+    )
+    flow.initialize()
+    try:
+        flow.run()
+    finally:
+        flow.finalize()
+    return flow
