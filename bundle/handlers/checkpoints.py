@@ -179,7 +179,16 @@ class ResumableCheckpoints:
             filename_pattern="checkpoint_epoch={global_step}.{ext}",
             global_step_transform=lambda trainer, _: trainer.state.epoch,
         )
-        engine.add_event_handler(Events.EPOCH_COMPLETED, saver)
+        if path is not None and path.name.startswith("checkpoint_"):  # ours: replaced by the next save, as in one run
+            saver.load_state_dict({"_saved": [(int(CHECKPOINT_PATTERN.search(path.name).group(1)), path.name)]})
+        engine.add_event_handler(Events.STARTED, self._save_after_the_other_handlers, saver)
+
+    @staticmethod
+    def _save_after_the_other_handlers(engine: Engine, saver: Checkpoint) -> None:
+        """Register the saver when the run starts, after every handler: the checkpoint then holds the state the next
+        epoch starts from, e.g. the random generators after the epoch's validation (its data loader draws a seed)."""
+        if not engine.has_event_handler(saver, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, saver)
 
     @staticmethod
     def _resume(engine: Engine, loader: CheckpointLoader, path: Path) -> None:

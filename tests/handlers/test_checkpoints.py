@@ -35,6 +35,7 @@ def test_a_resumed_run_ends_with_the_moving_average_of_an_uninterrupted_one(tmp_
     averaged = engine.ema.module.state_dict()
     assert not torch.equal(averaged["conv.weight"], model.conv.weight)  # the average is not the last weights
     torch.testing.assert_close(resumed.ema.module.state_dict(), averaged, rtol=0, atol=0)
+    assert [path.name for path in (tmp_path / "split").iterdir()] == [f"checkpoint_epoch={EPOCHS}.pt"]
 
 
 @pytest.mark.parametrize("ema_decay", [None, 0.5])
