@@ -138,10 +138,10 @@ class ResumableCheckpoints:
     """Makes training resumable: loads the newest epoch checkpoint of ``checkpoint_dir`` (if any) before the run,
     and saves one after every epoch, keeping the newest only.
 
-    Uses MONAI's ``CheckpointLoader`` (which loads with ``weights_only=True``) and ignite's atomic ``Checkpoint``;
-    the trainer itself is added to ``objects`` at attach time, so its epoch and iteration are restored too, and so is
-    its moving average of the weights when it keeps one (``ema``: ``DiffusionTrainer`` with ``ema_decay``), so a
-    resumed run continues the average instead of restarting it, and the random generators (:class:`RandomStates`),
+    Uses MONAI's ``CheckpointLoader`` (which loads with ``weights_only=True``) and ignite's atomic ``Checkpoint``.
+    When the run starts, the trainer itself is added to ``objects``, so its epoch and iteration are restored too, and
+    so is its moving average of the weights when it keeps one (``ema``: ``DiffusionTrainer`` with ``ema_decay``), so
+    a resumed run continues the average instead of restarting it, and the random generators (:class:`RandomStates`),
     so it draws what the uninterrupted run drew; a checkpoint written before they were saved resumes without them.
     Give ``objects`` whatever else keeps state across epochs (e.g. a learning-rate scheduler, a mask source with its
     own generator: anything with ``state_dict`` and ``load_state_dict``). A checkpoint that would run code when
@@ -153,11 +153,9 @@ class ResumableCheckpoints:
         self, checkpoint_dir: str | os.PathLike, objects: Mapping[str, object], map_location: str | None = "cpu"
     ) -> None:
         self.checkpoint_dir, self.objects, self.map_location = Path(checkpoint_dir), dict(objects), map_location
+        self.saver: Checkpoint | None = None
 
     def attach(self, engine: Engine) -> None:
-        objects = {**self.objects, "trainer": engine, "random_states": RandomStates()}
-        if getattr(engine, "ema", None) is not None:
-            objects["ema"] = engine.ema
         for path in remove_leftovers(self.checkpoint_dir, IGNITE_TEMPORARY_NAME):
             logger.warning("removed %s, a checkpoint left half-written by an interrupted run", path)
         path = newest_checkpoint(self.checkpoint_dir)
@@ -166,13 +164,25 @@ class ResumableCheckpoints:
         else:
             logger.info("resuming from %s", path)
             refuse_pickled_code(path)
+        engine.add_event_handler(Events.STARTED, self._start, path)
+
+    def _start(self, engine: Engine, path: Path | None) -> None:
+        """When the run starts, the trainer is complete (a ``DiffusionTrainer`` makes its moving average after its
+        handlers are attached) and every other handler is registered: load the checkpoint, then register the saver
+        last, so that a checkpoint holds the state the next epoch starts from (e.g. the random generators after the
+        epoch's validation, whose data loader draws a seed)."""
+        objects = {**self.objects, "trainer": engine, "random_states": RandomStates()}
+        if getattr(engine, "ema", None) is not None:
+            objects["ema"] = engine.ema
+        if path is not None:
             saved = _saved_names(path)
             loaded = {name: part for name, part in objects.items() if name in saved or name != "random_states"}
-            loader = CheckpointLoader(load_path=str(path), load_dict=loaded, map_location=self.map_location)
-            engine.add_event_handler(Events.STARTED, self._resume, loader, path)
+            self._resume(engine, CheckpointLoader(str(path), loaded, map_location=self.map_location), path)
+        if self.saver is not None:
+            return  # a second run of the same engine: its saver is in place
         # ignite's own Checkpoint with an atomic DiskSaver: MONAI's CheckpointSaver writes in place (atomic=False),
         # so a run killed while saving would leave a truncated newest checkpoint that the next run cannot load
-        saver = Checkpoint(
+        self.saver = Checkpoint(
             objects,
             DiskSaver(str(self.checkpoint_dir), require_empty=False, atomic=True),
             n_saved=1,
@@ -180,15 +190,8 @@ class ResumableCheckpoints:
             global_step_transform=lambda trainer, _: trainer.state.epoch,
         )
         if path is not None and path.name.startswith("checkpoint_"):  # ours: replaced by the next save, as in one run
-            saver.load_state_dict({"_saved": [(int(CHECKPOINT_PATTERN.search(path.name).group(1)), path.name)]})
-        engine.add_event_handler(Events.STARTED, self._save_after_the_other_handlers, saver)
-
-    @staticmethod
-    def _save_after_the_other_handlers(engine: Engine, saver: Checkpoint) -> None:
-        """Register the saver when the run starts, after every handler: the checkpoint then holds the state the next
-        epoch starts from, e.g. the random generators after the epoch's validation (its data loader draws a seed)."""
-        if not engine.has_event_handler(saver, Events.EPOCH_COMPLETED):
-            engine.add_event_handler(Events.EPOCH_COMPLETED, saver)
+            self.saver.load_state_dict({"_saved": [(int(CHECKPOINT_PATTERN.search(path.name).group(1)), path.name)]})
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.saver)
 
     @staticmethod
     def _resume(engine: Engine, loader: CheckpointLoader, path: Path) -> None:

@@ -53,3 +53,11 @@ def test_a_checkpoint_without_random_states_still_resumes(tmp_path):
     torch.save(saved, path)
     _, resumed = train(tmp_path, 2)
     assert resumed.state.epoch == 2 and resumed.state.iteration == 4 and int(resumed.ema.n_averaged) == 4
+
+
+def test_a_trainer_given_the_handler_as_the_configs_do_checkpoints_its_moving_average(tmp_path):
+    """The configs pass the handler to the trainer, which attaches it before it makes its moving average."""
+    model = TwoGroupModel()
+    checkpoints = ResumableCheckpoints(tmp_path, {"network": model})
+    trainer(model, batches(2), ema_decay=0.5, train_handlers=[checkpoints]).run()
+    assert "ema" in torch.load(newest_checkpoint(tmp_path), weights_only=True)

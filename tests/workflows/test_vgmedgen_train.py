@@ -18,7 +18,7 @@ from bundle.networks.vgmedgen_text import TEXT_FILE, TextDisentangler, WholeEmbe
 from bundle.networks.vgmedgen_visual import VISUAL_FILE, VisualDisentangler
 from bundle.networks.weight_files import read_safetensors
 from bundle.preparation.vgmedgen_captions import caption_datalist
-from tests.helpers.workflows import TINY_VGMEDGEN, workflow
+from tests.helpers.workflows import TINY_VGMEDGEN, train_counting, workflow
 
 TINY_G = {**TINY_VGMEDGEN, "dit_layers": 1}
 
@@ -134,3 +134,23 @@ def test_loading_the_generator_names_a_missing_file(vgmedgen_models, tmp_path):
     with pytest.raises(InputError, match=rf"{TEXT_FILE}: file not found; run stage T"):
         load_tiny_generator(tmp_path, 32, 1)
     assert load_tiny_generator(tmp_path, 32, 1, stage_t_dir=vgmedgen_models).fusion.mode == "hffm"
+
+
+@pytest.mark.parametrize("config", ["vgmedgen_train_visual.json", "vgmedgen_train_text.json", "vgmedgen_train.json"])
+def test_each_stage_resumes_where_it_stopped(config, demo_data, vgmedgen_models, tmp_path):
+    """Stopped after one epoch and rerun to two, a stage runs only the second and exports what an uninterrupted run
+    does (stage G with its moving average on, which the checkpoint carries)."""
+    common = {**TINY_G, "dataset_dir": str(demo_data), "stage_v_dir": str(vgmedgen_models)}
+    common.update(stage_t_dir=str(vgmedgen_models), ema_decay=0.9, max_epochs=2)
+
+    def run(name: str, max_epochs: int) -> int:
+        paths = {"output_dir": str(tmp_path / name / "runs"), "models_dir": str(tmp_path / name / "models")}
+        return train_counting([config], **{**common, **paths, "max_epochs": max_epochs})[1]
+
+    whole = run("whole", 2)
+    first = run("split", 1)
+    assert run("split", 2) == first and whole == 2 * first  # the rerun did the second epoch only
+    (exported,) = (tmp_path / "whole" / "models").glob("*.safetensors")
+    expected = read_safetensors(exported)
+    resumed = read_safetensors(tmp_path / "split" / "models" / exported.name)
+    assert expected.keys() == resumed.keys() and all(torch.equal(resumed[k], v) for k, v in expected.items())
