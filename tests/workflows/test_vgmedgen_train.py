@@ -6,6 +6,7 @@ changing what it names."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -139,13 +140,13 @@ def test_loading_the_generator_names_a_missing_file(vgmedgen_models, tmp_path):
 @pytest.mark.parametrize("config", ["vgmedgen_train_visual.json", "vgmedgen_train_text.json", "vgmedgen_train.json"])
 def test_each_stage_resumes_where_it_stopped(config, demo_data, vgmedgen_models, tmp_path):
     """Stopped after one epoch and rerun to two, a stage runs only the second and exports what an uninterrupted run
-    does (stage G with its moving average on, which the checkpoint carries)."""
+    does (stage G with its moving average on, which the checkpoint carries; stage V validated every epoch)."""
     common = {**TINY_G, "dataset_dir": str(demo_data), "stage_v_dir": str(vgmedgen_models)}
-    common.update(stage_t_dir=str(vgmedgen_models), ema_decay=0.9, max_epochs=2)
+    common.update(stage_t_dir=str(vgmedgen_models), ema_decay=0.9, val_interval=1)
 
     def run(name: str, max_epochs: int) -> int:
         paths = {"output_dir": str(tmp_path / name / "runs"), "models_dir": str(tmp_path / name / "models")}
-        return train_counting([config], **{**common, **paths, "max_epochs": max_epochs})[1]
+        return train_counting([config], **common, **paths, max_epochs=max_epochs)[1]
 
     whole = run("whole", 2)
     first = run("split", 1)
@@ -154,3 +155,6 @@ def test_each_stage_resumes_where_it_stopped(config, demo_data, vgmedgen_models,
     expected = read_safetensors(exported)
     resumed = read_safetensors(tmp_path / "split" / "models" / exported.name)
     assert expected.keys() == resumed.keys() and all(torch.equal(resumed[k], v) for k, v in expected.items())
+    if config == "vgmedgen_train_visual.json":  # the segmentation head's Dice on the validation split
+        report = json.loads((tmp_path / "split" / "runs" / "validation_metrics.json").read_text())
+        assert report["metrics"].keys() == {"val_vertebra_dice", "val_lesion_dice"}, report
