@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from bundle.engines.utils import unwrap
 from bundle.errors import InputError
@@ -19,6 +20,7 @@ from bundle.networks.vgmedgen_text import TEXT_FILE, TextDisentangler, WholeEmbe
 from bundle.networks.vgmedgen_visual import VISUAL_FILE, VisualDisentangler
 from bundle.networks.weight_files import read_safetensors
 from bundle.preparation.vgmedgen_captions import caption_datalist
+from tests.helpers.paths import CONFIGS, REPO
 from tests.helpers.workflows import TINY_VGMEDGEN, train_counting, workflow
 
 TINY_G = {**TINY_VGMEDGEN, "dit_layers": 1}
@@ -89,7 +91,10 @@ def test_the_class_label_ablation_trains_stages_t_and_g_on_class_captions(demo_d
     # stage V is the main one; stages T and G are the ablation's own
     paths = {"dataset_dir": str(tmp_path), "models_dir": str(tmp_path / "models"), "stage_v_dir": str(vgmedgen_models)}
     for config in ("vgmedgen_train_text.json", "vgmedgen_train.json"):
-        flow = workflow([config, "vgmedgen_ablation_class_label.json"], "train", **paths, **TINY_G)
+        output_dir = str(tmp_path / "runs" / config)
+        flow = workflow(
+            [config, "vgmedgen_ablation_class_label.json"], "train", **paths, output_dir=output_dir, **TINY_G
+        )
         flow.initialize()
         try:
             texts = {entry["text"] for entry in flow.parser.get_parsed_content("train#dataset#data")}
@@ -146,7 +151,7 @@ def test_each_stage_resumes_where_it_stopped(config, demo_data, vgmedgen_models,
 
     def run(name: str, max_epochs: int) -> int:
         paths = {"output_dir": str(tmp_path / name / "runs"), "models_dir": str(tmp_path / name / "models")}
-        return train_counting([config], **common, **paths, max_epochs=max_epochs)[1]
+        return train_counting([config], **{**common, **paths, "max_epochs": max_epochs})[1]
 
     whole = run("whole", 2)
     first = run("split", 1)
@@ -158,3 +163,22 @@ def test_each_stage_resumes_where_it_stopped(config, demo_data, vgmedgen_models,
     if config == "vgmedgen_train_visual.json":  # the segmentation head's Dice on the validation split
         report = json.loads((tmp_path / "split" / "runs" / "validation_metrics.json").read_text())
         assert report["metrics"].keys() == {"val_vertebra_dice", "val_lesion_dice"}, report
+
+
+@pytest.mark.parametrize(
+    ("config_files", "run"),
+    [
+        (["vgmedgen_train_text.json", "vgmedgen_ablation_class_label.json"], "vgmedgen_class_label_text"),
+        (["vgmedgen_train.json", "vgmedgen_ablation_class_label.json"], "vgmedgen_class_label_generator"),
+        (["vgmedgen_train.json", "vgmedgen_ablation_naive_concat.json"], "vgmedgen_naive_concat"),
+        (["vgmedgen_train.json", "vgmedgen_ablation_no_intensity.json"], "vgmedgen_no_intensity"),
+        (["vgmedgen_train.json", "vgmedgen_ablation_no_disentanglement.json"], "vgmedgen_no_disentanglement"),
+    ],
+)
+def test_each_ablation_keeps_its_checkpoints_apart(config_files, run):
+    """A rerun resumes from its output folder's checkpoint: an ablation sharing the main stage's would continue the
+    main model (or be refused as another architecture)."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / name) for name in config_files])
+    parser.update({"bundle_root": str(REPO)})
+    assert parser.get_parsed_content("checkpoint_dir") == str(REPO / "runs" / run / "checkpoints")
