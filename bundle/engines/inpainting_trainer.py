@@ -29,7 +29,7 @@ class RandomHostMasks:
         diameter_mm: the range of the shape's equivalent diameter (mm), drawn uniformly.
         aspect: the range of its height / width, drawn log-uniformly.
         host_key, inset_mm: the host mask of each item and how far inside its edge the shape stays.
-        seed: seeds the draws (one stream for the whole run).
+        seed: seeds the draws (one stream for the whole run; its state is a checkpoint object: ``state_dict``).
     """
 
     def __init__(
@@ -77,6 +77,13 @@ class RandomHostMasks:
                         raise
                     shape = shape[::2, ::2]  # too large for this host: halve it
         return torch.stack(masks)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The generator's state, so a resumed run draws the masks the uninterrupted one drew."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
 
 
 class InpaintingDiffusionTrainer(DiffusionTrainer):

@@ -3,6 +3,8 @@
 - Stage V (:class:`VisualDisentangleTrainer`): the anatomy encoder, segmentation head and style VAE on the working
   window crops and their anatomy labels, with :class:`bundle.losses.vgmedgen_visual.VisualDisentangleLoss`
   (reconstruction L1, style KL, segmentation Dice, latent regression).
+- Stage V's validation (:class:`VisualSegmentationEvaluator`): the segmentation head's classes against the anatomy
+  labels, for MONAI's Dice of the vertebra and of the lesion (:func:`one_class`).
 - Stage T (:class:`TextDisentangleTrainer`): the text disentangler on a frozen text encoder's embedding of each
   crop's caption, aligned by cosine to the frozen stage-V features of the same crop, with the auxiliary
   reconstruction of the embedding (:class:`bundle.losses.vgmedgen_text.TextAlignmentLoss`).
@@ -13,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from monai.engines import SupervisedEvaluator
+from monai.networks.utils import one_hot
 
 from bundle.engines.loss_terms_trainer import LossTermsTrainer
-from bundle.engines.utils import unwrap
+from bundle.engines.utils import batch_to_device, unwrap
 from bundle.networks.medical_clip import MedicalClipEncoder
 from bundle.networks.vgmedgen_text import TextDisentangler
 from bundle.networks.vgmedgen_visual import VisualDisentangler
@@ -34,6 +38,33 @@ class VisualDisentangleTrainer(LossTermsTrainer):
     def loss_terms(self, model: VisualDisentangler, batch: Mapping) -> dict[str, torch.Tensor]:
         image = _plain(batch["image"])
         return self.loss_function(model(image), image, _plain(batch["anatomy_labels"]))
+
+
+class VisualSegmentationEvaluator(SupervisedEvaluator):
+    """Stage V's validation on crops as :class:`VisualDisentangleTrainer` takes them: the segmentation head's class of
+    each pixel (eval mode, so the anatomy is the deterministic argmax) under ``pred`` and the anatomy labels under
+    ``label``, both one-hot ``(B, K, S, S)``; ``kwargs`` those of ``SupervisedEvaluator`` (``network`` a
+    :class:`VisualDisentangler`)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(decollate=False, **kwargs)
+
+    def _iteration(self, engine: VisualSegmentationEvaluator, batchdata: Mapping) -> dict[str, torch.Tensor]:
+        batch = batch_to_device(batchdata, engine.state.device)
+        model: VisualDisentangler = unwrap(engine.network).eval()
+        with torch.no_grad():
+            logits = model.segmentation(model.anatomy(_plain(batch["image"])))
+        classes = logits.shape[1]
+        return {
+            "pred": one_hot(logits.argmax(dim=1, keepdim=True), classes),
+            "label": one_hot(_plain(batch["anatomy_labels"]).round().long(), classes),
+        }
+
+
+def one_class(output: Mapping[str, torch.Tensor], index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The background and class ``index`` of :class:`VisualSegmentationEvaluator`'s output, for MONAI's ``MeanDice``
+    with ``include_background=False``: the Dice of that class alone (1 vertebra, 2 lesion)."""
+    return output["pred"][:, [0, index]], output["label"][:, [0, index]]
 
 
 class TextDisentangleTrainer(LossTermsTrainer):

@@ -58,7 +58,9 @@ class VGMedGenTrainer(DiffusionTrainer):
         self.intensity_loss = IntensityDistributionLoss(reduction="none")
 
     def averaged_module(self, model: VGMedGen) -> torch.nn.Module:
-        return torch.nn.ModuleList([model.fusion, model.denoiser])
+        """The fusion and the DiT under the model's own names, so the average's state dict is in
+        :meth:`VGMedGen.save_trained`'s layout."""
+        return torch.nn.ModuleDict({"fusion": model.fusion, "denoiser": model.denoiser})
 
     def prepare(self, model: VGMedGen, batch: Mapping) -> tuple[torch.Tensor, Conditions, dict]:
         latents = model.space.encode(batch["image"])

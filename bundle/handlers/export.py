@@ -45,10 +45,13 @@ def replace_outputs(target_dir: Path, write: Callable[[Path], None]) -> None:
 
 
 class _ExportEachEpoch(ABC):
-    """Calls :meth:`export` after every epoch, so an interrupted run still leaves usable weights."""
+    """Calls :meth:`export` after every epoch, so an interrupted run still leaves usable weights; ``ema`` is the
+    trainer's moving average of the weights when it keeps one (``DiffusionTrainer`` with ``ema_decay``), which the
+    exporters that know it write instead of the raw weights."""
 
     def __init__(self, models_dir: str | os.PathLike) -> None:
         self.models_dir = Path(models_dir)
+        self.ema = None
 
     def attach(self, engine: Engine) -> None:
         for path in remove_leftovers(self.models_dir, re.escape(EXPORT_STAGING_PREFIX) + ".*"):
@@ -56,6 +59,7 @@ class _ExportEachEpoch(ABC):
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
+        self.ema = getattr(engine, "ema", None)
         if getattr(engine.state, "rank", 0) == 0:
             replace_outputs(self.models_dir, self.export)
             logger.info("epoch %d: weights exported to %s", engine.state.epoch, self.models_dir)
@@ -96,28 +100,24 @@ class ExportGuidedUNet(_ExportEachEpoch):
     ) -> None:
         super().__init__(models_dir)
         self.model, self.noise_scheduler, self.save_base_unet = model, noise_scheduler, save_base_unet
-        self._ema = None
-
-    def __call__(self, engine: Engine) -> None:
-        self._ema = getattr(engine, "ema", None)
-        super().__call__(engine)
 
     def export(self, folder: Path) -> None:
-        unet = self._ema.module if self._ema is not None else self.model.unet
+        unet = self.ema.module if self.ema is not None else self.model.unet
         save_trained(self.model, folder, save_base_unet=self.save_base_unet, unet=unet)
         self.noise_scheduler.save_config(folder)
 
 
 class ExportVGMedGen(_ExportEachEpoch):
     """Writes what VG-MedGen's stage G trained (``vgmedgen_generator.safetensors``: the fusion and the DiT or its
-    LoRA, with their settings) and the noise schedule (``scheduler_config.json``) the sampler must share."""
+    LoRA, with their settings; their moving average when the trainer keeps one) and the noise schedule
+    (``scheduler_config.json``) the sampler must share."""
 
     def __init__(self, model: VGMedGen, models_dir: str | os.PathLike, noise_scheduler) -> None:
         super().__init__(models_dir)
         self.model, self.noise_scheduler = model, noise_scheduler
 
     def export(self, folder: Path) -> None:
-        self.model.save_trained(folder / GENERATOR_FILE)
+        self.model.save_trained(folder / GENERATOR_FILE, None if self.ema is None else self.ema.module.state_dict())
         self.noise_scheduler.save_config(folder)
 
 

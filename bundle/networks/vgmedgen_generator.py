@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -109,17 +109,19 @@ class VGMedGen(nn.Module):
         """Recompute the DiT's activations in the backward pass (the trainer's ``gradient_checkpointing``)."""
         self.denoiser.transformer.enable_gradient_checkpointing()
 
-    def trained_state_dict(self) -> dict[str, torch.Tensor]:
-        """What stage G trains: the fusion, and the whole DiT (``trainable="full"``) or its LoRA tensors."""
+    def trained_state_dict(self, weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """What stage G trains: the fusion, and the whole DiT (``trainable="full"``) or its LoRA tensors; of
+        ``weights`` (e.g. a moving average's, named as in this model) instead of the model's own when given."""
         full = self.denoiser.trainable == "full"
         return {
             name: tensor.detach().cpu().contiguous()
-            for name, tensor in self.state_dict().items()
+            for name, tensor in (self.state_dict() if weights is None else weights).items()
             if name.startswith("fusion.") or (name.startswith("denoiser.") and (full or "lora_" in name))
         }
 
-    def save_trained(self, path: str | os.PathLike) -> None:
-        """Write :meth:`trained_state_dict` with its settings (fusion mode, text tokens, trainable, LoRA rank)."""
+    def save_trained(self, path: str | os.PathLike, weights: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Write :meth:`trained_state_dict` (of ``weights`` when given) with its settings (fusion mode, text tokens,
+        trainable, LoRA rank)."""
         settings = {
             "fusion_mode": self.fusion.mode,
             "fuse_text_states": self.uses_text_states,
@@ -127,7 +129,7 @@ class VGMedGen(nn.Module):
             "lora_rank": self.denoiser.lora_rank,
             "disentangle": not isinstance(self.disentangler, WholeEmbedding),
         }
-        save_file(self.trained_state_dict(), str(path), metadata={"vgmedgen": json.dumps(settings)})
+        save_file(self.trained_state_dict(weights), str(path), metadata={"vgmedgen": json.dumps(settings)})
 
     def load_trained(self, path: str | os.PathLike) -> None:
         """Load a file of :meth:`save_trained`; one of another layout (fusion mode, LoRA or not, sizes) is refused

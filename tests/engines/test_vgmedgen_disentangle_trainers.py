@@ -1,14 +1,21 @@
 """VG-MedGen's stage trainers V and T on the loss-terms trainer: each learns on tiny toy crops in a few epochs (its
-loss falls where an untrained model's does not), stage T leaves the frozen visual disentangler and text encoder
-alone, every term reaches the engine's output, and a parameter that takes no part is refused."""
+loss falls where an untrained model's does not), stage V's validation gives each class's Dice, stage T leaves the
+frozen visual disentangler and text encoder alone, every term reaches the engine's output, and a parameter that
+takes no part is refused."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from monai.data import DataLoader
+from monai.handlers import MeanDice
 
-from bundle.engines.vgmedgen_disentangle_trainers import TextDisentangleTrainer, VisualDisentangleTrainer
+from bundle.engines.vgmedgen_disentangle_trainers import (
+    TextDisentangleTrainer,
+    VisualDisentangleTrainer,
+    VisualSegmentationEvaluator,
+    one_class,
+)
 from bundle.losses.vgmedgen_text import TextAlignmentLoss
 from bundle.losses.vgmedgen_visual import VisualDisentangleLoss
 from bundle.networks.medical_clip import MedicalClipEncoder
@@ -44,6 +51,28 @@ def test_stage_v_trainer_learns_to_reconstruct_and_segment():
     rec_after, (dice_after, _) = held_out(model, images, labels)
     assert rec_after < 0.5 * rec_before, (rec_before, rec_after)
     assert dice_after > dice_before + 0.3, (dice_before, dice_after)
+    # the validation metrics: each class's Dice per crop, averaged over the crops
+    with torch.no_grad():
+        found = model.eval().segmentation(model.anatomy(images)).argmax(dim=1, keepdim=True)
+    expected = {}
+    for name, index in (("vertebra", 1), ("lesion", 2)):
+        a, b = (found == index).flatten(1), (labels == index).flatten(1)
+        expected[name] = (2 * (a & b).sum(1) / (a.sum(1) + b.sum(1))).mean().item()
+    metrics = {
+        name: MeanDice(include_background=False, output_transform=lambda output, index=index: one_class(output, index))
+        for name, index in (("vertebra", 1), ("lesion", 2))
+    }
+    evaluator = VisualSegmentationEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(
+            [{"image": i, "anatomy_labels": m} for i, m in zip(images, labels, strict=True)], batch_size=8
+        ),
+        network=model,
+        key_val_metric={"vertebra": metrics["vertebra"]},
+        additional_metrics={"lesion": metrics["lesion"]},
+    )
+    evaluator.run()
+    assert evaluator.state.metrics == pytest.approx(expected, abs=1e-5) and expected["vertebra"] > 0.3, expected
 
 
 def test_stage_t_trainer_aligns_captions_with_the_frozen_visual_features():

@@ -1,17 +1,20 @@
 """VG-MedGen's stage-G trainer: the intensity term's gradient reaches the fusion and the DiT, the whole prompt is
-dropped for classifier-free guidance, and a short training on toy crops lowers the held-out noise loss and makes
-guided samples follow the caption."""
+dropped for classifier-free guidance, a short training on toy crops lowers the held-out noise loss and makes
+guided samples follow the caption, and the moving average of the weights follows its decay and is exported."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from ignite.engine import Events
 
 from bundle.engines.vgmedgen_trainer import VGMedGenTrainer
+from bundle.handlers.export import ExportVGMedGen
 from bundle.inferers.guided_sampler import GuidedSampler
 from bundle.networks.clinical_text import ClinicalTextEncoder
-from bundle.networks.vgmedgen_generator import pixart_generator, tiny_generator
+from bundle.networks.vgmedgen_generator import GENERATOR_FILE, pixart_generator, tiny_generator
+from bundle.networks.weight_files import read_safetensors
 
 SIZE = 16
 TEXTS = (
@@ -175,3 +178,22 @@ def test_a_short_training_on_toy_crops_lowers_the_held_out_loss_and_guided_sampl
         if texts == TEXTS:
             assert end < 0.5 * start
     assert pairs[0] >= 9 and pairs[1] <= 1
+
+
+def test_the_moving_average_follows_its_decay_and_is_what_is_exported(tmp_path):
+    model = tiny_generator(spatial_size=SIZE, num_layers=1, seed=3)
+    trainer = make_trainer(model, batches(toy_crops(8, seed=0), 4), lr=1e-2, ema_decay=0.9)
+    raw: list[dict[str, torch.Tensor]] = []  # the trained weights after each of the two steps
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda _: raw.append({name: t.clone() for name, t in model.trained_state_dict().items()}),
+    )
+    ExportVGMedGen(model, tmp_path, trainer.noise_scheduler).attach(trainer)
+    trainer.run()
+    average = model.trained_state_dict(trainer.ema.module.state_dict())
+    assert average.keys() == raw[1].keys() and int(trainer.ema.n_averaged) == 2
+    for name, value in average.items():  # the first update copies the weights, the second: 0.9 avg + 0.1 weights
+        torch.testing.assert_close(value, 0.9 * raw[0][name] + 0.1 * raw[1][name], rtol=0, atol=1e-6)
+    assert not all(torch.equal(value, raw[1][name]) for name, value in average.items())
+    exported = read_safetensors(tmp_path / GENERATOR_FILE)
+    assert all(torch.equal(exported[name], value) for name, value in average.items())

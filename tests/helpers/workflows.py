@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from tests.helpers.paths import CONFIGS, REPO
@@ -75,6 +76,18 @@ def run_workflow(config_files, workflow_type: str, **overrides) -> ConfigWorkflo
     flow.run()
     flow.finalize()
     return flow
+
+
+def train_counting(config_files, **overrides) -> tuple[ConfigWorkflow, int]:
+    """Run a training config's workflow; returns it (finalised) and the number of iterations this run did (fewer
+    than the trainer's final count when it resumed)."""
+    flow = workflow(config_files, "train", **overrides)
+    flow.initialize()
+    done: list[int] = []
+    flow.trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: done.append(engine.state.iteration))
+    flow.run()
+    flow.finalize()
+    return flow, len(done)
 
 
 def bundle_run(

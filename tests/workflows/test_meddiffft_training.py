@@ -102,3 +102,36 @@ def test_the_training_options_reach_the_trainer_and_the_dataset(demo_data, tmp_p
     for key in ("image", "soft_mask", "lesion_mask"):  # flipped left-right together (prob 1)
         assert not torch.equal(stored[key], stored[key].flip(-1)), key
         assert torch.equal(item[key], stored[key].flip(-1)), key
+
+
+def trained_unet(config_files: list[str], output_dir, max_epochs: int, **overrides) -> dict[str, torch.Tensor]:
+    """Run a training config to ``max_epochs`` (resuming from ``output_dir``'s checkpoints); the UNet's weights."""
+    flow = run_workflow(config_files, "train", output_dir=str(output_dir), max_epochs=max_epochs, **overrides)
+    return {
+        name: tensor.clone() for name, tensor in flow.parser.get_parsed_content("network").unet.state_dict().items()
+    }
+
+
+def test_pretraining_and_fine_tuning_resume_where_they_stopped(demo_data, tmp_path, one_torch_thread):
+    """An interrupted run rerun to the full count ends with the weights of an uninterrupted one (random masks, noise,
+    data order and validation included); a run that restarted instead would not."""
+    common = {"dataset_dir": str(demo_data), "models_dir": str(tmp_path / "models"), **SMALL}
+    common.update(val_interval=1, val_max_items=2, val_inference_steps=2)
+    del common["max_epochs"]
+    for name, configs, extra in [
+        ("pre", ["meddiffft_pretrain.json"], {}),
+        ("ft", ["meddiffft_pretrain.json", "meddiffft_finetune.json"], {"real_lesion_cases": 2}),
+    ]:
+        whole = trained_unet(configs, tmp_path / f"{name}_whole", 2, **common, **extra)
+        first = trained_unet(configs, tmp_path / f"{name}_split", 1, **common, **extra)
+        first_grid = (tmp_path / f"{name}_split" / "samples_epoch_0001.png").stat().st_mtime_ns
+        resumed = trained_unet(configs, tmp_path / f"{name}_split", 2, **common, **extra)
+        assert all(torch.equal(resumed[key], whole[key]) for key in whole), name
+        assert not all(torch.equal(first[key], whole[key]) for key in whole), name  # the second epoch trained
+        # epoch 1 was not run again (a restart would also end equal to the uninterrupted run)
+        assert (tmp_path / f"{name}_split" / "samples_epoch_0001.png").stat().st_mtime_ns == first_grid, name
+        assert sorted(p.name for p in (tmp_path / f"{name}_split" / "checkpoints").iterdir()) == [
+            "checkpoint_epoch=2.pt"
+        ]
+        grids = sorted(p.name for p in (tmp_path / f"{name}_split").glob("samples_epoch_*.png"))
+        assert grids == ["samples_epoch_0001.png", "samples_epoch_0002.png"], grids

@@ -6,10 +6,12 @@ changing what it names."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from bundle.engines.utils import unwrap
 from bundle.errors import InputError
@@ -18,7 +20,8 @@ from bundle.networks.vgmedgen_text import TEXT_FILE, TextDisentangler, WholeEmbe
 from bundle.networks.vgmedgen_visual import VISUAL_FILE, VisualDisentangler
 from bundle.networks.weight_files import read_safetensors
 from bundle.preparation.vgmedgen_captions import caption_datalist
-from tests.helpers.workflows import TINY_VGMEDGEN, workflow
+from tests.helpers.paths import CONFIGS, REPO
+from tests.helpers.workflows import TINY_VGMEDGEN, train_counting, workflow
 
 TINY_G = {**TINY_VGMEDGEN, "dit_layers": 1}
 
@@ -88,7 +91,10 @@ def test_the_class_label_ablation_trains_stages_t_and_g_on_class_captions(demo_d
     # stage V is the main one; stages T and G are the ablation's own
     paths = {"dataset_dir": str(tmp_path), "models_dir": str(tmp_path / "models"), "stage_v_dir": str(vgmedgen_models)}
     for config in ("vgmedgen_train_text.json", "vgmedgen_train.json"):
-        flow = workflow([config, "vgmedgen_ablation_class_label.json"], "train", **paths, **TINY_G)
+        output_dir = str(tmp_path / "runs" / config)
+        flow = workflow(
+            [config, "vgmedgen_ablation_class_label.json"], "train", **paths, output_dir=output_dir, **TINY_G
+        )
         flow.initialize()
         try:
             texts = {entry["text"] for entry in flow.parser.get_parsed_content("train#dataset#data")}
@@ -134,3 +140,45 @@ def test_loading_the_generator_names_a_missing_file(vgmedgen_models, tmp_path):
     with pytest.raises(InputError, match=rf"{TEXT_FILE}: file not found; run stage T"):
         load_tiny_generator(tmp_path, 32, 1)
     assert load_tiny_generator(tmp_path, 32, 1, stage_t_dir=vgmedgen_models).fusion.mode == "hffm"
+
+
+@pytest.mark.parametrize("config", ["vgmedgen_train_visual.json", "vgmedgen_train_text.json", "vgmedgen_train.json"])
+def test_each_stage_resumes_where_it_stopped(config, demo_data, vgmedgen_models, tmp_path):
+    """Stopped after one epoch and rerun to two, a stage runs only the second and exports what an uninterrupted run
+    does (stage G with its moving average on, which the checkpoint carries; stage V validated every epoch)."""
+    common = {**TINY_G, "dataset_dir": str(demo_data), "stage_v_dir": str(vgmedgen_models)}
+    common.update(stage_t_dir=str(vgmedgen_models), ema_decay=0.9, val_interval=1)
+
+    def run(name: str, max_epochs: int) -> int:
+        paths = {"output_dir": str(tmp_path / name / "runs"), "models_dir": str(tmp_path / name / "models")}
+        return train_counting([config], **{**common, **paths, "max_epochs": max_epochs})[1]
+
+    whole = run("whole", 2)
+    first = run("split", 1)
+    assert run("split", 2) == first and whole == 2 * first  # the rerun did the second epoch only
+    (exported,) = (tmp_path / "whole" / "models").glob("*.safetensors")
+    expected = read_safetensors(exported)
+    resumed = read_safetensors(tmp_path / "split" / "models" / exported.name)
+    assert expected.keys() == resumed.keys() and all(torch.equal(resumed[k], v) for k, v in expected.items())
+    if config == "vgmedgen_train_visual.json":  # the segmentation head's Dice on the validation split
+        report = json.loads((tmp_path / "split" / "runs" / "validation_metrics.json").read_text())
+        assert report["metrics"].keys() == {"val_vertebra_dice", "val_lesion_dice"}, report
+
+
+@pytest.mark.parametrize(
+    ("config_files", "run"),
+    [
+        (["vgmedgen_train_text.json", "vgmedgen_ablation_class_label.json"], "vgmedgen_class_label_text"),
+        (["vgmedgen_train.json", "vgmedgen_ablation_class_label.json"], "vgmedgen_class_label_generator"),
+        (["vgmedgen_train.json", "vgmedgen_ablation_naive_concat.json"], "vgmedgen_naive_concat"),
+        (["vgmedgen_train.json", "vgmedgen_ablation_no_intensity.json"], "vgmedgen_no_intensity"),
+        (["vgmedgen_train.json", "vgmedgen_ablation_no_disentanglement.json"], "vgmedgen_no_disentanglement"),
+    ],
+)
+def test_each_ablation_keeps_its_checkpoints_apart(config_files, run):
+    """A rerun resumes from its output folder's checkpoint: an ablation sharing the main stage's would continue the
+    main model (or be refused as another architecture)."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / name) for name in config_files])
+    parser.update({"bundle_root": str(REPO)})
+    assert parser.get_parsed_content("checkpoint_dir") == str(REPO / "runs" / run / "checkpoints")
