@@ -5,9 +5,11 @@ report, a datalist the classifier reads and the review page.
 
 Requests are datalist entries with ``text``, ``label`` and ``class_index`` (e.g. the captioned training split);
 each gives ``copies`` crops, crop ``k`` of request ``i`` with seed ``seed + i * copies + k`` (reproducible one by
-one, whatever the batch). A crop in which the stage-V head finds no vertebra is not written (the classifier could
-not place its working window on it) and a crop that fails to be written is listed with its error; the others are
-written.
+one, whatever the batch). A request that carries its own crop geometry (``crop_pixel_mm``: rows, columns in mm;
+``crop_origin_mm``: the RAS position of its first voxel, e.g. the source case's working window) gives its crops
+that geometry; the others get the job's ``pixel_mm``. A crop in which the stage-V head finds no vertebra is not
+written (the classifier could not place its working window on it) and a crop that fails to be written is listed
+with its error; the others are written.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +38,23 @@ NO_VERTEBRA = (
 )
 
 
+def _check_geometry(request: Mapping, index: int) -> None:
+    """A request's own crop geometry, where it has one: ``crop_pixel_mm`` 2 positive numbers, ``crop_origin_mm`` 3
+    finite numbers."""
+    for key, count, positive in (("crop_pixel_mm", 2, True), ("crop_origin_mm", 3, False)):
+        if request.get(key) is None:
+            continue
+        try:
+            values = np.asarray(request[key], dtype=np.float64)
+        except (TypeError, ValueError):
+            values = np.full(0, np.nan)
+        if values.shape != (count,) or not np.all(np.isfinite(values)) or (positive and not np.all(values > 0)):
+            raise InputError(
+                request.get("case_id", f"request {index}"),
+                f"{key} must be {count} {'positive' if positive else 'finite'} numbers (mm), got {request[key]!r}",
+            )
+
+
 class CaptionGenerationJob:
     """Generate, segment and write crops for ``requests`` (see the module docstring).
 
@@ -45,7 +65,8 @@ class CaptionGenerationJob:
         requests: entries with ``text``, ``label``, ``class_index`` (and ``case_id``).
         writer: ``(crop (1, S, S), segmentation (S, S), pixel_mm, details) -> {"volume", ..., "provenance"}``.
         output_dir: where ``report.json`` goes.
-        spatial_size: ``S``; pixel_mm: the crop's pixel size (rows, columns).
+        spatial_size: ``S``; pixel_mm: the crop's pixel size (rows, columns) for requests without their own
+            ``crop_pixel_mm``.
         copies: crops per request; seed: the first crop's seed; batch_size: crops sampled together.
         datalist: ``(path, crops, dropped) -> path`` writing the classifier's datalist from the written crops'
             entries (in the config :func:`bundle.io.pair_writer.write_pair_datalist` over
@@ -77,6 +98,7 @@ class CaptionGenerationJob:
                 raise InputError(
                     request.get("case_id", f"request {index}"), f"a generation request needs {REQUEST_KEYS}"
                 )
+            _check_geometry(request, index)
         self.network, self.sampler, self.segmenter = network.eval(), sampler, segmenter.eval()
         self.requests, self.writer = list(requests), writer
         self.output_dir = Path(output_dir)
@@ -85,10 +107,14 @@ class CaptionGenerationJob:
         self.datalist, self.entry, self.gallery = datalist, entry, gallery
 
     def crops(self) -> list[dict[str, object]]:
-        """Every crop's details: case id, text, label, class index, seed, source request."""
+        """Every crop's details: case id, text, label, class index, seed, source request, pixel size (and the
+        origin, where the request has one)."""
         crops = []
         for i, request in enumerate(self.requests):
             source = str(request.get("case_id", f"request_{i:04d}"))
+            geometry = {"pixel_mm": [float(p) for p in request.get("crop_pixel_mm", self.pixel_mm)]}
+            if request.get("crop_origin_mm") is not None:
+                geometry["origin_mm"] = [float(v) for v in request["crop_origin_mm"]]
             for k in range(self.copies):
                 crops.append(
                     {
@@ -98,6 +124,7 @@ class CaptionGenerationJob:
                         "class_index": request["class_index"],
                         "seed": self.seed + i * self.copies + k,
                         "source_case": source,
+                        **geometry,
                     }
                 )
         return crops
@@ -135,7 +162,7 @@ class CaptionGenerationJob:
                     logger.warning("%s not written: %s", details["case_id"], NO_VERTEBRA)
                     continue
                 try:
-                    outputs = self.writer(image.cpu(), label.cpu(), self.pixel_mm, details)
+                    outputs = self.writer(image.cpu(), label.cpu(), details["pixel_mm"], details)
                 except (OutputError, OSError) as error:
                     failed.append({"case_id": details["case_id"], "error": str(error)})
                     logger.error("%s failed: %s", details["case_id"], error)

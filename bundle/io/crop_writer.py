@@ -4,7 +4,9 @@ provenance record and a preview PNG, marked synthetic; :func:`crop_entry` lists 
 (:func:`bundle.io.pair_writer.write_pair_datalist` writes the list beside the real cases).
 
 The volume is ``(1, S, S)`` in the bundle's canonical orientation (``RIP``: one sagittal slice, rows running
-inferior, columns posterior) with ``pixel_mm`` pixels, in [0, ``intensity_scale``]; ``descrip`` says synthetic. The
+inferior, columns posterior) with ``pixel_mm`` pixels (the request's own window's when it has one, see
+:class:`bundle.engines.vgmedgen_generation.CaptionGenerationJob`) and voxel 0 at ``details["origin_mm"]`` when
+given, in [0, ``intensity_scale``]; ``descrip`` says synthetic. The
 label volume marks the vertebra (segmentation classes 1 and 2, the lesion being inside it) as label
 :data:`VERTEBRA_LABEL`, so the classifier's own working window (:func:`bundle.transforms.case_to_slices.
 slice_transform`) finds the crop's vertebra as it finds a real one. A case's files are written into a temporary
@@ -41,10 +43,14 @@ SYNTHETIC_DESCRIPTION = "SYNTHETIC VG-MedGen crop"
 VERTEBRA_LABEL = 1
 
 
-def canonical_affine(pixel_mm: Sequence[float]) -> np.ndarray:
-    """The RAS affine of a ``(1, S, S)`` volume in ``RIP`` order: axis 0 to the right, 1 inferior, 2 posterior."""
+def canonical_affine(pixel_mm: Sequence[float], origin_mm: Sequence[float] | None = None) -> np.ndarray:
+    """The RAS affine of a ``(1, S, S)`` volume in ``RIP`` order: axis 0 to the right, 1 inferior, 2 posterior;
+    ``origin_mm`` the RAS position of voxel ``(0, 0, 0)`` (default the origin)."""
     rows, columns = (float(p) for p in pixel_mm)
-    return np.array([[rows, 0, 0, 0], [0, 0, -columns, 0], [0, -rows, 0, 0], [0, 0, 0, 1]], float)
+    affine = np.array([[rows, 0, 0, 0], [0, 0, -columns, 0], [0, -rows, 0, 0], [0, 0, 0, 1]], float)
+    if origin_mm is not None:
+        affine[:3, 3] = [float(v) for v in origin_mm]
+    return affine
 
 
 def write_crop_nifti(path: Path, values: np.ndarray, affine: np.ndarray, description: str) -> None:
@@ -84,7 +90,8 @@ class GeneratedCropWriter:
     ) -> dict[str, str]:
         """Write the case ``details["case_id"]``: ``crop`` ``(1, S, S)`` in [0, 1], ``segmentation`` ``(S, S)``
         classes (0 background, 1 vertebra, 2 lesion), ``pixel_mm`` the crop's pixel size (rows, columns).
-        ``details`` (case id, text, label, class index, seed, model, ...) go into the provenance record. Returns the
+        ``details`` (case id, text, label, class index, seed, model, ...) go into the provenance record; its
+        ``origin_mm`` (RAS, mm), when present, places voxel 0 (:func:`canonical_affine`). Returns the
         written paths: ``volume``, ``vertebra_seg``, ``preview``, ``provenance``.
 
         Raises:
@@ -101,7 +108,7 @@ class GeneratedCropWriter:
         outputs = {key: str(self.output_dir / name) for key, name in names.items()}
         crop_values = crop.detach().float().cpu().numpy()[0]
         labels = segmentation.detach().cpu().numpy()
-        affine = canonical_affine(pixel_mm)
+        affine = canonical_affine(pixel_mm, details.get("origin_mm"))
         record = {
             "synthetic": True,
             "generator": "VG-MedGen",
