@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from scipy import ndimage
 
 from bundle.data.slice_dataset import pixel_size
 from bundle.errors import InputError
-from bundle.inferers.guide_mask import GuideMaskSchedule
 from bundle.networks.meddiffft_mask_generator import shape_frame
 from bundle.transforms.lesion_label import EmptyLabelError, ErodeLesionLabel
+
+if TYPE_CHECKING:  # the schedule is passed in; metrics sit below the inferers
+    from bundle.inferers.guide_mask import GuideMaskSchedule
 
 TITLES = {
     "M2": "mask generator",
@@ -58,7 +61,8 @@ def mask_generator_check(sampler, real_masks: Sequence[torch.Tensor], samples: i
     binary = all(bool(((m == 0) | (m == 1)).all()) for m in masks)
     components = [ndimage.label(m.numpy() > 0.5)[1] for m in masks]
     one = sum(c == 1 for c in components) / len(masks)
-    area_ratio = statistics.median(float(m.sum()) for m in masks) / statistics.median(float(m.sum()) for m in real_masks)
+    real_median = statistics.median(float(m.sum()) for m in real_masks)
+    area_ratio = statistics.median(float(m.sum()) for m in masks) / real_median
     real_frames = [shape_frame(m)[0] for m in real_masks]
     ious = [best_iou(shape_frame(m)[0], real_frames) if m.any() else 1.0 for m in masks]
     novel = sum(i < 0.9 for i in ious) / len(masks)
