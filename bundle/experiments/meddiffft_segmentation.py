@@ -112,6 +112,7 @@ COMMON = {"real_lesion_cases": 8, "synthesis_seed": 0, "validation_fraction": 0.
 
 BEGIN = "<!-- meddiffft-experiment:begin (written by python -m bundle.experiments.meddiffft_segmentation) -->"
 END = "<!-- meddiffft-experiment:end -->"
+CHECKS = ("check_m2", "check_m3", "check_m4", "check_m5")
 METRICS = ("dice", "hd95_mm", "fp_rate", "detected")
 METRIC_TITLES = {
     "dice": "Dice (lesion slices)",
@@ -336,16 +337,15 @@ class Experiment:
             sampler, real_masks = parsed("mask_sampler", "real_masks")
             return checks.mask_generator_check(sampler, real_masks[0], int(self.settings["check_samples"]))
 
-        def m3_m5() -> dict:
-            pairs, predictor, schedule, erosion = parsed("pairs", "predictor", "guide_schedule", "erosion_mm")
+        def m3() -> dict:
+            pairs, predictor, schedule = parsed("pairs", "predictor", "guide_schedule")
             count = int(self.settings["check_pairs"])
             items = [item for request in pairs.requests[:count] for item in checks.pair_items(pairs, request)]
-            painted = predictor(items)
-            steps = int(self.settings["sample_steps"])
-            return {
-                "M3": checks.guide_check(items, painted, schedule, steps),
-                "M5": checks.erosion_check(items, painted, float(erosion) or 1.0),
-            }
+            return checks.guide_check(items, predictor(items), schedule, int(self.settings["sample_steps"]))
+
+        def m5() -> dict:
+            (erosion_mm,) = parsed("erosion_mm")
+            return self.erosion_figures(float(erosion_mm))
 
         def m4() -> dict:
             from bundle.engines.meddiffft_pairs import real_lesion_slices
@@ -354,9 +354,38 @@ class Experiment:
             images = real_lesion_slices(self.cases["held_out_lesions"], preprocessing)[0]
             return checks.filter_check(check, images, int(self.settings["synthesis_seed"]))
 
-        self.steps.run("check_m2", m2)
-        self.steps.run("check_m3_m5", m3_m5)
-        self.steps.run("check_m4", m4)
+        for name, check in (("check_m2", m2), ("check_m3", m3), ("check_m4", m4), ("check_m5", m5)):
+            self.steps.run(name, check)
+
+    def erosion_figures(self, erosion_mm: float) -> dict:
+        """M5 on the written pairs: each pair of the full arm (its label eroded by ``erosion_mm``) against the same
+        pair of the no-erosion arm (the same draw and seed: its label as drawn), the change the full arm's volume
+        makes to its host; and the same with the drawn label eroded by one native pixel within its slice."""
+        import nibabel as nib
+        import torch
+
+        from bundle.metrics import meddiffft_checks as checks
+
+        def pairs(arm: str) -> dict[str, dict]:
+            entries = synthetic_entries(self.pairs_dir(arm) / "datalist.json")
+            return {str(e["case_id"]): e for e in entries}
+
+        full, drawn = pairs("meddiffft"), pairs("no_erosion")
+        hosts = {str(e["case_id"]): e for e in self.cases["normal"]}
+        written, one_pixel = [], []
+        for case_id in sorted(set(full) & set(drawn)):
+            volume = nib.load(full[case_id]["image"])
+            host = nib.load(hosts[str(full[case_id]["host_case"])]["image"]).get_fdata()
+            change = torch.as_tensor(abs(volume.get_fdata() - host))
+            label = torch.as_tensor(nib.load(drawn[case_id]["lesion_seg"]).get_fdata())
+            zooms = [float(z) for z in volume.header.get_zooms()[:3]]
+            written.append((change, label, torch.as_tensor(nib.load(full[case_id]["lesion_seg"]).get_fdata())))
+            pixel = max(sorted(zooms)[:2])
+            one_pixel.append((change, label, checks.in_plane_erosion(label, zooms, pixel)))
+        return {
+            f"M5 (written labels, {erosion_mm:g} mm)": checks.erosion_check(written),
+            "M5 (drawn labels eroded by one native pixel in-plane)": checks.erosion_check(one_pixel),
+        }
 
     # ---- segmentation
     def segment_dir(self, arm: str, seed: int) -> Path:
@@ -413,7 +442,7 @@ class Experiment:
         started = time.monotonic()
         self.train_models()
         for arm in PAIR_ARMS:
-            if arm in arms or arm == "meddiffft":
+            if arm in arms or arm in ("meddiffft", "no_erosion"):  # the checks read these two
                 self.steps.run(f"pairs_{arm}", lambda a=arm: self.make_pairs(a))
         self.checks()
         paths = self.steps.run("datalists", lambda: {k: str(v) for k, v in self.write_arm_datalists().items()})
@@ -438,9 +467,7 @@ class Experiment:
         return {
             "results": results,
             "pairs": {a: (self.steps.done(f"pairs_{a}") or {}).get("details") for a in PAIR_ARMS},
-            "checks": {
-                name: (self.steps.done(name) or {}).get("details") for name in ("check_m2", "check_m3_m5", "check_m4")
-            },
+            "checks": {name: (self.steps.done(name) or {}).get("details") for name in CHECKS},
             "seconds": self.steps.seconds(),
             "wall_seconds": wall_seconds,
             "settings": self.settings,
@@ -487,8 +514,9 @@ def report_lines(context: Mapping) -> list[str]:
         context["command"],
         "```",
         "",
-        f"Wall time of this run: {context['wall_seconds'] / 60:.1f} min (steps an earlier run of the same work folder "
-        f"finished are reused; step times below). Machine: {context['machine']}.",
+        f"Wall time of this invocation: {context['wall_seconds'] / 60:.1f} min; the steps' own times (below, from the "
+        f"invocation that ran each: a rerun of the same work folder reuses finished steps) sum to "
+        f"{sum(context['seconds'].values()) / 60:.1f} min. Machine: {context['machine']}.",
         "",
         f"Data: the training split (validation fraction {settings['validation_fraction']}, seed "
         f"{settings['synthesis_seed']}): {context['cases']['normal']} normal cases, {context['cases']['all']} lesion "
@@ -568,12 +596,12 @@ def check_lines(checks: Mapping[str, Mapping | None]) -> list[str]:
     from bundle.metrics.meddiffft_checks import describe
 
     lines = []
-    for name in ("check_m2", "check_m3_m5", "check_m4"):
+    for name in CHECKS:
         record = checks.get(name)
         if not record:
             lines.append(f"- {name}: not run")
             continue
-        parts = record.items() if name == "check_m3_m5" else [(name.split("_")[1].upper(), record)]
+        parts = record.items() if name == "check_m5" else [(name.split("_")[1].upper(), record)]
         lines += [f"- {describe(label, figures)}" for label, figures in parts]
     return lines
 

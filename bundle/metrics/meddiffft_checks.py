@@ -8,8 +8,8 @@ that can come out false:
   lies inside the host structure.
 - M4 quality filter: it keeps >= 90 % of real lesion slices it was not fitted on and rejects >= 95 % of pure-noise
   images and >= 80 % of blurred copies of those slices.
-- M5 erosion: the label's precision against the change map (pixels whose change exceeds half the pair's largest
-  change) is higher eroded than as drawn (precision and recall reported for both).
+- M5 erosion: the written label's precision against the change map (pixels whose change exceeds half the pair's
+  largest change) is higher eroded than as drawn (precision and recall reported for both).
 """
 
 from __future__ import annotations
@@ -110,36 +110,47 @@ def guide_check(
     }
 
 
-def erosion_check(items: Sequence[Mapping], painted: Sequence[torch.Tensor], erosion_mm: float) -> dict[str, object]:
-    """M5 on painted pair items: precision and recall of the drawn and of the eroded lesion mask against the change
-    map; a label that erodes to nothing is counted (``dropped``) and left out of both."""
-    drawn_p, drawn_r, eroded_p, eroded_r, dropped = [], [], [], [], 0
-    for item, result in zip(items, painted, strict=True):
-        image, lesion = _plain(item["image"]).float(), _plain(item["lesion_mask"]).float()
-        change = (_plain(result).float() - image).abs()[0]
+def erosion_check(pairs: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[str, object]:
+    """M5 on ``(change, drawn, eroded)`` per pair (arrays of one shape: the absolute change the synthesis made to the
+    host, the label as drawn and the label as written after erosion): precision and recall of both labels against
+    the change map (pixels whose change exceeds half the pair's largest change); an eroded label that is empty is
+    counted (``dropped``) and left out of both."""
+    drawn_p, drawn_r, eroded_p, eroded_r, dropped, unchanged = [], [], [], [], 0, 0
+    for change, drawn, eroded in pairs:
+        change = torch.as_tensor(change).float()
         changed = change > 0.5 * float(change.max())
-        spacing = [float(s) for s in pixel_size(item["image"])]
-        try:
-            eroded = ErodeLesionLabel(erosion_mm, spacing)(lesion, str(item.get("case_id")))[0] > 0.5
-        except EmptyLabelError:
+        drawn, eroded = torch.as_tensor(drawn) > 0.5, torch.as_tensor(eroded) > 0.5
+        if not eroded.any():
             dropped += 1
             continue
-        for label, precisions, recalls in ((lesion[0] > 0.5, drawn_p, drawn_r), (eroded, eroded_p, eroded_r)):
+        unchanged += int(torch.equal(drawn, eroded))
+        for label, precisions, recalls in ((drawn, drawn_p, drawn_r), (eroded, eroded_p, eroded_r)):
             hit = float((label & changed).sum())
             precisions.append(hit / max(1.0, float(label.sum())))
             recalls.append(hit / max(1.0, float(changed.sum())))
     if not eroded_p:
-        return {"pairs": len(items), "dropped": dropped, "passed": False}
+        return {"pairs": len(pairs), "dropped": dropped, "passed": False}
     figures = {
-        "pairs": len(items) - dropped,
+        "pairs": len(eroded_p),
         "dropped": dropped,
-        "erosion_mm": erosion_mm,
+        "labels_erosion_left_unchanged": unchanged,
         "precision_drawn": round(statistics.mean(drawn_p), 3),
         "precision_eroded": round(statistics.mean(eroded_p), 3),
         "recall_drawn": round(statistics.mean(drawn_r), 3),
         "recall_eroded": round(statistics.mean(eroded_r), 3),
     }
     return {**figures, "passed": figures["precision_eroded"] > figures["precision_drawn"]}
+
+
+def in_plane_erosion(label: torch.Tensor, spacing_mm: Sequence[float], erosion_mm: float) -> torch.Tensor:
+    """A label volume ``(X, Y, Z)`` eroded by ``erosion_mm`` within its slices only (the axis of the largest spacing
+    is the through-plane one and is left alone: a one-slice lesion would vanish); an empty result stays empty."""
+    spacing = [float(s) for s in spacing_mm]
+    spacing[spacing.index(max(spacing))] = 1e6  # far below one voxel across slices
+    try:
+        return ErodeLesionLabel(erosion_mm, spacing)(torch.as_tensor(label).float()[None])[0]
+    except EmptyLabelError:
+        return torch.zeros_like(torch.as_tensor(label).float())
 
 
 def filter_check(check, images: Sequence[torch.Tensor], seed: int = 0, blur_sigma: float = 2.0) -> dict[str, object]:
@@ -176,4 +187,5 @@ def filter_check(check, images: Sequence[torch.Tensor], seed: int = 0, blur_sigm
 def describe(label: str, figures: Mapping[str, object]) -> str:
     """One report line: ``**M2** mask generator: **passed** (figures)``."""
     values = ", ".join(f"{k} {v}" for k, v in figures.items() if k != "passed")
-    return f"**{label}** {TITLES.get(label, label)}: **{'passed' if figures.get('passed') else 'failed'}** ({values})"
+    outcome = "passed" if figures.get("passed") else "failed"
+    return f"**{label}** {TITLES.get(label.split()[0], '')}: **{outcome}** ({values})"

@@ -23,7 +23,13 @@ from bundle.experiments.meddiffft_segmentation import (
     verdict,
     write_report,
 )
-from bundle.metrics.meddiffft_checks import erosion_check, filter_check, guide_check, mask_generator_check
+from bundle.metrics.meddiffft_checks import (
+    erosion_check,
+    filter_check,
+    guide_check,
+    in_plane_erosion,
+    mask_generator_check,
+)
 from bundle.metrics.quality_filter import FeatureSpaceFilter, QualityCheck
 from bundle.metrics.segmentation import segmentation_figures
 from bundle.networks.meddiffft_mask_generator import RealMaskSampler
@@ -152,7 +158,10 @@ def report_context(full: list[float], real: list[float]) -> dict:
     return {
         "results": {"k_real": runs(real), "meddiffft": runs(full)},
         "pairs": {"meddiffft": {"requested": 4, "written": 1, "rejected": 3, "failed": 0}},
-        "checks": {"check_m2": {"drawn": 4, "passed": False}},
+        "checks": {
+            "check_m2": {"drawn": 4, "passed": False},
+            "check_m5": {"M5 (written)": {"pairs": 0, "passed": True}},
+        },
         "seconds": {"pretrain": 10.0},
         "wall_seconds": 120.0,
         "settings": settings_for("quick"),
@@ -172,7 +181,8 @@ def test_the_report_rewrites_its_section_only_and_prints_a_negative_verdict(tmp_
     assert text.startswith("# Title\n\nbefore\n\n") and text.endswith("## Not built yet\n")
     assert "old table" not in text and text.count(BEGIN) == 1
     assert "**-0.060**" in text and "**not met**" in text
-    assert "**M2** mask generator: **failed**" in text
+    assert "**M2** mask generator: **failed**" in text and "- check_m3: not run" in text
+    assert "**M5 (written)** erosion raises label precision: **passed**" in text
     write_report(doc, report_context([0.52, 0.53, 0.51], [0.47, 0.48, 0.46]))
     assert "**+0.050**" in doc.read_text() and "**met**" in doc.read_text()
 
@@ -245,13 +255,27 @@ def test_m3_passes_a_blend_that_keeps_the_host_and_fails_one_that_does_not():
     assert bad["passed"] is False and bad["max_change_outside_final_guide"] == pytest.approx(0.01)
 
 
-def test_m5_erosion_raises_precision_on_a_fading_lesion_and_fails_on_a_rim():
+def erosion_pairs(items, painted, erosion_mm: float):
+    return [
+        (
+            (result - item["image"]).abs()[0],
+            item["lesion_mask"][0],
+            in_plane_erosion(item["lesion_mask"][0][..., None], [1.0, 1.0, 4.0], erosion_mm)[..., 0],
+        )
+        for item, result in zip(items, painted, strict=True)
+    ]
+
+
+def test_m5_erosion_raises_precision_on_a_fading_lesion_and_fails_on_a_rim_or_a_no_op():
     items, painted, _ = painted_items()
-    fading = erosion_check(items, painted, 1.0)
+    fading = erosion_check(erosion_pairs(items, painted, 1.0))
     assert fading["passed"] is True and fading["precision_eroded"] > fading["precision_drawn"]
-    assert fading["recall_eroded"] <= fading["recall_drawn"]
+    assert fading["recall_eroded"] <= fading["recall_drawn"] and fading["labels_erosion_left_unchanged"] == 0
+    no_op = erosion_check(erosion_pairs(items, painted, 0.9))  # below one pixel: nothing erodes
+    assert no_op["passed"] is False and no_op["labels_erosion_left_unchanged"] == 2
     items, painted, _ = painted_items(ring_only=True)
-    assert erosion_check(items, painted, 1.0)["passed"] is False
+    assert erosion_check(erosion_pairs(items, painted, 1.0))["passed"] is False
+    assert erosion_check(erosion_pairs(items, painted, 9.0)) == {"pairs": 2, "dropped": 2, "passed": False}
 
 
 # ------------------------------------------------------------------------------------------------ M4
