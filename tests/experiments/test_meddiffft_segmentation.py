@@ -88,7 +88,7 @@ def test_every_arm_gets_the_same_optimiser_step_budget():
     for spec in ARMS.values():
         files = ["segment.json", *(["segment_augmentation.json"] if spec.get("augment") else [])]
         steps.add(parse_config(files, budget).get_parsed_content("optimizer_steps"))
-    assert steps == {optimizer_steps(settings)} == {10 * 40}
+    assert steps == {optimizer_steps(settings)} == {25 * 40}
     with pytest.raises(ExperimentError, match="2 seeds"):
         settings_for("quick", seeds=[0])
 
