@@ -10,7 +10,7 @@ DEMO_DIR := demo
 DEMO_CASES ?= 60
 DEMO_SEED ?= 0
 
-.PHONY: install demo meddiffft-demo vgmedgen-demo vgmedgen-experiment test lint clean-demo bench bench-quick package monailabel-env deploy-env
+.PHONY: install demo meddiffft-demo meddiffft-experiment vgmedgen-demo vgmedgen-experiment test lint clean-demo bench bench-quick package monailabel-env deploy-env
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,17 @@ meddiffft-demo: install
 	$(PY) -m monai.bundle run --config_file configs/meddiffft_pairs.json --dataset_dir $(DEMO_DIR)/data \
 		--pairs_dir $(DEMO_DIR)/outputs/meddiffft_pairs 2>&1 | tee $(DEMO_DIR)/meddiffft_pairs.log
 	@echo "MedDiff-FT demo outputs: models/meddiffft_foundation, models/meddiffft (weights), $(DEMO_DIR)/runs/meddiffft_* (logs, TensorBoard), $(DEMO_DIR)/outputs/meddiffft_pairs (synthetic volumes, eroded lesion labels, provenance, PNG previews, report.json, datalist.json for configs/segment.json)"
+
+# MedDiff-FT's segmentation experiment (docs/meddiffft.md, "Segmentation experiment"): synthesis models, pairs per arm
+# and ablation, component checks M2-M5, configs/segment.json per arm and seed; rewrites that section of the docs.
+# Resumable (the work folder keeps finished steps). MEDDIFFFT_PRESET=default for the longer run.
+MEDDIFFFT_PRESET ?= quick
+meddiffft-experiment: install
+	test -f $(DEMO_DIR)/data/datalist.json || \
+		$(PY) scripts/demo_data.py --out_dir $(DEMO_DIR)/data --num_cases $(DEMO_CASES) --seed $(DEMO_SEED)
+	OMP_NUM_THREADS=1 $(PY) -m bundle.experiments.meddiffft_segmentation --preset $(MEDDIFFFT_PRESET) \
+		--datalist $(DEMO_DIR)/data/datalist.json --work_dir runs/meddiffft_experiment_$(MEDDIFFFT_PRESET) \
+		2>&1 | tee $(DEMO_DIR)/meddiffft_experiment.log
 
 # VG-MedGen (docs/vgmedgen.md), tiny profile: demo data (made when missing) -> measured captions -> stage V (visual
 # disentanglement) -> stage T (text disentanglement) -> stage G (fusion + DiT) -> crops generated from the

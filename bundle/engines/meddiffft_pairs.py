@@ -14,9 +14,11 @@ structure being the slice's soft mask above 0.5.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from bundle.data.slice_dataset import pixel_size
 from bundle.engines.synthesis_job import DiffusionPredictor
@@ -37,20 +39,30 @@ def slice_items(entry: Mapping, preprocessing: Preprocessing) -> list[dict]:
     return items if isinstance(items, list) else [items]
 
 
-def real_lesion_masks(
+def real_lesion_slices(
     entries: Sequence[Mapping], preprocessing: Preprocessing, key: str = "lesion_mask"
-) -> tuple[list[torch.Tensor], list[float]]:
-    """The real lesion cases' lesion masks on the model grid, ``(H, W)`` each, and their pixel sizes (mm): every
-    slice item of each entry whose mask is not empty (a small lesion can vanish on the grid)."""
-    masks, sizes = [], []
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
+    """The real lesion cases' slices on the model grid that hold a lesion: their images ``(1, H, W)``, lesion masks
+    ``(H, W)`` and pixel sizes (mm), every slice item of each entry whose mask is not empty (a small lesion can vanish
+    on the grid)."""
+    images, masks, sizes = [], [], []
     for entry in entries:
         for item in slice_items(entry, preprocessing):
             mask = torch.as_tensor(item[key]).as_subclass(torch.Tensor)[0] > 0.5
             if mask.any():
+                images.append(torch.as_tensor(item["image"]).as_subclass(torch.Tensor).float())
                 masks.append(mask.float())
                 sizes.append(float(pixel_size(item["image"]).mean()))
     if not masks:
         raise ValueError(f"none of the {len(entries)} real lesion cases has a lesion on the model grid")
+    return images, masks, sizes
+
+
+def real_lesion_masks(
+    entries: Sequence[Mapping], preprocessing: Preprocessing, key: str = "lesion_mask"
+) -> tuple[list[torch.Tensor], list[float]]:
+    """:func:`real_lesion_slices`' masks and pixel sizes."""
+    _, masks, sizes = real_lesion_slices(entries, preprocessing, key)
     return masks, sizes
 
 
@@ -203,4 +215,61 @@ class GuidedPairPredictor(DiffusionPredictor):
                 pixel_mm=[float(pixel_size(item["image"]).mean()) for item in batch],
             )
             results.extend(painted.cpu())
+        return results
+
+
+def _bounding_box(mask: torch.Tensor) -> tuple[slice, slice]:
+    inside = torch.nonzero(mask > 0.5)
+    (top, left), (bottom, right) = inside.min(dim=0).values.tolist(), inside.max(dim=0).values.tolist()
+    return slice(top, bottom + 1), slice(left, right + 1)
+
+
+class CopyPastePredictor:
+    """The copy-paste baseline (no model): each item's ``lesion_mask`` (a real lesion mask re-placed in a normal host by
+    :class:`~bundle.networks.meddiffft_mask_generator.RealMaskSampler`) is filled with a real lesion's pixels.
+
+    The source is the real lesion whose mask, resized to the drawn mask's bounding box, overlaps the drawn mask most
+    (the sampler drew one of these masks, so it is that lesion); its image's bounding-box crop is resized (bilinear) to
+    the drawn box and pasted inside the drawn mask, the host unchanged outside it (a hard paste, as in copy-paste
+    augmentation). The written label is the drawn mask.
+
+    Args:
+        real_lesions: :func:`real_lesion_slices`' result (images, masks, pixel sizes).
+    """
+
+    def __init__(self, real_lesions: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[float]]) -> None:
+        images, masks, _ = real_lesions
+        if not masks or len(images) != len(masks):
+            raise ValueError(f"need real lesion images and masks, got {len(images)} and {len(masks)}")
+        self.sources = []
+        for image, mask in zip(images, masks, strict=True):
+            box = _bounding_box(mask)
+            self.sources.append((image[0][box][None, None].float(), (mask[box] > 0.5).float()[None, None]))
+
+    def source_of(self, drawn: torch.Tensor) -> int:
+        """The index of the real lesion that best matches the drawn mask ``(h, w)`` (its bounding-box crop): the
+        highest IoU of the real mask resized to the drawn box, less the log-ratios of the two boxes' heights and
+        widths (a real mask is re-placed at its own size, so its box is the drawn one)."""
+        scores = []
+        for _, mask in self.sources:
+            resized = F.interpolate(mask, size=tuple(drawn.shape), mode="nearest")[0, 0] > 0.5
+            iou = float((resized & drawn).sum()) / float((resized | drawn).sum())
+            size = sum(abs(math.log(a / b)) for a, b in zip(mask.shape[-2:], drawn.shape, strict=True))
+            scores.append(iou - size)
+        return int(max(range(len(scores)), key=scores.__getitem__))
+
+    def __call__(self, items: Sequence[Mapping]) -> list[torch.Tensor]:
+        results = []
+        for item in items:
+            image = torch.as_tensor(item["image"]).as_subclass(torch.Tensor).float()
+            drawn = torch.as_tensor(item["lesion_mask"]).as_subclass(torch.Tensor)[0] > 0.5
+            if not drawn.any():
+                raise InputError(item.get("case_id"), "the drawn lesion mask is empty; nothing to paste")
+            box = _bounding_box(drawn)
+            inside = drawn[box]
+            patch = self.sources[self.source_of(inside)][0]
+            patch = F.interpolate(patch, size=tuple(inside.shape), mode="bilinear", align_corners=False)[0, 0]
+            pasted = image.clone()
+            pasted[0][box] = torch.where(inside, patch, image[0][box])
+            results.append(pasted)
         return results

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import platform
 import shlex
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -37,6 +35,9 @@ from bundle.experiments.runner import (
     Steps,
     cell,
     claim_work_dir,
+    machine_description,
+    number,
+    preset_settings,
     run_config_workflow,
     seeded_runs,
     summarise,
@@ -147,18 +148,7 @@ COMMON = {"data_seed": 1, "balance_seed": 0, "learning_rate": 0.001}
 
 def settings_for(preset: str = "default", **overrides) -> dict[str, object]:
     """A preset's settings with ``overrides`` (any key of the preset or :data:`COMMON`)."""
-    if preset not in PRESETS:
-        raise ExperimentError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    settings = {**COMMON, **PRESETS[preset]}
-    unknown = sorted(set(overrides) - set(settings))
-    if unknown:
-        raise ExperimentError(f"unknown settings {unknown}; known: {sorted(settings)}")
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    settings["seeds"] = [
-        int(s) for s in (settings["seeds"] if isinstance(settings["seeds"], (list, tuple)) else [settings["seeds"]])
-    ]
-    settings["preset"] = preset
-    return settings
+    return preset_settings(PRESETS, COMMON, preset, overrides)
 
 
 def make_data(data_dir: Path, settings: Mapping) -> Path:
@@ -431,10 +421,6 @@ def collect_results(work_dir: str | os.PathLike, arms: Sequence[str], seeds: Seq
     return results
 
 
-def _number(value: object) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.3f}"
-
-
 def verdicts(summary: Mapping[str, Mapping[str, tuple[float, float]]]) -> list[str]:
     """The paper's claims checked on macro F1: the full method *clearly* above real only and oversampling (the
     difference of the means larger than the larger of the two standard deviations), each ablation below it
@@ -487,19 +473,13 @@ def report_context(
     command: str,
     seconds: Mapping[str, float],
 ) -> dict:
-    import monai
-    import torch
-
-    device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {
         "command": command,
         "work_dir": str(work_dir),
         "datalist": str(datalist),
         "settings": dict(settings),
         "models": {m: f"`{f}` ({'given' if m in given else 'trained here'})" for m, f in folders.items()},
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores, torch threads "
-        f"{torch.get_num_threads()}, device {device}; python {platform.python_version()}, torch "
-        f"{torch.__version__}, monai {monai.__version__}",
+        "machine": machine_description(),
         "seconds": dict(seconds),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -584,7 +564,7 @@ def write_report(
     for arm in arms:
         for seed in sorted(results[arm]):
             run = results[arm][seed]
-            lines.append(f"| {title[arm]} | {seed} | " + " | ".join(_number(run.get(m)) for m in METRIC_NAMES) + " |")
+            lines.append(f"| {title[arm]} | {seed} | " + " | ".join(number(run.get(m)) for m in METRIC_NAMES) + " |")
     lines += [
         "",
         "## Machine and time",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -222,3 +223,40 @@ def run_config_workflow(config_names: Sequence[str], overrides: Mapping[str, obj
     finally:
         flow.finalize()
     return flow
+
+
+def preset_settings(
+    presets: Mapping[str, Mapping[str, object]], common: Mapping[str, object], preset: str, overrides: Mapping
+) -> dict[str, object]:
+    """A preset's settings over the ``common`` ones with ``overrides`` (any known key; ``None`` keeps the preset's
+    value), ``seeds`` as a list of ints and ``preset`` its name."""
+    if preset not in presets:
+        raise ExperimentError(f"preset must be one of {sorted(presets)}, got {preset!r}")
+    settings = {**common, **presets[preset]}
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise ExperimentError(f"unknown settings {unknown}; known: {sorted(settings)}")
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    seeds = settings["seeds"]
+    settings["seeds"] = [int(s) for s in (seeds if isinstance(seeds, (list, tuple)) else [seeds])]
+    settings["preset"] = preset
+    return settings
+
+
+def number(value: object) -> str:
+    """A value with three decimals for report tables (``n/a`` when undefined)."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.3f}"
+
+
+def machine_description() -> str:
+    """The platform, cores, torch threads, device and library versions, for reports."""
+    import platform
+
+    import monai
+    import torch
+
+    device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return (
+        f"{platform.platform()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, device {device}; "
+        f"python {platform.python_version()}, torch {torch.__version__}, monai {monai.__version__}"
+    )
