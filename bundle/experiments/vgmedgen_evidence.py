@@ -45,6 +45,7 @@ from bundle.experiments.runner import (
     cell,
     claim_work_dir,
     mean_std,
+    preset_settings,
     run_config_workflow,
     seeded_runs,
 )
@@ -132,13 +133,7 @@ SECTION_END = "<!-- vgmedgen-evidence: end -->"
 
 
 def settings_for(preset: str = "default", **overrides) -> dict[str, object]:
-    if preset not in PRESETS:
-        raise ExperimentError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    settings = {**COMMON, **PRESETS[preset], "preset": preset}
-    unknown = sorted(set(overrides) - set(settings))
-    if unknown:
-        raise ExperimentError(f"unknown settings {unknown}; known: {sorted(settings)}")
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings = preset_settings(PRESETS, COMMON, preset, overrides)
     bad = sorted(set(settings["generators"]) - set(GENERATORS))
     if bad or "full" not in settings["generators"]:
         raise ExperimentError(f"generators must include 'full' and be among {list(GENERATORS)}, got {bad or '[]'}")
