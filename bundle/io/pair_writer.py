@@ -8,11 +8,13 @@ preview) with one more file per case, ``<case>_synthetic_lesion.nii.gz``: the le
 grid mapped back to the slice's native pixels (the writer's own inverse of the grid), cut to the soft mask's
 support (nothing changes outside it) and eroded by ``erosion_mm`` in the slice's pixel size
 (:class:`bundle.transforms.lesion_label.ErodeLesionLabel`), so label voxels are where the synthetic lesion surely
-is. With ``label_mode="change"`` the label is also cut to the voxels the model changed by more than
-``change_threshold`` (in the model grid's normalised intensities, the writer's own change mapped back): the eroded
-mask AND ``|synthetic - host| > tau``. A case whose label is empty, or erodes to nothing, is refused before anything
-is written (:class:`bundle.transforms.lesion_label.EmptyLabelError`, naming the case): the job lists it as failed and
-goes on.
+is. The erosion is whole pixels per axis (``floor(erosion_mm / pixel_mm)``): the provenance records the pixels
+applied per in-plane axis, and an erosion below the pixel size along both axes (it changes nothing) is logged as a
+warning, once per writer (one job). With ``label_mode="change"`` the label is also cut to the voxels the model
+changed by more than ``change_threshold`` (in the model grid's normalised intensities, the writer's own change
+mapped back): the eroded mask AND ``|synthetic - host| > tau``. A case whose label is empty, or erodes to nothing, is
+refused before anything is written (:class:`bundle.transforms.lesion_label.EmptyLabelError`, naming the case): the
+job lists it as failed and goes on.
 The label is written into the case's temporary folder with the volume and moved into place with it, so a case's
 files appear together or not at all.
 
@@ -23,6 +25,7 @@ true``) beside a base datalist's real cases.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,12 +40,15 @@ from bundle.data.datalist import load_datalist
 from bundle.io.volume_writer import SyntheticVolumeWriter, case_of_items, check_not_input, source_order_volume
 from bundle.transforms.lesion_label import EmptyLabelError, ErodeLesionLabel
 from bundle.transforms.model_grid import invert_to_slice
+from bundle.transforms.morphology import radius_in_voxels
 from bundle.utils.files import read_json_object, relative_paths, write_json_atomically
 
 LABEL_SUFFIX = "_lesion"
 LABEL_DESCRIPTION = "SYNTHETIC lesion label (MedDiff-FT pair)"
 LABEL_MODES = ("mask", "change")
 PAIR_PATH_KEYS = ("image", "vertebra_seg", "lesion_seg", "provenance", "source_image")
+
+logger = logging.getLogger(__name__)
 
 
 def write_label_nifti(path: Path, label: np.ndarray, source: Path, source_format: str, affine: np.ndarray) -> None:
@@ -96,22 +102,51 @@ class LesionPairWriter(SyntheticVolumeWriter):
         self.erosion_mm = float(erosion_mm)
         self.label_mode, self.change_threshold = label_mode, float(change_threshold)
         ErodeLesionLabel(self.erosion_mm)  # refuses a bad erosion here, not at the first case
+        self.warned_below_pixel = False
 
     def __call__(
         self, items: Sequence[Mapping], predictions: Sequence[torch.Tensor], details: Mapping[str, object] | None = None
     ) -> dict[str, str]:
         """Write the pair (:meth:`SyntheticVolumeWriter.__call__`); the provenance also records
-        ``label_erosion_mm`` and, from the pair job, the first item's ``lesion_pair`` (how its mask was drawn).
-        Returns the paths written, the label's under ``"lesion_label"``.
+        ``label_erosion_mm``, ``label_erosion_pixels`` (:meth:`erosion_pixels`) and, from the pair job, the first
+        item's ``lesion_pair`` (how its mask was drawn). Returns the paths written, the label's under
+        ``"lesion_label"``.
 
         Raises:
             EmptyLabelError: the case's label is empty or erodes to nothing (nothing is written).
         """
         drawn = {"lesion_pair": items[0]["lesion_pair"]} if items and "lesion_pair" in items[0] else {}
-        label = {"label_erosion_mm": self.erosion_mm, "label_mode": self.label_mode}
+        label = {
+            "label_erosion_mm": self.erosion_mm,
+            "label_erosion_pixels": self.erosion_pixels(items),
+            "label_mode": self.label_mode,
+        }
         if self.label_mode == "change":
             label["label_change_threshold"] = self.change_threshold
         return super().__call__(items, predictions, {**label, **drawn, **(details or {})})
+
+    def slice_spacing(self, items: Sequence[Mapping]) -> list[float]:
+        """The case's in-plane pixel size in mm, per axis of its native slices (they share one pixel grid)."""
+        return affine_to_spacing(items[0][self.native_image_key].affine, r=2).tolist()
+
+    def erosion_pixels(self, items: Sequence[Mapping]) -> list[int]:
+        """The erosion applied to the case's label, in whole pixels per in-plane axis (``floor(erosion_mm /
+        pixel_mm)``, :func:`bundle.transforms.morphology.radius_in_voxels`). The first case whose erosion is
+        below its pixel size along both axes (a nonzero ``erosion_mm`` that changes nothing) is logged as a
+        warning naming the pixel size and ``erosion_mm``; later cases are not."""
+        spacing = self.slice_spacing(items)
+        pixels = radius_in_voxels(self.erosion_mm, spacing)
+        if self.erosion_mm > 0 and not any(pixels) and not self.warned_below_pixel:
+            self.warned_below_pixel = True
+            logger.warning(
+                "the label erosion of %g mm is below the pixel size (%s mm) of %s: it removes no pixel, the labels "
+                "are the painted masks as they are (an erosion of at least %g mm removes one pixel)",
+                self.erosion_mm,
+                " x ".join(f"{s:.3g}" for s in spacing),
+                items[0].get("case_id") or items[0]["placement"]["source"],
+                min(spacing),
+            )
+        return pixels
 
     def slice_label(self, item: Mapping) -> torch.Tensor:
         """The item's lesion label on its native slice pixels ``(1, H, W)``, in {0, 1}, before the erosion."""
@@ -128,9 +163,8 @@ class LesionPairWriter(SyntheticVolumeWriter):
                 has no voxel changed by more than the threshold.
         """
         labels = torch.cat([self.slice_label(item) for item in items])
-        spacing = affine_to_spacing(items[0][self.native_image_key].affine, r=2).tolist()
         case = str(items[0].get("case_id") or items[0]["placement"]["source"])
-        eroded = ErodeLesionLabel(self.erosion_mm, spacing_mm=spacing)(labels, source=case)
+        eroded = ErodeLesionLabel(self.erosion_mm, spacing_mm=self.slice_spacing(items))(labels, source=case)
         if self.label_mode == "mask":
             return eroded
         changes = torch.cat([self.slice_change(item, p) for item, p in zip(items, predictions, strict=True)])

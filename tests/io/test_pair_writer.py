@@ -5,6 +5,7 @@ at all, a label that erodes to nothing drops the pair by name, and the datalist 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.data import MetaTensor
 
 from bundle.errors import OutputError
 from bundle.io import pair_writer
@@ -77,6 +79,7 @@ def test_the_pair_has_the_hosts_grid_and_the_label_lies_where_the_lesion_surely_
     record = json.loads(Path(outputs["provenance"]).read_text())
     assert record["synthetic"] is True and record["lesion_label"] == outputs["lesion_label"]
     assert record["label_erosion_mm"] == 1.0 and record["input"]["sha256"]
+    assert record["label_erosion_pixels"] == [1, 1]  # the host's pixels are 1 mm
     slices = np.zeros(host.shape, bool)
     slices[:, :, record["slices"]["indices"]] = True  # the file is P, S, R: sagittal slices are its third axis
     assert label.sum() > 20 and not label[~slices].any() and not changed[~slices].any()
@@ -105,6 +108,39 @@ def test_a_label_that_erodes_to_nothing_drops_the_pair_and_a_failed_write_leaves
     with pytest.raises(OutputError, match="nothing of this case was kept"):
         write(items, predictions, grid, tmp_path / "full", erosion_mm=1.0)
     assert list((tmp_path / "full").iterdir()) == []
+
+
+def slice_items(pixel_mm: float, cases: int) -> list[list[dict]]:
+    """``cases`` one-slice cases whose native slice has ``pixel_mm`` pixels (all :meth:`erosion_pixels` reads)."""
+    affine = torch.diag(torch.tensor([pixel_mm, pixel_mm, 1.0, 1.0], dtype=torch.float64))
+    return [
+        [{"case_id": f"case_{i}", "native_image": MetaTensor(torch.zeros(1, 4, 4), affine=affine)}]
+        for i in range(cases)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("erosion_mm", "pixels", "warned"), [(1.0, [0, 0], True), (2.5, [2, 2], False), (0.0, [0, 0], False)]
+)
+def test_an_erosion_below_the_pixel_size_is_warned_once_per_job(grid, tmp_path, caplog, erosion_mm, pixels, warned):
+    writer = LesionPairWriter(tmp_path, grid, erosion_mm=erosion_mm)
+    with caplog.at_level(logging.WARNING, logger="bundle.io.pair_writer"):
+        assert [writer.erosion_pixels(items) for items in slice_items(1.1, cases=3)] == [pixels] * 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if warned:
+        assert len(warnings) == 1, warnings  # once for the job, not once per case
+        assert "1 mm is below the pixel size (1.1 x 1.1 mm) of case_0" in warnings[0]
+    else:
+        assert warnings == []
+
+
+def test_a_pair_records_the_erosion_left_undone_below_its_pixel_size(synthesised, grid, tmp_path, caplog):
+    items, predictions = synthesised
+    with caplog.at_level(logging.WARNING, logger="bundle.io.pair_writer"):
+        outputs = write(items, predictions, grid, tmp_path, erosion_mm=0.5)  # the host's pixels are 1 mm
+    record = json.loads(Path(outputs["provenance"]).read_text())
+    assert record["label_erosion_mm"] == 0.5 and record["label_erosion_pixels"] == [0, 0]
+    assert any("0.5 mm is below the pixel size (1 x 1 mm) of sct_c3" in r.getMessage() for r in caplog.records)
 
 
 def test_a_finished_pair_is_recognised_only_with_its_label(synthesised, grid, tmp_path):
