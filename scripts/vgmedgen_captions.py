@@ -1,7 +1,9 @@
 """VG-MedGen attribute captions for a datalist: each case's target vertebra described by anatomy and style
 attributes measured from its image and masks (or the datalist's ground-truth ``attributes``, or a CSV of captions
 made offline by any vision-language model), written as a new datalist; on the phantom, with the agreement of the
-measured attributes with its ground truth (docs/vgmedgen.md).
+measured attributes with its ground truth (docs/vgmedgen.md). Each entry also gets its working window's extent
+(``crop_window_mm``) from the crop preprocessing of ``--window_config`` (its ``slice_settings``; ``''``: none), so
+crops generated from the caption keep the source window's field of view.
 
     python scripts/vgmedgen_captions.py --datalist demo/data/datalist.json \
         --output demo/data/datalist_vgmedgen.json --report demo/outputs/vgmedgen_captions.json
@@ -16,9 +18,20 @@ import json
 
 import fire
 import numpy as np
+from monai.bundle import ConfigParser
 
 from bundle.preparation.vgmedgen_captions import caption_datalist
+from bundle.transforms.case_to_slices import slice_transform
+from bundle.utils.bundle_files import BUNDLE_ROOT
 from bundle.utils.files import write_json_atomically
+
+
+def crop_preprocessing(config: str):
+    """The working-window crop of a config's ``slice_settings`` (:func:`slice_transform`)."""
+    parser = ConfigParser()
+    parser.read_config(config)
+    parser["bundle_root"] = str(BUNDLE_ROOT)
+    return slice_transform(**parser.get_parsed_content("slice_settings"))
 
 
 def main(
@@ -27,8 +40,10 @@ def main(
     source: str = "measured",
     captions_csv: str | None = None,
     report: str | None = None,
+    window_config: str = str(BUNDLE_ROOT / "configs" / "vgmedgen_train.json"),
 ) -> None:
-    result = caption_datalist(datalist, output, source, captions_csv)
+    window = crop_preprocessing(window_config) if window_config else None
+    result = caption_datalist(datalist, output, source, captions_csv, window=window)
     for split, part in result["splits"].items():
         print(f"{split}: {part['captioned']} captioned, {len(part['failures'])} failed")
         for failure in part["failures"]:

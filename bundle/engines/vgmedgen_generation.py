@@ -7,7 +7,9 @@ Requests are datalist entries with ``text``, ``label`` and ``class_index`` (e.g.
 each gives ``copies`` crops, crop ``k`` of request ``i`` with seed ``seed + i * copies + k`` (reproducible one by
 one, whatever the batch). A request that carries its own crop geometry (``crop_pixel_mm``: rows, columns in mm;
 ``crop_origin_mm``: the RAS position of its first voxel, e.g. the source case's working window) gives its crops
-that geometry; the others get the job's ``pixel_mm``. A crop in which the stage-V head finds no vertebra is not
+that geometry; one with ``crop_window_mm`` instead (the extent, rows and columns in mm, of the source case's working
+window, as the captioner writes it) gives them the pixel size that spans that extent at the job's ``spatial_size``;
+the others get the job's ``pixel_mm``. A crop in which the stage-V head finds no vertebra is not
 written (the classifier could not place its working window on it) and a crop that fails to be written is listed
 with its error; the others are written.
 """
@@ -39,9 +41,9 @@ NO_VERTEBRA = (
 
 
 def _check_geometry(request: Mapping, index: int) -> None:
-    """A request's own crop geometry, where it has one: ``crop_pixel_mm`` 2 positive numbers, ``crop_origin_mm`` 3
-    finite numbers."""
-    for key, count, positive in (("crop_pixel_mm", 2, True), ("crop_origin_mm", 3, False)):
+    """A request's own crop geometry, where it has one: ``crop_pixel_mm`` and ``crop_window_mm`` 2 positive numbers,
+    ``crop_origin_mm`` 3 finite numbers."""
+    for key, count, positive in (("crop_pixel_mm", 2, True), ("crop_window_mm", 2, True), ("crop_origin_mm", 3, False)):
         if request.get(key) is None:
             continue
         try:
@@ -66,7 +68,7 @@ class CaptionGenerationJob:
         writer: ``(crop (1, S, S), segmentation (S, S), pixel_mm, details) -> {"volume", ..., "provenance"}``.
         output_dir: where ``report.json`` goes.
         spatial_size: ``S``; pixel_mm: the crop's pixel size (rows, columns) for requests without their own
-            ``crop_pixel_mm``.
+            ``crop_pixel_mm`` or ``crop_window_mm``.
         copies: crops per request; seed: the first crop's seed; batch_size: crops sampled together.
         datalist: ``(path, crops, dropped) -> path`` writing the classifier's datalist from the written crops'
             entries (in the config :func:`bundle.io.pair_writer.write_pair_datalist` over
@@ -106,13 +108,22 @@ class CaptionGenerationJob:
         self.copies, self.seed, self.batch_size = int(copies), int(seed), int(batch_size)
         self.datalist, self.entry, self.gallery = datalist, entry, gallery
 
+    def request_pixel_mm(self, request: Mapping) -> list[float]:
+        """A request's crop pixel size (rows, columns in mm): its ``crop_pixel_mm``, else its ``crop_window_mm``
+        over ``spatial_size``, else the job's ``pixel_mm``."""
+        if request.get("crop_pixel_mm") is not None:
+            return [float(p) for p in request["crop_pixel_mm"]]
+        if request.get("crop_window_mm") is not None:
+            return [float(w) / self.spatial_size for w in request["crop_window_mm"]]
+        return list(self.pixel_mm)
+
     def crops(self) -> list[dict[str, object]]:
         """Every crop's details: case id, text, label, class index, seed, source request, pixel size (and the
         origin, where the request has one)."""
         crops = []
         for i, request in enumerate(self.requests):
             source = str(request.get("case_id", f"request_{i:04d}"))
-            geometry = {"pixel_mm": [float(p) for p in request.get("crop_pixel_mm", self.pixel_mm)]}
+            geometry = {"pixel_mm": self.request_pixel_mm(request)}
             if request.get("crop_origin_mm") is not None:
                 geometry["origin_mm"] = [float(v) for v in request["crop_origin_mm"]]
             for k in range(self.copies):

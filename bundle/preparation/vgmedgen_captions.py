@@ -24,24 +24,28 @@ Where the attributes come from (:data:`CAPTION_SOURCES`):
 
 The captioned unit is the case's target vertebra: every working-window crop of the case
 (:func:`bundle.transforms.case_to_slices.slice_transform`, the classifier's crop) carries the case's ``text``.
+Given that crop's preprocessing, each captioned entry also carries its working window's extent
+(:func:`working_window_mm`, ``crop_window_mm``), from which the generation job gives the crops generated from the
+caption the source window's pixel size at its own grid size.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from monai.data.utils import affine_to_spacing
 from monai.transforms import Orientation
 
 from bundle.data.datalist import load_datalist
 from bundle.demo.lesion_text import LOCATION_WORDS, deformity_phrase, signal_strength_word
-from bundle.errors import InputError
+from bundle.errors import InputError, describe_failure
 from bundle.metrics.lesion_attributes import measure_attributes
 from bundle.transforms.loading import LoadVolume, match_image_grid, voxel_spacing_mm
 from bundle.utils.files import read_json_object, write_json_atomically
@@ -101,6 +105,26 @@ def measured_attributes(entry: Mapping[str, Any]) -> dict[str, Any]:
         return measure_attributes(image, vertebra, lesion, spacing).to_json()
     except ValueError as error:
         raise InputError(entry.get("case_id", entry["image"]), str(error)) from error
+
+
+def working_window_mm(entry: Mapping[str, Any], preprocessing: Callable[[dict], Sequence[Mapping]]) -> list[float]:
+    """The extent (rows, columns in mm) of the entry's working window: its first slice item's model grid (pixel
+    size times size; with :func:`bundle.transforms.case_to_slices.slice_transform` the slice with the largest
+    target-vertebra area).
+
+    Raises:
+        InputError: naming the case, when the preprocessing fails on it or gives no slice.
+    """
+    case = entry.get("case_id", "<entry>")
+    try:
+        items = preprocessing(dict(entry))
+    except (InputError, RuntimeError) as error:  # MONAI's Compose wraps a transform's error in a RuntimeError
+        raise InputError(case, f"no working window: {describe_failure(error)}") from error
+    if not items:
+        raise InputError(case, "no working window: the preprocessing gives no slice")
+    window = items[0]["image"]
+    pixel_mm = affine_to_spacing(window.affine, r=2).tolist()
+    return [float(p * n) for p, n in zip(pixel_mm, window.shape[1:], strict=True)]
 
 
 def caption_from_attributes(attributes: Mapping[str, Any], lesion_class: str, level: str | None) -> Caption:
@@ -169,10 +193,11 @@ def caption_entries(
     entries: Sequence[Mapping[str, Any]],
     source: str = "measured",
     captions_csv: str | os.PathLike | None = None,
+    window: Callable[[dict], Sequence[Mapping]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Each entry with its caption: ``text`` (the caption), ``anatomy_text``, ``style_text``, ``caption_source``,
     ``caption_attributes`` (the attributes it was made from; none for a file) and the entry's former text as
-    ``source_text``.
+    ``source_text``; given ``window``, also ``crop_window_mm`` (:func:`working_window_mm`).
 
     Args:
         entries: datalist entries (``case_id``, ``label``; ``level`` is used when present; ``source="measured"``
@@ -180,6 +205,8 @@ def caption_entries(
             ``"attributes"`` needs ``attributes``).
         source: one of :data:`CAPTION_SOURCES`.
         captions_csv: the CSV for ``source="file"`` (:func:`read_caption_csv`).
+        window: the working window's preprocessing (e.g. the classifier's
+            :func:`bundle.transforms.case_to_slices.slice_transform`), or None: no ``crop_window_mm``.
 
     Returns:
         The captioned entries, and ``[{"case_id", "error"}]`` for the entries that could not be captioned (one
@@ -211,11 +238,7 @@ def caption_entries(
                     raise InputError(case, "has no ground-truth 'attributes' object to caption from")
                 attributes = measured_attributes(entry) if source == "measured" else dict(entry["attributes"])
                 caption = caption_from_attributes(attributes, str(entry.get("label", "")), entry.get("level"))
-        except (InputError, KeyError) as error:
-            failures.append({"case_id": case, "error": str(error)})
-            continue
-        captioned.append(
-            {
+            result = {
                 **entry,
                 "source_text": entry.get("text"),
                 "text": caption.text,
@@ -224,7 +247,12 @@ def caption_entries(
                 "caption_source": source,
                 "caption_attributes": attributes,
             }
-        )
+            if window is not None:
+                result["crop_window_mm"] = working_window_mm(result, window)
+        except (InputError, KeyError) as error:
+            failures.append({"case_id": case, "error": str(error)})
+            continue
+        captioned.append(result)
     return captioned, failures
 
 
@@ -285,18 +313,19 @@ def caption_datalist(
     source: str = "measured",
     captions_csv: str | os.PathLike | None = None,
     splits: Sequence[str] = ("training", "test"),
+    window: Callable[[dict], Sequence[Mapping]] | None = None,
 ) -> dict[str, Any]:
-    """Caption every entry of ``splits`` of a datalist (:func:`caption_entries`) and write the captioned datalist
-    to ``output`` (atomically; the input is never overwritten). Returns the report: per split the failures and,
-    where entries carry ground-truth ``attributes`` and the source is ``"measured"``, :func:`caption_fidelity`,
-    and that over all the splits together as ``"fidelity"``."""
+    """Caption every entry of ``splits`` of a datalist (:func:`caption_entries`, with ``window``) and write the
+    captioned datalist to ``output`` (atomically; the input is never overwritten). Returns the report: per split the
+    failures and, where entries carry ground-truth ``attributes`` and the source is ``"measured"``,
+    :func:`caption_fidelity`, and that over all the splits together as ``"fidelity"``."""
     if Path(output).resolve() == Path(datalist).resolve():
         raise ValueError(f"{output}: the captioned datalist must not overwrite its input")
     content = read_json_object(datalist, "the datalist")
     report: dict[str, Any] = {"datalist": str(datalist), "source": source, "splits": {}}
     everything = []
     for split in splits:
-        captioned, failures = caption_entries(load_datalist(datalist, split), source, captions_csv)
+        captioned, failures = caption_entries(load_datalist(datalist, split), source, captions_csv, window)
         content[split] = captioned
         everything += captioned
         part: dict[str, Any] = {"captioned": len(captioned), "failures": failures}

@@ -49,12 +49,15 @@ def test_a_request_with_its_own_crop_geometry_is_written_with_it(tmp_path):
         {"case_id": "own", "text": "Benign L1 vertebra.", "label": "benign", "class_index": 1,
          "crop_pixel_mm": [1.6, 2.2], "crop_origin_mm": [12.5, -40.0, 110.0]},
         {"case_id": "plain", "text": "Normal L2 vertebra.", "label": "normal", "class_index": 0},
+        {"case_id": "window", "text": "Normal L3 vertebra.", "label": "normal", "class_index": 0,
+         "crop_window_mm": [40.0, 24.0]},
     ]  # fmt: skip
     job = FixedCrops(
         torch.nn.Module(), None, torch.nn.Module(), requests, GeneratedCropWriter(tmp_path), tmp_path, 16, [2.0, 2.0]
     )
     report = job.run()
-    own, plain = (nib.load(written["volume"]) for written in report["written"])
+    own, plain, window = (nib.load(written["volume"]) for written in report["written"])
+    assert np.allclose(window.header.get_zooms()[1:], [40.0 / 16, 24.0 / 16])  # the window's extent on 16 pixels
     assert np.allclose(own.header.get_zooms()[1:], [1.6, 2.2]) and np.allclose(own.affine[:3, 3], [12.5, -40.0, 110.0])
     assert np.allclose(plain.header.get_zooms()[1:], [2.0, 2.0]) and np.allclose(plain.affine[:3, 3], 0.0)
     assert nib.aff2axcodes(own.affine) == nib.aff2axcodes(plain.affine) == ("R", "I", "P")
@@ -62,7 +65,13 @@ def test_a_request_with_its_own_crop_geometry_is_written_with_it(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "geometry", [{"crop_pixel_mm": [2.0]}, {"crop_pixel_mm": [2.0, 0.0]}, {"crop_origin_mm": [0.0, "x", 1.0]}]
+    "geometry",
+    [
+        {"crop_pixel_mm": [2.0]},
+        {"crop_pixel_mm": [2.0, 0.0]},
+        {"crop_origin_mm": [0.0, "x", 1.0]},
+        {"crop_window_mm": [-40.0, 40.0]},
+    ],
 )
 def test_a_bad_crop_geometry_is_refused_naming_the_request(geometry, tmp_path):
     request = {"case_id": "case_7", "text": "Benign L1 vertebra.", "label": "benign", "class_index": 1, **geometry}

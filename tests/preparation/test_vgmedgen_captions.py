@@ -3,6 +3,7 @@ datalist's attributes, from a CSV of offline captions (and its errors), and on a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from bundle.preparation.vgmedgen_captions import (
     read_caption_csv,
 )
 from bundle.transforms.case_to_slices import slice_transform
+from tests.helpers.paths import REPO
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +156,32 @@ def test_class_label_captions_name_the_class_only():
     assert [e["text"] for e in captioned] == ["Malignant vertebra.", "Normal vertebra."]
     assert all(e["caption_source"] == "class" and e["caption_attributes"] is None for e in captioned)
     assert [f["case_id"] for f in failures] == ["c"] and "no class 'label'" in failures[0]["error"]
+
+
+def test_each_captioned_case_carries_its_working_windows_extent_at_any_grid_size(phantom):
+    cases = [e for e in phantom if e["attributes"]["lesion_class"] != "normal"][:2]
+    broken = {**cases[0], "case_id": "broken", "mask_labels": [99]}
+    at_32, failures = caption_entries([*cases, broken], "attributes", window=slice_transform(32, slices_per_case=1))
+    at_48, _ = caption_entries(cases, "attributes", window=slice_transform(48, slices_per_case=1))
+    assert [e["case_id"] for e in at_32] == [e["case_id"] for e in cases]
+    assert failures[0]["case_id"] == "broken" and "broken: no working window: " in failures[0]["error"]
+    assert "crop_window_mm" not in caption_entries(cases, "attributes")[0][0]
+    for small, large in zip(at_32, at_48, strict=True):
+        window = slice_transform(32, slices_per_case=1)(small)[0]["image"]
+        pixel = [float(window.affine[0, 0]), float(window.affine[1, 1])]
+        assert small["crop_window_mm"] == pytest.approx([32 * pixel[0], 32 * pixel[1]])
+        assert 30 < min(small["crop_window_mm"]) and max(small["crop_window_mm"]) < 200  # a vertebra and its margin
+        # the same window at any grid size (the grid's pixel changes): within one pixel of the coarser grid
+        assert large["crop_window_mm"] == pytest.approx(small["crop_window_mm"], abs=max(pixel))
+    assert at_32[0]["crop_window_mm"] != at_32[1]["crop_window_mm"]  # each case its own window
+    json.dumps(at_32)
+
+
+def test_the_caption_script_writes_the_training_configs_window(demo_data, tmp_path):
+    spec = importlib.util.spec_from_file_location("vgmedgen_captions_script", REPO / "scripts" / "vgmedgen_captions.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # in-process: a subprocess costs a torch import
+    output = tmp_path / "captioned.json"
+    script.main(str(demo_data / "datalist.json"), str(output), source="class")
+    written = json.loads(output.read_text())
+    assert all(len(e["crop_window_mm"]) == 2 for split in ("training", "test") for e in written[split])
