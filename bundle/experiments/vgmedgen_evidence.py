@@ -49,6 +49,7 @@ from bundle.experiments.runner import (
     run_config_workflow,
     seeded_runs,
 )
+from bundle.metrics.segmentation import slice_dice
 from bundle.utils.bundle_files import BUNDLE_ROOT, common_settings
 from bundle.utils.files import write_json_atomically
 
@@ -351,13 +352,9 @@ def evaluate_disentanglement(work: Path, seed: int, crops: Mapping[str, torch.Te
         donors = torch.roll(torch.arange(len(images)), shifts=len(images) // 2)
         swapped = visual.style.decode(anatomy, mu[donors])
         swapped_seg = visual.segmentation(visual.anatomy(swapped)).argmax(1)
-    vertebra_dice = [
-        measures.dice(p >= 1, t >= 1) for p, t in zip(predicted, labels, strict=True) if bool((t >= 1).any())
-    ]
-    lesion_dice = [
-        measures.dice(p == 2, t == 2) for p, t in zip(predicted, labels, strict=True) if bool((t == 2).any())
-    ]
-    keep = [measures.dice(a >= 1, b >= 1) for a, b in zip(swapped_seg, predicted, strict=True)]
+    vertebra_dice = [slice_dice(p >= 1, t >= 1) for p, t in zip(predicted, labels, strict=True) if bool((t >= 1).any())]
+    lesion_dice = [slice_dice(p == 2, t == 2) for p, t in zip(predicted, labels, strict=True) if bool((t == 2).any())]
+    keep = [slice_dice(a >= 1, b >= 1) for a, b in zip(swapped_seg, predicted, strict=True)]
 
     def vertebra_mean(image: torch.Tensor, region: torch.Tensor) -> float:
         return float(image[0][region >= 1].mean()) if bool((region >= 1).any()) else float(image.mean())

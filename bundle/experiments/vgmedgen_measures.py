@@ -1,5 +1,5 @@
 """The measures of VG-MedGen's evidence that are not a network: numeric attribute targets for the probes, prompt
-pairs for text control and how a generated crop answers them, the style swap's two measures, the classifier arms'
+pairs for text control and how a generated crop answers them, the style swap's intensity measure, the classifier arms'
 training lists and the verdict rule. Each is a small function on plain values, tested on cases whose answer is
 known (``tests/experiments/test_vgmedgen_measures.py``)."""
 
@@ -100,13 +100,6 @@ def moved_fraction(low: Sequence[float], high: Sequence[float]) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ style swap
-def dice(first: torch.Tensor, second: torch.Tensor) -> float:
-    """Dice of two boolean masks (1 when both are empty)."""
-    first, second = first.bool(), second.bool()
-    total = int(first.sum()) + int(second.sum())
-    return 1.0 if total == 0 else 2.0 * int((first & second).sum()) / total
-
-
 def toward_donor(own: Sequence[float], swapped: Sequence[float], donor: Sequence[float], margin: float = 0.02) -> float:
     """Of the swaps whose own and donor intensities differ by more than ``margin``, the share whose swapped image's
     intensity is closer to the donor's than its own reconstruction's is (NaN when no pair differs enough)."""

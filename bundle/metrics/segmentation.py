@@ -11,7 +11,7 @@ from monai.metrics import compute_hausdorff_distance
 
 
 def slice_dice(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    """Dice of two binary masks ``(H, W)``; 0 when the prediction is empty and the target is not."""
+    """Dice of two binary masks ``(H, W)``; 0 when one is empty and the other is not, 1 when both are empty."""
     prediction, target = prediction.bool(), target.bool()
     total = int(prediction.sum()) + int(target.sum())
     return 1.0 if total == 0 else 2.0 * int((prediction & target).sum()) / total
