@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bundle.data.datalist import FILE_KEYS, load_datalist
-from bundle.utils.files import write_json_atomically
+from bundle.utils.files import relative_paths, write_json_atomically
 
 LEVEL_PATTERN = re.compile(r"\b(?:[CTL]\d{1,2}|S1)\b(?!-weighted)")
 
@@ -66,11 +66,7 @@ def write_demo_requests(
     output = Path(output)
     normal = [c for c in load_datalist(datalist, split) if c.get("label") == "normal"]
     donors = load_datalist(datalist, "training")
-    requests = lesion_requests(normal, donors, classes, seed)
-    for request in requests:
-        for key in FILE_KEYS:
-            if request.get(key):
-                request[key] = os.path.relpath(Path(request[key]).absolute(), output.parent.absolute())
+    requests = [relative_paths(r, output.parent, FILE_KEYS) for r in lesion_requests(normal, donors, classes, seed)]
     content = {
         "description": f"lesion synthesis requests for the normal {split} cases of {datalist}",
         "classes": list(classes),

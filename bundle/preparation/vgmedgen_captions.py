@@ -43,12 +43,12 @@ import torch
 from monai.data.utils import affine_to_spacing
 from monai.transforms import Orientation
 
-from bundle.data.datalist import load_datalist
+from bundle.data.datalist import FILE_KEYS, load_datalist
 from bundle.demo.lesion_text import LOCATION_WORDS, deformity_phrase, signal_strength_word
 from bundle.errors import InputError, describe_failure
 from bundle.metrics.lesion_attributes import measure_attributes
 from bundle.transforms.loading import LoadVolume, match_image_grid, voxel_spacing_mm
-from bundle.utils.files import read_json_object, write_json_atomically
+from bundle.utils.files import read_json_object, relative_paths, write_json_atomically
 
 CAPTION_SOURCES = ("measured", "attributes", "file", "class")
 SIZE_TOLERANCE_MM = 3.0
@@ -316,9 +316,10 @@ def caption_datalist(
     window: Callable[[dict], Sequence[Mapping]] | None = None,
 ) -> dict[str, Any]:
     """Caption every entry of ``splits`` of a datalist (:func:`caption_entries`, with ``window``) and write the
-    captioned datalist to ``output`` (atomically; the input is never overwritten). Returns the report: per split the
-    failures and, where entries carry ground-truth ``attributes`` and the source is ``"measured"``,
-    :func:`caption_fidelity`, and that over all the splits together as ``"fidelity"``."""
+    captioned datalist to ``output`` (atomically; the input is never overwritten; file paths relative to ``output``'s
+    folder, so it reads back from any working folder). Returns the report: per split the failures and, where
+    entries carry ground-truth ``attributes`` and the source is ``"measured"``, :func:`caption_fidelity`, and that
+    over all the splits together as ``"fidelity"``."""
     if Path(output).resolve() == Path(datalist).resolve():
         raise ValueError(f"{output}: the captioned datalist must not overwrite its input")
     content = read_json_object(datalist, "the datalist")
@@ -326,7 +327,7 @@ def caption_datalist(
     everything = []
     for split in splits:
         captioned, failures = caption_entries(load_datalist(datalist, split), source, captions_csv, window)
-        content[split] = captioned
+        content[split] = [relative_paths(entry, Path(output).parent, FILE_KEYS) for entry in captioned]
         everything += captioned
         part: dict[str, Any] = {"captioned": len(captioned), "failures": failures}
         if source == "measured" and any(isinstance(e.get("attributes"), Mapping) for e in captioned):

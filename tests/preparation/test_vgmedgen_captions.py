@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
-from bundle.data.datalist import load_datalist
+from bundle.data.datalist import FILE_KEYS, load_datalist
 from bundle.errors import InputError
 from bundle.preparation.vgmedgen_captions import (
     caption_datalist,
@@ -148,6 +149,18 @@ def test_a_captioned_datalist_is_written_beside_its_input(demo_data, tmp_path):
     assert [e["case_id"] for e in written["test"]] == [e["case_id"] for e in original["test"]]
     assert all(e["caption_source"] == "attributes" and "Anatomy: " in e["text"] for e in written["training"])
     assert report["splits"]["test"]["failures"] == [] and "fidelity" not in report
+
+
+def test_a_captioned_datalist_named_from_another_folder_reads_back_its_files(demo_data, tmp_path, monkeypatch):
+    """Relative datalist paths (as `make vgmedgen-demo` gives them) stay readable from the captioned datalist's
+    own folder."""
+    monkeypatch.chdir(demo_data.parent)
+    output = tmp_path / "elsewhere" / "captioned.json"
+    output.parent.mkdir()
+    caption_datalist(Path(demo_data.name) / "datalist.json", output, "attributes")
+    for split in ("training", "test"):
+        entries = load_datalist(output, split)
+        assert entries and all(Path(e[key]).is_file() for e in entries for key in FILE_KEYS if e.get(key)), split
 
 
 def test_class_label_captions_name_the_class_only():
